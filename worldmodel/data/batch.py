@@ -1,0 +1,168 @@
+"""Transitions: a batch of logged steps as numpy arrays, the in-memory twin of a log file.
+
+Dimensions: ``B`` transitions, ``S`` observation size, ``A`` action size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from worldmodel.data import schema as sc
+
+
+@dataclass(frozen=True)
+class Transitions:
+    """B transitions; every array has B rows.
+
+    Attributes:
+        obs: (B, S) float32 observations before the step.
+        actions: (B, A) float32 actions.
+        rewards: (B,) float32 rewards.
+        new_obs: (B, S) float32 observations after the step.
+        terminateds: (B,) bool, terminal state reached.
+        truncateds: (B,) bool, episode cut without a terminal state.
+        eps_id: (B,) str episode ids.
+        agent_id: (B,) str agent ids.
+        t: (B,) int32 step index within the episode.
+        model_version: (B,) str model version that acted ("" when none).
+        timestamp: (B,) datetime64[us] UTC wall-clock time of the step.
+    """
+
+    obs: np.ndarray
+    actions: np.ndarray
+    rewards: np.ndarray
+    new_obs: np.ndarray
+    terminateds: np.ndarray
+    truncateds: np.ndarray
+    eps_id: np.ndarray
+    agent_id: np.ndarray
+    t: np.ndarray
+    model_version: np.ndarray
+    timestamp: np.ndarray
+
+    def __post_init__(self) -> None:
+        b = len(self.obs)
+        if self.obs.ndim != 2 or self.actions.ndim != 2:
+            raise ValueError(f"obs must be (B, S) and actions (B, A); got {self.obs.shape} and {self.actions.shape}")
+        if self.new_obs.shape != self.obs.shape:
+            raise ValueError(f"new_obs has shape {self.new_obs.shape}, expected obs's shape {self.obs.shape}")
+        for f in dataclasses.fields(self):
+            n = len(getattr(self, f.name))
+            if n != b:
+                raise ValueError(f"column {f.name!r} has {n} rows, expected {b} (the rows of obs)")
+
+    @classmethod
+    def build(
+        cls,
+        obs: np.ndarray,
+        actions: np.ndarray,
+        rewards: np.ndarray,
+        new_obs: np.ndarray,
+        terminateds: np.ndarray,
+        truncateds: np.ndarray,
+        eps_id: Sequence[str] | np.ndarray,
+        agent_id: Sequence[str] | np.ndarray | str,
+        t: np.ndarray,
+        model_version: Sequence[str] | np.ndarray | str = "",
+        timestamp: np.ndarray | None = None,
+    ) -> "Transitions":
+        """Coerce dtypes and broadcast scalar agent_id / model_version / timestamp (now) to B rows."""
+        obs = np.asarray(obs, dtype=np.float32)
+        b = len(obs)
+
+        def strings(x: Sequence[str] | np.ndarray | str) -> np.ndarray:
+            if isinstance(x, str):
+                return np.full(b, x, dtype=object)
+            return np.asarray(x, dtype=object)
+
+        if timestamp is None:
+            timestamp = np.full(b, np.datetime64("now", "us"))
+        return cls(
+            obs=obs,
+            actions=np.asarray(actions, dtype=np.float32).reshape(b, -1),
+            rewards=np.asarray(rewards, dtype=np.float32).reshape(b),
+            new_obs=np.asarray(new_obs, dtype=np.float32),
+            terminateds=np.asarray(terminateds, dtype=bool).reshape(b),
+            truncateds=np.asarray(truncateds, dtype=bool).reshape(b),
+            eps_id=strings(eps_id),
+            agent_id=strings(agent_id),
+            t=np.asarray(t, dtype=np.int32).reshape(b),
+            model_version=strings(model_version),
+            timestamp=np.asarray(timestamp, dtype="datetime64[us]").reshape(b),
+        )
+
+    def __len__(self) -> int:
+        return len(self.obs)
+
+    @property
+    def obs_dim(self) -> int:
+        return self.obs.shape[1]
+
+    @property
+    def act_dim(self) -> int:
+        return self.actions.shape[1]
+
+    def select(self, index: np.ndarray) -> "Transitions":
+        """Rows picked by a boolean mask or an integer index array."""
+        return Transitions(**{f.name: getattr(self, f.name)[index] for f in dataclasses.fields(self)})
+
+    @staticmethod
+    def concat(parts: Sequence["Transitions"]) -> "Transitions":
+        if not parts:
+            raise ValueError("concat needs at least one Transitions")
+        return Transitions(
+            **{f.name: np.concatenate([getattr(p, f.name) for p in parts]) for f in dataclasses.fields(Transitions)}
+        )
+
+    def to_table(self, env_id: str = "") -> pa.Table:
+        """An Arrow table with the log schema (see ``schema.trajectory_schema``)."""
+        schema = sc.trajectory_schema(self.obs_dim, self.act_dim, env_id)
+
+        def vectors(x: np.ndarray) -> pa.FixedSizeListArray:
+            return pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1), pa.float32()), x.shape[1])
+
+        columns = {
+            sc.OBS: vectors(self.obs),
+            sc.ACTIONS: vectors(self.actions),
+            sc.REWARDS: pa.array(self.rewards, pa.float32()),
+            sc.NEW_OBS: vectors(self.new_obs),
+            sc.TERMINATEDS: pa.array(self.terminateds, pa.bool_()),
+            sc.TRUNCATEDS: pa.array(self.truncateds, pa.bool_()),
+            sc.EPS_ID: pa.array(self.eps_id.tolist(), pa.string()),
+            sc.AGENT_ID: pa.array(self.agent_id.tolist(), pa.string()),
+            sc.T: pa.array(self.t, pa.int32()),
+            sc.MODEL_VERSION: pa.array(self.model_version.tolist(), pa.string()),
+            sc.TIMESTAMP: pa.array(self.timestamp, pa.timestamp("us", tz="UTC")),
+        }
+        return pa.Table.from_arrays([columns[name] for name in schema.names], schema=schema)
+
+    @classmethod
+    def from_table(cls, table: pa.Table) -> "Transitions":
+        """Inverse of ``to_table``; the table must already match the log schema."""
+
+        def vectors(name: str) -> np.ndarray:
+            col = table.column(name).combine_chunks()
+            width = col.type.list_size
+            return col.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, width)
+
+        def plain(name: str) -> np.ndarray:
+            return table.column(name).to_numpy(zero_copy_only=False)
+
+        return cls(
+            obs=vectors(sc.OBS),
+            actions=vectors(sc.ACTIONS),
+            rewards=plain(sc.REWARDS).astype(np.float32),
+            new_obs=vectors(sc.NEW_OBS),
+            terminateds=plain(sc.TERMINATEDS).astype(bool),
+            truncateds=plain(sc.TRUNCATEDS).astype(bool),
+            eps_id=plain(sc.EPS_ID).astype(object),
+            agent_id=plain(sc.AGENT_ID).astype(object),
+            t=plain(sc.T).astype(np.int32),
+            model_version=plain(sc.MODEL_VERSION).astype(object),
+            timestamp=table.column(sc.TIMESTAMP).cast(pa.timestamp("us")).to_numpy().astype("datetime64[us]"),
+        )

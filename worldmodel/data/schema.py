@@ -1,0 +1,78 @@
+"""The trajectory log schema: the only place column names are spelled.
+
+Column names follow RLlib's offline format (``ray.rllib.core.columns.Columns``)
+so Ray Data and RLlib read fleetwm logs as they are. Each row is one transition
+of one agent: ``obs --actions--> new_obs`` with its reward and end flags.
+
+Dimensions: ``B`` transitions, ``S`` observation size, ``A`` action size.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+SCHEMA_VERSION = "1"
+"""Bumped on any incompatible change; written into every file's metadata."""
+
+# Metadata keys stored in each Parquet file's schema.
+META_SCHEMA_VERSION = b"fleetwm.schema_version"
+META_OBS_DIM = b"fleetwm.obs_dim"
+META_ACT_DIM = b"fleetwm.act_dim"
+META_ENV_ID = b"fleetwm.env_id"
+
+# --- RLlib offline columns -------------------------------------------------
+OBS = "obs"
+"""Observation before the step: fixed-size list<float32>[S]."""
+ACTIONS = "actions"
+"""Action taken: fixed-size list<float32>[A]."""
+REWARDS = "rewards"
+"""Reward received for the step: float32."""
+NEW_OBS = "new_obs"
+"""Observation after the step: fixed-size list<float32>[S]."""
+TERMINATEDS = "terminateds"
+"""True when the step reached a terminal state (no bootstrapping past it)."""
+TRUNCATEDS = "truncateds"
+"""True when the episode was cut (time limit) without a terminal state."""
+EPS_ID = "eps_id"
+"""Episode id, unique across the fleet: string."""
+AGENT_ID = "agent_id"
+"""Agent that produced the transition: string."""
+T = "t"
+"""Step index within the episode, starting at 0: int32."""
+
+# --- fleet columns ---------------------------------------------------------
+MODEL_VERSION = "model_version"
+"""Model version that chose the action ("" for random or external policies)."""
+TIMESTAMP = "timestamp"
+"""Wall-clock time of the step, UTC, microseconds."""
+
+VECTOR_COLUMNS = (OBS, ACTIONS, NEW_OBS)
+COLUMNS = (OBS, ACTIONS, REWARDS, NEW_OBS, TERMINATEDS, TRUNCATEDS, EPS_ID, AGENT_ID, T, MODEL_VERSION, TIMESTAMP)
+
+
+def trajectory_schema(obs_dim: int, act_dim: int, env_id: str = "") -> pa.Schema:
+    """The Arrow schema of a log file for observations of size S and actions of size A."""
+    if obs_dim < 1 or act_dim < 1:
+        raise ValueError(f"obs_dim and act_dim must be >= 1, got obs_dim={obs_dim}, act_dim={act_dim}")
+    vec_s = pa.list_(pa.float32(), obs_dim)
+    vec_a = pa.list_(pa.float32(), act_dim)
+    fields = [
+        pa.field(OBS, vec_s, nullable=False),
+        pa.field(ACTIONS, vec_a, nullable=False),
+        pa.field(REWARDS, pa.float32(), nullable=False),
+        pa.field(NEW_OBS, vec_s, nullable=False),
+        pa.field(TERMINATEDS, pa.bool_(), nullable=False),
+        pa.field(TRUNCATEDS, pa.bool_(), nullable=False),
+        pa.field(EPS_ID, pa.string(), nullable=False),
+        pa.field(AGENT_ID, pa.string(), nullable=False),
+        pa.field(T, pa.int32(), nullable=False),
+        pa.field(MODEL_VERSION, pa.string(), nullable=False),
+        pa.field(TIMESTAMP, pa.timestamp("us", tz="UTC"), nullable=False),
+    ]
+    metadata = {
+        META_SCHEMA_VERSION: SCHEMA_VERSION.encode(),
+        META_OBS_DIM: str(obs_dim).encode(),
+        META_ACT_DIM: str(act_dim).encode(),
+        META_ENV_ID: env_id.encode(),
+    }
+    return pa.schema(fields, metadata=metadata)
