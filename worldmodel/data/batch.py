@@ -6,6 +6,7 @@ Dimensions: ``B`` transitions, ``S`` observation size, ``A`` action size.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -81,7 +82,8 @@ class Transitions:
             return np.asarray(x, dtype=object)
 
         if timestamp is None:
-            timestamp = np.full(b, np.datetime64("now", "us"))
+            now = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
+            timestamp = np.full(b, np.datetime64(now, "us"))
         return cls(
             obs=obs,
             actions=np.asarray(actions, dtype=np.float32).reshape(b, -1),
