@@ -1,0 +1,16 @@
+"""Trajectory logs: the schema, the in-memory batch, and Parquet writing and reading."""
+
+from worldmodel.data.batch import Transitions
+from worldmodel.data.reader import SchemaError, data_fingerprint, list_log_files, read_env_id, read_transitions
+from worldmodel.data.writer import TrajectoryWriter, write_transitions
+
+__all__ = [
+    "SchemaError",
+    "TrajectoryWriter",
+    "Transitions",
+    "data_fingerprint",
+    "list_log_files",
+    "read_env_id",
+    "read_transitions",
+    "write_transitions",
+]

@@ -81,21 +81,29 @@ class Transitions:
                 return np.full(b, x, dtype=object)
             return np.asarray(x, dtype=object)
 
+        def column(name: str, x: object, dtype: object, shape: tuple[int, ...]) -> np.ndarray:
+            # numpy's own reshape error does not say which column was the wrong length.
+            arr = np.asarray(x, dtype=dtype)
+            try:
+                return arr.reshape(shape)
+            except ValueError as e:
+                raise ValueError(f"column {name!r} has shape {arr.shape}, expected {b} rows (the rows of obs)") from e
+
         if timestamp is None:
             now = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
             timestamp = np.full(b, np.datetime64(now, "us"))
         return cls(
             obs=obs,
-            actions=np.asarray(actions, dtype=np.float32).reshape(b, -1),
-            rewards=np.asarray(rewards, dtype=np.float32).reshape(b),
+            actions=column("actions", actions, np.float32, (b, -1)),
+            rewards=column("rewards", rewards, np.float32, (b,)),
             new_obs=np.asarray(new_obs, dtype=np.float32),
-            terminateds=np.asarray(terminateds, dtype=bool).reshape(b),
-            truncateds=np.asarray(truncateds, dtype=bool).reshape(b),
+            terminateds=column("terminateds", terminateds, bool, (b,)),
+            truncateds=column("truncateds", truncateds, bool, (b,)),
             eps_id=strings(eps_id),
             agent_id=strings(agent_id),
-            t=np.asarray(t, dtype=np.int32).reshape(b),
+            t=column("t", t, np.int32, (b,)),
             model_version=strings(model_version),
-            timestamp=np.asarray(timestamp, dtype="datetime64[us]").reshape(b),
+            timestamp=column("timestamp", timestamp, "datetime64[us]", (b,)),
         )
 
     def __len__(self) -> int:

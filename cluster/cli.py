@@ -1,0 +1,89 @@
+"""The ``wm`` command line.
+
+Each subcommand is a function ``run(args) -> dict`` in ``cluster/commands/``;
+this module parses arguments, prints the result (one JSON object on stdout with
+``--json``, readable lines otherwise) and turns expected errors into a one-line
+message and a non-zero exit instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any, Callable, Sequence
+
+from cluster.commands import model as model_cmds
+
+EXIT_ERROR, EXIT_USAGE = 1, 2
+
+
+class UsageError(Exception):
+    """Bad command-line arguments (argparse's complaints, raised instead of exiting)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
+    parser = _Parser(prog="wm", description="fleetwm: world models and MPC for fleets of agents.",
+                     parents=[common])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for register in (model_cmds.register,):
+        register(sub, common)
+    return parser
+
+
+def _print_human(result: dict[str, Any]) -> None:
+    lines = result.pop("_summary", None)
+    if lines:
+        print("\n".join(lines))
+        return
+    for key, value in result.items():
+        print(f"{key}: {json.dumps(value) if isinstance(value, (dict, list)) else value}")
+
+
+# Errors a user can cause and fix: one line, no traceback (WM_DEBUG=1 shows the traceback).
+EXPECTED_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, FileExistsError,
+                                                     NotADirectoryError, PermissionError)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    as_json = "--json" in argv
+    try:
+        args = build_parser().parse_args(argv)
+        if args.command is None:
+            raise UsageError("wm: missing COMMAND; run `wm --help` to list them")
+        handler: Callable[[argparse.Namespace], dict[str, Any]] = args.handler
+        result = handler(args)
+    except UsageError as err:
+        return _fail(str(err), as_json, EXIT_USAGE)
+    except EXPECTED_ERRORS as err:
+        if os.environ.get("WM_DEBUG"):
+            raise
+        return _fail(f"wm: error: {err}", as_json, EXIT_ERROR)
+    except KeyboardInterrupt:
+        return _fail("wm: interrupted", as_json, 130)
+    if as_json:
+        result.pop("_summary", None)
+        print(json.dumps(result, default=str))
+    else:
+        _print_human(result)
+    return 0
+
+
+def _fail(message: str, as_json: bool, code: int) -> int:
+    print(message.splitlines()[0] if message else "wm: error", file=sys.stderr)
+    if as_json:
+        print(json.dumps({"ok": False, "error": message}))
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""Model and training configuration: frozen, validated at construction, saved with every artifact."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+DYNAMICS_KINDS = ("ensemble", "mlp", "gru")
+
+C = TypeVar("C")
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)
+
+
+def config_from_dict(cls: type[C], data: dict[str, Any]) -> C:
+    """Build a config dataclass from a dict, naming any key the class does not have."""
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"{cls.__name__}: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+    return cls(**data)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of the world model's networks."""
+
+    dynamics: str = "ensemble"
+    """'ensemble' (PETS probabilistic ensemble), 'mlp' (the article's deterministic MLP) or 'gru' (recurrent)."""
+    ensemble_size: int = 5
+    """Members E of the dynamics ensemble ('mlp' may use several independent nets; 'gru' uses 1)."""
+    hidden: int = 200
+    """Hidden units per layer of the dynamics networks."""
+    layers: int = 3
+    """Hidden layers of the dynamics MLP."""
+    reward_hidden: int = 200
+    """Hidden units per layer of the reward and termination networks."""
+    reward_layers: int = 3
+    """Hidden layers of the reward and termination networks."""
+
+    def __post_init__(self) -> None:
+        _check(self.dynamics in DYNAMICS_KINDS,
+               f"dynamics must be one of {', '.join(DYNAMICS_KINDS)}, got {self.dynamics!r}")
+        for name in ("ensemble_size", "hidden", "layers", "reward_hidden", "reward_layers"):
+            value = getattr(self, name)
+            _check(isinstance(value, int) and value >= 1, f"{name} must be an integer >= 1, got {value!r}")
+        _check(self.dynamics != "gru" or self.ensemble_size == 1,
+               f"the gru dynamics has one member; got ensemble_size={self.ensemble_size}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How the world model is fitted to logged transitions."""
+
+    epochs: int = 200
+    """Upper bound on passes over the training split; early stopping usually ends sooner."""
+    batch_size: int = 256
+    """Rows (or sequences, for 'gru') per gradient step and member."""
+    lr: float = 1e-3
+    """AdamW learning rate."""
+    weight_decay: float = 1e-5
+    """AdamW weight decay."""
+    patience: int = 8
+    """Stop after this many epochs without a better validation loss."""
+    val_fraction: float = 0.1
+    """Fraction of episodes held out for early stopping and variance calibration."""
+    test_fraction: float = 0.1
+    """Fraction of episodes held out for the reported metrics (never trained or calibrated on)."""
+    bootstrap: bool = True
+    """Train each ensemble member on its own bootstrap resample of the training rows."""
+    seq_len: int = 16
+    """Sequence length for the recurrent model."""
+    seed: int = 0
+    """Seed for splits, initialisation, resampling and batching."""
+    device: str = "auto"
+    """Torch device ('auto' picks a GPU when there is one, else the CPU)."""
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "patience", "seq_len"):
+            value = getattr(self, name)
+            _check(isinstance(value, int) and value >= 1, f"{name} must be an integer >= 1, got {value!r}")
+        _check(self.lr > 0, f"lr must be > 0, got {self.lr}")
+        _check(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
+        for name in ("val_fraction", "test_fraction"):
+            value = getattr(self, name)
+            _check(0 < value < 0.5, f"{name} must be in (0, 0.5), got {value}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)

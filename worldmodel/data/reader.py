@@ -1,0 +1,192 @@
+"""Read a trajectory log tree back into Transitions, checking every file's schema first.
+
+Dimensions: ``B`` transitions, ``S`` observation size, ``A`` action size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.fs as pafs
+
+from worldmodel.data import schema as sc
+from worldmodel.data.batch import Transitions
+from worldmodel.data.writer import resolve_root
+
+_HASH_CHUNK = 1 << 20
+_HIDDEN_PREFIXES = (".", "_")
+
+
+class SchemaError(ValueError):
+    """A log file does not match the trajectory schema; the message names the file and the column."""
+
+
+def list_log_files(root: str, filesystem: pafs.FileSystem | None = None) -> list[str]:
+    """All ``*.parquet`` files under ``root``, recursively, sorted.
+
+    Files or directories whose name starts with "." or "_" (temp files, Spark/Hive
+    markers) are skipped, matching pyarrow.dataset's ``ignore_prefixes`` default.
+
+    Returns:
+        Paths within the resolved filesystem; [] when ``root`` is missing or empty.
+    """
+    fs, base = resolve_root(root, filesystem)
+    return _list(fs, base)
+
+
+def _list(fs: pafs.FileSystem, base: str) -> list[str]:
+    infos = fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
+    paths = []
+    for info in infos:
+        if info.type != pafs.FileType.File or not info.path.endswith(".parquet"):
+            continue
+        relative = _relative(info.path, base)
+        if any(part.startswith(_HIDDEN_PREFIXES) for part in relative.split("/")):
+            continue
+        paths.append(info.path)
+    return sorted(paths)
+
+
+def _relative(path: str, base: str) -> str:
+    prefix = base if base.endswith("/") else base + "/"
+    if not path.startswith(prefix):
+        raise ValueError(f"listed file {path!r} is not under the root {base!r}")
+    return path[len(prefix) :]
+
+
+def _files_or_raise(root: str, filesystem: pafs.FileSystem | None) -> tuple[pafs.FileSystem, str, list[str]]:
+    fs, base = resolve_root(root, filesystem)
+    files = _list(fs, base)
+    if not files:
+        raise FileNotFoundError(f"no trajectory logs under {root!r} (no *.parquet files in {base!r})")
+    return fs, base, files
+
+
+def read_transitions(root: str, filesystem: pafs.FileSystem | None = None) -> Transitions:
+    """Read every log file under ``root``.
+
+    Every file's schema is checked before any data is read, so a bad file fails
+    fast with its name instead of surfacing as a cast error deep in a scan.
+
+    Returns:
+        B transitions sorted by (agent_id, eps_id, t, timestamp), independent of file order.
+
+    Raises:
+        FileNotFoundError: no log files under ``root``.
+        SchemaError: a file is not Parquet or does not match the trajectory schema.
+    """
+    fs, _, files = _files_or_raise(root, filesystem)
+    fmt = ds.ParquetFileFormat()
+    # Fragments cache the footer they read for the check, so the scan does not re-read it.
+    fragments = [fmt.make_fragment(path, filesystem=fs) for path in files]
+    obs_dim, act_dim = _check_schemas(files, fragments)
+    expected = sc.trajectory_schema(obs_dim, act_dim)
+    # Scanning with the expected schema drops unknown extra columns and renames the
+    # list child field ("element" in Parquet) back to Arrow's "item".
+    dataset = ds.FileSystemDataset(fragments, schema=expected, format=fmt, filesystem=fs)
+    table = dataset.to_table(columns=list(sc.COLUMNS))
+    for name in sc.COLUMNS:
+        nulls = table.column(name).null_count
+        if nulls:
+            raise SchemaError(f"{root}: column {name!r} has {nulls} null values, expected none")
+    keys = [sc.AGENT_ID, sc.EPS_ID, sc.T, sc.TIMESTAMP]
+    table = table.take(pc.sort_indices(table, sort_keys=[(k, "ascending") for k in keys]))
+    return Transitions.from_table(table)
+
+
+def _check_schemas(files: list[str], fragments: list[ds.ParquetFileFragment]) -> tuple[int, int]:
+    """Check every file against the trajectory schema; returns (S, A) shared by all files."""
+    dims: dict[str, tuple[int, str]] = {}  # column -> (size, first file that set it)
+    for path, fragment in zip(files, fragments):
+        try:
+            physical = fragment.physical_schema
+        except (pa.ArrowInvalid, OSError) as e:
+            raise SchemaError(f"{path}: not a Parquet file ({e})") from e
+        _check_version(path, physical)
+        sizes = _check_fields(path, physical)
+        if sizes[sc.NEW_OBS] != sizes[sc.OBS]:
+            raise SchemaError(
+                f"{path}: column {sc.NEW_OBS!r} has {sizes[sc.NEW_OBS]} values per row, "
+                f"expected {sizes[sc.OBS]} (the size of {sc.OBS!r})"
+            )
+        for name in (sc.OBS, sc.ACTIONS):
+            size, first = dims.setdefault(name, (sizes[name], path))
+            if sizes[name] != size:
+                raise SchemaError(
+                    f"{path}: column {name!r} has {sizes[name]} values per row but other files have {size} "
+                    f"(e.g. {first})"
+                )
+    return dims[sc.OBS][0], dims[sc.ACTIONS][0]
+
+
+def _check_version(path: str, physical: pa.Schema) -> None:
+    metadata = physical.metadata or {}
+    version = metadata.get(sc.META_SCHEMA_VERSION)
+    if version is None:
+        raise SchemaError(
+            f"{path}: no {sc.META_SCHEMA_VERSION.decode()!r} metadata, "
+            f"expected schema version {sc.SCHEMA_VERSION} (was it written by fleetwm?)"
+        )
+    if version.decode() != sc.SCHEMA_VERSION:
+        raise SchemaError(
+            f"{path}: metadata {sc.META_SCHEMA_VERSION.decode()!r} says schema version {version.decode()}, "
+            f"this fleetwm reads {sc.SCHEMA_VERSION}"
+        )
+
+
+def _check_fields(path: str, physical: pa.Schema) -> dict[str, int]:
+    """Check names and types of the known columns; returns list sizes of the vector columns."""
+    # Any positive sizes will do: only the scalar types are compared against this.
+    reference = sc.trajectory_schema(1, 1)
+    sizes = {}
+    for name in sc.COLUMNS:
+        index = physical.get_field_index(name)
+        if index < 0:
+            raise SchemaError(f"{path}: missing column {name!r}")
+        actual = physical.field(index).type
+        wanted = reference.field(name).type
+        if name in sc.VECTOR_COLUMNS:
+            # Compare structure, not type equality: Parquet names the list child
+            # "element" where Arrow says "item", and pyarrow's == counts the name.
+            ok = pa.types.is_fixed_size_list(actual) and actual.value_type == pa.float32()
+            if not ok:
+                raise SchemaError(f"{path}: column {name!r} has type {actual}, expected fixed_size_list<float>[n]")
+            sizes[name] = actual.list_size
+        elif actual != wanted:
+            raise SchemaError(f"{path}: column {name!r} has type {actual}, expected {wanted}")
+    return sizes
+
+
+def read_env_id(root: str, filesystem: pafs.FileSystem | None = None) -> str:
+    """The env id in the first log file's metadata; "" when the file has none."""
+    fs, _, files = _files_or_raise(root, filesystem)
+    try:
+        physical = ds.ParquetFileFormat().make_fragment(files[0], filesystem=fs).physical_schema
+    except (pa.ArrowInvalid, OSError) as e:
+        raise SchemaError(f"{files[0]}: not a Parquet file ({e})") from e
+    return (physical.metadata or {}).get(sc.META_ENV_ID, b"").decode()
+
+
+def data_fingerprint(root: str, filesystem: pafs.FileSystem | None = None) -> str:
+    """A content hash of the log tree: ``"sha256:<hex>"``.
+
+    Covers each file's path relative to ``root`` and the sha256 of its bytes, so it
+    is the same on any machine holding the same files and changes when a file is
+    added, removed, renamed or modified.
+
+    Raises:
+        FileNotFoundError: no log files under ``root``.
+    """
+    fs, base, files = _files_or_raise(root, filesystem)
+    outer = hashlib.sha256()
+    for path in files:
+        inner = hashlib.sha256()
+        with fs.open_input_stream(path) as f:
+            while chunk := f.read(_HASH_CHUNK):
+                inner.update(chunk)
+        # NUL and newline cannot appear in our file names, so entries cannot run together.
+        outer.update(f"{_relative(path, base)}\0{inner.hexdigest()}\n".encode())
+    return f"sha256:{outer.hexdigest()}"

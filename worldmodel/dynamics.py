@@ -1,0 +1,147 @@
+"""Dynamics models: MLP ensembles predicting the next state from (state, action).
+
+Both models predict the normalised state delta (the original article's choice:
+deltas are small and well-conditioned) and return next states in raw units.
+Members are evaluated together by batched matmuls (``EnsembleMLP``); there is no
+Python loop over members.
+
+Shapes: ``E`` members, ``B`` batch, ``S`` state, ``A`` action.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from worldmodel.nn import EnsembleMLP, Normalizer, expand_members
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One-step prediction of every member.
+
+    Attributes:
+        mean: (E, B, S) predicted next state.
+        var: (E, B, S) predicted aleatoric variance of the next state (zeros when deterministic).
+    """
+
+    mean: torch.Tensor
+    var: torch.Tensor
+
+    def moments(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and variance of the ensemble as one Gaussian: ((B, S), (B, S)).
+
+        The variance adds the members' mean aleatoric variance and their
+        disagreement (epistemic variance), as in PETS' moment matching.
+        """
+        mean = self.mean.mean(0)
+        var = self.var.mean(0) + self.mean.var(0, unbiased=False)
+        return mean, var
+
+
+class EnsembleDynamics(nn.Module):
+    """Shared body of the MLP dynamics models; subclasses choose the output head and loss."""
+
+    probabilistic: bool = False
+
+    def __init__(self, obs_dim: int, act_dim: int, members: int, hidden: int, layers: int) -> None:
+        super().__init__()
+        self.obs_dim, self.act_dim, self.members = obs_dim, act_dim, members
+        self.in_norm = Normalizer(obs_dim + act_dim)
+        self.delta_norm = Normalizer(obs_dim)
+        out_dim = 2 * obs_dim if self.probabilistic else obs_dim
+        self.net = EnsembleMLP(members, obs_dim + act_dim, out_dim, hidden, layers)
+        # Per-dimension variance scale fitted after training on validation data (see calibration.py).
+        self.register_buffer("var_scale", torch.ones(obs_dim))
+
+    @torch.no_grad()
+    def fit_normalizers(self, obs: torch.Tensor, action: torch.Tensor, next_obs: torch.Tensor) -> None:
+        """Fit input and delta statistics from training rows: (B, S), (B, A), (B, S)."""
+        self.in_norm.fit(torch.cat([obs, action], -1))
+        self.delta_norm.fit(next_obs - obs)
+
+    def _raw(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        x = self.in_norm(torch.cat([expand_members(obs, self.members), expand_members(action, self.members)], -1))
+        return self.net(x)  # (E, B, O)
+
+    def forward(self, obs: torch.Tensor, action: torch.Tensor) -> Prediction:
+        """Predict next states.
+
+        Args:
+            obs: (B, S) shared by all members, or (E, B, S) one batch per member.
+            action: (B, A) or (E, B, A).
+
+        Returns:
+            Prediction with mean and var of shape (E, B, S).
+        """
+        mean_n, logvar = self._head(self._raw(obs, action))
+        mean = expand_members(obs, self.members) + self.delta_norm.inverse(mean_n)
+        var = logvar.exp() * self.delta_norm.std.square() * self.var_scale
+        return Prediction(mean, var)
+
+    def loss(self, obs: torch.Tensor, action: torch.Tensor, next_obs: torch.Tensor) -> torch.Tensor:
+        """Training loss of each member on its own batch: inputs (E, B, *) -> (E,)."""
+        mean_n, logvar = self._head(self._raw(obs, action))
+        target = self.delta_norm(next_obs - obs)
+        return self._loss(mean_n, logvar, target)
+
+    def _head(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def _loss(self, mean_n: torch.Tensor, logvar: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def flops_per_sample(self) -> int:
+        """FLOPs of one member predicting one row (matmuls only)."""
+        return self.net.flops_per_sample()
+
+
+class DeterministicDynamics(EnsembleDynamics):
+    """The original article's model: an MLP regressing the state delta with MSE.
+
+    ``members > 1`` trains several independent deterministic nets whose spread
+    still measures disagreement; the article used one.
+    """
+
+    probabilistic = False
+
+    def __init__(self, obs_dim: int, act_dim: int, members: int = 1, hidden: int = 64, layers: int = 2) -> None:
+        super().__init__(obs_dim, act_dim, members, hidden, layers)
+        # A deterministic model's log-variance: -inf, so the predicted variance is exactly zero.
+        self.register_buffer("_no_logvar", torch.tensor(float("-inf")))
+
+    def _head(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return out, self._no_logvar.expand_as(out)
+
+    def _loss(self, mean_n: torch.Tensor, logvar: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return (mean_n - target).square().mean(dim=(1, 2))
+
+
+class ProbabilisticEnsemble(EnsembleDynamics):
+    """PETS-style ensemble: each member outputs a diagonal Gaussian, trained by Gaussian NLL.
+
+    The log-variance is softly bounded between learned limits so it can neither
+    collapse nor explode off-distribution (Chua et al., 2018, appendix A.1).
+    """
+
+    probabilistic = True
+
+    def __init__(self, obs_dim: int, act_dim: int, members: int = 5, hidden: int = 200, layers: int = 3) -> None:
+        super().__init__(obs_dim, act_dim, members, hidden, layers)
+        self.max_logvar = nn.Parameter(torch.full((obs_dim,), 0.5))
+        self.min_logvar = nn.Parameter(torch.full((obs_dim,), -10.0))
+
+    def _head(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean_n, logvar = out.chunk(2, dim=-1)
+        logvar = self.max_logvar - F.softplus(self.max_logvar - logvar)
+        logvar = self.min_logvar + F.softplus(logvar - self.min_logvar)
+        return mean_n, logvar
+
+    def _loss(self, mean_n: torch.Tensor, logvar: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        nll = 0.5 * ((mean_n - target).square() * (-logvar).exp() + logvar)
+        # Small pull of the bounds towards each other keeps them tight around the data.
+        bound_reg = 0.01 * (self.max_logvar.sum() - self.min_logvar.sum())
+        return nll.mean(dim=(1, 2)) + bound_reg

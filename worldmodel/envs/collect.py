@@ -1,0 +1,174 @@
+"""Collect whole episodes from N copies of an environment stepped in lockstep.
+
+This is the first data a world model trains on, so it must be exact: every row is a real
+transition ``obs --action--> new_obs``, the last row of an episode carries the episode's true
+final observation, and the same seed gives the same episodes.
+
+Dimensions: ``N`` env copies, ``S`` observation size, ``A`` action size, ``B`` transitions.
+"""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import sys
+from typing import Any, Callable
+
+import gymnasium
+import numpy as np
+from gymnasium.vector import AutoresetMode, SyncVectorEnv
+from tqdm import tqdm
+
+from worldmodel.data.batch import Transitions
+from worldmodel.envs import make_env
+
+Policy = Callable[[np.ndarray], np.ndarray]
+"""Maps observations (N, S) to actions (N, A)."""
+
+
+def _random_policy(env_id: str, space: gymnasium.spaces.Box, rng: np.random.Generator) -> Policy:
+    """Actions uniform in the action box."""
+    low, high = np.asarray(space.low, np.float64), np.asarray(space.high, np.float64)
+    if not (np.all(np.isfinite(low)) and np.all(np.isfinite(high))):
+        raise ValueError(f"policy 'random' needs a bounded action space; env {env_id} has {space}")
+
+    def act(obs: np.ndarray) -> np.ndarray:
+        return rng.uniform(low, high, size=(len(obs), low.size)).astype(np.float32)
+
+    return act
+
+
+_POLICIES: dict[str, Callable[[str, gymnasium.spaces.Box, np.random.Generator], Policy]] = {
+    "random": _random_policy,
+}
+POLICIES = tuple(_POLICIES)
+"""Names ``collect`` accepts for ``policy``."""
+
+
+def collect(
+    env_id: str,
+    episodes: int,
+    seed: int = 0,
+    policy: str = "random",
+    agent_id: str = "agent-0000",
+    env_kwargs: dict[str, Any] | None = None,
+    num_envs: int = 8,
+    progress: bool = False,
+) -> Transitions:
+    """Run ``policy`` until exactly ``episodes`` episodes have ended and return their steps.
+
+    Episodes still running when the count is reached, and any finishing in the same step
+    beyond it, are dropped, so only whole episodes are returned. Episode ``i`` (numbered in
+    the order episodes end) has ``eps_id`` ``f"{agent_id}-{seed}-{i}"``, ``t`` 0.. without
+    gaps, rows contiguous and in time order; only its last row has ``terminateds`` or
+    ``truncateds`` set.
+
+    Args:
+        env_id: a gymnasium id with 1-D Box spaces (see ``make_env``).
+        episodes: number of whole episodes to return, >= 1.
+        seed: >= 0; fixes env resets and actions, so equal arguments give equal data.
+        policy: one of ``POLICIES``.
+        agent_id: written into every row and into the episode ids.
+        env_kwargs: passed to ``make_env`` for every copy.
+        num_envs: copies stepped in lockstep (capped at ``episodes``); results depend on it.
+        progress: show a tqdm bar of finished episodes on stderr.
+
+    Returns:
+        Transitions with B rows, grouped by episode, ``model_version`` "".
+    """
+    if episodes < 1:
+        raise ValueError(f"episodes must be >= 1, got {episodes}")
+    if num_envs < 1:
+        raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+    # A negative seed would put a '-' into eps_id and make ids of different agents collide.
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be an int >= 0, got {seed!r}")
+    if policy not in _POLICIES:
+        raise ValueError(f"unknown policy {policy!r}; choose one of {list(POLICIES)}")
+    if not agent_id:
+        raise ValueError("agent_id must be a non-empty string")
+
+    n = min(num_envs, episodes)
+    # Independent streams for env resets and for actions, and none shared between seeds
+    # (gymnasium's default seeds env i with seed + i, which would overlap seed + 1's envs).
+    env_stream, action_stream = np.random.SeedSequence(int(seed)).spawn(2)
+    make = functools.partial(make_env, env_id, **(env_kwargs or {}))
+    # NEXT_STEP autoreset: the step after an episode ends only resets that copy. Its output
+    # is not a transition and is masked out; the ending step itself returns the true final obs.
+    envs = SyncVectorEnv([make for _ in range(n)], autoreset_mode=AutoresetMode.NEXT_STEP)
+    try:
+        act = _POLICIES[policy](env_id, envs.single_action_space, np.random.default_rng(action_stream))
+        steps = _run(envs, act, episodes, [int(s) for s in env_stream.generate_state(n)], env_id, progress)
+    finally:
+        envs.close()
+    return _episodes(steps, episodes, agent_id, int(seed))
+
+
+def _run(
+    envs: SyncVectorEnv, act: Policy, episodes: int, env_seeds: list[int], env_id: str, progress: bool
+) -> dict[str, np.ndarray]:
+    """Step all copies until ``episodes`` episodes end; every array has (T*N, ...) rows, time-major."""
+    n = envs.num_envs
+    records: list[dict[str, np.ndarray]] = []
+    t = np.zeros(n, dtype=np.int64)  # step index of each copy's next logged transition
+    episode = np.zeros(n, dtype=np.int64)  # episodes begun so far on each copy
+    resetting = np.zeros(n, dtype=bool)  # copy ended an episode last step; this step resets it
+    done_total = 0
+    obs, _ = envs.reset(seed=env_seeds)
+    with tqdm(total=episodes, desc=f"collect {env_id}", unit="ep", file=sys.stderr, disable=not progress) as bar:
+        while done_total < episodes:
+            actions = act(obs)  # (N, A)
+            new_obs, rewards, terminateds, truncateds, _ = envs.step(actions)
+            logged = ~resetting
+            now = np.datetime64(datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None), "us")
+            records.append(
+                {
+                    "obs": obs,
+                    "actions": actions,
+                    "rewards": rewards,
+                    "new_obs": new_obs,
+                    "terminateds": terminateds,
+                    "truncateds": truncateds,
+                    "logged": logged,
+                    "t": t,
+                    "key": episode * n + np.arange(n),  # unique per (copy, episode on that copy)
+                    "time": np.full(n, now),
+                }
+            )
+            ended = (terminateds | truncateds) & logged
+            # New arrays rather than in-place updates: the recorded ones must not change.
+            t = np.where(ended, 0, t + logged)
+            episode = episode + ended
+            resetting = ended
+            obs = new_obs
+            new = int(ended.sum())
+            bar.update(min(new, episodes - done_total))
+            done_total += new
+    return {name: np.concatenate([r[name] for r in records]) for name in records[0]}
+
+
+def _episodes(steps: dict[str, np.ndarray], episodes: int, agent_id: str, seed: int) -> Transitions:
+    """Keep the first ``episodes`` episodes to end, numbered in that order, rows grouped by episode."""
+    logged, key = steps["logged"], steps["key"]
+    ended_keys = key[logged & (steps["terminateds"] | steps["truncateds"])]  # in (step, copy) order
+    chosen = ended_keys[:episodes]
+    order = np.argsort(chosen)
+    sorted_keys = chosen[order]
+    pos = np.minimum(np.searchsorted(sorted_keys, key), len(chosen) - 1)
+    keep = np.flatnonzero(logged & (sorted_keys[pos] == key))
+    keep = keep[np.lexsort((steps["t"][keep], order[pos[keep]]))]  # by episode, then t
+    index = order[pos[keep]]  # episode number of each kept row
+    names = np.array([f"{agent_id}-{seed}-{i}" for i in range(episodes)], dtype=object)
+    return Transitions.build(
+        obs=steps["obs"][keep],
+        actions=steps["actions"][keep],
+        rewards=steps["rewards"][keep],
+        new_obs=steps["new_obs"][keep],
+        terminateds=steps["terminateds"][keep],
+        truncateds=steps["truncateds"][keep],
+        eps_id=names[index],
+        agent_id=agent_id,
+        t=steps["t"][keep],
+        model_version="",
+        timestamp=steps["time"][keep],
+    )

@@ -1,0 +1,87 @@
+"""Vectorised building blocks: E independent networks evaluated in one batched matmul.
+
+Dimension glossary (used across fleetwm): ``E`` ensemble members, ``B`` batch,
+``S`` state, ``A`` action, ``I``/``O`` layer input/output width.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+class EnsembleLinear(nn.Module):
+    """E independent linear layers: (E, B, I) -> (E, B, O) with one ``baddbmm``."""
+
+    def __init__(self, members: int, in_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(members, in_dim, out_dim))
+        self.bias = nn.Parameter(torch.empty(members, 1, out_dim))
+        # Same init as nn.Linear, drawn independently per member so members disagree off-data.
+        bound = 1.0 / math.sqrt(in_dim)
+        nn.init.uniform_(self.weight, -bound, bound)
+        nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.baddbmm(self.bias, x, self.weight)
+
+    def extra_repr(self) -> str:
+        e, i, o = self.weight.shape
+        return f"members={e}, in_dim={i}, out_dim={o}"
+
+
+class EnsembleMLP(nn.Module):
+    """E independent MLPs with SiLU activations: (E, B, I) -> (E, B, O)."""
+
+    def __init__(self, members: int, in_dim: int, out_dim: int, hidden: int, layers: int) -> None:
+        super().__init__()
+        if members < 1 or hidden < 1 or layers < 1:
+            raise ValueError(f"members, hidden and layers must be >= 1, got {members}, {hidden}, {layers}")
+        widths = [in_dim] + [hidden] * layers
+        blocks: list[nn.Module] = []
+        for i, o in zip(widths[:-1], widths[1:]):
+            blocks += [EnsembleLinear(members, i, o), nn.SiLU()]
+        blocks.append(EnsembleLinear(members, widths[-1], out_dim))
+        self.net = nn.Sequential(*blocks)
+        self.members = members
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def flops_per_sample(self) -> int:
+        """Multiply-adds x2 of one member on one input row (activations not counted)."""
+        return sum(2 * m.weight.shape[1] * m.weight.shape[2] for m in self.modules() if isinstance(m, EnsembleLinear))
+
+
+class Normalizer(nn.Module):
+    """Per-feature standardisation fitted from data; statistics travel in the state dict."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("std", torch.ones(dim))
+
+    @torch.no_grad()
+    def fit(self, x: torch.Tensor) -> None:
+        """Fit from rows x: (B, D). Constant features keep std 1 so they pass through unscaled."""
+        x = x.reshape(-1, x.shape[-1]).to(self.mean)
+        std = x.std(dim=0, unbiased=False)
+        self.mean.copy_(x.mean(dim=0))
+        self.std.copy_(torch.where(std < 1e-6, torch.ones_like(std), std))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+    def inverse(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.std + self.mean
+
+
+def expand_members(x: torch.Tensor, members: int) -> torch.Tensor:
+    """(B, D) -> (E, B, D) as a view; an (E, B, D) input passes through."""
+    if x.dim() == 2:
+        return x.unsqueeze(0).expand(members, *x.shape)
+    if x.dim() == 3 and x.shape[0] == members:
+        return x
+    raise ValueError(f"expected (B, D) or ({members}, B, D), got shape {tuple(x.shape)}")

@@ -1,0 +1,185 @@
+"""Training a world model from logged transitions: split, fit, calibrate, evaluate.
+
+Episodes, not rows, are split into train / validation / test, so no test
+transition has a neighbour from the same episode in training. Validation data
+drives early stopping and variance calibration; the reported metrics come from
+the test episodes alone.
+
+Shapes: ``B`` rows, ``W`` sequence windows, ``L`` window length, ``S`` state, ``A`` action.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from worldmodel.calibration import fit_var_scale
+from worldmodel.config import ModelConfig, TrainConfig
+from worldmodel.data.batch import Transitions
+from worldmodel.device import resolve_device
+from worldmodel.dynamics import Prediction
+from worldmodel.envs import SpaceSpec
+from worldmodel.fit import FitResult, fit
+from worldmodel.metrics import classification_metrics, regression_metrics
+from worldmodel.model import WorldModel, build_dynamics, build_reward, build_termination
+from worldmodel.recurrent import RecurrentDynamics
+
+
+@dataclass(frozen=True)
+class Split:
+    train: Transitions
+    val: Transitions
+    test: Transitions
+
+
+def split_by_episode(data: Transitions, val_fraction: float, test_fraction: float, seed: int) -> Split:
+    """Assign whole episodes to train / validation / test at random (seeded)."""
+    episodes = np.unique(data.eps_id.astype(str))
+    if len(episodes) < 3:
+        raise ValueError(f"need at least 3 episodes to split train/validation/test, got {len(episodes)}")
+    order = np.random.default_rng(seed).permutation(episodes)
+    n_test = max(1, round(test_fraction * len(order)))
+    n_val = max(1, round(val_fraction * len(order)))
+    eps = data.eps_id.astype(str)
+    test = np.isin(eps, order[:n_test])
+    val = np.isin(eps, order[n_test:n_test + n_val])
+    return Split(data.select(~(test | val)), data.select(val), data.select(test))
+
+
+def tensors(data: Transitions, device: torch.device) -> dict[str, torch.Tensor]:
+    """The columns models train on, as tensors on ``device``."""
+    as_t = lambda x: torch.as_tensor(x, device=device)  # noqa: E731
+    return {"obs": as_t(data.obs), "actions": as_t(data.actions), "new_obs": as_t(data.new_obs),
+            "rewards": as_t(data.rewards), "terminateds": as_t(data.terminateds.astype(np.float32))}
+
+
+def sequence_windows(data: Transitions, length: int) -> np.ndarray:
+    """Row indices of non-overlapping windows of ``length`` consecutive steps of one episode: (W, L).
+
+    Episodes shorter than ``length`` contribute no window.
+    """
+    order = np.lexsort((data.t, data.eps_id.astype(str)))
+    eps = data.eps_id.astype(str)[order]
+    starts = np.flatnonzero(np.r_[True, eps[1:] != eps[:-1]])  # first row of each episode (sorted)
+    lengths = np.diff(np.r_[starts, len(eps)])
+    pos = np.arange(len(eps)) - np.repeat(starts, lengths)  # step within episode
+    remaining = np.repeat(starts + lengths, lengths) - np.arange(len(eps))
+    first = np.flatnonzero((pos % length == 0) & (remaining >= length))
+    return order[first[:, None] + np.arange(length)]
+
+
+def _fit_dynamics(model: torch.nn.Module, split: Split, cfg: TrainConfig, device: torch.device,
+                  progress: bool) -> tuple[FitResult, dict[str, dict[str, torch.Tensor]]]:
+    """Fit the dynamics model; returns the fit and each split's tensors laid out as the model reads them."""
+    cols = ("obs", "actions", "new_obs")
+    parts = {name: tensors(getattr(split, name), device) for name in ("train", "val", "test")}
+    if isinstance(model, RecurrentDynamics):
+        for name, part in parts.items():
+            index = torch.as_tensor(sequence_windows(getattr(split, name), cfg.seq_len), device=device)
+            if len(index) == 0:
+                raise ValueError(f"the {name} split has no episode of at least seq_len={cfg.seq_len} steps")
+            parts[name] = {c: part[c][index] for c in cols}  # (W, L, *)
+    train, val = parts["train"], parts["val"]
+    model.fit_normalizers(*(train[c] for c in cols))
+    result = fit(model, [train[c] for c in cols], [val[c] for c in cols], cfg, "dynamics", progress)
+    return result, parts
+
+
+@torch.no_grad()
+def predict_rows(model: torch.nn.Module, obs: torch.Tensor, actions: torch.Tensor) -> Prediction:
+    """One-step predictions for rows (B, *) or, for a recurrent model, windows (W, L, *) -> rows (W*L, S)."""
+    if not isinstance(model, RecurrentDynamics):
+        return model(obs, actions)
+    h = model.initial_state(obs.shape[0])
+    means, variances = [], []
+    for t in range(obs.shape[1]):
+        h, pred = model.step(h, obs[:, t], actions[:, t])
+        means.append(pred.mean)
+        variances.append(pred.var)
+    return Prediction(torch.stack(means, 2).flatten(1, 2), torch.stack(variances, 2).flatten(1, 2))
+
+
+def train_world_model(
+    data: Transitions,
+    spec: SpaceSpec,
+    model_cfg: ModelConfig | None = None,
+    train_cfg: TrainConfig | None = None,
+    progress: bool = False,
+    log: Callable[[str], None] = lambda message: None,
+) -> WorldModel:
+    """Train dynamics, reward and (when the data has terminal states) termination models.
+
+    Args:
+        data: logged transitions of one environment.
+        spec: its observation/action sizes; must match ``data``.
+        model_cfg: architecture (defaults: a 5-member probabilistic ensemble).
+        train_cfg: fitting settings (defaults: early-stopped AdamW, seed 0).
+        progress: show progress bars on stderr.
+        log: called with one line per stage.
+
+    Returns:
+        The trained WorldModel with held-out test metrics in ``metrics``.
+    """
+    model_cfg, train_cfg = model_cfg or ModelConfig(), train_cfg or TrainConfig()
+    if (data.obs_dim, data.act_dim) != (spec.obs_dim, spec.act_dim):
+        raise ValueError(f"data has obs/action sizes ({data.obs_dim}, {data.act_dim}), "
+                         f"but {spec.env_id or 'the env'} has ({spec.obs_dim}, {spec.act_dim})")
+    device = resolve_device(train_cfg.device)
+    torch.manual_seed(train_cfg.seed)
+    split = split_by_episode(data, train_cfg.val_fraction, train_cfg.test_fraction, train_cfg.seed)
+    log(f"split {len(data)} transitions into {len(split.train)} train / {len(split.val)} val / "
+        f"{len(split.test)} test rows by episode; training on {device}")
+
+    dynamics = build_dynamics(spec, model_cfg).to(device)
+    dyn_fit, parts = _fit_dynamics(dynamics, split, train_cfg, device, progress)
+    val, test = parts["val"], parts["test"]
+    if getattr(dynamics, "probabilistic", False) and not isinstance(dynamics, RecurrentDynamics):
+        dynamics.var_scale.copy_(fit_var_scale(predict_rows(dynamics, val["obs"], val["actions"]),
+                                               val["new_obs"]))
+    pred = predict_rows(dynamics, test["obs"], test["actions"])
+    mean, var = pred.moments()
+    flat = lambda x: x.reshape(-1, x.shape[-1])  # noqa: E731
+    dyn_metrics = regression_metrics(mean, flat(test["new_obs"]), var if dynamics.probabilistic or
+                                     dynamics.members > 1 else None, base=flat(test["obs"]))
+    log(f"dynamics: {dyn_fit.epochs} epochs, test R^2 min {dyn_metrics['r2_min']:.4f}")
+
+    tr, va, te = (tensors(getattr(split, n), device) for n in ("train", "val", "test"))
+    reward_cols = ("obs", "actions", "new_obs", "rewards")
+    reward = build_reward(spec, model_cfg).to(device)
+    reward.fit_normalizers(*(tr[c] for c in reward_cols))
+    rew_fit = fit(reward, [tr[c] for c in reward_cols], [va[c] for c in reward_cols], train_cfg, "reward", progress)
+    with torch.no_grad():
+        rew_pred = reward(te["obs"], te["actions"], te["new_obs"]).mean(0)
+    rew_metrics = regression_metrics(rew_pred[:, None], te["rewards"][:, None])
+    log(f"reward: {rew_fit.epochs} epochs, test R^2 {rew_metrics['r2_min']:.4f}")
+
+    termination, term_metrics, term_fit = None, None, None
+    if data.terminateds.any():
+        term_cols = ("obs", "actions", "new_obs", "terminateds")
+        termination = build_termination(spec, model_cfg).to(device)
+        termination.fit_normalizers(*(tr[c] for c in term_cols))
+        term_fit = fit(termination, [tr[c] for c in term_cols], [va[c] for c in term_cols], train_cfg,
+                       "termination", progress)
+        with torch.no_grad():
+            term_metrics = classification_metrics(termination(te["obs"], te["actions"], te["new_obs"]).mean(0),
+                                                  te["terminateds"])
+        log(f"termination: {term_fit.epochs} epochs, test accuracy {term_metrics['accuracy']:.4f}")
+
+    metrics: dict[str, Any] = {
+        "data": {"transitions": len(data), "episodes": int(len(np.unique(data.eps_id.astype(str)))),
+                 "train_rows": len(split.train), "val_rows": len(split.val), "test_rows": len(split.test)},
+        "dynamics": dyn_metrics | {"fit": _fit_summary(dyn_fit)},
+        "reward": rew_metrics | {"fit": _fit_summary(rew_fit)},
+        "termination": None if term_metrics is None else term_metrics | {"fit": _fit_summary(term_fit)},
+        "device": str(device),
+    }
+    return WorldModel(spec, model_cfg, train_cfg, dynamics, reward, termination, metrics=metrics)
+
+
+def _fit_summary(result: FitResult | None) -> dict[str, Any]:
+    assert result is not None
+    return {"epochs": result.epochs, "best_epoch": result.best_epoch, "best_val_loss": result.best_val_loss,
+            "seconds": round(result.seconds, 3), "val_loss_history": [round(v, 6) for v in result.history]}
