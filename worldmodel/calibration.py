@@ -1,4 +1,4 @@
-"""Post-hoc variance calibration: scale each dimension's aleatoric variance on held-out data.
+"""Post-hoc variance calibration: scale each dimension's predictive variance on held-out data.
 
 Networks trained by Gaussian NLL tend to be over-confident off the training rows,
 most of all on deterministic systems. One scale per dimension is chosen on
@@ -26,23 +26,22 @@ _MAX_ROWS = 20_000
 
 @torch.no_grad()
 def fit_var_scale(pred: Prediction, target: torch.Tensor) -> torch.Tensor:
-    """Per-dimension scale s of the aleatoric variance that best calibrates held-out intervals.
+    """Per-dimension scale s of the predictive variance that best calibrates held-out intervals.
 
     Args:
-        pred: prediction with mean/var (E, B, S), computed with scale 1.
+        pred: prediction with mean/var (E, B, S); its own scale is ignored.
         target: (B, S) true next states.
 
     Returns:
-        (S,) scales; the predictive variance becomes s * aleatoric + epistemic.
+        (S,) scales; the predictive variance becomes s * (aleatoric + epistemic).
     """
-    alea = pred.var.mean(0)[:_MAX_ROWS]  # (B, S)
-    epi = pred.mean.var(0, unbiased=False)[:_MAX_ROWS]  # (B, S)
-    abs_err = (pred.mean.mean(0)[:_MAX_ROWS] - target[:_MAX_ROWS]).abs()  # (B, S)
+    mean, var = Prediction(pred.mean, pred.var).moments()
+    var, abs_err = var[:_MAX_ROWS], (mean - target).abs()[:_MAX_ROWS]  # (B, S)
     scales = (10.0 ** _LOG10_GRID).to(target)  # (G,)
     k, expected = _K.to(target), _EXPECTED.to(target)
     errors = []
     for scale in scales:  # G small steps keep memory at (B, S, K) instead of (G, B, S, K)
-        z = abs_err / (scale * alea + epi + 1e-12).sqrt()  # (B, S)
+        z = abs_err / (scale * var + 1e-12).sqrt()  # (B, S)
         coverage = (z[..., None] <= k).to(target.dtype).mean(0)  # (S, K)
         errors.append((coverage - expected).abs().mean(-1))  # (S,)
     return scales[torch.stack(errors).argmin(0)]

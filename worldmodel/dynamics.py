@@ -26,19 +26,22 @@ class Prediction:
     Attributes:
         mean: (E, B, S) predicted next state.
         var: (E, B, S) predicted aleatoric variance of the next state (zeros when deterministic).
+        scale: (S,) calibration of the predictive variance fitted on held-out data (ones when none).
     """
 
     mean: torch.Tensor
     var: torch.Tensor
+    scale: torch.Tensor | float = 1.0
 
     def moments(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean and variance of the ensemble as one Gaussian: ((B, S), (B, S)).
+        """Mean and calibrated variance of the ensemble as one Gaussian: ((B, S), (B, S)).
 
         The variance adds the members' mean aleatoric variance and their
-        disagreement (epistemic variance), as in PETS' moment matching.
+        disagreement (epistemic variance), as in PETS' moment matching, times
+        the calibration scale.
         """
         mean = self.mean.mean(0)
-        var = self.var.mean(0) + self.mean.var(0, unbiased=False)
+        var = (self.var.mean(0) + self.mean.var(0, unbiased=False)) * self.scale
         return mean, var
 
 
@@ -54,7 +57,7 @@ class EnsembleDynamics(nn.Module):
         self.delta_norm = Normalizer(obs_dim)
         out_dim = 2 * obs_dim if self.probabilistic else obs_dim
         self.net = EnsembleMLP(members, obs_dim + act_dim, out_dim, hidden, layers)
-        # Per-dimension variance scale fitted after training on validation data (see calibration.py).
+        # Per-dimension scale of the predictive variance, fitted on validation data (calibration.py).
         self.register_buffer("var_scale", torch.ones(obs_dim))
 
     @torch.no_grad()
@@ -79,8 +82,8 @@ class EnsembleDynamics(nn.Module):
         """
         mean_n, logvar = self._head(self._raw(obs, action))
         mean = expand_members(obs, self.members) + self.delta_norm.inverse(mean_n)
-        var = logvar.exp() * self.delta_norm.std.square() * self.var_scale
-        return Prediction(mean, var)
+        var = logvar.exp() * self.delta_norm.std.square()
+        return Prediction(mean, var, self.var_scale)
 
     def loss(self, obs: torch.Tensor, action: torch.Tensor, next_obs: torch.Tensor) -> torch.Tensor:
         """Training loss of each member on its own batch: inputs (E, B, *) -> (E,)."""

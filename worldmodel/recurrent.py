@@ -32,6 +32,8 @@ class RecurrentDynamics(nn.Module):
         self.head = nn.Sequential(nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, 2 * obs_dim))
         self.max_logvar = nn.Parameter(torch.full((obs_dim,), 0.5))
         self.min_logvar = nn.Parameter(torch.full((obs_dim,), -10.0))
+        # Per-dimension scale of the predictive variance, fitted on validation data (calibration.py).
+        self.register_buffer("var_scale", torch.ones(obs_dim))
 
     @torch.no_grad()
     def fit_normalizers(self, obs: torch.Tensor, action: torch.Tensor, next_obs: torch.Tensor) -> None:
@@ -64,7 +66,7 @@ class RecurrentDynamics(nn.Module):
         h, mean_n, logvar = self._step(h, obs, action)
         mean = obs + self.delta_norm.inverse(mean_n)
         var = logvar.exp() * self.delta_norm.std.square()
-        return h, Prediction(mean.unsqueeze(0), var.unsqueeze(0))
+        return h, Prediction(mean.unsqueeze(0), var.unsqueeze(0), self.var_scale)
 
     def loss(self, obs: torch.Tensor, action: torch.Tensor, next_obs: torch.Tensor) -> torch.Tensor:
         """Teacher-forced Gaussian NLL over sequences, from a zero state at each sequence start.

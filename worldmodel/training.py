@@ -136,14 +136,14 @@ def train_world_model(
     dynamics = build_dynamics(spec, model_cfg).to(device)
     dyn_fit, parts = _fit_dynamics(dynamics, split, train_cfg, device, progress)
     val, test = parts["val"], parts["test"]
-    if getattr(dynamics, "probabilistic", False) and not isinstance(dynamics, RecurrentDynamics):
-        dynamics.var_scale.copy_(fit_var_scale(predict_rows(dynamics, val["obs"], val["actions"]),
-                                               val["new_obs"]))
-    pred = predict_rows(dynamics, test["obs"], test["actions"])
-    mean, var = pred.moments()
     flat = lambda x: x.reshape(-1, x.shape[-1])  # noqa: E731
-    dyn_metrics = regression_metrics(mean, flat(test["new_obs"]), var if dynamics.probabilistic or
-                                     dynamics.members > 1 else None, base=flat(test["obs"]))
+    has_variance = dynamics.probabilistic or dynamics.members > 1
+    if has_variance:
+        dynamics.var_scale.copy_(fit_var_scale(predict_rows(dynamics, val["obs"], val["actions"]),
+                                               flat(val["new_obs"])))
+    mean, var = predict_rows(dynamics, test["obs"], test["actions"]).moments()
+    dyn_metrics = regression_metrics(mean, flat(test["new_obs"]), var if has_variance else None,
+                                     base=flat(test["obs"]))
     log(f"dynamics: {dyn_fit.epochs} epochs, test R^2 min {dyn_metrics['r2_min']:.4f}")
 
     tr, va, te = (tensors(getattr(split, n), device) for n in ("train", "val", "test"))

@@ -106,7 +106,7 @@ def _check_schemas(files: list[str], fragments: list[ds.ParquetFileFragment]) ->
         except (pa.ArrowInvalid, OSError) as e:
             raise SchemaError(f"{path}: not a Parquet file ({e})") from e
         _check_version(path, physical)
-        sizes = _check_fields(path, physical)
+        sizes = _check_fields(path, physical, {name: size for name, (size, _) in dims.items()})
         if sizes[sc.NEW_OBS] != sizes[sc.OBS]:
             raise SchemaError(
                 f"{path}: column {sc.NEW_OBS!r} has {sizes[sc.NEW_OBS]} values per row, "
@@ -137,8 +137,11 @@ def _check_version(path: str, physical: pa.Schema) -> None:
         )
 
 
-def _check_fields(path: str, physical: pa.Schema) -> dict[str, int]:
-    """Check names and types of the known columns; returns list sizes of the vector columns."""
+def _check_fields(path: str, physical: pa.Schema, known: dict[str, int]) -> dict[str, int]:
+    """Check names and types of the known columns; returns list sizes of the vector columns.
+
+    ``known`` holds the sizes of obs and actions set by earlier files, for the message.
+    """
     # Any positive sizes will do: only the scalar types are compared against this.
     reference = sc.trajectory_schema(1, 1)
     sizes = {}
@@ -153,7 +156,8 @@ def _check_fields(path: str, physical: pa.Schema) -> dict[str, int]:
             # "element" where Arrow says "item", and pyarrow's == counts the name.
             ok = pa.types.is_fixed_size_list(actual) and actual.value_type == pa.float32()
             if not ok:
-                raise SchemaError(f"{path}: column {name!r} has type {actual}, expected fixed_size_list<float>[n]")
+                size = known.get(sc.ACTIONS if name == sc.ACTIONS else sc.OBS, "n")
+                raise SchemaError(f"{path}: column {name!r} has type {actual}, expected fixed_size_list<float>[{size}]")
             sizes[name] = actual.list_size
         elif actual != wanted:
             raise SchemaError(f"{path}: column {name!r} has type {actual}, expected {wanted}")
