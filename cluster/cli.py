@@ -14,6 +14,7 @@ import os
 import sys
 from typing import Any, Callable, Sequence
 
+from cluster.commands import demo as demo_cmds
 from cluster.commands import model as model_cmds
 
 EXIT_ERROR, EXIT_USAGE = 1, 2
@@ -34,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="wm", description="fleetwm: world models and MPC for fleets of agents.",
                      parents=[common])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for register in (model_cmds.register,):
+    for register in (model_cmds.register, demo_cmds.register):
         register(sub, common)
     return parser
 
