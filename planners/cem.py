@@ -1,0 +1,78 @@
+"""Cross-entropy method (PETS), with iCEM's coloured noise as an option.
+
+Each round samples K sequences per agent around a Gaussian, keeps the best
+``elites`` and refits the Gaussian to them, smoothed with the previous fit.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from planners.base import BasePlanner, PlanConfig, best_of
+from planners.noise import coloured_noise
+from planners.objectives import Objective, Params
+
+
+@dataclass(frozen=True)
+class CEMConfig:
+    """CEM's own settings."""
+
+    elites: int = 20
+    """Sequences kept per agent per round to refit the sampling distribution."""
+    alpha: float = 0.1
+    """Weight of the previous mean/std when refitting (smoothing; 0 = no memory)."""
+    init_std: float = 0.5
+    """Initial standard deviation, as a fraction of half the action range."""
+    noise_beta: float = 0.0
+    """Exponent of the noise spectrum 1/f^beta over the horizon: 0 white (PETS), 2 to 2.5 iCEM."""
+
+    def __post_init__(self) -> None:
+        if self.elites < 1:
+            raise ValueError(f"elites must be >= 1, got {self.elites}")
+        if not 0 <= self.alpha < 1:
+            raise ValueError(f"alpha must be in [0, 1), got {self.alpha}")
+        if self.init_std <= 0:
+            raise ValueError(f"init_std must be > 0, got {self.init_std}")
+        if self.noise_beta < 0:
+            raise ValueError(f"noise_beta must be >= 0, got {self.noise_beta}")
+
+
+class CEMPlanner(BasePlanner):
+    def __init__(self, dynamics: torch.nn.Module, objective: Objective, action_low: torch.Tensor,
+                 action_high: torch.Tensor, cfg: PlanConfig = PlanConfig(), cem: CEMConfig = CEMConfig(),
+                 **kwargs) -> None:
+        super().__init__(dynamics, objective, action_low, action_high, cfg, **kwargs)
+        if cem.elites > cfg.samples:
+            raise ValueError(f"elites ({cem.elites}) must not exceed samples ({cfg.samples})")
+        self.cem = cem
+
+    def _optimise(self, obs: torch.Tensor, params: Params | None,
+                  warm_start: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, int]:
+        n, (k, h), a = obs.shape[0], (self.cfg.samples, self.cfg.horizon), self.act_dim
+        params = params or {}
+        mean = self._midpoint(n) if warm_start is None else warm_start.to(self.device)  # (N, H, A)
+        std = (self.cem.init_std * (self.high - self.low) / 2).expand(n, h, a)  # (N, H, A)
+        best = best_returns = None
+        iterations = 0
+        for _ in range(self.cfg.iterations):
+            if iterations and self._spent():
+                break
+            start = time.perf_counter()
+            # Sample candidates around the current distribution, inside the action box.
+            noise = coloured_noise((n, k, h, a), self.cem.noise_beta, self.generator, self.device)
+            candidates = self._clamp(mean[:, None] + std[:, None] * noise)  # (N, K, H, A)
+            # Score them by simulated return.
+            returns = self.rollout.returns(obs, candidates, params, self.generator)  # (N, K)
+            best, best_returns = best_of(candidates, returns, best, best_returns)
+            # Refit the distribution to the elites, smoothed with the previous one.
+            idx = returns.topk(self.cem.elites, dim=1).indices  # (N, elites)
+            elites = candidates.gather(1, idx[..., None, None].expand(-1, -1, h, a))  # (N, elites, H, A)
+            mean = self.cem.alpha * mean + (1 - self.cem.alpha) * elites.mean(1)
+            std = self.cem.alpha * std + (1 - self.cem.alpha) * elites.std(1, unbiased=False)
+            iterations += 1
+            self._timed(start)
+        assert best is not None and best_returns is not None
+        return best, best_returns, iterations

@@ -1,0 +1,71 @@
+"""Model-predictive path integral control (Williams et al., 2017), batched over agents.
+
+Each round perturbs the current mean sequence with Gaussian noise and moves the
+mean to the return-weighted average of the perturbed sequences. Returns are
+normalised per agent before weighting, so one temperature suits any reward scale.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from planners.base import BasePlanner, PlanConfig, best_of
+from planners.noise import coloured_noise
+from planners.objectives import Objective, Params
+
+
+@dataclass(frozen=True)
+class MPPIConfig:
+    """MPPI's own settings."""
+
+    temperature: float = 0.05
+    """Softmax temperature on per-agent normalised returns; smaller is greedier."""
+    noise_std: float = 0.5
+    """Perturbation standard deviation, as a fraction of half the action range."""
+    noise_beta: float = 0.0
+    """Spectral exponent of the perturbations along the horizon (0 white)."""
+
+    def __post_init__(self) -> None:
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if self.noise_std <= 0:
+            raise ValueError(f"noise_std must be > 0, got {self.noise_std}")
+
+
+class MPPIPlanner(BasePlanner):
+    def __init__(self, dynamics: torch.nn.Module, objective: Objective, action_low: torch.Tensor,
+                 action_high: torch.Tensor, cfg: PlanConfig = PlanConfig(), mppi: MPPIConfig = MPPIConfig(),
+                 **kwargs) -> None:
+        super().__init__(dynamics, objective, action_low, action_high, cfg, **kwargs)
+        self.mppi = mppi
+
+    def _optimise(self, obs: torch.Tensor, params: Params | None,
+                  warm_start: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, int]:
+        n, (k, h), a = obs.shape[0], (self.cfg.samples, self.cfg.horizon), self.act_dim
+        params = params or {}
+        mean = self._midpoint(n) if warm_start is None else warm_start.to(self.device)  # (N, H, A)
+        std = self.mppi.noise_std * (self.high - self.low) / 2  # (A,)
+        best = best_returns = None
+        iterations = 0
+        for _ in range(self.cfg.iterations):
+            if iterations and self._spent():
+                break
+            start = time.perf_counter()
+            # Perturb the mean; the first candidate is the unperturbed mean itself.
+            noise = coloured_noise((n, k, h, a), self.mppi.noise_beta, self.generator, self.device)
+            noise[:, 0] = 0
+            candidates = self._clamp(mean[:, None] + std * noise)  # (N, K, H, A)
+            returns = self.rollout.returns(obs, candidates, params, self.generator)  # (N, K)
+            best, best_returns = best_of(candidates, returns, best, best_returns)
+            # Weight by normalised return and average.
+            spread = (returns.max(1, keepdim=True).values - returns.min(1, keepdim=True).values).clamp_min(1e-8)
+            weights = torch.softmax((returns - returns.max(1, keepdim=True).values) / spread
+                                    / self.mppi.temperature, dim=1)  # (N, K)
+            mean = (weights[..., None, None] * candidates).sum(1)
+            iterations += 1
+            self._timed(start)
+        assert best is not None and best_returns is not None
+        return best, best_returns, iterations

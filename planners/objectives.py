@@ -1,0 +1,115 @@
+"""Objectives: what a plan is worth, as a sum of reward terms; constraint costs are negative terms.
+
+Terms score transitions laid out as (X, N, R, D): X a leading axis (ensemble
+members or 1), N agents, R rollouts per agent. Per-agent parameters (goals,
+no-fly zones) travel in ``params`` as tensors of shape (N, ...) and broadcast
+over X and R, so one batched call serves agents with different goals.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, Sequence
+
+import torch
+
+from worldmodel.reward import RewardModel
+
+Params = dict[str, torch.Tensor]
+"""Per-agent objective parameters; each value has the agent axis N first."""
+
+GOAL = "goal"
+"""(N, G) goal position per agent, for GoalReward."""
+ZONES = "zones"
+"""(N, Z, 3) circular no-fly zones per agent: centre x, y and radius (radius 0 pads unused slots)."""
+
+
+class Term(Protocol):
+    def __call__(self, obs: torch.Tensor, action: torch.Tensor, next_obs: torch.Tensor,
+                 params: Params) -> torch.Tensor:
+        """Reward of each transition: (X, N, R, *) -> (X, N, R)."""
+        ...
+
+
+def _param(params: Params, key: str, term: str) -> torch.Tensor:
+    try:
+        return params[key]
+    except KeyError:
+        raise ValueError(f"{term} needs the per-agent parameter {key!r}; got {sorted(params)}") from None
+
+
+class LearnedReward:
+    """The world model's reward model r(s, a, s'), averaged over its members."""
+
+    def __init__(self, model: RewardModel) -> None:
+        self.model = model
+
+    def __call__(self, obs: torch.Tensor, action: torch.Tensor, next_obs: torch.Tensor,
+                 params: Params) -> torch.Tensor:
+        lead = obs.shape[:-1]
+        flat = lambda x: x.reshape(-1, x.shape[-1])  # noqa: E731
+        return self.model(flat(obs), flat(action), flat(next_obs)).mean(0).view(lead)
+
+
+class GoalReward:
+    """Minus the distance from the reached position to each agent's goal (Nav2D's reward)."""
+
+    def __init__(self, pos_dims: Sequence[int] = (0, 1)) -> None:
+        self.pos_dims = list(pos_dims)
+
+    def __call__(self, obs: torch.Tensor, action: torch.Tensor, next_obs: torch.Tensor,
+                 params: Params) -> torch.Tensor:
+        goal = _param(params, GOAL, "GoalReward")[:, None, :]  # (N, 1, G)
+        return -(next_obs[..., self.pos_dims] - goal).norm(dim=-1)
+
+
+class NoFlyZones:
+    """Cost of entering circular zones: ``weight`` per unit of depth inside (radius + margin).
+
+    The margin keeps plans clear of the edge, so model error does not carry the
+    agent across it; the linear depth gives gradient-based planners a slope.
+    """
+
+    def __init__(self, pos_dims: Sequence[int] = (0, 1), weight: float = 100.0, margin: float = 0.3) -> None:
+        self.pos_dims, self.weight, self.margin = list(pos_dims), weight, margin
+
+    def __call__(self, obs: torch.Tensor, action: torch.Tensor, next_obs: torch.Tensor,
+                 params: Params) -> torch.Tensor:
+        zones = _param(params, ZONES, "NoFlyZones")  # (N, Z, 3)
+        pos = next_obs[..., self.pos_dims].unsqueeze(-2)  # (X, N, R, 1, 2)
+        dist = (pos - zones[:, None, :, :2]).norm(dim=-1)  # (X, N, R, Z)
+        radius = zones[:, None, :, 2]  # (N, 1, Z)
+        depth = torch.relu(radius + self.margin - dist) * (radius > 0)
+        return -self.weight * depth.sum(-1)
+
+
+class StateBox:
+    """Cost of leaving a box on some state dimensions: ``weight`` per unit outside."""
+
+    def __init__(self, dims: Sequence[int], low: Sequence[float], high: Sequence[float],
+                 weight: float = 100.0) -> None:
+        if not len(dims) == len(low) == len(high):
+            raise ValueError(f"dims, low and high must have equal lengths, got {len(dims)}, {len(low)}, {len(high)}")
+        self.dims, self.weight = list(dims), weight
+        self.low, self.high = torch.tensor(low), torch.tensor(high)
+
+    def __call__(self, obs: torch.Tensor, action: torch.Tensor, next_obs: torch.Tensor,
+                 params: Params) -> torch.Tensor:
+        x = next_obs[..., self.dims]
+        low, high = self.low.to(x), self.high.to(x)
+        return -self.weight * (torch.relu(low - x) + torch.relu(x - high)).sum(-1)
+
+
+class Objective:
+    """The sum of reward and constraint terms."""
+
+    def __init__(self, terms: Sequence[Term]) -> None:
+        if not terms:
+            raise ValueError("an Objective needs at least one term")
+        self.terms = list(terms)
+
+    def __call__(self, obs: torch.Tensor, action: torch.Tensor, next_obs: torch.Tensor,
+                 params: Params) -> torch.Tensor:
+        total = self.terms[0](obs, action, next_obs, params)
+        for term in self.terms[1:]:
+            total = total + term(obs, action, next_obs, params)
+        return total

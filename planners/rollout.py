@@ -1,0 +1,121 @@
+"""Batched rollouts of candidate action sequences through a dynamics ensemble.
+
+All agents, candidates, particles and members advance together: one model call
+per horizon step. Propagation modes follow PETS (Chua et al., 2018):
+
+- ``ts1``: each particle follows one member for the whole horizon, sampling its Gaussian;
+- ``tsinf``: particles are reassigned to random members at every step;
+- ``expectation``: the members' mean prediction, no sampling (deterministic, differentiable).
+
+Shapes: ``N`` agents, ``K`` candidates, ``H`` horizon, ``E`` members, ``P`` particles
+(``p = P / E`` per member), ``S`` state, ``A`` action.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from planners.objectives import Objective, Params
+
+PROPAGATIONS = ("ts1", "tsinf", "expectation")
+
+
+class Rollout:
+    """Scores (N, K, H, A) action sequences from (N, S) states by simulated return.
+
+    In the sampled modes the N*K*P particle rows are dealt to members round-robin
+    (row r follows member r mod E), so each member evaluates only its own rows:
+    a step costs N*K*P member evaluations, not E times that. With P = 1 each
+    candidate follows one member; with P a multiple of E every candidate is
+    simulated by every member (PETS' TS-1 and TS-inf).
+    """
+
+    def __init__(self, dynamics: torch.nn.Module, objective: Objective, propagation: str, particles: int,
+                 uncertainty_penalty: float = 0.0) -> None:
+        self.dynamics, self.objective = dynamics, objective
+        self.members, self.particles = dynamics.members, particles
+        if propagation == "tsinf" and particles % self.members:
+            raise ValueError(f"propagation 'tsinf' needs particles ({particles}) to be a multiple of the "
+                             f"ensemble size ({self.members})")
+        if propagation != "expectation" and uncertainty_penalty and particles < 2:
+            raise ValueError("an uncertainty penalty with sampled propagation needs particles >= 2 "
+                             "(or propagation 'expectation')")
+        self.penalty = uncertainty_penalty
+        self.returns = self._expectation if propagation == "expectation" else self._sampled
+        self.shuffle = propagation == "tsinf"
+
+    def _disagreement(self, means: torch.Tensor, dim: int = 0) -> torch.Tensor:
+        """Variance of predicted states along ``dim`` in units of the typical one-step change, mean over S."""
+        return (means.var(dim, unbiased=False) / self.dynamics.delta_norm.std.square()).mean(-1)
+
+    def _expectation(self, obs: torch.Tensor, actions: torch.Tensor, params: Params,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+        """Returns (N, K) of the members' mean trajectory."""
+        n, k, h, _ = actions.shape
+        state = obs[:, None].expand(n, k, -1).reshape(n * k, -1)  # (N*K, S)
+        total = obs.new_zeros(n, k)
+        for t in range(h):
+            action = actions[:, :, t].reshape(n * k, -1)
+            means = self.dynamics(state, action).mean  # (E, N*K, S)
+            nxt = means.mean(0)
+            reward = self.objective(state.view(1, n, k, -1), action.view(1, n, k, -1), nxt.view(1, n, k, -1),
+                                    params)[0]  # (N, K)
+            if self.penalty:
+                reward = reward - self.penalty * self._disagreement(means).view(n, k)
+            total = total + reward
+            state = nxt
+        return total
+
+    def _sampled(self, obs: torch.Tensor, actions: torch.Tensor, params: Params,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+        """Returns (N, K): the mean return over P sampled futures per candidate (TS-1 / TS-inf)."""
+        n, k, h, a = actions.shape
+        e, p, s = self.members, self.particles, obs.shape[-1]
+        rows = n * k * p
+        if rows % e:
+            raise ValueError(f"agents x samples x particles ({n} x {k} x {p}) must be a multiple of the "
+                             f"ensemble size {e}")
+        state = obs[:, None].expand(n, k * p, s).reshape(rows, s)  # (M, S), row = (agent, candidate, particle)
+        acts = actions[:, :, None].expand(n, k, p, h, a).reshape(rows, h, a)
+        total = obs.new_zeros(n, k * p)
+        for t in range(h):
+            action = acts[:, t]  # (M, A)
+            pred = self.dynamics(_deal(state, e), _deal(action, e))  # (E, M/E, S): member e gets rows e::E
+            noise = torch.randn(pred.mean.shape, generator=generator, device=obs.device, dtype=obs.dtype)
+            mean = _collect(pred.mean)  # (M, S)
+            nxt = mean + _collect((pred.var * pred.scale).clamp_min(1e-12).sqrt() * noise)
+            view = lambda x: x.view(1, n, k * p, -1)  # noqa: E731
+            reward = self.objective(view(state), view(action), view(nxt), params)[0]  # (N, K*P)
+            if self.penalty:
+                spread = self._disagreement(mean.view(n, k, p, s), dim=2)  # (N, K)
+                reward = reward - self.penalty * spread.repeat_interleave(p, dim=1)
+            total = total + reward
+            state = self._reassign(nxt, n * k, generator) if self.shuffle else nxt
+        return total.view(n, k, p).mean(-1)
+
+    def _reassign(self, state: torch.Tensor, candidates: int, generator: torch.Generator | None) -> torch.Tensor:
+        """TS-inf: shuffle each candidate's P particles, which moves them to other members. (M, S) -> (M, S)."""
+        p, s = self.particles, state.shape[-1]
+        order = torch.argsort(torch.rand(candidates, p, generator=generator, device=state.device), dim=1)
+        return state.view(candidates, p, s).gather(1, order[..., None].expand(-1, -1, s)).view(-1, s)
+
+    @torch.no_grad()
+    def audit(self, obs: torch.Tensor, plan: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The chosen plans' mean trajectory (N, H+1, S) and ensemble disagreement along it (N, H)."""
+        state, states, disagreement = obs, [obs], []
+        for t in range(plan.shape[1]):
+            means = self.dynamics(state, plan[:, t]).mean  # (E, N, S)
+            state = means.mean(0)
+            states.append(state)
+            disagreement.append(self._disagreement(means))
+        return torch.stack(states, 1), torch.stack(disagreement, 1)
+
+
+def _deal(x: torch.Tensor, members: int) -> torch.Tensor:
+    """Rows dealt round-robin to members: (M, D) -> (E, M/E, D), member e holding rows e, e+E, ..."""
+    return x.view(-1, members, x.shape[-1]).transpose(0, 1)
+
+
+def _collect(x: torch.Tensor) -> torch.Tensor:
+    """Inverse of ``_deal``: (E, M/E, D) -> (M, D)."""
+    return x.transpose(0, 1).reshape(-1, x.shape[-1])
