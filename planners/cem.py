@@ -63,6 +63,7 @@ class CEMPlanner(BasePlanner):
             start = time.perf_counter()
             # Sample candidates around the current distribution, inside the action box.
             noise = coloured_noise((n, k, h, a), self.cem.noise_beta, self.generator, self.device)
+            noise[:, 0] = 0  # the current mean competes too: it is often better than any sample
             candidates = self._clamp(mean[:, None] + std[:, None] * noise)  # (N, K, H, A)
             # Score them by simulated return.
             returns = self.rollout.returns(obs, candidates, params, self.generator)  # (N, K)

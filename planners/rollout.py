@@ -72,18 +72,16 @@ class Rollout:
         n, k, h, a = actions.shape
         e, p, s = self.members, self.particles, obs.shape[-1]
         rows = n * k * p
-        if rows % e:
-            raise ValueError(f"agents x samples x particles ({n} x {k} x {p}) must be a multiple of the "
-                             f"ensemble size {e}")
+        pad = (-rows) % e  # rows are dealt evenly; a few repeated rows fill the last round
         state = obs[:, None].expand(n, k * p, s).reshape(rows, s)  # (M, S), row = (agent, candidate, particle)
         acts = actions[:, :, None].expand(n, k, p, h, a).reshape(rows, h, a)
         total = obs.new_zeros(n, k * p)
         for t in range(h):
             action = acts[:, t]  # (M, A)
-            pred = self.dynamics(_deal(state, e), _deal(action, e))  # (E, M/E, S): member e gets rows e::E
+            pred = self.dynamics(_deal(state, e, pad), _deal(action, e, pad))  # (E, M/E, S): member e gets rows e::E
             noise = torch.randn(pred.mean.shape, generator=generator, device=obs.device, dtype=obs.dtype)
-            mean = _collect(pred.mean)  # (M, S)
-            nxt = mean + _collect((pred.var * pred.scale).clamp_min(1e-12).sqrt() * noise)
+            mean = _collect(pred.mean, rows)  # (M, S)
+            nxt = mean + _collect((pred.var * pred.scale).clamp_min(1e-12).sqrt() * noise, rows)
             view = lambda x: x.view(1, n, k * p, -1)  # noqa: E731
             reward = self.objective(view(state), view(action), view(nxt), params)[0]  # (N, K*P)
             if self.penalty:
@@ -111,11 +109,16 @@ class Rollout:
         return torch.stack(states, 1), torch.stack(disagreement, 1)
 
 
-def _deal(x: torch.Tensor, members: int) -> torch.Tensor:
-    """Rows dealt round-robin to members: (M, D) -> (E, M/E, D), member e holding rows e, e+E, ..."""
+def _deal(x: torch.Tensor, members: int, pad: int) -> torch.Tensor:
+    """Rows dealt round-robin to members: (M, D) -> (E, ceil(M/E), D), member e holding rows e, e+E, ...
+
+    ``pad`` rows (repeats of the first ones) make M a multiple of E; ``_collect`` drops them.
+    """
+    if pad:
+        x = torch.cat([x, x[:pad]])
     return x.view(-1, members, x.shape[-1]).transpose(0, 1)
 
 
-def _collect(x: torch.Tensor) -> torch.Tensor:
-    """Inverse of ``_deal``: (E, M/E, D) -> (M, D)."""
-    return x.transpose(0, 1).reshape(-1, x.shape[-1])
+def _collect(x: torch.Tensor, rows: int) -> torch.Tensor:
+    """Inverse of ``_deal``: (E, ceil(M/E), D) -> (M, D)."""
+    return x.transpose(0, 1).reshape(-1, x.shape[-1])[:rows]

@@ -1,0 +1,133 @@
+"""Closed-loop evaluation: N envs in lockstep, one batched planning call per step for all of them.
+
+Shapes: ``N`` agents (envs), ``H`` horizon, ``A`` action, ``Z`` no-fly zones.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import gymnasium
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from planners import PlanConfig, make_planner, shift_plan
+from planners.objectives import GOAL, ZONES, GoalReward, LearnedReward, NoFlyZones, Objective, Params
+from worldmodel.envs import NAV2D_ID, make_env
+from worldmodel.model import WorldModel
+
+REWARDS = ("learned", "analytic")
+
+
+def build_objective(model: WorldModel, reward: str = "learned", zones: bool = False) -> Objective:
+    """The planning objective for ``model``'s env: its learned reward (or Nav2D's analytic one), plus zone costs."""
+    if reward not in REWARDS:
+        raise ValueError(f"reward must be one of {', '.join(REWARDS)}, got {reward!r}")
+    if reward == "analytic" and model.spec.env_id != NAV2D_ID:
+        raise ValueError(f"an analytic reward is defined for {NAV2D_ID} only, not {model.spec.env_id}")
+    terms = [LearnedReward(model.reward) if reward == "learned" else GoalReward()]
+    if zones:
+        if model.spec.env_id != NAV2D_ID:
+            raise ValueError(f"no-fly zones exist in {NAV2D_ID} only, not {model.spec.env_id}")
+        terms.append(NoFlyZones())
+    return Objective(terms)
+
+
+def agent_params(env_id: str, obs: torch.Tensor, infos: dict[str, Any]) -> Params:
+    """Per-agent objective parameters read from the envs: Nav2D's goals (in obs) and zones (in info)."""
+    if env_id != NAV2D_ID:
+        return {}
+    params = {GOAL: obs[:, 4:6]}
+    if "no_fly_zones" in infos:
+        params[ZONES] = torch.as_tensor(np.asarray(infos["no_fly_zones"]), dtype=obs.dtype, device=obs.device)
+    return params
+
+
+@dataclass
+class EvalResult:
+    """Closed-loop statistics over completed episodes."""
+
+    episodes: int
+    mean_return: float
+    success_rate: float
+    violations: int
+    """Steps spent inside a no-fly zone, over all episodes."""
+    episodes_with_violation: int
+    fallbacks: int
+    """Agent-steps on which the fallback policy acted."""
+    steps: int
+    plan_ms_mean: float
+    plan_ms_p99: float
+    plans_per_s: float
+    """Agent decisions per second of planning time."""
+    returns: list[float] = field(default_factory=list)
+
+
+def closed_loop(model: WorldModel, planner: str, agents: int, episodes: int, cfg: PlanConfig,
+                reward: str = "learned", no_fly_zones: int = 0, seed: int = 0, progress: bool = False,
+                on_step: Callable[[dict[str, Any]], None] | None = None) -> EvalResult:
+    """Run ``agents`` envs of the model's env in lockstep until ``episodes`` episodes have ended.
+
+    Args:
+        model: the world model to plan with (its device is used).
+        planner: 'cem', 'mppi', 'gradient' or 'shooting'.
+        agents: N, envs stepped together, planned for in one call per step.
+        episodes: episodes to complete (summed over agents).
+        cfg: planner settings.
+        reward: 'learned' (the model's reward model) or 'analytic' (Nav2D's true reward).
+        no_fly_zones: Nav2D zones per episode (0: off); their costs join the objective.
+        seed: seeds the envs and the planner.
+        on_step: called after each step with obs, actions and the plan result (for logging).
+    """
+    if agents < 1 or episodes < 1:
+        raise ValueError(f"agents and episodes must be >= 1, got {agents} and {episodes}")
+    env_id = model.spec.env_id
+    kwargs = {"num_no_fly_zones": no_fly_zones} if no_fly_zones else {}
+    envs = gymnasium.vector.SyncVectorEnv([lambda: make_env(env_id, **kwargs) for _ in range(agents)])
+    objective = build_objective(model, reward, zones=no_fly_zones > 0)
+    plan = make_planner(planner, model.dynamics, objective, torch.tensor(model.spec.act_low),
+                        torch.tensor(model.spec.act_high), cfg)
+    device = model.device
+    obs_np, infos = envs.reset(seed=seed)
+    warm: torch.Tensor | None = None
+    returns, successes, violations, violators = [], [], 0, 0
+    ep_return, ep_violated = np.zeros(agents), np.zeros(agents, bool)
+    fallbacks, steps, plan_ms = 0, 0, []
+    reset_next = np.zeros(agents, bool)  # gymnasium's next-step autoreset: this step only resets these envs
+    bar = tqdm(total=episodes, desc=f"eval {planner}", disable=not progress, unit="ep")
+    while len(returns) < episodes:
+        obs = torch.as_tensor(obs_np, dtype=torch.float32, device=device)
+        result = plan.plan(obs, agent_params(env_id, obs, infos), warm_start=warm)
+        plan_ms.append(result.elapsed_ms)
+        warm = shift_plan(result.plan)
+        obs_np, rew, term, trunc, infos = envs.step(result.actions.detach().cpu().numpy())
+        live = ~reset_next
+        fallbacks += int(result.fallback.cpu().numpy()[live].sum())
+        steps += int(live.sum())
+        ep_return += np.where(live, rew, 0.0)
+        in_zone = np.asarray(infos.get("violation", np.zeros(agents, bool)), bool) & live
+        violations += int(in_zone.sum())
+        ep_violated |= in_zone
+        done = (term | trunc) & live
+        for i in np.flatnonzero(done):
+            returns.append(float(ep_return[i]))
+            successes.append(bool(np.asarray(infos["is_success"])[i]) if "is_success" in infos else False)
+            violators += int(ep_violated[i])
+        bar.update(int(done.sum()))
+        ep_return[done], ep_violated[done] = 0.0, False
+        if done.any():  # a fresh episode starts from the uninformed plan
+            warm[torch.as_tensor(done, device=device)] = plan._midpoint(int(done.sum()))
+        if on_step is not None:
+            on_step({"obs": obs, "actions": result.actions, "result": result, "done": done})
+        reset_next = done
+    bar.close()
+    envs.close()
+    ms = np.asarray(plan_ms)
+    return EvalResult(
+        episodes=len(returns), mean_return=float(np.mean(returns)), success_rate=float(np.mean(successes)),
+        violations=violations, episodes_with_violation=violators, fallbacks=fallbacks, steps=steps,
+        plan_ms_mean=float(ms.mean()), plan_ms_p99=float(np.percentile(ms, 99)),
+        plans_per_s=float(agents * len(ms) / (ms.sum() / 1000)), returns=returns)
