@@ -14,8 +14,11 @@ import os
 import sys
 from typing import Any, Callable, Sequence
 
+from cluster.commands import bench as bench_cmds
 from cluster.commands import demo as demo_cmds
+from cluster.commands import mbrl as mbrl_cmds
 from cluster.commands import model as model_cmds
+from cluster.commands import plan as plan_cmds
 
 EXIT_ERROR, EXIT_USAGE = 1, 2
 
@@ -35,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="wm", description="fleetwm: world models and MPC for fleets of agents.",
                      parents=[common])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for register in (model_cmds.register, demo_cmds.register):
+    for register in (model_cmds.register, plan_cmds.register, demo_cmds.register, bench_cmds.register,
+                     mbrl_cmds.register):
         register(sub, common)
     return parser
 
