@@ -120,12 +120,21 @@ class BasePlanner:
         self.fallback_policy = fallback or zero_action(self.low, self.high)
         self.generator = torch.Generator(device=device).manual_seed(cfg.seed)
         self.device = device
-        self._iteration_ms: float | None = None  # running estimate, to avoid starting a round we cannot finish
+        # Measured durations per batch size N (exponential moving averages, ms), so that no round
+        # starts that would end past the deadline and the audit's time is reserved.
+        self._round_ms: dict[int, float] = {}
+        self._audit_ms: dict[int, float] = {}
+        self._n = 0
         self._deadline = float("inf")
 
+    @torch.no_grad()
     def plan(self, obs: torch.Tensor, params: Params | None = None, warm_start: torch.Tensor | None = None,
              budget_ms: float | None = None) -> PlanResult:
-        """Plan for N agents; ``budget_ms`` overrides the configured budget for this call."""
+        """Plan for N agents; ``budget_ms`` overrides the configured budget for this call.
+
+        The first call for a new N measures a round even when it cannot know whether one fits;
+        call once untimed (a warm-up) before serving under a budget.
+        """
         start = time.perf_counter()
         obs = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
         n, h = obs.shape[0], self.cfg.horizon
@@ -133,14 +142,17 @@ class BasePlanner:
             raise ValueError(f"warm_start must be (N, H, A) = ({n}, {h}, {self.act_dim}), got "
                              f"{tuple(warm_start.shape)}")
         budget = budget_ms if budget_ms is not None else self.cfg.budget_ms
-        self._deadline = start + budget / 1000 if budget is not None else float("inf")
+        self._n = n
+        self._deadline = (start + (budget - self._audit_ms.get(n, 0.0)) / 1000 if budget is not None
+                          else float("inf"))
         if self._spent():
             # Not even one round fits: act safely now rather than answer late.
             best, returns, iterations = self._midpoint(n), torch.full((n,), float("-inf"), device=self.device), 0
-            self._iteration_ms = (self._iteration_ms or 0.0) * 0.5  # retry later if that estimate was stale
         else:
             best, returns, iterations = self._optimise(obs, params, warm_start)
+        audit_start = time.perf_counter()
         trajectory, disagreement = self.rollout.audit(obs, best)
+        _ema(self._audit_ms, n, self._elapsed_ms(audit_start))
         fallback = torch.full((n,), iterations == 0, device=self.device)
         if self.cfg.disagreement_threshold is not None:
             fallback |= disagreement.mean(1) > self.cfg.disagreement_threshold
@@ -154,19 +166,19 @@ class BasePlanner:
         raise NotImplementedError
 
     def _spent(self) -> bool:
-        """True when one more round, at its measured duration, would end past the deadline."""
+        """True when one more round, at its measured duration for this N, would end past the deadline."""
         if self._deadline == float("inf"):
             return False
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        return time.perf_counter() + (self._iteration_ms or 0.0) / 1000 > self._deadline
+        return time.perf_counter() + self._round_ms.get(self._n, 0.0) / 1000 > self._deadline
 
     def _timed(self, round_start: float) -> None:
-        """Fold the duration of a finished round into the running estimate."""
+        """Fold the duration of a finished round into the estimate for this N."""
+        _ema(self._round_ms, self._n, self._elapsed_ms(round_start))
+
+    def _elapsed_ms(self, since: float) -> float:
         if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        ms = (time.perf_counter() - round_start) * 1000
-        self._iteration_ms = ms if self._iteration_ms is None else 0.8 * self._iteration_ms + 0.2 * ms
+            torch.cuda.synchronize(self.device)  # kernels are asynchronous; time what actually ran
+        return (time.perf_counter() - since) * 1000
 
     def _midpoint(self, n: int) -> torch.Tensor:
         """(N, H, A) sequences of the action box's centre: the uninformed mean."""
@@ -174,6 +186,11 @@ class BasePlanner:
 
     def _clamp(self, actions: torch.Tensor) -> torch.Tensor:
         return torch.maximum(torch.minimum(actions, self.high), self.low)
+
+
+def _ema(store: dict[int, float], key: int, value: float, weight: float = 0.2) -> None:
+    """Update a moving average; the first value is taken as is."""
+    store[key] = value if key not in store else (1 - weight) * store[key] + weight * value
 
 
 def best_of(candidates: torch.Tensor, returns: torch.Tensor, best: torch.Tensor | None,

@@ -62,8 +62,8 @@ class GradientPlanner(BasePlanner):
             if iterations and self._spent():
                 break
             start = time.perf_counter()
-            candidates = self._squash(u)  # (N, K, H, A)
-            with torch.enable_grad():
+            with torch.enable_grad():  # plan() runs under no_grad; only this planner differentiates
+                candidates = self._squash(u)  # (N, K, H, A)
                 returns = self.rollout.returns(obs, candidates, params, self.generator)  # (N, K)
                 (grad,) = torch.autograd.grad(-returns.sum(), u)
             best, best_returns = best_of(candidates.detach(), returns.detach(), best, best_returns)

@@ -36,6 +36,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--ensemble-size", type=int, default=ModelConfig.ensemble_size)
     p.add_argument("--hidden", type=int, default=ModelConfig.hidden)
     p.add_argument("--layers", type=int, default=ModelConfig.layers)
+    p.add_argument("--reward-hidden", type=int, default=None, help="reward/termination width (default: --hidden)")
+    p.add_argument("--reward-layers", type=int, default=None, help="reward/termination depth (default: --layers)")
     p.add_argument("--epochs", type=int, default=TrainConfig.epochs)
     p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
     p.add_argument("--lr", type=float, default=TrainConfig.lr)
@@ -91,7 +93,9 @@ def run_train(args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError(f"the logs under {args.data} record no env id; pass --env")
     spec = space_spec(make_env(env_id), env_id)
     model_cfg = ModelConfig(dynamics=args.dynamics, ensemble_size=1 if args.dynamics == "gru" else
-                            args.ensemble_size, hidden=args.hidden, layers=args.layers)
+                            args.ensemble_size, hidden=args.hidden, layers=args.layers,
+                            reward_hidden=args.reward_hidden or args.hidden,
+                            reward_layers=args.reward_layers or args.layers)
     train_cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, patience=args.patience,
                             seed=args.seed, device=args.device)
     data = read_transitions(args.data)

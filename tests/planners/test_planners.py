@@ -86,13 +86,17 @@ def test_high_disagreement_triggers_fallback_per_agent() -> None:
 
 def test_budget_is_respected_and_zero_iteration_budget_falls_back() -> None:
     x, goal = agents(64)
-    cfg = PlanConfig(horizon=10, samples=512, iterations=1000)
+    cfg = PlanConfig(horizon=5, samples=128, iterations=1000)
     planner = make_planner("cem", LinearEnsemble(), quadratic_objective(), LOW, HIGH, cfg)
+    planner.plan(x, {"goal": goal}, budget_ms=1.0)  # warm-up: the first call for N=64 measures one round
+    round_ms = planner._round_ms[64]
     start = time.perf_counter()
     result = planner.plan(x, {"goal": goal}, budget_ms=50.0)
     elapsed = (time.perf_counter() - start) * 1000
-    assert 1 <= result.iterations < 1000 and elapsed < 50 + 40  # stops rounds early; slack for a slow CI
-    # A budget shorter than one measured round: no round is started, the fallback acts.
+    assert 1 <= result.iterations < 1000
+    # No round starts that its measured duration says would overrun; slack for a noisy shared CI core.
+    assert elapsed < 50 + round_ms + 25
+    # A budget shorter than one measured round: no round is started, the fallback acts at once.
     result = planner.plan(x, {"goal": goal}, budget_ms=1e-3)
     assert result.iterations == 0 and result.fallback.all() and (result.actions == 0).all()
 

@@ -1,0 +1,267 @@
+"""Model-based RL, PETS style: random episodes, then alternate training the world model and planning with it.
+
+Episode 0..R-1 act at random. Before every later episode a world model (dynamics
+and reward) is trained from scratch on all transitions so far, and one episode is
+run closed loop with a planner that plans on the learned dynamics AND the learned
+reward; the environment's reward is only logged, never planned with.
+
+Small data sets: ``train_world_model`` splits whole episodes into train /
+validation / test, which needs several episodes, while MBRL starts from one. With
+fewer than ``MIN_PIECES`` episodes each episode is cut into time-contiguous chunks
+that are split as if they were episodes (see ``chunk_episodes``).
+
+Shapes: ``S`` state, ``A`` action, ``H`` horizon, ``B`` transitions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from planners import PlanConfig, make_planner, shift_plan
+from planners.base import BasePlanner
+from planners.cem import CEMConfig, CEMPlanner
+from planners.evaluate import build_objective
+from worldmodel.config import ModelConfig, TrainConfig
+from worldmodel.data import TrajectoryWriter, Transitions
+from worldmodel.envs import make_env, space_spec
+from worldmodel.envs.collect import collect
+from worldmodel.model import WorldModel
+from worldmodel.training import train_world_model
+
+MIN_PIECES = 10
+"""Fewer episodes than this are cut into chunks, so that 10% validation and test fractions mean ~10%."""
+AGENT_ID = "mbrl-0000"
+"""Agent id of every logged row."""
+RANDOM, PLANNED = "random", "planned"
+
+
+@dataclass(frozen=True)
+class EpisodeRow:
+    """One episode of the loop."""
+
+    index: int
+    """Episode number, from 0."""
+    kind: str
+    """'random' or 'planned'."""
+    steps: int
+    """Env steps in this episode."""
+    env_steps: int
+    """Env steps so far, this episode included (the x axis of a learning curve)."""
+    ret: float
+    """Undiscounted return of the episode (the env's reward)."""
+    success: bool | None
+    """The env's final ``is_success``, None when it reports none."""
+    train_seconds: float
+    """Wall time spent training the model this episode planned with (0 for random episodes)."""
+    plan_ms_mean: float
+    """Mean wall time of one planning call (0 for random episodes)."""
+    model_r2_min: float | None
+    """Held-out R^2 of the dynamics (worst state dimension), None for random episodes."""
+
+
+@dataclass
+class MBRLResult:
+    """The loop's episodes and when (if ever) the target return was reached."""
+
+    env_id: str
+    rows: list[EpisodeRow]
+    target_return: float | None
+    steps_to_target: int | None
+    """Cumulative env steps at the end of the first episode whose return >= target_return."""
+    seconds: float
+    settings: dict[str, Any] = field(default_factory=dict)
+    """The resolved configuration of the run."""
+
+    @property
+    def returns(self) -> list[float]:
+        return [r.ret for r in self.rows]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"env": self.env_id, "rows": [dataclasses.asdict(r) for r in self.rows],
+                "returns": self.returns, "target_return": self.target_return,
+                "steps_to_target": self.steps_to_target, "seconds": round(self.seconds, 2),
+                "settings": self.settings}
+
+
+def chunk_episodes(data: Transitions, min_pieces: int = MIN_PIECES, min_length: int = 1) -> Transitions:
+    """Relabel rows so that ``data`` has at least ``min_pieces`` "episodes" for ``split_by_episode``.
+
+    With fewer episodes than ``min_pieces``, each is cut into ``ceil(min_pieces / episodes)``
+    time-contiguous chunks (no shorter than ``min_length`` steps, e.g. a recurrent model's
+    sequence length) with eps_id ``"<eps_id>#<chunk>"``; otherwise ``data`` is returned as is.
+
+    Why chunks rather than random rows: consecutive states are nearly equal, so random rows
+    held out would each have a training neighbour one step away and validation would not
+    notice overfitting. Chunks leak only at their two boundaries, so validation (early stopping,
+    variance calibration) and the reported test metrics are only slightly optimistic. The
+    original episode ids stay in the logs; only the copy handed to training is relabelled.
+
+    Args:
+        data: B transitions, rows of an episode with ``t`` 0, 1, ...
+        min_pieces: how many pieces the split needs.
+        min_length: shortest chunk allowed.
+
+    Returns:
+        B transitions, the same rows in the same order.
+    """
+    eps = data.eps_id.astype(str)
+    names, inverse, counts = np.unique(eps, return_inverse=True, return_counts=True)
+    if len(names) >= min_pieces:
+        return data
+    per_episode = math.ceil(min_pieces / len(names))
+    length = np.maximum(np.ceil(counts / per_episode).astype(np.int64), min_length)  # chunk length per episode
+    chunk = data.t.astype(np.int64) // length[inverse.reshape(-1)]  # (B,)
+    ids = np.array([f"{e}#{c}" for e, c in zip(eps, chunk)], dtype=object)
+    return dataclasses.replace(data, eps_id=ids)
+
+
+def _planner(name: str, model: WorldModel, cfg: PlanConfig, cem: CEMConfig | None) -> BasePlanner:
+    """A planner on the model's dynamics and LEARNED reward."""
+    objective = build_objective(model, "learned")
+    low, high = torch.tensor(model.spec.act_low), torch.tensor(model.spec.act_high)
+    if name == "cem":
+        # PETS refits to the top 10% of the samples; CEMConfig's fixed default would exceed small K.
+        cem = cem or CEMConfig(elites=max(1, cfg.samples // 10))
+        return CEMPlanner(model.dynamics, objective, low, high, cfg, cem=cem)
+    return make_planner(name, model.dynamics, objective, low, high, cfg)
+
+
+def _episode_seed(seed: int, index: int) -> int:
+    """Env reset seed of episode ``index``: distinct across (seed, index) pairs."""
+    return int(np.random.SeedSequence((seed, index)).generate_state(1)[0])
+
+
+def run_planned_episode(env_id: str, planner: BasePlanner, index: int, seed: int, model_version: str,
+                        progress: bool = False) -> tuple[Transitions, bool | None, list[float]]:
+    """One closed-loop episode of a single env, planning every step with a warm-started plan.
+
+    Returns:
+        The episode's transitions (eps_id ``f"{AGENT_ID}-{seed}-{index}"``), its final
+        ``is_success`` (None when the env reports none) and each planning call's wall time (ms).
+    """
+    env = make_env(env_id)
+    rows: dict[str, list[Any]] = {k: [] for k in ("obs", "actions", "rewards", "new_obs", "terminateds",
+                                                  "truncateds", "timestamp")}
+    plan_ms: list[float] = []
+    success: bool | None = None
+    try:
+        obs, info = env.reset(seed=_episode_seed(seed, index))
+        warm: torch.Tensor | None = None
+        bar = tqdm(desc=f"episode {index}", unit="step", disable=not progress, leave=False)
+        done = False
+        while not done:
+            result = planner.plan(torch.as_tensor(obs, dtype=torch.float32)[None], warm_start=warm)
+            plan_ms.append(result.elapsed_ms)
+            warm = shift_plan(result.plan)
+            action = result.actions[0].detach().cpu().numpy()
+            new_obs, reward, terminated, truncated, info = env.step(action)
+            now = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
+            for key, value in (("obs", obs), ("actions", action), ("rewards", reward), ("new_obs", new_obs),
+                               ("terminateds", terminated), ("truncateds", truncated),
+                               ("timestamp", np.datetime64(now, "us"))):
+                rows[key].append(value)
+            obs, done = new_obs, bool(terminated or truncated)
+            bar.update()
+        bar.close()
+        if "is_success" in info:
+            success = bool(info["is_success"])
+    finally:
+        env.close()
+    n = len(rows["obs"])
+    data = Transitions.build(**{k: np.asarray(v) for k, v in rows.items()}, eps_id=[f"{AGENT_ID}-{seed}-{index}"] * n,
+                             agent_id=AGENT_ID, t=np.arange(n), model_version=model_version)
+    return data, success, plan_ms
+
+
+def run_mbrl(
+    env_id: str,
+    episodes: int,
+    planner: str = "cem",
+    random_episodes: int = 1,
+    plan_cfg: PlanConfig = PlanConfig(),
+    model_cfg: ModelConfig = ModelConfig(),
+    train_cfg: TrainConfig = TrainConfig(),
+    seed: int = 0,
+    log_dir: str | None = None,
+    progress: bool = False,
+    target_return: float | None = None,
+    cem: CEMConfig | None = None,
+    on_episode: Callable[[EpisodeRow], None] | None = None,
+) -> MBRLResult:
+    """Run the PETS loop for ``episodes`` episodes, the first ``random_episodes`` of them random.
+
+    Args:
+        env_id: a gymnasium id with 1-D Box spaces.
+        episodes: total episodes, random ones included; > random_episodes.
+        planner: 'cem', 'mppi', 'gradient' or 'shooting'.
+        random_episodes: episodes of uniform random actions before the first model, >= 1.
+        plan_cfg: planner settings (its seed is replaced, see ``seed``).
+        model_cfg: world-model architecture.
+        train_cfg: fitting settings; ``epochs`` caps each retraining (its seed is replaced).
+        seed: fixes everything: random actions, env resets, model training and planning
+            (episode i uses seed + i for training and planning), so a run is repeatable.
+        log_dir: when given, every episode is also appended there with TrajectoryWriter.
+        progress: show progress bars on stderr.
+        target_return: the return whose first attainment ``steps_to_target`` reports.
+        cem: CEM's own settings (default: elites the top 10% of samples, as in PETS).
+        on_episode: called with each row as soon as its episode ends.
+
+    Returns:
+        One row per episode and the env steps it took to reach ``target_return``.
+    """
+    if random_episodes < 1:
+        raise ValueError(f"random_episodes must be >= 1 (a model needs data), got {random_episodes}")
+    if episodes <= random_episodes:
+        raise ValueError(f"episodes ({episodes}) must exceed random_episodes ({random_episodes})")
+    start = time.perf_counter()
+    env = make_env(env_id)
+    spec = space_spec(env, env_id)
+    env.close()
+    writer = TrajectoryWriter(log_dir, env_id=env_id) if log_dir else None
+    min_length = train_cfg.seq_len if model_cfg.dynamics == "gru" else 1
+    rows: list[EpisodeRow] = []
+    env_steps = 0
+
+    def finish(row: EpisodeRow, part: Transitions) -> None:
+        rows.append(row)
+        if writer is not None:
+            writer.write(part)
+        if on_episode is not None:
+            on_episode(row)
+
+    # Random episodes: collect numbers them 0..R-1 with eps_id f"{AGENT_ID}-{seed}-{i}", as below.
+    data = collect(env_id, random_episodes, seed=seed, agent_id=AGENT_ID, num_envs=1, progress=progress)
+    for i, eps in enumerate(dict.fromkeys(data.eps_id.tolist())):
+        part = data.select(data.eps_id == eps)
+        env_steps += len(part)
+        success = None  # collect does not keep infos; random episodes report no success
+        finish(EpisodeRow(i, RANDOM, len(part), env_steps, float(part.rewards.sum()), success, 0.0, 0.0, None), part)
+
+    for i in range(random_episodes, episodes):
+        tic = time.perf_counter()
+        model = train_world_model(chunk_episodes(data, min_length=min_length), spec, model_cfg,
+                                  dataclasses.replace(train_cfg, seed=seed + i), progress=progress)
+        train_seconds = time.perf_counter() - tic
+        plan = _planner(planner, model, dataclasses.replace(plan_cfg, seed=seed + i), cem)
+        part, success, plan_ms = run_planned_episode(env_id, plan, i, seed, f"mbrl-{i}", progress)
+        data = Transitions.concat([data, part])
+        env_steps += len(part)
+        finish(EpisodeRow(i, PLANNED, len(part), env_steps, float(part.rewards.sum()), success,
+                          round(train_seconds, 3), round(float(np.mean(plan_ms)), 3),
+                          model.metrics["dynamics"]["r2_min"]), part)
+
+    reached = [r.env_steps for r in rows if target_return is not None and r.ret >= target_return]
+    settings = {"env": env_id, "episodes": episodes, "planner": planner, "random_episodes": random_episodes,
+                "seed": seed, "plan": dataclasses.asdict(plan_cfg), "model": model_cfg.to_dict(),
+                "train": train_cfg.to_dict(), "cem": dataclasses.asdict(cem) if cem else None}
+    return MBRLResult(env_id, rows, target_return, reached[0] if reached else None,
+                      time.perf_counter() - start, settings)
