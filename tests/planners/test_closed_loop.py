@@ -1,0 +1,42 @@
+"""Closed-loop smoke runs at a tiny budget: learned Nav2D model, batched agents, real envs."""
+
+from __future__ import annotations
+
+import pytest
+
+from planners import PlanConfig
+from planners.evaluate import build_objective, closed_loop
+from worldmodel.config import ModelConfig, TrainConfig
+from worldmodel.envs import make_env, space_spec
+from worldmodel.envs.collect import collect
+from worldmodel.model import WorldModel
+from worldmodel.training import train_world_model
+
+SMALL_PLAN = PlanConfig(horizon=12, samples=64, iterations=3)
+
+
+@pytest.fixture(scope="module")
+def nav_model() -> WorldModel:
+    data = collect("Nav2D-v0", episodes=100, seed=1)
+    spec = space_spec(make_env("Nav2D-v0"), "Nav2D-v0")
+    return train_world_model(data, spec, ModelConfig(ensemble_size=3, hidden=64, layers=2, reward_hidden=64,
+                                                     reward_layers=2), TrainConfig(epochs=60, patience=8))
+
+
+def test_planning_on_the_learned_model_reaches_goals(nav_model: WorldModel) -> None:
+    result = closed_loop(nav_model, "cem", agents=8, episodes=8, cfg=SMALL_PLAN)
+    assert result.episodes >= 8 and result.success_rate >= 0.75, result
+    assert result.fallbacks == 0 and result.violations == 0  # zones are off
+    assert result.plans_per_s > 0 and result.plan_ms_p99 >= result.plan_ms_mean * 0.5
+
+
+def test_zone_costs_keep_agents_out(nav_model: WorldModel) -> None:
+    result = closed_loop(nav_model, "cem", agents=8, episodes=8, cfg=SMALL_PLAN, no_fly_zones=2)
+    assert result.episodes >= 8 and result.success_rate >= 0.75
+    assert result.episodes_with_violation <= 1, result
+
+
+def test_objective_choices_are_checked(nav_model: WorldModel) -> None:
+    with pytest.raises(ValueError, match="reward must be one of"):
+        build_objective(nav_model, "imagined")
+    assert len(build_objective(nav_model, "analytic", zones=True).terms) == 2
