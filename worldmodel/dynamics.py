@@ -50,13 +50,14 @@ class EnsembleDynamics(nn.Module):
 
     probabilistic: bool = False
 
-    def __init__(self, obs_dim: int, act_dim: int, members: int, hidden: int, layers: int) -> None:
+    def __init__(self, obs_dim: int, act_dim: int, members: int, hidden: int, layers: int,
+                 activation: str = "relu") -> None:
         super().__init__()
         self.obs_dim, self.act_dim, self.members = obs_dim, act_dim, members
         self.in_norm = Normalizer(obs_dim + act_dim)
         self.delta_norm = Normalizer(obs_dim)
         out_dim = 2 * obs_dim if self.probabilistic else obs_dim
-        self.net = EnsembleMLP(members, obs_dim + act_dim, out_dim, hidden, layers)
+        self.net = EnsembleMLP(members, obs_dim + act_dim, out_dim, hidden, layers, activation)
         # Per-dimension scale of the predictive variance, fitted on validation data (calibration.py).
         self.register_buffer("var_scale", torch.ones(obs_dim))
 
@@ -111,8 +112,9 @@ class DeterministicDynamics(EnsembleDynamics):
 
     probabilistic = False
 
-    def __init__(self, obs_dim: int, act_dim: int, members: int = 1, hidden: int = 64, layers: int = 2) -> None:
-        super().__init__(obs_dim, act_dim, members, hidden, layers)
+    def __init__(self, obs_dim: int, act_dim: int, members: int = 1, hidden: int = 64, layers: int = 2,
+                 activation: str = "relu") -> None:
+        super().__init__(obs_dim, act_dim, members, hidden, layers, activation)
         # A deterministic model's log-variance: -inf, so the predicted variance is exactly zero.
         self.register_buffer("_no_logvar", torch.tensor(float("-inf")))
 
@@ -132,8 +134,9 @@ class ProbabilisticEnsemble(EnsembleDynamics):
 
     probabilistic = True
 
-    def __init__(self, obs_dim: int, act_dim: int, members: int = 5, hidden: int = 200, layers: int = 3) -> None:
-        super().__init__(obs_dim, act_dim, members, hidden, layers)
+    def __init__(self, obs_dim: int, act_dim: int, members: int = 5, hidden: int = 200, layers: int = 3,
+                 activation: str = "relu") -> None:
+        super().__init__(obs_dim, act_dim, members, hidden, layers, activation)
         self.max_logvar = nn.Parameter(torch.full((obs_dim,), 0.5))
         self.min_logvar = nn.Parameter(torch.full((obs_dim,), -10.0))
 

@@ -19,18 +19,19 @@ def build_dynamics(spec: SpaceSpec, cfg: ModelConfig) -> nn.Module:
     """A fresh, untrained dynamics model of the configured kind."""
     s, a = spec.obs_dim, spec.act_dim
     if cfg.dynamics == "ensemble":
-        return ProbabilisticEnsemble(s, a, cfg.ensemble_size, cfg.hidden, cfg.layers)
+        return ProbabilisticEnsemble(s, a, cfg.ensemble_size, cfg.hidden, cfg.layers, cfg.activation)
     if cfg.dynamics == "mlp":
-        return DeterministicDynamics(s, a, cfg.ensemble_size, cfg.hidden, cfg.layers)
+        return DeterministicDynamics(s, a, cfg.ensemble_size, cfg.hidden, cfg.layers, cfg.activation)
     return RecurrentDynamics(s, a, cfg.hidden)
 
 
 def build_reward(spec: SpaceSpec, cfg: ModelConfig) -> RewardModel:
-    return RewardModel(spec.obs_dim, spec.act_dim, cfg.reward_hidden, cfg.reward_layers)
+    return RewardModel(spec.obs_dim, spec.act_dim, cfg.reward_hidden, cfg.reward_layers, activation=cfg.activation)
 
 
 def build_termination(spec: SpaceSpec, cfg: ModelConfig) -> TerminationModel:
-    return TerminationModel(spec.obs_dim, spec.act_dim, cfg.reward_hidden, cfg.reward_layers)
+    return TerminationModel(spec.obs_dim, spec.act_dim, cfg.reward_hidden, cfg.reward_layers,
+                            activation=cfg.activation)
 
 
 @dataclass

@@ -32,17 +32,29 @@ class EnsembleLinear(nn.Module):
         return f"members={e}, in_dim={i}, out_dim={o}"
 
 
-class EnsembleMLP(nn.Module):
-    """E independent MLPs with SiLU activations: (E, B, I) -> (E, B, O)."""
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    # ReLU is the default: on CPUs SiLU (swish, PETS' choice) spends longer in exp than a
+    # 64-wide layer spends in its matmul, and planning with ReLU models scored as well here.
+    "relu": nn.ReLU,
+    "silu": nn.SiLU,
+    "hardswish": nn.Hardswish,
+}
 
-    def __init__(self, members: int, in_dim: int, out_dim: int, hidden: int, layers: int) -> None:
+
+class EnsembleMLP(nn.Module):
+    """E independent MLPs: (E, B, I) -> (E, B, O)."""
+
+    def __init__(self, members: int, in_dim: int, out_dim: int, hidden: int, layers: int,
+                 activation: str = "relu") -> None:
         super().__init__()
         if members < 1 or hidden < 1 or layers < 1:
             raise ValueError(f"members, hidden and layers must be >= 1, got {members}, {hidden}, {layers}")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {activation!r}")
         widths = [in_dim] + [hidden] * layers
         blocks: list[nn.Module] = []
         for i, o in zip(widths[:-1], widths[1:]):
-            blocks += [EnsembleLinear(members, i, o), nn.SiLU()]
+            blocks += [EnsembleLinear(members, i, o), ACTIVATIONS[activation]()]
         blocks.append(EnsembleLinear(members, widths[-1], out_dim))
         self.net = nn.Sequential(*blocks)
         self.members = members

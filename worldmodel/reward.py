@@ -20,11 +20,12 @@ from worldmodel.nn import EnsembleMLP, Normalizer, expand_members
 class _TransitionHead(nn.Module):
     """An MLP ensemble over normalised (s, a, s') with one output per member."""
 
-    def __init__(self, obs_dim: int, act_dim: int, hidden: int, layers: int, members: int) -> None:
+    def __init__(self, obs_dim: int, act_dim: int, hidden: int, layers: int, members: int,
+                 activation: str) -> None:
         super().__init__()
         self.obs_dim, self.act_dim, self.members = obs_dim, act_dim, members
         self.in_norm = Normalizer(2 * obs_dim + act_dim)
-        self.net = EnsembleMLP(members, 2 * obs_dim + act_dim, 1, hidden, layers)
+        self.net = EnsembleMLP(members, 2 * obs_dim + act_dim, 1, hidden, layers, activation)
 
     def _features(self, obs: torch.Tensor, action: torch.Tensor, next_obs: torch.Tensor) -> torch.Tensor:
         e = self.members
@@ -41,8 +42,9 @@ class _TransitionHead(nn.Module):
 class RewardModel(_TransitionHead):
     """Regresses r(s, a, s') with MSE on a standardised target."""
 
-    def __init__(self, obs_dim: int, act_dim: int, hidden: int = 200, layers: int = 3, members: int = 1) -> None:
-        super().__init__(obs_dim, act_dim, hidden, layers, members)
+    def __init__(self, obs_dim: int, act_dim: int, hidden: int = 200, layers: int = 3, members: int = 1,
+                 activation: str = "relu") -> None:
+        super().__init__(obs_dim, act_dim, hidden, layers, members, activation)
         self.out_norm = Normalizer(1)
 
     @torch.no_grad()
@@ -66,8 +68,9 @@ class RewardModel(_TransitionHead):
 class TerminationModel(_TransitionHead):
     """Classifies whether s' is terminal, p(done | s, a, s'), trained with binary cross-entropy."""
 
-    def __init__(self, obs_dim: int, act_dim: int, hidden: int = 200, layers: int = 3, members: int = 1) -> None:
-        super().__init__(obs_dim, act_dim, hidden, layers, members)
+    def __init__(self, obs_dim: int, act_dim: int, hidden: int = 200, layers: int = 3, members: int = 1,
+                 activation: str = "relu") -> None:
+        super().__init__(obs_dim, act_dim, hidden, layers, members, activation)
 
     @torch.no_grad()
     def fit_normalizers(self, obs: torch.Tensor, action: torch.Tensor, next_obs: torch.Tensor,

@@ -36,6 +36,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--ensemble-size", type=int, default=ModelConfig.ensemble_size)
     p.add_argument("--hidden", type=int, default=ModelConfig.hidden)
     p.add_argument("--layers", type=int, default=ModelConfig.layers)
+    p.add_argument("--activation", choices=["relu", "silu", "hardswish"], default=ModelConfig.activation)
     p.add_argument("--reward-hidden", type=int, default=None, help="reward/termination width (default: --hidden)")
     p.add_argument("--reward-layers", type=int, default=None, help="reward/termination depth (default: --layers)")
     p.add_argument("--epochs", type=int, default=TrainConfig.epochs)
@@ -95,7 +96,7 @@ def run_train(args: argparse.Namespace) -> dict[str, Any]:
     model_cfg = ModelConfig(dynamics=args.dynamics, ensemble_size=1 if args.dynamics == "gru" else
                             args.ensemble_size, hidden=args.hidden, layers=args.layers,
                             reward_hidden=args.reward_hidden or args.hidden,
-                            reward_layers=args.reward_layers or args.layers)
+                            reward_layers=args.reward_layers or args.layers, activation=args.activation)
     train_cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, patience=args.patience,
                             seed=args.seed, device=args.device)
     data = read_transitions(args.data)
