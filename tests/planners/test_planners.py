@@ -88,15 +88,17 @@ def test_budget_is_respected_and_zero_iteration_budget_falls_back() -> None:
     x, goal = agents(64)
     cfg = PlanConfig(horizon=5, samples=128, iterations=1000)
     planner = make_planner("cem", LinearEnsemble(), quadratic_objective(), LOW, HIGH, cfg)
-    planner.plan(x, {"goal": goal}, budget_ms=1.0)  # warm-up: the first call for N=64 measures one round
+    for _ in range(2):  # warm-up: calls for a new N measure how long one round takes
+        planner.plan(x, {"goal": goal}, budget_ms=1.0)
     round_ms = planner._round_ms[64]
+    budget = max(50.0, 4 * round_ms)  # room for a few rounds, however slow this machine is
     start = time.perf_counter()
-    result = planner.plan(x, {"goal": goal}, budget_ms=50.0)
+    result = planner.plan(x, {"goal": goal}, budget_ms=budget)
     elapsed = (time.perf_counter() - start) * 1000
     assert 1 <= result.iterations < 1000
     # No round starts that its measured duration says would overrun. The bound is loose on purpose:
     # a shared CI core can stall any round; what must hold is stopping near the budget, not at 1000 rounds.
-    assert elapsed < 50 + 2 * round_ms + 100
+    assert elapsed < budget + 2 * round_ms + 100
     # A budget shorter than one measured round: no round is started, the fallback acts at once.
     result = planner.plan(x, {"goal": goal}, budget_ms=1e-3)
     assert result.iterations == 0 and result.fallback.all() and (result.actions == 0).all()

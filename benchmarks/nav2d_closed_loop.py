@@ -1,0 +1,62 @@
+"""Nav2D closed loop on a learned model: success, no-fly-zone violations and planning speed.
+
+`wm collect` 100 random episodes, `wm train` the planning model (5 x 64x2 ensemble, 64x2 reward),
+then `wm eval` 100 agents in lockstep for 100 episodes with zones on and off (learned dynamics and
+learned reward). Targets (planner issue): success >= 99% and zero violations with zones on.
+
+The reference in the same run is the original article's stack: one deterministic 64x2 MLP,
+gradient MPC with horizon 15 and one restart, one agent per planning call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import record, wm
+
+PLANNER = ["--planner", "cem", "--horizon", "12", "--samples", "32", "--iterations", "3"]
+MODEL = ["--hidden", "64", "--layers", "2"]
+ARTICLE_MODEL = ["--dynamics", "mlp", "--ensemble-size", "1", "--hidden", "64", "--layers", "2"]
+ARTICLE_PLANNER = ["--planner", "gradient", "--horizon", "15", "--samples", "1", "--iterations", "10",
+                   "--propagation", "expectation"]
+KEYS = ("episodes", "success_rate", "violations", "episodes_with_violation", "fallbacks", "mean_return",
+        "plan_ms_mean", "plan_ms_p99", "plans_per_s")
+
+
+def run(episodes: int, agents: int, reference_episodes: int, seed: int) -> dict[str, Any]:
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        logs = str(Path(tmp, "logs"))
+        wm("collect", "--env", "Nav2D-v0", "--episodes", "100", "--out", logs, "--seed", str(seed))
+        ours = wm("train", "--data", logs, "--out", str(Path(tmp, "ours")), *MODEL)
+        article = wm("train", "--data", logs, "--out", str(Path(tmp, "article")), *ARTICLE_MODEL)
+        for zones in ("2", "0"):
+            out = wm("eval", "--model", ours["model_dir"], "--agents", str(agents), "--episodes", str(episodes),
+                     "--no-fly-zones", zones, "--seed", str(seed + 1), *PLANNER)
+            rows.append({"stack": "fleetwm: CEM H12 K32 x3, 5x64x2 ensemble, batched", "zones": int(zones),
+                         "agents": agents, "settings": out["settings"]} | {k: out[k] for k in KEYS})
+        out = wm("eval", "--model", article["model_dir"], "--agents", "1", "--episodes", str(reference_episodes),
+                 "--no-fly-zones", "0", "--seed", str(seed + 1), *ARTICLE_PLANNER)
+        rows.append({"stack": "article: gradient MPC H15, 1x64x2 MLP, one agent per call", "zones": 0,
+                     "agents": 1, "settings": out["settings"]} | {k: out[k] for k in KEYS})
+    target = rows[0]["success_rate"] >= 0.99 and rows[0]["violations"] == 0
+    return {"rows": rows, "target_met": target,
+            "model_r2_min": ours["metrics"]["dynamics"]["r2_min"],
+            "reward_r2": ours["metrics"]["reward"]["r2"][0]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--episodes", type=int, default=100)
+    parser.add_argument("--agents", type=int, default=100)
+    parser.add_argument("--reference-episodes", type=int, default=10)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    record("nav2d_closed_loop", run(args.episodes, args.agents, args.reference_episodes, args.seed))
+
+
+if __name__ == "__main__":
+    main()
