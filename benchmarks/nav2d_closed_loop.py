@@ -17,7 +17,7 @@ from typing import Any
 
 from benchmarks.common import record, wm
 
-PLANNER = ["--planner", "cem", "--horizon", "12", "--samples", "32", "--iterations", "3"]
+PLANNER = ["--planner", "cem", "--horizon", "20", "--samples", "32", "--iterations", "3"]
 MODEL = ["--hidden", "64", "--layers", "2"]
 ARTICLE_MODEL = ["--dynamics", "mlp", "--ensemble-size", "1", "--hidden", "64", "--layers", "2"]
 ARTICLE_PLANNER = ["--planner", "gradient", "--horizon", "15", "--samples", "1", "--iterations", "10",
@@ -36,7 +36,7 @@ def run(episodes: int, agents: int, reference_episodes: int, seed: int) -> dict[
         for zones in ("2", "0"):
             out = wm("eval", "--model", ours["model_dir"], "--agents", str(agents), "--episodes", str(episodes),
                      "--no-fly-zones", zones, "--seed", str(seed + 1), *PLANNER)
-            rows.append({"stack": "fleetwm: CEM H12 K32 x3, 5x64x2 ensemble, batched", "zones": int(zones),
+            rows.append({"stack": "fleetwm: CEM H20 K32 x3, 5x64x2 ensemble, batched", "zones": int(zones),
                          "agents": agents, "settings": out["settings"]} | {k: out[k] for k in KEYS})
         out = wm("eval", "--model", article["model_dir"], "--agents", "1", "--episodes", str(reference_episodes),
                  "--no-fly-zones", "0", "--seed", str(seed + 1), *ARTICLE_PLANNER)

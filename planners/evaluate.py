@@ -54,7 +54,7 @@ class EvalResult:
     mean_return: float
     success_rate: float
     violations: int
-    """Steps spent inside a no-fly zone, over all episodes."""
+    """Steps spent inside a no-fly zone, over the completed episodes."""
     episodes_with_violation: int
     fallbacks: int
     """Agent-steps on which the fallback policy acted."""
@@ -94,7 +94,7 @@ def closed_loop(model: WorldModel, planner: str, agents: int, episodes: int, cfg
     obs_np, infos = envs.reset(seed=seed)
     warm: torch.Tensor | None = None
     returns, successes, violations, violators = [], [], 0, 0
-    ep_return, ep_violated = np.zeros(agents), np.zeros(agents, bool)
+    ep_return, ep_violations = np.zeros(agents), np.zeros(agents, int)
     fallbacks, steps, plan_ms = 0, 0, []
     reset_next = np.zeros(agents, bool)  # gymnasium's next-step autoreset: this step only resets these envs
     bar = tqdm(total=episodes, desc=f"eval {planner}", disable=not progress, unit="ep")
@@ -108,16 +108,15 @@ def closed_loop(model: WorldModel, planner: str, agents: int, episodes: int, cfg
         fallbacks += int(result.fallback.cpu().numpy()[live].sum())
         steps += int(live.sum())
         ep_return += np.where(live, rew, 0.0)
-        in_zone = np.asarray(infos.get("violation", np.zeros(agents, bool)), bool) & live
-        violations += int(in_zone.sum())
-        ep_violated |= in_zone
+        ep_violations += np.asarray(infos.get("violation", np.zeros(agents, bool)), bool) & live
         done = (term | trunc) & live
-        for i in np.flatnonzero(done):
+        for i in np.flatnonzero(done):  # statistics count completed episodes only
             returns.append(float(ep_return[i]))
             successes.append(bool(np.asarray(infos["is_success"])[i]) if "is_success" in infos else False)
-            violators += int(ep_violated[i])
+            violations += int(ep_violations[i])
+            violators += int(ep_violations[i] > 0)
         bar.update(int(done.sum()))
-        ep_return[done], ep_violated[done] = 0.0, False
+        ep_return[done], ep_violations[done] = 0.0, 0
         if done.any():  # a fresh episode starts from the uninformed plan
             warm[torch.as_tensor(done, device=device)] = plan._midpoint(int(done.sum()))
         if on_step is not None:

@@ -63,10 +63,12 @@ class GoalReward:
 
 
 class NoFlyZones:
-    """Cost of entering circular zones: ``weight`` per unit of depth inside (radius + margin).
+    """Cost of entering circular zones: ``weight`` per unit of depth inside (radius + margin),
+    plus ``weight`` for every step inside the zone itself.
 
     The margin keeps plans clear of the edge, so model error does not carry the
-    agent across it; the linear depth gives gradient-based planners a slope.
+    agent across it; the linear depth gives gradient-based planners a slope; the
+    step cost makes even a grazing entry expensive for sampling planners.
     """
 
     def __init__(self, pos_dims: Sequence[int] = (0, 1), weight: float = 100.0, margin: float = 0.3) -> None:
@@ -79,7 +81,8 @@ class NoFlyZones:
         dist = (pos - zones[:, None, :, :2]).norm(dim=-1)  # (X, N, R, Z)
         radius = zones[:, None, :, 2]  # (N, 1, Z)
         depth = torch.relu(radius + self.margin - dist) * (radius > 0)
-        return -self.weight * depth.sum(-1)
+        inside = (dist < radius).to(depth.dtype)
+        return -self.weight * (depth + inside).sum(-1)
 
 
 class StateBox:

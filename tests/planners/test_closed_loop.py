@@ -12,7 +12,7 @@ from worldmodel.envs.collect import collect
 from worldmodel.model import WorldModel
 from worldmodel.training import train_world_model
 
-SMALL_PLAN = PlanConfig(horizon=12, samples=64, iterations=3)
+SMALL_PLAN = PlanConfig(horizon=20, samples=32, iterations=3)
 
 
 @pytest.fixture(scope="module")
