@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-BENCHMARKS = ["benchmarks.model_fit"]
+BENCHMARKS = ["benchmarks.model_fit", "benchmarks.plan_throughput", "benchmarks.pendulum_mbrl"]
 
 
 def main() -> None:

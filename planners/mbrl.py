@@ -3,11 +3,13 @@
 Episode 0..R-1 act at random. Before every later episode a world model (dynamics
 and reward) is trained from scratch on all transitions so far, and one episode is
 run closed loop with a planner that plans on the learned dynamics AND the learned
-reward; the environment's reward is only logged, never planned with.
+reward; the environment's reward is only logged, never planned with. Optional
+evaluation episodes at the end measure the final agent over several start states
+without adding to its data (one episode's return depends strongly on where it starts).
 
 Small data sets: ``train_world_model`` splits whole episodes into train /
 validation / test, which needs several episodes, while MBRL starts from one. With
-fewer than ``MIN_PIECES`` episodes each episode is cut into time-contiguous chunks
+fewer than ``MIN_EPISODES`` episodes each episode is cut into time-contiguous chunks
 that are split as if they were episodes (see ``chunk_episodes``).
 
 Shapes: ``S`` state, ``A`` action, ``H`` horizon, ``B`` transitions.
@@ -17,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -37,11 +38,14 @@ from worldmodel.envs.collect import collect
 from worldmodel.model import WorldModel
 from worldmodel.training import train_world_model
 
-MIN_PIECES = 10
-"""Fewer episodes than this are cut into chunks, so that 10% validation and test fractions mean ~10%."""
+MIN_EPISODES = 20
+"""From this many episodes on, whole episodes are split into train / validation / test; fewer are chunked."""
+CHUNK_STEPS = 20
+"""Steps per chunk when episodes are chunked for the split."""
 AGENT_ID = "mbrl-0000"
 """Agent id of every logged row."""
-RANDOM, PLANNED = "random", "planned"
+RANDOM, PLANNED, EVAL = "random", "planned", "eval"
+"""Episode kinds: random actions; planned and learned from; planned by the final model, not learned from."""
 
 
 @dataclass(frozen=True)
@@ -51,17 +55,19 @@ class EpisodeRow:
     index: int
     """Episode number, from 0."""
     kind: str
-    """'random' or 'planned'."""
+    """'random', 'planned' or 'eval'."""
     steps: int
     """Env steps in this episode."""
     env_steps: int
-    """Env steps so far, this episode included (the x axis of a learning curve)."""
+    """Env steps learned from so far, this episode included (the x axis of a learning curve); for
+    eval episodes, all the steps the final model was trained on."""
     ret: float
     """Undiscounted return of the episode (the env's reward)."""
     success: bool | None
     """The env's final ``is_success``, None when it reports none."""
     train_seconds: float
-    """Wall time spent training the model this episode planned with (0 for random episodes)."""
+    """Wall time spent training the model this episode planned with (0 for random episodes and for
+    eval episodes after the first, which share its model)."""
     plan_ms_mean: float
     """Mean wall time of one planning call (0 for random episodes)."""
     model_r2_min: float | None
@@ -74,6 +80,9 @@ class MBRLResult:
 
     env_id: str
     rows: list[EpisodeRow]
+    """The random and planned episodes, in order."""
+    evals: list[EpisodeRow]
+    """Evaluation episodes of the final model (empty unless asked for)."""
     target_return: float | None
     steps_to_target: int | None
     """Cumulative env steps at the end of the first episode whose return >= target_return."""
@@ -85,41 +94,47 @@ class MBRLResult:
     def returns(self) -> list[float]:
         return [r.ret for r in self.rows]
 
+    @property
+    def eval_mean_return(self) -> float | None:
+        return float(np.mean([r.ret for r in self.evals])) if self.evals else None
+
     def to_dict(self) -> dict[str, Any]:
         return {"env": self.env_id, "rows": [dataclasses.asdict(r) for r in self.rows],
-                "returns": self.returns, "target_return": self.target_return,
+                "returns": self.returns, "evals": [dataclasses.asdict(r) for r in self.evals],
+                "eval_mean_return": self.eval_mean_return, "target_return": self.target_return,
                 "steps_to_target": self.steps_to_target, "seconds": round(self.seconds, 2),
                 "settings": self.settings}
 
 
-def chunk_episodes(data: Transitions, min_pieces: int = MIN_PIECES, min_length: int = 1) -> Transitions:
-    """Relabel rows so that ``data`` has at least ``min_pieces`` "episodes" for ``split_by_episode``.
+def chunk_episodes(data: Transitions, length: int = CHUNK_STEPS, min_episodes: int = MIN_EPISODES) -> Transitions:
+    """Relabel rows so that ``split_by_episode`` can hold out time-contiguous chunks of few episodes.
 
-    With fewer episodes than ``min_pieces``, each is cut into ``ceil(min_pieces / episodes)``
-    time-contiguous chunks (no shorter than ``min_length`` steps, e.g. a recurrent model's
-    sequence length) with eps_id ``"<eps_id>#<chunk>"``; otherwise ``data`` is returned as is.
+    With fewer than ``min_episodes`` episodes, each is cut into chunks of ``length`` steps
+    (the last one may be shorter) with eps_id ``"<eps_id>#<chunk>"``; otherwise ``data`` is
+    returned as is. One 200-step episode gives 10 chunks, so the default 10% validation and
+    test fractions hold out 20 rows each; five episodes give 50 chunks, so validation is
+    spread over 5 different stretches of the data rather than one.
 
     Why chunks rather than random rows: consecutive states are nearly equal, so random rows
     held out would each have a training neighbour one step away and validation would not
-    notice overfitting. Chunks leak only at their two boundaries, so validation (early stopping,
+    notice overfitting. Chunks leak only at their two ends, so validation (early stopping,
     variance calibration) and the reported test metrics are only slightly optimistic. The
     original episode ids stay in the logs; only the copy handed to training is relabelled.
 
     Args:
-        data: B transitions, rows of an episode with ``t`` 0, 1, ...
-        min_pieces: how many pieces the split needs.
-        min_length: shortest chunk allowed.
+        data: B transitions, each episode's rows with ``t`` 0, 1, ...
+        length: steps per chunk (no shorter than a recurrent model's sequence length).
+        min_episodes: episodes from which whole episodes are split as usual.
 
     Returns:
         B transitions, the same rows in the same order.
     """
+    if length < 1:
+        raise ValueError(f"length must be >= 1, got {length}")
     eps = data.eps_id.astype(str)
-    names, inverse, counts = np.unique(eps, return_inverse=True, return_counts=True)
-    if len(names) >= min_pieces:
+    if len(np.unique(eps)) >= min_episodes:
         return data
-    per_episode = math.ceil(min_pieces / len(names))
-    length = np.maximum(np.ceil(counts / per_episode).astype(np.int64), min_length)  # chunk length per episode
-    chunk = data.t.astype(np.int64) // length[inverse.reshape(-1)]  # (B,)
+    chunk = data.t.astype(np.int64) // length  # (B,)
     ids = np.array([f"{e}#{c}" for e, c in zip(eps, chunk)], dtype=object)
     return dataclasses.replace(data, eps_id=ids)
 
@@ -135,7 +150,7 @@ def _planner(name: str, model: WorldModel, cfg: PlanConfig, cem: CEMConfig | Non
     return make_planner(name, model.dynamics, objective, low, high, cfg)
 
 
-def _episode_seed(seed: int, index: int) -> int:
+def episode_seed(seed: int, index: int) -> int:
     """Env reset seed of episode ``index``: distinct across (seed, index) pairs."""
     return int(np.random.SeedSequence((seed, index)).generate_state(1)[0])
 
@@ -149,14 +164,14 @@ def run_planned_episode(env_id: str, planner: BasePlanner, index: int, seed: int
         ``is_success`` (None when the env reports none) and each planning call's wall time (ms).
     """
     env = make_env(env_id)
-    rows: dict[str, list[Any]] = {k: [] for k in ("obs", "actions", "rewards", "new_obs", "terminateds",
-                                                  "truncateds", "timestamp")}
+    steps: list[tuple[Any, ...]] = []  # (obs, action, reward, new_obs, terminated, truncated, timestamp)
     plan_ms: list[float] = []
     success: bool | None = None
     try:
-        obs, info = env.reset(seed=_episode_seed(seed, index))
+        obs, info = env.reset(seed=episode_seed(seed, index))
         warm: torch.Tensor | None = None
-        bar = tqdm(desc=f"episode {index}", unit="step", disable=not progress, leave=False)
+        bar = tqdm(desc=f"episode {index}", total=env.spec.max_episode_steps if env.spec else None, unit="step",
+                   disable=not progress, leave=False)
         done = False
         while not done:
             result = planner.plan(torch.as_tensor(obs, dtype=torch.float32)[None], warm_start=warm)
@@ -165,10 +180,7 @@ def run_planned_episode(env_id: str, planner: BasePlanner, index: int, seed: int
             action = result.actions[0].detach().cpu().numpy()
             new_obs, reward, terminated, truncated, info = env.step(action)
             now = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
-            for key, value in (("obs", obs), ("actions", action), ("rewards", reward), ("new_obs", new_obs),
-                               ("terminateds", terminated), ("truncateds", truncated),
-                               ("timestamp", np.datetime64(now, "us"))):
-                rows[key].append(value)
+            steps.append((obs, action, reward, new_obs, terminated, truncated, np.datetime64(now, "us")))
             obs, done = new_obs, bool(terminated or truncated)
             bar.update()
         bar.close()
@@ -176,9 +188,10 @@ def run_planned_episode(env_id: str, planner: BasePlanner, index: int, seed: int
             success = bool(info["is_success"])
     finally:
         env.close()
-    n = len(rows["obs"])
-    data = Transitions.build(**{k: np.asarray(v) for k, v in rows.items()}, eps_id=[f"{AGENT_ID}-{seed}-{index}"] * n,
-                             agent_id=AGENT_ID, t=np.arange(n), model_version=model_version)
+    obs_, actions, rewards, new_obs_, terminateds, truncateds, times = (np.asarray(c) for c in zip(*steps))
+    data = Transitions.build(obs_, actions, rewards, new_obs_, terminateds, truncateds,
+                             eps_id=[f"{AGENT_ID}-{seed}-{index}"] * len(steps), agent_id=AGENT_ID,
+                             t=np.arange(len(steps)), model_version=model_version, timestamp=times)
     return data, success, plan_ms
 
 
@@ -195,6 +208,7 @@ def run_mbrl(
     progress: bool = False,
     target_return: float | None = None,
     cem: CEMConfig | None = None,
+    eval_episodes: int = 0,
     on_episode: Callable[[EpisodeRow], None] | None = None,
 ) -> MBRLResult:
     """Run the PETS loop for ``episodes`` episodes, the first ``random_episodes`` of them random.
@@ -208,16 +222,23 @@ def run_mbrl(
         model_cfg: world-model architecture.
         train_cfg: fitting settings; ``epochs`` caps each retraining (its seed is replaced).
         seed: fixes everything: random actions, env resets, model training and planning
-            (episode i uses seed + i for training and planning), so a run is repeatable.
+            (episode i uses seed + i for training and planning), so a run repeats exactly on the same
+            machine and software (the loop is chaotic: float rounding that differs elsewhere changes it).
         log_dir: when given, every episode is also appended there with TrajectoryWriter.
         progress: show progress bars on stderr.
         target_return: the return whose first attainment ``steps_to_target`` reports.
         cem: CEM's own settings (default: elites the top 10% of samples, as in PETS).
+        eval_episodes: episodes run at the end by a model trained on all the data, from start
+            states of their own; they are neither learned from nor logged.
         on_episode: called with each row as soon as its episode ends.
 
     Returns:
         One row per episode and the env steps it took to reach ``target_return``.
     """
+    if eval_episodes < 0:
+        raise ValueError(f"eval_episodes must be >= 0, got {eval_episodes}")
+    if cem is not None and planner != "cem":
+        raise ValueError(f"CEM settings were given but the planner is {planner!r}")
     if random_episodes < 1:
         raise ValueError(f"random_episodes must be >= 1 (a model needs data), got {random_episodes}")
     if episodes <= random_episodes:
@@ -227,16 +248,28 @@ def run_mbrl(
     spec = space_spec(env, env_id)
     env.close()
     writer = TrajectoryWriter(log_dir, env_id=env_id) if log_dir else None
-    min_length = train_cfg.seq_len if model_cfg.dynamics == "gru" else 1
+    chunk = max(CHUNK_STEPS, train_cfg.seq_len) if model_cfg.dynamics == "gru" else CHUNK_STEPS
     rows: list[EpisodeRow] = []
+    evals: list[EpisodeRow] = []
     env_steps = 0
 
-    def finish(row: EpisodeRow, part: Transitions) -> None:
-        rows.append(row)
-        if writer is not None:
+    def finish(row: EpisodeRow, part: Transitions | None) -> None:
+        (rows if part is not None else evals).append(row)
+        if writer is not None and part is not None:
             writer.write(part)
         if on_episode is not None:
             on_episode(row)
+
+    def train(data: Transitions, i: int) -> tuple[WorldModel, float]:
+        tic = time.perf_counter()
+        model = train_world_model(chunk_episodes(data, chunk), spec, model_cfg,
+                                  dataclasses.replace(train_cfg, seed=seed + i), progress=progress)
+        return model, round(time.perf_counter() - tic, 3)
+
+    def play(model: WorldModel, i: int) -> tuple[Transitions, bool | None, float]:
+        plan = _planner(planner, model, dataclasses.replace(plan_cfg, seed=seed + i), cem)
+        part, success, plan_ms = run_planned_episode(env_id, plan, i, seed, f"mbrl-{i}", progress)
+        return part, success, round(float(np.mean(plan_ms)), 3)
 
     # Random episodes: collect numbers them 0..R-1 with eps_id f"{AGENT_ID}-{seed}-{i}", as below.
     data = collect(env_id, random_episodes, seed=seed, agent_id=AGENT_ID, num_envs=1, progress=progress)
@@ -247,21 +280,25 @@ def run_mbrl(
         finish(EpisodeRow(i, RANDOM, len(part), env_steps, float(part.rewards.sum()), success, 0.0, 0.0, None), part)
 
     for i in range(random_episodes, episodes):
-        tic = time.perf_counter()
-        model = train_world_model(chunk_episodes(data, min_length=min_length), spec, model_cfg,
-                                  dataclasses.replace(train_cfg, seed=seed + i), progress=progress)
-        train_seconds = time.perf_counter() - tic
-        plan = _planner(planner, model, dataclasses.replace(plan_cfg, seed=seed + i), cem)
-        part, success, plan_ms = run_planned_episode(env_id, plan, i, seed, f"mbrl-{i}", progress)
+        model, train_seconds = train(data, i)
+        part, success, plan_ms = play(model, i)
         data = Transitions.concat([data, part])
         env_steps += len(part)
-        finish(EpisodeRow(i, PLANNED, len(part), env_steps, float(part.rewards.sum()), success,
-                          round(train_seconds, 3), round(float(np.mean(plan_ms)), 3),
-                          model.metrics["dynamics"]["r2_min"]), part)
+        finish(EpisodeRow(i, PLANNED, len(part), env_steps, float(part.rewards.sum()), success, train_seconds,
+                          plan_ms, model.metrics["dynamics"]["r2_min"]), part)
+
+    if eval_episodes:
+        model, train_seconds = train(data, episodes)
+        for i in range(episodes, episodes + eval_episodes):
+            part, success, plan_ms = play(model, i)
+            finish(EpisodeRow(i, EVAL, len(part), env_steps, float(part.rewards.sum()), success,
+                              train_seconds if i == episodes else 0.0, plan_ms,
+                              model.metrics["dynamics"]["r2_min"]), None)
 
     reached = [r.env_steps for r in rows if target_return is not None and r.ret >= target_return]
     settings = {"env": env_id, "episodes": episodes, "planner": planner, "random_episodes": random_episodes,
-                "seed": seed, "plan": dataclasses.asdict(plan_cfg), "model": model_cfg.to_dict(),
-                "train": train_cfg.to_dict(), "cem": dataclasses.asdict(cem) if cem else None}
-    return MBRLResult(env_id, rows, target_return, reached[0] if reached else None,
+                "eval_episodes": eval_episodes, "seed": seed, "seeds": "episode i trains and plans with seed + i",
+                "plan": dataclasses.asdict(plan_cfg), "model": model_cfg.to_dict(), "train": train_cfg.to_dict(),
+                "cem": dataclasses.asdict(cem) if cem else None, "chunk_steps": chunk}
+    return MBRLResult(env_id, rows, evals, target_return, reached[0] if reached else None,
                       time.perf_counter() - start, settings)
