@@ -5,7 +5,12 @@ from __future__ import annotations
 import subprocess
 import sys
 
-BENCHMARKS = ["benchmarks.model_fit", "benchmarks.plan_throughput", "benchmarks.pendulum_mbrl"]
+BENCHMARKS = [
+    "benchmarks.model_fit",
+    "benchmarks.nav2d_closed_loop",
+    "benchmarks.plan_throughput",
+    "benchmarks.pendulum_mbrl",
+]
 
 
 def main() -> None:
