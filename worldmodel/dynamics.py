@@ -92,6 +92,15 @@ class EnsembleDynamics(nn.Module):
         target = self.delta_norm(next_obs - obs)
         return self._loss(mean_n, logvar, target)
 
+    def val_loss(self, obs: torch.Tensor, action: torch.Tensor, next_obs: torch.Tensor) -> torch.Tensor:
+        """Early-stopping criterion of each member: MSE of the normalised mean delta, (E, B, *) -> (E,).
+
+        Not the NLL: held-out NLL starts rising as soon as the variances grow overconfident,
+        long before the means stop improving, and calibration.py rescales variances afterwards.
+        """
+        mean_n, _ = self._head(self._raw(obs, action))
+        return (mean_n - self.delta_norm(next_obs - obs)).square().mean(dim=(1, 2))
+
     def _head(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 

@@ -42,7 +42,8 @@ def fit(
     """Fit ``model`` with AdamW and early stopping, restoring the best weights at the end.
 
     Args:
-        model: has ``members`` (E) and ``loss(*batch) -> (E,)``.
+        model: has ``members`` (E) and ``loss(*batch) -> (E,)``; early stopping uses its
+            ``val_loss`` (same signature) when it has one, else ``loss``.
         train: tensors with N rows each (N, ...), on the model's device.
         val: tensors with M rows each (M, ...), shared by all members.
         cfg: epochs, batch size, optimiser, patience, bootstrap and seed.
@@ -62,6 +63,7 @@ def fit(
     rows = rows.to(device)
     val_batch = [v.unsqueeze(0).expand(members, *v.shape) for v in val]  # (E, M, ...)
 
+    val_loss_fn = getattr(model, "val_loss", model.loss)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     best_state, best_val, best_epoch, history = None, float("inf"), 0, []
     start = time.perf_counter()
@@ -78,7 +80,7 @@ def fit(
             opt.step()
         model.eval()
         with torch.no_grad():
-            val_loss = model.loss(*val_batch).mean().item()
+            val_loss = val_loss_fn(*val_batch).mean().item()
         history.append(val_loss)
         bar.set_postfix(val_loss=f"{val_loss:.4f}")
         # Improvement must be real (0.01% relative), not float noise; the first epoch always counts.

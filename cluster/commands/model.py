@@ -55,15 +55,6 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.set_defaults(handler=run_info)
 
 
-def parse(argv: list[str]) -> argparse.Namespace:
-    """Parse ``wm collect|train|info`` arguments with the real defaults, for commands that chain these."""
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--json", action="store_true")
-    parser = argparse.ArgumentParser(prog="wm")
-    register(parser.add_subparsers(dest="command"), common)
-    return parser.parse_args(argv)
-
-
 def run_collect(args: argparse.Namespace) -> dict[str, Any]:
     if args.episodes < 1:
         raise ValueError(f"--episodes must be >= 1, got {args.episodes}")
