@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Any, Callable, Protocol
 
 import torch
 
@@ -22,6 +22,9 @@ from planners.rollout import PROPAGATIONS, Rollout
 
 FallbackPolicy = Callable[[torch.Tensor], torch.Tensor]
 """Safe action for each agent: obs (N, S) -> actions (N, A)."""
+
+State = dict[str, Any]
+"""A planner's search state within one call (e.g. CEM's mean and std, each (N, H, A))."""
 
 
 @dataclass(frozen=True)
@@ -106,8 +109,11 @@ def zero_action(low: torch.Tensor, high: torch.Tensor) -> FallbackPolicy:
 
 
 class BasePlanner:
-    """Shared machinery; subclasses implement ``_optimise``, calling ``_spent()`` before and
-    ``_timed(start)`` after each round so that no round starts that would end past the deadline."""
+    """Shared machinery: budget, fallback, audit and the anytime loop of rounds.
+
+    A planner implements ``_start`` (its search state for a call) and ``_round`` (propose
+    candidates, score them, update the state); no round starts that would end past the deadline.
+    """
 
     def __init__(self, dynamics: torch.nn.Module, objective: Objective, action_low: torch.Tensor,
                  action_high: torch.Tensor, cfg: PlanConfig, fallback: FallbackPolicy | None = None) -> None:
@@ -162,8 +168,34 @@ class BasePlanner:
 
     def _optimise(self, obs: torch.Tensor, params: Params | None,
                   warm_start: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """Return (best plans (N, H, A), their returns (N,), iterations completed)."""
+        """The anytime loop: rounds until the iteration cap or the deadline, keeping each agent's best.
+
+        Returns:
+            (best plans (N, H, A), their returns (N,), rounds completed).
+        """
+        state = self._start(obs, warm_start)
+        best = best_returns = None
+        rounds = 0
+        while rounds < self.cfg.iterations and not (rounds and self._spent()):
+            start = time.perf_counter()
+            candidates, returns = self._round(obs, params or {}, state)  # (N, K, H, A), (N, K)
+            best, best_returns = best_of(candidates, returns, best, best_returns)
+            rounds += 1
+            self._timed(start)
+        assert best is not None and best_returns is not None
+        return best, best_returns, rounds
+
+    def _start(self, obs: torch.Tensor, warm_start: torch.Tensor | None) -> State:
+        """The planner's search state for this call (a sampling distribution, restarts, ...)."""
         raise NotImplementedError
+
+    def _round(self, obs: torch.Tensor, params: Params, state: State) -> tuple[torch.Tensor, torch.Tensor]:
+        """One round: propose candidates (N, K, H, A), score them (N, K), update ``state`` in place."""
+        raise NotImplementedError
+
+    def _score(self, obs: torch.Tensor, candidates: torch.Tensor, params: Params) -> torch.Tensor:
+        """Simulated return of each candidate: (N, K)."""
+        return self.rollout.returns(obs, candidates, params, self.generator)
 
     def _spent(self) -> bool:
         """True when one more round, at its measured duration for this N, would end past the deadline."""

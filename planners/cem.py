@@ -6,12 +6,11 @@ Each round samples K sequences per agent around a Gaussian, keeps the best
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import torch
 
-from planners.base import BasePlanner, PlanConfig, best_of
+from planners.base import BasePlanner, PlanConfig, State
 from planners.noise import coloured_noise
 from planners.objectives import Objective, Params
 
@@ -49,31 +48,24 @@ class CEMPlanner(BasePlanner):
             raise ValueError(f"elites ({cem.elites}) must not exceed samples ({cfg.samples})")
         self.cem = cem
 
-    def _optimise(self, obs: torch.Tensor, params: Params | None,
-                  warm_start: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, int]:
-        n, (k, h), a = obs.shape[0], (self.cfg.samples, self.cfg.horizon), self.act_dim
-        params = params or {}
+    def _start(self, obs: torch.Tensor, warm_start: torch.Tensor | None) -> State:
+        n, h = obs.shape[0], self.cfg.horizon
         mean = self._midpoint(n) if warm_start is None else warm_start.to(self.device)  # (N, H, A)
-        std = (self.cem.init_std * (self.high - self.low) / 2).expand(n, h, a)  # (N, H, A)
-        best = best_returns = None
-        iterations = 0
-        for _ in range(self.cfg.iterations):
-            if iterations and self._spent():
-                break
-            start = time.perf_counter()
-            # Sample candidates around the current distribution, inside the action box.
-            noise = coloured_noise((n, k, h, a), self.cem.noise_beta, self.generator, self.device)
-            noise[:, 0] = 0  # the current mean competes too: it is often better than any sample
-            candidates = self._clamp(mean[:, None] + std[:, None] * noise)  # (N, K, H, A)
-            # Score them by simulated return.
-            returns = self.rollout.returns(obs, candidates, params, self.generator)  # (N, K)
-            best, best_returns = best_of(candidates, returns, best, best_returns)
-            # Refit the distribution to the elites, smoothed with the previous one.
-            idx = returns.topk(self.cem.elites, dim=1).indices  # (N, elites)
-            elites = candidates.gather(1, idx[..., None, None].expand(-1, -1, h, a))  # (N, elites, H, A)
-            mean = self.cem.alpha * mean + (1 - self.cem.alpha) * elites.mean(1)
-            std = self.cem.alpha * std + (1 - self.cem.alpha) * elites.std(1, unbiased=False)
-            iterations += 1
-            self._timed(start)
-        assert best is not None and best_returns is not None
-        return best, best_returns, iterations
+        std = (self.cem.init_std * (self.high - self.low) / 2).expand(n, h, self.act_dim)  # (N, H, A)
+        return {"mean": mean, "std": std}
+
+    def _round(self, obs: torch.Tensor, params: Params, state: State) -> tuple[torch.Tensor, torch.Tensor]:
+        n, (k, h), a = obs.shape[0], (self.cfg.samples, self.cfg.horizon), self.act_dim
+        mean, std, alpha = state["mean"], state["std"], self.cem.alpha
+        # Sample candidates around the current distribution, inside the action box.
+        noise = coloured_noise((n, k, h, a), self.cem.noise_beta, self.generator, self.device)
+        noise[:, 0] = 0  # the current mean competes too: it is often better than any sample
+        candidates = self._clamp(mean[:, None] + std[:, None] * noise)  # (N, K, H, A)
+        # Score them by simulated return.
+        returns = self._score(obs, candidates, params)  # (N, K)
+        # Refit the distribution to the elites, smoothed with the previous one.
+        idx = returns.topk(self.cem.elites, dim=1).indices  # (N, elites)
+        elites = candidates.gather(1, idx[..., None, None].expand(-1, -1, h, a))  # (N, elites, H, A)
+        state["mean"] = alpha * mean + (1 - alpha) * elites.mean(1)
+        state["std"] = alpha * std + (1 - alpha) * elites.std(1, unbiased=False)
+        return candidates, returns

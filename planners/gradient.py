@@ -8,12 +8,11 @@ against poor local optima; the best restart wins.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import torch
 
-from planners.base import BasePlanner, PlanConfig, best_of
+from planners.base import BasePlanner, PlanConfig, State
 from planners.objectives import Objective, Params
 
 
@@ -47,29 +46,19 @@ class GradientPlanner(BasePlanner):
         unit = ((actions - self.low) / (self.high - self.low) * 2 - 1).clamp(-0.999, 0.999)
         return torch.atanh(unit)
 
-    def _optimise(self, obs: torch.Tensor, params: Params | None,
-                  warm_start: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, int]:
+    def _start(self, obs: torch.Tensor, warm_start: torch.Tensor | None) -> State:
         n, (k, h), a = obs.shape[0], (self.cfg.samples, self.cfg.horizon), self.act_dim
-        params = params or {}
         centre = self._unsquash(self._midpoint(n) if warm_start is None else warm_start.to(self.device))
         noise = torch.randn((n, k, h, a), generator=self.generator, device=self.device) * self.grad.init_std
         noise[:, 0] = 0  # restart 0 starts exactly at the warm start
-        u = (centre[:, None] + noise).requires_grad_(True)  # (N, K, H, A)
-        opt = torch.optim.Adam([u], lr=self.grad.lr)
-        best = best_returns = None
-        iterations = 0
-        for _ in range(self.cfg.iterations):
-            if iterations and self._spent():
-                break
-            start = time.perf_counter()
-            with torch.enable_grad():  # plan() runs under no_grad; only this planner differentiates
-                candidates = self._squash(u)  # (N, K, H, A)
-                returns = self.rollout.returns(obs, candidates, params, self.generator)  # (N, K)
-                (grad,) = torch.autograd.grad(-returns.sum(), u)
-            best, best_returns = best_of(candidates.detach(), returns.detach(), best, best_returns)
-            u.grad = grad
-            opt.step()
-            iterations += 1
-            self._timed(start)
-        assert best is not None and best_returns is not None
-        return best, best_returns, iterations
+        u = (centre[:, None] + noise).requires_grad_(True)  # (N, K, H, A) unsquashed actions
+        return {"u": u, "opt": torch.optim.Adam([u], lr=self.grad.lr)}
+
+    def _round(self, obs: torch.Tensor, params: Params, state: State) -> tuple[torch.Tensor, torch.Tensor]:
+        u = state["u"]
+        with torch.enable_grad():  # plan() runs under no_grad; only this planner differentiates
+            candidates = self._squash(u)  # (N, K, H, A)
+            returns = self._score(obs, candidates, params)  # (N, K)
+            (u.grad,) = torch.autograd.grad(-returns.sum(), u)
+        state["opt"].step()
+        return candidates.detach(), returns.detach()

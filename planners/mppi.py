@@ -7,12 +7,11 @@ normalised per agent before weighting, so one temperature suits any reward scale
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import torch
 
-from planners.base import BasePlanner, PlanConfig, best_of
+from planners.base import BasePlanner, PlanConfig, State
 from planners.noise import coloured_noise
 from planners.objectives import Objective, Params
 
@@ -42,30 +41,21 @@ class MPPIPlanner(BasePlanner):
         super().__init__(dynamics, objective, action_low, action_high, cfg, **kwargs)
         self.mppi = mppi
 
-    def _optimise(self, obs: torch.Tensor, params: Params | None,
-                  warm_start: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, int]:
+    def _start(self, obs: torch.Tensor, warm_start: torch.Tensor | None) -> State:
+        mean = self._midpoint(obs.shape[0]) if warm_start is None else warm_start.to(self.device)
+        return {"mean": mean}  # (N, H, A)
+
+    def _round(self, obs: torch.Tensor, params: Params, state: State) -> tuple[torch.Tensor, torch.Tensor]:
         n, (k, h), a = obs.shape[0], (self.cfg.samples, self.cfg.horizon), self.act_dim
-        params = params or {}
-        mean = self._midpoint(n) if warm_start is None else warm_start.to(self.device)  # (N, H, A)
         std = self.mppi.noise_std * (self.high - self.low) / 2  # (A,)
-        best = best_returns = None
-        iterations = 0
-        for _ in range(self.cfg.iterations):
-            if iterations and self._spent():
-                break
-            start = time.perf_counter()
-            # Perturb the mean; the first candidate is the unperturbed mean itself.
-            noise = coloured_noise((n, k, h, a), self.mppi.noise_beta, self.generator, self.device)
-            noise[:, 0] = 0
-            candidates = self._clamp(mean[:, None] + std * noise)  # (N, K, H, A)
-            returns = self.rollout.returns(obs, candidates, params, self.generator)  # (N, K)
-            best, best_returns = best_of(candidates, returns, best, best_returns)
-            # Weight by normalised return and average.
-            spread = (returns.max(1, keepdim=True).values - returns.min(1, keepdim=True).values).clamp_min(1e-8)
-            weights = torch.softmax((returns - returns.max(1, keepdim=True).values) / spread
-                                    / self.mppi.temperature, dim=1)  # (N, K)
-            mean = (weights[..., None, None] * candidates).sum(1)
-            iterations += 1
-            self._timed(start)
-        assert best is not None and best_returns is not None
-        return best, best_returns, iterations
+        # Perturb the mean; the first candidate is the unperturbed mean itself.
+        noise = coloured_noise((n, k, h, a), self.mppi.noise_beta, self.generator, self.device)
+        noise[:, 0] = 0
+        candidates = self._clamp(state["mean"][:, None] + std * noise)  # (N, K, H, A)
+        returns = self._score(obs, candidates, params)  # (N, K)
+        # Weight by return, normalised per agent, and average.
+        top = returns.max(1, keepdim=True).values
+        spread = (top - returns.min(1, keepdim=True).values).clamp_min(1e-8)
+        weights = torch.softmax((returns - top) / spread / self.mppi.temperature, dim=1)  # (N, K)
+        state["mean"] = (weights[..., None, None] * candidates).sum(1)
+        return candidates, returns
