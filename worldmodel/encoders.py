@@ -54,8 +54,8 @@ class CNNEncoder(nn.Module):
         if len(image_shape) != 3:
             raise ValueError(f"image_shape must be (C, H, W), got {tuple(image_shape)}")
         c, h, w = image_shape
-        if min(h, w) < 32:
-            raise ValueError(f"CNNEncoder needs images of at least 32x32 pixels, got {h}x{w}")
+        if min(h, w) < 46:  # four 4x4 stride-2 convolutions leave a 1x1 map at 46 pixels
+            raise ValueError(f"CNNEncoder needs images of at least 46x46 pixels, got {h}x{w}")
         self.image_shape = (c, h, w)
         chans = [c, depth, 2 * depth, 4 * depth, 8 * depth]
         convs: list[nn.Module] = []
