@@ -83,8 +83,9 @@ def fit(
             val_loss = val_loss_fn(*val_batch).mean().item()
         history.append(val_loss)
         bar.set_postfix(val_loss=f"{val_loss:.4f}")
-        # Improvement must be real (0.01% relative), not float noise; the first epoch always counts.
-        if best_state is None or val_loss < best_val - 1e-4 * abs(best_val):
+        # Only a 1% better validation loss resets the patience (as in mbrl-lib): slow creep on a
+        # converged model is not worth more epochs. The first epoch always counts.
+        if best_state is None or val_loss < best_val - 1e-2 * abs(best_val):
             best_val, best_epoch = val_loss, epoch
             best_state = copy.deepcopy(model.state_dict())
         elif epoch - best_epoch >= cfg.patience:
