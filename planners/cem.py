@@ -20,7 +20,7 @@ class CEMConfig:
     """CEM's own settings."""
 
     elites: int = 20
-    """Sequences kept per agent per round to refit the sampling distribution."""
+    """Sequences kept per agent per round to refit the sampling distribution (at most the samples K)."""
     alpha: float = 0.1
     """Weight of the previous mean/std when refitting (smoothing; 0 = no memory)."""
     init_std: float = 0.5
@@ -44,9 +44,8 @@ class CEMPlanner(BasePlanner):
                  action_high: torch.Tensor, cfg: PlanConfig = PlanConfig(), cem: CEMConfig = CEMConfig(),
                  **kwargs) -> None:
         super().__init__(dynamics, objective, action_low, action_high, cfg, **kwargs)
-        if cem.elites > cfg.samples:
-            raise ValueError(f"elites ({cem.elites}) must not exceed samples ({cfg.samples})")
         self.cem = cem
+        self.elites = min(cem.elites, cfg.samples)
 
     def _start(self, obs: torch.Tensor, warm_start: torch.Tensor | None) -> State:
         n, h = obs.shape[0], self.cfg.horizon
@@ -64,7 +63,7 @@ class CEMPlanner(BasePlanner):
         # Score them by simulated return.
         returns = self._score(obs, candidates, params)  # (N, K)
         # Refit the distribution to the elites, smoothed with the previous one.
-        idx = returns.topk(self.cem.elites, dim=1).indices  # (N, elites)
+        idx = returns.topk(self.elites, dim=1).indices  # (N, elites)
         elites = candidates.gather(1, idx[..., None, None].expand(-1, -1, h, a))  # (N, elites, H, A)
         state["mean"] = alpha * mean + (1 - alpha) * elites.mean(1)
         state["std"] = alpha * std + (1 - alpha) * elites.std(1, unbiased=False)

@@ -80,7 +80,8 @@ def closed_loop(model: WorldModel, planner: str, agents: int, episodes: int, cfg
         reward: 'learned' (the model's reward model) or 'analytic' (Nav2D's true reward).
         no_fly_zones: Nav2D zones per episode (0: off); their costs join the objective.
         seed: seeds the envs and the planner.
-        on_step: called after each step with obs, actions and the plan result (for logging).
+        on_step: called after each step with the obs planned from, the objective parameters, the
+            plan result and the ``done`` / ``reset`` masks (N,) of that step (for logging and plots).
     """
     if agents < 1 or episodes < 1:
         raise ValueError(f"agents and episodes must be >= 1, got {agents} and {episodes}")
@@ -100,7 +101,8 @@ def closed_loop(model: WorldModel, planner: str, agents: int, episodes: int, cfg
     bar = tqdm(total=episodes, desc=f"eval {planner}", disable=not progress, unit="ep")
     while len(returns) < episodes:
         obs = torch.as_tensor(obs_np, dtype=torch.float32, device=device)
-        result = plan.plan(obs, agent_params(env_id, obs, infos), warm_start=warm)
+        params = agent_params(env_id, obs, infos)
+        result = plan.plan(obs, params, warm_start=warm)
         plan_ms.append(result.elapsed_ms)
         warm = shift_plan(result.plan)
         obs_np, rew, term, trunc, infos = envs.step(result.actions.detach().cpu().numpy())
@@ -120,7 +122,7 @@ def closed_loop(model: WorldModel, planner: str, agents: int, episodes: int, cfg
         if done.any():  # a fresh episode starts from the uninformed plan
             warm[torch.as_tensor(done, device=device)] = plan._midpoint(int(done.sum()))
         if on_step is not None:
-            on_step({"obs": obs, "actions": result.actions, "result": result, "done": done})
+            on_step({"obs": obs, "params": params, "result": result, "done": done, "reset": reset_next})
         reset_next = done
     bar.close()
     envs.close()

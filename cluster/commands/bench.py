@@ -19,7 +19,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from planners import PLANNERS, BasePlanner, CEMConfig, CEMPlanner, GradientPlanner, Objective, PlanConfig, make_planner
+from planners import PLANNERS, BasePlanner, GradientPlanner, Objective, PlanConfig, make_planner
 from planners.objectives import LearnedReward
 from worldmodel.artifact import load_model
 from worldmodel.device import resolve_device
@@ -143,12 +143,6 @@ def _time_plans(planner: BasePlanner, n: int, obs_dim: int, repeats: int, seed: 
             "fallback_fraction": float(np.mean(fallbacks))}
 
 
-def _build_planner(name: str, dynamics: torch.nn.Module, objective: Objective, low: torch.Tensor,
-                   high: torch.Tensor, cfg: PlanConfig) -> BasePlanner:
-    if name == "cem":  # CEM's default elite count may exceed a small K
-        return CEMPlanner(dynamics, objective, low, high, cfg, CEMConfig(elites=min(CEMConfig.elites, cfg.samples)))
-    return make_planner(name, dynamics, objective, low, high, cfg)
-
 
 def measure_reference(repeats: int, seed: int) -> dict[str, Any]:
     """The article's planner on one CPU core, one agent per call."""
@@ -213,7 +207,7 @@ def run_bench_plan(args: argparse.Namespace) -> dict[str, Any]:
     reference = measure_reference(args.repeats, args.seed)
     rows = []
     for n in agents:
-        planner = _build_planner(args.planner, dynamics, objective, low, high, cfg)  # fresh budget estimate per N
+        planner = make_planner(args.planner, dynamics, objective, low, high, cfg)  # fresh budget estimate per N
         timing = _time_plans(planner, n, obs_dim, args.repeats, args.seed)
         flops = n * plan_flops(args.planner, cfg, members, dynamics.flops_per_sample(), reward.flops_per_sample(),
                                timing["iterations"])

@@ -98,3 +98,18 @@ def test_corrupted_model_named_by_info(capsys: pytest.CaptureFixture[str], train
     (model / "reward.pt").write_bytes(b"garbage")
     code, out, _ = run_json(capsys, "info", str(model))
     assert code == 1 and "reward.pt: checksum mismatch" in out["error"]
+
+
+def test_eval_reports_closed_loop_stats_and_png(capsys: pytest.CaptureFixture[str], trained: tuple[Path, Path],
+                                                tmp_path: Path) -> None:
+    capsys.readouterr()
+    png = tmp_path / "eval.png"
+    code, out, _ = run_json(capsys, "eval", "--model", str(trained[1]), "--agents", "2", "--episodes", "2",
+                            "--horizon", "3", "--samples", "8", "--iterations", "1", "--no-fly-zones",
+                            "--png", str(png))
+    assert code == 0 and out["episodes"] >= 2 and out["agents"] == 2 and out["no_fly_zones"] == 2
+    for key in ("success_rate", "violations", "fallbacks", "plan_ms_p99", "plans_per_s", "mean_return"):
+        assert key in out
+    assert png.stat().st_size > 10_000
+    code, out, _ = run_json(capsys, "eval", "--model", str(trained[1]), "--planner", "astar")
+    assert code == 2 and "astar" in out["error"]
