@@ -144,6 +144,8 @@ class BasePlanner:
         start = time.perf_counter()
         obs = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
         n, h = obs.shape[0], self.cfg.horizon
+        if obs.dim() != 2 or obs.shape[1] != self.rollout.dynamics.obs_dim:
+            raise ValueError(f"obs must be (N, S) with S = {self.rollout.dynamics.obs_dim}, got {tuple(obs.shape)}")
         if warm_start is not None and warm_start.shape != (n, h, self.act_dim):
             raise ValueError(f"warm_start must be (N, H, A) = ({n}, {h}, {self.act_dim}), got "
                              f"{tuple(warm_start.shape)}")

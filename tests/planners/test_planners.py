@@ -130,5 +130,7 @@ def test_bad_configs_are_named() -> None:
         make_planner("cem", LinearEnsemble(3), quadratic_objective(), LOW, HIGH,
                      PlanConfig(propagation="tsinf", particles=2))
     planner = make_planner("cem", LinearEnsemble(), quadratic_objective(), LOW, HIGH, PlanConfig(horizon=4))
+    with pytest.raises(ValueError, match=r"obs must be \(N, S\) with S = 2"):
+        planner.plan(torch.zeros(2, 3), {"goal": torch.zeros(2, 2)})
     with pytest.raises(ValueError, match="warm_start"):
         planner.plan(torch.zeros(2, 2), {"goal": torch.zeros(2, 2)}, warm_start=torch.zeros(2, 3, 2))

@@ -23,6 +23,7 @@ class LinearEnsemble(nn.Module):
     def __init__(self, members: int = 3, spread: float = 0.0, var: float = 1e-6) -> None:
         super().__init__()
         self.members, self.probabilistic, self.var = members, True, var
+        self.obs_dim, self.act_dim = 2, 2
         scale = 1 + spread * torch.arange(members, dtype=torch.float32)
         self.register_buffer("b", B_MAT[None] * scale[:, None, None])  # (E, S, A)
         self.delta_norm = Normalizer(2)
