@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
-from typing import Any
 
 import pytest
 
 from cluster.cli import main
+
+from .helpers import run_json
 from cluster.commands.bench import parse_agents, plan_flops
 from planners import PlanConfig
 
@@ -16,14 +16,6 @@ TINY = ["--samples", "8", "--horizon", "3", "--iterations", "1", "--repeats", "2
 # Layer sizes of TINY on Nav2D (S 6, A 2), FLOPs = 2 x in x out per layer:
 DYNAMICS_FLOPS = 2 * (8 * 8 + 8 * 12)  # (s, a) 8 -> 8 hidden -> 12 (mean and log-variance of 6)
 REWARD_FLOPS = 2 * (14 * 8 + 8 * 1)  # (s, a, s') 14 -> 8 hidden -> 1
-
-
-def run_json(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict[str, Any], str]:
-    code = main([*args, "--json"])
-    out, err = capsys.readouterr()
-    lines = out.strip().splitlines()
-    assert len(lines) == 1, f"expected exactly one JSON line on stdout, got {out!r}"
-    return code, json.loads(lines[0]), err
 
 
 def test_bench_plan_reports_rows_with_hand_counted_flops(capsys: pytest.CaptureFixture[str]) -> None:

@@ -2,24 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from cluster.cli import main
 
+from .helpers import run_json
+
 FAST_TRAIN = ["--ensemble-size", "2", "--hidden", "16", "--layers", "1", "--epochs", "2", "--patience", "2"]
-
-
-def run_json(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict[str, Any], str]:
-    code = main([*args, "--json"])
-    out, err = capsys.readouterr()
-    lines = out.strip().splitlines()
-    assert len(lines) == 1, f"expected exactly one JSON line on stdout, got {out!r}"
-    return code, json.loads(lines[0]), err
 
 
 @pytest.fixture(scope="module")
