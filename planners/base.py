@@ -155,7 +155,7 @@ class BasePlanner:
                           else float("inf"))
         if self._spent():
             # Not even one round fits: act safely now rather than answer late.
-            best, returns, iterations = self._midpoint(n), torch.full((n,), float("-inf"), device=self.device), 0
+            best, returns, iterations = self.initial_plan(n), torch.full((n,), float("-inf"), device=self.device), 0
         else:
             best, returns, iterations = self._optimise(obs, params, warm_start)
         audit_start = time.perf_counter()
@@ -214,8 +214,8 @@ class BasePlanner:
             torch.cuda.synchronize(self.device)  # kernels are asynchronous; time what actually ran
         return (time.perf_counter() - since) * 1000
 
-    def _midpoint(self, n: int) -> torch.Tensor:
-        """(N, H, A) sequences of the action box's centre: the uninformed mean."""
+    def initial_plan(self, n: int) -> torch.Tensor:
+        """(N, H, A) sequences of the action box's centre: where a fresh agent starts without a warm start."""
         return ((self.low + self.high) / 2).expand(n, self.cfg.horizon, -1).clone()
 
     def _clamp(self, actions: torch.Tensor) -> torch.Tensor:

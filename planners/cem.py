@@ -49,7 +49,7 @@ class CEMPlanner(BasePlanner):
 
     def _start(self, obs: torch.Tensor, warm_start: torch.Tensor | None) -> State:
         n, h = obs.shape[0], self.cfg.horizon
-        mean = self._midpoint(n) if warm_start is None else warm_start.to(self.device)  # (N, H, A)
+        mean = self.initial_plan(n) if warm_start is None else warm_start.to(self.device)  # (N, H, A)
         std = (self.cem.init_std * (self.high - self.low) / 2).expand(n, h, self.act_dim)  # (N, H, A)
         return {"mean": mean, "std": std}
 

@@ -120,7 +120,7 @@ def closed_loop(model: WorldModel, planner: str, agents: int, episodes: int, cfg
         bar.update(int(done.sum()))
         ep_return[done], ep_violations[done] = 0.0, 0
         if done.any():  # a fresh episode starts from the uninformed plan
-            warm[torch.as_tensor(done, device=device)] = plan._midpoint(int(done.sum()))
+            warm[torch.as_tensor(done, device=device)] = plan.initial_plan(int(done.sum()))
         if on_step is not None:
             on_step({"obs": obs, "params": params, "result": result, "done": done, "reset": reset_next})
         reset_next = done

@@ -48,7 +48,7 @@ class GradientPlanner(BasePlanner):
 
     def _start(self, obs: torch.Tensor, warm_start: torch.Tensor | None) -> State:
         n, (k, h), a = obs.shape[0], (self.cfg.samples, self.cfg.horizon), self.act_dim
-        centre = self._unsquash(self._midpoint(n) if warm_start is None else warm_start.to(self.device))
+        centre = self._unsquash(self.initial_plan(n) if warm_start is None else warm_start.to(self.device))
         noise = torch.randn((n, k, h, a), generator=self.generator, device=self.device) * self.grad.init_std
         noise[:, 0] = 0  # restart 0 starts exactly at the warm start
         u = (centre[:, None] + noise).requires_grad_(True)  # (N, K, H, A) unsquashed actions

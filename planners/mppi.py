@@ -42,7 +42,7 @@ class MPPIPlanner(BasePlanner):
         self.mppi = mppi
 
     def _start(self, obs: torch.Tensor, warm_start: torch.Tensor | None) -> State:
-        mean = self._midpoint(obs.shape[0]) if warm_start is None else warm_start.to(self.device)
+        mean = self.initial_plan(obs.shape[0]) if warm_start is None else warm_start.to(self.device)
         return {"mean": mean}  # (N, H, A)
 
     def _round(self, obs: torch.Tensor, params: Params, state: State) -> tuple[torch.Tensor, torch.Tensor]:
