@@ -5,7 +5,6 @@ Shapes: ``N`` agents (envs), ``H`` horizon, ``A`` action, ``Z`` no-fly zones.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 
-from cluster.cli import main
 
 from .helpers import run_json
 from cluster.commands.bench import parse_agents, plan_flops

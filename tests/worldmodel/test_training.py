@@ -11,7 +11,7 @@ from worldmodel.envs import make_env, space_spec
 from worldmodel.metrics import regression_metrics
 from worldmodel.training import sequence_windows, split_by_episode, train_world_model
 
-from .conftest import TINY_MODEL, TINY_TRAIN
+from .conftest import TINY_MODEL
 
 
 def test_split_keeps_episodes_whole(nav_data: Transitions) -> None:
