@@ -16,9 +16,12 @@ from typing import Any, Callable, Sequence
 
 from cluster.commands import bench as bench_cmds
 from cluster.commands import demo as demo_cmds
+from cluster.commands import learn as learn_cmds
 from cluster.commands import mbrl as mbrl_cmds
 from cluster.commands import model as model_cmds
+from cluster.commands import models as models_cmds
 from cluster.commands import plan as plan_cmds
+from cluster.commands import serve as serve_cmds
 
 EXIT_ERROR, EXIT_USAGE = 1, 2
 
@@ -39,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
                      parents=[common])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for register in (model_cmds.register, plan_cmds.register, demo_cmds.register, bench_cmds.register,
-                     mbrl_cmds.register):
+                     mbrl_cmds.register, models_cmds.register, learn_cmds.register, serve_cmds.register):
         register(sub, common)
     return parser
 

@@ -49,7 +49,7 @@ def collect(
     env_id: str,
     episodes: int,
     seed: int = 0,
-    policy: str = "random",
+    policy: str | Policy = "random",
     agent_id: str = "agent-0000",
     env_kwargs: dict[str, Any] | None = None,
     num_envs: int = 8,
@@ -67,7 +67,7 @@ def collect(
         env_id: a gymnasium id with 1-D Box spaces (see ``make_env``).
         episodes: number of whole episodes to return, >= 1.
         seed: >= 0; fixes env resets and actions, so equal arguments give equal data.
-        policy: one of ``POLICIES``.
+        policy: one of ``POLICIES``, or a callable mapping observations (N, S) to actions (N, A).
         agent_id: written into every row and into the episode ids.
         env_kwargs: passed to ``make_env`` for every copy.
         num_envs: copies stepped in lockstep (capped at ``episodes``); results depend on it.
@@ -83,7 +83,7 @@ def collect(
     # A negative seed would put a '-' into eps_id and make ids of different agents collide.
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be an int >= 0, got {seed!r}")
-    if policy not in _POLICIES:
+    if not callable(policy) and policy not in _POLICIES:
         raise ValueError(f"unknown policy {policy!r}; choose one of {list(POLICIES)}")
     if not agent_id:
         raise ValueError("agent_id must be a non-empty string")
@@ -97,7 +97,8 @@ def collect(
     # is not a transition and is masked out; the ending step itself returns the true final obs.
     envs = SyncVectorEnv([make for _ in range(n)], autoreset_mode=AutoresetMode.NEXT_STEP)
     try:
-        act = _POLICIES[policy](env_id, envs.single_action_space, np.random.default_rng(action_stream))
+        act = policy if callable(policy) else _POLICIES[policy](env_id, envs.single_action_space,
+                                                                np.random.default_rng(action_stream))
         steps = _run(envs, act, episodes, [int(s) for s in env_stream.generate_state(n)], env_id, progress)
     finally:
         envs.close()

@@ -1,0 +1,80 @@
+"""Ensemble workers: actors that hold one world-model version on their device and plan batches with it.
+
+A worker loads a version from the registry (or a model directory) onto its GPU
+when the cluster has one (the actor then asks Ray for ``num_gpus=1``), else the
+CPU, and hosts the Ray-free ``FleetPlanner``. It answers three kinds of batched
+calls: plan, score logged transitions (prediction error) and switch version.
+Calls run on a small thread pool, so a switch loads the new version beside the
+old one while plans keep being answered; each call plans with the version that
+was current when it started, and the swap is one reference assignment.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import ray
+
+from actors.common import gpus_per_worker
+from planners.service import FleetPlanner, ServiceConfig
+from worldmodel.artifact import load_model
+from worldmodel.device import resolve_device
+from worldmodel.model import WorldModel
+from worldmodel.registry import ModelRegistry
+
+
+def load_served_model(model: str, registry_uri: str | None, device: str = "auto") -> WorldModel:
+    """A model by registry reference ('production', '1.2.0', ...) when ``registry_uri`` is given, else by directory."""
+    target = resolve_device(device)
+    if registry_uri:
+        return ModelRegistry(registry_uri).load(model, device=target)
+    return load_model(model, device=target)
+
+
+class EnsembleWorker:
+    """Plans batches of agents with one model version; switches versions without dropping calls."""
+
+    def __init__(self, model: str, registry_uri: str | None = None, cfg: ServiceConfig | None = None,
+                 device: str = "auto") -> None:
+        self.registry_uri, self.cfg, self.device = registry_uri, cfg or ServiceConfig(), device
+        self.service = self._load(model)
+
+    def _load(self, model: str) -> FleetPlanner:
+        service = FleetPlanner(load_served_model(model, self.registry_uri, self.device), self.cfg)
+        service.warmup()
+        return service
+
+    def plan(self, obs: np.ndarray, warm: np.ndarray | None = None, objectives: list[str] | None = None,
+             zones: np.ndarray | None = None, budget_ms: float | None = None) -> dict[str, Any]:
+        """See ``FleetPlanner.plan``; the answer names the version that planned it."""
+        service = self.service  # the version current when the call started answers it
+        return service.plan(obs, warm, objectives, zones, budget_ms)
+
+    def score(self, obs: np.ndarray, actions: np.ndarray, next_obs: np.ndarray) -> dict[str, Any]:
+        """Prediction error of logged transitions (B rows): per row and its mean."""
+        service = self.service
+        errors = service.prediction_error(obs, actions, next_obs)
+        return {"model_version": service.version, "errors": errors, "mean_error": float(errors.mean())}
+
+    def switch(self, model: str) -> str:
+        """Load ``model`` and make it current once it is ready; returns its version."""
+        self.service = self._load(model)
+        return self.service.version
+
+    def version(self) -> str:
+        return self.service.version
+
+    def info(self) -> dict[str, Any]:
+        return {"model_version": self.service.version, "device": str(self.service.model.device),
+                "node_id": ray.get_runtime_context().get_node_id(), "objectives": list(self.service.objectives)}
+
+
+def start_ensemble_worker(model: str, registry_uri: str | None = None, cfg: ServiceConfig | None = None,
+                          name: str | None = None, **actor_options: Any) -> ray.actor.ActorHandle:
+    """An ``EnsembleWorker`` actor on a GPU when the cluster has one, restarted by Ray if it dies."""
+    options: dict[str, Any] = {"num_gpus": gpus_per_worker(), "num_cpus": 1, "max_concurrency": 4,
+                               "max_restarts": -1, "max_task_retries": 2, **actor_options}
+    if name is not None:
+        options.update(name=name, get_if_exists=True)
+    return ray.remote(EnsembleWorker).options(**options).remote(model, registry_uri, cfg)

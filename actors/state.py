@@ -1,0 +1,243 @@
+"""Per-agent state, sharded by agent id across named Ray actors, snapshotted to storage.
+
+An agent's record holds what the next request for that agent needs: its warm
+start (the last plan, shifted), its recurrent hidden state, its last observation
+and action (so the next request's observation closes the transition), the model
+version that served it, the id and answer of its last request (so a retried
+request is answered again instead of planned and logged twice), and its episode
+bookkeeping. Every call reads or writes a whole batch of agents; a store splits
+a batch by shard and calls every shard once, in parallel.
+
+Durability: a shard writes its whole table to ``<snapshot_uri>/<shard name>.pkl``
+atomically (temp file + rename; one object put on object stores) every
+``snapshot_interval_s`` seconds when something changed, and a restarted shard
+(Ray restarts it: ``max_restarts=-1``) loads that file. A crash therefore loses
+at most the updates of the last ``snapshot_interval_s`` seconds (plus the write
+in progress); with ``snapshot_interval_s=0`` every write is snapshotted before
+it returns and nothing acknowledged is lost. What is lost costs little: an agent
+whose record is stale plans once from a cold start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pickle
+import time
+import zlib
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import ray
+
+from actors.common import NAMESPACE
+from worldmodel.data.writer import is_local, resolve_root
+
+Record = dict[str, Any]
+"""One agent's state: plain values and numpy arrays (keys listed in ``RECORD_KEYS``)."""
+
+RECORD_KEYS = ("warm", "hidden", "obs", "action", "predicted", "model_version", "request_id", "response",
+               "eps_id", "t", "episode", "last_seen")
+
+
+@dataclass(frozen=True)
+class StateConfig:
+    """How agent state is sharded, kept and snapshotted."""
+
+    shards: int = 4
+    """Named shard actors; agents are assigned by a stable hash of their id."""
+    snapshot_uri: str | None = None
+    """Directory or URI for snapshots (None: no snapshots, a restart starts empty)."""
+    snapshot_interval_s: float = 1.0
+    """Most seconds of updates a crash can lose (0: snapshot every write before acknowledging it)."""
+    ttl_s: float = 3600.0
+    """Agents idle this long are evicted."""
+    name: str = "fleetwm-agent-state"
+    """Prefix of the shard actors' names."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.shards, int) or self.shards < 1:
+            raise ValueError(f"shards must be an integer >= 1, got {self.shards!r}")
+        if self.snapshot_interval_s < 0 or self.ttl_s <= 0:
+            raise ValueError(f"snapshot_interval_s must be >= 0 and ttl_s > 0, got "
+                             f"{self.snapshot_interval_s} and {self.ttl_s}")
+
+
+class AgentStateShard:
+    """One shard: a table of agent records with TTL eviction and snapshots (hosted as an async Ray actor)."""
+
+    def __init__(self, name: str, snapshot_uri: str | None, snapshot_interval_s: float, ttl_s: float) -> None:
+        self.name, self.interval, self.ttl = name, snapshot_interval_s, ttl_s
+        self.records: dict[str, Record] = {}
+        self.dirty = False
+        self.snapshots = 0
+        self.fs, self.path = resolve_root(snapshot_uri) if snapshot_uri else (None, None)
+        self.restored = self._restore()
+        self._task: asyncio.Task[None] | None = None
+
+    # -- public calls, one per batch ------------------------------------------------------
+    async def get(self, agent_ids: Sequence[str]) -> list[Record | None]:
+        """The records of ``agent_ids`` (None for unknown or evicted agents), in order."""
+        self._ensure_loop()
+        return [self.records.get(a) for a in agent_ids]
+
+    async def put(self, records: Sequence[Record]) -> int:
+        """Replace the records of their ``agent_id``s; returns how many were written."""
+        self._ensure_loop()
+        now = time.time()
+        for record in records:
+            self.records[record["agent_id"]] = {**record, "last_seen": now}
+        self.dirty = True
+        if self.interval == 0:
+            self.snapshot()
+        return len(records)
+
+    async def reset(self, agent_ids: Sequence[str]) -> int:
+        """Forget ``agent_ids``; returns how many were known."""
+        self._ensure_loop()
+        known = sum(self.records.pop(a, None) is not None for a in agent_ids)
+        self.dirty = self.dirty or known > 0
+        if self.interval == 0 and known:
+            self.snapshot()
+        return known
+
+    async def stats(self) -> dict[str, Any]:
+        return {"name": self.name, "agents": len(self.records), "snapshots": self.snapshots,
+                "restored": self.restored, "node_id": ray.get_runtime_context().get_node_id()}
+
+    # -- durability and eviction ---------------------------------------------------------
+    def evict(self, now: float | None = None) -> int:
+        """Drop agents idle longer than the TTL; returns how many."""
+        cutoff = (now or time.time()) - self.ttl
+        idle = [a for a, r in self.records.items() if r["last_seen"] < cutoff]
+        for a in idle:
+            del self.records[a]
+        self.dirty = self.dirty or bool(idle)
+        return len(idle)
+
+    def snapshot(self) -> None:
+        """Write the whole table atomically; readers see the old or the new file, never a partial one."""
+        self.dirty = False
+        if self.fs is None:
+            return
+        data = pickle.dumps(self.records, protocol=pickle.HIGHEST_PROTOCOL)
+        final = f"{self.path}/{self.name}.pkl"
+        if is_local(self.fs):
+            os.makedirs(self.path, exist_ok=True)
+            tmp = f"{self.path}/.{self.name}.pkl.tmp"
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, final)
+        else:  # an object put is atomic: the old object stays visible until the new one is complete
+            self.fs.create_dir(self.path, recursive=True)
+            with self.fs.open_output_stream(final) as f:
+                f.write(data)
+        self.snapshots += 1
+
+    def _restore(self) -> int:
+        if self.fs is None:
+            return 0
+        try:
+            with self.fs.open_input_stream(f"{self.path}/{self.name}.pkl") as f:
+                self.records = pickle.loads(f.read())
+        except FileNotFoundError:
+            return 0
+        return len(self.records)
+
+    def _ensure_loop(self) -> None:
+        # The background loop starts with the first call: the actor's event loop runs by then.
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._maintain())
+
+    async def _maintain(self) -> None:
+        period = self.interval if self.interval > 0 else 1.0
+        while True:
+            await asyncio.sleep(period)
+            self.evict()
+            if self.dirty:
+                self.snapshot()
+
+
+def shard_index(agent_id: str, shards: int) -> int:
+    """The shard an agent lives on: a stable hash (the same in every process, unlike ``hash``)."""
+    return zlib.crc32(agent_id.encode()) % shards
+
+
+class AgentStateStore:
+    """Client of the shards: splits each batch by shard and calls every shard once, in parallel.
+
+    Picklable: pass it to other actors and deployments, which then talk to the same shards.
+    """
+
+    def __init__(self, cfg: StateConfig, handles: list[ray.actor.ActorHandle]) -> None:
+        self.cfg, self.handles = cfg, handles
+
+    def _calls(self, method: str, agent_ids: Sequence[str], items: Sequence[Any]) -> tuple[list[list[int]], list[Any]]:
+        """One remote call per shard involved: (rows of each call, their object refs)."""
+        groups: dict[int, list[int]] = {}
+        for i, a in enumerate(agent_ids):
+            groups.setdefault(shard_index(a, len(self.handles)), []).append(i)
+        refs = [getattr(self.handles[s], method).remote([items[i] for i in rows]) for s, rows in groups.items()]
+        return list(groups.values()), refs
+
+    @staticmethod
+    def _gather(rows: list[list[int]], parts: list[list[Record | None]], n: int) -> list[Record | None]:
+        out: list[Record | None] = [None] * n
+        for index, records in zip(rows, parts):
+            for i, record in zip(index, records):
+                out[i] = record
+        return out
+
+    async def get(self, agent_ids: Sequence[str]) -> list[Record | None]:
+        """Records of ``agent_ids`` in order (None where unknown)."""
+        rows, refs = self._calls("get", agent_ids, agent_ids)
+        return self._gather(rows, list(await asyncio.gather(*refs)), len(agent_ids))
+
+    async def put(self, records: Sequence[Record]) -> int:
+        """Write records (each has ``agent_id``); returns how many."""
+        _, refs = self._calls("put", [r["agent_id"] for r in records], records)
+        return sum(await asyncio.gather(*refs))
+
+    async def reset(self, agent_ids: Sequence[str]) -> int:
+        """Forget agents; returns how many were known."""
+        _, refs = self._calls("reset", agent_ids, agent_ids)
+        return sum(await asyncio.gather(*refs))
+
+    def get_sync(self, agent_ids: Sequence[str]) -> list[Record | None]:
+        rows, refs = self._calls("get", agent_ids, agent_ids)
+        return self._gather(rows, ray.get(refs), len(agent_ids))
+
+    def put_sync(self, records: Sequence[Record]) -> int:
+        _, refs = self._calls("put", [r["agent_id"] for r in records], records)
+        return sum(ray.get(refs))
+
+    def reset_sync(self, agent_ids: Sequence[str]) -> int:
+        _, refs = self._calls("reset", agent_ids, agent_ids)
+        return sum(ray.get(refs))
+
+    def stats(self) -> list[dict[str, Any]]:
+        return ray.get([h.stats.remote() for h in self.handles])
+
+
+def start_state_shards(cfg: StateConfig, detached: bool = False, **actor_options: Any) -> AgentStateStore:
+    """Create the shard actors (or attach to running ones of the same names) and return their store.
+
+    Shards restart without limit and retry calls that were in flight when they died;
+    ``detached`` shards outlive the process that made them (a Serve app's, on a cluster);
+    ``actor_options`` go to every shard (e.g. ``resources`` or a scheduling strategy).
+    """
+    options = dict(namespace=NAMESPACE, lifetime="detached" if detached else None, get_if_exists=True,
+                   max_restarts=-1, max_task_retries=-1, num_cpus=0, max_concurrency=1000, **actor_options)
+    shard = ray.remote(AgentStateShard)
+    names = [f"{cfg.name}-{i}" for i in range(cfg.shards)]
+    handles = [shard.options(name=name, **options).remote(name, cfg.snapshot_uri, cfg.snapshot_interval_s, cfg.ttl_s)
+               for name in names]
+    return AgentStateStore(cfg, handles)
+
+
+def stop_state_shards(store: AgentStateStore) -> None:
+    """Kill the shards (their snapshots stay in storage)."""
+    for handle in store.handles:
+        ray.kill(handle, no_restart=True)

@@ -1,0 +1,156 @@
+"""A served planner: a world model and planners ready to answer batches of agents, numpy in and out.
+
+This is the Ray-free core that the ensemble-worker actors and the Serve planner
+deployment host. One call plans for every agent in the batch; agents may ask for
+different objectives ('learned' reward or Nav2D's analytic 'goal'), each kind
+planned in one batched call, and carry their own goals and no-fly zones.
+
+Shapes: ``N`` agents, ``H`` horizon, ``S`` state, ``A`` action, ``Z`` zones.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from planners import PlanConfig, make_planner, shift_plan
+from planners.base import BasePlanner
+from planners.evaluate import build_objective
+from planners.objectives import GOAL, ZONES
+from worldmodel.envs import NAV2D_ID
+from worldmodel.model import WorldModel
+
+OBJECTIVES = ("learned", "goal")
+"""Objective names a request may ask for: the learned reward model, or Nav2D's analytic goal reward."""
+
+_GOAL_DIMS = slice(4, 6)
+"""Where Nav2D's observation carries the agent's goal."""
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """How a served model plans."""
+
+    planner: str = "cem"
+    """'cem', 'mppi', 'gradient' or 'shooting'."""
+    plan: PlanConfig = PlanConfig(horizon=20, samples=32, iterations=3, particles=1)
+    """Planner settings (the ones that reach the Nav2D closed-loop target)."""
+    max_zones: int = 8
+    """Z, no-fly zones one request may carry."""
+
+
+class FleetPlanner:
+    """Plans batches of agents with one world model version.
+
+    Args:
+        model: the world model (on the device to plan on).
+        cfg: planner settings.
+    """
+
+    def __init__(self, model: WorldModel, cfg: ServiceConfig | None = None) -> None:
+        self.model, self.cfg = model, cfg or ServiceConfig()
+        self.zones = model.spec.env_id == NAV2D_ID
+        objectives = OBJECTIVES if self.zones else ("learned",)
+        low, high = torch.tensor(model.spec.act_low), torch.tensor(model.spec.act_high)
+        self.planners: dict[str, BasePlanner] = {
+            name: make_planner(self.cfg.planner, model.dynamics,
+                               build_objective(model, "analytic" if name == "goal" else "learned", zones=self.zones),
+                               low, high, self.cfg.plan)
+            for name in objectives}
+
+    @property
+    def version(self) -> str:
+        return self.model.version
+
+    @property
+    def objectives(self) -> tuple[str, ...]:
+        return tuple(self.planners)
+
+    @property
+    def obs_dim(self) -> int:
+        return self.model.spec.obs_dim
+
+    @property
+    def horizon(self) -> int:
+        return self.cfg.plan.horizon
+
+    def warmup(self, sizes: tuple[int, ...] = (1, 8, 64)) -> None:
+        """Plan once untimed at a few batch sizes, so the budget has round-time estimates."""
+        for n in sizes:
+            for name in self.planners:
+                self.plan(np.zeros((n, self.obs_dim), np.float32), objectives=[name] * n)
+
+    @torch.no_grad()
+    def plan(self, obs: np.ndarray, warm: np.ndarray | None = None, objectives: list[str] | None = None,
+             zones: np.ndarray | None = None, budget_ms: float | None = None) -> dict[str, Any]:
+        """Plan for N agents.
+
+        Args:
+            obs: (N, S) current observations.
+            warm: (N, H, A) warm starts (already shifted), NaN rows where an agent has none.
+            objectives: per agent, one of ``self.objectives`` (default all 'learned').
+            zones: (N, Z, 3) no-fly zones (x, y, radius; radius 0 pads), Nav2D only.
+            budget_ms: hard time budget of the call (the config's when None).
+
+        Returns:
+            numpy arrays: ``actions`` (N, A), ``warm`` (N, H, A) next call's warm starts,
+            ``trajectory`` (N, H+1, S), ``uncertainty`` (N,) mean disagreement along the plan,
+            ``fallback`` (N,), ``expected_return`` (N,); and ``iterations``, ``elapsed_ms``,
+            ``model_version``.
+        """
+        start = time.perf_counter()
+        n, device = len(obs), self.model.device
+        objectives = objectives or ["learned"] * n
+        unknown = sorted(set(objectives) - set(self.planners))
+        if unknown:
+            raise ValueError(f"unknown objective {unknown[0]!r}; this model serves {', '.join(self.planners)}")
+        obs_t = torch.as_tensor(np.asarray(obs, np.float32), device=device)
+        if obs_t.dim() != 2 or obs_t.shape[1] != self.obs_dim:
+            raise ValueError(f"obs must be (N, {self.obs_dim}), got {tuple(obs_t.shape)}")
+        h, a = self.horizon, self.model.spec.act_dim
+        out = {"actions": np.zeros((n, a), np.float32), "warm": np.zeros((n, h, a), np.float32),
+               "trajectory": np.zeros((n, h + 1, self.obs_dim), np.float32),
+               "uncertainty": np.zeros(n, np.float32), "fallback": np.zeros(n, bool),
+               "expected_return": np.zeros(n, np.float32)}
+        iterations = []
+        names = np.asarray(objectives)
+        for name, planner in self.planners.items():  # at most one call per objective kind
+            rows = np.flatnonzero(names == name)
+            if len(rows) == 0:
+                continue
+            idx = torch.as_tensor(rows, device=device)
+            start_plan = planner.initial_plan(len(rows))
+            if warm is not None:
+                w = torch.as_tensor(np.asarray(warm, np.float32)[rows], device=device)
+                have = ~torch.isnan(w).any(-1).any(-1)  # (n,)
+                start_plan = torch.where(have[:, None, None], w, start_plan)
+            params = self._params(obs_t[idx], None if zones is None else zones[rows])
+            result = planner.plan(obs_t[idx], params, warm_start=start_plan, budget_ms=budget_ms)
+            iterations.append(result.iterations)
+            out["actions"][rows] = result.actions.cpu().numpy()
+            out["warm"][rows] = shift_plan(result.plan).cpu().numpy()
+            out["trajectory"][rows] = result.trajectory.cpu().numpy()
+            out["uncertainty"][rows] = result.disagreement.mean(1).cpu().numpy()
+            out["fallback"][rows] = result.fallback.cpu().numpy()
+            out["expected_return"][rows] = result.expected_return.cpu().numpy()
+        out.update(iterations=min(iterations), elapsed_ms=(time.perf_counter() - start) * 1000,
+                   model_version=self.version)
+        return out
+
+    def _params(self, obs: torch.Tensor, zones: np.ndarray | None) -> dict[str, torch.Tensor]:
+        if not self.zones:
+            return {}
+        z = np.zeros((len(obs), 1, 3), np.float32) if zones is None else np.asarray(zones, np.float32)
+        return {GOAL: obs[:, _GOAL_DIMS], ZONES: torch.as_tensor(z, device=obs.device)}
+
+    @torch.no_grad()
+    def prediction_error(self, obs: np.ndarray, actions: np.ndarray, next_obs: np.ndarray) -> np.ndarray:
+        """Per-row one-step prediction error: (B,) Euclidean distance of the ensemble mean from next_obs."""
+        device = self.model.device
+        o, a, n = (torch.as_tensor(np.asarray(x, np.float32), device=device) for x in (obs, actions, next_obs))
+        mean, _ = self.model.dynamics(o, a).moments()  # (B, S) ensemble mean
+        return (mean - n).norm(dim=-1).cpu().numpy()
