@@ -7,13 +7,13 @@ authentication mode are decided in one place.
 Authentication: Ray's token mode is switched by ``RAY_AUTH_MODE`` (``token`` or
 ``disabled``) and read by every Ray process. A cluster started by ``ray up`` from
 ``ray_cluster.yaml`` runs with ``RAY_AUTH_MODE=token``; the client then needs the
-same token in ``RAY_AUTH_TOKEN`` (or ``~/.ray/auth_token``). An embedded local Ray
-defaults to ``disabled`` unless the caller has set the variable.
+same token in ``RAY_AUTH_TOKEN`` (or ``~/.ray/auth_token``). Since Ray 2.59 an embedded
+local Ray uses token mode too (generating a token in ``~/.ray``) unless the variable
+says otherwise; tests set it explicitly.
 """
 
 from __future__ import annotations
 
-import os
 import socket
 from dataclasses import dataclass
 from typing import Any
@@ -74,7 +74,6 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None, num_gpu
         extra_env: more environment variables for the workers.
         log_to_driver: stream worker logs to this process's stderr.
     """
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     if ray.is_initialized():
         return _info(started=False)
     kwargs: dict[str, Any] = {"namespace": NAMESPACE, "runtime_env": runtime_env(extra_env),
