@@ -16,6 +16,7 @@ from typing import Any, Callable, Sequence
 
 from cluster.commands import bench as bench_cmds
 from cluster.commands import demo as demo_cmds
+from cluster.commands import fleet as fleet_cmds
 from cluster.commands import learn as learn_cmds
 from cluster.commands import mbrl as mbrl_cmds
 from cluster.commands import model as model_cmds
@@ -42,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
                      parents=[common])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for register in (model_cmds.register, plan_cmds.register, demo_cmds.register, bench_cmds.register,
-                     mbrl_cmds.register, models_cmds.register, learn_cmds.register, serve_cmds.register):
+                     mbrl_cmds.register, models_cmds.register, learn_cmds.register, serve_cmds.register,
+                     fleet_cmds.register):
         register(sub, common)
     return parser
 
