@@ -10,6 +10,7 @@ Shapes: ``N`` agents, ``H`` horizon, ``S`` state, ``A`` action, ``Z`` zones.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +22,7 @@ from planners import PlanConfig, make_planner, shift_plan
 from planners.base import BasePlanner
 from planners.evaluate import build_objective
 from planners.objectives import GOAL, ZONES
+from worldmodel.config import config_from_dict
 from worldmodel.envs import NAV2D_ID
 from worldmodel.model import WorldModel
 
@@ -41,6 +43,19 @@ class ServiceConfig:
     """Planner settings (the ones that reach the Nav2D closed-loop target)."""
     max_zones: int = 8
     """Z, no-fly zones one request may carry."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"planner": self.planner, "plan": dataclasses.asdict(self.plan), "max_zones": self.max_zones}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ServiceConfig":
+        """From ``to_dict``'s form; missing keys keep their defaults, unknown keys are an error."""
+        unknown = sorted(set(data) - {"planner", "plan", "max_zones"})
+        if unknown:
+            raise ValueError(f"unknown planner service setting(s) {unknown}; known: planner, plan, max_zones")
+        plan = cls.plan if "plan" not in data else config_from_dict(PlanConfig, {**dataclasses.asdict(cls.plan),
+                                                                                  **data["plan"]})
+        return cls(planner=data.get("planner", cls.planner), plan=plan, max_zones=data.get("max_zones", 8))
 
 
 class FleetPlanner:

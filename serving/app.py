@@ -1,0 +1,252 @@
+"""The fleet endpoint as a Ray Serve application: an HTTP ingress composed with a planner deployment.
+
+- ``FleetIngress`` (FastAPI, CPU) validates requests, merges concurrent ones with
+  ``@serve.batch`` and runs each batch through ``PlanEngine``: one call to the agent-state
+  shards, one to the planner deployment and one to the telemetry logger per batch.
+- ``PlannerServer`` hosts the Ray-free ``FleetPlanner`` on a GPU when the cluster has one.
+  Serving a registry stage ('production', 'shadow'), it follows the registry: a promotion
+  switches the version between two batches, without dropping a request.
+- An optional shadow ``PlannerServer`` plans the same batches in the background; its actions
+  and prediction error are compared with production's, never returned.
+
+Build it with ``build(args)`` (``serve run serving.app:build model=...``, or the Serve config
+``serving/serve_config.yaml`` for ``serve deploy``), or start it with ``deploy(...)``.
+"""
+
+# No `from __future__ import annotations` here: FastAPI reads the route signatures at run time.
+import asyncio
+import hmac
+import logging
+import time
+from typing import Any
+
+import numpy as np
+import ray
+from fastapi import FastAPI, Header, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from actors.common import NAMESPACE, gpus_per_worker
+from actors.ensemble import load_served_model
+from actors.state import start_state_shards
+from actors.telemetry import TelemetryLogger
+from planners.service import FleetPlanner, ServiceConfig
+from serving.config import AppConfig
+from serving.engine import PlanEngine
+from serving.metrics import ServingMetrics
+from serving.schema import BatchRequest, BatchResponse, PlanRequest, PlanResponse, ResetResponse
+from worldmodel.data.writer import AGENT_ID_PATTERN
+from worldmodel.registry import STAGES, ModelRegistry
+
+logger = logging.getLogger("ray.serve")
+api = FastAPI(title="fleetwm fleet endpoint", version="1",
+              description="Next actions for fleets of agents, planned through a learned world model.")
+
+
+def _one_line(errors: list[dict[str, Any]]) -> str:
+    """The first validation error as 'field.path: message' (the body itself when it is not valid JSON)."""
+    first, more = errors[0], (f" (and {len(errors) - 1} more)" if len(errors) > 1 else "")
+    loc = list(first.get("loc", ()))
+    if first.get("type") == "json_invalid":
+        return f"body: not valid JSON ({first.get('msg')} at character {loc[-1]})"
+    parts = loc[1:] if loc[:1] == ["body"] else loc
+    return f"{'.'.join(str(p) for p in parts) or 'body'}: {first.get('msg', 'invalid')}{more}"
+
+
+@api.exception_handler(RequestValidationError)
+async def _invalid(request: Request, err: RequestValidationError) -> JSONResponse:
+    errors = [{k: v for k, v in e.items() if k in ("loc", "msg", "type")} for e in err.errors()]
+    return JSONResponse({"error": _one_line(errors), "detail": errors}, status_code=422)
+
+
+@api.exception_handler(HTTPException)
+async def _http_error(request: Request, err: HTTPException) -> JSONResponse:
+    return JSONResponse({"error": str(err.detail)}, status_code=err.status_code, headers=err.headers)
+
+
+class PlannerServer:
+    """The planner deployment: one model version, replaced when the registry stage it follows moves."""
+
+    def __init__(self, model: str, registry_uri: str | None, service: dict[str, Any], poll_s: float) -> None:
+        self.model, self.registry_uri, self.poll_s = model, registry_uri, poll_s
+        self.cfg = ServiceConfig.from_dict(service)
+        self.service = self._load(model)
+        self.following = bool(registry_uri) and model in STAGES
+        self._poller: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+
+    def _load(self, model: str) -> FleetPlanner:
+        service = FleetPlanner(load_served_model(model, self.registry_uri), self.cfg)
+        service.warmup()
+        return service
+
+    async def plan(self, obs: np.ndarray, warm: np.ndarray | None, objectives: list[str],
+                   zones: np.ndarray | None, budget_ms: float | None) -> dict[str, Any]:
+        self._follow()
+        service = self.service  # the version current now answers this whole batch
+        async with self._lock:  # one batch at a time: planning uses every core it is given
+            return await asyncio.to_thread(service.plan, obs, warm, objectives, zones, budget_ms)
+
+    async def score(self, obs: np.ndarray, actions: np.ndarray, next_obs: np.ndarray) -> dict[str, Any]:
+        service = self.service
+        errors = await asyncio.to_thread(service.prediction_error, obs, actions, next_obs)
+        return {"model_version": service.version, "errors": errors, "mean_error": float(errors.mean())}
+
+    async def info(self) -> dict[str, Any]:
+        self._follow()
+        s = self.service
+        return {"model_version": s.version, "env_id": s.model.spec.env_id, "obs_dim": s.obs_dim,
+                "act_dim": s.model.spec.act_dim, "objectives": list(s.objectives), "zones": s.zones,
+                "planner": self.cfg.planner, "horizon": s.horizon, "device": str(s.model.device),
+                "follows": self.model if self.following else None}
+
+    def _follow(self) -> None:
+        if self.following and self._poller is None:
+            self._poller = asyncio.get_running_loop().create_task(self._poll())
+
+    async def _poll(self) -> None:
+        registry = ModelRegistry(self.registry_uri)  # type: ignore[arg-type]
+        while True:
+            await asyncio.sleep(self.poll_s)
+            try:
+                target = registry.get(self.model).version
+                if target != self.service.version:
+                    service = await asyncio.to_thread(self._load, target)
+                    self.service = service  # one assignment: batches in flight keep the old one
+                    logger.info("now serving %s %s", self.model, target)
+            except Exception as err:  # keep serving the current version; say why the switch failed
+                logger.warning("could not follow %s in %s: %s", self.model, self.registry_uri, err)
+
+
+@serve.ingress(api)
+class FleetIngress:
+    """HTTP front door: validation, auth, batching; the batch path itself is ``PlanEngine``."""
+
+    def __init__(self, planner: DeploymentHandle, shadow: DeploymentHandle | None, config: dict[str, Any]) -> None:
+        self.cfg = AppConfig.from_dict(config)
+        self.planner, self.shadow = planner, shadow
+        store = start_state_shards(self.cfg.state, detached=True)
+        telemetry = None
+        if self.cfg.log_uri:
+            telemetry = ray.remote(TelemetryLogger).options(
+                name=self.cfg.telemetry_name, namespace=NAMESPACE, get_if_exists=True, lifetime="detached",
+                num_cpus=0, max_restarts=-1, max_task_retries=-1).remote(self.cfg.log_uri)
+        self.metrics = ServingMetrics()
+        self.engine = PlanEngine(planner, store, telemetry, shadow, self.metrics, self.cfg.default_deadline_ms)
+        self._spec: dict[str, Any] | None = None
+        self._spec_at = 0.0
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Batching knobs, adjustable at run time through the deployment's ``user_config``."""
+        self._batched.set_max_batch_size(int(user_config.get("max_batch_size", 256)))
+        self._batched.set_batch_wait_timeout_s(float(user_config.get("batch_wait_timeout_s", 0.003)))
+
+    @serve.batch(max_batch_size=256, batch_wait_timeout_s=0.003)
+    async def _batched(self, items: list[tuple[PlanRequest, float]]) -> list[dict[str, Any]]:
+        return await self.engine.run([r for r, _ in items], [t for _, t in items])
+
+    # -- routes ---------------------------------------------------------------------------
+    @api.post("/v1/plan", response_model=PlanResponse, response_model_exclude_none=True)
+    async def plan(self, body: PlanRequest, authorization: str | None = Header(default=None)) -> dict[str, Any]:
+        start = time.monotonic()
+        self._authorize(authorization)
+        await self._check(body, "")
+        answer = await self._answer(body, start)
+        self.metrics.latency.observe(time.monotonic() - start, tags={"route": "plan"})
+        return answer
+
+    @api.post("/v1/plan/batch", response_model=BatchResponse, response_model_exclude_none=True)
+    async def plan_batch(self, body: BatchRequest, authorization: str | None = Header(default=None)) -> dict:
+        start = time.monotonic()
+        self._authorize(authorization)
+        for i, req in enumerate(body.requests):
+            await self._check(req, f"requests.{i}.")
+        answers = await asyncio.gather(*(self._answer(r, start) for r in body.requests))
+        self.metrics.latency.observe(time.monotonic() - start, tags={"route": "batch"})
+        return {"responses": answers}
+
+    @api.post("/v1/agents/{agent_id}/reset", response_model=ResetResponse)
+    async def reset(self, agent_id: str, authorization: str | None = Header(default=None)) -> dict[str, Any]:
+        self._authorize(authorization)
+        if not AGENT_ID_PATTERN.match(agent_id):
+            raise self._bad(422, f"agent_id: {agent_id!r} is not a valid agent id (letters, digits, . _ -)")
+        return {"agent_id": agent_id, "reset": await self.engine.store.reset([agent_id]) > 0}
+
+    @api.get("/v1/models")
+    async def models(self, authorization: str | None = Header(default=None)) -> dict[str, Any]:
+        self._authorize(authorization)
+        production = await self.planner.info.remote()
+        shadow = await self.shadow.info.remote() if self.shadow is not None else None
+        out = {"production": production, "shadow": shadow,
+               "comparison": self.engine.shadow_stats.summary() if shadow else None,
+               "batching": self.engine.stats()}
+        if self.cfg.registry_uri:
+            versions = await asyncio.to_thread(ModelRegistry(self.cfg.registry_uri).versions)
+            out["registry"] = [{"version": v.version, "stage": v.stage} for v in versions]
+        return out
+
+    @api.get("/healthz")
+    async def healthz(self) -> dict[str, Any]:
+        spec = await self._model_spec()
+        return {"status": "ok", "model_version": spec["model_version"]}
+
+    # -- helpers --------------------------------------------------------------------------
+    async def _answer(self, body: PlanRequest, start: float) -> dict[str, Any]:
+        try:
+            return await self._batched((body, start))
+        except Exception as err:  # planning failed: a retryable 503 naming the cause, never a bare 500
+            logger.exception("plan batch failed")
+            raise self._bad(503, f"planning failed, retry: {type(err).__name__}: {str(err)[:200]}") from None
+
+    def _authorize(self, authorization: str | None) -> None:
+        token = self.cfg.bearer_token
+        if token is None:
+            return
+        expected = f"Bearer {token}"
+        if authorization is None or not hmac.compare_digest(authorization.encode(), expected.encode()):
+            raise self._bad(401, "missing or wrong bearer token (Authorization: Bearer <token>)",
+                            headers={"WWW-Authenticate": "Bearer"})
+
+    async def _model_spec(self) -> dict[str, Any]:
+        if self._spec is None or time.monotonic() - self._spec_at > 2.0:  # follows version switches
+            self._spec, self._spec_at = await self.planner.info.remote(), time.monotonic()
+        return self._spec
+
+    async def _check(self, req: PlanRequest, prefix: str) -> None:
+        """What depends on the served model: observation length, objective and zones."""
+        spec = await self._model_spec()
+        if len(req.observation) != spec["obs_dim"]:
+            raise self._bad(422, f"{prefix}observation: has {len(req.observation)} values, model "
+                                 f"{spec['model_version']} ({spec['env_id']}) expects {spec['obs_dim']}")
+        if req.objective is not None:
+            if req.objective.name not in spec["objectives"]:
+                raise self._bad(422, f"{prefix}objective.name: {req.objective.name!r} is not served for "
+                                     f"{spec['env_id']}; choose one of {spec['objectives']}")
+            if req.objective.no_fly_zones and not spec["zones"]:
+                raise self._bad(422, f"{prefix}objective.no_fly_zones: {spec['env_id']} has no positions to "
+                                     "keep out of zones")
+
+    def _bad(self, status: int, message: str, headers: dict[str, str] | None = None) -> HTTPException:
+        self.metrics.bad_requests.inc(tags={"status": str(status)})
+        return HTTPException(status, message, headers=headers)
+
+
+def build(args: dict[str, Any]) -> serve.Application:
+    """The application from its arguments (an ``AppConfig`` as a dict): ``serve run``/``serve deploy`` entry."""
+    cfg = AppConfig.from_dict(args)
+    gpus = gpus_per_worker() if ray.is_initialized() else 0.0
+    planner_options = {"ray_actor_options": {"num_cpus": cfg.planner_cpus, "num_gpus": gpus},
+                       "autoscaling_config": cfg.planner_autoscaling, "max_ongoing_requests": 4,
+                       "health_check_period_s": 5}
+    planner_cls = serve.deployment(PlannerServer, name="Planner")
+    planner = planner_cls.options(**planner_options).bind(cfg.model, cfg.registry_uri, cfg.service, cfg.poll_s)
+    shadow = None
+    if cfg.shadow:
+        shadow = serve.deployment(PlannerServer, name="ShadowPlanner").options(**planner_options).bind(
+            cfg.shadow, cfg.registry_uri, cfg.service, cfg.poll_s)
+    ingress = serve.deployment(FleetIngress, name="Ingress").options(
+        ray_actor_options={"num_cpus": cfg.ingress_cpus}, max_ongoing_requests=cfg.max_ongoing_requests,
+        autoscaling_config=cfg.ingress_autoscaling, user_config=cfg.batching)
+    return ingress.bind(planner, shadow, cfg.to_dict())

@@ -1,0 +1,80 @@
+"""Settings of the fleet endpoint, one frozen object that travels to every deployment as a dict."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from actors.state import StateConfig
+
+TOKEN_ENV = "FLEETWM_API_TOKEN"
+"""Environment variable holding the bearer token (kept out of configs shown in the dashboard)."""
+
+
+@dataclass(frozen=True)
+class AppConfig:
+    """What to serve and how."""
+
+    model: str
+    """Model directory, or with ``registry_uri`` a version or stage ('production' follows promotions)."""
+    registry_uri: str | None = None
+    """Model registry (directory or URI)."""
+    shadow: str | None = None
+    """Version or stage planned in the background on the same requests (e.g. 'shadow'); None: off."""
+    log_uri: str | None = None
+    """Where served transitions are appended as Arrow logs; None: telemetry off."""
+    token: str | None = None
+    """Bearer token required on every API call (default: $FLEETWM_API_TOKEN, else none)."""
+    state: StateConfig = field(default_factory=StateConfig)
+    """Agent-state shards."""
+    service: dict[str, Any] = field(default_factory=dict)
+    """Planner settings (``ServiceConfig`` fields)."""
+    batching: dict[str, Any] = field(default_factory=lambda: {"max_batch_size": 256, "batch_wait_timeout_s": 0.003})
+    """``@serve.batch`` knobs, the ingress's ``user_config`` (change them without a redeploy)."""
+    max_ongoing_requests: int = 1024
+    """Requests one ingress replica holds at once: at least the batch size, or batches stay small."""
+    default_deadline_ms: float | None = None
+    """Planning deadline for requests that do not give one (None: no deadline)."""
+    poll_s: float = 1.0
+    """How often a planner following a registry stage checks for a new version."""
+    planner_cpus: float = 1.0
+    ingress_cpus: float = 0.5
+    planner_autoscaling: dict[str, Any] = field(default_factory=lambda: {
+        "min_replicas": 1, "max_replicas": 1, "target_ongoing_requests": 2})
+    """Planner replicas scale on queued batches; raise max_replicas on a cluster with more workers."""
+    ingress_autoscaling: dict[str, Any] = field(default_factory=lambda: {
+        "min_replicas": 1, "max_replicas": 1, "target_ongoing_requests": 512})
+    telemetry_name: str = "fleetwm-telemetry"
+    """Name of the telemetry logger actor."""
+
+    def __post_init__(self) -> None:
+        if not self.model:
+            raise ValueError("model must name a model directory, version or stage")
+        size = self.batching.get("max_batch_size", 1)
+        if not isinstance(size, int) or size < 1:
+            raise ValueError(f"batching.max_batch_size must be an integer >= 1, got {size!r}")
+        if self.max_ongoing_requests < size:
+            raise ValueError(f"max_ongoing_requests ({self.max_ongoing_requests}) must be >= "
+                             f"max_batch_size ({size}), or batches can never fill")
+        if self.default_deadline_ms is not None and self.default_deadline_ms <= 0:
+            raise ValueError(f"default_deadline_ms must be > 0, got {self.default_deadline_ms}")
+
+    @property
+    def bearer_token(self) -> str | None:
+        return self.token or os.environ.get(TOKEN_ENV) or None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "AppConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown fleetwm app setting(s) {unknown}; known: {sorted(known)}")
+        data = dict(data)
+        if isinstance(data.get("state"), dict):
+            data["state"] = StateConfig(**data["state"])
+        return cls(**data)

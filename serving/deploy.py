@@ -1,0 +1,96 @@
+"""Starting and stopping the fleet endpoint on a connected Ray, and choosing Serve's HTTP proxy.
+
+Proxy: Serve's default proxy is a Python process that tops out near 450 requests/s on a
+2-core machine; Serve's HAProxy ingress (``RAY_SERVE_ENABLE_HA_PROXY=1``, the binary ships
+with ray[serve]) carries several times that. fleetwm uses HAProxy unless told otherwise
+(``wm serve --proxy python``). The switch is read by Serve's controller when it starts, so
+it must be in the environment of the Ray processes before Serve starts: ``proxy_env`` gives
+the variables, ``wm serve`` puts them into the local Ray it starts, and ``ray_cluster.yaml``
+sets them on every node.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import ray
+import requests
+from ray import serve
+
+from actors.common import NAMESPACE
+from actors.state import StateConfig
+from serving.app import build
+from serving.config import AppConfig
+
+PROXIES = ("haproxy", "python")
+APP_NAME = "fleetwm"
+
+
+def proxy_env(proxy: str = "haproxy") -> dict[str, str]:
+    """Environment variables that select Serve's HTTP proxy."""
+    if proxy not in PROXIES:
+        raise ValueError(f"proxy must be one of {', '.join(PROXIES)}, got {proxy!r}")
+    return {"RAY_SERVE_ENABLE_HA_PROXY": "1" if proxy == "haproxy" else "0"}
+
+
+def deploy(model: str, *, port: int, host: str = "127.0.0.1", registry_uri: str | None = None,
+           shadow: str | None = None, log_uri: str | None = None, token: str | None = None,
+           state: StateConfig | None = None, service: dict[str, Any] | None = None,
+           default_deadline_ms: float | None = None, batching: dict[str, Any] | None = None,
+           timeout_s: float = 120.0) -> str:
+    """Run the fleet endpoint on the connected Ray and wait until it answers; returns its base URL.
+
+    Args are ``AppConfig`` fields; ``port``/``host`` are Serve's HTTP options.
+    """
+    if not ray.is_initialized():
+        raise RuntimeError("connect to Ray first (cluster.runtime.init_ray)")
+    args: dict[str, Any] = {"model": model, "registry_uri": registry_uri, "shadow": shadow, "log_uri": log_uri,
+                            "token": token, "state": state or StateConfig(), "service": service or {},
+                            "default_deadline_ms": default_deadline_ms}
+    if batching:
+        args["batching"] = batching
+    cfg = AppConfig(**args)
+    serve.start(http_options={"host": host, "port": port})
+    serve.run(build(cfg.to_dict()), name=APP_NAME, route_prefix="/", blocking=False)
+    url = f"http://{host}:{port}"
+    _wait_ready(url, cfg.bearer_token, timeout_s)
+    return url
+
+
+def _wait_ready(url: str, token: str | None, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    last = "no answer"
+    while time.monotonic() < deadline:
+        try:
+            r = requests.get(f"{url}/healthz", timeout=2.0)
+            if r.status_code == 200:
+                return
+            last = f"HTTP {r.status_code}: {r.text[:200]}"
+        except requests.RequestException as err:
+            last = str(err)
+        time.sleep(0.2)
+    raise TimeoutError(f"the fleet endpoint at {url} was not ready after {timeout_s:.0f} s ({last})")
+
+
+def shutdown_app(state: StateConfig | None = None, telemetry_name: str = "fleetwm-telemetry") -> dict[str, Any]:
+    """Delete the app, flush the telemetry log, and stop the agent-state shards (their snapshots stay).
+
+    Returns the telemetry logger's final counts (None when telemetry was off).
+    """
+    serve.delete(APP_NAME)
+    stats = None
+    try:
+        telemetry = ray.get_actor(telemetry_name, namespace=NAMESPACE)
+        ray.get(telemetry.flush.remote())
+        stats = ray.get(telemetry.stats.remote())
+        ray.kill(telemetry, no_restart=True)
+    except ValueError:  # telemetry was off
+        pass
+    cfg = state or StateConfig()
+    for i in range(cfg.shards):
+        try:
+            ray.kill(ray.get_actor(f"{cfg.name}-{i}", namespace=NAMESPACE), no_restart=True)
+        except ValueError:
+            pass
+    return {"telemetry": stats}

@@ -1,0 +1,222 @@
+"""The per-batch path of the fleet endpoint: Ray hops are paid per batch, never per request.
+
+For a batch of requests (merged by ``@serve.batch`` in the ingress):
+
+1. one read of the agents' records from the state shards (one call per shard, in parallel);
+2. retries (same agent and ``request_id`` as the record) are answered from the record;
+3. each request's observation and reward close the agent's previous transition;
+4. one call to the planner deployment plans every agent, warm-started from its record;
+5. one write of the new records, and one call to the telemetry logger with the closed transitions;
+6. with a shadow version, a background task plans the same batch with it and compares.
+
+Shapes: ``N`` requests in the batch, ``S`` observation, ``A`` action, ``H`` horizon.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from actors.state import AgentStateStore, Record
+from serving.metrics import ServingMetrics
+from serving.schema import PlanRequest
+
+logger = logging.getLogger("ray.serve")
+
+_BUDGET_MARGIN_MS = 4.0
+"""Kept back from a request's deadline for the state write and the HTTP answer."""
+
+
+@dataclass
+class ShadowStats:
+    """Running comparison of the shadow version against production on the same requests."""
+
+    batches: int = 0
+    requests: int = 0
+    action_diff_sum: float = 0.0
+    errors: dict[str, list[float]] = field(default_factory=lambda: {"production": [0.0, 0], "shadow": [0.0, 0]})
+
+    def summary(self) -> dict[str, Any]:
+        mean = {role: (s / n if n else None) for role, (s, n) in self.errors.items()}
+        return {"batches": self.batches, "requests": self.requests,
+                "mean_action_difference": self.action_diff_sum / self.requests if self.requests else None,
+                "mean_prediction_error": mean}
+
+
+class PlanEngine:
+    """Runs batches of plan requests against the planner deployment, the state shards and the logger."""
+
+    def __init__(self, planner: Any, store: AgentStateStore, telemetry: Any | None, shadow: Any | None,
+                 metrics: ServingMetrics, default_deadline_ms: float | None) -> None:
+        self.planner, self.store, self.telemetry, self.shadow = planner, store, telemetry, shadow
+        self.metrics, self.default_deadline_ms = metrics, default_deadline_ms
+        self.shadow_stats = ShadowStats()
+        self.batches = self.requests = self.largest_batch = 0
+        self._background: set[asyncio.Task[None]] = set()
+
+    async def run(self, requests: list[PlanRequest], arrived: list[float]) -> list[dict[str, Any]]:
+        """Answer a batch in order. An agent that appears twice is answered in two passes, in order."""
+        self.batches += 1
+        self.requests += len(requests)
+        self.largest_batch = max(self.largest_batch, len(requests))
+        seen: set[str] = set()
+        first = [i for i, r in enumerate(requests) if not (r.agent_id in seen or seen.add(r.agent_id))]
+        taken = set(first)
+        later = [i for i in range(len(requests)) if i not in taken]
+        answers: list[dict[str, Any] | None] = [None] * len(requests)
+        for i, answer in zip(first, await self._run_unique([requests[i] for i in first], [arrived[i] for i in first])):
+            answers[i] = answer
+        if later:
+            rest = await self.run([requests[i] for i in later], [arrived[i] for i in later])
+            for i, answer in zip(later, rest):
+                answers[i] = answer
+        return answers  # type: ignore[return-value]
+
+    async def _run_unique(self, requests: list[PlanRequest], arrived: list[float]) -> list[dict[str, Any]]:
+        records = await self.store.get([r.agent_id for r in requests])
+        answers: list[dict[str, Any] | None] = [None] * len(requests)
+        todo = []
+        for i, (req, rec) in enumerate(zip(requests, records)):
+            if rec is not None and req.request_id is not None and rec.get("request_id") == req.request_id:
+                answers[i] = {**rec["response"], "replayed": True}  # a retry: same answer, nothing logged
+            else:
+                todo.append(i)
+        if len(todo) < len(requests):
+            self.metrics.replays.inc(len(requests) - len(todo))
+        if todo:
+            fresh = await self._plan([requests[i] for i in todo], [records[i] for i in todo],
+                                     [arrived[i] for i in todo])
+            for i, answer in zip(todo, fresh):
+                answers[i] = answer
+        return answers  # type: ignore[return-value]
+
+    async def _plan(self, requests: list[PlanRequest], records: list[Record | None],
+                    arrived: list[float]) -> list[dict[str, Any]]:
+        n = len(requests)
+        obs = np.asarray([r.observation for r in requests], np.float32)  # (N, S)
+        warm = self._warm_starts(records)
+        objectives = [(r.objective.name if r.objective else "learned") for r in requests]
+        zones = self._zones(requests)
+        batch = {"obs": obs, "warm": warm, "objectives": objectives, "zones": zones,
+                 "budget_ms": self._budget_ms(requests, arrived)}
+        result = await self.planner.plan.remote(**batch)
+        version = result["model_version"]
+
+        transitions, errors, records_out, answers = [], [], [], []
+        now = time.time()
+        for i, (req, rec) in enumerate(zip(requests, records)):
+            continuing = rec is not None and rec.get("obs") is not None
+            if continuing and req.reward is not None:
+                transitions.append({"obs": rec["obs"], "action": rec["action"], "reward": req.reward,
+                                    "new_obs": obs[i], "terminated": req.done, "truncated": req.truncated,
+                                    "eps_id": rec["eps_id"], "agent_id": req.agent_id, "t": rec["t"],
+                                    "model_version": rec["model_version"]})
+            if continuing and rec.get("predicted") is not None:
+                errors.append((rec["model_version"], float(np.linalg.norm(obs[i] - rec["predicted"]))))
+            answer = {"action": result["actions"][i].tolist(), "model_version": version,
+                      "plan_id": uuid.uuid4().hex, "uncertainty": float(result["uncertainty"][i]),
+                      "fallback": bool(result["fallback"][i]),
+                      "trajectory": result["trajectory"][i].tolist() if req.return_trajectory else None,
+                      "replayed": False}
+            answers.append(answer)
+            ended = req.done or req.truncated
+            records_out.append({
+                "agent_id": req.agent_id, "request_id": req.request_id, "response": answer,
+                "model_version": version, "warm": None if ended else result["warm"][i],
+                # After the episode's last observation the next request starts a new episode.
+                "obs": None if ended else obs[i], "action": None if ended else result["actions"][i],
+                "predicted": None if ended else result["trajectory"][i, 1],
+                "eps_id": rec["eps_id"] if continuing else f"{req.agent_id}-{uuid.uuid4().hex[:12]}",
+                "t": rec["t"] + 1 if continuing else 0, "updated": now})
+        # The records are written before anyone is answered: a retry then finds its answer.
+        writes = [self.store.put(records_out)]
+        if self.telemetry is not None and transitions:
+            writes.append(self.telemetry.log.remote(transitions))
+        await asyncio.gather(*writes)
+        self._observe(n, version, result, errors, len(transitions))
+        if self.shadow is not None:
+            self._spawn(self._compare_shadow(batch, result["actions"], transitions))
+        return answers
+
+    def stats(self) -> dict[str, Any]:
+        """Batches run by this replica: how well concurrent requests were merged."""
+        return {"batches": self.batches, "requests": self.requests, "largest_batch": self.largest_batch,
+                "mean_batch": self.requests / self.batches if self.batches else None}
+
+    def _warm_starts(self, records: list[Record | None]) -> np.ndarray | None:
+        plans = [r.get("warm") if r is not None else None for r in records]
+        shapes = {p.shape for p in plans if p is not None}
+        if len(shapes) != 1:  # nobody has one yet, or the horizon changed between versions
+            return None
+        shape = shapes.pop()
+        return np.stack([p if p is not None else np.full(shape, np.nan, np.float32) for p in plans])
+
+    @staticmethod
+    def _zones(requests: list[PlanRequest]) -> np.ndarray | None:
+        counts = [len(r.objective.no_fly_zones) if r.objective else 0 for r in requests]
+        if max(counts) == 0:
+            return None
+        zones = np.zeros((len(requests), max(counts), 3), np.float32)  # radius 0 pads
+        for i, r in enumerate(requests):
+            if counts[i]:
+                zones[i, :counts[i]] = np.asarray(r.objective.no_fly_zones, np.float32)  # type: ignore[union-attr]
+        return zones
+
+    def _budget_ms(self, requests: list[PlanRequest], arrived: list[float]) -> float | None:
+        deadlines = [r.deadline_ms or self.default_deadline_ms for r in requests]
+        if all(d is None for d in deadlines):
+            return None
+        now = time.monotonic()
+        left = [d - (now - a) * 1000 for d, a in zip(deadlines, arrived) if d is not None]
+        return max(min(left) - _BUDGET_MARGIN_MS, 0.01)
+
+    def _observe(self, n: int, version: str, result: dict[str, Any], errors: list[tuple[str, float]],
+                 logged: int) -> None:
+        m = self.metrics
+        tags = {"model_version": version}
+        m.batch_size.observe(n)
+        m.plans.inc(n, tags=tags)
+        fallbacks = int(np.sum(result["fallback"]))
+        if fallbacks:
+            m.fallbacks.inc(fallbacks, tags=tags)
+        m.disagreement.set(float(np.mean(result["uncertainty"])), tags=tags)
+        for v, e in errors:
+            m.prediction_error.observe(e, tags={"model_version": v, "role": "production"})
+        if logged:
+            m.logged.inc(logged)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _compare_shadow(self, batch: dict[str, Any], prod_actions: np.ndarray,
+                              transitions: list[dict[str, Any]]) -> None:
+        """Plan the batch with the shadow version and score both on the closed transitions; never answers."""
+        try:
+            calls = [self.shadow.plan.remote(**batch)]
+            if transitions:
+                scored = (np.stack([t["obs"] for t in transitions]), np.stack([t["action"] for t in transitions]),
+                          np.stack([t["new_obs"] for t in transitions]))
+                calls += [self.planner.score.remote(*scored), self.shadow.score.remote(*scored)]
+            out = await asyncio.gather(*calls)
+        except Exception as err:  # the shadow must never affect answers; its failures are reported
+            logger.warning("shadow comparison failed: %s", err)
+            return
+        stats = self.shadow_stats
+        diff = np.abs(out[0]["actions"] - prod_actions).mean(1)
+        stats.batches += 1
+        stats.requests += len(diff)
+        stats.action_diff_sum += float(diff.sum())
+        self.metrics.shadow_action_diff.set(float(diff.mean()))
+        for role, scored in zip(("production", "shadow"), out[1:]):
+            stats.errors[role][0] += float(scored["errors"].sum())
+            stats.errors[role][1] += len(scored["errors"])
+            self.metrics.prediction_error.observe(scored["mean_error"], tags={"model_version": scored["model_version"],
+                                                                             "role": role})

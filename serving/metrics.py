@@ -1,0 +1,39 @@
+"""The fleet endpoint's metrics, exported through Ray's metrics agent (Prometheus format, Ray dashboard).
+
+Names carry the ``fleetwm_`` prefix; Ray adds ``ray_`` when it exports them.
+"""
+
+from __future__ import annotations
+
+from ray.util import metrics
+
+_LATENCY_S = [0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.5, 1.0, 2.5]
+_BATCH = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024]
+_ERROR = [0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0]
+
+
+class ServingMetrics:
+    """One set of metric objects per process (Ray aggregates them across replicas)."""
+
+    def __init__(self) -> None:
+        self.latency = metrics.Histogram("fleetwm_request_latency_seconds", "Time to answer a plan request (s).",
+                                         boundaries=_LATENCY_S, tag_keys=("route",))
+        self.batch_size = metrics.Histogram("fleetwm_batch_size", "Requests merged into one planner call.",
+                                            boundaries=_BATCH)
+        self.plans = metrics.Counter("fleetwm_plans_total", "Agent decisions planned.", tag_keys=("model_version",))
+        self.fallbacks = metrics.Counter("fleetwm_fallbacks_total", "Decisions taken by the fallback policy.",
+                                         tag_keys=("model_version",))
+        self.replays = metrics.Counter("fleetwm_replays_total", "Retried requests answered from the first answer.")
+        self.bad_requests = metrics.Counter("fleetwm_bad_requests_total", "Requests answered 4xx.",
+                                            tag_keys=("status",))
+        self.logged = metrics.Counter("fleetwm_transitions_logged_total", "Transitions sent to the telemetry log.")
+        self.disagreement = metrics.Gauge("fleetwm_ensemble_disagreement",
+                                          "Mean ensemble disagreement along the chosen plans of the last batch.",
+                                          tag_keys=("model_version",))
+        self.version = metrics.Gauge("fleetwm_served_model_version", "1 for the model version being served.",
+                                     tag_keys=("model_version", "role"))
+        self.prediction_error = metrics.Histogram("fleetwm_prediction_error",
+                                                  "One-step prediction error on served transitions.",
+                                                  boundaries=_ERROR, tag_keys=("model_version", "role"))
+        self.shadow_action_diff = metrics.Gauge("fleetwm_shadow_action_difference",
+                                                "Mean |shadow action - production action| of the last batch.")

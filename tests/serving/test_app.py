@@ -1,0 +1,215 @@
+"""The fleet endpoint on one shared Ray: batching, validation, auth, exactly-once telemetry, version switches.
+
+One app serves the module: the registry's production version with a shadow, telemetry
+to a log directory, and a bearer token.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Iterator
+
+import numpy as np
+import pytest
+import requests
+
+from actors.state import StateConfig
+from cluster.runtime import free_port
+from serving.deploy import deploy, shutdown_app
+from tests.ray_fixtures import ray_local  # noqa: F401
+from tests.worldmodel.conftest import TINY_MODEL, TINY_TRAIN
+from worldmodel.config import TrainConfig
+from worldmodel.data import read_transitions
+from worldmodel.envs import make_env, space_spec
+from worldmodel.envs.collect import collect
+from worldmodel.registry import ModelRegistry
+from worldmodel.training import train_world_model
+
+pytestmark = pytest.mark.slow
+TOKEN = "test-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+STATE = StateConfig(shards=2, name="test-serve-state")
+
+
+@pytest.fixture(scope="module")
+def app(ray_local, tmp_path_factory) -> Iterator[dict[str, Any]]:  # noqa: F811
+    root = tmp_path_factory.mktemp("serve")
+    data = collect("Nav2D-v0", episodes=8, seed=0)
+    spec = space_spec(make_env("Nav2D-v0"), "Nav2D-v0")
+    registry = ModelRegistry(str(root / "registry"))
+    v1 = registry.register(train_world_model(data, spec, TINY_MODEL, TINY_TRAIN))
+    registry.promote(v1.version, "production")
+    v2 = registry.register(train_world_model(data, spec, TINY_MODEL, TrainConfig(epochs=3, seed=1)))
+    registry.promote(v2.version, "shadow")
+    url = deploy("production", registry_uri=str(root / "registry"), shadow="shadow", log_uri=str(root / "logs"),
+                 port=free_port(), token=TOKEN, state=STATE, service={"plan": {"horizon": 8, "samples": 16}})
+    info = {"url": url, "registry": registry, "logs": root / "logs", "v1": v1.version, "v2": v2.version}
+    yield info
+    shutdown_app(STATE)
+
+
+def _obs(rng: np.random.Generator) -> list[float]:
+    return rng.uniform(-1, 1, 6).round(4).tolist()
+
+
+def _post(app: dict, body: Any, path: str = "/v1/plan", headers: dict | None = None,
+          raw: bool = False) -> requests.Response:
+    kwargs = {"data": body, "headers": {**AUTH, "Content-Type": "application/json", **(headers or {})}} if raw \
+        else {"json": body, "headers": headers if headers is not None else AUTH}
+    return requests.post(app["url"] + path, timeout=30, **kwargs)
+
+
+def test_plan_answers_with_action_version_and_audit_trail(app) -> None:
+    r = _post(app, {"agent_id": "solo", "observation": [0.1] * 6, "return_trajectory": True})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert len(body["action"]) == 2 and all(-1 <= a <= 1 for a in body["action"])
+    assert body["model_version"] == app["v1"] and not body["replayed"]
+    assert len(body["trajectory"]) == 9 and len(body["trajectory"][0]) == 6  # H+1 predicted states
+    assert isinstance(body["uncertainty"], float) and isinstance(body["fallback"], bool)
+
+
+def test_concurrent_requests_are_merged_into_batches(app) -> None:
+    before = requests.get(app["url"] + "/v1/models", headers=AUTH, timeout=30).json()["batching"]
+    rng = np.random.default_rng(0)
+    bodies = [{"agent_id": f"burst-{i}", "observation": _obs(rng)} for i in range(48)]
+    with ThreadPoolExecutor(48) as pool:
+        codes = list(pool.map(lambda b: _post(app, b).status_code, bodies))
+    assert codes == [200] * 48
+    after = requests.get(app["url"] + "/v1/models", headers=AUTH, timeout=30).json()["batching"]
+    batches, served = after["batches"] - before["batches"], after["requests"] - before["requests"]
+    assert served == 48 and batches < 48  # more than one request per planner call
+    assert after["largest_batch"] > 1
+
+
+def test_batch_route_answers_in_order(app) -> None:
+    reqs = [{"agent_id": f"b-{i}", "observation": [0.05 * i] * 6} for i in range(5)]
+    r = _post(app, {"requests": reqs}, "/v1/plan/batch")
+    assert r.status_code == 200, r.text
+    assert len(r.json()["responses"]) == 5
+
+
+BAD = [
+    ({"agent_id": "x", "observation": [0.0] * 5}, "observation"),  # wrong length for the model
+    ('{"agent_id": "x", "observation": [NaN, 0, 0, 0, 0, 0]}', "observation"),
+    ('{"agent_id": "x", "observation": [Infinity, 0, 0, 0, 0, 0]}', "observation"),
+    ({"agent_id": "x", "observation": [1e12, 0, 0, 0, 0, 0]}, "observation"),
+    ({"agent_id": "x", "observation": [0.0] * 6, "objective": {"name": "fly-to-moon"}}, "objective"),
+    ({"agent_id": "x", "observation": [0.0] * 6, "objective": {"no_fly_zones": [[0, 0]]}}, "no_fly_zones"),
+    ({"agent_id": "x", "observation": [0.0] * 6, "colour": "red"}, "colour"),
+    ({"agent_id": "../etc", "observation": [0.0] * 6}, "agent_id"),
+    ({"observation": [0.0] * 6}, "agent_id"),
+    ({"agent_id": "x", "observation": "fast"}, "observation"),
+    ({"agent_id": "x", "observation": [0.0] * 6, "deadline_ms": -5}, "deadline_ms"),
+    ({"agent_id": "x", "observation": [0.0] * 6, "reward": "lots"}, "reward"),
+    ('{"agent_id": "x", "observation": [0, 0', "body"),  # malformed JSON
+    ("[]", "body"),
+]
+
+
+@pytest.mark.parametrize("body, field", BAD, ids=[f"bad{i}" for i in range(len(BAD))])
+def test_bad_input_is_a_4xx_naming_the_field(app, body: Any, field: str) -> None:
+    r = _post(app, body, raw=isinstance(body, str))
+    assert 400 <= r.status_code < 500, (r.status_code, r.text)
+    assert field in r.json()["error"], r.json()
+    assert _post(app, {"agent_id": "still-ok", "observation": [0.0] * 6}).status_code == 200
+
+
+def test_bad_batch_and_reset_inputs(app) -> None:
+    r = _post(app, {"requests": []}, "/v1/plan/batch")
+    assert r.status_code == 422 and "requests" in r.json()["error"]
+    r = _post(app, {"requests": [{"agent_id": "a", "observation": [0.0] * 6},
+                                 {"agent_id": "b", "observation": [0.0] * 3}]}, "/v1/plan/batch")
+    assert r.status_code == 422 and "requests.1.observation" in r.json()["error"]
+    assert _post(app, {}, "/v1/agents/bad id!/reset").status_code == 422
+
+
+def test_bearer_token_is_required(app) -> None:
+    body = {"agent_id": "auth", "observation": [0.0] * 6}
+    assert _post(app, body, headers={}).status_code == 401
+    assert _post(app, body, headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert "token" in _post(app, body, headers={}).json()["error"]
+    assert requests.get(app["url"] + "/v1/models", timeout=10).status_code == 401
+    assert requests.get(app["url"] + "/healthz", timeout=10).status_code == 200  # probes need no token
+
+
+def test_telemetry_is_logged_exactly_once_under_retries(app) -> None:
+    rng = np.random.default_rng(1)
+    agent, steps = "telemetry-agent", 6
+    for t in range(steps):
+        body = {"agent_id": agent, "observation": _obs(rng), "reward": None if t == 0 else -0.5 * t,
+                "done": t == steps - 1, "request_id": uuid.uuid4().hex}
+        first = _post(app, body).json()
+        for _ in range(2):  # the client timed out and retried the same request
+            again = _post(app, body).json()
+            assert again["replayed"] and again["plan_id"] == first["plan_id"]
+    shutdown_stats = _flush_telemetry()
+    assert shutdown_stats["written"] >= steps - 1
+    logged = read_transitions(str(app["logs"]))
+    mine = logged.select(np.flatnonzero(logged.agent_id == agent))
+    assert len(mine) == steps - 1  # every closed transition once, none twice
+    assert sorted(mine.t.tolist()) == list(range(steps - 1))
+    assert mine.terminateds.sum() == 1 and mine.rewards[np.argsort(mine.t)].tolist() == pytest.approx(
+        [-0.5 * t for t in range(1, steps)])
+
+
+def _flush_telemetry() -> dict[str, Any]:
+    import ray
+
+    from actors.common import NAMESPACE
+    logger = ray.get_actor("fleetwm-telemetry", namespace=NAMESPACE)
+    ray.get(logger.flush.remote())
+    return ray.get(logger.stats.remote())
+
+
+def test_reset_forgets_the_agent(app) -> None:
+    _post(app, {"agent_id": "forget-me", "observation": [0.0] * 6})
+    r = _post(app, {}, "/v1/agents/forget-me/reset")
+    assert r.status_code == 200 and r.json() == {"agent_id": "forget-me", "reset": True}
+    assert _post(app, {}, "/v1/agents/forget-me/reset").json()["reset"] is False
+
+
+def test_shadow_is_compared_not_returned(app) -> None:
+    rng = np.random.default_rng(2)
+    for t in range(4):
+        r = _post(app, {"agent_id": "shadowed", "observation": _obs(rng), "reward": None if t == 0 else 0.0})
+        assert r.json()["model_version"] == app["v1"]
+    time.sleep(0.5)
+    models = requests.get(app["url"] + "/v1/models", headers=AUTH, timeout=30).json()
+    assert models["shadow"]["model_version"] == app["v2"]
+    comparison = models["comparison"]
+    assert comparison["requests"] > 0 and comparison["mean_action_difference"] is not None
+    assert comparison["mean_prediction_error"]["shadow"] is not None
+
+
+def test_promotion_switches_the_served_version_under_load_without_errors(app) -> None:
+    stop, codes, versions = threading.Event(), [], []
+
+    def hammer(k: int) -> None:
+        rng = np.random.default_rng(k)
+        while not stop.is_set():
+            r = _post(app, {"agent_id": f"load-{k}", "observation": _obs(rng)})
+            codes.append(r.status_code)
+            if r.status_code == 200:
+                versions.append(r.json()["model_version"])
+
+    threads = [threading.Thread(target=hammer, args=(k,)) for k in range(8)]
+    for th in threads:
+        th.start()
+    try:
+        time.sleep(1.0)
+        app["registry"].promote(app["v2"], "production")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and (not versions or versions[-1] != app["v2"]):
+            time.sleep(0.2)
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        for th in threads:
+            th.join()
+    assert set(codes) == {200}, json.dumps(sorted(set(codes)))
+    assert versions[0] == app["v1"] and versions[-1] == app["v2"]
