@@ -3,20 +3,31 @@
 A model is trainable here when it has ``members`` and ``loss(*tensors) -> (E,)``
 taking per-member batches (E, B, ...). Rows are gathered for all members with one
 index tensor, so there is no Python loop over members.
+
+With a checkpoint file, ``fit`` saves everything the loop depends on after every
+epoch (weights, optimiser, best weights so far, history, the batching generator and
+torch's global generator), so a fit killed part way and called again with the same
+arguments continues from its last finished epoch and ends exactly where an
+uninterrupted fit would have.
 """
 
 from __future__ import annotations
 
 import copy
+import os
+import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Sequence
+from pathlib import Path
+from typing import Any, Sequence
 
 import torch
 from torch import nn
 from tqdm import tqdm
 
 from worldmodel.config import TrainConfig
+
+CHECKPOINT_FORMAT = "fleetwm.fit-checkpoint/1"
 
 
 @dataclass
@@ -29,6 +40,8 @@ class FitResult:
     seconds: float
     history: list[float] = field(default_factory=list)
     """Mean validation loss after each epoch."""
+    resumed_from: int = 0
+    """Epochs already finished in the checkpoint this fit resumed from (0 when it started fresh)."""
 
 
 def fit(
@@ -38,6 +51,7 @@ def fit(
     cfg: TrainConfig,
     desc: str = "fit",
     progress: bool = False,
+    checkpoint: str | Path | None = None,
 ) -> FitResult:
     """Fit ``model`` with AdamW and early stopping, restoring the best weights at the end.
 
@@ -49,6 +63,14 @@ def fit(
         cfg: epochs, batch size, optimiser, patience, bootstrap and seed.
         desc: progress bar label.
         progress: show a progress bar on stderr.
+        checkpoint: a file to save the fit's state to after every epoch, atomically; when it
+            exists the fit resumes from it (a finished fit just loads its final weights).
+
+    Returns:
+        The fit's summary; ``resumed_from`` says how many epochs came from the checkpoint.
+
+    Raises:
+        ValueError: no training or validation rows, or a checkpoint written by a different fit.
     """
     n = len(train[0])
     if n == 0 or len(val[0]) == 0:
@@ -66,8 +88,24 @@ def fit(
     val_loss_fn = getattr(model, "val_loss", model.loss)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     best_state, best_val, best_epoch, history = None, float("inf"), 0, []
-    start = time.perf_counter()
-    bar = tqdm(range(cfg.epochs), desc=desc, disable=not progress, leave=False, unit="epoch")
+    path = None if checkpoint is None else Path(checkpoint)
+    signature = _signature(cfg, desc, n, len(val[0]), members)
+    state = _load(path, signature) if path is not None else None
+    resumed_from, seconds_before = 0, 0.0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        resumed_from, seconds_before = len(state["history"]), state["seconds"]
+        best_val, best_epoch, history = state["best_val"], state["best_epoch"], list(state["history"])
+        torch.set_rng_state(state["torch_rng"])
+        if state["done"]:
+            model.eval()
+            return FitResult(len(history), best_epoch, best_val, seconds_before, history, resumed_from)
+        opt.load_state_dict(state["optimizer"])
+        best_state = state["best_state"]
+        gen.set_state(state["generator"])
+    start = time.perf_counter() - seconds_before
+    stopped = False
+    bar = tqdm(range(resumed_from, cfg.epochs), desc=desc, disable=not progress, leave=False, unit="epoch")
     for epoch in bar:
         model.train()
         order = torch.argsort(torch.rand(members, n, generator=gen), dim=1).to(device)
@@ -89,9 +127,57 @@ def fit(
             best_val, best_epoch = val_loss, epoch
             best_state = copy.deepcopy(model.state_dict())
         elif epoch - best_epoch >= cfg.patience:
+            stopped = True
+        if path is not None and not (stopped or epoch == cfg.epochs - 1):
+            _save(path, {"format": CHECKPOINT_FORMAT, "signature": signature, "done": False,
+                         "model": model.state_dict(), "optimizer": opt.state_dict(), "best_state": best_state,
+                         "best_val": best_val, "best_epoch": best_epoch, "history": history,
+                         "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
+                         "seconds": time.perf_counter() - start})
+        if stopped:
             break
     bar.close()
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
-    return FitResult(len(history), best_epoch, best_val, time.perf_counter() - start, history)
+    seconds = time.perf_counter() - start
+    if path is not None:
+        # The finished state is saved too, so a caller resuming a multi-stage run skips this stage.
+        _save(path, {"format": CHECKPOINT_FORMAT, "signature": signature, "done": True,
+                     "model": model.state_dict(), "best_val": best_val, "best_epoch": best_epoch,
+                     "history": history, "torch_rng": torch.get_rng_state(), "seconds": seconds})
+    return FitResult(len(history), best_epoch, best_val, seconds, history, resumed_from)
+
+
+def _signature(cfg: TrainConfig, desc: str, train_rows: int, val_rows: int, members: int) -> dict[str, Any]:
+    """What must match for a checkpoint to belong to this fit (the device may differ)."""
+    settings = {k: v for k, v in cfg.to_dict().items() if k != "device"}
+    return {"desc": desc, "train_rows": train_rows, "val_rows": val_rows, "members": members, "config": settings}
+
+
+def _load(path: Path, signature: dict[str, Any]) -> dict[str, Any] | None:
+    if not path.exists():
+        return None
+    # On the CPU: generator states must stay there; load_state_dict moves weights to the model's device.
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not a fit checkpoint (expected format {CHECKPOINT_FORMAT!r})")
+    if state["signature"] != signature:
+        raise ValueError(f"{path} was written by a different fit: it has {state['signature']}, this fit is "
+                         f"{signature}; remove it or use another checkpoint path")
+    return state
+
+
+def _save(path: Path, state: dict[str, Any]) -> None:
+    """Write ``state`` to a temp file beside ``path`` and rename it over ``path``: all or nothing."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -11,6 +11,7 @@ Shapes: ``B`` rows, ``W`` sequence windows, ``L`` window length, ``S`` state, ``
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -72,7 +73,7 @@ def sequence_windows(data: Transitions, length: int) -> np.ndarray:
 
 
 def _fit_dynamics(model: torch.nn.Module, split: Split, cfg: TrainConfig, device: torch.device,
-                  progress: bool) -> tuple[FitResult, dict[str, dict[str, torch.Tensor]]]:
+                  progress: bool, checkpoint: Path | None) -> tuple[FitResult, dict[str, dict[str, torch.Tensor]]]:
     """Fit the dynamics model; returns the fit and each split's tensors laid out as the model reads them."""
     cols = ("obs", "actions", "new_obs")
     parts = {name: tensors(getattr(split, name), device) for name in ("train", "val", "test")}
@@ -84,7 +85,7 @@ def _fit_dynamics(model: torch.nn.Module, split: Split, cfg: TrainConfig, device
             parts[name] = {c: part[c][index] for c in cols}  # (W, L, *)
     train, val = parts["train"], parts["val"]
     model.fit_normalizers(*(train[c] for c in cols))
-    result = fit(model, [train[c] for c in cols], [val[c] for c in cols], cfg, "dynamics", progress)
+    result = fit(model, [train[c] for c in cols], [val[c] for c in cols], cfg, "dynamics", progress, checkpoint)
     return result, parts
 
 
@@ -109,8 +110,14 @@ def train_world_model(
     train_cfg: TrainConfig | None = None,
     progress: bool = False,
     log: Callable[[str], None] = lambda message: None,
+    checkpoint_dir: str | Path | None = None,
 ) -> WorldModel:
     """Train dynamics, reward and (when the data has terminal states) termination models.
+
+    With ``checkpoint_dir``, each stage checkpoints to its own file there (``dynamics.pt``,
+    ``reward.pt``, ``termination.pt``; see ``fit``), so calling again with the same arguments
+    after a crash skips the finished stages, resumes the interrupted one, and returns the
+    model an uninterrupted run would have.
 
     Args:
         data: logged transitions of one environment.
@@ -119,6 +126,7 @@ def train_world_model(
         train_cfg: fitting settings (defaults: early-stopped AdamW, seed 0).
         progress: show progress bars on stderr.
         log: called with one line per stage.
+        checkpoint_dir: a directory for the stages' checkpoints, or None for none.
 
     Returns:
         The trained WorldModel with held-out test metrics in ``metrics``.
@@ -128,13 +136,16 @@ def train_world_model(
         raise ValueError(f"data has obs/action sizes ({data.obs_dim}, {data.act_dim}), "
                          f"but {spec.env_id or 'the env'} has ({spec.obs_dim}, {spec.act_dim})")
     device = resolve_device(train_cfg.device)
+    def stage_file(stage: str) -> Path | None:
+        return None if checkpoint_dir is None else Path(checkpoint_dir) / f"{stage}.pt"
+
     torch.manual_seed(train_cfg.seed)
     split = split_by_episode(data, train_cfg.val_fraction, train_cfg.test_fraction, train_cfg.seed)
     log(f"split {len(data)} transitions into {len(split.train)} train / {len(split.val)} val / "
         f"{len(split.test)} test rows by episode; training on {device}")
 
     dynamics = build_dynamics(spec, model_cfg).to(device)
-    dyn_fit, parts = _fit_dynamics(dynamics, split, train_cfg, device, progress)
+    dyn_fit, parts = _fit_dynamics(dynamics, split, train_cfg, device, progress, stage_file("dynamics"))
     val, test = parts["val"], parts["test"]
     flat = lambda x: x.reshape(-1, x.shape[-1])  # noqa: E731
     has_variance = dynamics.probabilistic or dynamics.members > 1
@@ -144,17 +155,18 @@ def train_world_model(
     mean, var = predict_rows(dynamics, test["obs"], test["actions"]).moments()
     dyn_metrics = regression_metrics(mean, flat(test["new_obs"]), var if has_variance else None,
                                      base=flat(test["obs"]))
-    log(f"dynamics: {dyn_fit.epochs} epochs, test R^2 min {dyn_metrics['r2_min']:.4f}")
+    log(f"dynamics: {dyn_fit.epochs} epochs{_resumed(dyn_fit)}, test R^2 min {dyn_metrics['r2_min']:.4f}")
 
     tr, va, te = (tensors(getattr(split, n), device) for n in ("train", "val", "test"))
     reward_cols = ("obs", "actions", "new_obs", "rewards")
     reward = build_reward(spec, model_cfg).to(device)
     reward.fit_normalizers(*(tr[c] for c in reward_cols))
-    rew_fit = fit(reward, [tr[c] for c in reward_cols], [va[c] for c in reward_cols], train_cfg, "reward", progress)
+    rew_fit = fit(reward, [tr[c] for c in reward_cols], [va[c] for c in reward_cols], train_cfg, "reward", progress,
+                  stage_file("reward"))
     with torch.no_grad():
         rew_pred = reward(te["obs"], te["actions"], te["new_obs"]).mean(0)
     rew_metrics = regression_metrics(rew_pred[:, None], te["rewards"][:, None])
-    log(f"reward: {rew_fit.epochs} epochs, test R^2 {rew_metrics['r2_min']:.4f}")
+    log(f"reward: {rew_fit.epochs} epochs{_resumed(rew_fit)}, test R^2 {rew_metrics['r2_min']:.4f}")
 
     termination, term_metrics, term_fit = None, None, None
     if data.terminateds.any():
@@ -162,11 +174,11 @@ def train_world_model(
         termination = build_termination(spec, model_cfg).to(device)
         termination.fit_normalizers(*(tr[c] for c in term_cols))
         term_fit = fit(termination, [tr[c] for c in term_cols], [va[c] for c in term_cols], train_cfg,
-                       "termination", progress)
+                       "termination", progress, stage_file("termination"))
         with torch.no_grad():
             term_metrics = classification_metrics(termination(te["obs"], te["actions"], te["new_obs"]).mean(0),
                                                   te["terminateds"])
-        log(f"termination: {term_fit.epochs} epochs, test accuracy {term_metrics['accuracy']:.4f}")
+        log(f"termination: {term_fit.epochs} epochs{_resumed(term_fit)}, test accuracy {term_metrics['accuracy']:.4f}")
 
     metrics: dict[str, Any] = {
         "data": {"transitions": len(data), "episodes": int(len(np.unique(data.eps_id.astype(str)))),
@@ -182,4 +194,9 @@ def train_world_model(
 def _fit_summary(result: FitResult | None) -> dict[str, Any]:
     assert result is not None
     return {"epochs": result.epochs, "best_epoch": result.best_epoch, "best_val_loss": result.best_val_loss,
-            "seconds": round(result.seconds, 3), "val_loss_history": [round(v, 6) for v in result.history]}
+            "seconds": round(result.seconds, 3), "val_loss_history": [round(v, 6) for v in result.history],
+            "resumed_from": result.resumed_from}
+
+
+def _resumed(result: FitResult) -> str:
+    return f" (resumed after {result.resumed_from})" if result.resumed_from else ""

@@ -1,9 +1,116 @@
-"""Placeholder: filled in by the issue-4/5 work (registers no subcommand yet)."""
+"""`wm learn`: retrain the world model from fleet logs on a learner actor, once or on a cron schedule."""
 
 from __future__ import annotations
 
 import argparse
+import sys
+import time
+from typing import Any, Callable
+
+import ray
+from ray.exceptions import RayTaskError
+
+from cluster.runtime import init_ray
+from learners.cron import parse
+from learners.learner import start_learner
+from learners.schedule import DEFAULT_CHECKPOINT_ROOT, DEFAULT_NAME, start_scheduler
+from worldmodel.config import DYNAMICS_KINDS, ModelConfig, TrainConfig
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    return None
+    p = sub.add_parser("learn", parents=[common],
+                       help="retrain from logs on a learner actor, compare with production, register")
+    p.add_argument("--data", required=True, metavar="URI", help="trajectory log directory or URI")
+    p.add_argument("--registry", required=True, metavar="URI", help="model registry directory or URI")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: an embedded local Ray)")
+    p.add_argument("--promote", action="store_true", help="promote the candidate when it beats production")
+    p.add_argument("--schedule", default=None, metavar="CRON",
+                   help='retrain on this UTC cron schedule, e.g. "0 3 * * *" (needs --address)')
+    p.add_argument("--scheduler-name", default=DEFAULT_NAME, help="name of the detached scheduler actor")
+    p.add_argument("--checkpoint-root", default=DEFAULT_CHECKPOINT_ROOT,
+                   help="training checkpoints, on the learner's node (a shared mount on a multi-node cluster)")
+    p.add_argument("--holdout-fraction", type=float, default=0.2, help="share of the newest episodes held out")
+    p.add_argument("--dynamics", choices=DYNAMICS_KINDS, default=ModelConfig.dynamics)
+    p.add_argument("--ensemble-size", type=int, default=ModelConfig.ensemble_size)
+    p.add_argument("--hidden", type=int, default=ModelConfig.hidden)
+    p.add_argument("--layers", type=int, default=ModelConfig.layers)
+    p.add_argument("--reward-hidden", type=int, default=None, help="reward/termination width (default: --hidden)")
+    p.add_argument("--reward-layers", type=int, default=None, help="reward/termination depth (default: --layers)")
+    p.add_argument("--epochs", type=int, default=TrainConfig.epochs)
+    p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
+    p.add_argument("--lr", type=float, default=TrainConfig.lr)
+    p.add_argument("--patience", type=int, default=TrainConfig.patience)
+    p.add_argument("--seed", type=int, default=TrainConfig.seed)
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    p.set_defaults(handler=run_learn)
+
+
+def _configs(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The learner's config dicts, validated here so a typo fails before Ray starts."""
+    model = ModelConfig(dynamics=args.dynamics, ensemble_size=1 if args.dynamics == "gru" else args.ensemble_size,
+                        hidden=args.hidden, layers=args.layers, reward_hidden=args.reward_hidden or args.hidden,
+                        reward_layers=args.reward_layers or args.layers)
+    train = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, patience=args.patience,
+                        seed=args.seed)
+    # The device stays 'auto': the learner trains on whatever its actor was given.
+    return model.to_dict(), {k: v for k, v in train.to_dict().items() if k != "device"}
+
+
+def run_learn(args: argparse.Namespace) -> dict[str, Any]:
+    model_cfg, train_cfg = _configs(args)
+    if not 0 < args.holdout_fraction < 1:
+        raise ValueError(f"--holdout-fraction must be in (0, 1), got {args.holdout_fraction}")
+    if args.schedule is not None:
+        parse(args.schedule)
+        if args.address in (None, "", "local"):
+            raise ValueError("--schedule needs a running cluster (--address): a detached scheduler started on "
+                             "this command's embedded Ray would die when the command exits")
+    verbose = not args.quiet
+    say: Callable[[str], None] = (lambda m: print(m, file=sys.stderr)) if verbose else (lambda m: None)
+    start = time.perf_counter()
+    info = init_ray(args.address, log_to_driver=verbose)
+    say(f"connected to Ray at {info.address} ({info.gpus:g} GPU(s))")
+    settings = {"model_cfg": model_cfg, "train_cfg": train_cfg, "holdout_fraction": args.holdout_fraction}
+    try:
+        if args.schedule is not None:
+            return _schedule(args, settings, say)
+        return _retrain_once(args, settings, say, start)
+    except RayTaskError as err:
+        # The learner's own error (bad logs, refused registry) reads better than Ray's wrapper.
+        cause = err.cause
+        raise (cause if isinstance(cause, Exception) else err) from None
+    finally:
+        if info.started:
+            ray.shutdown()
+
+
+def _retrain_once(args: argparse.Namespace, settings: dict[str, Any], say: Callable[[str], None],
+                  start: float) -> dict[str, Any]:
+    learner = start_learner(checkpoint_root=args.checkpoint_root)
+    say(f"retraining from {args.data} into {args.registry}")
+    try:
+        out = ray.get(learner.retrain.remote(args.data, args.registry, promote=args.promote, **settings))
+    finally:
+        ray.kill(learner)
+    holdout = out["holdout"]
+    result: dict[str, Any] = {"command": "learn", "data": args.data, "registry": args.registry, **out,
+                              "seconds": round(time.perf_counter() - start, 2)}
+    against = (f"production {holdout['production_version']}: {holdout['production']['score']:.4f}"
+               if holdout["production"] else "no production version")
+    result["_summary"] = [
+        f"{'found' if out['existing'] else 'registered'} {out['version']} ({out['stage']}) in {result['seconds']} s",
+        f"holdout score {holdout['candidate']['score']:.4f} vs {against} (lower is better)",
+        f"promoted: {out['promoted']}" + ("" if holdout["better"] else " (not better than production)"),
+    ]
+    return result
+
+
+def _schedule(args: argparse.Namespace, settings: dict[str, Any], say: Callable[[str], None]) -> dict[str, Any]:
+    handle = start_scheduler(args.schedule, args.data, args.registry, promote=args.promote,
+                             name=args.scheduler_name, checkpoint_root=args.checkpoint_root, **settings)
+    status = ray.get(handle.status.remote())
+    say(f"scheduler {args.scheduler_name!r} started")
+    result: dict[str, Any] = {"command": "learn", "scheduler": args.scheduler_name, **status}
+    result["_summary"] = [f"retraining {args.data} into {args.registry} on {args.schedule!r} (UTC) "
+                          f"as detached actor {args.scheduler_name!r}; next run {status['next_fire']}"]
+    return result
