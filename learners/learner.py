@@ -97,6 +97,10 @@ class Learner:
         """The actor's process id (tests kill it to exercise restarts)."""
         return os.getpid()
 
+    def node_id(self) -> str:
+        """The Ray node this learner runs on."""
+        return ray.get_runtime_context().get_node_id()
+
     def retrain(self, data_uri: str, registry_uri: str, *, model_cfg: dict[str, Any] | None = None,
                 train_cfg: dict[str, Any] | None = None, holdout_fraction: float = 0.2, promote: bool = False,
                 run_id: str | None = None) -> dict[str, Any]:
@@ -185,7 +189,8 @@ def _episodes(data: Transitions) -> int:
     return int(len(np.unique(data.eps_id.astype(str))))
 
 
-def start_learner(name: str | None = None, *, checkpoint_root: str, max_restarts: int = 3) -> ActorHandle:
+def start_learner(name: str | None = None, *, checkpoint_root: str, max_restarts: int = 3,
+                  **actor_options: Any) -> ActorHandle:
     """Start a Learner actor (or, with ``name``, reuse the one of that name in fleetwm's namespace).
 
     Its process may die mid-``retrain`` (node loss, OOM): Ray restarts it up to ``max_restarts``
@@ -195,11 +200,12 @@ def start_learner(name: str | None = None, *, checkpoint_root: str, max_restarts
         name: a name to find the learner by, or None for an anonymous one owned by the caller.
         checkpoint_root: where training checkpoints go (see ``Learner.__init__``).
         max_restarts: restarts of the actor, and retries of an interrupted call.
+        actor_options: more Ray actor options (e.g. ``resources`` to pick a node type).
     """
     if max_restarts < 0:
         raise ValueError(f"max_restarts must be >= 0, got {max_restarts}")
     options: dict[str, Any] = {"num_cpus": 1, "num_gpus": gpus_per_worker(), "max_restarts": max_restarts,
-                               "max_task_retries": max_restarts, "namespace": NAMESPACE}
+                               "max_task_retries": max_restarts, "namespace": NAMESPACE, **actor_options}
     if name is not None:
         options |= {"name": name, "get_if_exists": True}
     return ray.remote(Learner).options(**options).remote(checkpoint_root)

@@ -1,7 +1,8 @@
-"""Node loss on a three-node cluster (head + two workers on this machine, ray.cluster_utils.Cluster).
+"""Node loss on a multi-node cluster (head + worker nodes on this machine, ray.cluster_utils.Cluster).
 
 Removing the node that holds a state shard loses at most the updates of the last
-snapshot interval, and the shard carries on on another node.
+snapshot interval, and the shard carries on on another node; removing the node a
+learner trains on loses at most the epoch in progress, and training resumes elsewhere.
 """
 
 from __future__ import annotations
@@ -17,6 +18,11 @@ from ray.cluster_utils import Cluster
 
 from actors.common import NAMESPACE
 from actors.state import StateConfig, start_state_shards, stop_state_shards
+from learners.learner import start_learner
+from tests.worldmodel.conftest import TINY_MODEL, TINY_TRAIN
+from worldmodel.data import write_transitions
+from worldmodel.envs.collect import collect
+from worldmodel.registry import ModelRegistry
 
 pytestmark = pytest.mark.slow
 
@@ -69,3 +75,27 @@ def test_removing_a_shards_node_loses_at_most_the_snapshot_interval(cluster, tmp
         assert store.get_sync(["next"])[0]["t"] == 1
     finally:
         stop_state_shards(store)
+
+
+def test_removing_the_learners_node_resumes_training_on_another(cluster, tmp_path) -> None:
+    c, workers = cluster
+    workers["c"] = c.add_node(num_cpus=2, resources={"worker": 100}, object_store_memory=128 * 2**20)
+    c.wait_for_nodes()
+    logs, registry_uri, checkpoints = str(tmp_path / "logs"), str(tmp_path / "registry"), tmp_path / "ckpt"
+    write_transitions(logs, collect("Nav2D-v0", episodes=12, seed=0), env_id="Nav2D-v0")
+    learner = start_learner(checkpoint_root=str(checkpoints), resources={"worker": 1})
+    alive = {k: w for k, w in workers.items() if w in c.worker_nodes}
+    host = _node_of(ray.get(learner.node_id.remote()), alive)
+    train = {**TINY_TRAIN.to_dict(), "epochs": 40, "patience": 40}
+    model = {f: getattr(TINY_MODEL, f) for f in ("ensemble_size", "hidden", "layers", "reward_hidden",
+                                                "reward_layers")}
+    pending = learner.retrain.remote(logs, registry_uri, model_cfg=model, train_cfg=train, run_id="node-loss")
+    deadline = time.monotonic() + 120
+    while not (checkpoints / "node-loss" / "dynamics.pt").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    c.remove_node(host)  # mid-training, with at least one epoch checkpointed
+
+    result = ray.get(pending, timeout=240)
+    assert result["resumed"] and result["resumed_from"]["dynamics"] > 0
+    assert ray.get(learner.node_id.remote()) != host.node_id
+    assert [v.version for v in ModelRegistry(registry_uri).versions()] == [result["version"]]
