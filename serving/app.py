@@ -137,15 +137,19 @@ class FleetIngress:
         self.engine = PlanEngine(planner, store, telemetry, shadow, self.metrics, self.cfg.default_deadline_ms)
         self._spec: dict[str, Any] | None = None
         self._spec_at = 0.0
+        self._spec_lock = asyncio.Lock()
+        self._refresh: asyncio.Task[None] | None = None
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Batching knobs, adjustable at run time through the deployment's ``user_config``."""
         self._batched.set_max_batch_size(int(user_config.get("max_batch_size", 256)))
-        self._batched.set_batch_wait_timeout_s(float(user_config.get("batch_wait_timeout_s", 0.003)))
+        self._batched.set_batch_wait_timeout_s(float(user_config.get("batch_wait_timeout_s", 0.002)))
 
-    @serve.batch(max_batch_size=256, batch_wait_timeout_s=0.003)
+    # Several batches may be formed at once (max_concurrent_batches): they do not wait in line
+    # here but join the engine's queue, whose cycles merge them into one planner call.
+    @serve.batch(max_batch_size=256, batch_wait_timeout_s=0.002, max_concurrent_batches=64)
     async def _batched(self, items: list[tuple[PlanRequest, float]]) -> list[dict[str, Any]]:
-        return await self.engine.run([r for r, _ in items], [t for _, t in items])
+        return await self.engine.submit([r for r, _ in items], [t for _, t in items])
 
     # -- routes ---------------------------------------------------------------------------
     @api.post("/v1/plan", response_model=PlanResponse, response_model_exclude_none=True)
@@ -210,9 +214,26 @@ class FleetIngress:
                             headers={"WWW-Authenticate": "Bearer"})
 
     async def _model_spec(self) -> dict[str, Any]:
-        if self._spec is None or time.monotonic() - self._spec_at > 2.0:  # follows version switches
-            self._spec, self._spec_at = await self.planner.info.remote(), time.monotonic()
+        """The served model's spec, refreshed in the background (follows version switches).
+
+        Only the very first request waits for it; one refresh at a time, never one per request,
+        so a burst does not flood the planner deployment with info calls queued behind batches.
+        """
+        if self._spec is None:
+            async with self._spec_lock:
+                if self._spec is None:
+                    self._spec, self._spec_at = await self.planner.info.remote(), time.monotonic()
+        elif self._refresh is None and time.monotonic() - self._spec_at > 2.0:
+            self._refresh = asyncio.get_running_loop().create_task(self._refresh_spec())
         return self._spec
+
+    async def _refresh_spec(self) -> None:
+        try:
+            self._spec = await self.planner.info.remote()
+        except Exception as err:  # keep the last known spec; the next request tries again
+            logger.warning("could not refresh the served model's spec: %s", err)
+        finally:
+            self._spec_at, self._refresh = time.monotonic(), None
 
     async def _check(self, req: PlanRequest, prefix: str) -> None:
         """What depends on the served model: observation length, objective and zones."""

@@ -31,9 +31,9 @@ class AppConfig:
     """Agent-state shards."""
     service: dict[str, Any] = field(default_factory=dict)
     """Planner settings (``ServiceConfig`` fields)."""
-    batching: dict[str, Any] = field(default_factory=lambda: {"max_batch_size": 256, "batch_wait_timeout_s": 0.003})
+    batching: dict[str, Any] = field(default_factory=lambda: {"max_batch_size": 256, "batch_wait_timeout_s": 0.002})
     """``@serve.batch`` knobs, the ingress's ``user_config`` (change them without a redeploy)."""
-    max_ongoing_requests: int = 1024
+    max_ongoing_requests: int = 2048
     """Requests one ingress replica holds at once: at least the batch size, or batches stay small."""
     default_deadline_ms: float | None = None
     """Planning deadline for requests that do not give one (None: no deadline)."""

@@ -38,10 +38,11 @@ def deploy(model: str, *, port: int, host: str = "127.0.0.1", registry_uri: str 
            shadow: str | None = None, log_uri: str | None = None, token: str | None = None,
            state: StateConfig | None = None, service: dict[str, Any] | None = None,
            default_deadline_ms: float | None = None, batching: dict[str, Any] | None = None,
-           timeout_s: float = 120.0) -> str:
+           timeout_s: float = 120.0, **settings: Any) -> str:
     """Run the fleet endpoint on the connected Ray and wait until it answers; returns its base URL.
 
-    Args are ``AppConfig`` fields; ``port``/``host`` are Serve's HTTP options.
+    Args are ``AppConfig`` fields (``settings`` takes the rest, e.g. ``ingress_autoscaling``);
+    ``port``/``host`` are Serve's HTTP options.
     """
     if not ray.is_initialized():
         raise RuntimeError("connect to Ray first (cluster.runtime.init_ray)")
@@ -50,6 +51,7 @@ def deploy(model: str, *, port: int, host: str = "127.0.0.1", registry_uri: str 
                             "default_deadline_ms": default_deadline_ms}
     if batching:
         args["batching"] = batching
+    args.update(settings)
     cfg = AppConfig(**args)
     serve.start(http_options={"host": host, "port": port})
     serve.run(build(cfg.to_dict()), name=APP_NAME, route_prefix="/", blocking=False)

@@ -1,12 +1,14 @@
 """The per-batch path of the fleet endpoint: Ray hops are paid per batch, never per request.
 
-For a batch of requests (merged by ``@serve.batch`` in the ingress):
+Requests merged by ``@serve.batch`` in the ingress are queued; each cycle takes every request
+queued so far (see ``PlanEngine.submit``) and:
 
 1. one read of the agents' records from the state shards (one call per shard, in parallel);
 2. retries (same agent and ``request_id`` as the record) are answered from the record;
 3. each request's observation and reward close the agent's previous transition;
 4. one call to the planner deployment plans every agent, warm-started from its record;
-5. one write of the new records, and one call to the telemetry logger with the closed transitions;
+5. one write of the new records and one call to the telemetry logger with the closed transitions,
+   submitted before the answers go back and finished while they travel;
 6. with a shadow version, a background task plans the same batch with it and compares.
 
 Shapes: ``N`` requests in the batch, ``S`` observation, ``A`` action, ``H`` horizon.
@@ -53,12 +55,47 @@ class PlanEngine:
     """Runs batches of plan requests against the planner deployment, the state shards and the logger."""
 
     def __init__(self, planner: Any, store: AgentStateStore, telemetry: Any | None, shadow: Any | None,
-                 metrics: ServingMetrics, default_deadline_ms: float | None) -> None:
+                 metrics: ServingMetrics, default_deadline_ms: float | None, max_batch: int = 1024) -> None:
         self.planner, self.store, self.telemetry, self.shadow = planner, store, telemetry, shadow
         self.metrics, self.default_deadline_ms = metrics, default_deadline_ms
         self.shadow_stats = ShadowStats()
         self.batches = self.requests = self.largest_batch = 0
         self._background: set[asyncio.Task[None]] = set()
+        self.max_batch = max_batch
+        self._queue: asyncio.Queue[tuple[PlanRequest, float, asyncio.Future[dict[str, Any]]]] = asyncio.Queue()
+        self._cycler: asyncio.Task[None] | None = None
+
+    async def submit(self, requests: list[PlanRequest], arrived: list[float]) -> list[dict[str, Any]]:
+        """Queue requests for the next cycle and wait for their answers (in order).
+
+        ``@serve.batch`` forms its next batch while the previous one is still being planned and
+        would queue it, small, behind that one. Here every cycle takes *all* requests queued
+        while the previous cycle ran: under load, batches grow until a cycle keeps up with the
+        arrival rate, and each cycle pays the Ray hops once.
+        """
+        loop = asyncio.get_running_loop()
+        futures = [loop.create_future() for _ in requests]
+        for item in zip(requests, arrived, futures):
+            self._queue.put_nowait(item)
+        if self._cycler is None or self._cycler.done():
+            self._cycler = loop.create_task(self._cycle())
+        return list(await asyncio.gather(*futures))
+
+    async def _cycle(self) -> None:
+        while True:
+            items = [await self._queue.get()]
+            while not self._queue.empty() and len(items) < self.max_batch:
+                items.append(self._queue.get_nowait())
+            try:
+                answers = await self.run([r for r, _, _ in items], [a for _, a, _ in items])
+            except Exception as err:  # every waiter of this cycle gets the error; the loop goes on
+                for _, _, future in items:
+                    if not future.done():
+                        future.set_exception(err)
+                continue
+            for (_, _, future), answer in zip(items, answers):
+                if not future.done():
+                    future.set_result(answer)
 
     async def run(self, requests: list[PlanRequest], arrived: list[float]) -> list[dict[str, Any]]:
         """Answer a batch in order. An agent that appears twice is answered in two passes, in order."""
@@ -134,11 +171,10 @@ class PlanEngine:
                 "predicted": None if ended else result["trajectory"][i, 1],
                 "eps_id": rec["eps_id"] if continuing else f"{req.agent_id}-{uuid.uuid4().hex[:12]}",
                 "t": rec["t"] + 1 if continuing else 0, "updated": now})
-        # The records are written before anyone is answered: a retry then finds its answer.
-        writes = [self.store.put(records_out)]
-        if self.telemetry is not None and transitions:
-            writes.append(self.telemetry.log.remote(transitions))
-        await asyncio.gather(*writes)
+        # The writes are submitted now and finish while the answers travel back. A retry of one of
+        # these requests reaches the shard after this write (calls from one process to one actor run
+        # in submission order), so it finds its answer; the logger drops repeats by (episode, step).
+        self._spawn(self._write(records_out, transitions))
         self._observe(n, version, result, errors, len(transitions))
         if self.shadow is not None:
             self._spawn(self._compare_shadow(batch, result["actions"], transitions))
@@ -190,6 +226,15 @@ class PlanEngine:
             m.prediction_error.observe(e, tags={"model_version": v, "role": "production"})
         if logged:
             m.logged.inc(logged)
+
+    async def _write(self, records: list[Record], transitions: list[dict[str, Any]]) -> None:
+        writes = [self.store.put(records)]
+        if self.telemetry is not None and transitions:
+            writes.append(self.telemetry.log.remote(transitions))
+        try:
+            await asyncio.gather(*writes)
+        except Exception as err:  # the shards and the logger retry on restart; say what was lost if not
+            logger.error("writing %d agent records / %d transitions failed: %s", len(records), len(transitions), err)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)

@@ -1,72 +1,114 @@
-"""`wm demo`: the main job end to end on Nav2D: collect logs, train a world model, plan for a fleet."""
+"""`wm demo`: the whole product on a local Ray, end to end on Nav2D.
+
+A simulated fleet logs random episodes, a learner actor trains a world model from those
+logs and registers it, the registry promotes it, Ray Serve comes up with it behind
+HAProxy, and a fleet of agents drives closed loop through HTTP while the endpoint logs
+their transitions back for the next retrain. The report prints success, zone
+violations, latency percentiles and plans/s, and writes a PNG.
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import dataclasses
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from cluster.commands import model as model_cmds
-from cluster.commands import plan as plan_cmds
+import ray
 
-# The model size and planner settings of the measured Nav2D closed-loop results (README).
-PLANNING_MODEL = ["--hidden", "64", "--layers", "2"]
-PLANNER = ["--planner", "cem", "--horizon", "20", "--samples", "32", "--iterations", "3"]
+from actors.fleet import simulate_fleet
+from actors.state import StateConfig
+from cluster.commands.fleet_report import plot_fleet
+from cluster.commands.serve import start_ray_for_serving
+from cluster.runtime import free_port
+from learners.learner import start_learner
+from serving.deploy import deploy, shutdown_app
+from serving.fleet import FleetTrace, drive_fleet
+from worldmodel.data import read_transitions
+from worldmodel.registry import ModelRegistry
+
+# The planning model of the measured Nav2D closed-loop results (README): a 5 x 64x2 ensemble.
+PLANNING_MODEL = {"ensemble_size": 5, "hidden": 64, "layers": 2, "reward_hidden": 64, "reward_layers": 2}
+SERVED_PLANNER = {"planner": "cem", "plan": {"horizon": 20, "samples": 32, "iterations": 1}}
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser("demo", parents=[common], help="collect Nav2D logs, train a world model, plan with it")
-    p.add_argument("--out", default="runs/demo", help="working directory (logs/ and model/ are written here)")
-    p.add_argument("--episodes", type=int, default=100)
-    p.add_argument("--agents", type=int, default=32, help="agents planned for together in the closed loop")
+    p = sub.add_parser("demo", parents=[common],
+                       help="on a local Ray: simulate a fleet, learn a model, serve it, drive a fleet over HTTP")
+    p.add_argument("--out", default="runs/demo", help="working directory (logs, registry, report)")
+    p.add_argument("--episodes", type=int, default=100, help="random episodes the simulated fleet logs first")
+    p.add_argument("--agents", type=int, default=32, help="agents driving closed loop through the endpoint")
+    p.add_argument("--hz", type=float, default=10.0, help="each agent's control rate")
+    p.add_argument("--seconds", type=float, default=30.0, help="how long the fleet drives")
+    p.add_argument("--no-fly-zones", type=int, default=2, metavar="Z")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(handler=run_demo)
 
 
-def _run(argv: list[str]) -> dict[str, Any]:
-    """Run one `wm` subcommand in process, parsed with its real defaults."""
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--json", action="store_true")
-    parser = argparse.ArgumentParser(prog="wm")
-    sub = parser.add_subparsers(dest="command")
-    for register in (model_cmds.register, plan_cmds.register):
-        register(sub, common)
-    args = parser.parse_args(argv)
-    result = args.handler(args)
-    result.pop("_summary", None)
-    return result
-
-
 def run_demo(args: argparse.Namespace) -> dict[str, Any]:
-    out = Path(args.out)
-    logs, model_dir = out / "logs", out / "model"
-    if logs.exists():
-        raise FileExistsError(f"{logs} already exists; pass another --out or remove it")
-    say = (lambda m: None) if args.json else (lambda m: print(m, file=sys.stderr, flush=True))
-    quiet = ["--json"] if args.json else []
+    out = Path(args.out).absolute()
+    logs, served_logs, registry_dir = out / "logs", out / "served-logs", out / "registry"
+    if logs.exists() or registry_dir.exists():
+        raise FileExistsError(f"{out} already holds a demo; pass another --out or remove it")
+    if args.episodes < 2 or args.agents < 1 or args.seconds <= 0 or args.hz <= 0:
+        raise ValueError("--episodes must be >= 2, --agents >= 1, --seconds and --hz > 0")
+    say: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     start = time.perf_counter()
-    say(f"[1/3] collecting {args.episodes} random Nav2D episodes into {logs}")
-    collected = _run(["collect", "--env", "Nav2D-v0", "--episodes", str(args.episodes), "--out", str(logs),
-                      "--seed", str(args.seed), *quiet])
-    say(f"[2/3] training a dynamics ensemble, reward and termination models into {model_dir}")
-    trained = _run(["train", "--data", str(logs), "--out", str(model_dir), "--seed", str(args.seed), *PLANNING_MODEL,
-                    *quiet])
-    say(f"[3/3] planning for {args.agents} agents at once with CEM on the learned model, no-fly zones on")
-    evaluated = _run(["eval", "--model", str(model_dir), "--agents", str(args.agents), "--episodes",
-                      str(args.agents), "--no-fly-zones", "2", "--seed", str(args.seed + 1), *PLANNER, *quiet])
-    dyn = trained["metrics"]["dynamics"]
-    result = {"command": "demo", "collect": collected, "train": trained, "eval": evaluated,
-              "seconds": round(time.perf_counter() - start, 1)}
-    result["_summary"] = [
-        f"fleetwm demo: {collected['episodes']} random episodes, {collected['transitions']} transitions logged",
-        f"world model v{trained['version']}: test R^2 min {dyn['r2_min']:.4f}, "
-        f"2-sigma coverage {dyn['coverage_2sigma_mean']:.3f}, reward R^2 {trained['metrics']['reward']['r2'][0]:.4f}",
-        f"closed loop: {evaluated['episodes']} episodes, success {evaluated['success_rate']:.0%}, "
-        f"{evaluated['violations']} steps in no-fly zones, {evaluated['fallbacks']} fallbacks",
-        f"planning {evaluated['plan_ms_mean']:.1f} ms per step for {args.agents} agents "
-        f"(p99 {evaluated['plan_ms_p99']:.1f}), {evaluated['plans_per_s']:.0f} plans/s",
-        f"plots: {trained['png']}; done in {result['seconds']} s",
+    state = StateConfig(shards=2, snapshot_uri=str(out / "agent-state"), name="demo-agent-state")
+
+    say("[1/5] starting a local Ray (Serve's HTTP ingress: HAProxy)")
+    start_ray_for_serving(None, "haproxy")
+    try:
+        say(f"[2/5] a simulated fleet of 2 actors logs {args.episodes} random Nav2D episodes to {logs}")
+        fleet = simulate_fleet("Nav2D-v0", str(logs), simulators=2, episodes=args.episodes // 2, seed=args.seed,
+                               env_kwargs={"num_no_fly_zones": args.no_fly_zones})
+        say(f"[3/5] a learner actor trains a {PLANNING_MODEL['ensemble_size']} x {PLANNING_MODEL['hidden']}x"
+            f"{PLANNING_MODEL['layers']} ensemble from the logs (through Ray Data) and registers it")
+        learner = start_learner(checkpoint_root=str(out / "checkpoints"))
+        learned = ray.get(learner.retrain.remote(str(logs), str(registry_dir), model_cfg=PLANNING_MODEL,
+                                                 train_cfg={"seed": args.seed}, promote=True))
+        ray.kill(learner)
+        version = ModelRegistry(str(registry_dir)).get("production").version
+        say(f"[4/5] Ray Serve comes up with v{version} (registry stage 'production')")
+        url = deploy("production", registry_uri=str(registry_dir), log_uri=str(served_logs), port=free_port(),
+                     state=state, service=SERVED_PLANNER)
+        say(f"[5/5] {args.agents} agents drive closed loop at {args.hz:g} Hz for {args.seconds:g} s through {url}")
+        trace = FleetTrace()
+        result = asyncio.run(drive_fleet(url, agents=args.agents, hz=args.hz, seconds=args.seconds,
+                                         env_id="Nav2D-v0", no_fly_zones=args.no_fly_zones, seed=args.seed + 1,
+                                         progress=say, trace=trace))
+        telemetry = shutdown_app(state)["telemetry"]
+    finally:
+        ray.shutdown()
+    drove = dataclasses.asdict(result)
+    plot_fleet(trace, out / "fleet.png", f"wm demo: {args.agents} agents at {args.hz:g} Hz through Ray Serve, "
+               f"model v{version}")
+    served = read_transitions(str(served_logs)) if served_logs.exists() else None
+    report = {"command": "demo", "out": str(out), "fleet_logs": fleet, "learn": learned, "served_version": version,
+              "url": url, "drive": drove, "telemetry": telemetry,
+              "served_transitions_logged": 0 if served is None else len(served),
+              "png": str(out / "fleet.png"), "seconds": round(time.perf_counter() - start, 1)}
+    lat = drove["latency_ms"]
+    report["_summary"] = [
+        f"fleetwm demo in {report['seconds']} s on a local Ray",
+        f"logs: {fleet['transitions']} transitions from {fleet['episodes']} random episodes",
+        f"model v{version}: {_holdout_line(learned)}",
+        f"served over HTTP: {drove['requests']} requests from {args.agents} agents at {drove['rate_hz']:.1f} req/s, "
+        f"latency p50 {lat['p50']:.1f} / p95 {lat['p95']:.1f} / p99 {lat['p99']:.1f} ms, {drove['errors']} errors",
+        f"closed loop: {drove['episodes']} episodes, success {drove['success_rate']:.0%}, "
+        f"{drove['violations']} steps in no-fly zones, {drove['fallbacks']} fallbacks",
+        f"telemetry: {report['served_transitions_logged']} served transitions logged to {served_logs} "
+        "for the next retrain",
+        f"plot: {report['png']}",
     ]
-    return result
+    return report
+
+
+def _holdout_line(learned: dict[str, Any]) -> str:
+    holdout = learned.get("holdout") or {}
+    score = (holdout.get("candidate") or {}).get("score")
+    return "holdout score " + (f"{score:.4f}" if isinstance(score, float) else "n/a") + \
+        f", promoted to production: {learned.get('promoted')}"

@@ -39,12 +39,13 @@ def add_serve_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--planner", choices=sorted(PLANNERS), default="cem")
     p.add_argument("--horizon", type=int, default=20)
     p.add_argument("--samples", type=int, default=32)
-    p.add_argument("--iterations", type=int, default=2)
+    p.add_argument("--iterations", type=int, default=1,
+                   help="CEM rounds per request (1 suffices with warm starts: README, serving results)")
     p.add_argument("--deadline-ms", type=float, default=None,
                    help="planning deadline for requests that give none (default: none)")
     p.add_argument("--state-dir", default=None, help="snapshot agent state here (default: no snapshots)")
     p.add_argument("--max-batch-size", type=int, default=256)
-    p.add_argument("--batch-wait-ms", type=float, default=3.0)
+    p.add_argument("--batch-wait-ms", type=float, default=2.0)
 
 
 def app_kwargs(args: argparse.Namespace) -> dict[str, Any]:
