@@ -10,6 +10,7 @@ BENCHMARKS = [
     "benchmarks.nav2d_closed_loop",
     "benchmarks.plan_throughput",
     "benchmarks.pendulum_mbrl",
+    "benchmarks.serve_fleet",
 ]
 
 

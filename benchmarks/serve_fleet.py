@@ -32,7 +32,7 @@ from typing import Any, Iterator
 import requests
 
 from benchmarks.common import record, wm
-from benchmarks.nav2d_closed_loop import ARTICLE_MODEL, MODEL, PLANNER
+from benchmarks.nav2d_closed_loop import ARTICLE_MODEL, MODEL, SERVED_PLANNER
 from cluster.runtime import free_port
 from serving.client import FleetClient
 from serving.fleet import FleetResult, FleetTrace, drive_fleet
@@ -154,21 +154,26 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         url = f"http://127.0.0.1:{port}"
         deadline = ["--deadline-ms", str(args.deadline_ms)] if args.deadline_ms else []
         serve_cmd = [sys.executable, "-m", "cluster", "serve", "--model", ours["model_dir"], "--port", str(port),
-                     *PLANNER, *deadline, "--json"]
+                     *SERVED_PLANNER, *deadline, "--json"]
         say(f"starting `wm serve` on {url}")
+        counts = [int(a) for a in str(args.agents).split(",")]
         trace = FleetTrace() if args.png else None
+        rows: list[dict[str, Any]] = []
         with running(serve_cmd, url, Path(tmp, "serve.log")):
             warm_up(url)
-            asyncio.run(drive_fleet(url, args.agents, args.hz, 2.0, no_fly_zones=args.no_fly_zones,
-                                    seed=args.seed + 100))  # and batches of the sizes the fleet makes
-            say(f"fleetwm: {args.agents} agents at {args.hz:g} Hz, {args.no_fly_zones} zones, {args.seconds:g} s")
-            ours_result = asyncio.run(drive_fleet(url, args.agents, args.hz, args.seconds,
-                                                  no_fly_zones=args.no_fly_zones, seed=args.seed + 1,
-                                                  progress=say, trace=trace))
+            for n in counts:
+                asyncio.run(drive_fleet(url, n, args.hz, 2.0, no_fly_zones=args.no_fly_zones,
+                                        seed=args.seed + 100))  # and batches of the sizes this fleet makes
+                say(f"fleetwm: {n} agents at {args.hz:g} Hz, {args.no_fly_zones} zones, {args.seconds:g} s")
+                result = asyncio.run(drive_fleet(url, n, args.hz, args.seconds, no_fly_zones=args.no_fly_zones,
+                                                 seed=args.seed + 1, progress=say,
+                                                 trace=trace if n == counts[-1] else None))
+                rows.append({"agents": n} | _row(result))
+        ours_result = result
         if trace is not None:
             from cluster.commands.fleet_report import plot_fleet
 
-            plot_fleet(trace, Path(args.png), f"fleetwm Serve: {args.agents} Nav2D agents at {args.hz:g} Hz")
+            plot_fleet(trace, Path(args.png), f"fleetwm Serve: {counts[-1]} Nav2D agents at {args.hz:g} Hz")
 
         port = free_port()
         url = f"http://127.0.0.1:{port}"
@@ -177,17 +182,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         say(f"starting the article's FastAPI service on {url}")
         with running(ref_cmd, url, Path(tmp, "reference.log")):
             warm_up(url)
-            reference = reference_ladder(url, args.hz, args.reference_seconds, args.seed + 1, args.agents)
+            reference = reference_ladder(url, args.hz, args.reference_seconds, args.seed + 1, counts[-1])
 
     lat = ours_result.latency_ms
     target_met = (lat["p99"] <= TARGET["p99_ms"] and ours_result.errors == TARGET["errors"]
                   and ours_result.success_rate >= TARGET["success_rate"]
                   and ours_result.rate_per_agent_hz >= 0.95 * args.hz)
     return {"target": TARGET, "target_met": target_met,
-            "fleetwm": {"stack": "wm serve: Ray Serve behind HAProxy, batched CEM H20 K32 x3, 5x64x2 ensemble",
-                        "settings": {"serve": [*PLANNER, *deadline], "agents": args.agents, "hz": args.hz,
+            "fleetwm": {"stack": "wm serve: Ray Serve behind HAProxy, batched CEM H20 K32 x1, 5x64x2 ensemble",
+                        "settings": {"serve": [*SERVED_PLANNER, *deadline], "agents": counts[-1], "hz": args.hz,
                                      "seconds": args.seconds, "no_fly_zones": args.no_fly_zones,
                                      "deadline_ms": args.deadline_ms}} | _row(ours_result),
+            "fleetwm_by_agents": rows,
             "article": {"stack": "FastAPI + uvicorn, gradient MPC H15 (10 Adam steps), 1x64x2 MLP, "
                                  "one agent per request, 1 thread", "no_fly_zones": 0} | reference,
             "model_r2_min": ours["metrics"]["dynamics"]["r2_min"], "png": args.png}
@@ -195,7 +201,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--agents", type=int, default=100)
+    parser.add_argument("--agents", default="10,30,100", help="agent counts, the last one is the target's")
     parser.add_argument("--hz", type=float, default=10.0)
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--no-fly-zones", type=int, default=2)

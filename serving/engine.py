@@ -62,6 +62,7 @@ class PlanEngine:
         self.batches = self.requests = self.largest_batch = 0
         self._background: set[asyncio.Task[None]] = set()
         self.max_batch = max_batch
+        self._served_version: str | None = None
         self._queue: asyncio.Queue[tuple[PlanRequest, float, asyncio.Future[dict[str, Any]]]] = asyncio.Queue()
         self._cycler: asyncio.Task[None] | None = None
 
@@ -222,6 +223,11 @@ class PlanEngine:
         if fallbacks:
             m.fallbacks.inc(fallbacks, tags=tags)
         m.disagreement.set(float(np.mean(result["uncertainty"])), tags=tags)
+        if version != self._served_version:  # the gauge names the served version; the old one drops to 0
+            if self._served_version is not None:
+                m.version.set(0, tags={"model_version": self._served_version, "role": "production"})
+            m.version.set(1, tags={"model_version": version, "role": "production"})
+            self._served_version = version
         for v, e in errors:
             m.prediction_error.observe(e, tags={"model_version": v, "role": "production"})
         if logged:

@@ -246,7 +246,8 @@ def test_build_names_mismatched_column():
         terminateds=np.zeros(b), truncateds=np.zeros(b), eps_id=["e"] * b, agent_id="a", t=np.arange(b),
     )
     Transitions.build(**args)
-    wrong_lengths = [("rewards", np.zeros(3)), ("t", np.arange(5)), ("eps_id", ["e"] * 3), ("actions", np.zeros((3, A)))]
+    wrong_lengths = [("rewards", np.zeros(3)), ("t", np.arange(5)), ("eps_id", ["e"] * 3),
+                     ("actions", np.zeros((3, A)))]
     for name, bad in wrong_lengths:
         with pytest.raises(ValueError, match=f"column '{name}'"):
             Transitions.build(**{**args, name: bad})
