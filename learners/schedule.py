@@ -62,6 +62,9 @@ class RetrainScheduler:
         self._learner: ActorHandle | None = None
         self._loop: asyncio.Task[None] | None = None
         self._lock: asyncio.Lock | None = None
+        # The loop starts as soon as the actor's event loop runs, so a scheduler that Ray restarted
+        # (after its node died) fires again without anyone calling it.
+        asyncio.get_event_loop().call_soon(self._start)
 
     async def status(self) -> dict[str, Any]:
         """The schedule, the next fire time, whether a run is in progress, and the recent runs (oldest first)."""
@@ -77,7 +80,7 @@ class RetrainScheduler:
         return await self._run("manual")
 
     def _start(self) -> None:
-        # Started from the first call, inside the actor's event loop (the constructor runs outside it).
+        # Runs inside the actor's event loop (scheduled by the constructor, which runs before it).
         if self._loop is None:
             self._lock = asyncio.Lock()
             self._loop = asyncio.get_running_loop().create_task(self._every_fire_time())
@@ -144,7 +147,8 @@ def start_scheduler(cron: str, data_uri: str, registry_uri: str, *, promote: boo
             if time.monotonic() > deadline:
                 raise TimeoutError(f"the old scheduler {name!r} still holds its name after {replace_timeout_s} s")
             time.sleep(0.1)
-    remote = ray.remote(RetrainScheduler).options(name=name, namespace=NAMESPACE, lifetime="detached", num_cpus=0)
+    remote = ray.remote(RetrainScheduler).options(name=name, namespace=NAMESPACE, lifetime="detached", num_cpus=0,
+                                                  max_restarts=-1)
     handle = remote.remote(cron, data_uri, registry_uri, promote=promote, checkpoint_root=checkpoint_root,
                            model_cfg=model_cfg, train_cfg=train_cfg, holdout_fraction=holdout_fraction)
     ray.get(handle.status.remote())
