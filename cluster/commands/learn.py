@@ -10,11 +10,11 @@ from typing import Any, Callable
 import ray
 from ray.exceptions import RayTaskError
 
+from cluster.commands.model import add_model_options, configs_from_args
 from cluster.runtime import init_ray
 from learners.cron import parse
 from learners.learner import start_learner
 from learners.schedule import DEFAULT_CHECKPOINT_ROOT, DEFAULT_NAME, start_scheduler
-from worldmodel.config import DYNAMICS_KINDS, ModelConfig, TrainConfig
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -30,28 +30,14 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--checkpoint-root", default=DEFAULT_CHECKPOINT_ROOT,
                    help="training checkpoints, on the learner's node (a shared mount on a multi-node cluster)")
     p.add_argument("--holdout-fraction", type=float, default=0.2, help="share of the newest episodes held out")
-    p.add_argument("--dynamics", choices=DYNAMICS_KINDS, default=ModelConfig.dynamics)
-    p.add_argument("--ensemble-size", type=int, default=ModelConfig.ensemble_size)
-    p.add_argument("--hidden", type=int, default=ModelConfig.hidden)
-    p.add_argument("--layers", type=int, default=ModelConfig.layers)
-    p.add_argument("--reward-hidden", type=int, default=None, help="reward/termination width (default: --hidden)")
-    p.add_argument("--reward-layers", type=int, default=None, help="reward/termination depth (default: --layers)")
-    p.add_argument("--epochs", type=int, default=TrainConfig.epochs)
-    p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
-    p.add_argument("--lr", type=float, default=TrainConfig.lr)
-    p.add_argument("--patience", type=int, default=TrainConfig.patience)
-    p.add_argument("--seed", type=int, default=TrainConfig.seed)
+    add_model_options(p)
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(handler=run_learn)
 
 
 def _configs(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
     """The learner's config dicts, validated here so a typo fails before Ray starts."""
-    model = ModelConfig(dynamics=args.dynamics, ensemble_size=1 if args.dynamics == "gru" else args.ensemble_size,
-                        hidden=args.hidden, layers=args.layers, reward_hidden=args.reward_hidden or args.hidden,
-                        reward_layers=args.reward_layers or args.layers)
-    train = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, patience=args.patience,
-                        seed=args.seed)
+    model, train = configs_from_args(args)
     # The device stays 'auto': the learner trains on whatever its actor was given.
     return model.to_dict(), {k: v for k, v in train.to_dict().items() if k != "device"}
 

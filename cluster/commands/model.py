@@ -32,7 +32,21 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--data", required=True, help="log directory or URI")
     p.add_argument("--out", required=True, help="model directory to write")
     p.add_argument("--env", default=None, help="gymnasium id (default: the one recorded in the logs)")
-    p.add_argument("--dynamics", choices=DYNAMICS_KINDS, default="ensemble")
+    add_model_options(p)
+    p.add_argument("--device", default=TrainConfig.device, help="auto, cpu, cuda, cuda:1, ...")
+    p.add_argument("--version", default="0.1.0", help="semantic version of the artifact")
+    p.add_argument("--force", action="store_true", help="replace an existing model directory")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    p.set_defaults(handler=run_train)
+
+    p = sub.add_parser("info", parents=[common], help="show a model directory's version, config and metrics")
+    p.add_argument("model_dir")
+    p.set_defaults(handler=run_info)
+
+
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    """Architecture and fitting options shared by `wm train` and `wm learn`."""
+    p.add_argument("--dynamics", choices=DYNAMICS_KINDS, default=ModelConfig.dynamics)
     p.add_argument("--ensemble-size", type=int, default=ModelConfig.ensemble_size)
     p.add_argument("--hidden", type=int, default=ModelConfig.hidden)
     p.add_argument("--layers", type=int, default=ModelConfig.layers)
@@ -44,15 +58,17 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--lr", type=float, default=TrainConfig.lr)
     p.add_argument("--patience", type=int, default=TrainConfig.patience)
     p.add_argument("--seed", type=int, default=TrainConfig.seed)
-    p.add_argument("--device", default=TrainConfig.device, help="auto, cpu, cuda, cuda:1, ...")
-    p.add_argument("--version", default="0.1.0", help="semantic version of the artifact")
-    p.add_argument("--force", action="store_true", help="replace an existing model directory")
-    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
-    p.set_defaults(handler=run_train)
 
-    p = sub.add_parser("info", parents=[common], help="show a model directory's version, config and metrics")
-    p.add_argument("model_dir")
-    p.set_defaults(handler=run_info)
+
+def configs_from_args(args: argparse.Namespace, device: str = TrainConfig.device) -> tuple[ModelConfig, TrainConfig]:
+    """The model and training configs the options of ``add_model_options`` describe."""
+    model_cfg = ModelConfig(dynamics=args.dynamics, ensemble_size=1 if args.dynamics == "gru" else
+                            args.ensemble_size, hidden=args.hidden, layers=args.layers,
+                            reward_hidden=args.reward_hidden or args.hidden,
+                            reward_layers=args.reward_layers or args.layers, activation=args.activation)
+    train_cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, patience=args.patience,
+                            seed=args.seed, device=device)
+    return model_cfg, train_cfg
 
 
 def run_collect(args: argparse.Namespace) -> dict[str, Any]:
@@ -84,12 +100,7 @@ def run_train(args: argparse.Namespace) -> dict[str, Any]:
     if not env_id:
         raise ValueError(f"the logs under {args.data} record no env id; pass --env")
     spec = space_spec(make_env(env_id), env_id)
-    model_cfg = ModelConfig(dynamics=args.dynamics, ensemble_size=1 if args.dynamics == "gru" else
-                            args.ensemble_size, hidden=args.hidden, layers=args.layers,
-                            reward_hidden=args.reward_hidden or args.hidden,
-                            reward_layers=args.reward_layers or args.layers, activation=args.activation)
-    train_cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, patience=args.patience,
-                            seed=args.seed, device=args.device)
+    model_cfg, train_cfg = configs_from_args(args, device=args.device)
     data = read_transitions(args.data)
     verbose = not (args.json or args.quiet)
     log = (lambda m: print(m, file=sys.stderr)) if verbose else (lambda m: None)
