@@ -1,8 +1,7 @@
 """Per-agent state, sharded by agent id across named Ray actors, snapshotted to storage.
 
 An agent's record holds what the next request for that agent needs: its warm
-start (the last plan, shifted), its recurrent hidden state, its last observation
-and action (so the next request's observation closes the transition), the model
+start (the last plan, shifted), its last observation and action (so the next request's observation closes the transition), the model
 version that served it, the id and answer of its last request (so a retried
 request is answered again instead of planned and logged twice), and its episode
 bookkeeping. Every call reads or writes a whole batch of agents; a store splits
@@ -36,8 +35,9 @@ from worldmodel.data.writer import is_local, resolve_root
 Record = dict[str, Any]
 """One agent's state: plain values and numpy arrays (keys listed in ``RECORD_KEYS``)."""
 
-RECORD_KEYS = ("warm", "hidden", "obs", "action", "predicted", "model_version", "request_id", "response",
-               "eps_id", "t", "episode", "last_seen")
+RECORD_KEYS = ("agent_id", "warm", "obs", "action", "predicted", "model_version", "request_id", "response",
+               "eps_id", "t", "updated", "last_seen")
+"""What the fleet endpoint keeps per agent (``serving/engine.py`` writes them; ``last_seen`` is the shard's)."""
 
 
 @dataclass(frozen=True)
