@@ -1,11 +1,12 @@
 """Per-agent state, sharded by agent id across named Ray actors, snapshotted to storage.
 
 An agent's record holds what the next request for that agent needs: its warm
-start (the last plan, shifted), its last observation and action (so the next request's observation closes the transition), the model
-version that served it, the id and answer of its last request (so a retried
-request is answered again instead of planned and logged twice), and its episode
-bookkeeping. Every call reads or writes a whole batch of agents; a store splits
-a batch by shard and calls every shard once, in parallel.
+start (the last plan, shifted), its last observation and action (so the next
+request's observation closes the transition), the model version that served it,
+the id and answer of its last request (so a retried request is answered again
+instead of planned and logged twice), and its episode bookkeeping. Every call
+reads or writes a whole batch of agents; a store splits a batch by shard and
+calls every shard once, in parallel.
 
 Durability: a shard writes its whole table to ``<snapshot_uri>/<shard name>.pkl``
 atomically (temp file + rename; one object put on object stores) every

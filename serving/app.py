@@ -61,6 +61,13 @@ async def _invalid(request: Request, err: RequestValidationError) -> JSONRespons
     return JSONResponse({"error": _one_line(errors), "detail": errors}, status_code=422)
 
 
+@api.exception_handler(Exception)
+async def _unexpected(request: Request, err: Exception) -> JSONResponse:
+    # A bug of ours, not the client's: logged with its traceback, answered as one JSON line.
+    logger.error("unexpected error on %s %s", request.method, request.url.path, exc_info=err)
+    return JSONResponse({"error": f"internal error: {type(err).__name__}: {str(err)[:200]}"}, status_code=500)
+
+
 @api.exception_handler(HTTPException)
 async def _http_error(request: Request, err: HTTPException) -> JSONResponse:
     return JSONResponse({"error": str(err.detail)}, status_code=err.status_code, headers=err.headers)
@@ -135,15 +142,22 @@ class FleetIngress:
                 num_cpus=0, max_restarts=-1, max_task_retries=-1).remote(self.cfg.log_uri)
         self.metrics = ServingMetrics()
         self.engine = PlanEngine(planner, store, telemetry, shadow, self.metrics, self.cfg.default_deadline_ms)
+        self.batching: dict[str, Any] = {}
         self._spec: dict[str, Any] | None = None
         self._spec_at = 0.0
         self._spec_lock = asyncio.Lock()
         self._refresh: asyncio.Task[None] | None = None
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
-        """Batching knobs, adjustable at run time through the deployment's ``user_config``."""
-        self._batched.set_max_batch_size(int(user_config.get("max_batch_size", 256)))
-        self._batched.set_batch_wait_timeout_s(float(user_config.get("batch_wait_timeout_s", 0.002)))
+        """Batching knobs, adjustable at run time through the deployment's ``user_config``.
+
+        ``max_batch_size`` caps both a ``@serve.batch`` batch and a planner call (a cycle).
+        """
+        size, wait = int(user_config.get("max_batch_size", 256)), float(user_config.get("batch_wait_timeout_s", 0.002))
+        self._batched.set_max_batch_size(size)
+        self._batched.set_batch_wait_timeout_s(wait)
+        self.engine.max_batch = size
+        self.batching = {"max_batch_size": size, "batch_wait_timeout_s": wait}
 
     # Several batches may be formed at once (max_concurrent_batches): they do not wait in line
     # here but join the engine's queue, whose cycles merge them into one planner call.
@@ -185,7 +199,7 @@ class FleetIngress:
         shadow = await self.shadow.info.remote() if self.shadow is not None else None
         out = {"production": production, "shadow": shadow,
                "comparison": self.engine.shadow_stats.summary() if shadow else None,
-               "batching": self.engine.stats()}
+               "batching": self.engine.stats() | self.batching}
         if self.cfg.registry_uri:
             versions = await asyncio.to_thread(ModelRegistry(self.cfg.registry_uri).versions)
             out["registry"] = [{"version": v.version, "stage": v.stage} for v in versions]
@@ -270,4 +284,5 @@ def build(args: dict[str, Any]) -> serve.Application:
     ingress = serve.deployment(FleetIngress, name="Ingress").options(
         ray_actor_options={"num_cpus": cfg.ingress_cpus}, max_ongoing_requests=cfg.max_ongoing_requests,
         autoscaling_config=cfg.ingress_autoscaling, user_config=cfg.batching)
-    return ingress.bind(planner, shadow, cfg.to_dict())
+    # Batching travels only as user_config: changing it reconfigures the replicas in place.
+    return ingress.bind(planner, shadow, {k: v for k, v in cfg.to_dict().items() if k != "batching"})

@@ -213,3 +213,22 @@ def test_promotion_switches_the_served_version_under_load_without_errors(app) ->
             th.join()
     assert set(codes) == {200}, json.dumps(sorted(set(codes)))
     assert versions[0] == app["v1"] and versions[-1] == app["v2"]
+
+
+def test_batching_is_set_through_user_config(app) -> None:
+    # A redeploy from Python restarts the ingress; `serve deploy` of serving/serve_config.yaml changes
+    # only the user_config and reconfigures the running replicas in place (Serve's lightweight update).
+    app["registry"].promote(app["v1"], "shadow")  # the promotion test emptied the shadow stage
+    deploy("production", registry_uri=str(app["registry"].uri), shadow="shadow", log_uri=str(app["logs"]),
+           port=int(app["url"].rsplit(":", 1)[1]), token=TOKEN, state=STATE,
+           service={"plan": {"horizon": 8, "samples": 16}},
+           batching={"max_batch_size": 7, "batch_wait_timeout_s": 0.01})
+    after = requests.get(app["url"] + "/v1/models", headers=AUTH, timeout=30).json()["batching"]
+    assert after["max_batch_size"] == 7 and after["batch_wait_timeout_s"] == 0.01
+    rng = np.random.default_rng(5)
+    with ThreadPoolExecutor(20) as pool:
+        codes = list(pool.map(lambda k: _post(app, {"agent_id": f"cap-{k}", "observation": _obs(rng)}).status_code,
+                              range(20)))
+    assert codes == [200] * 20
+    largest = requests.get(app["url"] + "/v1/models", headers=AUTH, timeout=30).json()["batching"]["largest_batch"]
+    assert 1 <= largest <= 7  # the cap holds for planner calls too
