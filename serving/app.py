@@ -115,16 +115,26 @@ class PlannerServer:
 
     async def _poll(self) -> None:
         registry = ModelRegistry(self.registry_uri)  # type: ignore[arg-type]
+        last_problem = None
         while True:
             await asyncio.sleep(self.poll_s)
             try:
-                target = registry.get(self.model).version
-                if target != self.service.version:
-                    service = await asyncio.to_thread(self._load, target)
+                holders = [v.version for v in registry.versions() if v.stage == self.model]
+                if not holders:  # e.g. the shadow was just promoted: keep the version we have
+                    problem = f"stage {self.model!r} is empty in {self.registry_uri}; still serving " \
+                              f"{self.service.version}"
+                elif holders[-1] != self.service.version:
+                    service = await asyncio.to_thread(self._load, holders[-1])
                     self.service = service  # one assignment: batches in flight keep the old one
-                    logger.info("now serving %s %s", self.model, target)
+                    logger.info("now serving %s %s", self.model, holders[-1])
+                    problem = None
+                else:
+                    problem = None
             except Exception as err:  # keep serving the current version; say why the switch failed
-                logger.warning("could not follow %s in %s: %s", self.model, self.registry_uri, err)
+                problem = f"could not follow {self.model} in {self.registry_uri}: {err}"
+            if problem is not None and problem != last_problem:  # said once, not every poll
+                logger.warning(problem)
+            last_problem = problem
 
 
 @serve.ingress(api)
