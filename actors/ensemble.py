@@ -46,10 +46,11 @@ class EnsembleWorker:
         return service
 
     def plan(self, obs: np.ndarray, warm: np.ndarray | None = None, objectives: list[str] | None = None,
-             zones: np.ndarray | None = None, budget_ms: float | None = None) -> dict[str, Any]:
+             zones: np.ndarray | None = None, budget_ms: float | None = None,
+             hidden: np.ndarray | None = None) -> dict[str, Any]:
         """See ``FleetPlanner.plan``; the answer names the version that planned it."""
         service = self.service  # the version current when the call started answers it
-        return service.plan(obs, warm, objectives, zones, budget_ms)
+        return service.plan(obs, warm, objectives, zones, budget_ms, hidden)
 
     def score(self, obs: np.ndarray, actions: np.ndarray, next_obs: np.ndarray) -> dict[str, Any]:
         """Prediction error of logged transitions (B rows): per row and its mean."""

@@ -1,12 +1,12 @@
 """Per-agent state, sharded by agent id across named Ray actors, snapshotted to storage.
 
 An agent's record holds what the next request for that agent needs: its warm
-start (the last plan, shifted), its last observation and action (so the next
-request's observation closes the transition), the model version that served it,
-the id and answer of its last request (so a retried request is answered again
-instead of planned and logged twice), and its episode bookkeeping. Every call
-reads or writes a whole batch of agents; a store splits a batch by shard and
-calls every shard once, in parallel.
+start (the last plan, shifted), a recurrent model's hidden state, its last
+observation and action (so the next request's observation closes the
+transition), the model version that served it, the id and answer of its last
+request (so a retried request is answered again instead of planned and logged
+twice), and its episode bookkeeping. Every call reads or writes a whole batch of
+agents; a store splits a batch by shard and calls every shard once, in parallel.
 
 Durability: a shard writes its whole table to ``<snapshot_uri>/<shard name>.pkl``
 atomically (temp file + rename; one object put on object stores) every
@@ -36,7 +36,7 @@ from worldmodel.data.writer import is_local, resolve_root
 Record = dict[str, Any]
 """One agent's state: plain values and numpy arrays (keys listed in ``RECORD_KEYS``)."""
 
-RECORD_KEYS = ("agent_id", "warm", "obs", "action", "predicted", "model_version", "request_id", "response",
+RECORD_KEYS = ("agent_id", "warm", "hidden", "obs", "action", "predicted", "model_version", "request_id", "response",
                "eps_id", "t", "updated", "last_seen")
 """What the fleet endpoint keeps per agent (``serving/engine.py`` writes them; ``last_seen`` is the shard's)."""
 

@@ -18,7 +18,7 @@ from typing import Any, Callable, Protocol
 import torch
 
 from planners.objectives import Objective, Params
-from planners.rollout import PROPAGATIONS, Rollout
+from planners.rollout import PROPAGATIONS, make_rollout
 
 FallbackPolicy = Callable[[torch.Tensor], torch.Tensor]
 """Safe action for each agent: obs (N, S) -> actions (N, A)."""
@@ -122,7 +122,7 @@ class BasePlanner:
         self.low = torch.as_tensor(action_low, dtype=torch.float32, device=device)
         self.high = torch.as_tensor(action_high, dtype=torch.float32, device=device)
         self.act_dim = self.low.shape[0]
-        self.rollout = Rollout(dynamics, objective, cfg.propagation, cfg.particles, cfg.uncertainty_penalty)
+        self.rollout = make_rollout(dynamics, objective, cfg.propagation, cfg.particles, cfg.uncertainty_penalty)
         self.fallback_policy = fallback or zero_action(self.low, self.high)
         self.generator = torch.Generator(device=device).manual_seed(cfg.seed)
         self.device = device
@@ -159,7 +159,7 @@ class BasePlanner:
         else:
             best, returns, iterations = self._optimise(obs, params, warm_start)
         audit_start = time.perf_counter()
-        trajectory, disagreement = self.rollout.audit(obs, best)
+        trajectory, disagreement = self.rollout.audit(obs, best, params)
         _ema(self._audit_ms, n, self._elapsed_ms(audit_start))
         fallback = torch.full((n,), iterations == 0, device=self.device)
         if self.cfg.disagreement_threshold is not None:

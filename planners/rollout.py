@@ -19,6 +19,16 @@ from planners.objectives import Objective, Params
 
 PROPAGATIONS = ("ts1", "tsinf", "expectation")
 
+HIDDEN = "hidden"
+"""(N, Hd) recurrent hidden state per agent, in the planner's params when the dynamics is a GRU."""
+
+
+def make_rollout(dynamics: torch.nn.Module, objective: Objective, propagation: str, particles: int,
+                 uncertainty_penalty: float = 0.0) -> "Rollout | RecurrentRollout":
+    """The rollout for ``dynamics``: recurrent models (with ``step``) carry each agent's hidden state."""
+    cls = RecurrentRollout if hasattr(dynamics, "step") else Rollout
+    return cls(dynamics, objective, propagation, particles, uncertainty_penalty)
+
 
 class Rollout:
     """Scores (N, K, H, A) action sequences from (N, S) states by simulated return.
@@ -100,7 +110,8 @@ class Rollout:
         return state.view(candidates, p, s).gather(1, order[..., None].expand(-1, -1, s)).view(-1, s)
 
     @torch.no_grad()
-    def audit(self, obs: torch.Tensor, plan: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def audit(self, obs: torch.Tensor, plan: torch.Tensor,
+              params: Params | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The chosen plans' mean trajectory (N, H+1, S) and ensemble disagreement along it (N, H)."""
         state, states, disagreement = obs, [obs], []
         for t in range(plan.shape[1]):
@@ -109,6 +120,61 @@ class Rollout:
             states.append(state)
             disagreement.append(self._disagreement(means))
         return torch.stack(states, 1), torch.stack(disagreement, 1)
+
+
+class RecurrentRollout:
+    """Scores action sequences through recurrent (GRU) dynamics from each agent's hidden state.
+
+    Every candidate and particle starts from its agent's hidden state ``params[HIDDEN]`` (N, Hd)
+    (zeros when absent: a fresh episode) and carries its own copy through the horizon. One model,
+    so there is no member disagreement; the sampled modes draw from its Gaussian, 'expectation'
+    follows its mean.
+    """
+
+    def __init__(self, dynamics: torch.nn.Module, objective: Objective, propagation: str, particles: int,
+                 uncertainty_penalty: float = 0.0) -> None:
+        if uncertainty_penalty:
+            raise ValueError("an uncertainty penalty needs an ensemble; recurrent dynamics is a single model")
+        self.dynamics, self.objective, self.particles = dynamics, objective, particles
+        self.sample = propagation != "expectation"
+
+    def _hidden(self, obs: torch.Tensor, params: Params) -> torch.Tensor:
+        h = params.get(HIDDEN)
+        return self.dynamics.initial_state(len(obs)) if h is None else h
+
+    def returns(self, obs: torch.Tensor, actions: torch.Tensor, params: Params,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+        """Returns (N, K): the mean return over P futures per candidate."""
+        n, k, h, a = actions.shape
+        p, s = self.particles if self.sample else 1, obs.shape[-1]
+        rows = n * k * p
+        state = obs[:, None].expand(n, k * p, s).reshape(rows, s)  # (M, S)
+        hidden = self._hidden(obs, params)
+        hidden = hidden[:, None].expand(n, k * p, hidden.shape[-1]).reshape(rows, -1)  # (M, Hd)
+        acts = actions[:, :, None].expand(n, k, p, h, a).reshape(rows, h, a)
+        total = obs.new_zeros(n, k * p)
+        for t in range(h):
+            action = acts[:, t]
+            hidden, pred = self.dynamics.step(hidden, state, action)
+            nxt = pred.mean[0]
+            if self.sample:
+                noise = torch.randn(nxt.shape, generator=generator, device=obs.device, dtype=obs.dtype)
+                nxt = nxt + (pred.var[0] * pred.scale).clamp_min(1e-12).sqrt() * noise
+            view = lambda x: x.view(1, n, k * p, -1)  # noqa: E731
+            total = total + self.objective(view(state), view(action), view(nxt), params)[0]
+            state = nxt
+        return total.view(n, k, p).mean(-1)
+
+    @torch.no_grad()
+    def audit(self, obs: torch.Tensor, plan: torch.Tensor,
+              params: Params | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The chosen plans' mean trajectory (N, H+1, S), and zeros (N, H) for disagreement."""
+        hidden, state, states = self._hidden(obs, params or {}), obs, [obs]
+        for t in range(plan.shape[1]):
+            hidden, pred = self.dynamics.step(hidden, state, plan[:, t])
+            state = pred.mean[0]
+            states.append(state)
+        return torch.stack(states, 1), obs.new_zeros(plan.shape[:2])
 
 
 def _deal(x: torch.Tensor, members: int, pad: int) -> torch.Tensor:

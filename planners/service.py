@@ -22,6 +22,7 @@ from planners import PlanConfig, make_planner, shift_plan
 from planners.base import BasePlanner
 from planners.evaluate import build_objective
 from planners.objectives import GOAL, ZONES
+from planners.rollout import HIDDEN
 from worldmodel.config import config_from_dict
 from worldmodel.envs import NAV2D_ID
 from worldmodel.model import WorldModel
@@ -69,6 +70,8 @@ class FleetPlanner:
     def __init__(self, model: WorldModel, cfg: ServiceConfig | None = None) -> None:
         self.model, self.cfg = model, cfg or ServiceConfig()
         self.zones = model.spec.env_id == NAV2D_ID
+        self.recurrent = hasattr(model.dynamics, "step")
+        """A GRU model: each agent's hidden state comes in with its request and goes back updated."""
         objectives = OBJECTIVES if self.zones else ("learned",)
         low, high = torch.tensor(model.spec.act_low), torch.tensor(model.spec.act_high)
         self.planners: dict[str, BasePlanner] = {
@@ -101,7 +104,8 @@ class FleetPlanner:
 
     @torch.no_grad()
     def plan(self, obs: np.ndarray, warm: np.ndarray | None = None, objectives: list[str] | None = None,
-             zones: np.ndarray | None = None, budget_ms: float | None = None) -> dict[str, Any]:
+             zones: np.ndarray | None = None, budget_ms: float | None = None,
+             hidden: np.ndarray | None = None) -> dict[str, Any]:
         """Plan for N agents.
 
         Args:
@@ -110,12 +114,14 @@ class FleetPlanner:
             objectives: per agent, one of ``self.objectives`` (default all 'learned').
             zones: (N, Z, 3) no-fly zones (x, y, radius; radius 0 pads), Nav2D only.
             budget_ms: hard time budget of the call (the config's when None).
+            hidden: (N, Hd) recurrent models only: each agent's hidden state, NaN rows for a fresh one.
 
         Returns:
             numpy arrays: ``actions`` (N, A), ``warm`` (N, H, A) next call's warm starts,
             ``trajectory`` (N, H+1, S), ``uncertainty`` (N,) mean disagreement along the plan,
-            ``fallback`` (N,), ``expected_return`` (N,); and ``iterations``, ``elapsed_ms``,
-            ``model_version``.
+            ``fallback`` (N,), ``expected_return`` (N,), ``hidden`` (N, Hd) after this step's
+            observation and action (None for feed-forward models); and ``iterations``,
+            ``elapsed_ms``, ``model_version``.
         """
         start = time.perf_counter()
         n, device = len(obs), self.model.device
@@ -131,6 +137,7 @@ class FleetPlanner:
                "trajectory": np.zeros((n, h + 1, self.obs_dim), np.float32),
                "uncertainty": np.zeros(n, np.float32), "fallback": np.zeros(n, bool),
                "expected_return": np.zeros(n, np.float32)}
+        h_all = self._hidden(obs_t, hidden)  # (N, Hd) or None
         iterations = []
         names = np.asarray(objectives)
         for name, planner in self.planners.items():  # at most one call per objective kind
@@ -144,6 +151,8 @@ class FleetPlanner:
                 have = ~torch.isnan(w).any(-1).any(-1)  # (n,)
                 start_plan = torch.where(have[:, None, None], w, start_plan)
             params = self._params(obs_t[idx], None if zones is None else zones[rows])
+            if h_all is not None:
+                params[HIDDEN] = h_all[idx]
             result = planner.plan(obs_t[idx], params, warm_start=start_plan, budget_ms=budget_ms)
             iterations.append(result.iterations)
             out["actions"][rows] = result.actions.cpu().numpy()
@@ -152,9 +161,24 @@ class FleetPlanner:
             out["uncertainty"][rows] = result.disagreement.mean(1).cpu().numpy()
             out["fallback"][rows] = result.fallback.cpu().numpy()
             out["expected_return"][rows] = result.expected_return.cpu().numpy()
+        out["hidden"] = None
+        if h_all is not None:  # the state after observing obs and taking the chosen action
+            actions_t = torch.as_tensor(out["actions"], device=device)
+            out["hidden"] = self.model.dynamics.step(h_all, obs_t, actions_t)[0].cpu().numpy()
         out.update(iterations=min(iterations), elapsed_ms=(time.perf_counter() - start) * 1000,
                    model_version=self.version)
         return out
+
+    def _hidden(self, obs: torch.Tensor, hidden: np.ndarray | None) -> torch.Tensor | None:
+        if not self.recurrent:
+            return None
+        fresh = self.model.dynamics.initial_state(len(obs))  # (N, Hd)
+        if hidden is None:
+            return fresh
+        h = torch.as_tensor(np.asarray(hidden, np.float32), device=obs.device)
+        if h.shape != fresh.shape:
+            raise ValueError(f"hidden must be (N, Hd) = {tuple(fresh.shape)}, got {tuple(h.shape)}")
+        return torch.where(torch.isnan(h).any(-1, keepdim=True), fresh, h)
 
     def _params(self, obs: torch.Tensor, zones: np.ndarray | None) -> dict[str, torch.Tensor]:
         if not self.zones:
@@ -167,5 +191,8 @@ class FleetPlanner:
         """Per-row one-step prediction error: (B,) Euclidean distance of the ensemble mean from next_obs."""
         device = self.model.device
         o, a, n = (torch.as_tensor(np.asarray(x, np.float32), device=device) for x in (obs, actions, next_obs))
-        mean, _ = self.model.dynamics(o, a).moments()  # (B, S) ensemble mean
+        if self.recurrent:  # one step from a fresh hidden state: logged rows carry no history here
+            mean = self.model.dynamics.step(self.model.dynamics.initial_state(len(o)), o, a)[1].mean[0]
+        else:
+            mean, _ = self.model.dynamics(o, a).moments()  # (B, S) ensemble mean
         return (mean - n).norm(dim=-1).cpu().numpy()

@@ -90,11 +90,14 @@ class PlannerServer:
         return service
 
     async def plan(self, obs: np.ndarray, warm: np.ndarray | None, objectives: list[str],
-                   zones: np.ndarray | None, budget_ms: float | None) -> dict[str, Any]:
+                   zones: np.ndarray | None, budget_ms: float | None,
+                   hidden: np.ndarray | None = None) -> dict[str, Any]:
         self._follow()
         service = self.service  # the version current now answers this whole batch
+        if hidden is not None and not (service.recurrent and hidden.shape[-1] == service.model.dynamics.hidden):
+            hidden = None  # states from another version (a switch, or production's for the shadow): start fresh
         async with self._lock:  # one batch at a time: planning uses every core it is given
-            return await asyncio.to_thread(service.plan, obs, warm, objectives, zones, budget_ms)
+            return await asyncio.to_thread(service.plan, obs, warm, objectives, zones, budget_ms, hidden)
 
     async def score(self, obs: np.ndarray, actions: np.ndarray, next_obs: np.ndarray) -> dict[str, Any]:
         service = self.service

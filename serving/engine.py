@@ -138,11 +138,12 @@ class PlanEngine:
                     arrived: list[float]) -> list[dict[str, Any]]:
         n = len(requests)
         obs = np.asarray([r.observation for r in requests], np.float32)  # (N, S)
-        warm = self._warm_starts(records)
+        warm = self._stacked(records, "warm")  # (N, H, A) or None
+        hidden = self._stacked(records, "hidden")  # (N, Hd) for recurrent models, else None
         objectives = [(r.objective.name if r.objective else "learned") for r in requests]
         zones = self._zones(requests)
         batch = {"obs": obs, "warm": warm, "objectives": objectives, "zones": zones,
-                 "budget_ms": self._budget_ms(requests, arrived)}
+                 "budget_ms": self._budget_ms(requests, arrived), "hidden": hidden}
         result = await self.planner.plan.remote(**batch)
         version = result["model_version"]
 
@@ -167,6 +168,7 @@ class PlanEngine:
             records_out.append({
                 "agent_id": req.agent_id, "request_id": req.request_id, "response": answer,
                 "model_version": version, "warm": None if ended else result["warm"][i],
+                "hidden": None if ended or result["hidden"] is None else result["hidden"][i],
                 # After the episode's last observation the next request starts a new episode.
                 "obs": None if ended else obs[i], "action": None if ended else result["actions"][i],
                 "predicted": None if ended else result["trajectory"][i, 1],
@@ -186,13 +188,16 @@ class PlanEngine:
         return {"batches": self.batches, "requests": self.requests, "largest_batch": self.largest_batch,
                 "mean_batch": self.requests / self.batches if self.batches else None}
 
-    def _warm_starts(self, records: list[Record | None]) -> np.ndarray | None:
-        plans = [r.get("warm") if r is not None else None for r in records]
-        shapes = {p.shape for p in plans if p is not None}
-        if len(shapes) != 1:  # nobody has one yet, or the horizon changed between versions
+    @staticmethod
+    def _stacked(records: list[Record | None], key: str) -> np.ndarray | None:
+        """Per-agent arrays under ``key`` stacked (N, ...), NaN rows where an agent has none; None when
+        nobody has one, or their shapes differ (the horizon or model changed between versions)."""
+        arrays = [r.get(key) if r is not None else None for r in records]
+        shapes = {x.shape for x in arrays if x is not None}
+        if len(shapes) != 1:
             return None
         shape = shapes.pop()
-        return np.stack([p if p is not None else np.full(shape, np.nan, np.float32) for p in plans])
+        return np.stack([x if x is not None else np.full(shape, np.nan, np.float32) for x in arrays])
 
     @staticmethod
     def _zones(requests: list[PlanRequest]) -> np.ndarray | None:
