@@ -5,6 +5,10 @@ new observation and the reward of the last action). Those rows come here, are
 buffered, and are written as whole Parquet files (atomic, see ``TrajectoryWriter``)
 every ``flush_rows`` rows or ``flush_s`` seconds, whichever comes first.
 
+Files are laid out per (date, agent) like every log, so each flush writes one file per agent
+seen since the last: flush rarely enough that a day of fleet traffic stays a manageable number
+of files for the learners (the defaults: every 10 s or 65,536 rows).
+
 A transition is identified by (episode id, step); a key seen before is dropped,
 so a retried request whose transition reaches the logger twice is written once.
 Rows buffered but not yet flushed are lost if the logger process dies: at most
@@ -29,7 +33,7 @@ Row = dict[str, Any]
 class TelemetryLogger:
     """Buffers served transitions and appends them to a log tree (hosted as an async Ray actor)."""
 
-    def __init__(self, log_uri: str, env_id: str = "", flush_rows: int = 4096, flush_s: float = 2.0,
+    def __init__(self, log_uri: str, env_id: str = "", flush_rows: int = 65536, flush_s: float = 10.0,
                  remember: int = 1_000_000) -> None:
         self.writer = TrajectoryWriter(log_uri, env_id=env_id)
         self.flush_rows, self.flush_s, self.remember = flush_rows, flush_s, remember
