@@ -21,7 +21,6 @@ whose record is stale plans once from a cold start.
 from __future__ import annotations
 
 import asyncio
-import os
 import pickle
 import time
 import zlib
@@ -31,7 +30,7 @@ from typing import Any, Sequence
 import ray
 
 from actors.common import NAMESPACE
-from worldmodel.data.writer import is_local, resolve_root
+from worldmodel.data.writer import publish_bytes, resolve_root
 
 Record = dict[str, Any]
 """One agent's state: plain values and numpy arrays (keys listed in ``RECORD_KEYS``)."""
@@ -121,20 +120,8 @@ class AgentStateShard:
         self.dirty = False
         if self.fs is None:
             return
-        data = pickle.dumps(self.records, protocol=pickle.HIGHEST_PROTOCOL)
-        final = f"{self.path}/{self.name}.pkl"
-        if is_local(self.fs):
-            os.makedirs(self.path, exist_ok=True)
-            tmp = f"{self.path}/.{self.name}.pkl.tmp"
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, final)
-        else:  # an object put is atomic: the old object stays visible until the new one is complete
-            self.fs.create_dir(self.path, recursive=True)
-            with self.fs.open_output_stream(final) as f:
-                f.write(data)
+        publish_bytes(self.fs, f"{self.path}/{self.name}.pkl",
+                      pickle.dumps(self.records, protocol=pickle.HIGHEST_PROTOCOL))
         self.snapshots += 1
 
     def _restore(self) -> int:

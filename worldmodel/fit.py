@@ -14,18 +14,19 @@ uninterrupted fit would have.
 from __future__ import annotations
 
 import copy
-import os
-import tempfile
+import io
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+import pyarrow.fs as pafs
 import torch
 from torch import nn
 from tqdm import tqdm
 
 from worldmodel.config import TrainConfig
+from worldmodel.data.writer import publish_bytes
 
 CHECKPOINT_FORMAT = "fleetwm.fit-checkpoint/1"
 
@@ -169,15 +170,7 @@ def _load(path: Path, signature: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def _save(path: Path, state: dict[str, Any]) -> None:
-    """Write ``state`` to a temp file beside ``path`` and rename it over ``path``: all or nothing."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``state`` to ``path`` all or nothing (temp file beside it, then rename)."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    publish_bytes(pafs.LocalFileSystem(), str(path.absolute()), buffer.getvalue())

@@ -32,7 +32,6 @@ import json
 import os
 import shutil
 import tempfile
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -41,7 +40,7 @@ import pyarrow.fs as pafs
 import torch
 
 from worldmodel.artifact import ArtifactError, check_version, load_model, save_model, verify
-from worldmodel.data.writer import resolve_root
+from worldmodel.data.writer import publish_bytes, resolve_root
 from worldmodel.model import WorldModel
 
 FORMAT = "fleetwm.registry/1"
@@ -382,25 +381,5 @@ class ModelRegistry:
         return index
 
     def _write(self, index: dict[str, Any]) -> None:
-        data = (json.dumps(index, indent=2, sort_keys=True) + "\n").encode()
-        path = f"{self.root}/{INDEX}"
-        if self.remote:
-            with self.filesystem.open_output_stream(path) as out:  # one object put: atomic per object
-                out.write(data)
-            return
-        tmp = os.path.join(self.root, f".{INDEX}.{uuid.uuid4().hex}.tmp")
-        try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(tmp)
-            raise
-        fd = os.open(self.root, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        publish_bytes(self.filesystem, f"{self.root}/{INDEX}",
+                      (json.dumps(index, indent=2, sort_keys=True) + "\n").encode())

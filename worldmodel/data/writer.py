@@ -161,22 +161,43 @@ def _fsync_dir(directory: str) -> None:
 
 
 def _write_object(filesystem: pafs.FileSystem, table: pa.Table, path: str) -> None:
-    """Write straight to the final key on an object store.
+    """Serialise the file in memory, then publish it with ``publish_bytes``.
 
-    Object stores (S3, GCS, Azure) publish an object only when its upload
-    completes, which is atomic: readers see the old listing or the whole file,
-    never a prefix. A temp-then-rename would be a copy plus delete there, slower
-    and not atomic. The file is serialised in memory first because closing an
-    Arrow object-store stream (even on error) completes the upload: a writer
+    Closing an Arrow object-store stream (even on error) completes the upload: a writer
     failing half-way through ``write_table`` would otherwise publish a torn file.
     """
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, compression=COMPRESSION)
-    buffer = sink.getvalue()
-    parent = path.rsplit("/", 1)[0]
-    filesystem.create_dir(parent, recursive=True)
-    with filesystem.open_output_stream(path) as out:
-        out.write(buffer)
+    publish_bytes(filesystem, path, sink.getvalue())
+
+
+def publish_bytes(filesystem: pafs.FileSystem, path: str, data: bytes | pa.Buffer) -> None:
+    """Make ``data`` the whole content of ``path``, atomically: readers see the old file or the new one.
+
+    Locally: a hidden temp file beside ``path``, fsync, rename over it, fsync the directory.
+    Object stores (S3, GCS, Azure) publish an object only when its upload completes, so one
+    put is already atomic there; a temp-then-rename would be a copy plus delete, slower and
+    not atomic.
+    """
+    directory, name = path.rsplit("/", 1)
+    if not is_local(filesystem):
+        filesystem.create_dir(directory, recursive=True)
+        with filesystem.open_output_stream(path) as out:
+            out.write(data)
+        return
+    os.makedirs(directory, exist_ok=True)
+    tmp = os.path.join(directory, f"{TEMP_PREFIX}{name}.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    _fsync_dir(directory)
 
 
 def write_transitions(root: str, transitions: Transitions, env_id: str = "") -> list[str]:
