@@ -24,14 +24,14 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import ray
 from ray.actor import ActorHandle
 
 from actors.common import NAMESPACE, gpus_per_worker
 from worldmodel.config import ModelConfig, TrainConfig, config_from_dict
-from worldmodel.data import SchemaError, Transitions, data_fingerprint, list_log_files, read_env_id
+from worldmodel.data import Transitions, data_fingerprint, list_log_files, read_env_id
 from worldmodel.data import schema as sc
+from worldmodel.data.reader import check_log_files, transitions_from_table
 from worldmodel.data.writer import resolve_root
 from worldmodel.envs import make_env, space_spec
 from worldmodel.holdout import holdout_score, recent_holdout
@@ -46,27 +46,22 @@ STAGES = ("dynamics", "reward", "termination")
 def read_logs(data_uri: str) -> Transitions:
     """Read every log file under ``data_uri`` (a path, ``file://``, ``s3://``, ``gs://``) with Ray Data.
 
+    Every file's schema is checked first, as ``read_transitions`` does, so a bad file is named.
+
     Returns:
         B transitions sorted by (agent_id, eps_id, t, timestamp), as ``read_transitions`` returns them.
 
     Raises:
         FileNotFoundError: no log files under ``data_uri``.
-        SchemaError: a column of the trajectory schema is missing, mistyped or has nulls.
+        SchemaError: a file does not match the trajectory schema, or a column has nulls.
     """
     filesystem, base = resolve_root(data_uri)
     files = list_log_files(data_uri)
     if not files:
         raise FileNotFoundError(f"no trajectory logs under {data_uri!r} (no *.parquet files in {base!r})")
+    check_log_files(files, filesystem)
     dataset = ray.data.read_parquet(files, filesystem=filesystem).select_columns(list(sc.COLUMNS))
-    table = pa.concat_tables(ray.get(dataset.to_arrow_refs()))
-    for name in sc.COLUMNS:
-        column = table.column(name)
-        if name in sc.VECTOR_COLUMNS and not pa.types.is_fixed_size_list(column.type):
-            raise SchemaError(f"{data_uri}: column {name!r} has type {column.type}, expected a fixed-size list")
-        if column.null_count:
-            raise SchemaError(f"{data_uri}: column {name!r} has {column.null_count} null values, expected none")
-    keys = [sc.AGENT_ID, sc.EPS_ID, sc.T, sc.TIMESTAMP]
-    return Transitions.from_table(table.take(pc.sort_indices(table, sort_keys=[(k, "ascending") for k in keys])))
+    return transitions_from_table(pa.concat_tables(ray.get(dataset.to_arrow_refs())), data_uri)
 
 
 def run_id_for(fingerprint: str, model_cfg: ModelConfig, train_cfg: TrainConfig, holdout_fraction: float) -> str:

@@ -79,22 +79,39 @@ def read_transitions(root: str, filesystem: pafs.FileSystem | None = None) -> Tr
         SchemaError: a file is not Parquet or does not match the trajectory schema.
     """
     fs, _, files = _files_or_raise(root, filesystem)
-    fmt = ds.ParquetFileFormat()
-    # Fragments cache the footer they read for the check, so the scan does not re-read it.
-    fragments = [fmt.make_fragment(path, filesystem=fs) for path in files]
-    obs_dim, act_dim = _check_schemas(files, fragments)
+    fragments, obs_dim, act_dim = check_log_files(files, fs)
     expected = sc.trajectory_schema(obs_dim, act_dim)
     # Scanning with the expected schema drops unknown extra columns and renames the
     # list child field ("element" in Parquet) back to Arrow's "item".
-    dataset = ds.FileSystemDataset(fragments, schema=expected, format=fmt, filesystem=fs)
-    table = dataset.to_table(columns=list(sc.COLUMNS))
+    dataset = ds.FileSystemDataset(fragments, schema=expected, format=ds.ParquetFileFormat(), filesystem=fs)
+    return transitions_from_table(dataset.to_table(columns=list(sc.COLUMNS)), root)
+
+
+def check_log_files(files: list[str], filesystem: pafs.FileSystem) -> tuple[list[ds.ParquetFileFragment], int, int]:
+    """Check every file's schema (footers only, no data read); returns its fragments and the shared (S, A).
+
+    Raises:
+        SchemaError: a file is not Parquet or does not match the trajectory schema, naming the file.
+    """
+    fmt = ds.ParquetFileFormat()
+    # Fragments cache the footer they read for the check, so a scan of them does not re-read it.
+    fragments = [fmt.make_fragment(path, filesystem=filesystem) for path in files]
+    obs_dim, act_dim = _check_schemas(files, fragments)
+    return fragments, obs_dim, act_dim
+
+
+def transitions_from_table(table: pa.Table, where: str) -> Transitions:
+    """A table of the schema's columns as Transitions sorted by (agent_id, eps_id, t, timestamp).
+
+    Raises:
+        SchemaError: a column has null values (``where`` names the logs in the message).
+    """
     for name in sc.COLUMNS:
         nulls = table.column(name).null_count
         if nulls:
-            raise SchemaError(f"{root}: column {name!r} has {nulls} null values, expected none")
+            raise SchemaError(f"{where}: column {name!r} has {nulls} null values, expected none")
     keys = [sc.AGENT_ID, sc.EPS_ID, sc.T, sc.TIMESTAMP]
-    table = table.take(pc.sort_indices(table, sort_keys=[(k, "ascending") for k in keys]))
-    return Transitions.from_table(table)
+    return Transitions.from_table(table.take(pc.sort_indices(table, sort_keys=[(k, "ascending") for k in keys])))
 
 
 def _check_schemas(files: list[str], fragments: list[ds.ParquetFileFragment]) -> tuple[int, int]:
