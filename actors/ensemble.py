@@ -32,6 +32,13 @@ def load_served_model(model: str, registry_uri: str | None, device: str = "auto"
     return load_model(model, device=target)
 
 
+def load_fleet_planner(model: str, registry_uri: str | None, cfg: ServiceConfig, device: str = "auto") -> FleetPlanner:
+    """A model (see ``load_served_model``) ready to serve: planners built and warmed up."""
+    service = FleetPlanner(load_served_model(model, registry_uri, device), cfg)
+    service.warmup()
+    return service
+
+
 class EnsembleWorker:
     """Plans batches of agents with one model version; switches versions without dropping calls."""
 
@@ -41,9 +48,7 @@ class EnsembleWorker:
         self.service = self._load(model)
 
     def _load(self, model: str) -> FleetPlanner:
-        service = FleetPlanner(load_served_model(model, self.registry_uri, self.device), self.cfg)
-        service.warmup()
-        return service
+        return load_fleet_planner(model, self.registry_uri, self.cfg, self.device)
 
     def plan(self, obs: np.ndarray, warm: np.ndarray | None = None, objectives: list[str] | None = None,
              zones: np.ndarray | None = None, budget_ms: float | None = None,
@@ -54,9 +59,7 @@ class EnsembleWorker:
 
     def score(self, obs: np.ndarray, actions: np.ndarray, next_obs: np.ndarray) -> dict[str, Any]:
         """Prediction error of logged transitions (B rows): per row and its mean."""
-        service = self.service
-        errors = service.prediction_error(obs, actions, next_obs)
-        return {"model_version": service.version, "errors": errors, "mean_error": float(errors.mean())}
+        return self.service.score(obs, actions, next_obs)
 
     def switch(self, model: str) -> str:
         """Load ``model`` and make it current once it is ready; returns its version."""
@@ -67,8 +70,7 @@ class EnsembleWorker:
         return self.service.version
 
     def info(self) -> dict[str, Any]:
-        return {"model_version": self.service.version, "device": str(self.service.model.device),
-                "node_id": ray.get_runtime_context().get_node_id(), "objectives": list(self.service.objectives)}
+        return self.service.describe() | {"node_id": ray.get_runtime_context().get_node_id()}
 
 
 def start_ensemble_worker(model: str, registry_uri: str | None = None, cfg: ServiceConfig | None = None,

@@ -42,21 +42,19 @@ class ServiceConfig:
     """'cem', 'mppi', 'gradient' or 'shooting'."""
     plan: PlanConfig = PlanConfig(horizon=20, samples=32, iterations=3, particles=1)
     """Planner settings (the ones that reach the Nav2D closed-loop target)."""
-    max_zones: int = 8
-    """Z, no-fly zones one request may carry."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"planner": self.planner, "plan": dataclasses.asdict(self.plan), "max_zones": self.max_zones}
+        return {"planner": self.planner, "plan": dataclasses.asdict(self.plan)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ServiceConfig":
         """From ``to_dict``'s form; missing keys keep their defaults, unknown keys are an error."""
-        unknown = sorted(set(data) - {"planner", "plan", "max_zones"})
+        unknown = sorted(set(data) - {"planner", "plan"})
         if unknown:
-            raise ValueError(f"unknown planner service setting(s) {unknown}; known: planner, plan, max_zones")
+            raise ValueError(f"unknown planner service setting(s) {unknown}; known: planner, plan")
         plan = cls.plan if "plan" not in data else config_from_dict(PlanConfig, {**dataclasses.asdict(cls.plan),
                                                                                   **data["plan"]})
-        return cls(planner=data.get("planner", cls.planner), plan=plan, max_zones=data.get("max_zones", 8))
+        return cls(planner=data.get("planner", cls.planner), plan=plan)
 
 
 class FleetPlanner:
@@ -95,6 +93,13 @@ class FleetPlanner:
     @property
     def horizon(self) -> int:
         return self.cfg.plan.horizon
+
+    def describe(self) -> dict[str, Any]:
+        """What is served: version, env and sizes, objectives, planner, device (JSON-friendly)."""
+        spec = self.model.spec
+        return {"model_version": self.version, "env_id": spec.env_id, "obs_dim": self.obs_dim,
+                "act_dim": spec.act_dim, "objectives": list(self.objectives), "zones": self.zones,
+                "planner": self.cfg.planner, "horizon": self.horizon, "device": str(self.model.device)}
 
     def warmup(self, sizes: tuple[int, ...] = (1, 8, 64)) -> None:
         """Plan once untimed at a few batch sizes, so the budget has round-time estimates."""
@@ -185,6 +190,11 @@ class FleetPlanner:
             return {}
         z = np.zeros((len(obs), 1, 3), np.float32) if zones is None else np.asarray(zones, np.float32)
         return {GOAL: obs[:, _GOAL_DIMS], ZONES: torch.as_tensor(z, device=obs.device)}
+
+    def score(self, obs: np.ndarray, actions: np.ndarray, next_obs: np.ndarray) -> dict[str, Any]:
+        """Prediction error of B logged transitions: per row, their mean, and the version that predicted."""
+        errors = self.prediction_error(obs, actions, next_obs)
+        return {"model_version": self.version, "errors": errors, "mean_error": float(errors.mean())}
 
     @torch.no_grad()
     def prediction_error(self, obs: np.ndarray, actions: np.ndarray, next_obs: np.ndarray) -> np.ndarray:

@@ -29,10 +29,10 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from actors.common import NAMESPACE, gpus_per_worker
-from actors.ensemble import load_served_model
+from actors.ensemble import load_fleet_planner
 from actors.state import start_state_shards
 from actors.telemetry import TelemetryLogger
-from planners.service import FleetPlanner, ServiceConfig
+from planners.service import ServiceConfig
 from serving.config import AppConfig
 from serving.engine import PlanEngine
 from serving.metrics import ServingMetrics
@@ -79,15 +79,10 @@ class PlannerServer:
     def __init__(self, model: str, registry_uri: str | None, service: dict[str, Any], poll_s: float) -> None:
         self.model, self.registry_uri, self.poll_s = model, registry_uri, poll_s
         self.cfg = ServiceConfig.from_dict(service)
-        self.service = self._load(model)
+        self.service = load_fleet_planner(model, registry_uri, self.cfg)
         self.following = bool(registry_uri) and model in STAGES
         self._poller: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
-
-    def _load(self, model: str) -> FleetPlanner:
-        service = FleetPlanner(load_served_model(model, self.registry_uri), self.cfg)
-        service.warmup()
-        return service
 
     async def plan(self, obs: np.ndarray, warm: np.ndarray | None, objectives: list[str],
                    zones: np.ndarray | None, budget_ms: float | None,
@@ -100,17 +95,11 @@ class PlannerServer:
             return await asyncio.to_thread(service.plan, obs, warm, objectives, zones, budget_ms, hidden)
 
     async def score(self, obs: np.ndarray, actions: np.ndarray, next_obs: np.ndarray) -> dict[str, Any]:
-        service = self.service
-        errors = await asyncio.to_thread(service.prediction_error, obs, actions, next_obs)
-        return {"model_version": service.version, "errors": errors, "mean_error": float(errors.mean())}
+        return await asyncio.to_thread(self.service.score, obs, actions, next_obs)
 
     async def info(self) -> dict[str, Any]:
         self._follow()
-        s = self.service
-        return {"model_version": s.version, "env_id": s.model.spec.env_id, "obs_dim": s.obs_dim,
-                "act_dim": s.model.spec.act_dim, "objectives": list(s.objectives), "zones": s.zones,
-                "planner": self.cfg.planner, "horizon": s.horizon, "device": str(s.model.device),
-                "follows": self.model if self.following else None}
+        return self.service.describe() | {"follows": self.model if self.following else None}
 
     def _follow(self) -> None:
         if self.following and self._poller is None:
@@ -127,7 +116,7 @@ class PlannerServer:
                     problem = f"stage {self.model!r} is empty in {self.registry_uri}; still serving " \
                               f"{self.service.version}"
                 elif holders[-1] != self.service.version:
-                    service = await asyncio.to_thread(self._load, holders[-1])
+                    service = await asyncio.to_thread(load_fleet_planner, holders[-1], self.registry_uri, self.cfg)
                     self.service = service  # one assignment: batches in flight keep the old one
                     logger.info("now serving %s %s", self.model, holders[-1])
                     problem = None
