@@ -55,6 +55,11 @@ class StateConfig:
     name: str = "fleetwm-agent-state"
     """Prefix of the shard actors' names."""
 
+    @property
+    def shard_names(self) -> list[str]:
+        """The shard actors' names, in shard order."""
+        return [f"{self.name}-{i}" for i in range(self.shards)]
+
     def __post_init__(self) -> None:
         if not isinstance(self.shards, int) or self.shards < 1:
             raise ValueError(f"shards must be an integer >= 1, got {self.shards!r}")
@@ -219,9 +224,8 @@ def start_state_shards(cfg: StateConfig, detached: bool = False, **actor_options
     options = dict(namespace=NAMESPACE, lifetime="detached" if detached else None, get_if_exists=True,
                    max_restarts=-1, max_task_retries=-1, num_cpus=0, max_concurrency=1000, **actor_options)
     shard = ray.remote(AgentStateShard)
-    names = [f"{cfg.name}-{i}" for i in range(cfg.shards)]
     handles = [shard.options(name=name, **options).remote(name, cfg.snapshot_uri, cfg.snapshot_interval_s, cfg.ttl_s)
-               for name in names]
+               for name in cfg.shard_names]
     return AgentStateStore(cfg, handles)
 
 

@@ -89,10 +89,9 @@ def shutdown_app(state: StateConfig | None = None, telemetry_name: str = "fleetw
         ray.kill(telemetry, no_restart=True)
     except ValueError:  # telemetry was off
         pass
-    cfg = state or StateConfig()
-    for i in range(cfg.shards):
+    for name in (state or StateConfig()).shard_names:
         try:
-            ray.kill(ray.get_actor(f"{cfg.name}-{i}", namespace=NAMESPACE), no_restart=True)
+            ray.kill(ray.get_actor(name, namespace=NAMESPACE), no_restart=True)
         except ValueError:
             pass
     return {"telemetry": stats}
