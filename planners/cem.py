@@ -13,6 +13,7 @@ import torch
 from planners.base import BasePlanner, PlanConfig, State
 from planners.noise import coloured_noise
 from planners.objectives import Objective, Params
+from worldmodel.nn import variance
 
 
 @dataclass(frozen=True)
@@ -66,5 +67,5 @@ class CEMPlanner(BasePlanner):
         idx = returns.topk(self.elites, dim=1).indices  # (N, elites)
         elites = candidates.gather(1, idx[..., None, None].expand(-1, -1, h, a))  # (N, elites, H, A)
         state["mean"] = alpha * mean + (1 - alpha) * elites.mean(1)
-        state["std"] = alpha * std + (1 - alpha) * elites.std(1, unbiased=False)
+        state["std"] = alpha * std + (1 - alpha) * variance(elites, 1).sqrt()
         return candidates, returns

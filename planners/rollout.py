@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 
 from planners.objectives import Objective, Params
+from worldmodel.nn import variance
 
 PROPAGATIONS = ("ts1", "tsinf", "expectation")
 
@@ -56,7 +57,7 @@ class Rollout:
 
     def _disagreement(self, means: torch.Tensor, dim: int = 0) -> torch.Tensor:
         """Variance of predicted states along ``dim`` in units of the typical one-step change, mean over S."""
-        return (means.var(dim, unbiased=False) / self.dynamics.delta_norm.std.square()).mean(-1)
+        return (variance(means, dim) / self.dynamics.delta_norm.std.square()).mean(-1)
 
     def _expectation(self, obs: torch.Tensor, actions: torch.Tensor, params: Params,
                      generator: torch.Generator | None = None) -> torch.Tensor:
@@ -82,25 +83,31 @@ class Rollout:
         n, k, h, a = actions.shape
         e, p, s = self.members, self.particles, obs.shape[-1]
         rows = n * k * p
-        # Rows are dealt evenly to members; repeated rows pad each member's share to a multiple
-        # of 16, which keeps the batched matmuls on their fast aligned path (1.5x on AVX-512).
+        # Rows are dealt evenly to members and stay dealt for the whole horizon, so each step's model
+        # call reads and writes (E, R, *) directly; only the next state is gathered back to
+        # (agent, candidate, particle) order for the objective. Extra rows (repeats of the first ones,
+        # simulated and then dropped) pad each member's share to a multiple of 16, which keeps the
+        # batched matmuls on their fast aligned path (1.5x on AVX-512).
         pad = (-rows) % (e * 16)
-        state = obs[:, None].expand(n, k * p, s).reshape(rows, s)  # (M, S), row = (agent, candidate, particle)
-        acts = actions[:, :, None].expand(n, k, p, h, a).reshape(rows, h, a)
+        acts = actions[:, :, None].expand(n, k, p, h, a).reshape(rows, h, a)  # (M, H, A)
+        dealt_acts = _deal(acts.view(rows, h * a), e, pad).view(e, -1, h, a)  # (E, R, H, A)
+        state = _deal(obs[:, None].expand(n, k * p, s).reshape(rows, s), e, pad)  # (E, R, S)
+        noise = torch.randn((h, *state.shape), generator=generator, device=obs.device, dtype=obs.dtype)
+        prev = obs[None, :, None].expand(1, n, k * p, s)  # (1, N, K*P, S): the objective's layout
         total = obs.new_zeros(n, k * p)
         for t in range(h):
-            action = acts[:, t]  # (M, A)
-            pred = self.dynamics(_deal(state, e, pad), _deal(action, e, pad))  # (E, M/E, S): member e gets rows e::E
-            noise = torch.randn(pred.mean.shape, generator=generator, device=obs.device, dtype=obs.dtype)
-            mean = _collect(pred.mean, rows)  # (M, S)
-            nxt = mean + _collect((pred.var * pred.scale).clamp_min(1e-12).sqrt() * noise, rows)
-            view = lambda x: x.view(1, n, k * p, -1)  # noqa: E731
-            reward = self.objective(view(state), view(action), view(nxt), params)[0]  # (N, K*P)
+            pred = self.dynamics(state, dealt_acts[:, :, t])  # (E, R, S)
+            state = pred.mean + (pred.var * pred.scale).clamp_min(1e-12).sqrt() * noise[t]
+            nxt = _collect(state, rows).view(1, n, k * p, s)
+            reward = self.objective(prev, acts[:, t].view(1, n, k * p, a), nxt, params)[0]  # (N, K*P)
             if self.penalty:
-                spread = self._disagreement(mean.view(n, k, p, s), dim=2)  # (N, K)
+                spread = self._disagreement(_collect(pred.mean, rows).view(n, k, p, s), dim=2)  # (N, K)
                 reward = reward - self.penalty * spread.repeat_interleave(p, dim=1)
             total = total + reward
-            state = self._reassign(nxt, n * k, generator) if self.shuffle else nxt
+            if self.shuffle:
+                nxt = self._reassign(nxt.view(rows, s), n * k, generator).view(1, n, k * p, s)
+                state = _deal(nxt.view(rows, s), e, pad)
+            prev = nxt
         return total.view(n, k, p).mean(-1)
 
     def _reassign(self, state: torch.Tensor, candidates: int, generator: torch.Generator | None) -> torch.Tensor:
@@ -113,13 +120,12 @@ class Rollout:
     def audit(self, obs: torch.Tensor, plan: torch.Tensor,
               params: Params | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The chosen plans' mean trajectory (N, H+1, S) and ensemble disagreement along it (N, H)."""
-        state, states, disagreement = obs, [obs], []
+        state, states, means = obs, [obs], []
         for t in range(plan.shape[1]):
-            means = self.dynamics(state, plan[:, t]).mean  # (E, N, S)
-            state = means.mean(0)
+            means.append(self.dynamics(state, plan[:, t]).mean)  # (E, N, S)
+            state = means[-1].mean(0)
             states.append(state)
-            disagreement.append(self._disagreement(means))
-        return torch.stack(states, 1), torch.stack(disagreement, 1)
+        return torch.stack(states, 1), self._disagreement(torch.stack(means, 2))  # (E, N, H, S) -> (N, H)
 
 
 class RecurrentRollout:

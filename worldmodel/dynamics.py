@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from worldmodel.nn import EnsembleMLP, Normalizer, expand_members
+from worldmodel.nn import EnsembleMLP, Normalizer, expand_members, variance
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ class Prediction:
         the calibration scale.
         """
         mean = self.mean.mean(0)
-        var = (self.var.mean(0) + self.mean.var(0, unbiased=False)) * self.scale
+        var = (self.var.mean(0) + variance(self.mean, 0)) * self.scale
         return mean, var
 
 
