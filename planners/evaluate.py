@@ -67,20 +67,22 @@ class EvalResult:
 
 def closed_loop(model: WorldModel, planner: str, agents: int, episodes: int, cfg: PlanConfig,
                 reward: str = "learned", no_fly_zones: int = 0, seed: int = 0, progress: bool = False,
-                on_step: Callable[[dict[str, Any]], None] | None = None) -> EvalResult:
+                on_step: Callable[[dict[str, Any]], None] | None = None,
+                settings: dict[str, Any] | None = None) -> EvalResult:
     """Run ``agents`` envs of the model's env in lockstep until ``episodes`` episodes have ended.
 
     Args:
         model: the world model to plan with (its device is used).
         planner: 'cem', 'mppi', 'gradient' or 'shooting'.
         agents: N, envs stepped together, planned for in one call per step.
-        episodes: episodes to complete (summed over agents).
+        episodes: episodes counted: the first ``episodes`` to start (summed over agents), each run to its end.
         cfg: planner settings.
         reward: 'learned' (the model's reward model) or 'analytic' (Nav2D's true reward).
         no_fly_zones: Nav2D zones per episode (0: off); their costs join the objective.
         seed: seeds the envs and the planner.
         on_step: called after each step with the obs planned from, the objective parameters, the
             plan result and the ``done`` / ``reset`` masks (N,) of that step (for logging and plots).
+        settings: the planner's own settings (``make_planner``), e.g. CEM's ``noise_beta``.
     """
     if agents < 1 or episodes < 1:
         raise ValueError(f"agents and episodes must be >= 1, got {agents} and {episodes}")
@@ -89,7 +91,7 @@ def closed_loop(model: WorldModel, planner: str, agents: int, episodes: int, cfg
     envs = gymnasium.vector.SyncVectorEnv([lambda: make_env(env_id, **kwargs) for _ in range(agents)])
     objective = build_objective(model, reward, zones=no_fly_zones > 0)
     plan = make_planner(planner, model.dynamics, objective, torch.tensor(model.spec.act_low),
-                        torch.tensor(model.spec.act_high), cfg)
+                        torch.tensor(model.spec.act_high), cfg, settings=settings)
     device = model.device
     obs_np, infos = envs.reset(seed=seed)
     warm: torch.Tensor | None = None
@@ -97,6 +99,10 @@ def closed_loop(model: WorldModel, planner: str, agents: int, episodes: int, cfg
     ep_return, ep_violations = np.zeros(agents), np.zeros(agents, int)
     fallbacks, steps, plan_ms = 0, 0, []
     reset_next = np.zeros(agents, bool)  # gymnasium's next-step autoreset: this step only resets these envs
+    # The episodes counted are the first `episodes` to start, whatever their outcome. Counting the
+    # first to end instead would miss failures, which end last (at the time limit).
+    counting = np.arange(agents) < episodes  # (N,) whether each env's current episode is counted
+    started = int(counting.sum())
     bar = tqdm(total=episodes, desc=f"eval {planner}", disable=not progress, unit="ep")
     while len(returns) < episodes:
         obs = torch.as_tensor(obs_np, dtype=torch.float32, device=device)
@@ -104,22 +110,25 @@ def closed_loop(model: WorldModel, planner: str, agents: int, episodes: int, cfg
         result = plan.plan(obs, params, warm_start=warm)
         plan_ms.append(result.elapsed_ms)
         warm = shift_plan(result.plan)
+        if reset_next.any():  # these envs now show a new episode's first obs: plan it from scratch
+            warm[torch.as_tensor(reset_next, device=device)] = plan.initial_plan(int(reset_next.sum()))
         obs_np, rew, term, trunc, infos = envs.step(result.actions.detach().cpu().numpy())
-        live = ~reset_next
+        live = ~reset_next & counting
         fallbacks += int(result.fallback.cpu().numpy()[live].sum())
         steps += int(live.sum())
         ep_return += np.where(live, rew, 0.0)
         ep_violations += np.asarray(infos.get("violation", np.zeros(agents, bool)), bool) & live
-        done = (term | trunc) & live
-        for i in np.flatnonzero(done):  # statistics count completed episodes only
+        done = (term | trunc) & ~reset_next
+        for i in np.flatnonzero(done & counting):  # statistics count completed episodes only
             returns.append(float(ep_return[i]))
             successes.append(bool(np.asarray(infos["is_success"])[i]) if "is_success" in infos else False)
             violations += int(ep_violations[i])
             violators += int(ep_violations[i] > 0)
-        bar.update(int(done.sum()))
+        bar.update(int((done & counting).sum()))
         ep_return[done], ep_violations[done] = 0.0, 0
-        if done.any():  # a fresh episode starts from the uninformed plan
-            warm[torch.as_tensor(done, device=device)] = plan.initial_plan(int(done.sum()))
+        for i in np.flatnonzero(done):  # the next episode counts while fewer than `episodes` have started
+            counting[i] = started < episodes
+            started += int(counting[i])
         if on_step is not None:
             on_step({"obs": obs, "params": params, "result": result, "done": done, "reset": reset_next})
         reset_next = done

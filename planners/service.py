@@ -30,6 +30,11 @@ from worldmodel.model import WorldModel
 OBJECTIVES = ("learned", "goal")
 """Objective names a request may ask for: the learned reward model, or Nav2D's analytic goal reward."""
 
+SERVED_CEM = {"noise_beta": 2.0, "init_std": 1.0}
+"""CEM's own settings when serving one warm-started round per request: iCEM's coloured noise, as wide as
+the action box. With white noise at half the width, or a horizon of 20, 1.5 to 3% of Nav2D episodes
+end wedged between two no-fly zones (README, Nav2D closed loop)."""
+
 _GOAL_DIMS = slice(4, 6)
 """Where Nav2D's observation carries the agent's goal."""
 
@@ -40,21 +45,31 @@ class ServiceConfig:
 
     planner: str = "cem"
     """'cem', 'mppi', 'gradient' or 'shooting'."""
-    plan: PlanConfig = PlanConfig(horizon=20, samples=32, iterations=3, particles=1)
-    """Planner settings (the ones that reach the Nav2D closed-loop target)."""
+    plan: PlanConfig = PlanConfig(horizon=30, samples=32, iterations=1, particles=1)
+    """Planner settings; the default, one warm-started CEM round, reaches the Nav2D closed-loop target."""
+    settings: dict[str, Any] | None = None
+    """The planner's own settings (``make_planner``); None: ``SERVED_CEM`` for CEM, defaults for the others."""
+
+    @property
+    def planner_settings(self) -> dict[str, Any]:
+        if self.settings is not None:
+            return dict(self.settings)
+        return dict(SERVED_CEM) if self.planner == "cem" else {}
 
     def to_dict(self) -> dict[str, Any]:
-        return {"planner": self.planner, "plan": dataclasses.asdict(self.plan)}
+        return {"planner": self.planner, "plan": dataclasses.asdict(self.plan), "settings": self.planner_settings}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ServiceConfig":
         """From ``to_dict``'s form; missing keys keep their defaults, unknown keys are an error."""
-        unknown = sorted(set(data) - {"planner", "plan"})
+        unknown = sorted(set(data) - {"planner", "plan", "settings"})
         if unknown:
-            raise ValueError(f"unknown planner service setting(s) {unknown}; known: planner, plan")
+            raise ValueError(f"unknown planner service setting(s) {unknown}; known: planner, plan, settings")
         plan = cls.plan if "plan" not in data else config_from_dict(PlanConfig, {**dataclasses.asdict(cls.plan),
                                                                                   **data["plan"]})
-        return cls(planner=data.get("planner", cls.planner), plan=plan)
+        settings = data.get("settings")
+        return cls(planner=data.get("planner", cls.planner), plan=plan,
+                   settings=None if settings is None else dict(settings))
 
 
 class FleetPlanner:
@@ -75,7 +90,7 @@ class FleetPlanner:
         self.planners: dict[str, BasePlanner] = {
             name: make_planner(self.cfg.planner, model.dynamics,
                                build_objective(model, "analytic" if name == "goal" else "learned", zones=self.zones),
-                               low, high, self.cfg.plan)
+                               low, high, self.cfg.plan, settings=self.cfg.planner_settings)
             for name in objectives}
 
     @property
@@ -99,7 +114,8 @@ class FleetPlanner:
         spec = self.model.spec
         return {"model_version": self.version, "env_id": spec.env_id, "obs_dim": self.obs_dim,
                 "act_dim": spec.act_dim, "objectives": list(self.objectives), "zones": self.zones,
-                "planner": self.cfg.planner, "horizon": self.horizon, "device": str(self.model.device)}
+                "planner": self.cfg.planner, "planner_settings": self.cfg.planner_settings, "horizon": self.horizon,
+                "device": str(self.model.device)}
 
     def warmup(self, sizes: tuple[int, ...] = (1, 8, 64)) -> None:
         """Plan once untimed at a few batch sizes, so the budget has round-time estimates."""

@@ -98,8 +98,14 @@ async def drive_fleet(url: str, agents: int, hz: float, seconds: float, env_id: 
                       no_fly_zones: int = 0, objective: str = "learned", token: str | None = None,
                       deadline_ms: float | None = None, seed: int = 0,
                       progress: Callable[[str], None] | None = None, trace: FleetTrace | None = None,
-                      timeout_s: float = 2.0, retries: int = 3, agent_prefix: str | None = None) -> FleetResult:
+                      timeout_s: float = 2.0, retries: int = 3, agent_prefix: str | None = None,
+                      drain: bool = True) -> FleetResult:
     """Drive ``agents`` envs closed loop through the endpoint at ``url`` for ``seconds``.
+
+    Rates and latencies are those of requests sent within ``seconds``. Episodes are those started
+    within it: an episode under way at the end is driven on to its end (untimed) and counted, so
+    failures, which last until the time limit, are not undercounted (one that meets an error past
+    the end is dropped). ``drain=False`` stops at the end and counts only the episodes ended by then.
 
     Args:
         url: base URL of the fleet endpoint (or any server of API v1's ``POST /v1/plan``).
@@ -116,6 +122,7 @@ async def drive_fleet(url: str, agents: int, hz: float, seconds: float, env_id: 
         trace: filled with every request's latency and a few agents' first episodes.
         timeout_s / retries: the client's per-attempt timeout and retries.
         agent_prefix: agent ids are PREFIX0000, PREFIX0001, ... (default: 'fleet-<random>-', fresh per run).
+        drain: drive the episodes under way at the end on to their end (see above).
 
     Returns:
         The run's ``FleetResult``.
@@ -144,11 +151,14 @@ async def drive_fleet(url: str, agents: int, hz: float, seconds: float, env_id: 
             done = trunc = False
             ep_violations, track = 0, tracks[i] if i < keep else None
             tick = start + i * period / agents  # staggered over one period
+            fresh = True  # no request of the current episode sent yet
             while True:
                 await asyncio.sleep(max(0.0, tick - time.perf_counter()))
                 sent = time.perf_counter()
-                if sent >= end:
+                timed = sent < end
+                if not timed and (fresh or not drain):  # past the end, no new episode starts
                     return
+                fresh = False
                 action = zero
                 try:
                     answer = await client.plan(f"{prefix}{i:04d}", obs, reward=reward, done=done, truncated=trunc,
@@ -157,10 +167,13 @@ async def drive_fleet(url: str, agents: int, hz: float, seconds: float, env_id: 
                     tally.fallbacks += bool(answer["fallback"])
                     tally.versions.add(answer["model_version"])
                 except FleetClientError as err:
+                    if not timed:  # an episode finished past the end must be served to count: leave it
+                        return
                     tally.errors[err.kind] += 1
                 now = time.perf_counter()
-                tally.sent_s.append(sent - start)
-                tally.latency_ms.append((now - sent) * 1000)
+                if timed:
+                    tally.sent_s.append(sent - start)
+                    tally.latency_ms.append((now - sent) * 1000)
                 if track is not None and track["goal"] is None:
                     track["goal"], track["zones"] = obs[4:6].copy(), _zones(info)
                 if track is not None and not track["closed"]:
@@ -168,7 +181,7 @@ async def drive_fleet(url: str, agents: int, hz: float, seconds: float, env_id: 
                     track["closed"] = done or trunc
                 if done or trunc:  # the final observation is reported: start the next episode
                     obs, info = env.reset()
-                    reward, done, trunc, ep_violations = None, False, False, 0
+                    reward, done, trunc, ep_violations, fresh = None, False, False, 0, True
                 else:
                     obs, r, done, trunc, info = env.step(action)
                     reward = float(r)
@@ -184,7 +197,7 @@ async def drive_fleet(url: str, agents: int, hz: float, seconds: float, env_id: 
                 tick += period
                 if tick < now:  # too late for the ticks in between: skip them, stay on this agent's grid
                     missed = math.ceil((now - tick) / period)
-                    tally.late += missed
+                    tally.late += missed if timed else 0
                     tick += missed * period
 
         reporter = asyncio.create_task(_report(tally, start, seconds, progress)) if progress else None
@@ -197,7 +210,7 @@ async def drive_fleet(url: str, agents: int, hz: float, seconds: float, env_id: 
                 reporter.cancel()
             for env in envs:
                 env.close()
-        elapsed = time.perf_counter() - start
+        elapsed = min(time.perf_counter() - start, seconds)  # the timed part
         retries_made = client.stats.retries
     if trace is not None:
         trace.sent_s.extend(tally.sent_s)

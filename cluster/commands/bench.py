@@ -19,6 +19,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from cluster.commands.plan import add_planner_setting_option, planner_settings
 from planners import PLANNERS, BasePlanner, GradientPlanner, Objective, PlanConfig, make_planner
 from planners.objectives import LearnedReward
 from worldmodel.artifact import load_model
@@ -51,6 +52,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--budget-ms", type=float, default=None, help="time budget per call; rows report fallbacks")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--seed", type=int, default=0)
+    add_planner_setting_option(p)
     p.set_defaults(handler=run_bench_plan)
 
 
@@ -195,6 +197,7 @@ def run_bench_plan(args: argparse.Namespace) -> dict[str, Any]:
         if args.threads < 1:
             raise ValueError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
+    own = planner_settings(args)
     cfg = PlanConfig(horizon=args.horizon, samples=args.samples, iterations=args.iterations,
                      particles=args.particles, propagation=args.propagation, budget_ms=args.budget_ms,
                      seed=args.seed)
@@ -207,7 +210,8 @@ def run_bench_plan(args: argparse.Namespace) -> dict[str, Any]:
     reference = measure_reference(args.repeats, args.seed)
     rows = []
     for n in agents:
-        planner = make_planner(args.planner, dynamics, objective, low, high, cfg)  # fresh budget estimate per N
+        planner = make_planner(args.planner, dynamics, objective, low, high, cfg,  # fresh budget estimate per N
+                               settings=own)
         timing = _time_plans(planner, n, obs_dim, args.repeats, args.seed)
         flops = n * plan_flops(args.planner, cfg, members, dynamics.flops_per_sample(), reward.flops_per_sample(),
                                timing["iterations"])
@@ -223,7 +227,7 @@ def run_bench_plan(args: argparse.Namespace) -> dict[str, Any]:
         rows.append(row)
     settings = {**{k: getattr(cfg, k) for k in ("horizon", "samples", "iterations", "particles", "propagation",
                                                "budget_ms", "seed")},
-                **model_info, "obs_dim": obs_dim, "repeats": args.repeats}
+                **model_info, "obs_dim": obs_dim, "repeats": args.repeats, "planner_settings": own}
     result = {"command": "bench plan", "planner": args.planner, "settings": settings, "device": str(device),
               "threads": threads, "peak_gflops": peak, "reference": reference, "rows": rows}
     result["_summary"] = _summary(result)

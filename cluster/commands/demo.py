@@ -32,7 +32,7 @@ from worldmodel.registry import ModelRegistry
 
 # The planning model of the measured Nav2D closed-loop results (README): a 5 x 64x2 ensemble.
 PLANNING_MODEL = {"ensemble_size": 5, "hidden": 64, "layers": 2, "reward_hidden": 64, "reward_layers": 2}
-SERVED_PLANNER = {"planner": "cem", "plan": {"horizon": 20, "samples": 32, "iterations": 1}}
+SERVED_PLANNER = {"planner": "cem", "plan": {"horizon": 30, "samples": 32, "iterations": 1}}
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:

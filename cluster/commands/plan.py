@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from cluster.commands.report import plot_closed_loop
 from planners.objectives import ZONES
 from worldmodel.envs import NAV2D_ID
 from planners import PLANNERS, PlanConfig
+from planners import planner_settings as check_settings
 from planners.evaluate import REWARDS, closed_loop
 from planners.rollout import PROPAGATIONS
 from worldmodel.artifact import load_model
@@ -30,6 +32,29 @@ def add_plan_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--budget-ms", type=float, default=None, help="hard time budget per planning call")
     p.add_argument("--disagreement-threshold", type=float, default=None, help="fall back above this")
     p.add_argument("--uncertainty-penalty", type=float, default=0.0)
+    add_planner_setting_option(p)
+
+
+def add_planner_setting_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--planner-opt", action="append", default=[], metavar="KEY=VALUE",
+                   help="a setting of the planner's own (repeatable): CEM elites, alpha, init_std, noise_beta "
+                        "(iCEM coloured noise: 2); MPPI temperature, noise_std, noise_beta; gradient lr ...")
+
+
+def planner_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """``--planner-opt KEY=VALUE`` pairs as a dict (values read as JSON numbers or booleans where they
+    parse), checked against ``--planner``'s own settings."""
+    settings: dict[str, Any] = {}
+    for item in args.planner_opt:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--planner-opt takes KEY=VALUE, got {item!r}")
+        try:
+            settings[key] = json.loads(value)
+        except json.JSONDecodeError:
+            settings[key] = value
+    check_settings(args.planner, settings)
+    return settings
 
 
 def plan_config(args: argparse.Namespace) -> PlanConfig:
@@ -92,10 +117,10 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
     recorder = _TrackRecorder(agents=min(args.agents, 8), nav2d=model.spec.env_id == NAV2D_ID)
     res = closed_loop(model, args.planner, args.agents, args.episodes, cfg, reward=args.reward,
                       no_fly_zones=args.no_fly_zones, seed=args.seed, progress=not args.json,
-                      on_step=recorder)
+                      on_step=recorder, settings=planner_settings(args))
     out = {"command": "eval", "model": args.model, "env": model.spec.env_id, "planner": args.planner,
            "agents": args.agents, "reward": args.reward, "no_fly_zones": args.no_fly_zones,
-           "settings": dataclasses.asdict(cfg), "device": str(model.device)}
+           "settings": dataclasses.asdict(cfg), "planner_settings": planner_settings(args), "device": str(model.device)}
     out |= {k: v for k, v in dataclasses.asdict(res).items() if k != "returns"}
     if args.png:
         out["png"] = str(plot_closed_loop(recorder.finished(), recorder.plan_ms, Path(args.png),

@@ -10,6 +10,7 @@ import threading
 from typing import Any
 
 from actors.state import StateConfig
+from cluster.commands.plan import add_planner_setting_option, planner_settings
 from cluster.runtime import init_ray
 from planners import PLANNERS
 from serving.config import TOKEN_ENV
@@ -37,10 +38,11 @@ def add_serve_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--proxy", choices=PROXIES, default="haproxy",
                    help="Serve's HTTP proxy: HAProxy (default, fast) or Serve's Python proxy")
     p.add_argument("--planner", choices=sorted(PLANNERS), default="cem")
-    p.add_argument("--horizon", type=int, default=20)
+    p.add_argument("--horizon", type=int, default=30)
     p.add_argument("--samples", type=int, default=32)
     p.add_argument("--iterations", type=int, default=1,
                    help="CEM rounds per request (1 suffices with warm starts: README, serving results)")
+    add_planner_setting_option(p)
     p.add_argument("--deadline-ms", type=float, default=None,
                    help="planning deadline for requests that give none (default: none)")
     p.add_argument("--state-dir", default=None, help="snapshot agent state here (default: no snapshots)")
@@ -56,7 +58,9 @@ def app_kwargs(args: argparse.Namespace) -> dict[str, Any]:
             "shadow": args.shadow, "log_uri": args.log_dir, "host": args.host, "port": args.port,
             "state": StateConfig(snapshot_uri=args.state_dir),
             "service": {"planner": args.planner, "plan": {"horizon": args.horizon, "samples": args.samples,
-                                                          "iterations": args.iterations}},
+                                                          "iterations": args.iterations},
+                        # None keeps the served defaults (planners.service.SERVED_CEM for CEM).
+                        "settings": planner_settings(args) if args.planner_opt else None},
             "default_deadline_ms": args.deadline_ms,
             "batching": {"max_batch_size": args.max_batch_size, "batch_wait_timeout_s": args.batch_wait_ms / 1000}}
 

@@ -36,6 +36,25 @@ def test_zone_costs_keep_agents_out(nav_model: WorldModel) -> None:
     assert result.episodes_with_violation <= 1, result
 
 
+def test_the_first_episodes_to_start_are_counted_not_the_first_to_end(nav_model: WorldModel) -> None:
+    # A planner too weak to reach most goals: failures run to the time limit and end last, so counting
+    # the first episodes to end would report the few quick successes of the other agents instead.
+    first_end: dict[int, int] = {}
+    step = 0
+
+    def on_step(info: dict) -> None:
+        nonlocal step
+        step += 1
+        for i in info["done"].nonzero()[0]:
+            first_end.setdefault(int(i), step)
+
+    weak = PlanConfig(horizon=2, samples=2, iterations=1)
+    result = closed_loop(nav_model, "shooting", agents=6, episodes=3, cfg=weak, on_step=on_step)
+    assert result.episodes == 3
+    # Exactly envs 0-2's first episodes were counted: their steps, whatever the other envs did.
+    assert result.steps == sum(first_end[i] for i in range(3)), (result, first_end)
+
+
 def test_objective_choices_are_checked(nav_model: WorldModel) -> None:
     with pytest.raises(ValueError, match="reward must be one of"):
         build_objective(nav_model, "imagined")
