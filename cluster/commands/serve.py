@@ -79,13 +79,15 @@ def run_serve(args: argparse.Namespace) -> dict[str, Any]:
         raise FileNotFoundError(f"--model {args.model}: no such model directory (or pass --registry)")
     kwargs = app_kwargs(args)
     start_ray_for_serving(args.address, args.proxy)
+    # Installed after Ray's own (ray.init sets one) and before deploying: a SIGTERM while the app
+    # comes up (it answers before deploy returns) then stops it cleanly once it is up.
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     url = deploy(**kwargs, token=os.environ.get(TOKEN_ENV))
     print(f"wm serve: fleet endpoint at {url} (OpenAPI at {url}/docs); Ctrl-C stops it", file=sys.stderr)
     result: dict[str, Any] = {"url": url, "proxy": args.proxy}
     if args.detach:
         return result | {"detached": True}
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
         while not stop.wait(1.0):
             pass
