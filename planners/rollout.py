@@ -24,10 +24,15 @@ HIDDEN = "hidden"
 """(N, Hd) recurrent hidden state per agent, in the planner's params when the dynamics is a GRU."""
 
 
+def is_recurrent(dynamics: torch.nn.Module) -> bool:
+    """Whether ``dynamics`` is recurrent (it has ``step``): each agent's hidden state is carried between calls."""
+    return hasattr(dynamics, "step")
+
+
 def make_rollout(dynamics: torch.nn.Module, objective: Objective, propagation: str, particles: int,
                  uncertainty_penalty: float = 0.0) -> "Rollout | RecurrentRollout":
-    """The rollout for ``dynamics``: recurrent models (with ``step``) carry each agent's hidden state."""
-    cls = RecurrentRollout if hasattr(dynamics, "step") else Rollout
+    """The rollout for ``dynamics``: recurrent models carry each agent's hidden state."""
+    cls = RecurrentRollout if is_recurrent(dynamics) else Rollout
     return cls(dynamics, objective, propagation, particles, uncertainty_penalty)
 
 
@@ -97,7 +102,7 @@ class Rollout:
         total = obs.new_zeros(n, k * p)
         for t in range(h):
             pred = self.dynamics(state, dealt_acts[:, :, t])  # (E, R, S)
-            state = pred.mean + (pred.var * pred.scale).clamp_min(1e-12).sqrt() * noise[t]
+            state = pred.sample(noise[t])
             nxt = _collect(state, rows).view(1, n, k * p, s)
             reward = self.objective(prev, acts[:, t].view(1, n, k * p, a), nxt, params)[0]  # (N, K*P)
             if self.penalty:
@@ -162,10 +167,11 @@ class RecurrentRollout:
         for t in range(h):
             action = acts[:, t]
             hidden, pred = self.dynamics.step(hidden, state, action)
-            nxt = pred.mean[0]
             if self.sample:
-                noise = torch.randn(nxt.shape, generator=generator, device=obs.device, dtype=obs.dtype)
-                nxt = nxt + (pred.var[0] * pred.scale).clamp_min(1e-12).sqrt() * noise
+                noise = torch.randn(pred.mean.shape, generator=generator, device=obs.device, dtype=obs.dtype)
+                nxt = pred.sample(noise)[0]
+            else:
+                nxt = pred.mean[0]
             view = lambda x: x.view(1, n, k * p, -1)  # noqa: E731
             total = total + self.objective(view(state), view(action), view(nxt), params)[0]
             state = nxt

@@ -22,7 +22,7 @@ from planners import PlanConfig, make_planner, shift_plan
 from planners.base import BasePlanner
 from planners.evaluate import build_objective
 from planners.objectives import GOAL, ZONES
-from planners.rollout import HIDDEN
+from planners.rollout import HIDDEN, is_recurrent
 from worldmodel.config import config_from_dict
 from worldmodel.envs import NAV2D_ID
 from worldmodel.model import WorldModel
@@ -83,7 +83,7 @@ class FleetPlanner:
     def __init__(self, model: WorldModel, cfg: ServiceConfig | None = None) -> None:
         self.model, self.cfg = model, cfg or ServiceConfig()
         self.zones = model.spec.env_id == NAV2D_ID
-        self.recurrent = hasattr(model.dynamics, "step")
+        self.recurrent = is_recurrent(model.dynamics)
         """A GRU model: each agent's hidden state comes in with its request and goes back updated."""
         objectives = OBJECTIVES if self.zones else ("learned",)
         low, high = torch.tensor(model.spec.act_low), torch.tensor(model.spec.act_high)

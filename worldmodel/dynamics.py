@@ -33,6 +33,11 @@ class Prediction:
     var: torch.Tensor
     scale: torch.Tensor | float = 1.0
 
+    def sample(self, noise: torch.Tensor) -> torch.Tensor:
+        """Draws of the next state from standard normal ``noise`` shaped like ``mean``: the mean plus
+        the calibrated standard deviation times the noise."""
+        return self.mean + (self.var * self.scale).clamp_min(1e-12).sqrt() * noise
+
     def moments(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and calibrated variance of the ensemble as one Gaussian: ((B, S), (B, S)).
 
