@@ -18,14 +18,18 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import record, wm
+from planners.service import ServiceConfig
 
 PLANNER = ["--planner", "cem", "--horizon", "20", "--samples", "32", "--iterations", "3"]
 PETS_1_ROUND = [*PLANNER[:6], "--iterations", "1"]
-ICEM = ["--planner-opt", "noise_beta=2", "--planner-opt", "init_std=1"]
+# What the fleet endpoint serves (planners.service.ServiceConfig's defaults): one CEM round per step,
+# warm-started from the previous step's plan, horizon 30, sampling iCEM's coloured noise as wide as
+# the action box.
+_SERVED = ServiceConfig()
+ICEM = [flag for key, value in _SERVED.planner_settings.items() for flag in ("--planner-opt", f"{key}={value}")]
 ICEM_H20 = [*PETS_1_ROUND, *ICEM]
-# What the fleet endpoint serves (planners.service): one CEM round per step, warm-started from the
-# previous step's plan, horizon 30, sampling iCEM's coloured noise as wide as the action box.
-SERVED_PLANNER = ["--planner", "cem", "--horizon", "30", "--samples", "32", "--iterations", "1", *ICEM]
+SERVED_PLANNER = ["--planner", _SERVED.planner, "--horizon", str(_SERVED.plan.horizon), "--samples",
+                  str(_SERVED.plan.samples), "--iterations", str(_SERVED.plan.iterations), *ICEM]
 MODEL = ["--hidden", "64", "--layers", "2"]
 ARTICLE_MODEL = ["--dynamics", "mlp", "--ensemble-size", "1", "--hidden", "64", "--layers", "2"]
 ARTICLE_PLANNER = ["--planner", "gradient", "--horizon", "15", "--samples", "1", "--iterations", "10",

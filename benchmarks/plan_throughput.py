@@ -19,15 +19,15 @@ import argparse
 from typing import Any
 
 from benchmarks.common import record, wm
+from benchmarks.nav2d_closed_loop import SERVED_PLANNER
 
 AGENTS = "1,16,64,256"
 # The model size of the Nav2D closed loop (benchmarks/nav2d_closed_loop.py), PETS' CEM with 3 rounds.
 NAV2D = ["--horizon", "20", "--samples", "32", "--iterations", "3", "--hidden", "64", "--layers", "2",
          "--ensemble-size", "5"]
 # The served setting, which reaches the Nav2D target: one warm-started CEM round per step, horizon 30,
-# iCEM's coloured noise (planners.service.SERVED_CEM).
-NAV2D_SERVED = ["--horizon", "30", "--samples", "32", "--iterations", "1", *NAV2D[6:], "--planner-opt",
-                "noise_beta=2", "--planner-opt", "init_std=1"]
+# iCEM's coloured noise (planners.service.ServiceConfig's defaults).
+NAV2D_SERVED = [*SERVED_PLANNER[2:], *NAV2D[6:]]
 RUNS = {
     "cem": ["--planner", "cem", "--agents", AGENTS, *NAV2D],
     "cem_1_iteration": ["--planner", "cem", "--agents", AGENTS, *NAV2D_SERVED],

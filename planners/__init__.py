@@ -34,11 +34,11 @@ def make_planner(name: str, dynamics: torch.nn.Module, objective: Objective, act
                  settings: Mapping[str, Any] | None = None) -> BasePlanner:
     """A planner by name; ``settings`` are fields of its own config (``CEMConfig`` for 'cem', ...),
     defaults where absent."""
-    own = planner_settings(name, settings)
+    own = settings_arguments(name, settings)
     return PLANNERS[name](dynamics, objective, action_low, action_high, cfg, fallback=fallback, **own)
 
 
-def planner_settings(name: str, settings: Mapping[str, Any] | None) -> dict[str, Any]:
+def settings_arguments(name: str, settings: Mapping[str, Any] | None) -> dict[str, Any]:
     """Checked constructor arguments for planner ``name``'s own settings: {} or e.g. {"cem": CEMConfig(...)}.
 
     Raises:
@@ -59,4 +59,4 @@ def planner_settings(name: str, settings: Mapping[str, Any] | None) -> dict[str,
 
 __all__ = ["PLANNERS", "BasePlanner", "CEMConfig", "CEMPlanner", "FallbackPolicy", "GradientConfig",
            "GradientPlanner", "MPPIConfig", "MPPIPlanner", "Objective", "Params", "PlanConfig", "PlanResult",
-           "Planner", "SETTINGS", "ShootingPlanner", "make_planner", "planner_settings", "shift_plan", "zero_action"]
+           "Planner", "SETTINGS", "ShootingPlanner", "make_planner", "settings_arguments", "shift_plan", "zero_action"]

@@ -32,7 +32,6 @@ from worldmodel.registry import ModelRegistry
 
 # The planning model of the measured Nav2D closed-loop results (README): a 5 x 64x2 ensemble.
 PLANNING_MODEL = {"ensemble_size": 5, "hidden": 64, "layers": 2, "reward_hidden": 64, "reward_layers": 2}
-SERVED_PLANNER = {"planner": "cem", "plan": {"horizon": 30, "samples": 32, "iterations": 1}}
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -74,7 +73,7 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
         version = ModelRegistry(str(registry_dir)).get("production").version
         say(f"[4/5] Ray Serve comes up with v{version} (registry stage 'production')")
         url = deploy("production", registry_uri=str(registry_dir), log_uri=str(served_logs), port=free_port(),
-                     state=state, service=SERVED_PLANNER)
+                     state=state)  # the served planner's defaults (planners.service.ServiceConfig)
         say(f"[5/5] {args.agents} agents drive closed loop at {args.hz:g} Hz for {args.seconds:g} s through {url}")
         trace = FleetTrace()
         result = asyncio.run(drive_fleet(url, agents=args.agents, hz=args.hz, seconds=args.seconds,

@@ -13,8 +13,7 @@ import numpy as np
 from cluster.commands.report import plot_closed_loop
 from planners.objectives import ZONES
 from worldmodel.envs import NAV2D_ID
-from planners import PLANNERS, PlanConfig
-from planners import planner_settings as check_settings
+from planners import PLANNERS, PlanConfig, settings_arguments
 from planners.evaluate import REWARDS, closed_loop
 from planners.rollout import PROPAGATIONS
 from worldmodel.artifact import load_model
@@ -53,7 +52,7 @@ def planner_settings(args: argparse.Namespace) -> dict[str, Any]:
             settings[key] = json.loads(value)
         except json.JSONDecodeError:
             settings[key] = value
-    check_settings(args.planner, settings)
+    settings_arguments(args.planner, settings)  # checked now, before a model is loaded
     return settings
 
 
@@ -112,15 +111,15 @@ class _TrackRecorder:
 
 
 def run_eval(args: argparse.Namespace) -> dict[str, Any]:
+    cfg, settings = plan_config(args), planner_settings(args)
     model = load_model(args.model, device=resolve_device(args.device))
-    cfg = plan_config(args)
     recorder = _TrackRecorder(agents=min(args.agents, 8), nav2d=model.spec.env_id == NAV2D_ID)
     res = closed_loop(model, args.planner, args.agents, args.episodes, cfg, reward=args.reward,
                       no_fly_zones=args.no_fly_zones, seed=args.seed, progress=not args.json,
-                      on_step=recorder, settings=planner_settings(args))
+                      on_step=recorder, settings=settings)
     out = {"command": "eval", "model": args.model, "env": model.spec.env_id, "planner": args.planner,
            "agents": args.agents, "reward": args.reward, "no_fly_zones": args.no_fly_zones,
-           "settings": dataclasses.asdict(cfg), "planner_settings": planner_settings(args), "device": str(model.device)}
+           "settings": dataclasses.asdict(cfg), "planner_settings": settings, "device": str(model.device)}
     out |= {k: v for k, v in dataclasses.asdict(res).items() if k != "returns"}
     if args.png:
         out["png"] = str(plot_closed_loop(recorder.finished(), recorder.plan_ms, Path(args.png),

@@ -13,6 +13,7 @@ from actors.state import StateConfig
 from cluster.commands.plan import add_planner_setting_option, planner_settings
 from cluster.runtime import init_ray
 from planners import PLANNERS
+from planners.service import ServiceConfig
 from serving.config import TOKEN_ENV
 from serving.deploy import PROXIES, deploy, proxy_env, shutdown_app
 
@@ -37,10 +38,11 @@ def add_serve_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--proxy", choices=PROXIES, default="haproxy",
                    help="Serve's HTTP proxy: HAProxy (default, fast) or Serve's Python proxy")
-    p.add_argument("--planner", choices=sorted(PLANNERS), default="cem")
-    p.add_argument("--horizon", type=int, default=30)
-    p.add_argument("--samples", type=int, default=32)
-    p.add_argument("--iterations", type=int, default=1,
+    served = ServiceConfig()  # the defaults: the setting that reaches the Nav2D target (README)
+    p.add_argument("--planner", choices=sorted(PLANNERS), default=served.planner)
+    p.add_argument("--horizon", type=int, default=served.plan.horizon)
+    p.add_argument("--samples", type=int, default=served.plan.samples)
+    p.add_argument("--iterations", type=int, default=served.plan.iterations,
                    help="CEM rounds per request (1 suffices with warm starts: README, serving results)")
     add_planner_setting_option(p)
     p.add_argument("--deadline-ms", type=float, default=None,
