@@ -100,11 +100,12 @@ class PlanEngine:
 
     async def run(self, requests: list[PlanRequest], arrived: list[float]) -> list[dict[str, Any]]:
         """Answer a batch in order. An agent that appears twice is answered in two passes, in order."""
-        self.batches += 1
-        self.requests += len(requests)
-        self.largest_batch = max(self.largest_batch, len(requests))
         seen: set[str] = set()
         first = [i for i, r in enumerate(requests) if not (r.agent_id in seen or seen.add(r.agent_id))]
+        # Counted per pass, so each request once: the second pass counts its own.
+        self.batches += 1
+        self.requests += len(first)
+        self.largest_batch = max(self.largest_batch, len(first))
         taken = set(first)
         later = [i for i in range(len(requests)) if i not in taken]
         answers: list[dict[str, Any] | None] = [None] * len(requests)
