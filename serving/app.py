@@ -33,7 +33,7 @@ from actors.ensemble import load_fleet_planner
 from actors.state import start_state_shards
 from actors.telemetry import TelemetryLogger
 from planners.service import ServiceConfig
-from serving.config import AppConfig
+from serving.config import BATCHING, AppConfig
 from serving.engine import PlanEngine
 from serving.metrics import ServingMetrics
 from serving.schema import BatchRequest, BatchResponse, PlanRequest, PlanResponse, ResetResponse
@@ -111,14 +111,14 @@ class PlannerServer:
         while True:
             await asyncio.sleep(self.poll_s)
             try:
-                holders = [v.version for v in registry.versions() if v.stage == self.model]
-                if not holders:  # e.g. the shadow was just promoted: keep the version we have
+                holder = registry.holder(self.model)
+                if holder is None:  # e.g. the shadow was just promoted: keep the version we have
                     problem = f"stage {self.model!r} is empty in {self.registry_uri}; still serving " \
                               f"{self.service.version}"
-                elif holders[-1] != self.service.version:
-                    service = await asyncio.to_thread(load_fleet_planner, holders[-1], self.registry_uri, self.cfg)
+                elif holder.version != self.service.version:
+                    service = await asyncio.to_thread(load_fleet_planner, holder.version, self.registry_uri, self.cfg)
                     self.service = service  # one assignment: batches in flight keep the old one
-                    logger.info("now serving %s %s", self.model, holders[-1])
+                    logger.info("now serving %s %s", self.model, holder.version)
                     problem = None
                 else:
                     problem = None
@@ -155,7 +155,8 @@ class FleetIngress:
 
         ``max_batch_size`` caps both a ``@serve.batch`` batch and a planner call (a cycle).
         """
-        size, wait = int(user_config.get("max_batch_size", 256)), float(user_config.get("batch_wait_timeout_s", 0.002))
+        knobs = BATCHING | user_config
+        size, wait = int(knobs["max_batch_size"]), float(knobs["batch_wait_timeout_s"])
         self._batched.set_max_batch_size(size)
         self._batched.set_batch_wait_timeout_s(wait)
         self.engine.max_batch = size
@@ -163,7 +164,7 @@ class FleetIngress:
 
     # Several batches may be formed at once (max_concurrent_batches): they do not wait in line
     # here but join the engine's queue, whose cycles merge them into one planner call.
-    @serve.batch(max_batch_size=256, batch_wait_timeout_s=0.002, max_concurrent_batches=64)
+    @serve.batch(**BATCHING, max_concurrent_batches=64)
     async def _batched(self, items: list[tuple[PlanRequest, float]]) -> list[dict[str, Any]]:
         return await self.engine.submit([r for r, _ in items], [t for _, t in items])
 

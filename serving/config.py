@@ -13,6 +13,10 @@ TOKEN_ENV = "FLEETWM_API_TOKEN"
 """Environment variable holding the bearer token (kept out of configs shown in the dashboard)."""
 
 
+BATCHING = {"max_batch_size": 256, "batch_wait_timeout_s": 0.002}
+"""The ingress's ``@serve.batch`` knobs by default (``AppConfig.batching``, ``wm serve``'s flags)."""
+
+
 @dataclass(frozen=True)
 class AppConfig:
     """What to serve and how."""
@@ -31,7 +35,7 @@ class AppConfig:
     """Agent-state shards."""
     service: dict[str, Any] = field(default_factory=dict)
     """Planner settings (``ServiceConfig`` fields)."""
-    batching: dict[str, Any] = field(default_factory=lambda: {"max_batch_size": 256, "batch_wait_timeout_s": 0.002})
+    batching: dict[str, Any] = field(default_factory=lambda: dict(BATCHING))
     """``@serve.batch`` knobs, the ingress's ``user_config`` (change them without a redeploy)."""
     max_ongoing_requests: int = 2048
     """Requests one ingress replica holds at once: at least the batch size, or batches stay small."""

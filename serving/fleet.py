@@ -146,6 +146,7 @@ async def drive_fleet(url: str, agents: int, hz: float, seconds: float, env_id: 
         async def agent(i: int) -> None:
             env = envs[i]
             obs, info = env.reset(seed=seed + i)
+            wants = _objective(objective, info)  # the episode's objective and zones, fixed until a reset
             zero = np.zeros(env.action_space.shape, np.float32)
             reward: float | None = None
             done = trunc = False
@@ -162,7 +163,7 @@ async def drive_fleet(url: str, agents: int, hz: float, seconds: float, env_id: 
                 action = zero
                 try:
                     answer = await client.plan(f"{prefix}{i:04d}", obs, reward=reward, done=done, truncated=trunc,
-                                               objective=_objective(objective, info), deadline_ms=deadline_ms)
+                                               objective=wants, deadline_ms=deadline_ms)
                     action = np.asarray(answer["action"], np.float32)
                     tally.fallbacks += bool(answer["fallback"])
                     tally.versions.add(answer["model_version"])
@@ -181,6 +182,7 @@ async def drive_fleet(url: str, agents: int, hz: float, seconds: float, env_id: 
                     track["closed"] = done or trunc
                 if done or trunc:  # the final observation is reported: start the next episode
                     obs, info = env.reset()
+                    wants = _objective(objective, info)
                     reward, done, trunc, ep_violations, fresh = None, False, False, 0, True
                 else:
                     obs, r, done, trunc, info = env.step(action)

@@ -144,11 +144,17 @@ class ModelRegistry:
         """
         return VersionInfo.from_record(self._resolve(self._read(), ref))
 
+    def holder(self, stage: str) -> VersionInfo | None:
+        """The highest version in ``stage`` (None when the stage is empty)."""
+        if stage not in STAGES:
+            raise RegistryError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")
+        return self._holder(self._read(), stage)
+
     def production(self) -> VersionInfo | None:
-        return self._holder(self._read(), "production")
+        return self.holder("production")
 
     def shadow(self) -> VersionInfo | None:
-        return self._holder(self._read(), "shadow")
+        return self.holder("shadow")
 
     def history(self) -> list[dict[str, Any]]:
         """Stage changes, oldest first: time, action, version, stage, from, to, forced."""

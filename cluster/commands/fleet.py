@@ -11,11 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from cluster.commands.fleet_report import plot_fleet
+from planners.service import OBJECTIVES
 from serving.config import TOKEN_ENV
 from serving.fleet import FleetTrace, drive_fleet
 from worldmodel.envs import NAV2D_ID
-
-OBJECTIVES = ("learned", "goal")
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:

@@ -14,7 +14,7 @@ from cluster.commands.plan import add_planner_setting_option, planner_settings
 from cluster.runtime import init_ray
 from planners import PLANNERS
 from planners.service import ServiceConfig
-from serving.config import TOKEN_ENV
+from serving.config import BATCHING, TOKEN_ENV
 from serving.deploy import PROXIES, deploy, proxy_env, shutdown_app
 
 
@@ -48,8 +48,8 @@ def add_serve_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--deadline-ms", type=float, default=None,
                    help="planning deadline for requests that give none (default: none)")
     p.add_argument("--state-dir", default=None, help="snapshot agent state here (default: no snapshots)")
-    p.add_argument("--max-batch-size", type=int, default=256)
-    p.add_argument("--batch-wait-ms", type=float, default=2.0)
+    p.add_argument("--max-batch-size", type=int, default=BATCHING["max_batch_size"])
+    p.add_argument("--batch-wait-ms", type=float, default=BATCHING["batch_wait_timeout_s"] * 1000)
 
 
 def app_kwargs(args: argparse.Namespace) -> dict[str, Any]:
