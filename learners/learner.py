@@ -204,3 +204,15 @@ def start_learner(name: str | None = None, *, checkpoint_root: str, max_restarts
     if name is not None:
         options |= {"name": name, "get_if_exists": True}
     return ray.remote(Learner).options(**options).remote(checkpoint_root)
+
+
+def retrain_once(data_uri: str, registry_uri: str, *, checkpoint_root: str, **retrain: Any) -> dict[str, Any]:
+    """One retrain on a learner actor of its own, stopped afterwards (also when the retrain fails).
+
+    ``retrain`` takes ``Learner.retrain``'s keyword arguments (``promote``, ``model_cfg``, ...).
+    """
+    learner = start_learner(checkpoint_root=checkpoint_root)
+    try:
+        return ray.get(learner.retrain.remote(data_uri, registry_uri, **retrain))
+    finally:
+        ray.kill(learner)

@@ -24,7 +24,7 @@ from actors.state import StateConfig
 from cluster.commands.fleet_report import plot_fleet
 from cluster.commands.serve import start_ray_for_serving
 from cluster.runtime import free_port
-from learners.learner import start_learner
+from learners.learner import retrain_once
 from serving.deploy import deploy, shutdown_app
 from serving.fleet import FleetTrace, drive_fleet
 from worldmodel.data import read_transitions
@@ -66,10 +66,8 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
                                env_kwargs={"num_no_fly_zones": args.no_fly_zones})
         say(f"[3/5] a learner actor trains a {PLANNING_MODEL['ensemble_size']} x {PLANNING_MODEL['hidden']}x"
             f"{PLANNING_MODEL['layers']} ensemble from the logs (through Ray Data) and registers it")
-        learner = start_learner(checkpoint_root=str(out / "checkpoints"))
-        learned = ray.get(learner.retrain.remote(str(logs), str(registry_dir), model_cfg=PLANNING_MODEL,
-                                                 train_cfg={"seed": args.seed}, promote=True))
-        ray.kill(learner)
+        learned = retrain_once(str(logs), str(registry_dir), checkpoint_root=str(out / "checkpoints"),
+                               model_cfg=PLANNING_MODEL, train_cfg={"seed": args.seed}, promote=True)
         version = ModelRegistry(str(registry_dir)).get("production").version
         say(f"[4/5] Ray Serve comes up with v{version} (registry stage 'production')")
         url = deploy("production", registry_uri=str(registry_dir), log_uri=str(served_logs), port=free_port(),

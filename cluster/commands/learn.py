@@ -13,7 +13,7 @@ from ray.exceptions import RayTaskError
 from cluster.commands.model import add_model_options, configs_from_args
 from cluster.runtime import init_ray
 from learners.cron import parse
-from learners.learner import start_learner
+from learners.learner import retrain_once
 from learners.schedule import DEFAULT_CHECKPOINT_ROOT, DEFAULT_NAME, start_scheduler
 
 
@@ -72,12 +72,9 @@ def run_learn(args: argparse.Namespace) -> dict[str, Any]:
 
 def _retrain_once(args: argparse.Namespace, settings: dict[str, Any], say: Callable[[str], None],
                   start: float) -> dict[str, Any]:
-    learner = start_learner(checkpoint_root=args.checkpoint_root)
     say(f"retraining from {args.data} into {args.registry}")
-    try:
-        out = ray.get(learner.retrain.remote(args.data, args.registry, promote=args.promote, **settings))
-    finally:
-        ray.kill(learner)
+    out = retrain_once(args.data, args.registry, checkpoint_root=args.checkpoint_root, promote=args.promote,
+                       **settings)
     holdout = out["holdout"]
     result: dict[str, Any] = {"command": "learn", "data": args.data, "registry": args.registry, **out,
                               "seconds": round(time.perf_counter() - start, 2)}
