@@ -189,7 +189,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                   and ours_result.success_rate >= TARGET["success_rate"]
                   and ours_result.rate_per_agent_hz >= 0.95 * args.hz)
     return {"target": TARGET, "target_met": target_met,
-            "fleetwm": {"stack": "wm serve: Ray Serve + HAProxy, batched CEM H20 K32 x1 (iCEM noise), 5x64x2 ensemble",
+            "fleetwm": {"stack": f"wm serve: Ray Serve + HAProxy, batched {' '.join(SERVED_PLANNER)}, 5x64x2 ensemble",
                         "settings": {"serve": [*SERVED_PLANNER, *deadline], "agents": counts[-1], "hz": args.hz,
                                      "seconds": args.seconds, "no_fly_zones": args.no_fly_zones,
                                      "deadline_ms": args.deadline_ms}} | _row(ours_result),

@@ -30,6 +30,13 @@ class Term(Protocol):
         ...
 
 
+def _dims(dims: Sequence[int]) -> slice | list[int]:
+    """Contiguous dimensions as a slice, so selecting them is a view rather than a gathered copy."""
+    dims = list(dims)
+    contiguous = dims == list(range(dims[0], dims[0] + len(dims))) if dims else False
+    return slice(dims[0], dims[0] + len(dims)) if contiguous else dims
+
+
 def _param(params: Params, key: str, term: str) -> torch.Tensor:
     try:
         return params[key]
@@ -47,19 +54,19 @@ class LearnedReward:
                  params: Params) -> torch.Tensor:
         lead = obs.shape[:-1]
         flat = lambda x: x.reshape(-1, x.shape[-1])  # noqa: E731
-        return self.model(flat(obs), flat(action), flat(next_obs)).mean(0).view(lead)
+        return self.model.predict(flat(obs), flat(action), flat(next_obs)).mean(0).view(lead)
 
 
 class GoalReward:
     """Minus the distance from the reached position to each agent's goal (Nav2D's reward)."""
 
     def __init__(self, pos_dims: Sequence[int] = (0, 1)) -> None:
-        self.pos_dims = list(pos_dims)
+        self.pos_dims = _dims(pos_dims)
 
     def __call__(self, obs: torch.Tensor, action: torch.Tensor, next_obs: torch.Tensor,
                  params: Params) -> torch.Tensor:
         goal = _param(params, GOAL, "GoalReward")[:, None, :]  # (N, 1, G)
-        return -(next_obs[..., self.pos_dims] - goal).norm(dim=-1)
+        return -torch.linalg.vector_norm(next_obs[..., self.pos_dims] - goal, dim=-1)
 
 
 class NoFlyZones:
@@ -72,17 +79,17 @@ class NoFlyZones:
     """
 
     def __init__(self, pos_dims: Sequence[int] = (0, 1), weight: float = 100.0, margin: float = 0.3) -> None:
-        self.pos_dims, self.weight, self.margin = list(pos_dims), weight, margin
+        self.pos_dims, self.weight, self.margin = _dims(pos_dims), weight, margin
 
     def __call__(self, obs: torch.Tensor, action: torch.Tensor, next_obs: torch.Tensor,
                  params: Params) -> torch.Tensor:
         zones = _param(params, ZONES, "NoFlyZones")  # (N, Z, 3)
-        pos = next_obs[..., self.pos_dims].unsqueeze(-2)  # (X, N, R, 1, 2)
-        dist = (pos - zones[:, None, :, :2]).norm(dim=-1)  # (X, N, R, Z)
+        pos = next_obs[..., None, self.pos_dims]  # (X, N, R, 1, 2)
+        dist = torch.linalg.vector_norm(pos - zones[:, None, :, :2], dim=-1)  # (X, N, R, Z)
         radius = zones[:, None, :, 2]  # (N, 1, Z)
-        depth = torch.relu(radius + self.margin - dist) * (radius > 0)
-        inside = (dist < radius).to(depth.dtype)
-        return -self.weight * (depth + inside).sum(-1)
+        # Padding slots (radius 0) cost nothing: dist < 0 never holds, and their depth is masked.
+        depth = (radius + self.margin - dist).relu_().mul_(radius > 0)
+        return (depth.add_(dist < radius).sum(-1)).mul_(-self.weight)
 
 
 class StateBox:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 
 from planners.objectives import Objective, Params
+from worldmodel.dynamics import EnsembleDynamics, FoldedDynamics
 from worldmodel.nn import variance
 
 PROPAGATIONS = ("ts1", "tsinf", "expectation")
@@ -70,9 +71,10 @@ class Rollout:
         n, k, h, _ = actions.shape
         state = obs[:, None].expand(n, k, -1).reshape(n * k, -1)  # (N*K, S)
         total = obs.new_zeros(n, k)
+        model = _stepper(self.dynamics)
         for t in range(h):
             action = actions[:, :, t].reshape(n * k, -1)
-            means = self.dynamics(state, action).mean  # (E, N*K, S)
+            means = model.mean(state, action)  # (E, N*K, S)
             nxt = means.mean(0)
             reward = self.objective(state.view(1, n, k, -1), action.view(1, n, k, -1), nxt.view(1, n, k, -1),
                                     params)[0]  # (N, K)
@@ -100,13 +102,13 @@ class Rollout:
         noise = torch.randn((h, *state.shape), generator=generator, device=obs.device, dtype=obs.dtype)
         prev = obs[None, :, None].expand(1, n, k * p, s)  # (1, N, K*P, S): the objective's layout
         total = obs.new_zeros(n, k * p)
+        model = _stepper(self.dynamics)
         for t in range(h):
-            pred = self.dynamics(state, dealt_acts[:, :, t])  # (E, R, S)
-            state = pred.sample(noise[t])
+            mean, state = model.sample(state, dealt_acts[:, :, t], noise[t])  # (E, R, S) each
             nxt = _collect(state, rows).view(1, n, k * p, s)
             reward = self.objective(prev, acts[:, t].view(1, n, k * p, a), nxt, params)[0]  # (N, K*P)
             if self.penalty:
-                spread = self._disagreement(_collect(pred.mean, rows).view(n, k, p, s), dim=2)  # (N, K)
+                spread = self._disagreement(_collect(mean, rows).view(n, k, p, s), dim=2)  # (N, K)
                 reward = reward - self.penalty * spread.repeat_interleave(p, dim=1)
             total = total + reward
             if self.shuffle:
@@ -125,9 +127,9 @@ class Rollout:
     def audit(self, obs: torch.Tensor, plan: torch.Tensor,
               params: Params | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The chosen plans' mean trajectory (N, H+1, S) and ensemble disagreement along it (N, H)."""
-        state, states, means = obs, [obs], []
+        state, states, means, model = obs, [obs], [], _stepper(self.dynamics)
         for t in range(plan.shape[1]):
-            means.append(self.dynamics(state, plan[:, t]).mean)  # (E, N, S)
+            means.append(model.mean(state, plan[:, t]))  # (E, N, S)
             state = means[-1].mean(0)
             states.append(state)
         return torch.stack(states, 1), self._disagreement(torch.stack(means, 2))  # (E, N, H, S) -> (N, H)
@@ -187,6 +189,26 @@ class RecurrentRollout:
             state = pred.mean[0]
             states.append(state)
         return torch.stack(states, 1), obs.new_zeros(plan.shape[:2])
+
+
+def _stepper(dynamics: torch.nn.Module) -> "FoldedDynamics | _Unfolded":
+    """What a horizon loop steps: an ``EnsembleDynamics``' folded inference form, other models as they are."""
+    return dynamics.folded() if isinstance(dynamics, EnsembleDynamics) else _Unfolded(dynamics)
+
+
+class _Unfolded:
+    """Any dynamics module returning a ``Prediction``, behind ``FoldedDynamics``' two calls."""
+
+    def __init__(self, dynamics: torch.nn.Module) -> None:
+        self.dynamics = dynamics
+
+    def mean(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        return self.dynamics(obs, action).mean
+
+    def sample(self, obs: torch.Tensor, action: torch.Tensor,
+               noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pred = self.dynamics(obs, action)
+        return pred.mean, pred.sample(noise)
 
 
 def _deal(x: torch.Tensor, members: int, pad: int) -> torch.Tensor:

@@ -7,9 +7,10 @@ Dimension glossary (used across fleetwm): ``E`` ensemble members, ``B`` batch,
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Callable, Iterable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -69,6 +70,69 @@ class EnsembleMLP(nn.Module):
     def flops_per_sample(self) -> int:
         """Multiply-adds x2 of one member on one input row (activations not counted)."""
         return sum(2 * m.weight.shape[1] * m.weight.shape[2] for m in self.modules() if isinstance(m, EnsembleLinear))
+
+    def folded(self, in_norm: "Normalizer", out_scale: torch.Tensor, out_shift: torch.Tensor) -> "FoldedMLP":
+        """This MLP applied to ``in_norm``-standardised inputs, its outputs times ``out_scale`` plus
+        ``out_shift`` ((O,) each), as one ``FoldedMLP``: the affine maps folded into the first and last layers."""
+        layers = [m for m in self.net if isinstance(m, EnsembleLinear)]
+        weights = [m.weight.detach() for m in layers]
+        biases = [m.bias.detach() for m in layers]
+        # ((x - mu) / sd) @ W + b == x @ (W / sd) + (b - (mu / sd) @ W), per member.
+        shift = (in_norm.mean / in_norm.std) @ weights[0]  # (E, O)
+        weights[0] = weights[0] / in_norm.std[:, None]
+        biases[0] = biases[0] - shift[:, None]
+        weights[-1] = weights[-1] * out_scale
+        biases[-1] = biases[-1] * out_scale + out_shift
+        return FoldedMLP(weights, biases, self.net[1])
+
+
+class FoldedMLP:
+    """An ``EnsembleMLP`` for inference: normalisers folded into its weights, each hidden layer's bias
+    and ReLU applied in one pass (CPU), no autograd through the weights (inputs still get gradients).
+
+    Planning runs the same small MLP hundreds of times per decision; at 64 units its passes over
+    the activations cost about as much as the matmuls, and each op's dispatch costs as much again
+    for a small fleet. Built by ``EnsembleMLP.folded``; same outputs to float rounding.
+    """
+
+    def __init__(self, weights: list[torch.Tensor], biases: list[torch.Tensor], activation: nn.Module) -> None:
+        self.weights, self.biases = weights, biases
+        self.hidden = list(zip(weights[:-1], biases[:-1]))
+        self.activation = activation
+        # aten's fused add+ReLU exists for CPU float tensors only, and has no gradient.
+        self.fuse = isinstance(activation, nn.ReLU) and weights[0].device.type == "cpu"
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """(E, B, I) -> (E, B, O)."""
+        fuse = self.fuse and not (torch.is_grad_enabled() and x.requires_grad)
+        for w, b in self.hidden:
+            x = torch.ops.aten._add_relu_(torch.bmm(x, w), b) if fuse else self.activation(torch.bmm(x, w) + b)
+        return torch.bmm(x, self.weights[-1]).add_(self.biases[-1])
+
+
+def fold_cached(module: nn.Module, build: Callable[[], object]) -> object:
+    """``build()``'s result, cached on ``module`` until one of its parameters or buffers changes.
+
+    Training steps, ``load_state_dict`` and ``.to()`` all change a tensor's storage or its
+    version counter, so an inference form built from old weights is never used.
+    """
+    key = _state_key(module.parameters(), module.buffers())
+    cached = module.__dict__.get("_folded")
+    if cached is None or cached[0] != key:
+        with torch.no_grad():
+            cached = (key, build())
+        module.__dict__["_folded"] = cached
+    return cached[1]
+
+
+def _state_key(*groups: Iterable[torch.Tensor]) -> tuple[tuple[int, int], ...]:
+    return tuple((t.data_ptr(), t._version) for group in groups for t in group)
+
+
+def soft_bound(x: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+    """``x`` squashed smoothly into (low, high) by two softplus (PETS' bounded log-variance)."""
+    x = high - F.softplus(high - x)
+    return low + F.softplus(x - low)
 
 
 class Normalizer(nn.Module):

@@ -120,3 +120,52 @@ def test_predicted_shapes_and_batched_member_inputs() -> None:
     assert pred.mean.shape == (3, 5, 4)
     assert (pred.var > 0).all()
     assert (DeterministicDynamics(4, 2)(torch.randn(5, 4), torch.randn(5, 2)).var == 0).all()
+
+
+def _fitted(model: nn.Module, seed: int = 0) -> nn.Module:
+    """A model with non-trivial normalisers and calibration, so folding them has something to fold."""
+    g = torch.Generator().manual_seed(seed)
+    s, a = model.obs_dim, model.act_dim
+    model.fit_normalizers(3 * torch.randn(64, s, generator=g) + 1, torch.rand(64, a, generator=g),
+                          0.2 * torch.randn(64, s, generator=g) - 0.5)
+    model.var_scale.uniform_(0.5, 2.0, generator=g)
+    return model
+
+
+def test_folded_dynamics_predicts_what_the_module_predicts() -> None:
+    torch.manual_seed(0)
+    for model in (ProbabilisticEnsemble(4, 2, members=3, hidden=16, layers=2),
+                  DeterministicDynamics(4, 2, members=2, hidden=16, layers=2, activation="silu")):
+        model = _fitted(model)
+        obs, act = torch.randn(model.members, 9, 4), torch.randn(model.members, 9, 2)
+        noise = torch.randn(model.members, 9, 4)
+        folded = model.folded()
+        with torch.no_grad():
+            pred = model(obs, act)
+            mean, draw = folded.sample(obs, act, noise)
+            torch.testing.assert_close(folded.mean(obs[0], act[0]), model(obs[0], act[0]).mean)
+        torch.testing.assert_close(mean, pred.mean)
+        torch.testing.assert_close(draw, pred.sample(noise))
+
+
+def test_folded_dynamics_passes_gradients_to_actions() -> None:
+    model = _fitted(ProbabilisticEnsemble(4, 2, members=3, hidden=16, layers=2))
+    obs, act = torch.randn(5, 4), torch.randn(5, 2, requires_grad=True)
+    model.folded().mean(obs, act).square().sum().backward()
+    act2 = act.detach().requires_grad_()
+    model(obs, act2).mean.square().sum().backward()
+    torch.testing.assert_close(act.grad, act2.grad)
+
+
+def test_folded_form_follows_weight_updates() -> None:
+    model = _fitted(ProbabilisticEnsemble(4, 2, members=3, hidden=16, layers=2))
+    obs, act = torch.randn(5, 4), torch.randn(5, 2)
+    assert model.folded() is model.folded()  # cached while nothing changes
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    model.loss(obs.expand(3, 5, 4), act.expand(3, 5, 2), obs.expand(3, 5, 4)).sum().backward()
+    opt.step()
+    with torch.no_grad():
+        torch.testing.assert_close(model.folded().mean(obs, act), model(obs, act).mean)
+        other = _fitted(ProbabilisticEnsemble(4, 2, members=3, hidden=16, layers=2), seed=1)
+        model.load_state_dict(other.state_dict())
+        torch.testing.assert_close(model.folded().mean(obs, act), other(obs, act).mean)
