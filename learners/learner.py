@@ -29,10 +29,9 @@ from ray.actor import ActorHandle
 
 from actors.common import NAMESPACE, gpus_per_worker
 from worldmodel.config import ModelConfig, TrainConfig, config_from_dict
-from worldmodel.data import Transitions, data_fingerprint, list_log_files, read_env_id
+from worldmodel.data import Transitions, data_fingerprint, read_env_id
 from worldmodel.data import schema as sc
-from worldmodel.data.reader import check_log_files, transitions_from_table
-from worldmodel.data.writer import resolve_root
+from worldmodel.data.reader import check_log_files, require_log_files, transitions_from_table
 from worldmodel.envs import make_env, space_spec
 from worldmodel.holdout import holdout_score, recent_holdout
 from worldmodel.model import WorldModel
@@ -55,10 +54,7 @@ def read_logs(data_uri: str) -> Transitions:
         FileNotFoundError: no log files under ``data_uri``.
         SchemaError: a file does not match the trajectory schema, or a column has nulls.
     """
-    filesystem, base = resolve_root(data_uri)
-    files = list_log_files(data_uri)
-    if not files:
-        raise FileNotFoundError(f"no trajectory logs under {data_uri!r} (no *.parquet files in {base!r})")
+    filesystem, _, files = require_log_files(data_uri)
     check_log_files(files, filesystem)
     dataset = ray.data.read_parquet(files, filesystem=filesystem).select_columns(list(sc.COLUMNS))
     return transitions_from_table(pa.concat_tables(ray.get(dataset.to_arrow_refs())), data_uri)
