@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import ray
 from ray.actor import ActorHandle
@@ -138,7 +137,8 @@ class Learner:
         comparison = self._compare(model, registry, production, holdout)
         resumed_from = {s: (model.metrics.get(s) or {}).get("fit", {}).get("resumed_from") for s in STAGES}
         lineage = {"data_uri": data_uri, "data_fingerprint": fingerprint, "rows": len(data),
-                   "train_episodes": _episodes(train), "holdout_episodes": _episodes(holdout),
+                   "train_episodes": model.metrics["data"]["episodes"],
+                   "holdout_episodes": comparison["candidate"]["episodes"],
                    "holdout_fraction": holdout_fraction, "run_id": run_id, "resumed_from": resumed_from,
                    "device": model.metrics.get("device")}
         info = registry.register(model, parent=production.version if production else None, holdout=comparison,
@@ -178,10 +178,6 @@ class Learner:
                 "resumed": any(v for v in resumed_from.values()), "resumed_from": resumed_from,
                 "run_id": info.lineage.get("run_id"), "existing": existing,
                 "seconds": round(time.perf_counter() - start, 3)}
-
-
-def _episodes(data: Transitions) -> int:
-    return int(len(np.unique(data.eps_id.astype(str))))
 
 
 def start_learner(name: str | None = None, *, checkpoint_root: str, max_restarts: int = 3,
