@@ -19,7 +19,7 @@ from typing import Any
 import ray
 from ray.actor import ActorHandle
 
-from actors.common import NAMESPACE
+from actors.common import NAMESPACE, find_actor
 from learners.cron import next_fire, parse
 from learners.learner import start_learner
 
@@ -137,14 +137,11 @@ def start_scheduler(cron: str, data_uri: str, registry_uri: str, *, name: str = 
     parse(cron)
     # A misnamed argument fails here, before the old scheduler is replaced.
     inspect.signature(RetrainScheduler).bind(cron, data_uri, registry_uri, **retrain)
-    try:
-        old = ray.get_actor(name, namespace=NAMESPACE)
-    except ValueError:
-        old = None
+    old = find_actor(name)
     if old is not None:
         ray.kill(old, no_restart=True)
         deadline = time.monotonic() + replace_timeout_s
-        while _exists(name):
+        while find_actor(name) is not None:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"the old scheduler {name!r} still holds its name after {replace_timeout_s} s")
             time.sleep(0.1)
@@ -153,11 +150,3 @@ def start_scheduler(cron: str, data_uri: str, registry_uri: str, *, name: str = 
     handle = remote.remote(cron, data_uri, registry_uri, **retrain)
     ray.get(handle.status.remote())
     return handle
-
-
-def _exists(name: str) -> bool:
-    try:
-        ray.get_actor(name, namespace=NAMESPACE)
-        return True
-    except ValueError:
-        return False

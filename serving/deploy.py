@@ -18,7 +18,7 @@ import ray
 import requests
 from ray import serve
 
-from actors.common import NAMESPACE
+from actors.common import find_actor
 from actors.state import StateConfig
 from serving.app import build
 from serving.config import AppConfig
@@ -82,16 +82,13 @@ def shutdown_app(state: StateConfig | None = None, telemetry_name: str = "fleetw
     """
     serve.delete(APP_NAME)
     stats = None
-    try:
-        telemetry = ray.get_actor(telemetry_name, namespace=NAMESPACE)
+    telemetry = find_actor(telemetry_name)
+    if telemetry is not None:  # None: telemetry was off
         ray.get(telemetry.flush.remote())
         stats = ray.get(telemetry.stats.remote())
         ray.kill(telemetry, no_restart=True)
-    except ValueError:  # telemetry was off
-        pass
     for name in (state or StateConfig()).shard_names:
-        try:
-            ray.kill(ray.get_actor(name, namespace=NAMESPACE), no_restart=True)
-        except ValueError:
-            pass
+        shard = find_actor(name)
+        if shard is not None:
+            ray.kill(shard, no_restart=True)
     return {"telemetry": stats}
