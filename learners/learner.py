@@ -36,10 +36,7 @@ from worldmodel.envs import make_env, space_spec
 from worldmodel.holdout import holdout_score, recent_holdout
 from worldmodel.model import WorldModel
 from worldmodel.registry import ModelRegistry, VersionInfo
-from worldmodel.training import train_world_model
-
-STAGES = ("dynamics", "reward", "termination")
-"""The fits of one training run, each with its own checkpoint file."""
+from worldmodel.training import FITS, train_world_model
 
 
 def read_logs(data_uri: str, files: list[str] | None = None) -> Transitions:
@@ -135,7 +132,7 @@ class Learner:
         model.data_fingerprint = fingerprint
         production = registry.production()
         comparison = self._compare(model, registry, production, holdout)
-        resumed_from = {s: (model.metrics.get(s) or {}).get("fit", {}).get("resumed_from") for s in STAGES}
+        resumed_from = {s: (model.metrics.get(s) or {}).get("fit", {}).get("resumed_from") for s in FITS}
         lineage = {"data_uri": data_uri, "data_fingerprint": fingerprint, "rows": len(data),
                    "train_episodes": model.metrics["data"]["episodes"],
                    "holdout_episodes": comparison["candidate"]["episodes"],

@@ -28,6 +28,9 @@ from worldmodel.metrics import classification_metrics, regression_metrics
 from worldmodel.model import WorldModel, build_dynamics, build_reward, build_termination
 from worldmodel.recurrent import RecurrentDynamics
 
+FITS = ("dynamics", "reward", "termination")
+"""The fits of one training run, in order; each checkpoints to ``<fit>.pt`` and reports in ``metrics[<fit>]``."""
+
 
 @dataclass(frozen=True)
 class Split:
