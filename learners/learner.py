@@ -22,31 +22,28 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import ray
 from ray.actor import ActorHandle
 
 from actors.common import NAMESPACE, gpus_per_worker
 from worldmodel.config import ModelConfig, TrainConfig, config_from_dict
-from worldmodel.data import Transitions, data_fingerprint, list_log_files, read_env_id
+from worldmodel.data import Transitions, data_fingerprint, read_env_id
 from worldmodel.data import schema as sc
-from worldmodel.data.reader import check_log_files, transitions_from_table
+from worldmodel.data.reader import check_log_files, require_log_files, transitions_from_table
 from worldmodel.data.writer import resolve_root
 from worldmodel.envs import make_env, space_spec
 from worldmodel.holdout import holdout_score, recent_holdout
 from worldmodel.model import WorldModel
 from worldmodel.registry import ModelRegistry, VersionInfo
-from worldmodel.training import train_world_model
-
-STAGES = ("dynamics", "reward", "termination")
-"""The fits of one training run, each with its own checkpoint file."""
+from worldmodel.training import FITS, train_world_model
 
 
-def read_logs(data_uri: str) -> Transitions:
+def read_logs(data_uri: str, files: list[str] | None = None) -> Transitions:
     """Read every log file under ``data_uri`` (a path, ``file://``, ``s3://``, ``gs://``) with Ray Data.
 
     Every file's schema is checked first, as ``read_transitions`` does, so a bad file is named.
+    ``files``: ``data_uri``'s files as ``require_log_files`` returns them, when the caller has listed them already.
 
     Returns:
         B transitions sorted by (agent_id, eps_id, t, timestamp), as ``read_transitions`` returns them.
@@ -55,10 +52,8 @@ def read_logs(data_uri: str) -> Transitions:
         FileNotFoundError: no log files under ``data_uri``.
         SchemaError: a file does not match the trajectory schema, or a column has nulls.
     """
-    filesystem, base = resolve_root(data_uri)
-    files = list_log_files(data_uri)
-    if not files:
-        raise FileNotFoundError(f"no trajectory logs under {data_uri!r} (no *.parquet files in {base!r})")
+    filesystem, _ = resolve_root(data_uri)
+    files = files or require_log_files(data_uri)[2]
     check_log_files(files, filesystem)
     dataset = ray.data.read_parquet(files, filesystem=filesystem).select_columns(list(sc.COLUMNS))
     return transitions_from_table(pa.concat_tables(ray.get(dataset.to_arrow_refs())), data_uri)
@@ -116,7 +111,8 @@ class Learner:
         start = time.perf_counter()
         mcfg = config_from_dict(ModelConfig, model_cfg or {})
         tcfg = config_from_dict(TrainConfig, train_cfg or {})
-        fingerprint = data_fingerprint(data_uri)
+        _, _, files = require_log_files(data_uri)  # listed once: a log tree can be large, or remote
+        fingerprint = data_fingerprint(data_uri, files=files)
         run_id = run_id or run_id_for(fingerprint, mcfg, tcfg, holdout_fraction)
         registry = ModelRegistry(registry_uri)
         done = [v for v in registry.versions() if v.lineage.get("run_id") == run_id]
@@ -124,10 +120,10 @@ class Learner:
             _log(f"run {run_id} is already registered as {done[-1].version}")
             return self._result(registry, done[-1], promote, existing=True, start=start)
 
-        env_id = read_env_id(data_uri)
+        env_id = read_env_id(data_uri, files=files)
         if not env_id:
             raise ValueError(f"the logs under {data_uri} record no env id, so the learner cannot build the model")
-        data = read_logs(data_uri)
+        data = read_logs(data_uri, files)
         train, holdout = recent_holdout(data, holdout_fraction)
         _log(f"read {len(data)} transitions from {data_uri}; holding out {len(holdout)} rows of the newest episodes")
         checkpoint_dir = self.checkpoint_root / run_id
@@ -136,9 +132,10 @@ class Learner:
         model.data_fingerprint = fingerprint
         production = registry.production()
         comparison = self._compare(model, registry, production, holdout)
-        resumed_from = {s: (model.metrics.get(s) or {}).get("fit", {}).get("resumed_from") for s in STAGES}
+        resumed_from = {s: (model.metrics.get(s) or {}).get("fit", {}).get("resumed_from") for s in FITS}
         lineage = {"data_uri": data_uri, "data_fingerprint": fingerprint, "rows": len(data),
-                   "train_episodes": _episodes(train), "holdout_episodes": _episodes(holdout),
+                   "train_episodes": model.metrics["data"]["episodes"],
+                   "holdout_episodes": comparison["candidate"]["episodes"],
                    "holdout_fraction": holdout_fraction, "run_id": run_id, "resumed_from": resumed_from,
                    "device": model.metrics.get("device")}
         info = registry.register(model, parent=production.version if production else None, holdout=comparison,
@@ -178,10 +175,6 @@ class Learner:
                 "resumed": any(v for v in resumed_from.values()), "resumed_from": resumed_from,
                 "run_id": info.lineage.get("run_id"), "existing": existing,
                 "seconds": round(time.perf_counter() - start, 3)}
-
-
-def _episodes(data: Transitions) -> int:
-    return int(len(np.unique(data.eps_id.astype(str))))
 
 
 def start_learner(name: str | None = None, *, checkpoint_root: str, max_restarts: int = 3,

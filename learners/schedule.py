@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import datetime
+import inspect
 import logging
 import time
 from typing import Any
@@ -18,7 +19,7 @@ from typing import Any
 import ray
 from ray.actor import ActorHandle
 
-from actors.common import NAMESPACE
+from actors.common import NAMESPACE, find_actor
 from learners.cron import next_fire, parse
 from learners.learner import start_learner
 
@@ -119,45 +120,33 @@ class RetrainScheduler:
             return record
 
 
-def start_scheduler(cron: str, data_uri: str, registry_uri: str, *, promote: bool = False,
-                    name: str = DEFAULT_NAME, checkpoint_root: str = DEFAULT_CHECKPOINT_ROOT,
-                    model_cfg: dict[str, Any] | None = None, train_cfg: dict[str, Any] | None = None,
-                    holdout_fraction: float = 0.2, replace_timeout_s: float = 30.0) -> ActorHandle:
+def start_scheduler(cron: str, data_uri: str, registry_uri: str, *, name: str = DEFAULT_NAME,
+                    replace_timeout_s: float = 30.0, **retrain: Any) -> ActorHandle:
     """Start the detached scheduler ``name`` in fleetwm's namespace, replacing one of that name.
 
     Args:
         cron: five-field cron expression, in UTC; checked here before anything is replaced.
-        data_uri / registry_uri / promote / model_cfg / train_cfg / holdout_fraction: what each run retrains.
+        data_uri / registry_uri / retrain: what each run retrains; ``retrain`` takes the rest of
+            ``RetrainScheduler``'s arguments (``promote``, ``checkpoint_root``, ``model_cfg``, ...).
         name: the actor's name (one schedule per name).
-        checkpoint_root: the learner's checkpoint directory.
         replace_timeout_s: how long to wait for a replaced scheduler to release its name.
 
     Returns:
         The scheduler's handle, already running (its first ``status`` has been answered).
     """
     parse(cron)
-    try:
-        old = ray.get_actor(name, namespace=NAMESPACE)
-    except ValueError:
-        old = None
+    # A misnamed argument fails here, before the old scheduler is replaced.
+    inspect.signature(RetrainScheduler).bind(cron, data_uri, registry_uri, **retrain)
+    old = find_actor(name)
     if old is not None:
         ray.kill(old, no_restart=True)
         deadline = time.monotonic() + replace_timeout_s
-        while _exists(name):
+        while find_actor(name) is not None:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"the old scheduler {name!r} still holds its name after {replace_timeout_s} s")
             time.sleep(0.1)
     remote = ray.remote(RetrainScheduler).options(name=name, namespace=NAMESPACE, lifetime="detached", num_cpus=0,
                                                   max_restarts=-1)
-    handle = remote.remote(cron, data_uri, registry_uri, promote=promote, checkpoint_root=checkpoint_root,
-                           model_cfg=model_cfg, train_cfg=train_cfg, holdout_fraction=holdout_fraction)
+    handle = remote.remote(cron, data_uri, registry_uri, **retrain)
     ray.get(handle.status.remote())
     return handle
-
-
-def _exists(name: str) -> bool:
-    try:
-        ray.get_actor(name, namespace=NAMESPACE)
-        return True
-    except ValueError:
-        return False

@@ -18,7 +18,7 @@ import ray
 import requests
 from ray import serve
 
-from actors.common import NAMESPACE
+from actors.common import find_actor
 from actors.state import StateConfig
 from serving.app import build
 from serving.config import AppConfig
@@ -34,33 +34,27 @@ def proxy_env(proxy: str = "haproxy") -> dict[str, str]:
     return {"RAY_SERVE_ENABLE_HA_PROXY": "1" if proxy == "haproxy" else "0"}
 
 
-def deploy(model: str, *, port: int, host: str = "127.0.0.1", registry_uri: str | None = None,
-           shadow: str | None = None, log_uri: str | None = None, token: str | None = None,
-           state: StateConfig | None = None, service: dict[str, Any] | None = None,
-           default_deadline_ms: float | None = None, batching: dict[str, Any] | None = None,
-           timeout_s: float = 120.0, **settings: Any) -> str:
+def deploy(model: str, *, port: int, host: str = "127.0.0.1", timeout_s: float = 120.0, **settings: Any) -> str:
     """Run the fleet endpoint on the connected Ray and wait until it answers; returns its base URL.
 
-    Args are ``AppConfig`` fields (``settings`` takes the rest, e.g. ``ingress_autoscaling``);
-    ``port``/``host`` are Serve's HTTP options.
+    Args:
+        model / settings: ``AppConfig`` fields (``registry_uri``, ``token``, ``state``, ``batching``, ...);
+            a setting given as None keeps its field's default.
+        port / host: Serve's HTTP options.
+        timeout_s: how long to wait for the endpoint to answer.
     """
     if not ray.is_initialized():
         raise RuntimeError("connect to Ray first (cluster.runtime.init_ray)")
-    args: dict[str, Any] = {"model": model, "registry_uri": registry_uri, "shadow": shadow, "log_uri": log_uri,
-                            "token": token, "state": state or StateConfig(), "service": service or {},
-                            "default_deadline_ms": default_deadline_ms}
-    if batching:
-        args["batching"] = batching
-    args.update(settings)
-    cfg = AppConfig(**args)
+    cfg = AppConfig(model=model, **{k: v for k, v in settings.items() if v is not None})
     serve.start(http_options={"host": host, "port": port})
     serve.run(build(cfg.to_dict()), name=APP_NAME, route_prefix="/", blocking=False)
     url = f"http://{host}:{port}"
-    _wait_ready(url, cfg.bearer_token, timeout_s)
+    _wait_ready(url, timeout_s)
     return url
 
 
-def _wait_ready(url: str, token: str | None, timeout_s: float) -> None:
+def _wait_ready(url: str, timeout_s: float) -> None:
+    # /healthz takes no bearer token, so this works whether or not the app requires one.
     deadline = time.monotonic() + timeout_s
     last = "no answer"
     while time.monotonic() < deadline:
@@ -82,16 +76,13 @@ def shutdown_app(state: StateConfig | None = None, telemetry_name: str = "fleetw
     """
     serve.delete(APP_NAME)
     stats = None
-    try:
-        telemetry = ray.get_actor(telemetry_name, namespace=NAMESPACE)
+    telemetry = find_actor(telemetry_name)
+    if telemetry is not None:  # None: telemetry was off
         ray.get(telemetry.flush.remote())
         stats = ray.get(telemetry.stats.remote())
         ray.kill(telemetry, no_restart=True)
-    except ValueError:  # telemetry was off
-        pass
     for name in (state or StateConfig()).shard_names:
-        try:
-            ray.kill(ray.get_actor(name, namespace=NAMESPACE), no_restart=True)
-        except ValueError:
-            pass
+        shard = find_actor(name)
+        if shard is not None:
+            ray.kill(shard, no_restart=True)
     return {"telemetry": stats}

@@ -105,6 +105,15 @@ def fit(
         best_state = state["best_state"]
         gen.set_state(state["generator"])
     start = time.perf_counter() - seconds_before
+
+    def checkpoint_state(done: bool, seconds: float) -> dict[str, Any]:
+        saved: dict[str, Any] = {"format": CHECKPOINT_FORMAT, "signature": signature, "done": done,
+                                 "model": model.state_dict(), "best_val": best_val, "best_epoch": best_epoch,
+                                 "history": history, "torch_rng": torch.get_rng_state(), "seconds": seconds}
+        if not done:  # what continuing the loop needs; a finished fit only loads its final weights
+            saved |= {"optimizer": opt.state_dict(), "best_state": best_state, "generator": gen.get_state()}
+        return saved
+
     stopped = False
     bar = tqdm(range(resumed_from, cfg.epochs), desc=desc, disable=not progress, leave=False, unit="epoch")
     for epoch in bar:
@@ -130,11 +139,7 @@ def fit(
         elif epoch - best_epoch >= cfg.patience:
             stopped = True
         if path is not None and not (stopped or epoch == cfg.epochs - 1):
-            _save(path, {"format": CHECKPOINT_FORMAT, "signature": signature, "done": False,
-                         "model": model.state_dict(), "optimizer": opt.state_dict(), "best_state": best_state,
-                         "best_val": best_val, "best_epoch": best_epoch, "history": history,
-                         "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
-                         "seconds": time.perf_counter() - start})
+            _save(path, checkpoint_state(False, time.perf_counter() - start))
         if stopped:
             break
     bar.close()
@@ -144,9 +149,7 @@ def fit(
     seconds = time.perf_counter() - start
     if path is not None:
         # The finished state is saved too, so a caller resuming a multi-stage run skips this stage.
-        _save(path, {"format": CHECKPOINT_FORMAT, "signature": signature, "done": True,
-                     "model": model.state_dict(), "best_val": best_val, "best_epoch": best_epoch,
-                     "history": history, "torch_rng": torch.get_rng_state(), "seconds": seconds})
+        _save(path, checkpoint_state(True, seconds))
     return FitResult(len(history), best_epoch, best_val, seconds, history, resumed_from)
 
 

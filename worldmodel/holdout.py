@@ -19,7 +19,7 @@ import torch
 from worldmodel.data.batch import Transitions
 from worldmodel.model import WorldModel
 from worldmodel.recurrent import RecurrentDynamics
-from worldmodel.training import predict_rows, sequence_windows, tensors
+from worldmodel.training import gather_windows, predict_rows, tensors
 
 _MIN_VAR = 1e-12
 """Below this a column is treated as constant (e.g. a goal that never moves within an episode)."""
@@ -84,14 +84,11 @@ def holdout_score(model: WorldModel, data: Transitions) -> dict[str, Any]:
         raise ValueError(f"holdout has obs/action sizes ({data.obs_dim}, {data.act_dim}), the model "
                          f"({model.spec.obs_dim}, {model.spec.act_dim})")
     cols = tensors(data, model.device)
-    obs, actions, new_obs = cols["obs"], cols["actions"], cols["new_obs"]
+    rows = cols  # (B, *)
     if isinstance(model.dynamics, RecurrentDynamics):
-        index = torch.as_tensor(sequence_windows(data, model.train_config.seq_len), device=model.device)
-        if len(index) == 0:
-            raise ValueError(f"holdout has no episode of at least seq_len={model.train_config.seq_len} steps")
-        obs, actions, new_obs = obs[index], actions[index], new_obs[index]  # (W, L, *)
-    mean, _ = predict_rows(model.dynamics, obs, actions).moments()  # (B, S) or (W*L, S)
-    obs, new_obs = obs.reshape(mean.shape), new_obs.reshape(mean.shape)
+        rows = gather_windows(data, cols, model.train_config.seq_len, "holdout")  # (W, L, *)
+    mean, _ = predict_rows(model.dynamics, rows["obs"], rows["actions"]).moments()  # (B, S) or (W*L, S)
+    obs, new_obs = rows["obs"].reshape(mean.shape), rows["new_obs"].reshape(mean.shape)
     true_change, error = (new_obs - obs).double(), (mean - new_obs).double()
     var = true_change.var(0, unbiased=False)  # (S,)
     varies = var > _MIN_VAR

@@ -1,58 +1,31 @@
-"""A registry of world-model versions with stages, on a local directory or a pyarrow filesystem URI.
+"""A registry of world-model versions with stages: numbering, promotion, rollback and their history.
 
-Layout of ``REGISTRY``::
-
-    registry.json       format, every version's record, the history of stage changes
-    versions/1.0.0/     an artifact directory exactly as ``worldmodel.artifact.save_model`` writes it
-    versions/1.1.0/
-
-A version enters the index only once its artifact is complete, and the index is
-always rewritten whole: a temp file, fsync and ``os.replace`` on a local
-directory; a single object put on an object store (atomic per object). On a local
-registry every read-modify-write holds an exclusive ``flock`` on
-``REGISTRY/.lock``, so concurrent writers (two learners registering at once)
-serialise and get distinct versions. Object stores have no such lock: concurrent
-writers there get last-writer-wins on ``registry.json`` (two registering at once
-may be given the same version, and one registration is lost), so give a remote
-registry one writer at a time.
-
-Any root written as a URI (``s3://``, ``gs://``, ``file://``) is treated as
-remote: artifacts are uploaded after being saved locally, and downloaded and
-verified into a cache directory before loading. Versions are immutable, so the
-cache is keyed by registry and version.
+Versions are numbered by the registry (semantic versions, see ``register``); stages say
+which version serves ("production"), which is planned beside it ("shadow"), and which
+wait ("candidate") or are retired ("archived"). A version enters the index only once its
+artifact is complete.
+Every change is a read-modify-write of the whole index under the store's lock, so
+concurrent writers to a local registry serialise and get distinct versions; where the
+index and artifacts live, and how remote ones are cached, is ``worldmodel.registry_store``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime
-import fcntl
-import hashlib
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-import pyarrow.fs as pafs
 import torch
 
-from worldmodel.artifact import ArtifactError, check_version, load_model, save_model, verify
-from worldmodel.data.writer import publish_bytes, resolve_root
+from worldmodel.artifact import check_version, load_model
 from worldmodel.model import WorldModel
+from worldmodel.registry_store import RegistryError, RegistryStore
 
-FORMAT = "fleetwm.registry/1"
-INDEX = "registry.json"
-LOCK = ".lock"
 STAGES = ("candidate", "shadow", "production", "archived")
 PROMOTABLE = ("production", "shadow")
 """Stages ``promote`` moves a version to; each is held by at most one version at a time."""
-
-
-class RegistryError(ValueError):
-    """An unknown version or stage, a refused promotion, or a corrupt index."""
 
 
 @dataclass(frozen=True)
@@ -122,18 +95,18 @@ class ModelRegistry:
             cache_dir: where remote artifacts are downloaded (default ``$XDG_CACHE_HOME/fleetwm/registry``).
         """
         self.uri = uri
-        self.filesystem, self.root = resolve_root(uri)
-        self.remote = "://" in uri
-        base = cache_dir or os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")),
-                                         "fleetwm", "registry")
-        # Two registries may both hold a "1.0.0": the cache is keyed by registry too.
-        self.cache_dir = Path(base) / hashlib.sha256(uri.encode()).hexdigest()[:16]
+        self.store = RegistryStore(uri, cache_dir)
+
+    @property
+    def remote(self) -> bool:
+        """Whether the registry is at a URI (artifacts are uploaded, and downloaded to a cache to load)."""
+        return self.store.remote
 
     # -- reading ---------------------------------------------------------------------------------
 
     def versions(self) -> list[VersionInfo]:
         """Every version, sorted by semantic version."""
-        records = self._read()["versions"]
+        records = self.store.read()["versions"]
         return [VersionInfo.from_record(records[v]) for v in sorted(records, key=_semver)]
 
     def get(self, ref: str) -> VersionInfo:
@@ -142,13 +115,13 @@ class ModelRegistry:
         Raises:
             RegistryError: no such version, or no version in that stage.
         """
-        return VersionInfo.from_record(self._resolve(self._read(), ref))
+        return VersionInfo.from_record(self._resolve(self.store.read(), ref))
 
     def holder(self, stage: str) -> VersionInfo | None:
         """The highest version in ``stage`` (None when the stage is empty)."""
         if stage not in STAGES:
             raise RegistryError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")
-        return self._holder(self._read(), stage)
+        return self._holder(self.store.read(), stage)
 
     def production(self) -> VersionInfo | None:
         return self.holder("production")
@@ -158,33 +131,11 @@ class ModelRegistry:
 
     def history(self) -> list[dict[str, Any]]:
         """Stage changes, oldest first: time, action, version, stage, from, to, forced."""
-        return self._read()["history"]
+        return self.store.read()["history"]
 
     def model_dir(self, ref: str) -> Path:
         """The local directory of a version's artifact; remote ones are downloaded and verified once."""
-        version = self.get(ref).version
-        if not self.remote:
-            return Path(self.root) / "versions" / version
-        final = self.cache_dir / version
-        if final.is_dir():
-            return final
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=final.parent))
-        try:
-            pafs.copy_files(f"{self.root}/versions/{version}", str(tmp), source_filesystem=self.filesystem,
-                            destination_filesystem=pafs.LocalFileSystem())
-            try:
-                manifest = verify(tmp)
-            except ArtifactError as err:
-                raise ArtifactError(f"{self.uri} version {version} (downloaded): {err}") from None
-            if manifest["version"] != version:
-                raise ArtifactError(f"{self.uri} version {version}: its manifest says version "
-                                    f"{manifest['version']!r}")
-            with contextlib.suppress(OSError):  # another process may have cached it meanwhile
-                os.replace(tmp, final)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        return final
+        return self.store.artifact_dir(self.get(ref).version)
 
     def load(self, ref: str, device: str | torch.device = "cpu") -> WorldModel:
         """Load and verify a version (see ``get`` for ``ref``)."""
@@ -213,8 +164,8 @@ class ModelRegistry:
             raise RegistryError(f"stage must be one of {', '.join(STAGES)}, got {stage!r}")
         holdout = _check_holdout(holdout)
         config = json.loads(json.dumps({"spec": model.spec.to_dict(), "model": model.model_config.to_dict()}))
-        with self._lock():
-            index = self._read()
+        with self.store.lock():
+            index = self.store.read()
             if parent is not None and parent not in index["versions"]:
                 raise RegistryError(self._unknown(index, parent, "parent"))
             version = self._next_version(index, config)
@@ -226,8 +177,8 @@ class ModelRegistry:
             if stage != "candidate":  # a refused promotion raises here, before anything is written
                 self._set_stage(index, version, stage, force=False)
             model.version = version
-            self._store_artifact(model)
-            self._write(index)
+            self.store.store_artifact(model)
+            self.store.write(index)
             return VersionInfo.from_record(index["versions"][version])
 
     def promote(self, version: str, stage: str = "production", *, force: bool = False) -> VersionInfo:
@@ -237,11 +188,11 @@ class ModelRegistry:
             RegistryError: unknown version or stage, or a production promotion its holdout says is not
                 better (unless ``force``).
         """
-        with self._lock():
-            index = self._read()
+        with self.store.lock():
+            index = self.store.read()
             record = self._resolve(index, version)
             self._set_stage(index, record["version"], stage, force=force)
-            self._write(index)
+            self.store.write(index)
             return VersionInfo.from_record(record)
 
     def rollback(self) -> VersionInfo:
@@ -250,8 +201,8 @@ class ModelRegistry:
         Raises:
             RegistryError: no production version, or none before it in the history.
         """
-        with self._lock():
-            index = self._read()
+        with self.store.lock():
+            index = self.store.read()
             current = self._holder(index, "production")
             stack = self._production_stack(index)
             if current is None or len(stack) < 2:
@@ -262,7 +213,7 @@ class ModelRegistry:
             versions[current.version]["stage"] = "archived"
             versions[previous]["stage"] = "production"
             self._record(index, "rollback", previous, "production", current.version, previous, False)
-            self._write(index)
+            self.store.write(index)
             return VersionInfo.from_record(versions[previous])
 
     # -- internals -------------------------------------------------------------------------------
@@ -341,51 +292,3 @@ class ModelRegistry:
         known = ", ".join(sorted(index["versions"], key=_semver)) or "none"
         return (f"unknown {what} {ref!r} in registry {self.uri}; known versions: {known} "
                 f"(or a stage: {', '.join(STAGES)}, or 'latest')")
-
-    def _store_artifact(self, model: WorldModel) -> None:
-        """Write the artifact under versions/; an orphan left by a crash before indexing is replaced."""
-        if not self.remote:
-            save_model(model, Path(self.root) / "versions" / model.version, overwrite=True)
-            return
-        with tempfile.TemporaryDirectory(prefix="fleetwm-registry-") as tmp:
-            local = save_model(model, Path(tmp) / model.version)
-            target = f"{self.root}/versions/{model.version}"
-            self.filesystem.create_dir(target, recursive=True)
-            pafs.copy_files(str(local), target, source_filesystem=pafs.LocalFileSystem(),
-                            destination_filesystem=self.filesystem)
-
-    @contextlib.contextmanager
-    def _lock(self) -> Iterator[None]:
-        if self.remote:
-            yield  # object stores: last writer wins on the index (see the module docstring)
-            return
-        os.makedirs(self.root, exist_ok=True)
-        fd = os.open(os.path.join(self.root, LOCK), os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)  # closing releases the lock
-
-    def _read(self) -> dict[str, Any]:
-        path = f"{self.root}/{INDEX}"
-        try:
-            with self.filesystem.open_input_stream(path) as f:
-                raw = f.read()
-        except FileNotFoundError:
-            return {"format": FORMAT, "versions": {}, "history": []}
-        where = f"{self.uri.rstrip('/')}/{INDEX}" if self.remote else path
-        try:
-            index = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise RegistryError(f"{where}: not valid JSON ({err}); the registry index is corrupt") from None
-        if not isinstance(index, dict) or index.get("format") != FORMAT:
-            found = index.get("format") if isinstance(index, dict) else type(index).__name__
-            raise RegistryError(f"{where}: format {found!r}, this fleetwm reads {FORMAT!r}")
-        if not isinstance(index.get("versions"), dict) or not isinstance(index.get("history"), list):
-            raise RegistryError(f"{where}: needs a 'versions' object and a 'history' list; the index is corrupt")
-        return index
-
-    def _write(self, index: dict[str, Any]) -> None:
-        publish_bytes(self.filesystem, f"{self.root}/{INDEX}",
-                      (json.dumps(index, indent=2, sort_keys=True) + "\n").encode())

@@ -28,6 +28,9 @@ from worldmodel.metrics import classification_metrics, regression_metrics
 from worldmodel.model import WorldModel, build_dynamics, build_reward, build_termination
 from worldmodel.recurrent import RecurrentDynamics
 
+FITS = ("dynamics", "reward", "termination")
+"""The fits of one training run, in order; each checkpoints to ``<fit>.pt`` and reports in ``metrics[<fit>]``."""
+
 
 @dataclass(frozen=True)
 class Split:
@@ -72,17 +75,36 @@ def sequence_windows(data: Transitions, length: int) -> np.ndarray:
     return order[first[:, None] + np.arange(length)]
 
 
+def gather_windows(data: Transitions, cols: dict[str, torch.Tensor], seq_len: int,
+                   what: str) -> dict[str, torch.Tensor]:
+    """The dynamics columns of ``cols`` as a recurrent model reads them: ``data``'s sequence windows.
+
+    Args:
+        data: B transitions.
+        cols: ``tensors(data, device)``, rows (B, *).
+        seq_len: window length L.
+        what: the data's name for the error message (e.g. "the train split").
+
+    Returns:
+        ``obs``, ``actions`` and ``new_obs`` as windows (W, L, *).
+
+    Raises:
+        ValueError: no episode of ``data`` has ``seq_len`` steps.
+    """
+    index = torch.as_tensor(sequence_windows(data, seq_len), device=cols["obs"].device)
+    if len(index) == 0:
+        raise ValueError(f"{what} has no episode of at least seq_len={seq_len} steps")
+    return {c: cols[c][index] for c in ("obs", "actions", "new_obs")}  # (W, L, *)
+
+
 def _fit_dynamics(model: torch.nn.Module, split: Split, cfg: TrainConfig, device: torch.device,
                   progress: bool, checkpoint: Path | None) -> tuple[FitResult, dict[str, dict[str, torch.Tensor]]]:
     """Fit the dynamics model; returns the fit and each split's tensors laid out as the model reads them."""
     cols = ("obs", "actions", "new_obs")
     parts = {name: tensors(getattr(split, name), device) for name in ("train", "val", "test")}
     if isinstance(model, RecurrentDynamics):
-        for name, part in parts.items():
-            index = torch.as_tensor(sequence_windows(getattr(split, name), cfg.seq_len), device=device)
-            if len(index) == 0:
-                raise ValueError(f"the {name} split has no episode of at least seq_len={cfg.seq_len} steps")
-            parts[name] = {c: part[c][index] for c in cols}  # (W, L, *)
+        parts = {name: gather_windows(getattr(split, name), part, cfg.seq_len, f"the {name} split")
+                 for name, part in parts.items()}
     train, val = parts["train"], parts["val"]
     model.fit_normalizers(*(train[c] for c in cols))
     result = fit(model, [train[c] for c in cols], [val[c] for c in cols], cfg, "dynamics", progress, checkpoint)

@@ -37,9 +37,9 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
 def _configs(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
     """The learner's config dicts, validated here so a typo fails before Ray starts."""
+    # The device is 'auto' (wm learn has no --device): the learner trains on whatever its actor was given.
     model, train = configs_from_args(args)
-    # The device stays 'auto': the learner trains on whatever its actor was given.
-    return model.to_dict(), {k: v for k, v in train.to_dict().items() if k != "device"}
+    return model.to_dict(), train.to_dict()
 
 
 def run_learn(args: argparse.Namespace) -> dict[str, Any]:

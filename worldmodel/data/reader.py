@@ -57,7 +57,15 @@ def _relative(path: str, base: str) -> str:
     return path[len(prefix) :]
 
 
-def _files_or_raise(root: str, filesystem: pafs.FileSystem | None) -> tuple[pafs.FileSystem, str, list[str]]:
+def require_log_files(root: str, filesystem: pafs.FileSystem | None = None) -> tuple[pafs.FileSystem, str, list[str]]:
+    """The log files under ``root``, as ``list_log_files`` lists them, or an error when there are none.
+
+    Returns:
+        ``(filesystem, base, files)``: the resolved filesystem, ``root``'s path in it, and the sorted files.
+
+    Raises:
+        FileNotFoundError: no log files under ``root``.
+    """
     fs, base = resolve_root(root, filesystem)
     files = _list(fs, base)
     if not files:
@@ -78,7 +86,7 @@ def read_transitions(root: str, filesystem: pafs.FileSystem | None = None) -> Tr
         FileNotFoundError: no log files under ``root``.
         SchemaError: a file is not Parquet or does not match the trajectory schema.
     """
-    fs, _, files = _files_or_raise(root, filesystem)
+    fs, _, files = require_log_files(root, filesystem)
     fragments, obs_dim, act_dim = check_log_files(files, fs)
     expected = sc.trajectory_schema(obs_dim, act_dim)
     # Scanning with the expected schema drops unknown extra columns and renames the
@@ -181,9 +189,13 @@ def _check_fields(path: str, physical: pa.Schema, known: dict[str, int]) -> dict
     return sizes
 
 
-def read_env_id(root: str, filesystem: pafs.FileSystem | None = None) -> str:
-    """The env id in the first log file's metadata; "" when the file has none."""
-    fs, _, files = _files_or_raise(root, filesystem)
+def read_env_id(root: str, filesystem: pafs.FileSystem | None = None, *, files: list[str] | None = None) -> str:
+    """The env id in the first log file's metadata; "" when the file has none.
+
+    ``files``: ``root``'s files as ``require_log_files`` returns them, when the caller has listed them already.
+    """
+    fs, _ = resolve_root(root, filesystem)
+    files = files or require_log_files(root, filesystem)[2]
     try:
         physical = ds.ParquetFileFormat().make_fragment(files[0], filesystem=fs).physical_schema
     except (pa.ArrowInvalid, OSError) as e:
@@ -191,17 +203,21 @@ def read_env_id(root: str, filesystem: pafs.FileSystem | None = None) -> str:
     return (physical.metadata or {}).get(sc.META_ENV_ID, b"").decode()
 
 
-def data_fingerprint(root: str, filesystem: pafs.FileSystem | None = None) -> str:
+def data_fingerprint(root: str, filesystem: pafs.FileSystem | None = None, *,
+                     files: list[str] | None = None) -> str:
     """A content hash of the log tree: ``"sha256:<hex>"``.
 
     Covers each file's path relative to ``root`` and the sha256 of its bytes, so it
     is the same on any machine holding the same files and changes when a file is
     added, removed, renamed or modified.
 
+    ``files``: ``root``'s files as ``require_log_files`` returns them, when the caller has listed them already.
+
     Raises:
         FileNotFoundError: no log files under ``root``.
     """
-    fs, base, files = _files_or_raise(root, filesystem)
+    fs, base = resolve_root(root, filesystem)
+    files = files or require_log_files(root, filesystem)[2]
     outer = hashlib.sha256()
     for path in files:
         inner = hashlib.sha256()

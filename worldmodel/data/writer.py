@@ -10,6 +10,7 @@ import datetime
 import os
 import re
 import uuid
+from typing import BinaryIO, Callable
 
 import numpy as np
 import pyarrow as pa
@@ -122,30 +123,32 @@ class TrajectoryWriter:
         name = f"part-{stamp}-{uuid.uuid4().hex}.parquet"
         path = f"{directory}/{name}"
         if self._local:
-            _write_local_atomic(table, directory, name)
+            _write_local_atomic(path, lambda f: pq.write_table(table, f, compression=COMPRESSION))
         else:
             _write_object(self.filesystem, table, path)
         return path
 
 
-def _write_local_atomic(table: pa.Table, directory: str, name: str) -> None:
-    """Write to a hidden temp file, fsync, rename over the final name, fsync the directory."""
+def _write_local_atomic(path: str, write: Callable[[BinaryIO], object]) -> None:
+    """Publish ``path`` whole or not at all: ``write`` fills a hidden temp file beside it, which is
+    fsynced and renamed over ``path``; then the directory is fsynced."""
+    directory, name = os.path.split(path)
     created = not os.path.isdir(directory)
     os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, f"{TEMP_PREFIX}{name}.tmp")
+    tmp = os.path.join(directory, f"{TEMP_PREFIX}{name}.{uuid.uuid4().hex}.tmp")
     try:
         with open(tmp, "wb") as f:
-            pq.write_table(table, f, compression=COMPRESSION)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, os.path.join(directory, name))
+        os.replace(tmp, path)
     except BaseException:
         # Clean up our own temp file, then let the original error propagate.
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
-    # The rename is durable only once the directory entry is on disk; new date and
-    # agent directories likewise need their parents' entries synced.
+    # The rename is durable only once the directory entry is on disk; new directories (a log
+    # tree's date and agent directories) likewise need their parents' entries synced.
     _fsync_dir(directory)
     if created:
         _fsync_dir(os.path.dirname(directory))
@@ -179,25 +182,12 @@ def publish_bytes(filesystem: pafs.FileSystem, path: str, data: bytes | pa.Buffe
     put is already atomic there; a temp-then-rename would be a copy plus delete, slower and
     not atomic.
     """
-    directory, name = path.rsplit("/", 1)
-    if not is_local(filesystem):
-        filesystem.create_dir(directory, recursive=True)
-        with filesystem.open_output_stream(path) as out:
-            out.write(data)
+    if is_local(filesystem):
+        _write_local_atomic(path, lambda f: f.write(data))
         return
-    os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, f"{TEMP_PREFIX}{name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    _fsync_dir(directory)
+    filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    with filesystem.open_output_stream(path) as out:
+        out.write(data)
 
 
 def write_transitions(root: str, transitions: Transitions, env_id: str = "") -> list[str]:
