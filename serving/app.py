@@ -3,7 +3,7 @@
 - ``FleetIngress`` (FastAPI, CPU) validates requests, merges concurrent ones with
   ``@serve.batch`` and runs each batch through ``PlanEngine``: one call to the agent-state
   shards, one to the planner deployment and one to the telemetry logger per batch.
-- ``PlannerServer`` hosts the Ray-free ``FleetPlanner`` on a GPU when the cluster has one.
+- ``PlannerServer`` hosts an ``EnsembleWorker`` (the Ray-free ``FleetPlanner``) on a GPU when the cluster has one.
   Serving a registry stage ('production', 'shadow'), it follows the registry: a promotion
   switches the version between two batches, without dropping a request.
 - An optional shadow ``PlannerServer`` plans the same batches in the background; its actions
@@ -29,7 +29,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from actors.common import NAMESPACE, gpus_per_worker
-from actors.ensemble import load_fleet_planner
+from actors.ensemble import EnsembleWorker
 from actors.state import start_state_shards
 from actors.telemetry import TelemetryLogger
 from planners.service import ServiceConfig
@@ -74,12 +74,11 @@ async def _http_error(request: Request, err: HTTPException) -> JSONResponse:
 
 
 class PlannerServer:
-    """The planner deployment: one model version, replaced when the registry stage it follows moves."""
+    """The planner deployment: an ``EnsembleWorker`` whose version moves with the registry stage it follows."""
 
     def __init__(self, model: str, registry_uri: str | None, service: dict[str, Any], poll_s: float) -> None:
         self.model, self.registry_uri, self.poll_s = model, registry_uri, poll_s
-        self.cfg = ServiceConfig.from_dict(service)
-        self.service = load_fleet_planner(model, registry_uri, self.cfg)
+        self.worker = EnsembleWorker(model, registry_uri, ServiceConfig.from_dict(service))
         self.following = bool(registry_uri) and model in STAGES
         self._poller: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
@@ -88,18 +87,15 @@ class PlannerServer:
                    zones: np.ndarray | None, budget_ms: float | None,
                    hidden: np.ndarray | None = None) -> dict[str, Any]:
         self._follow()
-        service = self.service  # the version current now answers this whole batch
-        if hidden is not None and not (service.recurrent and hidden.shape[-1] == service.model.dynamics.hidden):
-            hidden = None  # states from another version (a switch, or production's for the shadow): start fresh
         async with self._lock:  # one batch at a time: planning uses every core it is given
-            return await asyncio.to_thread(service.plan, obs, warm, objectives, zones, budget_ms, hidden)
+            return await asyncio.to_thread(self.worker.plan, obs, warm, objectives, zones, budget_ms, hidden)
 
     async def score(self, obs: np.ndarray, actions: np.ndarray, next_obs: np.ndarray) -> dict[str, Any]:
-        return await asyncio.to_thread(self.service.score, obs, actions, next_obs)
+        return await asyncio.to_thread(self.worker.score, obs, actions, next_obs)
 
     async def info(self) -> dict[str, Any]:
         self._follow()
-        return self.service.describe() | {"follows": self.model if self.following else None}
+        return self.worker.service.describe() | {"follows": self.model if self.following else None}
 
     def _follow(self) -> None:
         if self.following and self._poller is None:
@@ -114,10 +110,9 @@ class PlannerServer:
                 holder = registry.holder(self.model)
                 if holder is None:  # e.g. the shadow was just promoted: keep the version we have
                     problem = f"stage {self.model!r} is empty in {self.registry_uri}; still serving " \
-                              f"{self.service.version}"
-                elif holder.version != self.service.version:
-                    service = await asyncio.to_thread(load_fleet_planner, holder.version, self.registry_uri, self.cfg)
-                    self.service = service  # one assignment: batches in flight keep the old one
+                              f"{self.worker.version()}"
+                elif holder.version != self.worker.version():
+                    await asyncio.to_thread(self.worker.switch, holder.version)  # batches in flight keep the old one
                     logger.info("now serving %s %s", self.model, holder.version)
                     problem = None
                 else:
