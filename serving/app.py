@@ -131,6 +131,8 @@ class FleetIngress:
     def __init__(self, planner: DeploymentHandle, shadow: DeploymentHandle | None, config: dict[str, Any]) -> None:
         self.cfg = AppConfig.from_dict(config)
         self.planner, self.shadow = planner, shadow
+        token = self.cfg.bearer_token  # read once: the environment is the replica's, fixed at its start
+        self._expected_auth = f"Bearer {token}".encode() if token is not None else None
         store = start_state_shards(self.cfg.state, detached=True)
         telemetry = None
         if self.cfg.log_uri:
@@ -217,11 +219,9 @@ class FleetIngress:
             raise self._bad(503, f"planning failed, retry: {type(err).__name__}: {str(err)[:200]}") from None
 
     def _authorize(self, authorization: str | None) -> None:
-        token = self.cfg.bearer_token
-        if token is None:
+        if self._expected_auth is None:
             return
-        expected = f"Bearer {token}"
-        if authorization is None or not hmac.compare_digest(authorization.encode(), expected.encode()):
+        if authorization is None or not hmac.compare_digest(authorization.encode(), self._expected_auth):
             raise self._bad(401, "missing or wrong bearer token (Authorization: Bearer <token>)",
                             headers={"WWW-Authenticate": "Bearer"})
 
