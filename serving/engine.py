@@ -276,5 +276,6 @@ class PlanEngine:
         for role, scored in zip(("production", "shadow"), out[1:]):
             stats.errors[role][0] += float(scored["errors"].sum())
             stats.errors[role][1] += len(scored["errors"])
-            self.metrics.prediction_error.observe(scored["mean_error"], tags={"model_version": scored["model_version"],
-                                                                             "role": role})
+            if role == "shadow":  # production's error is recorded per transition when its batch is answered
+                self.metrics.prediction_error.observe(scored["mean_error"],
+                                                      tags={"model_version": scored["model_version"], "role": role})
