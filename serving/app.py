@@ -27,6 +27,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from ray import serve
 from ray.serve.handle import DeploymentHandle
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from actors.common import NAMESPACE, gpus_per_worker
 from actors.ensemble import EnsembleWorker
@@ -35,7 +36,7 @@ from actors.telemetry import TelemetryLogger
 from planners.service import ServiceConfig
 from serving.config import BATCHING, AppConfig
 from serving.engine import PlanEngine
-from serving.metrics import ServingMetrics
+from serving.metrics import serving_metrics
 from serving.schema import BatchRequest, BatchResponse, PlanRequest, PlanResponse, ResetResponse
 from worldmodel.data.writer import AGENT_ID_PATTERN
 from worldmodel.registry import STAGES, ModelRegistry
@@ -71,6 +72,27 @@ async def _unexpected(request: Request, err: Exception) -> JSONResponse:
 @api.exception_handler(HTTPException)
 async def _http_error(request: Request, err: HTTPException) -> JSONResponse:
     return JSONResponse({"error": str(err.detail)}, status_code=err.status_code, headers=err.headers)
+
+
+class _CountClientErrors:
+    """Counts every 4xx the app answers by status (its own, FastAPI's validation 422s, unknown routes).
+
+    A 5xx is not counted: a 503 asks the client to retry, it is not the client's error.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def counted(message: Message) -> None:
+            if message["type"] == "http.response.start" and 400 <= message["status"] < 500:
+                serving_metrics().bad_requests.inc(tags={"status": str(message["status"])})
+            await send(message)
+
+        await self.app(scope, receive, counted if scope["type"] == "http" else send)
+
+
+api.add_middleware(_CountClientErrors)
 
 
 class PlannerServer:
@@ -139,7 +161,7 @@ class FleetIngress:
             telemetry = ray.remote(TelemetryLogger).options(
                 name=self.cfg.telemetry_name, namespace=NAMESPACE, get_if_exists=True, lifetime="detached",
                 num_cpus=0, max_restarts=-1, max_task_retries=-1).remote(self.cfg.log_uri)
-        self.metrics = ServingMetrics()
+        self.metrics = serving_metrics()
         self.engine = PlanEngine(planner, store, telemetry, shadow, self.metrics, self.cfg.default_deadline_ms)
         self.batching: dict[str, Any] = {}
         self._spec: dict[str, Any] | None = None
@@ -189,7 +211,7 @@ class FleetIngress:
     async def reset(self, agent_id: str, authorization: str | None = Header(default=None)) -> dict[str, Any]:
         self._authorize(authorization)
         if not AGENT_ID_PATTERN.match(agent_id):
-            raise self._bad(422, f"agent_id: {agent_id!r} is not a valid agent id (letters, digits, . _ -)")
+            raise HTTPException(422, f"agent_id: {agent_id!r} is not a valid agent id (letters, digits, . _ -)")
         return {"agent_id": agent_id, "reset": await self.engine.store.reset([agent_id]) > 0}
 
     @api.get("/v1/models")
@@ -216,14 +238,14 @@ class FleetIngress:
             return await self._batched((body, start))
         except Exception as err:  # planning failed: a retryable 503 naming the cause, never a bare 500
             logger.exception("plan batch failed")
-            raise self._bad(503, f"planning failed, retry: {type(err).__name__}: {str(err)[:200]}") from None
+            raise HTTPException(503, f"planning failed, retry: {type(err).__name__}: {str(err)[:200]}") from None
 
     def _authorize(self, authorization: str | None) -> None:
         if self._expected_auth is None:
             return
         if authorization is None or not hmac.compare_digest(authorization.encode(), self._expected_auth):
-            raise self._bad(401, "missing or wrong bearer token (Authorization: Bearer <token>)",
-                            headers={"WWW-Authenticate": "Bearer"})
+            raise HTTPException(401, "missing or wrong bearer token (Authorization: Bearer <token>)",
+                                headers={"WWW-Authenticate": "Bearer"})
 
     async def _model_spec(self) -> dict[str, Any]:
         """The served model's spec, refreshed in the background (follows version switches).
@@ -251,19 +273,15 @@ class FleetIngress:
         """What depends on the served model: observation length, objective and zones."""
         spec = await self._model_spec()
         if len(req.observation) != spec["obs_dim"]:
-            raise self._bad(422, f"{prefix}observation: has {len(req.observation)} values, model "
-                                 f"{spec['model_version']} ({spec['env_id']}) expects {spec['obs_dim']}")
+            raise HTTPException(422, f"{prefix}observation: has {len(req.observation)} values, model "
+                                     f"{spec['model_version']} ({spec['env_id']}) expects {spec['obs_dim']}")
         if req.objective is not None:
             if req.objective.name not in spec["objectives"]:
-                raise self._bad(422, f"{prefix}objective.name: {req.objective.name!r} is not served for "
-                                     f"{spec['env_id']}; choose one of {spec['objectives']}")
+                raise HTTPException(422, f"{prefix}objective.name: {req.objective.name!r} is not served for "
+                                         f"{spec['env_id']}; choose one of {spec['objectives']}")
             if req.objective.no_fly_zones and not spec["zones"]:
-                raise self._bad(422, f"{prefix}objective.no_fly_zones: {spec['env_id']} has no positions to "
-                                     "keep out of zones")
-
-    def _bad(self, status: int, message: str, headers: dict[str, str] | None = None) -> HTTPException:
-        self.metrics.bad_requests.inc(tags={"status": str(status)})
-        return HTTPException(status, message, headers=headers)
+                raise HTTPException(422, f"{prefix}objective.no_fly_zones: {spec['env_id']} has no positions to "
+                                         "keep out of zones")
 
 
 def build(args: dict[str, Any]) -> serve.Application:
