@@ -6,7 +6,8 @@ CPU, and hosts the Ray-free ``FleetPlanner``. It answers three kinds of batched
 calls: plan, score logged transitions (prediction error) and switch version.
 Calls run on a small thread pool, so a switch loads the new version beside the
 old one while plans keep being answered; each call plans with the version that
-was current when it started, and the swap is one reference assignment.
+was current when it started, and the swap is one reference assignment. The
+planner deployment of the fleet endpoint (``serving.app``) holds one as well.
 """
 
 from __future__ import annotations
@@ -20,23 +21,7 @@ from actors.common import gpus_per_worker
 from planners.service import FleetPlanner, ServiceConfig
 from worldmodel.artifact import load_model
 from worldmodel.device import resolve_device
-from worldmodel.model import WorldModel
 from worldmodel.registry import ModelRegistry
-
-
-def load_served_model(model: str, registry_uri: str | None, device: str = "auto") -> WorldModel:
-    """A model by registry reference ('production', '1.2.0', ...) when ``registry_uri`` is given, else by directory."""
-    target = resolve_device(device)
-    if registry_uri:
-        return ModelRegistry(registry_uri).load(model, device=target)
-    return load_model(model, device=target)
-
-
-def load_fleet_planner(model: str, registry_uri: str | None, cfg: ServiceConfig, device: str = "auto") -> FleetPlanner:
-    """A model (see ``load_served_model``) ready to serve: planners built and warmed up."""
-    service = FleetPlanner(load_served_model(model, registry_uri, device), cfg)
-    service.warmup()
-    return service
 
 
 class EnsembleWorker:
@@ -48,13 +33,22 @@ class EnsembleWorker:
         self.service = self._load(model)
 
     def _load(self, model: str) -> FleetPlanner:
-        return load_fleet_planner(model, self.registry_uri, self.cfg, self.device)
+        """``model`` by registry reference ('production', '1.2.0', ...) with a registry, else by directory;
+        planners built and warmed up."""
+        device = resolve_device(self.device)
+        loaded = (ModelRegistry(self.registry_uri).load(model, device=device) if self.registry_uri
+                  else load_model(model, device=device))
+        service = FleetPlanner(loaded, self.cfg)
+        service.warmup()
+        return service
 
     def plan(self, obs: np.ndarray, warm: np.ndarray | None = None, objectives: list[str] | None = None,
              zones: np.ndarray | None = None, budget_ms: float | None = None,
              hidden: np.ndarray | None = None) -> dict[str, Any]:
         """See ``FleetPlanner.plan``; the answer names the version that planned it."""
         service = self.service  # the version current when the call started answers it
+        if hidden is not None and not (service.recurrent and hidden.shape[-1] == service.model.dynamics.hidden):
+            hidden = None  # states from another version (after a switch, or production's for a shadow): start fresh
         return service.plan(obs, warm, objectives, zones, budget_ms, hidden)
 
     def score(self, obs: np.ndarray, actions: np.ndarray, next_obs: np.ndarray) -> dict[str, Any]:

@@ -3,7 +3,7 @@
 - ``FleetIngress`` (FastAPI, CPU) validates requests, merges concurrent ones with
   ``@serve.batch`` and runs each batch through ``PlanEngine``: one call to the agent-state
   shards, one to the planner deployment and one to the telemetry logger per batch.
-- ``PlannerServer`` hosts the Ray-free ``FleetPlanner`` on a GPU when the cluster has one.
+- ``PlannerServer`` hosts an ``EnsembleWorker`` (the Ray-free ``FleetPlanner``) on a GPU when the cluster has one.
   Serving a registry stage ('production', 'shadow'), it follows the registry: a promotion
   switches the version between two batches, without dropping a request.
 - An optional shadow ``PlannerServer`` plans the same batches in the background; its actions
@@ -27,15 +27,16 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from ray import serve
 from ray.serve.handle import DeploymentHandle
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from actors.common import NAMESPACE, gpus_per_worker
-from actors.ensemble import load_fleet_planner
+from actors.ensemble import EnsembleWorker
 from actors.state import start_state_shards
 from actors.telemetry import TelemetryLogger
 from planners.service import ServiceConfig
 from serving.config import BATCHING, AppConfig
 from serving.engine import PlanEngine
-from serving.metrics import ServingMetrics
+from serving.metrics import serving_metrics
 from serving.schema import BatchRequest, BatchResponse, PlanRequest, PlanResponse, ResetResponse
 from worldmodel.data.writer import AGENT_ID_PATTERN
 from worldmodel.registry import STAGES, ModelRegistry
@@ -73,13 +74,33 @@ async def _http_error(request: Request, err: HTTPException) -> JSONResponse:
     return JSONResponse({"error": str(err.detail)}, status_code=err.status_code, headers=err.headers)
 
 
+class _CountClientErrors:
+    """Counts every 4xx the app answers by status (its own, FastAPI's validation 422s, unknown routes).
+
+    A 5xx is not counted: a 503 asks the client to retry, it is not the client's error.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def counted(message: Message) -> None:
+            if message["type"] == "http.response.start" and 400 <= message["status"] < 500:
+                serving_metrics().bad_requests.inc(tags={"status": str(message["status"])})
+            await send(message)
+
+        await self.app(scope, receive, counted if scope["type"] == "http" else send)
+
+
+api.add_middleware(_CountClientErrors)
+
+
 class PlannerServer:
-    """The planner deployment: one model version, replaced when the registry stage it follows moves."""
+    """The planner deployment: an ``EnsembleWorker`` whose version moves with the registry stage it follows."""
 
     def __init__(self, model: str, registry_uri: str | None, service: dict[str, Any], poll_s: float) -> None:
         self.model, self.registry_uri, self.poll_s = model, registry_uri, poll_s
-        self.cfg = ServiceConfig.from_dict(service)
-        self.service = load_fleet_planner(model, registry_uri, self.cfg)
+        self.worker = EnsembleWorker(model, registry_uri, ServiceConfig.from_dict(service))
         self.following = bool(registry_uri) and model in STAGES
         self._poller: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
@@ -88,18 +109,15 @@ class PlannerServer:
                    zones: np.ndarray | None, budget_ms: float | None,
                    hidden: np.ndarray | None = None) -> dict[str, Any]:
         self._follow()
-        service = self.service  # the version current now answers this whole batch
-        if hidden is not None and not (service.recurrent and hidden.shape[-1] == service.model.dynamics.hidden):
-            hidden = None  # states from another version (a switch, or production's for the shadow): start fresh
         async with self._lock:  # one batch at a time: planning uses every core it is given
-            return await asyncio.to_thread(service.plan, obs, warm, objectives, zones, budget_ms, hidden)
+            return await asyncio.to_thread(self.worker.plan, obs, warm, objectives, zones, budget_ms, hidden)
 
     async def score(self, obs: np.ndarray, actions: np.ndarray, next_obs: np.ndarray) -> dict[str, Any]:
-        return await asyncio.to_thread(self.service.score, obs, actions, next_obs)
+        return await asyncio.to_thread(self.worker.score, obs, actions, next_obs)
 
     async def info(self) -> dict[str, Any]:
         self._follow()
-        return self.service.describe() | {"follows": self.model if self.following else None}
+        return self.worker.service.describe() | {"follows": self.model if self.following else None}
 
     def _follow(self) -> None:
         if self.following and self._poller is None:
@@ -114,10 +132,9 @@ class PlannerServer:
                 holder = registry.holder(self.model)
                 if holder is None:  # e.g. the shadow was just promoted: keep the version we have
                     problem = f"stage {self.model!r} is empty in {self.registry_uri}; still serving " \
-                              f"{self.service.version}"
-                elif holder.version != self.service.version:
-                    service = await asyncio.to_thread(load_fleet_planner, holder.version, self.registry_uri, self.cfg)
-                    self.service = service  # one assignment: batches in flight keep the old one
+                              f"{self.worker.version()}"
+                elif holder.version != self.worker.version():
+                    await asyncio.to_thread(self.worker.switch, holder.version)  # batches in flight keep the old one
                     logger.info("now serving %s %s", self.model, holder.version)
                     problem = None
                 else:
@@ -136,13 +153,15 @@ class FleetIngress:
     def __init__(self, planner: DeploymentHandle, shadow: DeploymentHandle | None, config: dict[str, Any]) -> None:
         self.cfg = AppConfig.from_dict(config)
         self.planner, self.shadow = planner, shadow
+        token = self.cfg.bearer_token  # read once: the environment is the replica's, fixed at its start
+        self._expected_auth = f"Bearer {token}".encode() if token is not None else None
         store = start_state_shards(self.cfg.state, detached=True)
         telemetry = None
         if self.cfg.log_uri:
             telemetry = ray.remote(TelemetryLogger).options(
                 name=self.cfg.telemetry_name, namespace=NAMESPACE, get_if_exists=True, lifetime="detached",
                 num_cpus=0, max_restarts=-1, max_task_retries=-1).remote(self.cfg.log_uri)
-        self.metrics = ServingMetrics()
+        self.metrics = serving_metrics()
         self.engine = PlanEngine(planner, store, telemetry, shadow, self.metrics, self.cfg.default_deadline_ms)
         self.batching: dict[str, Any] = {}
         self._spec: dict[str, Any] | None = None
@@ -192,7 +211,7 @@ class FleetIngress:
     async def reset(self, agent_id: str, authorization: str | None = Header(default=None)) -> dict[str, Any]:
         self._authorize(authorization)
         if not AGENT_ID_PATTERN.match(agent_id):
-            raise self._bad(422, f"agent_id: {agent_id!r} is not a valid agent id (letters, digits, . _ -)")
+            raise HTTPException(422, f"agent_id: {agent_id!r} is not a valid agent id (letters, digits, . _ -)")
         return {"agent_id": agent_id, "reset": await self.engine.store.reset([agent_id]) > 0}
 
     @api.get("/v1/models")
@@ -219,16 +238,14 @@ class FleetIngress:
             return await self._batched((body, start))
         except Exception as err:  # planning failed: a retryable 503 naming the cause, never a bare 500
             logger.exception("plan batch failed")
-            raise self._bad(503, f"planning failed, retry: {type(err).__name__}: {str(err)[:200]}") from None
+            raise HTTPException(503, f"planning failed, retry: {type(err).__name__}: {str(err)[:200]}") from None
 
     def _authorize(self, authorization: str | None) -> None:
-        token = self.cfg.bearer_token
-        if token is None:
+        if self._expected_auth is None:
             return
-        expected = f"Bearer {token}"
-        if authorization is None or not hmac.compare_digest(authorization.encode(), expected.encode()):
-            raise self._bad(401, "missing or wrong bearer token (Authorization: Bearer <token>)",
-                            headers={"WWW-Authenticate": "Bearer"})
+        if authorization is None or not hmac.compare_digest(authorization.encode(), self._expected_auth):
+            raise HTTPException(401, "missing or wrong bearer token (Authorization: Bearer <token>)",
+                                headers={"WWW-Authenticate": "Bearer"})
 
     async def _model_spec(self) -> dict[str, Any]:
         """The served model's spec, refreshed in the background (follows version switches).
@@ -256,19 +273,15 @@ class FleetIngress:
         """What depends on the served model: observation length, objective and zones."""
         spec = await self._model_spec()
         if len(req.observation) != spec["obs_dim"]:
-            raise self._bad(422, f"{prefix}observation: has {len(req.observation)} values, model "
-                                 f"{spec['model_version']} ({spec['env_id']}) expects {spec['obs_dim']}")
+            raise HTTPException(422, f"{prefix}observation: has {len(req.observation)} values, model "
+                                     f"{spec['model_version']} ({spec['env_id']}) expects {spec['obs_dim']}")
         if req.objective is not None:
             if req.objective.name not in spec["objectives"]:
-                raise self._bad(422, f"{prefix}objective.name: {req.objective.name!r} is not served for "
-                                     f"{spec['env_id']}; choose one of {spec['objectives']}")
+                raise HTTPException(422, f"{prefix}objective.name: {req.objective.name!r} is not served for "
+                                         f"{spec['env_id']}; choose one of {spec['objectives']}")
             if req.objective.no_fly_zones and not spec["zones"]:
-                raise self._bad(422, f"{prefix}objective.no_fly_zones: {spec['env_id']} has no positions to "
-                                     "keep out of zones")
-
-    def _bad(self, status: int, message: str, headers: dict[str, str] | None = None) -> HTTPException:
-        self.metrics.bad_requests.inc(tags={"status": str(status)})
-        return HTTPException(status, message, headers=headers)
+                raise HTTPException(422, f"{prefix}objective.no_fly_zones: {spec['env_id']} has no positions to "
+                                         "keep out of zones")
 
 
 def build(args: dict[str, Any]) -> serve.Application:

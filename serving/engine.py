@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from actors.state import AgentStateStore, Record
+from serving.config import BATCHING
 from serving.metrics import ServingMetrics
 from serving.schema import PlanRequest
 
@@ -55,13 +56,13 @@ class PlanEngine:
     """Runs batches of plan requests against the planner deployment, the state shards and the logger."""
 
     def __init__(self, planner: Any, store: AgentStateStore, telemetry: Any | None, shadow: Any | None,
-                 metrics: ServingMetrics, default_deadline_ms: float | None, max_batch: int = 1024) -> None:
+                 metrics: ServingMetrics, default_deadline_ms: float | None) -> None:
         self.planner, self.store, self.telemetry, self.shadow = planner, store, telemetry, shadow
         self.metrics, self.default_deadline_ms = metrics, default_deadline_ms
         self.shadow_stats = ShadowStats()
         self.batches = self.requests = self.largest_batch = 0
         self._background: set[asyncio.Task[None]] = set()
-        self.max_batch = max_batch
+        self.max_batch = int(BATCHING["max_batch_size"])  # per planner call; the ingress's reconfigure sets it
         self._served_version: str | None = None
         self._queue: asyncio.Queue[tuple[PlanRequest, float, asyncio.Future[dict[str, Any]]]] = asyncio.Queue()
         self._cycler: asyncio.Task[None] | None = None
@@ -275,5 +276,6 @@ class PlanEngine:
         for role, scored in zip(("production", "shadow"), out[1:]):
             stats.errors[role][0] += float(scored["errors"].sum())
             stats.errors[role][1] += len(scored["errors"])
-            self.metrics.prediction_error.observe(scored["mean_error"], tags={"model_version": scored["model_version"],
-                                                                             "role": role})
+            if role == "shadow":  # production's error is recorded per transition when its batch is answered
+                self.metrics.prediction_error.observe(scored["mean_error"],
+                                                      tags={"model_version": scored["model_version"], "role": role})

@@ -5,6 +5,8 @@ Names carry the ``fleetwm_`` prefix; Ray adds ``ray_`` when it exports them.
 
 from __future__ import annotations
 
+import functools
+
 from ray.util import metrics
 
 _LATENCY_S = [0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.5, 1.0, 2.5]
@@ -13,7 +15,7 @@ _ERROR = [0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0]
 
 
 class ServingMetrics:
-    """One set of metric objects per process (Ray aggregates them across replicas)."""
+    """The endpoint's metric objects; a process uses one set, ``serving_metrics()``."""
 
     def __init__(self) -> None:
         self.latency = metrics.Histogram("fleetwm_request_latency_seconds", "Time to answer a plan request (s).",
@@ -37,3 +39,9 @@ class ServingMetrics:
                                                   boundaries=_ERROR, tag_keys=("model_version", "role"))
         self.shadow_action_diff = metrics.Gauge("fleetwm_shadow_action_difference",
                                                 "Mean |shadow action - production action| of the last batch.")
+
+
+@functools.cache
+def serving_metrics() -> ServingMetrics:
+    """The process's one set of metric objects (Ray aggregates them across replicas)."""
+    return ServingMetrics()

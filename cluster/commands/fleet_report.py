@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
 
-matplotlib.use("Agg")  # files only; no display on servers
-import matplotlib.pyplot as plt  # noqa: E402
-
-from serving.fleet import FleetTrace  # noqa: E402
+from cluster.commands.report import draw_tracks
+from serving.fleet import FleetTrace
 
 
 def plot_fleet(trace: FleetTrace, path: Path, title: str) -> Path:
@@ -50,15 +48,7 @@ def plot_fleet(trace: FleetTrace, path: Path, title: str) -> Path:
 
     if trace.tracks:
         paths = axes[2]
-        for i, track in enumerate(trace.tracks):
-            colour = f"C{i % 10}"
-            for cx, cy, r in track["zones"]:
-                if r > 0:
-                    paths.add_patch(plt.Circle((cx, cy), r, color=colour, alpha=0.12))
-            xy = track["xy"]
-            paths.plot(xy[:, 0], xy[:, 1], color=colour, lw=1.2, ls="-" if track["success"] else ":")
-            paths.plot(*xy[0], "o", color=colour, ms=4)
-            paths.plot(*track["goal"], "*", color=colour, ms=11, mec="k", mew=0.5)
+        draw_tracks(paths, trace.tracks)
         paths.set(title="first episodes: start o, goal *, zones shaded (dotted: goal not reached in the run)",
                   aspect="equal")
         paths.title.set_fontsize(9)

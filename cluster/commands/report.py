@@ -12,23 +12,34 @@ matplotlib.use("Agg")  # files only; no display on servers
 import matplotlib.pyplot as plt  # noqa: E402
 
 
-def plot_closed_loop(tracks: list[dict[str, Any]], plan_ms: list[float], path: Path, title: str) -> Path:
-    """Nav2D paths of a few agents' first episodes (with goals and no-fly zones) and planning latency.
+def draw_tracks(ax: plt.Axes, tracks: list[dict[str, Any]]) -> None:
+    """Nav2D paths, one colour per agent: start o, goal *, its no-fly zones shaded.
 
     Args:
-        tracks: per agent {"xy": (T, 2) positions, "goal": (2,), "zones": (Z, 3), "success": bool}.
-        plan_ms: wall time of every planning call.
+        ax: the axes to draw on.
+        tracks: per agent {"xy": (T, 2) positions, "goal": (2,), "zones": (Z, 3)}, and optionally
+            "success": bool (False draws the path dotted: goal not reached).
     """
-    fig, (paths, lat) = plt.subplots(1, 2, figsize=(12, 5.5))
     for i, track in enumerate(tracks):
         colour = f"C{i % 10}"
         for cx, cy, r in track["zones"]:
             if r > 0:
-                paths.add_patch(plt.Circle((cx, cy), r, color=colour, alpha=0.12))
+                ax.add_patch(plt.Circle((cx, cy), r, color=colour, alpha=0.12))
         xy = track["xy"]
-        paths.plot(xy[:, 0], xy[:, 1], color=colour, lw=1.2)
-        paths.plot(*xy[0], "o", color=colour, ms=4)
-        paths.plot(*track["goal"], "*", color=colour, ms=11, mec="k", mew=0.5)
+        ax.plot(xy[:, 0], xy[:, 1], color=colour, lw=1.2, ls="-" if track.get("success", True) else ":")
+        ax.plot(*xy[0], "o", color=colour, ms=4)
+        ax.plot(*track["goal"], "*", color=colour, ms=11, mec="k", mew=0.5)
+
+
+def plot_closed_loop(tracks: list[dict[str, Any]], plan_ms: list[float], path: Path, title: str) -> Path:
+    """Nav2D paths of a few agents' first episodes (with goals and no-fly zones) and planning latency.
+
+    Args:
+        tracks: per agent, see ``draw_tracks``.
+        plan_ms: wall time of every planning call.
+    """
+    fig, (paths, lat) = plt.subplots(1, 2, figsize=(12, 5.5))
+    draw_tracks(paths, tracks)
     paths.set(title="first episode of each agent: start o, goal *, no-fly zones shaded", aspect="equal")
     lat.hist(plan_ms, bins=40, color="C0")
     lat.axvline(float(np.percentile(plan_ms, 99)), color="k", ls="--", lw=0.8, label="p99")

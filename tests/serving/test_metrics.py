@@ -47,12 +47,27 @@ def test_serving_metrics_are_exported_for_prometheus(served) -> None:
     for i in range(12):
         assert requests.post(f"{url}/v1/plan", json={"agent_id": f"m{i % 3}", "observation": [0.1] * 6},
                              timeout=30).status_code == 200
+    # Client errors: the model's check, FastAPI's validation, an unknown route.
     assert requests.post(f"{url}/v1/plan", json={"agent_id": "m", "observation": [0.1]}, timeout=30).status_code == 422
+    assert requests.post(f"{url}/v1/plan", json={"observation": [0.1] * 6}, timeout=30).status_code == 422
+    assert requests.get(f"{url}/v1/nothing-here", timeout=30).status_code == 404
+    want = {"422": 2.0, "404": 1.0}
     deadline, text = time.monotonic() + 90, ""
-    while time.monotonic() < deadline and not all(n in text for n in NAMES):
+    while time.monotonic() < deadline and not (all(n in text for n in NAMES) and _bad_requests(text) == want):
         time.sleep(2)  # the metrics agent exports every few seconds
         text = requests.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
     missing = [n for n in NAMES if n not in text]
     assert not missing, missing
+    assert _bad_requests(text) == want
     plans = [line for line in text.splitlines() if line.startswith("ray_fleetwm_plans_total{")]
     assert plans and float(plans[0].rsplit(" ", 1)[1]) >= 12
+
+
+def _bad_requests(text: str) -> dict[str, float]:
+    """``fleetwm_bad_requests_total`` by status, summed over the other tags."""
+    counts: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("ray_fleetwm_bad_requests_total{"):
+            status = line.split('status="', 1)[1].split('"', 1)[0]
+            counts[status] = counts.get(status, 0.0) + float(line.rsplit(" ", 1)[1])
+    return counts

@@ -1,0 +1,92 @@
+"""PlanEngine's batch path without Ray: fake planner, shadow, state store and metrics."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+
+from serving.engine import PlanEngine
+from serving.schema import PlanRequest
+
+N_OBS, N_ACT, H = 6, 2, 4
+
+
+class _Remote:
+    """``handle.method.remote(...)`` as a Serve deployment handle answers it: an awaitable."""
+
+    def __init__(self, fn: Any) -> None:
+        self.fn = fn
+
+    async def remote(self, *args: Any, **kwargs: Any) -> Any:
+        return self.fn(*args, **kwargs)
+
+
+class _Planner:
+    """Plans zero actions and predicts no motion; scores every transition with a fixed error."""
+
+    def __init__(self, version: str, error: float) -> None:
+        self.version, self.error = version, error
+        self.plan, self.score = _Remote(self._plan), _Remote(self._score)
+
+    def _plan(self, obs: np.ndarray, **_: Any) -> dict[str, Any]:
+        n = len(obs)
+        return {"actions": np.zeros((n, N_ACT), np.float32), "warm": np.zeros((n, H, N_ACT), np.float32),
+                "hidden": None, "trajectory": np.repeat(obs[:, None], H + 1, 1), "uncertainty": np.zeros(n),
+                "fallback": np.zeros(n, bool), "model_version": self.version}
+
+    def _score(self, obs: np.ndarray, actions: np.ndarray, next_obs: np.ndarray) -> dict[str, Any]:
+        errors = np.full(len(obs), self.error)
+        return {"model_version": self.version, "errors": errors, "mean_error": float(errors.mean())}
+
+
+class _Store:
+    def __init__(self) -> None:
+        self.records: dict[str, dict[str, Any]] = {}
+
+    async def get(self, agent_ids: list[str]) -> list[dict[str, Any] | None]:
+        return [self.records.get(a) for a in agent_ids]
+
+    async def put(self, records: list[dict[str, Any]]) -> int:
+        self.records.update((r["agent_id"], r) for r in records)
+        return len(records)
+
+
+class _Metric:
+    def __init__(self) -> None:
+        self.calls: list[tuple[float, dict[str, str] | None]] = []
+
+    def observe(self, value: float, tags: dict[str, str] | None = None) -> None:
+        self.calls.append((value, tags))
+
+    inc = set = observe
+
+
+class _Metrics(defaultdict):
+    def __init__(self) -> None:
+        super().__init__(_Metric)
+
+    def __getattr__(self, name: str) -> _Metric:
+        return self[name]
+
+
+def _run_episode(engine: PlanEngine, steps: int) -> None:
+    async def main() -> None:
+        for t in range(steps):
+            obs = [0.1 * (t + 1)] * N_OBS  # moves while the model predicts standing still: error > 0
+            await engine.run([PlanRequest(agent_id="a", observation=obs, reward=None if t == 0 else 1.0)], [0.0])
+            while engine._background:  # the state write and the shadow comparison
+                await asyncio.gather(*list(engine._background))
+
+    asyncio.run(main())
+
+
+def test_prediction_error_is_recorded_once_per_role_with_a_shadow() -> None:
+    metrics = _Metrics()
+    engine = PlanEngine(_Planner("1.0.0", 0.5), _Store(), None, _Planner("2.0.0", 0.25), metrics, None)
+    _run_episode(engine, steps=3)  # 2 closed transitions, one per batch after the first
+    roles = [tags["role"] for _, tags in metrics.prediction_error.calls]
+    assert roles.count("production") == 2 and roles.count("shadow") == 2, roles
+    assert engine.shadow_stats.summary()["mean_prediction_error"] == {"production": 0.5, "shadow": 0.25}
