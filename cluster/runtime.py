@@ -81,7 +81,9 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None, num_gpu
     local = address in (None, "", "local")
     if local:
         store = None if object_store_mb is None else object_store_mb * 1024 * 1024
-        context = ray.init(num_cpus=num_cpus, num_gpus=num_gpus, object_store_memory=store,
+        # address='local' always starts a new Ray: without it, ray.init joins a cluster it finds
+        # running on this machine (another command's, another test run's).
+        context = ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, object_store_memory=store,
                            include_dashboard=dashboard,
                            dashboard_port=free_port() if dashboard else None, **kwargs)
     else:

@@ -31,7 +31,7 @@ def served(tmp_path_factory) -> Iterator[tuple[str, int]]:
     if ray.is_initialized():
         ray.shutdown()
     metrics_port = free_port()
-    ray.init(num_cpus=4, object_store_memory=128 * 2**20, include_dashboard=False, log_to_driver=False,
+    ray.init(address="local", num_cpus=4, object_store_memory=128 * 2**20, include_dashboard=False, log_to_driver=False,
              _metrics_export_port=metrics_port)
     spec = space_spec(make_env("Nav2D-v0"), "Nav2D-v0")
     model = train_world_model(collect("Nav2D-v0", episodes=6, seed=0), spec, TINY_MODEL, TINY_TRAIN)
