@@ -12,7 +12,7 @@ from typing import Protocol, Sequence
 
 import torch
 
-from worldmodel.reward import RewardModel
+from worldmodel.reward import FoldedReward, RewardModel
 
 Params = dict[str, torch.Tensor]
 """Per-agent objective parameters; each value has the agent axis N first."""
@@ -47,14 +47,18 @@ def _param(params: Params, key: str, term: str) -> torch.Tensor:
 class LearnedReward:
     """The world model's reward model r(s, a, s'), averaged over its members."""
 
-    def __init__(self, model: RewardModel) -> None:
+    def __init__(self, model: RewardModel | FoldedReward) -> None:
         self.model = model
 
     def __call__(self, obs: torch.Tensor, action: torch.Tensor, next_obs: torch.Tensor,
                  params: Params) -> torch.Tensor:
         lead = obs.shape[:-1]
         flat = lambda x: x.reshape(-1, x.shape[-1])  # noqa: E731
-        return self.model.predict(flat(obs), flat(action), flat(next_obs)).mean(0).view(lead)
+        return self.model(flat(obs), flat(action), flat(next_obs)).mean(0).view(lead)
+
+    def prepared(self) -> "LearnedReward":
+        """This term through the reward model's folded inference form (``RewardModel.folded``)."""
+        return LearnedReward(self.model.folded()) if isinstance(self.model, RewardModel) else self
 
 
 class GoalReward:
@@ -116,6 +120,11 @@ class Objective:
         if not terms:
             raise ValueError("an Objective needs at least one term")
         self.terms = list(terms)
+
+    def prepared(self) -> "Objective":
+        """The objective for one planning call, which evaluates it at every horizon step: learned terms
+        through their models' inference forms, folded once here rather than checked at every step."""
+        return Objective([t.prepared() if isinstance(t, LearnedReward) else t for t in self.terms])
 
     def __call__(self, obs: torch.Tensor, action: torch.Tensor, next_obs: torch.Tensor,
                  params: Params) -> torch.Tensor:

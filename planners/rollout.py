@@ -71,12 +71,12 @@ class Rollout:
         n, k, h, _ = actions.shape
         state = obs[:, None].expand(n, k, -1).reshape(n * k, -1)  # (N*K, S)
         total = obs.new_zeros(n, k)
-        model = _stepper(self.dynamics)
+        model, objective = _stepper(self.dynamics), self.objective.prepared()
         for t in range(h):
             action = actions[:, :, t].reshape(n * k, -1)
             means = model.mean(state, action)  # (E, N*K, S)
             nxt = means.mean(0)
-            reward = self.objective(state.view(1, n, k, -1), action.view(1, n, k, -1), nxt.view(1, n, k, -1),
+            reward = objective(state.view(1, n, k, -1), action.view(1, n, k, -1), nxt.view(1, n, k, -1),
                                     params)[0]  # (N, K)
             if self.penalty:
                 reward = reward - self.penalty * self._disagreement(means).view(n, k)
@@ -102,11 +102,11 @@ class Rollout:
         noise = torch.randn((h, *state.shape), generator=generator, device=obs.device, dtype=obs.dtype)
         prev = obs[None, :, None].expand(1, n, k * p, s)  # (1, N, K*P, S): the objective's layout
         total = obs.new_zeros(n, k * p)
-        model = _stepper(self.dynamics)
+        model, objective = _stepper(self.dynamics), self.objective.prepared()
         for t in range(h):
             mean, state = model.sample(state, dealt_acts[:, :, t], noise[t])  # (E, R, S) each
             nxt = _collect(state, rows).view(1, n, k * p, s)
-            reward = self.objective(prev, acts[:, t].view(1, n, k * p, a), nxt, params)[0]  # (N, K*P)
+            reward = objective(prev, acts[:, t].view(1, n, k * p, a), nxt, params)[0]  # (N, K*P)
             if self.penalty:
                 spread = self._disagreement(_collect(mean, rows).view(n, k, p, s), dim=2)  # (N, K)
                 reward = reward - self.penalty * spread.repeat_interleave(p, dim=1)
@@ -165,7 +165,7 @@ class RecurrentRollout:
         hidden = self._hidden(obs, params)
         hidden = hidden[:, None].expand(n, k * p, hidden.shape[-1]).reshape(rows, -1)  # (M, Hd)
         acts = actions[:, :, None].expand(n, k, p, h, a).reshape(rows, h, a)
-        total = obs.new_zeros(n, k * p)
+        total, objective = obs.new_zeros(n, k * p), self.objective.prepared()
         for t in range(h):
             action = acts[:, t]
             hidden, pred = self.dynamics.step(hidden, state, action)
@@ -175,7 +175,7 @@ class RecurrentRollout:
             else:
                 nxt = pred.mean[0]
             view = lambda x: x.view(1, n, k * p, -1)  # noqa: E731
-            total = total + self.objective(view(state), view(action), view(nxt), params)[0]
+            total = total + objective(view(state), view(action), view(nxt), params)[0]
             state = nxt
         return total.view(n, k, p).mean(-1)
 

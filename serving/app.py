@@ -288,9 +288,10 @@ def build(args: dict[str, Any]) -> serve.Application:
     """The application from its arguments (an ``AppConfig`` as a dict): ``serve run``/``serve deploy`` entry."""
     cfg = AppConfig.from_dict(args)
     gpus = gpus_per_worker() if ray.is_initialized() else 0.0
+    logs = {"logging_config": {"enable_access_log": cfg.access_log}}
     planner_options = {"ray_actor_options": {"num_cpus": cfg.planner_cpus, "num_gpus": gpus},
                        "autoscaling_config": cfg.planner_autoscaling, "max_ongoing_requests": 4,
-                       "health_check_period_s": 5}
+                       "health_check_period_s": 5, **logs}
     planner_cls = serve.deployment(PlannerServer, name="Planner")
     planner = planner_cls.options(**planner_options).bind(cfg.model, cfg.registry_uri, cfg.service, cfg.poll_s)
     shadow = None
@@ -299,6 +300,6 @@ def build(args: dict[str, Any]) -> serve.Application:
             cfg.shadow, cfg.registry_uri, cfg.service, cfg.poll_s)
     ingress = serve.deployment(FleetIngress, name="Ingress").options(
         ray_actor_options={"num_cpus": cfg.ingress_cpus}, max_ongoing_requests=cfg.max_ongoing_requests,
-        autoscaling_config=cfg.ingress_autoscaling, user_config=cfg.batching)
+        autoscaling_config=cfg.ingress_autoscaling, user_config=cfg.batching, **logs)
     # Batching travels only as user_config: changing it reconfigures the replicas in place.
     return ingress.bind(planner, shadow, {k: v for k, v in cfg.to_dict().items() if k != "batching"})

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from worldmodel.nn import EnsembleMLP, FoldedMLP, Normalizer, expand_members, fold_cached
+from worldmodel.nn import EnsembleMLP, Normalizer, expand_members, fold_cached
 
 
 class _TransitionHead(nn.Module):
@@ -27,12 +27,10 @@ class _TransitionHead(nn.Module):
         self.in_norm = Normalizer(2 * obs_dim + act_dim)
         self.net = EnsembleMLP(members, 2 * obs_dim + act_dim, 1, hidden, layers, activation)
 
-    def _inputs(self, obs: torch.Tensor, action: torch.Tensor, next_obs: torch.Tensor) -> torch.Tensor:
-        e = self.members
-        return torch.cat([expand_members(obs, e), expand_members(action, e), expand_members(next_obs, e)], -1)
-
     def _features(self, obs: torch.Tensor, action: torch.Tensor, next_obs: torch.Tensor) -> torch.Tensor:
-        return self.in_norm(self._inputs(obs, action, next_obs))
+        e = self.members
+        x = torch.cat([expand_members(obs, e), expand_members(action, e), expand_members(next_obs, e)], -1)
+        return self.in_norm(x)
 
     def _logits(self, obs: torch.Tensor, action: torch.Tensor, next_obs: torch.Tensor) -> torch.Tensor:
         return self.net(self._features(obs, action, next_obs)).squeeze(-1)  # (E, B)
@@ -60,18 +58,30 @@ class RewardModel(_TransitionHead):
         """Predicted reward of each member: inputs (B, *) or (E, B, *) -> (E, B)."""
         return self.out_norm.inverse(self._logits(obs, action, next_obs).unsqueeze(-1)).squeeze(-1)
 
-    def predict(self, obs: torch.Tensor, action: torch.Tensor, next_obs: torch.Tensor) -> torch.Tensor:
-        """``forward`` for planning: the same rewards through the folded MLP (``FoldedMLP``), no gradient
-        to the weights. Inputs (B, *) or (E, B, *) -> (E, B)."""
-        mlp: FoldedMLP = fold_cached(self, lambda: self.net.folded(self.in_norm, self.out_norm.std,
-                                                                   self.out_norm.mean))
-        return mlp(self._inputs(obs, action, next_obs)).squeeze(-1)
+    def folded(self) -> "FoldedReward":
+        """The inference form planners evaluate; rebuilt whenever the weights change."""
+        return fold_cached(self, lambda: FoldedReward(self))
 
     def loss(self, obs: torch.Tensor, action: torch.Tensor, next_obs: torch.Tensor,
              reward: torch.Tensor) -> torch.Tensor:
         """MSE of each member on its own batch: inputs (E, B, *) -> (E,)."""
         target = self.out_norm(reward.unsqueeze(-1)).squeeze(-1)
         return (self._logits(obs, action, next_obs) - target).square().mean(-1)
+
+
+class FoldedReward:
+    """A ``RewardModel`` for planning: the same rewards through its folded MLP (``FoldedMLP``), no gradient
+    to the weights (inputs still get theirs)."""
+
+    def __init__(self, model: RewardModel) -> None:
+        self.members = model.members
+        self.mlp = model.net.folded(model.in_norm, model.out_norm.std, model.out_norm.mean)
+
+    def __call__(self, obs: torch.Tensor, action: torch.Tensor, next_obs: torch.Tensor) -> torch.Tensor:
+        """Predicted reward of each member: inputs (B, *) or (E, B, *) -> (E, B)."""
+        e = self.members
+        x = torch.cat([expand_members(obs, e), expand_members(action, e), expand_members(next_obs, e)], -1)
+        return self.mlp(x).squeeze(-1)
 
 
 class TerminationModel(_TransitionHead):

@@ -56,7 +56,7 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError("--episodes must be >= 2, --agents >= 1, --seconds and --hz > 0")
     say: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     start = time.perf_counter()
-    state = StateConfig(shards=2, snapshot_uri=str(out / "agent-state"), name="demo-agent-state")
+    state = StateConfig(snapshot_uri=str(out / "agent-state"), name="demo-agent-state")
 
     say("[1/5] starting a local Ray (Serve's HTTP ingress: HAProxy)")
     start_ray_for_serving(None, "haproxy")
