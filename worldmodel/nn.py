@@ -7,7 +7,7 @@ Dimension glossary (used across fleetwm): ``E`` ensemble members, ``B`` batch,
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterable
+from typing import Callable, Iterable, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -99,8 +99,9 @@ class FoldedMLP:
         self.weights, self.biases = weights, biases
         self.hidden = list(zip(weights[:-1], biases[:-1]))
         self.activation = activation
-        # aten's fused add+ReLU exists for CPU float tensors only, and has no gradient.
-        self.fuse = isinstance(activation, nn.ReLU) and weights[0].device.type == "cpu"
+        # aten's fused add+ReLU exists for CPU float32 tensors only, and has no gradient.
+        self.fuse = (isinstance(activation, nn.ReLU) and weights[0].device.type == "cpu"
+                     and weights[0].dtype == torch.float32)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """(E, B, I) -> (E, B, O)."""
@@ -110,7 +111,10 @@ class FoldedMLP:
         return torch.bmm(x, self.weights[-1]).add_(self.biases[-1])
 
 
-def fold_cached(module: nn.Module, build: Callable[[], object]) -> object:
+Folded = TypeVar("Folded")
+
+
+def fold_cached(module: nn.Module, build: Callable[[], Folded]) -> Folded:
     """``build()``'s result, cached on ``module`` until one of its parameters or buffers changes.
 
     Training steps, ``load_state_dict`` and ``.to()`` all change a tensor's storage or its
