@@ -259,7 +259,11 @@ async def _report(t: _Tally, start: float, seconds: float, progress: Callable[[s
         now = time.perf_counter() - start
         recent = t.latency_ms[seen:]
         seen = len(t.latency_ms)
+        errors = sum(t.errors.values())
+        if now > seconds:  # requests past the end drive the episodes under way to their end, untimed
+            progress(f"fleet: {seconds:g} s done ({seen} requests, {seen / seconds:.0f}/s); finishing the episodes "
+                     f"under way: {t.episodes} episodes ended, {errors} errors")
+            continue
         p99 = float(np.percentile(recent, 99)) if recent else 0.0
-        progress(f"fleet: {min(now, seconds):.0f}/{seconds:g} s, {seen} requests ({seen / now:.0f}/s), "
-                 f"p99 {p99:.1f} ms over the last {PROGRESS_EVERY_S:g} s, {t.episodes} episodes, "
-                 f"{sum(t.errors.values())} errors")
+        progress(f"fleet: {now:.0f}/{seconds:g} s, {seen} requests ({seen / now:.0f}/s), "
+                 f"p99 {p99:.1f} ms over the last {PROGRESS_EVERY_S:g} s, {t.episodes} episodes, {errors} errors")
