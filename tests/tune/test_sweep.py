@@ -81,6 +81,14 @@ def test_the_best_is_registered_once_as_a_candidate(swept, logs: HeldOutLogs, sw
     assert [v.version for v in ModelRegistry(registry_uri).versions()] == ["1.0.0"]
 
 
+def test_the_same_seed_draws_and_scores_the_same_trials(swept, logs: HeldOutLogs, sweep: SweepConfig,
+                                                        tmp_path) -> None:
+    first, _ = swept
+    again = run_sweep(logs, sweep, str(tmp_path))
+    assert [t.config for t in again.trials] == [t.config for t in first.trials]
+    assert [t.score for t in again.trials] == pytest.approx([t.score for t in first.trials], rel=1e-6)
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"samples": 0}, "samples must be an integer >= 1, got 0"),
     ({"space": {}}, "the search space is empty"),
