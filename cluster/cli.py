@@ -23,6 +23,7 @@ from cluster.commands import model as model_cmds
 from cluster.commands import models as models_cmds
 from cluster.commands import plan as plan_cmds
 from cluster.commands import serve as serve_cmds
+from cluster.commands import sweep as sweep_cmds
 
 EXIT_ERROR, EXIT_USAGE = 1, 2
 
@@ -44,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for register in (model_cmds.register, plan_cmds.register, demo_cmds.register, bench_cmds.register,
                      mbrl_cmds.register, models_cmds.register, learn_cmds.register, serve_cmds.register,
-                     fleet_cmds.register):
+                     fleet_cmds.register, sweep_cmds.register):
         register(sub, common)
     return parser
 

@@ -22,42 +22,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
 import ray
 from ray.actor import ActorHandle
 
 from actors.common import NAMESPACE, gpus_per_worker
+from learners.retrain import read_held_out, register_candidate, registered_run
 from worldmodel.config import ModelConfig, TrainConfig, config_from_dict
-from worldmodel.data import Transitions, data_fingerprint, read_env_id
-from worldmodel.data import schema as sc
-from worldmodel.data.reader import check_log_files, require_log_files, transitions_from_table
-from worldmodel.data.writer import resolve_root
-from worldmodel.envs import make_env, space_spec
-from worldmodel.holdout import holdout_score, recent_holdout
-from worldmodel.model import WorldModel
+from worldmodel.data import data_fingerprint
+from worldmodel.data.reader import require_log_files
 from worldmodel.registry import ModelRegistry, VersionInfo
 from worldmodel.training import FITS, train_world_model
-
-
-def read_logs(data_uri: str, files: list[str] | None = None) -> Transitions:
-    """Read every log file under ``data_uri`` (a path, ``file://``, ``s3://``, ``gs://``) with Ray Data.
-
-    Every file's schema is checked first, as ``read_transitions`` does, so a bad file is named.
-    ``files``: ``data_uri``'s files as ``require_log_files`` returns them, when the caller has listed them already.
-
-    Returns:
-        B transitions sorted by (agent_id, eps_id, t, timestamp), as ``read_transitions`` returns them.
-
-    Raises:
-        FileNotFoundError: no log files under ``data_uri``.
-        SchemaError: a file does not match the trajectory schema, or a column has nulls.
-    """
-    filesystem, _ = resolve_root(data_uri)
-    files = files or require_log_files(data_uri)[2]
-    check_log_files(files, filesystem)
-    dataset = ray.data.read_parquet(files, filesystem=filesystem).select_columns(list(sc.COLUMNS))
-    return transitions_from_table(pa.concat_tables(ray.get(dataset.to_arrow_refs())), data_uri)
-
 
 def run_id_for(fingerprint: str, model_cfg: ModelConfig, train_cfg: TrainConfig, holdout_fraction: float) -> str:
     """The id of a training run: the same data and settings give the same id (and checkpoint)."""
@@ -115,49 +89,24 @@ class Learner:
         fingerprint = data_fingerprint(data_uri, files=files)
         run_id = run_id or run_id_for(fingerprint, mcfg, tcfg, holdout_fraction)
         registry = ModelRegistry(registry_uri)
-        done = [v for v in registry.versions() if v.lineage.get("run_id") == run_id]
-        if done:
-            _log(f"run {run_id} is already registered as {done[-1].version}")
-            return self._result(registry, done[-1], promote, existing=True, start=start)
+        done = registered_run(registry, run_id)
+        if done is not None:
+            _log(f"run {run_id} is already registered as {done.version}")
+            return self._result(registry, done, promote, existing=True, start=start)
 
-        env_id = read_env_id(data_uri, files=files)
-        if not env_id:
-            raise ValueError(f"the logs under {data_uri} record no env id, so the learner cannot build the model")
-        data = read_logs(data_uri, files)
-        train, holdout = recent_holdout(data, holdout_fraction)
-        _log(f"read {len(data)} transitions from {data_uri}; holding out {len(holdout)} rows of the newest episodes")
+        logs = read_held_out(data_uri, holdout_fraction, files=files, fingerprint=fingerprint)
+        _log(f"read {logs.rows} transitions from {data_uri}; holding out {len(logs.holdout)} rows of the newest "
+             "episodes")
         checkpoint_dir = self.checkpoint_root / run_id
-        model = train_world_model(train, space_spec(make_env(env_id), env_id), mcfg, tcfg, log=_log,
-                                  checkpoint_dir=checkpoint_dir)
+        model = train_world_model(logs.train, logs.spec, mcfg, tcfg, log=_log, checkpoint_dir=checkpoint_dir)
         model.data_fingerprint = fingerprint
-        production = registry.production()
-        comparison = self._compare(model, registry, production, holdout)
         resumed_from = {s: (model.metrics.get(s) or {}).get("fit", {}).get("resumed_from") for s in FITS}
-        lineage = {"data_uri": data_uri, "data_fingerprint": fingerprint, "rows": len(data),
-                   "train_episodes": model.metrics["data"]["episodes"],
-                   "holdout_episodes": comparison["candidate"]["episodes"],
-                   "holdout_fraction": holdout_fraction, "run_id": run_id, "resumed_from": resumed_from,
-                   "device": model.metrics.get("device")}
-        info = registry.register(model, parent=production.version if production else None, holdout=comparison,
-                                 lineage=lineage)
-        _log(f"registered {info.version}: holdout score {comparison['candidate']['score']:.4f}, "
-             f"better than production: {comparison['better']}")
+        info = register_candidate(registry, model, logs, run_id=run_id, resumed_from=resumed_from)
+        assert info.holdout is not None  # register_candidate always compares
+        _log(f"registered {info.version}: holdout score {info.holdout['candidate']['score']:.4f}, "
+             f"better than production: {info.holdout['better']}")
         shutil.rmtree(checkpoint_dir)
         return self._result(registry, info, promote, existing=False, start=start)
-
-    @staticmethod
-    def _compare(model: WorldModel, registry: ModelRegistry, production: VersionInfo | None,
-                 holdout: Transitions) -> dict[str, Any]:
-        """Both models' scores on the same holdout, in the registry's ``holdout`` format."""
-        candidate = holdout_score(model, holdout)
-        if production is None:
-            return {"candidate": candidate, "production": None, "production_version": None, "better": True}
-        try:
-            current = holdout_score(registry.load(production.version, model.device), holdout)
-        except ValueError as err:
-            raise ValueError(f"production {production.version} cannot be scored on this data: {err}") from err
-        return {"candidate": candidate, "production": current, "production_version": production.version,
-                "better": bool(candidate["score"] < current["score"])}
 
     @staticmethod
     def _result(registry: ModelRegistry, info: VersionInfo, promote: bool, *, existing: bool,

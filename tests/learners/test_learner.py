@@ -19,7 +19,8 @@ from ray.actor import ActorHandle
 
 from actors.common import NAMESPACE
 from learners.cron import CronError, next_fire
-from learners.learner import read_logs, start_learner
+from learners.learner import start_learner
+from learners.retrain import read_logs
 from learners.schedule import start_scheduler
 from tests.ray_fixtures import ray_local  # noqa: F401
 from worldmodel.data import Transitions, read_transitions, write_transitions

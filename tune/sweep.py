@@ -1,0 +1,244 @@
+"""Ray Tune sweeps over the world model's settings, scored as a retrain is: on the most recent episodes.
+
+The driver reads the logs once (``learners.retrain.read_held_out``: Ray Data, then the recent
+holdout split) and every trial gets both splits from the object store (``tune.with_parameters``).
+A trial trains with the core's ``train_world_model`` on the older episodes, scores the model on
+the held-out ones with ``holdout_score`` (the learner's promotion score, lower is better), and
+reports once, its artifact as the trial's checkpoint, which Tune persists under the run directory.
+
+Trials report once, at the end, so there is no early-stopping scheduler (ASHA): the trainer fits
+dynamics, then reward, then termination, each to its own early stop, with no per-epoch hook, and
+the holdout score needs all of them trained.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from ray import tune
+from ray.tune.search.basic_variant import BasicVariantGenerator
+from ray.tune.search.sample import Categorical, Domain
+
+from actors.common import gpus_per_worker
+from learners.learner import run_id_for
+from learners.retrain import HeldOutLogs, register_candidate, registered_run
+from worldmodel.artifact import load_model, save_model
+from worldmodel.config import ModelConfig, TrainConfig
+from worldmodel.holdout import holdout_score
+from worldmodel.registry import ModelRegistry, VersionInfo
+from worldmodel.training import train_world_model
+
+SCORE = "score"
+"""The metric trials report and the sweep minimises: ``holdout_score``'s score (0 is perfect)."""
+MODEL_FIELDS = frozenset(f.name for f in dataclasses.fields(ModelConfig))
+TRAIN_FIELDS = frozenset(f.name for f in dataclasses.fields(TrainConfig)) - {"device"}
+"""A trial's device follows the resources Tune gives it ('auto'), so it is not a setting to sweep."""
+
+
+def default_space() -> dict[str, Any]:
+    """The settings a sweep varies unless told otherwise: the dynamics' width, depth, members and the learning rate."""
+    return {"hidden": tune.choice([64, 128, 200]), "layers": tune.choice([2, 3, 4]),
+            "ensemble_size": tune.choice([3, 5, 7]), "lr": tune.loguniform(3e-4, 3e-3)}
+
+
+def _values_to_check(value: Any) -> list[Any]:
+    """Values of a space entry that can be checked before sampling (a range's lower bound stands for it)."""
+    if isinstance(value, Categorical):
+        return list(value.categories)
+    if isinstance(value, dict) and "grid_search" in value:
+        return list(value["grid_search"])
+    if isinstance(value, Domain):
+        lower = getattr(value, "lower", None)
+        return [] if lower is None else [lower]
+    return [value]
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """What a sweep tries: a search space over the model's and training's settings, and how many trials."""
+
+    samples: int = 8
+    """Trials to run (Tune's ``num_samples``), each with settings drawn from ``space``."""
+    space: Mapping[str, Any] = field(default_factory=default_space)
+    """Setting (a ``ModelConfig`` or ``TrainConfig`` field) -> a ``ray.tune`` domain (``tune.choice``) or a value."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """The model settings ``space`` leaves alone."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """The training settings ``space`` leaves alone; its ``seed`` also seeds the search."""
+    holdout_fraction: float = 0.2
+    """Share of the most recent episodes held out for scoring, in (0, 1)."""
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.samples, int) and self.samples >= 1):
+            raise ValueError(f"samples must be an integer >= 1, got {self.samples!r}")
+        if not 0 < self.holdout_fraction < 1:
+            raise ValueError(f"holdout_fraction must be in (0, 1), got {self.holdout_fraction}")
+        if not self.space:
+            raise ValueError("the search space is empty: name at least one setting to vary")
+        unknown = sorted(set(self.space) - MODEL_FIELDS - TRAIN_FIELDS)
+        if unknown:
+            raise ValueError(f"search space: unknown setting(s) {', '.join(unknown)}; known: "
+                             f"{', '.join(sorted(MODEL_FIELDS | TRAIN_FIELDS))}")
+        for name, value in self.space.items():
+            for candidate in _values_to_check(value):
+                try:
+                    self.configs({name: candidate})
+                except ValueError as err:
+                    raise ValueError(f"search space {name}={candidate!r}: {err}") from None
+
+    def configs(self, settings: Mapping[str, Any]) -> tuple[ModelConfig, TrainConfig]:
+        """The model and training configs of one trial: ``model`` and ``train`` with ``settings`` applied.
+
+        Raises:
+            ValueError: a setting the configs refuse (named by the config's own check).
+        """
+        model = {k: v for k, v in settings.items() if k in MODEL_FIELDS}
+        train = {k: v for k, v in settings.items() if k in TRAIN_FIELDS}
+        return dataclasses.replace(self.model, **model), dataclasses.replace(self.train, **train)
+
+
+@dataclass(frozen=True)
+class TrialResult:
+    """One trial: its settings, its holdout score and where its model is."""
+
+    trial_id: str
+    """Tune's id of the trial."""
+    config: dict[str, Any]
+    """The settings it drew: the search space's keys and their values."""
+    score: float
+    """Holdout score (``dynamics_nmse + reward_nmse``); lower is better."""
+    dynamics_nmse: float
+    """Mean over changing state dimensions of 1 - R^2 of the state change, on the holdout."""
+    reward_nmse: float
+    """Reward MSE over the reward's variance, on the holdout."""
+    seconds: float
+    """Wall time of the trial's training and scoring, s."""
+    artifact_dir: str
+    """Its model artifact (the trial's Tune checkpoint), which ``worldmodel.artifact.load_model`` reads."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    """What a sweep found."""
+
+    run_dir: str
+    """The run's directory (Tune's experiment directory): one sub-directory per trial."""
+    trials: tuple[TrialResult, ...]
+    """Every trial, in the order Tune created them."""
+    seconds: float
+    """Wall time of the whole sweep, reading the logs included, s."""
+
+    @property
+    def best(self) -> TrialResult:
+        """The trial with the lowest holdout score."""
+        return min(self.trials, key=lambda t: t.score)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"run_dir": self.run_dir, "seconds": self.seconds, "best": self.best.to_dict(),
+                "trials": [t.to_dict() for t in self.trials]}
+
+
+def _run_trial(settings: dict[str, Any], *, logs: HeldOutLogs, sweep: SweepConfig) -> None:
+    """One trial (runs in a Tune worker): train on the older episodes, score on the newest, report with the artifact."""
+    start = time.perf_counter()
+    model_cfg, train_cfg = sweep.configs(settings)
+    model = train_world_model(logs.train, logs.spec, model_cfg, train_cfg)
+    model.data_fingerprint = logs.fingerprint
+    scored = holdout_score(model, logs.holdout)
+    # Tune copies the checkpoint into the trial's directory under the run before report returns.
+    with tempfile.TemporaryDirectory() as tmp:
+        artifact = save_model(model, Path(tmp) / "model")
+        tune.report({SCORE: scored["score"], "dynamics_nmse": scored["dynamics_nmse"],
+                     "reward_nmse": scored["reward_nmse"], "seconds": round(time.perf_counter() - start, 3)},
+                    checkpoint=tune.Checkpoint.from_directory(artifact))
+
+
+class _Progress(tune.Callback):
+    """One line per finished trial (runs in the driver)."""
+
+    def __init__(self, say: Callable[[str], None], samples: int) -> None:
+        self.say, self.samples, self.done = say, samples, 0
+
+    def on_trial_result(self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any],
+                        **info: Any) -> None:
+        self.done += 1
+        settings = ", ".join(f"{k}={_short(v)}" for k, v in sorted(trial.config.items()))
+        self.say(f"trial {self.done}/{self.samples}: score {result[SCORE]:.4f} in {result['seconds']:.1f} s "
+                 f"({settings})")
+
+
+def _short(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def run_sweep(logs: HeldOutLogs, sweep: SweepConfig, out_dir: str, *, name: str | None = None,
+              say: Callable[[str], None] = lambda message: None) -> SweepResult:
+    """Run ``sweep.samples`` trials on ``logs`` with Ray Tune (Ray must be initialised: ``cluster.runtime.init_ray``).
+
+    Each trial takes one CPU, and one GPU when the cluster has one (``gpus_per_worker``).
+
+    Args:
+        logs: the logs read once by the driver (``learners.retrain.read_held_out``).
+        sweep: the search space, the trial count and the fixed settings.
+        out_dir: where runs go, a directory (on a multi-node cluster a shared mount, as every trial writes
+            its artifact there and the driver reads the best one back); this run is ``out_dir/name``.
+        name: the run's name (default: ``sweep-<UTC time>-<random>``).
+        say: called with one line of progress per finished trial.
+
+    Raises:
+        RuntimeError: a trial failed (the first failure is the cause).
+    """
+    start = time.perf_counter()
+    name = name or f"sweep-{datetime.datetime.now(datetime.timezone.utc):%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
+    trainable = tune.with_resources(tune.with_parameters(_run_trial, logs=logs, sweep=sweep),
+                                    {"cpu": 1, "gpu": gpus_per_worker()})
+    tuner = tune.Tuner(
+        trainable, param_space=dict(sweep.space),
+        tune_config=tune.TuneConfig(metric=SCORE, mode="min", num_samples=sweep.samples,
+                                    search_alg=BasicVariantGenerator(random_state=sweep.train.seed)),
+        # verbose=0: no progress table from Tune (its lines would repeat _Progress's).
+        run_config=tune.RunConfig(name=name, storage_path=str(Path(out_dir).expanduser().absolute()), verbose=0,
+                                  callbacks=[_Progress(say, sweep.samples)]))
+    grid = tuner.fit()
+    if grid.errors:
+        raise RuntimeError(f"{len(grid.errors)} of {sweep.samples} trials failed; the first: "
+                           f"{str(grid.errors[0]).strip().splitlines()[-1]}") from grid.errors[0]
+    trials = tuple(TrialResult(trial_id=r.metrics["trial_id"], config=dict(r.config), score=r.metrics[SCORE],
+                               dynamics_nmse=r.metrics["dynamics_nmse"], reward_nmse=r.metrics["reward_nmse"],
+                               seconds=r.metrics["seconds"], artifact_dir=r.checkpoint.path)
+                   for r in grid)
+    return SweepResult(run_dir=grid.experiment_path, trials=trials, seconds=round(time.perf_counter() - start, 3))
+
+
+def register_best(result: SweepResult, logs: HeldOutLogs, sweep: SweepConfig,
+                  registry_uri: str) -> tuple[VersionInfo, bool]:
+    """Register the best trial's model in ``registry_uri`` as a candidate, as the learner registers a retrain.
+
+    It is scored against production on the same holdout (``register_candidate``); its lineage is a
+    retrain's (the data, the holdout, the run id ``run_id_for`` gives its settings) plus the sweep's
+    run directory, the trial and its settings. When a run with the same data and settings is
+    registered already (by a sweep or the learner), that version is returned instead of a second one.
+
+    Returns:
+        ``(version, existing)``: the version's record, and whether it had been registered before.
+    """
+    best = result.best
+    model_cfg, train_cfg = sweep.configs(best.config)
+    run_id = run_id_for(logs.fingerprint, model_cfg, train_cfg, logs.holdout_fraction)
+    registry = ModelRegistry(registry_uri)
+    done = registered_run(registry, run_id)
+    if done is not None:
+        return done, True
+    sweep_lineage = {"run_dir": result.run_dir, "trial_id": best.trial_id, "settings": best.config,
+                     "trials": len(result.trials)}
+    return register_candidate(registry, load_model(best.artifact_dir), logs, run_id=run_id, sweep=sweep_lineage), False
