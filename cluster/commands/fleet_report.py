@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import numpy as np
 
-from cluster.commands.report import draw_tracks
+from cluster.commands.report import draw_tracks, plt, save_figure  # pyplot with the files-only backend set
 from serving.fleet import FleetTrace
 
 
@@ -52,8 +51,4 @@ def plot_fleet(trace: FleetTrace, path: Path, title: str) -> Path:
         paths.set(title="first episodes: start o, goal *, zones shaded (dotted: goal not reached in the run)",
                   aspect="equal")
         paths.title.set_fontsize(9)
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, title)

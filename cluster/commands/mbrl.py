@@ -9,11 +9,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import matplotlib
 import torch
 
-matplotlib.use("Agg")  # files only; no display on servers
-import matplotlib.pyplot as plt  # noqa: E402
+from cluster.commands.report import plt, save_figure  # pyplot with the files-only backend set
 
 from planners import PLANNERS, PlanConfig
 from planners.cem import CEMConfig
@@ -125,7 +123,4 @@ def plot_learning_curve(res: MBRLResult, path: Path) -> Path:
         ax.axhline(res.target_return, color="k", ls="--", lw=0.8, label=f"target {res.target_return:g}")
     ax.set(title=f"{res.env_id}: PETS with learned dynamics and reward", xlabel="env steps", ylabel="episode return")
     ax.legend(loc="best")
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -12,6 +12,16 @@ matplotlib.use("Agg")  # files only; no display on servers
 import matplotlib.pyplot as plt  # noqa: E402
 
 
+def save_figure(fig: plt.Figure, path: Path, title: str | None = None) -> Path:
+    """Write ``fig`` to ``path`` as a PNG (under ``title`` when given), close it, and return ``path``."""
+    if title is not None:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
 def draw_tracks(ax: plt.Axes, tracks: list[dict[str, Any]]) -> None:
     """Nav2D paths, one colour per agent: start o, goal *, its no-fly zones shaded.
 
@@ -45,11 +55,7 @@ def plot_closed_loop(tracks: list[dict[str, Any]], plan_ms: list[float], path: P
     lat.axvline(float(np.percentile(plan_ms, 99)), color="k", ls="--", lw=0.8, label="p99")
     lat.set(title="planning time per call (all agents at once)", xlabel="ms", ylabel="calls")
     lat.legend()
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, title)
 
 
 def plot_training(metrics: dict[str, Any], path: Path, title: str) -> Path:
@@ -81,8 +87,4 @@ def plot_training(metrics: dict[str, Any], path: Path, title: str) -> Path:
         cal.axhline(0.954, color="C1", lw=0.8, ls="--")
         cal.legend(loc="lower left")
     cal.set(title="calibration on test episodes", xlabel="dimension", ylim=(0, 1.02))
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, title)

@@ -5,11 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+from matplotlib.ticker import MaxNLocator
 
-matplotlib.use("Agg")  # files only; no display on servers
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+from cluster.commands.report import plt, save_figure  # pyplot with the files-only backend set
 
 
 def plot_sweep(trials: list[dict[str, Any]], best_id: str, path: Path, title: str) -> Path:
@@ -44,8 +42,4 @@ def plot_sweep(trials: list[dict[str, Any]], best_id: str, path: Path, title: st
             ax.set_xscale("log")  # real-valued settings (learning rates, decay) are swept over decades
         ax.set(xlabel=key, ylabel="holdout score (lower is better)")
         ax.legend()
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, title)
