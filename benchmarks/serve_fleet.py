@@ -29,6 +29,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
+import pyarrow.dataset as ds
 import requests
 
 from benchmarks.common import record, wm
@@ -153,8 +154,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         deadline = ["--deadline-ms", str(args.deadline_ms)] if args.deadline_ms else []
+        # Telemetry on, as a fleet runs it: every served transition goes back into the logs.
         serve_cmd = [sys.executable, "-m", "cluster", "serve", "--model", ours["model_dir"], "--port", str(port),
-                     *SERVED_PLANNER, *deadline, "--json"]
+                     "--log-dir", str(Path(tmp, "served-logs")), *SERVED_PLANNER, *deadline, "--json"]
         say(f"starting `wm serve` on {url}")
         counts = [int(a) for a in str(args.agents).split(",")]
         trace = FleetTrace() if args.png else None
@@ -170,6 +172,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                                  trace=trace if n == counts[-1] else None))
                 rows.append({"agents": n} | _row(result))
         ours_result = result
+        # `wm serve` flushed its telemetry when it stopped: what every row's agents sent came back as logs.
+        logged = ds.dataset(str(Path(tmp, "served-logs")), format="parquet").count_rows()
         if trace is not None:
             from cluster.commands.fleet_report import plot_fleet
 
@@ -190,9 +194,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                   and ours_result.rate_per_agent_hz >= 0.95 * args.hz)
     return {"target": TARGET, "target_met": target_met,
             "fleetwm": {"stack": f"wm serve: Ray Serve + HAProxy, batched {' '.join(SERVED_PLANNER)}, 5x64x2 ensemble",
-                        "settings": {"serve": [*SERVED_PLANNER, *deadline], "agents": counts[-1], "hz": args.hz,
+                        "settings": {"serve": [*SERVED_PLANNER, *deadline], "telemetry": True,
+                                     "agents": counts[-1], "hz": args.hz,
                                      "seconds": args.seconds, "no_fly_zones": args.no_fly_zones,
-                                     "deadline_ms": args.deadline_ms}} | _row(ours_result),
+                                     "deadline_ms": args.deadline_ms},
+                        "transitions_logged": logged} | _row(ours_result),
             "fleetwm_by_agents": rows,
             "article": {"stack": "FastAPI + uvicorn, gradient MPC H15 (10 Adam steps), 1x64x2 MLP, "
                                  "one agent per request, 1 thread", "no_fly_zones": 0} | reference,
