@@ -14,6 +14,7 @@ says otherwise; tests set it explicitly.
 
 from __future__ import annotations
 
+import os
 import socket
 from dataclasses import dataclass
 from typing import Any
@@ -78,6 +79,7 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None, num_gpu
         return _info(started=False)
     kwargs: dict[str, Any] = {"namespace": NAMESPACE, "runtime_env": runtime_env(extra_env),
                               "log_to_driver": log_to_driver}
+    address = address or os.environ.get("RAY_ADDRESS")  # as `ray job submit` sets it for the job's driver
     local = address in (None, "", "local")
     if local:
         store = None if object_store_mb is None else object_store_mb * 1024 * 1024

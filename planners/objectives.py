@@ -33,7 +33,7 @@ class Term(Protocol):
 def _dims(dims: Sequence[int]) -> slice | list[int]:
     """Contiguous dimensions as a slice, so selecting them is a view rather than a gathered copy."""
     dims = list(dims)
-    contiguous = dims == list(range(dims[0], dims[0] + len(dims))) if dims else False
+    contiguous = bool(dims) and dims[0] >= 0 and dims == list(range(dims[0], dims[0] + len(dims)))
     return slice(dims[0], dims[0] + len(dims)) if contiguous else dims
 
 
@@ -92,8 +92,9 @@ class NoFlyZones:
         dist = torch.linalg.vector_norm(pos - zones[:, None, :, :2], dim=-1)  # (X, N, R, Z)
         radius = zones[:, None, :, 2]  # (N, 1, Z)
         # Padding slots (radius 0) cost nothing: dist < 0 never holds, and their depth is masked.
-        depth = (radius + self.margin - dist).relu_().mul_(radius > 0)
-        return (depth.add_(dist < radius).sum(-1)).mul_(-self.weight)
+        # Out of place: gradient MPC differentiates through the ReLU, whose backward reads its output.
+        depth = torch.relu(radius + self.margin - dist) * (radius > 0)
+        return -self.weight * (depth + (dist < radius)).sum(-1)
 
 
 class StateBox:

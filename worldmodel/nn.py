@@ -118,7 +118,9 @@ def fold_cached(module: nn.Module, build: Callable[[], Folded]) -> Folded:
     """``build()``'s result, cached on ``module`` until one of its parameters or buffers changes.
 
     Training steps, ``load_state_dict`` and ``.to()`` all change a tensor's storage or its
-    version counter, so an inference form built from old weights is never used.
+    version counter, so an inference form built from old weights is not used. Writes that bypass
+    the counter do not invalidate it: assignments through ``.data`` and fused optimiser steps
+    (``AdamW(fused=True)``); fleetwm's trainer makes neither.
     """
     key = _state_key(module.parameters(), module.buffers())
     cached = module.__dict__.get("_folded")

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import pytest
 import torch
 
 from planners import PLANNERS, PlanConfig, make_planner, shift_plan
+from planners.objectives import GOAL, ZONES, NoFlyZones, Objective
 
 from .toys import B_MAT, LinearEnsemble, optimal_first_action, quadratic_objective
 
@@ -62,6 +64,19 @@ def test_actions_respect_bounds_even_when_the_goal_is_far(name: str) -> None:
     assert (result.actions >= low).all() and (result.actions <= high).all()
     # Far goals up and right: the best action pushes to the upper bound.
     assert (result.actions - high).abs().max() < 0.1
+
+
+@pytest.mark.parametrize("name", PLANNERS)
+def test_a_zone_on_the_straight_path_is_avoided(name: str) -> None:
+    # One agent at the origin, its goal 1 to the right, a zone of radius 0.3 straight ahead at 0.5:
+    # the unconstrained optimum drives through it, so the first action must swerve.
+    x, goal = torch.zeros(1, 2), torch.tensor([[1.0, 0.0]])
+    zones = torch.tensor([[[0.5, 0.0, 0.3], [0.0, 0.0, 0.0]]])  # a padding slot (radius 0) too
+    objective = Objective([*quadratic_objective().terms, NoFlyZones(margin=0.05)])
+    cfg = dataclasses.replace(SETTINGS[name], horizon=4) if name == "shooting" else SETTINGS[name]
+    result = make_planner(name, LinearEnsemble(), objective, LOW, HIGH, cfg).plan(x, {GOAL: goal, ZONES: zones})
+    states = x + torch.cumsum(result.plan[0] @ B_MAT.T, dim=0)  # (H, S) the planned path
+    assert ((states - zones[0, 0, :2]).norm(dim=-1) > 0.3).all()
 
 
 @pytest.mark.parametrize("name", PLANNERS)
