@@ -288,7 +288,8 @@ def build(args: dict[str, Any]) -> serve.Application:
     """The application from its arguments (an ``AppConfig`` as a dict): ``serve run``/``serve deploy`` entry."""
     cfg = AppConfig.from_dict(args)
     gpus = gpus_per_worker() if ray.is_initialized() else 0.0
-    logs = {"logging_config": {"enable_access_log": cfg.access_log}}
+    # A deployment's logging_config replaces the application's, so set one only when asked to.
+    logs = {} if cfg.access_log is None else {"logging_config": {"enable_access_log": cfg.access_log}}
     planner_options = {"ray_actor_options": {"num_cpus": cfg.planner_cpus, "num_gpus": gpus},
                        "autoscaling_config": cfg.planner_autoscaling, "max_ongoing_requests": 4,
                        "health_check_period_s": 5, **logs}

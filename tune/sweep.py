@@ -42,6 +42,10 @@ TRAIN_FIELDS = frozenset(f.name for f in dataclasses.fields(TrainConfig)) - {"de
 """A trial's device follows the resources Tune gives it ('auto'), so it is not a setting to sweep."""
 
 
+class SweepFailed(RuntimeError):
+    """Trials of a sweep failed; the message names how many and the first one's error."""
+
+
 def default_space() -> dict[str, Any]:
     """The settings a sweep varies unless told otherwise: the dynamics' width, depth, members and the learning rate."""
     return {"hidden": tune.choice([64, 128, 200]), "layers": tune.choice([2, 3, 4]),
@@ -196,7 +200,7 @@ def run_sweep(logs: HeldOutLogs, sweep: SweepConfig, out_dir: str, *, name: str 
         say: called with one line of progress per finished trial.
 
     Raises:
-        RuntimeError: a trial failed (the first failure is the cause).
+        SweepFailed: a trial failed (the first failure is the cause).
     """
     start = time.perf_counter()
     name = name or f"sweep-{datetime.datetime.now(datetime.timezone.utc):%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
@@ -211,7 +215,7 @@ def run_sweep(logs: HeldOutLogs, sweep: SweepConfig, out_dir: str, *, name: str 
                                   callbacks=[_Progress(say, sweep.samples)]))
     grid = tuner.fit()
     if grid.errors:
-        raise RuntimeError(f"{len(grid.errors)} of {sweep.samples} trials failed; the first: "
+        raise SweepFailed(f"{len(grid.errors)} of {sweep.samples} trials failed; the first: "
                            f"{str(grid.errors[0]).strip().splitlines()[-1]}") from grid.errors[0]
     trials = tuple(TrialResult(trial_id=r.metrics["trial_id"], config=dict(r.config), score=r.metrics[SCORE],
                                dynamics_nmse=r.metrics["dynamics_nmse"], reward_nmse=r.metrics["reward_nmse"],

@@ -71,7 +71,7 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
         version = ModelRegistry(str(registry_dir)).get("production").version
         say(f"[4/5] Ray Serve comes up with v{version} (registry stage 'production')")
         url = deploy("production", registry_uri=str(registry_dir), log_uri=str(served_logs), port=free_port(),
-                     state=state)  # the served planner's defaults (planners.service.ServiceConfig)
+                     state=state, access_log=False)  # the served planner's defaults (planners.service.ServiceConfig)
         say(f"[5/5] {args.agents} agents drive closed loop at {args.hz:g} Hz for {args.seconds:g} s through {url}")
         trace = FleetTrace()
         result = asyncio.run(drive_fleet(url, agents=args.agents, hz=args.hz, seconds=args.seconds,

@@ -16,7 +16,7 @@ from ray import tune
 from cluster.commands.sweep_report import plot_sweep
 from cluster.runtime import init_ray
 from learners.retrain import read_held_out
-from tune.sweep import SweepConfig, SweepResult, default_space, register_best, run_sweep
+from tune.sweep import SweepConfig, SweepFailed, SweepResult, default_space, register_best, run_sweep
 from worldmodel.config import TrainConfig
 from worldmodel.data.reader import require_log_files
 
@@ -92,7 +92,10 @@ def run_tune(args: argparse.Namespace) -> dict[str, Any]:
             f"rows of the newest episodes; running {sweep.samples} trial(s)")
         # Tune prints its experiment's settings on stdout whatever its verbosity; stdout is for the answer.
         with contextlib.redirect_stdout(sys.stderr):
-            result = run_sweep(logs, sweep, args.out, say=say)
+            try:
+                result = run_sweep(logs, sweep, args.out, say=say)
+            except SweepFailed as err:  # one line for the user (WM_DEBUG=1 shows the trial's traceback)
+                raise ValueError(str(err)) from err
         registered = None
         if args.registry:
             version, existing = register_best(result, logs, sweep, args.registry)
