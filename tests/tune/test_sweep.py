@@ -101,3 +101,11 @@ def test_the_same_seed_draws_and_scores_the_same_trials(swept, logs: HeldOutLogs
 def test_bad_sweep_settings_are_named(kwargs, message) -> None:
     with pytest.raises(ValueError, match=message):
         SweepConfig(**kwargs)
+
+
+def test_fixed_settings_apply_when_checking_the_others() -> None:
+    # A GRU has one member: valid together, refused alone (against the default ensemble size).
+    cfg = SweepConfig(space={"dynamics": "gru", "ensemble_size": 1, "hidden": tune.choice([16, 32])})
+    assert cfg.configs({"dynamics": "gru", "ensemble_size": 1, "hidden": 16})[0].ensemble_size == 1
+    with pytest.raises(ValueError, match="search space dynamics='gru'"):
+        SweepConfig(space={"dynamics": "gru"})
