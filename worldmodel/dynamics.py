@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from worldmodel.nn import EnsembleMLP, Normalizer, expand_members, fold_cached, soft_bound, variance
+from worldmodel.nn import EnsembleMLP, Normalizer, expand_members, fold_cached, member_inputs, soft_bound, variance
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,7 @@ class EnsembleDynamics(nn.Module):
         self.delta_norm.fit(next_obs - obs)
 
     def _raw(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        x = self.in_norm(torch.cat([expand_members(obs, self.members), expand_members(action, self.members)], -1))
+        x = self.in_norm(member_inputs(self.members, obs, action))
         return self.net(x)  # (E, B, O)
 
     def forward(self, obs: torch.Tensor, action: torch.Tensor) -> Prediction:
@@ -142,7 +142,7 @@ class FoldedDynamics:
 
     def _out(self, obs: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         obs = expand_members(obs, self.members)
-        return obs, self.mlp(torch.cat([obs, expand_members(action, self.members)], -1))
+        return obs, self.mlp(member_inputs(self.members, obs, action))
 
     def mean(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         """Each member's predicted next state: (B, S) or (E, B, S) -> (E, B, S)."""

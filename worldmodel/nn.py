@@ -173,6 +173,11 @@ def variance(x: torch.Tensor, dim: int) -> torch.Tensor:
     return (x - x.mean(dim, keepdim=True)).square().mean(dim)
 
 
+def member_inputs(members: int, *parts: torch.Tensor) -> torch.Tensor:
+    """``parts`` ((B, D_i) or (E, B, D_i) each) side by side as every member's input: (E, B, sum D_i)."""
+    return torch.cat([expand_members(p, members) for p in parts], -1)
+
+
 def expand_members(x: torch.Tensor, members: int) -> torch.Tensor:
     """(B, D) -> (E, B, D) as a view; an (E, B, D) input passes through."""
     if x.dim() == 2:

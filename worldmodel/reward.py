@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from worldmodel.nn import EnsembleMLP, Normalizer, expand_members, fold_cached
+from worldmodel.nn import EnsembleMLP, Normalizer, fold_cached, member_inputs
 
 
 class _TransitionHead(nn.Module):
@@ -28,9 +28,7 @@ class _TransitionHead(nn.Module):
         self.net = EnsembleMLP(members, 2 * obs_dim + act_dim, 1, hidden, layers, activation)
 
     def _features(self, obs: torch.Tensor, action: torch.Tensor, next_obs: torch.Tensor) -> torch.Tensor:
-        e = self.members
-        x = torch.cat([expand_members(obs, e), expand_members(action, e), expand_members(next_obs, e)], -1)
-        return self.in_norm(x)
+        return self.in_norm(member_inputs(self.members, obs, action, next_obs))
 
     def _logits(self, obs: torch.Tensor, action: torch.Tensor, next_obs: torch.Tensor) -> torch.Tensor:
         return self.net(self._features(obs, action, next_obs)).squeeze(-1)  # (E, B)
@@ -79,9 +77,7 @@ class FoldedReward:
 
     def __call__(self, obs: torch.Tensor, action: torch.Tensor, next_obs: torch.Tensor) -> torch.Tensor:
         """Predicted reward of each member: inputs (B, *) or (E, B, *) -> (E, B)."""
-        e = self.members
-        x = torch.cat([expand_members(obs, e), expand_members(action, e), expand_members(next_obs, e)], -1)
-        return self.mlp(x).squeeze(-1)
+        return self.mlp(member_inputs(self.members, obs, action, next_obs)).squeeze(-1)
 
 
 class TerminationModel(_TransitionHead):
