@@ -13,8 +13,6 @@ A run whose version is already registered returns that version instead of a seco
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import shutil
 import sys
@@ -26,18 +24,12 @@ import ray
 from ray.actor import ActorHandle
 
 from actors.common import NAMESPACE, gpus_per_worker
-from learners.retrain import read_held_out, register_candidate, registered_run
+from learners.retrain import read_held_out, register_candidate, registered_run, run_id_for
 from worldmodel.config import ModelConfig, TrainConfig, config_from_dict
 from worldmodel.data import data_fingerprint
 from worldmodel.data.reader import require_log_files
 from worldmodel.registry import ModelRegistry, VersionInfo
 from worldmodel.training import FITS, train_world_model
-
-def run_id_for(fingerprint: str, model_cfg: ModelConfig, train_cfg: TrainConfig, holdout_fraction: float) -> str:
-    """The id of a training run: the same data and settings give the same id (and checkpoint)."""
-    key = json.dumps({"data": fingerprint, "model": model_cfg.to_dict(), "train": train_cfg.to_dict(),
-                      "holdout_fraction": holdout_fraction}, sort_keys=True)
-    return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
 def _log(message: str) -> None:

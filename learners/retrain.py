@@ -7,12 +7,15 @@ that comes out of a sweep is scored, compared and traced exactly like a nightly 
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
 import ray
 
+from worldmodel.config import ModelConfig, TrainConfig
 from worldmodel.data import Transitions, data_fingerprint, read_env_id
 from worldmodel.data import schema as sc
 from worldmodel.data.reader import check_log_files, require_log_files, transitions_from_table
@@ -104,6 +107,13 @@ def compare_with_production(model: WorldModel, registry: ModelRegistry, producti
         raise ValueError(f"production {production.version} cannot be scored on this data: {err}") from err
     return {"candidate": candidate, "production": current, "production_version": production.version,
             "better": bool(candidate["score"] < current["score"])}
+
+
+def run_id_for(fingerprint: str, model_cfg: ModelConfig, train_cfg: TrainConfig, holdout_fraction: float) -> str:
+    """The id of a training run: the same data and settings give the same id (and checkpoint)."""
+    key = json.dumps({"data": fingerprint, "model": model_cfg.to_dict(), "train": train_cfg.to_dict(),
+                      "holdout_fraction": holdout_fraction}, sort_keys=True)
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
 def registered_run(registry: ModelRegistry, run_id: str) -> VersionInfo | None:

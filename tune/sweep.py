@@ -27,8 +27,7 @@ from ray.tune.search.basic_variant import BasicVariantGenerator
 from ray.tune.search.sample import Categorical, Domain
 
 from actors.common import gpus_per_worker
-from learners.learner import run_id_for
-from learners.retrain import HeldOutLogs, register_candidate, registered_run
+from learners.retrain import HeldOutLogs, register_candidate, registered_run, run_id_for
 from worldmodel.artifact import load_model, save_model
 from worldmodel.config import ModelConfig, TrainConfig
 from worldmodel.holdout import holdout_score
@@ -178,12 +177,13 @@ class _Progress(tune.Callback):
     def on_trial_result(self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any],
                         **info: Any) -> None:
         self.done += 1
-        settings = ", ".join(f"{k}={_short(v)}" for k, v in sorted(trial.config.items()))
+        settings = ", ".join(f"{k}={format_setting(v)}" for k, v in sorted(trial.config.items()))
         self.say(f"trial {self.done}/{self.samples}: score {result[SCORE]:.4f} in {result['seconds']:.1f} s "
                  f"({settings})")
 
 
-def _short(value: Any) -> str:
+def format_setting(value: Any) -> str:
+    """A setting's value as progress lines and tables show it (floats to 3 significant digits)."""
     return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 

@@ -16,7 +16,7 @@ from ray import tune
 from cluster.commands.sweep_report import plot_sweep
 from cluster.runtime import init_ray
 from learners.retrain import read_held_out
-from tune.sweep import SweepConfig, SweepFailed, SweepResult, default_space, register_best, run_sweep
+from tune.sweep import SweepConfig, SweepFailed, SweepResult, default_space, format_setting, register_best, run_sweep
 from worldmodel.config import TrainConfig
 from worldmodel.data.reader import require_log_files
 
@@ -124,10 +124,9 @@ def run_tune(args: argparse.Namespace) -> dict[str, Any]:
 def _table(result: SweepResult) -> list[str]:
     """The trials as aligned columns, best first; the best marked with *."""
     keys = sorted({k for t in result.trials for k in t.config})
-    fmt = lambda v: f"{v:.3g}" if isinstance(v, float) else str(v)  # noqa: E731
     rows = [["", "trial", *keys, "score", "dynamics", "reward", "s"]]
     for t in sorted(result.trials, key=lambda t: t.score):
-        rows.append(["*" if t is result.best else "", t.trial_id, *(fmt(t.config[k]) for k in keys),
+        rows.append(["*" if t is result.best else "", t.trial_id, *(format_setting(t.config[k]) for k in keys),
                      f"{t.score:.4f}", f"{t.dynamics_nmse:.4f}", f"{t.reward_nmse:.4f}", f"{t.seconds:.1f}"])
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
