@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -15,9 +16,11 @@ import torch
 RESULTS = Path(__file__).parent / "results"
 
 
-def wm(*args: str) -> dict[str, Any]:
-    """Run `wm ARGS --json` in a subprocess and return its JSON object; raise with its stderr on failure."""
-    proc = subprocess.run([sys.executable, "-m", "cluster", *args, "--json"], capture_output=True, text=True)
+def wm(*args: str, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run `wm ARGS --json` in a subprocess (with ``env`` added to this environment) and return its JSON
+    object; raise with its stderr on failure."""
+    proc = subprocess.run([sys.executable, "-m", "cluster", *args, "--json"], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})})
     if proc.returncode != 0:
         raise RuntimeError(f"wm {' '.join(args)} failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
     return json.loads(proc.stdout)

@@ -1,11 +1,13 @@
 """Planning throughput: `wm bench plan` for CEM, MPPI and gradient MPC at 1 to 256 agents per call.
 
 Each run reports plans/s (and per core), latency p50/p99, achieved GFLOP/s as a
-fraction of the matmul peak measured in the same run, and the speedup over the
-original article's planner (gradient MPC through one 64x2 MLP, one agent per
-call, one core) measured in the same run. The deadline run gives CEM a 20 ms
-budget with settings that would take far longer unbudgeted, and reports p99
-latency and how often the fallback acted.
+fraction of the matmul peak measured in the same run (for the whole plan, and for
+the batched rollouts alone: their FLOPs over the time spent in them), and the
+speedup over the original article's planner (gradient MPC through one 64x2 MLP, one
+agent per call, one core) measured in the same run. The served setting also runs
+without fleetwm's native kernel (torch's path, FLEETWM_NATIVE=0). The deadline run
+gives CEM a 20 ms budget with settings that would take far longer unbudgeted, and
+reports p99 latency and how often the fallback acted.
 
 Runs use one CPU thread by default: per-core numbers are then measured, not
 divided, and compare directly with the one-core reference; on a shared machine
@@ -31,13 +33,17 @@ NAV2D_SERVED = [*SERVED_PLANNER[2:], *NAV2D[6:]]
 RUNS = {
     "cem": ["--planner", "cem", "--agents", AGENTS, *NAV2D],
     "cem_1_iteration": ["--planner", "cem", "--agents", AGENTS, *NAV2D_SERVED],
+    # The same without fleetwm's native kernel: torch's path, as on a machine without a compiler.
+    "cem_1_iteration_torch": ["--planner", "cem", "--agents", AGENTS, *NAV2D_SERVED],
     "mppi": ["--planner", "mppi", "--agents", AGENTS, *NAV2D],
     "gradient": ["--planner", "gradient", "--agents", "1,16,64", *NAV2D],
     "cem_deadline_20ms": ["--planner", "cem", "--agents", AGENTS, "--budget-ms", "20", "--horizon", "20",
                           "--samples", "256", "--iterations", "10"],
 }
 ROW_KEYS = ("agents", "plans_per_s", "plans_per_s_per_core", "ms_p50", "ms_p99", "gflops", "fraction_of_peak",
-            "speedup_vs_reference", "iterations_mean", "fallback_fraction")
+            "rollout_ms", "rollout_gflops", "rollout_fraction_of_peak", "speedup_vs_reference", "iterations_mean",
+            "fallback_fraction")
+TORCH_ONLY = {"FLEETWM_NATIVE": "0"}
 
 
 def run(repeats: int, deadline_repeats: int, threads: int) -> dict[str, Any]:
@@ -45,9 +51,11 @@ def run(repeats: int, deadline_repeats: int, threads: int) -> dict[str, Any]:
     thread_flags = ["--threads", str(threads)] if threads else []
     for name, flags in RUNS.items():
         n = deadline_repeats if "--budget-ms" in flags else repeats
-        out = wm("bench", "plan", *flags, "--repeats", str(n), *thread_flags)
+        out = wm("bench", "plan", *flags, "--repeats", str(n), *thread_flags,
+                 env=TORCH_ONLY if name.endswith("_torch") else None)
         runs[name] = {"planner": out["planner"], "settings": out["settings"], "device": out["device"],
-                      "threads": out["threads"], "peak_gflops": out["peak_gflops"], "reference": out["reference"],
+                      "threads": out["threads"], "native": out["native"], "peak_gflops": out["peak_gflops"],
+                      "reference": out["reference"],
                       "rows": [{k: row[k] for k in ROW_KEYS if k in row} for row in out["rows"]]}
     deadline = runs["cem_deadline_20ms"]["rows"]
     return {"repeats": repeats, "threads": threads or "torch default", "runs": runs,

@@ -78,6 +78,8 @@ class PlanResult:
         fallback: (N,) True where the fallback policy acted instead of the plan.
         iterations: optimisation rounds completed.
         elapsed_ms: wall time of the call.
+        rollout_ms: the part of it spent simulating candidates (the batched rollouts' forward passes;
+            on a GPU, which runs them asynchronously, the time to launch them).
     """
 
     actions: torch.Tensor
@@ -88,6 +90,7 @@ class PlanResult:
     fallback: torch.Tensor
     iterations: int
     elapsed_ms: float
+    rollout_ms: float = 0.0
 
 
 class Planner(Protocol):
@@ -132,6 +135,7 @@ class BasePlanner:
         self._audit_ms: dict[int, float] = {}
         self._n = 0
         self._deadline = float("inf")
+        self._rollout_s = 0.0
 
     @torch.no_grad()
     def plan(self, obs: torch.Tensor, params: Params | None = None, warm_start: torch.Tensor | None = None,
@@ -150,7 +154,7 @@ class BasePlanner:
             raise ValueError(f"warm_start must be (N, H, A) = ({n}, {h}, {self.act_dim}), got "
                              f"{tuple(warm_start.shape)}")
         budget = budget_ms if budget_ms is not None else self.cfg.budget_ms
-        self._n = n
+        self._n, self._rollout_s = n, 0.0
         self._deadline = (start + (budget - self._audit_ms.get(n, 0.0)) / 1000 if budget is not None
                           else float("inf"))
         if self._spent():
@@ -166,7 +170,7 @@ class BasePlanner:
             fallback |= disagreement.mean(1) > self.cfg.disagreement_threshold
         actions = torch.where(fallback[:, None], self.fallback_policy(obs), best[:, 0])
         return PlanResult(actions, best, trajectory, disagreement, returns, fallback, iterations,
-                          (time.perf_counter() - start) * 1000)
+                          (time.perf_counter() - start) * 1000, self._rollout_s * 1000)
 
     def _optimise(self, obs: torch.Tensor, params: Params | None,
                   warm_start: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -197,7 +201,10 @@ class BasePlanner:
 
     def _score(self, obs: torch.Tensor, candidates: torch.Tensor, params: Params) -> torch.Tensor:
         """Simulated return of each candidate: (N, K)."""
-        return self.rollout.returns(obs, candidates, params, self.generator)
+        start = time.perf_counter()
+        returns = self.rollout.returns(obs, candidates, params, self.generator)
+        self._rollout_s += time.perf_counter() - start
+        return returns
 
     def _spent(self) -> bool:
         """True when one more round, at its measured duration for this N, would end past the deadline."""
@@ -219,7 +226,8 @@ class BasePlanner:
         return ((self.low + self.high) / 2).expand(n, self.cfg.horizon, -1).clone()
 
     def _clamp(self, actions: torch.Tensor) -> torch.Tensor:
-        return torch.maximum(torch.minimum(actions, self.high), self.low)
+        """``actions`` clamped into the action box, in place: sampled sequences, laid out as their noise was."""
+        return actions.clamp_(self.low, self.high)
 
 
 def _ema(store: dict[int, float], key: int, value: float, weight: float = 0.2) -> None:

@@ -60,7 +60,7 @@ class CEMPlanner(BasePlanner):
         # Sample candidates around the current distribution, inside the action box.
         noise = coloured_noise((n, k, h, a), self.cem.noise_beta, self.generator, self.device)
         noise[:, 0] = 0  # the current mean competes too: it is often better than any sample
-        candidates = self._clamp(mean[:, None] + std[:, None] * noise)  # (N, K, H, A)
+        candidates = self._clamp(torch.addcmul(mean[:, None], std[:, None], noise, out=torch.empty_like(noise)))
         # Score them by simulated return.
         returns = self._score(obs, candidates, params)  # (N, K)
         # Refit the distribution to the elites, smoothed with the previous one.

@@ -51,7 +51,7 @@ class MPPIPlanner(BasePlanner):
         # Perturb the mean; the first candidate is the unperturbed mean itself.
         noise = coloured_noise((n, k, h, a), self.mppi.noise_beta, self.generator, self.device)
         noise[:, 0] = 0
-        candidates = self._clamp(state["mean"][:, None] + std * noise)  # (N, K, H, A)
+        candidates = self._clamp(torch.addcmul(state["mean"][:, None], std, noise, out=torch.empty_like(noise)))
         returns = self._score(obs, candidates, params)  # (N, K)
         # Weight by return, normalised per agent, and average.
         top = returns.max(1, keepdim=True).values

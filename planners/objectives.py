@@ -54,7 +54,8 @@ class LearnedReward:
                  params: Params) -> torch.Tensor:
         lead = obs.shape[:-1]
         flat = lambda x: x.reshape(-1, x.shape[-1])  # noqa: E731
-        return self.model(flat(obs), flat(action), flat(next_obs)).mean(0).view(lead)
+        rewards = self.model(flat(obs), flat(action), flat(next_obs))  # (members, B)
+        return (rewards[0] if len(rewards) == 1 else rewards.mean(0)).view(lead)
 
     def prepared(self) -> "LearnedReward":
         """This term through the reward model's folded inference form (``RewardModel.folded``)."""

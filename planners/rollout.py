@@ -90,23 +90,28 @@ class Rollout:
         n, k, h, a = actions.shape
         e, p, s = self.members, self.particles, obs.shape[-1]
         rows = n * k * p
-        # Rows are dealt evenly to members and stay dealt for the whole horizon, so each step's model
-        # call reads and writes (E, R, *) directly; only the next state is gathered back to
-        # (agent, candidate, particle) order for the objective. Extra rows (repeats of the first ones,
-        # simulated and then dropped) pad each member's share to a multiple of 16, which keeps the
-        # batched matmuls on their fast aligned path (1.5x on AVX-512).
+        # Rows are dealt round-robin to members and stay dealt for the whole horizon, so each step's
+        # model call reads and writes (E, R, *) directly. A step's actions are one block, and the states
+        # the native kernel writes are member-minor in memory ((R, E, S)), so reading them back in
+        # (agent, candidate, particle) order for the objective is a view. Extra rows (repeats of the
+        # first ones, simulated and then dropped) pad each member's share to a multiple of 16, which
+        # keeps torch's batched matmuls on their fast aligned path (1.5x on AVX-512).
         pad = (-rows) % (e * 16)
         acts = actions[:, :, None].expand(n, k, p, h, a).reshape(rows, h, a)  # (M, H, A)
-        dealt_acts = _deal(acts.view(rows, h * a), e, pad).view(e, -1, h, a)  # (E, R, H, A)
+        dealt_acts = _deal(acts.transpose(0, 1), e, pad)  # (H, E, R, A), each step's actions one block
         state = _deal(obs[:, None].expand(n, k * p, s).reshape(rows, s), e, pad)  # (E, R, S)
-        noise = torch.randn((h, *state.shape), generator=generator, device=obs.device, dtype=obs.dtype)
+        model, objective = _stepper(self.dynamics), self.objective.prepared()
+        noise = model.noise((h, *state.shape), generator, obs)  # (H, E, R, S), or H seeds
         prev = obs[None, :, None].expand(1, n, k * p, s)  # (1, N, K*P, S): the objective's layout
         total = obs.new_zeros(n, k * p)
-        model, objective = _stepper(self.dynamics), self.objective.prepared()
+        spare = None  # a state no longer read, whose buffer the next draw may reuse (it stays in cache)
         for t in range(h):
-            mean, state = model.sample(state, dealt_acts[:, :, t], noise[t])  # (E, R, S) each
+            last, (mean, state) = state, model.sample(state, dealt_acts[t], noise[t], want_mean=bool(self.penalty),
+                                                      out=spare)  # (E, R, S) each
+            spare = last if t else None  # read by nothing from here on; the first state may be the caller's
             nxt = _collect(state, rows).view(1, n, k * p, s)
-            reward = objective(prev, acts[:, t].view(1, n, k * p, a), nxt, params)[0]  # (N, K*P)
+            action = _collect(dealt_acts[t], rows).view(1, n, k * p, a)
+            reward = objective(prev, action, nxt, params)[0]  # (N, K*P)
             if self.penalty:
                 spread = self._disagreement(_collect(mean, rows).view(n, k, p, s), dim=2)  # (N, K)
                 reward = reward - self.penalty * spread.repeat_interleave(p, dim=1)
@@ -205,20 +210,27 @@ class _Unfolded:
     def mean(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         return self.dynamics(obs, action).mean
 
-    def sample(self, obs: torch.Tensor, action: torch.Tensor,
-               noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def noise(self, shape: tuple[int, ...], generator: torch.Generator | None,
+              like: torch.Tensor) -> torch.Tensor:
+        return torch.randn(shape, generator=generator, device=like.device, dtype=like.dtype)
+
+    def sample(self, obs: torch.Tensor, action: torch.Tensor, noise: torch.Tensor, want_mean: bool = True,
+               out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         pred = self.dynamics(obs, action)
         return pred.mean, pred.sample(noise)
 
 
 def _deal(x: torch.Tensor, members: int, pad: int) -> torch.Tensor:
-    """Rows dealt round-robin to members: (M, D) -> (E, (M + pad)/E, D), member e holding rows e, e+E, ...
+    """Rows dealt round-robin to members: (..., M, D) -> (..., E, (M + pad)/E, D), member e holding rows
+    e, e+E, ..., as a view of one contiguous copy.
 
     ``pad`` rows (repeats of the first ones) make M + pad a multiple of E; ``_collect`` drops them.
     """
     if pad:
-        x = torch.cat([x, x[torch.arange(pad, device=x.device) % len(x)]])
-    return x.view(-1, members, x.shape[-1]).transpose(0, 1)
+        repeats = x[..., :pad, :] if pad <= x.shape[-2] else x[..., torch.arange(pad, device=x.device) % x.shape[-2], :]
+        x = torch.cat([x, repeats], -2)
+    x = x.contiguous()
+    return x.view(*x.shape[:-2], -1, members, x.shape[-1]).transpose(-3, -2)
 
 
 def _collect(x: torch.Tensor, rows: int) -> torch.Tensor:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from worldmodel import native
 from worldmodel.nn import EnsembleMLP, Normalizer, expand_members, fold_cached, member_inputs, soft_bound, variance
 
 
@@ -124,8 +125,10 @@ class FoldedDynamics:
     """An ``EnsembleDynamics`` for planning: the same next states, drawn in fewer passes.
 
     The input and delta normalisers are folded into the MLP's first and last layers and the
-    calibrated standard deviation is one ``exp``. No gradient reaches the weights; actions
-    still get theirs (gradient MPC). Shapes as ``EnsembleDynamics.forward``.
+    calibrated standard deviation is one ``exp``. On a CPU a whole step (MLP, mean, bounded
+    log-variance, draw) is one call of the fused kernel (``worldmodel.native``), which also draws
+    the noise itself when given a seed. No gradient reaches the weights; actions still get theirs
+    (gradient MPC, through torch's path). Shapes as ``EnsembleDynamics.forward``.
     """
 
     def __init__(self, model: EnsembleDynamics) -> None:
@@ -139,25 +142,59 @@ class FoldedDynamics:
             # log of the calibrated std per unit of exp(logvar / 2): std_raw * sqrt(var_scale).
             self.log_scale = 0.5 * torch.log(std.square() * model.var_scale)
         self.mlp = model.net.folded(model.in_norm, out_scale, out_shift)
+        # The kernel draws with exp(max_logvar - min_logvar) as a constant: bounds further apart than
+        # float32's exp can hold (never seen in training) keep torch's path for draws.
+        self.head = native.GaussianHead(self.min_logvar, self.max_logvar, self.log_scale) if (
+            self.probabilistic and (self.max_logvar - self.min_logvar).max() < 80) else None
+        self.fused_draws = self.mlp.kernel is not None and (self.head is not None or not self.probabilistic)
 
     def _out(self, obs: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         obs = expand_members(obs, self.members)
-        return obs, self.mlp(member_inputs(self.members, obs, action))
+        return obs, self.mlp(obs, action)
 
     def mean(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         """Each member's predicted next state: (B, S) or (E, B, S) -> (E, B, S)."""
+        kernel = self.mlp.native_for(obs, action)
+        if kernel is not None:
+            return kernel.gaussian_step(obs, action, None, None)[0]
         obs, out = self._out(obs, action)
         return obs + out[..., :self.obs_dim]
 
-    def sample(self, obs: torch.Tensor, action: torch.Tensor,
-               noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Each member's predicted next state and its draw from standard normal ``noise`` (E, B, S), as
-        ``Prediction.sample`` draws it: ((E, B, S), (E, B, S)). A deterministic model's draw is its mean."""
-        obs, out = self._out(obs, action)
-        mean = obs + out[..., :self.obs_dim]
+    def noise(self, shape: tuple[int, ...], generator: torch.Generator | None,
+              like: torch.Tensor) -> torch.Tensor | list[int]:
+        """Standard normal noise for ``shape[0]`` steps of ``sample``, (T, E, B, S): drawn here, or
+        where the fused kernel draws its own (``like`` a CPU float32 tensor), one seed per step for it."""
+        if self.fused_draws and like.device.type == "cpu" and like.dtype == torch.float32:
+            return torch.randint(-2**63, 2**63 - 1, (shape[0],), generator=generator).tolist()
+        return torch.randn(shape, generator=generator, device=like.device, dtype=like.dtype)
+
+    def sample(self, obs: torch.Tensor, action: torch.Tensor, noise: torch.Tensor | int, want_mean: bool = True,
+               out: torch.Tensor | None = None) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """Each member's predicted next state and its draw, as ``Prediction.sample`` draws it:
+        ((E, B, S), (E, B, S)). A deterministic model's draw is its mean.
+
+        Args:
+            noise: (E, B, S) standard normal draws, or a seed (one step of ``noise``): the fused
+                kernel draws from a counter-based stream, torch's path from a generator so seeded.
+            want_mean: False when only the draw is needed; the mean returned may then be None.
+            out: a previous draw the fused kernel may write this draw into (a rollout's state
+                buffer, kept in cache); ignored by torch's path.
+        """
+        kernel = self.mlp.native_for(obs, action, *([noise] if isinstance(noise, torch.Tensor) else [])) if (
+            self.fused_draws) else None
+        if kernel is not None:  # the whole step in one pass (worldmodel.native)
+            reuse = out is not None and out.shape == (self.members, obs.shape[-2], self.obs_dim) and (
+                out.stride() == (self.obs_dim, self.members * self.obs_dim, 1))
+            return kernel.gaussian_step(obs, action, self.head, noise if self.probabilistic else None,
+                                        want_mean, out if reuse else None)
+        obs, raw = self._out(obs, action)
+        mean = obs + raw[..., :self.obs_dim]
         if not self.probabilistic:
             return mean, mean
-        logvar = soft_bound(out[..., self.obs_dim:], self.min_logvar, self.max_logvar)
+        if not isinstance(noise, torch.Tensor):
+            gen = torch.Generator(device=mean.device).manual_seed(noise % 2**64)
+            noise = torch.randn(mean.shape, generator=gen, device=mean.device, dtype=mean.dtype)
+        logvar = soft_bound(raw[..., self.obs_dim:], self.min_logvar, self.max_logvar)
         return mean, torch.addcmul(mean, torch.exp(logvar * 0.5 + self.log_scale), noise)
 
 

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from worldmodel import native
+
 
 class EnsembleLinear(nn.Module):
     """E independent linear layers: (E, B, I) -> (E, B, O) with one ``baddbmm``."""
@@ -87,24 +89,40 @@ class EnsembleMLP(nn.Module):
 
 
 class FoldedMLP:
-    """An ``EnsembleMLP`` for inference: normalisers folded into its weights, each hidden layer's bias
-    and ReLU applied in one pass (CPU), no autograd through the weights (inputs still get gradients).
+    """An ``EnsembleMLP`` for inference: normalisers folded into its weights, no autograd through the
+    weights (inputs still get gradients). Built by ``EnsembleMLP.folded``; same outputs to float rounding.
 
-    Planning runs the same small MLP hundreds of times per decision; at 64 units its passes over
-    the activations cost about as much as the matmuls, and each op's dispatch costs as much again
-    for a small fleet. Built by ``EnsembleMLP.folded``; same outputs to float rounding.
+    Planning runs the same small MLP hundreds of times per decision; at 64 units torch's passes over
+    the activations between matmuls cost about as much as the matmuls, and each op's dispatch costs
+    as much again for a small fleet. So on a CPU, for float32 ReLU networks, it runs fleetwm's fused
+    kernel (``worldmodel.native``: every layer on a cache-sized tile of rows, the input parts joined
+    on the fly), unless its inputs need gradients (gradient MPC) or the kernel cannot be built here.
+    Otherwise each hidden layer is a batched matmul then one fused bias+ReLU pass (CPU float32).
     """
 
     def __init__(self, weights: list[torch.Tensor], biases: list[torch.Tensor], activation: nn.Module) -> None:
         self.weights, self.biases = weights, biases
         self.hidden = list(zip(weights[:-1], biases[:-1]))
         self.activation = activation
+        self.members = weights[0].shape[0]
         # aten's fused add+ReLU exists for CPU float32 tensors only, and has no gradient.
         self.fuse = (isinstance(activation, nn.ReLU) and weights[0].device.type == "cpu"
                      and weights[0].dtype == torch.float32)
+        lib = native.library() if self.fuse else None
+        self.kernel = native.PackedMLP(lib, weights, biases) if lib is not None else None
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """(E, B, I) -> (E, B, O)."""
+    def native_for(self, *tensors: torch.Tensor) -> "native.PackedMLP | None":
+        """The fused kernel, if it can take these inputs: CPU float32 tensors that need no gradient."""
+        if self.kernel is None or (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)):
+            return None
+        return self.kernel if all(t.dtype == torch.float32 and t.device.type == "cpu" for t in tensors) else None
+
+    def __call__(self, *parts: torch.Tensor) -> torch.Tensor:
+        """``parts`` ((B, D_i) shared by every member, or (E, B, D_i)) side by side as the input: (E, B, O)."""
+        kernel = self.native_for(*parts)
+        if kernel is not None:
+            return kernel(list(parts))
+        x = member_inputs(self.members, *parts)
         fuse = self.fuse and not (torch.is_grad_enabled() and x.requires_grad)
         for w, b in self.hidden:
             x = torch.ops.aten._add_relu_(torch.bmm(x, w), b) if fuse else self.activation(torch.bmm(x, w) + b)

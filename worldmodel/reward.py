@@ -77,7 +77,7 @@ class FoldedReward:
 
     def __call__(self, obs: torch.Tensor, action: torch.Tensor, next_obs: torch.Tensor) -> torch.Tensor:
         """Predicted reward of each member: inputs (B, *) or (E, B, *) -> (E, B)."""
-        return self.mlp(member_inputs(self.members, obs, action, next_obs)).squeeze(-1)
+        return self.mlp(obs, action, next_obs).squeeze(-1)
 
 
 class TerminationModel(_TransitionHead):

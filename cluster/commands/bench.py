@@ -22,6 +22,7 @@ import torch
 from cluster.commands.plan import add_planner_setting_option, planner_settings
 from planners import PLANNERS, BasePlanner, GradientPlanner, Objective, PlanConfig, make_planner
 from planners.objectives import LearnedReward
+from worldmodel import native
 from worldmodel.artifact import load_model
 from worldmodel.device import resolve_device
 from worldmodel.dynamics import DeterministicDynamics, ProbabilisticEnsemble
@@ -71,19 +72,22 @@ def parse_agents(text: str) -> list[int]:
     return counts
 
 
+def rollout_flops(cfg: PlanConfig, members: int, dynamics_flops: int, reward_flops: int,
+                  iterations: float | None = None) -> float:
+    """FLOPs of one agent's rollouts in one plan, counted from layer sizes (matmuls only):
+    iterations x K x P x H x (E_eval x dynamics + reward), where E_eval is 1 in the sampled modes
+    (each particle row is evaluated by one member) and E for 'expectation' (which has no particles)."""
+    iterations = cfg.iterations if iterations is None else iterations
+    e_eval, p = (members, 1) if cfg.propagation == "expectation" else (1, cfg.particles)
+    return iterations * cfg.samples * p * cfg.horizon * (e_eval * dynamics_flops + reward_flops)
+
+
 def plan_flops(planner: str, cfg: PlanConfig, members: int, dynamics_flops: int, reward_flops: int,
                iterations: float | None = None) -> float:
-    """FLOPs of one plan for one agent, counted from layer sizes (matmuls only).
-
-    Search: iterations x K x P x H x (E_eval x dynamics + reward), where E_eval is 1 in the
-    sampled modes (each particle row is evaluated by one member) and E for 'expectation'
-    (which has no particles); the gradient planner's backward pass costs about 2x its forward.
-    Audit: the chosen plan rolled out once through every member, H x E x dynamics.
-    """
-    iterations = cfg.iterations if iterations is None else iterations
-    expectation = cfg.propagation == "expectation"
-    e_eval, p = (members, 1) if expectation else (1, cfg.particles)
-    search = iterations * cfg.samples * p * cfg.horizon * (e_eval * dynamics_flops + reward_flops)
+    """FLOPs of one plan for one agent, counted from layer sizes (matmuls only): the rollouts (the
+    gradient planner's backward pass costs about 2x their forward), then the audit, the chosen plan
+    rolled out once through every member (H x E x dynamics)."""
+    search = rollout_flops(cfg, members, dynamics_flops, reward_flops, iterations)
     if planner == "gradient":
         search *= 3
     return search + cfg.horizon * members * dynamics_flops
@@ -130,19 +134,20 @@ def _time_plans(planner: BasePlanner, n: int, obs_dim: int, repeats: int, seed: 
     gen = torch.Generator(device=device).manual_seed(seed)
     batches = [torch.randn(n, obs_dim, generator=gen, device=device) for _ in range(repeats + 1)]
     planner.plan(batches[0])
-    ms, iterations, fallbacks = [], [], []
+    ms, rollout_ms, iterations, fallbacks = [], [], [], []
     for obs in batches[1:]:
         _sync(device)
         start = time.perf_counter()
         result = planner.plan(obs)
         _sync(device)
         ms.append((time.perf_counter() - start) * 1000)
+        rollout_ms.append(result.rollout_ms)
         iterations.append(result.iterations)
         fallbacks.append(result.fallback.float().mean().item())
     # The mean call: under a budget calls differ in work, and FLOPs are counted from the mean iterations.
-    return {"seconds": float(np.mean(ms)) / 1000, "ms_p50": float(np.percentile(ms, 50)),
-            "ms_p99": float(np.percentile(ms, 99)), "iterations": float(np.mean(iterations)),
-            "fallback_fraction": float(np.mean(fallbacks))}
+    return {"seconds": float(np.mean(ms)) / 1000, "rollout_seconds": float(np.mean(rollout_ms)) / 1000,
+            "ms_p50": float(np.percentile(ms, 50)), "ms_p99": float(np.percentile(ms, 99)),
+            "iterations": float(np.mean(iterations)), "fallback_fraction": float(np.mean(fallbacks))}
 
 
 
@@ -217,9 +222,14 @@ def run_bench_plan(args: argparse.Namespace) -> dict[str, Any]:
                                timing["iterations"])
         plans_per_s = n / timing["seconds"]
         gflops = flops / timing["seconds"] / 1e9
+        # The rollouts alone: their forward FLOPs over the time spent in them (PlanResult.rollout_ms).
+        rollout_gflops = n * rollout_flops(cfg, members, dynamics.flops_per_sample(), reward.flops_per_sample(),
+                                           timing["iterations"]) / max(timing["rollout_seconds"], 1e-9) / 1e9
         row = {"agents": n, "plans_per_s": plans_per_s, "plans_per_s_per_core": plans_per_s / threads,
                "ms_p50": timing["ms_p50"], "ms_p99": timing["ms_p99"], "flops_per_plan": flops / n,
                "gflops": gflops, "fraction_of_peak": gflops / peak["peak"],
+               "rollout_ms": timing["rollout_seconds"] * 1000, "rollout_gflops": rollout_gflops,
+               "rollout_fraction_of_peak": rollout_gflops / peak["peak"],
                "speedup_vs_reference": plans_per_s / threads / reference["plans_per_s_per_core"],
                "iterations_mean": timing["iterations"]}
         if args.budget_ms is not None:
@@ -229,7 +239,8 @@ def run_bench_plan(args: argparse.Namespace) -> dict[str, Any]:
                                                "budget_ms", "seed")},
                 **model_info, "obs_dim": obs_dim, "repeats": args.repeats, "planner_settings": own}
     result = {"command": "bench plan", "planner": args.planner, "settings": settings, "device": str(device),
-              "threads": threads, "peak_gflops": peak, "reference": reference, "rows": rows}
+              "threads": threads, "native": native.status(), "peak_gflops": peak, "reference": reference,
+              "rows": rows}
     result["_summary"] = _summary(result)
     return result
 
@@ -242,10 +253,12 @@ def _summary(result: dict[str, Any]) -> list[str]:
              + (f", budget {s['budget_ms']} ms" if budget else ""),
              f"matmul peak {peak['peak']:.1f} GFLOP/s (bmm {peak['bmm_E_8192_64_64']:.1f}, "
              f"square {peak['square_2048']:.1f}); article reference {ref['plans_per_s']:.1f} plans/s on 1 core",
+             f"native kernel: {result['native']}",
              f"{'agents':>7} {'plans/s':>10} {'/core':>9} {'p50 ms':>8} {'p99 ms':>8} {'GFLOP/s':>8} "
-             f"{'of peak':>7} {'vs ref':>7}" + (f" {'fallback':>8}" if budget else "")]
+             f"{'of peak':>7} {'rollouts':>8} {'vs ref':>7}" + (f" {'fallback':>8}" if budget else "")]
     for r in result["rows"]:
         lines.append(f"{r['agents']:>7} {r['plans_per_s']:>10.1f} {r['plans_per_s_per_core']:>9.1f} "
                      f"{r['ms_p50']:>8.2f} {r['ms_p99']:>8.2f} {r['gflops']:>8.2f} {r['fraction_of_peak']:>7.1%} "
-                     f"{r['speedup_vs_reference']:>6.1f}x" + (f" {r['fallback_fraction']:>8.1%}" if budget else ""))
+                     f"{r['rollout_fraction_of_peak']:>8.1%} {r['speedup_vs_reference']:>6.1f}x"
+                     + (f" {r['fallback_fraction']:>8.1%}" if budget else ""))
     return lines

@@ -31,9 +31,11 @@ def test_planning_on_the_learned_model_reaches_goals(nav_model: WorldModel) -> N
 
 
 def test_zone_costs_keep_agents_out(nav_model: WorldModel) -> None:
-    result = closed_loop(nav_model, "cem", agents=8, episodes=8, cfg=SMALL_PLAN, no_fly_zones=2)
-    assert result.episodes >= 8 and result.success_rate >= 0.75
-    assert result.episodes_with_violation <= 1, result
+    # Detours cost this small model about a fifth of its successes (about 80% over 64 episodes, with
+    # torch's sampling or the native kernel's); 32 episodes keep the check clear of chance.
+    result = closed_loop(nav_model, "cem", agents=16, episodes=32, cfg=SMALL_PLAN, no_fly_zones=2)
+    assert result.episodes >= 32 and result.success_rate >= 0.65, result
+    assert result.episodes_with_violation <= 2, result
 
 
 def test_the_first_episodes_to_start_are_counted_not_the_first_to_end(nav_model: WorldModel) -> None:

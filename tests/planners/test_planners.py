@@ -16,7 +16,9 @@ from .toys import B_MAT, LinearEnsemble, optimal_first_action, quadratic_objecti
 LOW, HIGH = -torch.ones(2), torch.ones(2)
 SETTINGS = {
     "cem": PlanConfig(horizon=4, samples=256, iterations=8),
-    "mppi": PlanConfig(horizon=4, samples=256, iterations=10),
+    # MPPI's weighted mean converges more slowly than CEM's elites: at 10 rounds its worst agent ends
+    # 0.09 to 0.22 from the optimum depending on the seed, at 20 rounds under 0.13 for every seed tried.
+    "mppi": PlanConfig(horizon=4, samples=256, iterations=20),
     "gradient": PlanConfig(horizon=4, samples=8, iterations=60, propagation="expectation"),
     # Random shooting cannot refine: search one step, where 4096 samples cover the 2-D box densely.
     "shooting": PlanConfig(horizon=1, samples=4096, iterations=2),
