@@ -28,9 +28,9 @@ def coloured_noise(shape: tuple[int, ...], beta: float, generator: torch.Generat
     *lead, h, a = shape
     if beta == 0:
         return standard_normal((h, *lead, a), generator, device).movedim(0, -2)
-    basis = _colouring(h, float(beta), torch.device(device))  # (2F, H)
-    white = standard_normal((basis.shape[0], math.prod(lead) * a), generator, device)  # (2F, ...*A)
-    return (basis.T @ white).view(h, *lead, a).movedim(0, -2)
+    basis = _colouring(h, float(beta), torch.device(device))  # (H, 2F)
+    white = standard_normal((basis.shape[1], math.prod(lead) * a), generator, device)  # (2F, ...*A)
+    return (basis @ white).view(h, *lead, a).movedim(0, -2)
 
 
 def standard_normal(shape: tuple[int, ...], generator: torch.Generator, device: torch.device) -> torch.Tensor:
@@ -44,7 +44,7 @@ def standard_normal(shape: tuple[int, ...], generator: torch.Generator, device: 
 
 @lru_cache(maxsize=64)
 def _colouring(h: int, beta: float, device: torch.device) -> torch.Tensor:
-    """(2F, H): the linear map irfft makes of white spectra (F real parts, then F imaginary parts, F = H//2 + 1)
+    """(H, 2F): the linear map irfft makes of white spectra (F real parts, then F imaginary parts, F = H//2 + 1)
     shaped by the amplitude 1/f^(beta/2), scaled so each of the H outputs has unit variance.
 
     Drawing coloured noise is then one matmul of white noise by this basis, rather than a complex
@@ -56,4 +56,4 @@ def _colouring(h: int, beta: float, device: torch.device) -> torch.Tensor:
     basis = torch.cat([torch.fft.irfft(spectra, n=h), torch.fft.irfft(1j * spectra, n=h)])  # (2F, H)
     # The noise is stationary along H: every output has variance sum_j basis[j, t]^2.
     basis = basis / basis.square().sum(0).mean().sqrt()
-    return basis.to(device=device, dtype=torch.float32)
+    return basis.T.contiguous().to(device=device, dtype=torch.float32)
