@@ -16,7 +16,6 @@ Run ``python -m benchmarks.serve_fleet`` on an otherwise idle machine.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import dataclasses
 import os
@@ -36,7 +35,7 @@ from benchmarks.common import record, wm
 from benchmarks.nav2d_closed_loop import ARTICLE_MODEL, MODEL, SERVED_PLANNER
 from cluster.runtime import free_port
 from serving.client import FleetClient
-from serving.fleet import FleetResult, FleetTrace, drive_fleet
+from serving.fleet import FleetResult, FleetTrace, drive_fleet, run_loop
 
 TARGET = {"p99_ms": 50.0, "errors": 0, "success_rate": 0.99}
 READY_TIMEOUT_S = 240.0
@@ -127,7 +126,7 @@ def reference_ladder(url: str, hz: float, seconds: float, seed: int, most: int) 
     rows, best = [], None
     agents = 1
     while agents <= most:
-        result = asyncio.run(drive_fleet(url, agents, hz, seconds, no_fly_zones=0, seed=seed, drain=False))
+        result = run_loop(drive_fleet(url, agents, hz, seconds, no_fly_zones=0, seed=seed, drain=False))
         rows.append(_row(result) | {"sustained": sustained(result, hz)})
         print(f"reference: {agents} agents, {result.rate_hz:.1f} plans/s, p99 {result.latency_ms['p99']:.1f} ms, "
               f"{result.errors} errors -> {'sustained' if rows[-1]['sustained'] else 'behind'}", file=sys.stderr)
@@ -164,10 +163,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         with running(serve_cmd, url, Path(tmp, "serve.log")):
             warm_up(url)
             for row, n in enumerate(counts):
-                asyncio.run(drive_fleet(url, n, args.hz, 2.0, no_fly_zones=args.no_fly_zones, seed=args.seed + 100,
+                run_loop(drive_fleet(url, n, args.hz, 2.0, no_fly_zones=args.no_fly_zones, seed=args.seed + 100,
                                         drain=False))  # and batches of the sizes this fleet makes
                 say(f"fleetwm: {n} agents at {args.hz:g} Hz, {args.no_fly_zones} zones, {args.seconds:g} s")
-                result = asyncio.run(drive_fleet(url, n, args.hz, args.seconds, no_fly_zones=args.no_fly_zones,
+                result = run_loop(drive_fleet(url, n, args.hz, args.seconds, no_fly_zones=args.no_fly_zones,
                                                  seed=args.seed + 1 + 1000 * row, progress=say,
                                                  trace=trace if n == counts[-1] else None))
                 rows.append({"agents": n} | _row(result))

@@ -124,12 +124,12 @@ class PlannerServer:
             self._poller = asyncio.get_running_loop().create_task(self._poll())
 
     async def _poll(self) -> None:
-        registry = ModelRegistry(self.registry_uri)  # type: ignore[arg-type]
+        registry = await asyncio.to_thread(ModelRegistry, self.registry_uri)  # type: ignore[arg-type]
         last_problem = None
         while True:
             await asyncio.sleep(self.poll_s)
             try:
-                holder = registry.holder(self.model)
+                holder = await asyncio.to_thread(registry.holder, self.model)  # a read, maybe remote: off the loop
                 if holder is None:  # e.g. the shadow was just promoted: keep the version we have
                     problem = f"stage {self.model!r} is empty in {self.registry_uri}; still serving " \
                               f"{self.worker.version()}"

@@ -1,12 +1,18 @@
-"""Starting and stopping the fleet endpoint on a connected Ray, and choosing Serve's HTTP proxy.
+"""Starting and stopping the fleet endpoint on a connected Ray, and the Serve settings it runs with.
 
 Proxy: Serve's default proxy is a Python process that tops out near 450 requests/s on a
 2-core machine; Serve's HAProxy ingress (``RAY_SERVE_ENABLE_HA_PROXY=1``, the binary ships
 with ray[serve]) carries several times that. fleetwm uses HAProxy unless told otherwise
-(``wm serve --proxy python``). The switch is read by Serve's controller when it starts, so
-it must be in the environment of the Ray processes before Serve starts: ``proxy_env`` gives
-the variables, ``wm serve`` puts them into the local Ray it starts, and ``ray_cluster.yaml``
-sets them on every node.
+(``wm serve --proxy python``).
+
+Event loops: by default a Serve replica runs its handlers on a second thread's event loop and
+its handles' router on a third, and every request crosses between them; ``SERVE_LOOPS`` keeps
+both on the replica's own loop (Serve's documented throughput flags). Handlers must then never
+block the loop, and fleetwm's hand all blocking work (planning, registry reads) to threads.
+
+Both are read by Ray's processes when they start, so they must be in their environment before
+Serve starts: ``serve_env`` gives the variables, ``wm serve`` puts them into the local Ray it
+starts, and ``ray_cluster.yaml`` sets them on every node.
 """
 
 from __future__ import annotations
@@ -27,11 +33,15 @@ PROXIES = ("haproxy", "python")
 APP_NAME = "fleetwm"
 
 
-def proxy_env(proxy: str = "haproxy") -> dict[str, str]:
-    """Environment variables that select Serve's HTTP proxy."""
+SERVE_LOOPS = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0"}
+"""A replica's handlers and its handles' router on the replica's own event loop (see the module docstring)."""
+
+
+def serve_env(proxy: str = "haproxy") -> dict[str, str]:
+    """Environment variables for the Ray processes that run the endpoint: the HTTP proxy and ``SERVE_LOOPS``."""
     if proxy not in PROXIES:
         raise ValueError(f"proxy must be one of {', '.join(PROXIES)}, got {proxy!r}")
-    return {"RAY_SERVE_ENABLE_HA_PROXY": "1" if proxy == "haproxy" else "0"}
+    return {"RAY_SERVE_ENABLE_HA_PROXY": "1" if proxy == "haproxy" else "0", **SERVE_LOOPS}
 
 
 def deploy(model: str, *, port: int, host: str = "127.0.0.1", timeout_s: float = 120.0, **settings: Any) -> str:

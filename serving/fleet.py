@@ -18,7 +18,7 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Coroutine, TypeVar
 
 import numpy as np
 
@@ -27,6 +27,19 @@ from worldmodel.envs import NAV2D_ID, make_env
 
 PROGRESS_EVERY_S = 5.0
 """Seconds between progress lines."""
+
+T = TypeVar("T")
+
+
+def run_loop(coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro`` (a fleet driver) to completion on uvloop where it is installed (ray[serve] brings it
+    with uvicorn), else on asyncio's own loop: the simulated fleet shares the machine with the
+    endpoint it drives, and uvloop's event loop spends less of it per request."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)
 
 
 @dataclass(frozen=True)

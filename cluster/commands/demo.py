@@ -10,7 +10,6 @@ violations, latency percentiles and plans/s, and writes a PNG.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import dataclasses
 import sys
 import time
@@ -26,7 +25,7 @@ from cluster.commands.serve import start_ray_for_serving
 from cluster.runtime import free_port
 from learners.learner import retrain_once
 from serving.deploy import deploy, shutdown_app
-from serving.fleet import FleetTrace, drive_fleet
+from serving.fleet import FleetTrace, drive_fleet, run_loop
 from worldmodel.data import read_transitions
 from worldmodel.registry import ModelRegistry
 
@@ -74,7 +73,7 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
                      state=state, access_log=False)  # the served planner's defaults (planners.service.ServiceConfig)
         say(f"[5/5] {args.agents} agents drive closed loop at {args.hz:g} Hz for {args.seconds:g} s through {url}")
         trace = FleetTrace()
-        result = asyncio.run(drive_fleet(url, agents=args.agents, hz=args.hz, seconds=args.seconds,
+        result = run_loop(drive_fleet(url, agents=args.agents, hz=args.hz, seconds=args.seconds,
                                          env_id="Nav2D-v0", no_fly_zones=args.no_fly_zones, seed=args.seed + 1,
                                          progress=say, trace=trace))
         telemetry = shutdown_app(state)["telemetry"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import dataclasses
 import os
 import sys
@@ -13,7 +12,7 @@ from typing import Any
 from cluster.commands.fleet_report import plot_fleet
 from planners.service import OBJECTIVES
 from serving.config import TOKEN_ENV
-from serving.fleet import FleetTrace, drive_fleet
+from serving.fleet import FleetTrace, drive_fleet, run_loop
 from worldmodel.envs import NAV2D_ID
 
 
@@ -45,7 +44,7 @@ def run_fleet(args: argparse.Namespace) -> dict[str, Any]:
     say = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     trace = FleetTrace() if args.png else None
     say(f"wm fleet: {args.agents} agents at {args.hz:g} Hz for {args.seconds:g} s through {args.url}")
-    result = asyncio.run(drive_fleet(args.url, args.agents, args.hz, args.seconds, env_id=args.env,
+    result = run_loop(drive_fleet(args.url, args.agents, args.hz, args.seconds, env_id=args.env,
                                      no_fly_zones=args.no_fly_zones, objective=args.objective, token=token,
                                      deadline_ms=args.deadline_ms, seed=args.seed, progress=say, trace=trace,
                                      timeout_s=args.timeout_s, retries=args.retries))

@@ -15,7 +15,7 @@ from cluster.runtime import init_ray
 from planners import PLANNERS
 from planners.service import ServiceConfig
 from serving.config import BATCHING, TOKEN_ENV
-from serving.deploy import PROXIES, deploy, proxy_env, shutdown_app
+from serving.deploy import PROXIES, deploy, serve_env, shutdown_app
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -71,8 +71,8 @@ def app_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def start_ray_for_serving(address: str | None, proxy: str) -> None:
-    """Connect (or start a local Ray) with the proxy choice in every Ray process's environment."""
-    env = proxy_env(proxy)
+    """Connect (or start a local Ray) with the endpoint's Serve settings in every Ray process's environment."""
+    env = serve_env(proxy)
     os.environ.update(env)  # a local Ray's processes inherit it from here
     init_ray(address, extra_env=env)
 
