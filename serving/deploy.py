@@ -17,6 +17,7 @@ starts, and ``ray_cluster.yaml`` sets them on every node.
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -35,13 +36,18 @@ APP_NAME = "fleetwm"
 
 SERVE_LOOPS = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0"}
 """A replica's handlers and its handles' router on the replica's own event loop (see the module docstring)."""
+SERVE_QUIET = {"RAY_SERVE_HAPROXY_METRICS_ENABLED": "0"}
+"""HAProxy's per-request log line to Serve's metrics actor, which parses it in Python: off. The ingress
+replica counts the same requests and latencies itself, and fleetwm's own metrics are unaffected."""
 
 
 def serve_env(proxy: str = "haproxy") -> dict[str, str]:
-    """Environment variables for the Ray processes that run the endpoint: the HTTP proxy and ``SERVE_LOOPS``."""
+    """Environment variables for the Ray processes that run the endpoint: the HTTP proxy, and
+    ``SERVE_LOOPS`` and ``SERVE_QUIET`` unless this process's environment already sets them."""
     if proxy not in PROXIES:
         raise ValueError(f"proxy must be one of {', '.join(PROXIES)}, got {proxy!r}")
-    return {"RAY_SERVE_ENABLE_HA_PROXY": "1" if proxy == "haproxy" else "0", **SERVE_LOOPS}
+    return {**SERVE_LOOPS, **SERVE_QUIET, **{k: os.environ[k] for k in (*SERVE_LOOPS, *SERVE_QUIET) if k in os.environ},
+            "RAY_SERVE_ENABLE_HA_PROXY": "1" if proxy == "haproxy" else "0"}
 
 
 def deploy(model: str, *, port: int, host: str = "127.0.0.1", timeout_s: float = 120.0, **settings: Any) -> str:

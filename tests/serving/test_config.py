@@ -33,3 +33,19 @@ def test_serve_config_passes_serves_schema_and_our_own() -> None:
 def test_bad_app_settings_name_the_field(args: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         AppConfig.from_dict(args)
+
+
+def test_serve_env_selects_the_proxy_and_keeps_handlers_on_the_replicas_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    from serving.deploy import serve_env
+
+    for key in ("RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP",
+                "RAY_SERVE_HAPROXY_METRICS_ENABLED"):
+        monkeypatch.delenv(key, raising=False)
+    env = serve_env()
+    assert env["RAY_SERVE_ENABLE_HA_PROXY"] == "1" and serve_env("python")["RAY_SERVE_ENABLE_HA_PROXY"] == "0"
+    assert env["RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD"] == env["RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP"] == "0"
+    assert env["RAY_SERVE_HAPROXY_METRICS_ENABLED"] == "0"
+    monkeypatch.setenv("RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD", "1")  # a user's own choice stands
+    assert serve_env()["RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD"] == "1"
+    with pytest.raises(ValueError, match="proxy must be one of haproxy, python"):
+        serve_env("nginx")
