@@ -106,9 +106,11 @@ class Rollout:
         total = obs.new_zeros(n, k * p)
         spare = None  # a state no longer read, whose buffer the next draw may reuse (it stays in cache)
         for t in range(h):
-            last, (mean, state) = state, model.sample(state, dealt_acts[t], noise[t], want_mean=bool(self.penalty),
-                                                      out=spare)  # (E, R, S) each
-            spare = last if t else None  # read by nothing from here on; the first state may be the caller's
+            last = state
+            mean, state = model.sample(last, dealt_acts[t], noise[t], want_mean=bool(self.penalty), out=spare)
+            # Once this step's objective has read it (prev views it), this step's input is read by nothing,
+            # so the next step's draw may go into it; not the first state, which may be the caller's obs.
+            spare = last if t else None
             nxt = _collect(state, rows).view(1, n, k * p, s)
             action = _collect(dealt_acts[t], rows).view(1, n, k * p, a)
             reward = objective(prev, action, nxt, params)[0]  # (N, K*P)

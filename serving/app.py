@@ -223,7 +223,7 @@ class FleetIngress:
                "comparison": self.engine.shadow_stats.summary() if shadow else None,
                "batching": self.engine.stats() | self.batching}
         if self.cfg.registry_uri:
-            versions = await asyncio.to_thread(ModelRegistry(self.cfg.registry_uri).versions)
+            versions = await asyncio.to_thread(lambda: ModelRegistry(self.cfg.registry_uri).versions())
             out["registry"] = [{"version": v.version, "stage": v.stage} for v in versions]
         return out
 

@@ -108,8 +108,20 @@ class FoldedMLP:
         # aten's fused add+ReLU exists for CPU float32 tensors only, and has no gradient.
         self.fuse = (isinstance(activation, nn.ReLU) and weights[0].device.type == "cpu"
                      and weights[0].dtype == torch.float32)
+        self.kernel = self._packed()
+
+    def _packed(self) -> "native.PackedMLP | None":
         lib = native.library() if self.fuse else None
-        self.kernel = native.PackedMLP(lib, weights, biases) if lib is not None else None
+        return native.PackedMLP(lib, self.weights, self.biases) if lib is not None else None
+
+    # The kernel holds a loaded library, which neither pickles nor copies: a model that has planned
+    # (and cached this form) is pickled and copied without it, and gets this machine's back.
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "kernel"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.kernel = self._packed()
 
     def native_for(self, *tensors: torch.Tensor) -> "native.PackedMLP | None":
         """The fused kernel, if it can take these inputs: CPU float32 tensors that need no gradient."""

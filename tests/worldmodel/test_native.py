@@ -80,8 +80,10 @@ def test_inputs_of_any_layout_and_threads_give_the_same_answer() -> None:
     torch.testing.assert_close(folded(base.transpose(0, 1).contiguous().transpose(0, 1)), reference)
     threads = torch.get_num_threads()
     try:
-        torch.set_num_threads(2)
-        torch.testing.assert_close(folded(base), reference, rtol=0, atol=0)
+        torch.set_num_threads(1)
+        one = folded(base)
+        torch.set_num_threads(3)  # more threads than tiles per member here, and than this machine's cores
+        torch.testing.assert_close(folded(base), one, rtol=0, atol=0)
     finally:
         torch.set_num_threads(threads)
 
@@ -172,17 +174,31 @@ def test_seeded_draws_are_standard_normal_whatever_the_threads() -> None:
     assert abs(z.mean()) < 0.01 and abs(z.std() - 1) < 0.01
     threads = torch.get_num_threads()
     try:
-        torch.set_num_threads(2)
-        assert torch.equal(folded.sample(obs, action, 11)[1], z)
+        for n in (1, 3):
+            torch.set_num_threads(n)
+            assert torch.equal(folded.sample(obs, action, 11)[1], z)
     finally:
         torch.set_num_threads(threads)
     assert not torch.equal(folded.sample(obs, action, 12)[1], z)
+    # A rollout asks for one seed per horizon step: all different, and the same again from the same generator.
+    seeds = [folded.noise((30, 2, 50_000, 2), torch.Generator().manual_seed(4), obs) for _ in range(2)]
+    assert seeds[0] == seeds[1] and len(set(seeds[0])) == 30
+
+
+def _cpu_has(flag: str) -> bool:
+    try:
+        return flag in open("/proc/cpuinfo").read().split()
+    except OSError:
+        return False
 
 
 @needs_kernel
 @pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86 builds")
 @pytest.mark.parametrize("march", ["x86-64-v3", "x86-64"])  # AVX2, then plain SSE2
-def test_portable_builds_give_the_same_answers(march: str) -> None:
+def test_portable_builds_give_the_same_answers(march: str, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    if march == "x86-64-v3" and not _cpu_has("avx2"):
+        pytest.skip("this CPU cannot run an AVX2 build")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # test builds stay out of the user's cache
     lib = Library(build(tuple("-march=" + march if f == "-march=native" else f for f in FLAGS)))
     folded = _folded(3, 8, 12, 40, 2)
     parts = (torch.randn(37, 6), torch.randn(3, 37, 2))
@@ -211,3 +227,32 @@ def test_bad_kernel_inputs_are_refused_with_the_shapes() -> None:
         folded.kernel([torch.randn(4, 6), torch.randn(4, 1)])
     with pytest.raises(ValueError, match=r"\(2, B, D\)"):
         folded.kernel([torch.randn(3, 4, 6), torch.randn(4, 2)])
+
+
+@needs_kernel
+def test_a_model_that_has_planned_still_pickles_and_copies() -> None:
+    import copy
+    import pickle
+
+    model = ProbabilisticEnsemble(6, 2, members=2, hidden=16, layers=1)
+    obs, action = torch.randn(2, 9, 6), torch.randn(9, 2)
+    before = model.folded().mean(obs, action)  # caches the folded form, kernel and all, on the module
+    for clone in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        assert clone.folded().mlp.kernel is not None
+        torch.testing.assert_close(clone.folded().mean(obs, action), before, rtol=0, atol=0)
+
+
+@needs_kernel
+def test_the_kernels_outputs_are_float32_whatever_torchs_default_dtype() -> None:
+    folded = _folded(2, 8, 3, 16, 1)
+    parts = (torch.randn(5, 8),)
+    want = folded(*parts)
+    default = torch.get_default_dtype()
+    try:
+        torch.set_default_dtype(torch.float64)
+        got = folded(*parts)
+        z = native.standard_normal((100_000,), torch.Generator().manual_seed(0))
+    finally:
+        torch.set_default_dtype(default)
+    assert got.dtype == torch.float32 and torch.equal(got, want)
+    assert z.dtype == torch.float32 and abs(z.std() - 1) < 0.02

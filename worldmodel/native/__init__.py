@@ -22,12 +22,12 @@ _P, _L = ctypes.c_void_p, ctypes.c_long
 
 def standard_normal(shape: tuple[int, ...], generator: torch.Generator | None = None) -> torch.Tensor | None:
     """CPU float32 standard normal draws from the kernel's counter-based stream, seeded from ``generator``
-    (so seeded callers stay deterministic); 1.6x faster than ``torch.randn`` on this machine.
+    (so seeded callers stay deterministic), faster than ``torch.randn`` on a CPU.
     None where the kernel is not available."""
     lib = library()
     if lib is None:
         return None
-    out = torch.empty(shape)
+    out = torch.empty(shape, dtype=torch.float32)
     seed = int(torch.randint(-2**63, 2**63 - 1, (), generator=generator)) % 2**64
     if out.numel():
         lib.normal(out.data_ptr(), out.numel(), seed, torch.get_num_threads())
@@ -69,7 +69,7 @@ class PackedMLP:
         The result is a view of a (E, B, O padded) buffer.
         """
         args, keep = self._inputs(parts)
-        out = torch.empty(self.members, args[1], self._dims[self._layers])
+        out = torch.empty(self.members, args[1], self._dims[self._layers], dtype=torch.float32)
         if args[1]:
             self.lib.mlp(*args, out.data_ptr(), torch.get_num_threads())
         del keep
@@ -95,9 +95,13 @@ class PackedMLP:
         args, keep = self._inputs([obs, action])
         rows, s = args[1], obs.shape[-1]
         sampled = head is not None and noise is not None
+        if self.out_dim < (2 if sampled else 1) * s or (head is not None and any(
+                len(t) != s for t in (head.low, head.high, head.log_scale))):
+            raise ValueError(f"a step of {s} state dims needs {2 if sampled else 1} x {s} MLP outputs and a "
+                             f"head of {s} per field, got {self.out_dim} outputs")
         # Written member-minor, (B, E, S), and returned as (E, B, S) views: a rollout that deals rows
         # to members round-robin (planners.rollout) reads them back in its own order without a copy.
-        fresh = lambda: torch.empty(rows, self.members, s).transpose(0, 1)  # noqa: E731
+        fresh = lambda: torch.empty(rows, self.members, s, dtype=torch.float32).transpose(0, 1)  # noqa: E731
         if out is not None and (out.shape != (self.members, rows, s) or out.dtype != torch.float32
                                 or out.stride() != (s, self.members * s, 1)):
             raise ValueError(f"out must be a float32 ({self.members}, {rows}, {s}) view of a ({rows}, "
@@ -128,6 +132,8 @@ class PackedMLP:
                                  f"{[tuple(p.shape) for p in parts]}")
         if sum(p.shape[-1] for p in parts) != self.in_dim:
             raise ValueError(f"inputs of widths {[p.shape[-1] for p in parts]} do not sum to {self.in_dim}")
+        if any(p.dtype != torch.float32 or p.device.type != "cpu" for p in parts):
+            raise ValueError(f"inputs must be CPU float32 tensors, got {[(p.dtype, p.device.type) for p in parts]}")
         parts = [p if p.stride(-1) == 1 else p.contiguous() for p in parts]
         n = len(parts)
         args = (self.members, rows, n,

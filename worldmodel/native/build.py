@@ -1,8 +1,8 @@
-"""Building and loading fleetwm's native CPU kernel (``fused_mlp.cpp``).
+"""Building and loading fleetwm's native CPU kernel (``fused_mlp.cpp`` and ``simd.h``).
 
 Built on first use with the machine's C++ compiler for the machine's own CPU (``-march=native``),
 and cached under ``$XDG_CACHE_HOME/fleetwm`` (default ``~/.cache/fleetwm``) by a key of the
-source, the compiler command and the CPU's feature flags, so a home directory shared by machines
+sources, the compiler command and the CPU's feature flags, so a home directory shared by machines
 with different CPUs never loads a build for another one. No torch headers are involved: a build
 takes about a second, and the library is called through ``ctypes``.
 """
@@ -14,6 +14,7 @@ import hashlib
 import logging
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -69,27 +70,32 @@ def library() -> Library | None:
     if os.environ.get(ENABLE, "1") == "0":
         _status = f"disabled by {ENABLE}=0"
         return None
+    threads = ""
     try:
         try:
             path = build(FLAGS)
-        except RuntimeError:  # a compiler without OpenMP (clang on macOS): one thread per call
-            path = build(tuple(f for f in FLAGS if f != "-fopenmp"))
+        except RuntimeError as exc:
+            if "openmp" not in str(exc).lower() and "omp" not in str(exc).lower():
+                raise
+            path = build(tuple(f for f in FLAGS if f != "-fopenmp"))  # e.g. clang on macOS: one thread per call
+            threads = " (without OpenMP: one thread per call)"
         lib = Library(path)
     except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
         _status = f"unavailable: {exc}"
         log.warning("fleetwm native kernel %s; planning uses torch's path", _status)
         return None
-    _status = f"loaded from {path}"
+    _status = f"loaded from {path}{threads}"
     return lib
 
 
 def build(flags: Sequence[str]) -> Path:
     """The kernel built with ``flags`` (cached; see the module docstring). Raises RuntimeError if it cannot be."""
-    compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
-    if compiler is None:
+    compiler = shlex.split(os.environ.get("CXX", "")) or [c for c in (shutil.which("g++") or shutil.which("c++"),) if c]
+    if not compiler:
         raise RuntimeError("no C++ compiler (g++ or c++) on PATH")
-    command = [compiler, *flags]
-    key = hashlib.sha256("\0".join([SOURCE.read_text(), *command, platform.machine(), _cpu_flags()]).encode())
+    command = [*compiler, *flags]
+    sources = "".join(p.read_text() for p in sorted([*SOURCE.parent.glob("*.cpp"), *SOURCE.parent.glob("*.h")]))
+    key = hashlib.sha256("\0".join([sources, *command, platform.machine(), _cpu_flags()]).encode())
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "fleetwm"
     path = cache / f"fused_mlp-{key.hexdigest()[:16]}.so"
     if path.exists():
