@@ -26,7 +26,11 @@ ZONES = "zones"
 class Term(Protocol):
     def __call__(self, obs: torch.Tensor, action: torch.Tensor, next_obs: torch.Tensor,
                  params: Params) -> torch.Tensor:
-        """Reward of each transition: (X, N, R, *) -> (X, N, R)."""
+        """Reward of each transition: (X, N, R, *) -> (X, N, R).
+
+        The inputs may be views of a rollout's own buffers, which it reuses for later steps: a term
+        reads them during the call and copies whatever it keeps.
+        """
         ...
 
 

@@ -39,7 +39,8 @@ def run_loop(coro: Coroutine[Any, Any, T]) -> T:
         import uvloop
     except ImportError:
         return asyncio.run(coro)
-    return uvloop.run(coro)
+    run = getattr(uvloop, "run", None)  # uvloop >= 0.18
+    return run(coro) if run is not None else asyncio.run(coro)
 
 
 @dataclass(frozen=True)

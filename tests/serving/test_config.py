@@ -1,7 +1,9 @@
-"""The shipped Serve config is valid for `serve deploy`, and app settings validate themselves."""
+"""The shipped Serve config is valid for `serve deploy`, app settings validate themselves, and the Ray
+environment and event loop that the endpoint and its simulated fleet run with."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -49,3 +51,13 @@ def test_serve_env_selects_the_proxy_and_keeps_handlers_on_the_replicas_loop(mon
     assert serve_env()["RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD"] == "1"
     with pytest.raises(ValueError, match="proxy must be one of haproxy, python"):
         serve_env("nginx")
+
+
+def test_the_fleet_loop_runs_a_coroutine_to_its_result() -> None:
+    from serving.fleet import run_loop
+
+    async def answer() -> int:
+        await asyncio.sleep(0)
+        return 42
+
+    assert run_loop(answer()) == 42
