@@ -145,7 +145,8 @@ class FoldedDynamics:
         # The kernel draws with exp(max_logvar - min_logvar) as a constant: bounds further apart than
         # float32's exp can hold (never seen in training) keep torch's path for draws.
         self.head = native.GaussianHead(self.min_logvar, self.max_logvar, self.log_scale) if (
-            self.probabilistic and (self.max_logvar - self.min_logvar).max() < 80) else None
+            self.mlp.kernel is not None and self.probabilistic
+            and (self.max_logvar - self.min_logvar).max() < 80) else None
         self.fused_draws = self.mlp.kernel is not None and (self.head is not None or not self.probabilistic)
 
     def _out(self, obs: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -164,7 +165,7 @@ class FoldedDynamics:
               like: torch.Tensor) -> torch.Tensor | list[int]:
         """Standard normal noise for ``shape[0]`` steps of ``sample``, (T, E, B, S): drawn here, or
         where the fused kernel draws its own (``like`` a CPU float32 tensor), one seed per step for it."""
-        if self.fused_draws and like.device.type == "cpu" and like.dtype == torch.float32:
+        if self.fused_draws and native.PackedMLP.takes(like):
             return torch.randint(-2**63, 2**63 - 1, (shape[0],), generator=generator).tolist()
         return torch.randn(shape, generator=generator, device=like.device, dtype=like.dtype)
 
@@ -183,8 +184,7 @@ class FoldedDynamics:
         kernel = self.mlp.native_for(obs, action, *([noise] if isinstance(noise, torch.Tensor) else [])) if (
             self.fused_draws) else None
         if kernel is not None:  # the whole step in one pass (worldmodel.native)
-            reuse = out is not None and out.shape == (self.members, obs.shape[-2], self.obs_dim) and (
-                out.stride() == (self.obs_dim, self.members * self.obs_dim, 1))
+            reuse = out is not None and kernel.fits_step(out, obs.shape[-2], self.obs_dim)
             return kernel.gaussian_step(obs, action, self.head, noise if self.probabilistic else None,
                                         want_mean, out if reuse else None)
         obs, raw = self._out(obs, action)

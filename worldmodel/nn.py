@@ -127,7 +127,7 @@ class FoldedMLP:
         """The fused kernel, if it can take these inputs: CPU float32 tensors that need no gradient."""
         if self.kernel is None or (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)):
             return None
-        return self.kernel if all(t.dtype == torch.float32 and t.device.type == "cpu" for t in tensors) else None
+        return self.kernel if self.kernel.takes(*tensors) else None
 
     def __call__(self, *parts: torch.Tensor) -> torch.Tensor:
         """``parts`` ((B, D_i) shared by every member, or (E, B, D_i)) side by side as the input: (E, B, O)."""

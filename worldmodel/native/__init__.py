@@ -102,8 +102,7 @@ class PackedMLP:
         # Written member-minor, (B, E, S), and returned as (E, B, S) views: a rollout that deals rows
         # to members round-robin (planners.rollout) reads them back in its own order without a copy.
         fresh = lambda: torch.empty(rows, self.members, s, dtype=torch.float32).transpose(0, 1)  # noqa: E731
-        if out is not None and (out.shape != (self.members, rows, s) or out.dtype != torch.float32
-                                or out.stride() != (s, self.members * s, 1)):
+        if out is not None and not self.fits_step(out, rows, s):
             raise ValueError(f"out must be a float32 ({self.members}, {rows}, {s}) view of a ({rows}, "
                              f"{self.members}, {s}) tensor, got {out.dtype} {tuple(out.shape)} strides {out.stride()}")
         if sampled and isinstance(noise, torch.Tensor) and (
@@ -123,6 +122,17 @@ class PackedMLP:
         del keep
         return mean, draw
 
+    @staticmethod
+    def takes(*tensors: torch.Tensor) -> bool:
+        """Whether the kernel can read these tensors: CPU float32."""
+        return all(t.dtype == torch.float32 and t.device.type == "cpu" for t in tensors)
+
+    def fits_step(self, out: torch.Tensor, rows: int, s: int) -> bool:
+        """Whether ``gaussian_step`` can write ``rows`` states of ``s`` dims into ``out``: the (E, B, S) view
+        of a (B, E, S) float32 tensor that it returns."""
+        return (out.shape == (self.members, rows, s) and out.dtype == torch.float32
+                and out.stride() == (s, self.members * s, 1))
+
     def _inputs(self, parts: list[torch.Tensor]) -> tuple[tuple, list[torch.Tensor]]:
         """The kernel's network and input arguments, and the tensors they point into (kept alive by the caller)."""
         rows = parts[0].shape[-2]
@@ -132,7 +142,7 @@ class PackedMLP:
                                  f"{[tuple(p.shape) for p in parts]}")
         if sum(p.shape[-1] for p in parts) != self.in_dim:
             raise ValueError(f"inputs of widths {[p.shape[-1] for p in parts]} do not sum to {self.in_dim}")
-        if any(p.dtype != torch.float32 or p.device.type != "cpu" for p in parts):
+        if not self.takes(*parts):
             raise ValueError(f"inputs must be CPU float32 tensors, got {[(p.dtype, p.device.type) for p in parts]}")
         parts = [p if p.stride(-1) == 1 else p.contiguous() for p in parts]
         n = len(parts)
