@@ -93,36 +93,40 @@ class Rollout:
         # Rows are dealt round-robin to members and stay dealt for the whole horizon, so each step's
         # model call reads and writes (E, R, *) directly. A step's actions are one block, and the states
         # the native kernel writes are member-minor in memory ((R, E, S)), so reading them back in
-        # (agent, candidate, particle) order for the objective is a view. Extra rows (repeats of the
-        # first ones, simulated and then dropped) pad each member's share to a multiple of 16, which
-        # keeps torch's batched matmuls on their fast aligned path (1.5x on AVX-512).
+        # (agent, candidate, particle) order is a view. Extra rows (repeats of the first ones, simulated
+        # and then dropped) pad each member's share to a multiple of 16, which keeps torch's batched
+        # matmuls on their fast aligned path (1.5x on AVX-512).
         pad = (-rows) % (e * 16)
         acts = actions[:, :, None].expand(n, k, p, h, a).reshape(rows, h, a)  # (M, H, A)
         dealt_acts = _deal(acts.transpose(0, 1), e, pad)  # (H, E, R, A), each step's actions one block
-        state = _deal(obs[:, None].expand(n, k * p, s).reshape(rows, s), e, pad)  # (E, R, S)
+        first = _deal(obs[:, None].expand(n, k * p, s).reshape(rows, s), e, pad)  # (E, R, S)
         model, objective = _stepper(self.dynamics), self.objective.prepared()
-        noise = model.noise((h, *state.shape), generator, obs)  # (H, E, R, S), or H seeds
-        prev = obs[None, :, None].expand(1, n, k * p, s)  # (1, N, K*P, S): the objective's layout
-        total = obs.new_zeros(n, k * p)
-        spare = None  # a state no longer read, whose buffer the next draw may reuse (it stays in cache)
+        noise = model.noise((h, *first.shape), generator, obs)  # (H, E, R, S), or H seeds
+        # The steps write their states into one (H+1, R, E, S) buffer, and the objective scores all
+        # H steps in one call after the loop: its terms (and the reward model) run once per plan
+        # rather than once per step. TS-inf moves states between steps, so its step inputs are a
+        # second buffer; otherwise step t reads what step t-1 wrote.
+        states = first.new_empty(h + 1, *first.transpose(0, 1).shape)
+        states[0] = first.transpose(0, 1)
+        inputs = states[:h] if not self.shuffle else states.new_empty(h, *states.shape[1:])
+        if self.shuffle:
+            inputs[0] = states[0]
+        spread = obs.new_zeros(n, k)  # the disagreement penalty's sum over the horizon
         for t in range(h):
-            last = state
-            mean, state = model.sample(last, dealt_acts[t], noise[t], want_mean=bool(self.penalty), out=spare)
-            # Once this step's objective has read it (prev views it), this step's input is read by nothing,
-            # so the next step's draw may go into it; not the first state, which may be the caller's obs.
-            spare = last if t else None
-            nxt = _collect(state, rows).view(1, n, k * p, s)
-            action = _collect(dealt_acts[t], rows).view(1, n, k * p, a)
-            reward = objective(prev, action, nxt, params)[0]  # (N, K*P)
+            out = states[t + 1].transpose(0, 1)  # (E, R, S)
+            mean, nxt = model.sample(inputs[t].transpose(0, 1), dealt_acts[t], noise[t],
+                                     want_mean=bool(self.penalty), out=out)
+            if nxt.data_ptr() != out.data_ptr():  # torch's path draws into a new tensor
+                out.copy_(nxt)
             if self.penalty:
-                spread = self._disagreement(_collect(mean, rows).view(n, k, p, s), dim=2)  # (N, K)
-                reward = reward - self.penalty * spread.repeat_interleave(p, dim=1)
-            total = total + reward
-            if self.shuffle:
-                nxt = self._reassign(nxt.view(rows, s), n * k, generator).view(1, n, k * p, s)
-                state = _deal(nxt.view(rows, s), e, pad)
-            prev = nxt
-        return total.view(n, k, p).mean(-1)
+                spread += self._disagreement(_collect(mean, rows).view(n, k, p, s), dim=2)
+            if self.shuffle and t + 1 < h:
+                inputs[t + 1] = states[t + 1]  # the padding rows too
+                inputs[t + 1].view(-1, s)[:rows] = self._reassign(_rows(states[t + 1], rows), n * k, generator)
+        layout = lambda x, d: _rows(x, rows).view(h, n, k * p, d)  # noqa: E731  (H, N, K*P, D)
+        reward = objective(layout(inputs, s), layout(dealt_acts.transpose(1, 2), a), layout(states[1:], s), params)
+        total = reward.sum(0).view(n, k, p).mean(-1)  # (N, K)
+        return total - self.penalty * spread if self.penalty else total
 
     def _reassign(self, state: torch.Tensor, candidates: int, generator: torch.Generator | None) -> torch.Tensor:
         """TS-inf: shuffle each candidate's P particles, which moves them to other members. (M, S) -> (M, S)."""
@@ -233,6 +237,11 @@ def _deal(x: torch.Tensor, members: int, pad: int) -> torch.Tensor:
         x = torch.cat([x, repeats], -2)
     x = x.contiguous()
     return x.view(*x.shape[:-2], -1, members, x.shape[-1]).transpose(-3, -2)
+
+
+def _rows(x: torch.Tensor, rows: int) -> torch.Tensor:
+    """Dealt rows back in their own order: (..., R, E, D) in memory -> (..., M, D), a view when it can be."""
+    return x.reshape(*x.shape[:-3], -1, x.shape[-1])[..., :rows, :]
 
 
 def _collect(x: torch.Tensor, rows: int) -> torch.Tensor:

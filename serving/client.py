@@ -117,8 +117,9 @@ def _with_request_ids(bodies: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-class _Policy:
-    """Retry settings shared by both clients, checked at construction."""
+class RetryPolicy:
+    """URL, token, timeout and retry settings shared by the clients and the simulated fleet's links,
+    checked at construction."""
 
     def __init__(self, url: str, token: str | None, timeout_s: float, retries: int, backoff_s: float,
                  max_backoff_s: float) -> None:
@@ -165,7 +166,7 @@ class FleetClient:
 
     def __init__(self, url: str, *, token: str | None = None, timeout_s: float = 2.0, retries: int = 3,
                  backoff_s: float = 0.05, max_backoff_s: float = 1.0) -> None:
-        self._p = _Policy(url, token, timeout_s, retries, backoff_s, max_backoff_s)
+        self._p = RetryPolicy(url, token, timeout_s, retries, backoff_s, max_backoff_s)
         self._session = requests.Session()
 
     @property
@@ -239,7 +240,7 @@ class AsyncFleetClient:
                  backoff_s: float = 0.05, max_backoff_s: float = 1.0, connections: int = 100) -> None:
         if connections < 1:
             raise ValueError(f"connections must be >= 1, got {connections}")
-        self._p = _Policy(url, token, timeout_s, retries, backoff_s, max_backoff_s)
+        self._p = RetryPolicy(url, token, timeout_s, retries, backoff_s, max_backoff_s)
         self._connections = connections
         self._session: aiohttp.ClientSession | None = None
 

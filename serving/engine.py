@@ -3,7 +3,8 @@
 Requests merged by ``@serve.batch`` in the ingress are queued; each cycle takes every request
 queued so far (see ``PlanEngine.submit``) and:
 
-1. one read of the agents' records from the state shards (one call per shard, in parallel);
+1. the agents' records: from the ingress's own copy of what it wrote (``RecordCache``, when it is
+   the only ingress replica), else one read from the state shards (one call per shard, in parallel);
 2. retries (same agent and ``request_id`` as the record) are answered from the record;
 3. each request's observation and reward close the agent's previous transition;
 4. one call to the planner deployment plans every agent, warm-started from its record;
@@ -52,12 +53,47 @@ class ShadowStats:
                 "mean_prediction_error": mean}
 
 
+class RecordCache:
+    """The records this ingress replica wrote, so the next batch of the same agents reads none from the shards.
+
+    Under load a read from the shards waits its turn for CPU in two more processes, and it was a
+    third of each cycle. This copy is exact only while this replica is the one writer of its agents'
+    records, which holds with one ingress replica (``FleetIngress`` decides); the shards stay the
+    durable copy, written every batch as before, and a restarted replica starts empty and reads them.
+    Agents idle for ``ttl_s`` (the shards' eviction age) are dropped here too.
+    """
+
+    SWEEP_S = 60.0
+    """Seconds between scans for idle agents."""
+
+    def __init__(self, ttl_s: float) -> None:
+        self.ttl_s = ttl_s
+        self.records: dict[str, Record] = {}
+        self._swept = time.monotonic()
+
+    def get(self, agent_ids: list[str]) -> list[Record | None]:
+        return [self.records.get(a) for a in agent_ids]
+
+    def put(self, records: list[Record]) -> None:
+        self.records.update((r["agent_id"], r) for r in records)
+        if time.monotonic() - self._swept > self.SWEEP_S:
+            self._swept = time.monotonic()
+            cutoff = time.time() - self.ttl_s
+            for agent in [a for a, r in self.records.items() if r["updated"] < cutoff]:
+                del self.records[agent]
+
+    def drop(self, agent_ids: list[str]) -> None:
+        for a in agent_ids:
+            self.records.pop(a, None)
+
+
 class PlanEngine:
     """Runs batches of plan requests against the planner deployment, the state shards and the logger."""
 
     def __init__(self, planner: Any, store: AgentStateStore, telemetry: Any | None, shadow: Any | None,
-                 metrics: ServingMetrics, default_deadline_ms: float | None) -> None:
+                 metrics: ServingMetrics, default_deadline_ms: float | None, cache: RecordCache | None = None) -> None:
         self.planner, self.store, self.telemetry, self.shadow = planner, store, telemetry, shadow
+        self.cache = cache
         self.metrics, self.default_deadline_ms = metrics, default_deadline_ms
         self.shadow_stats = ShadowStats()
         self.batches = self.requests = self.largest_batch = 0
@@ -119,7 +155,7 @@ class PlanEngine:
         return answers  # type: ignore[return-value]
 
     async def _run_unique(self, requests: list[PlanRequest], arrived: list[float]) -> list[dict[str, Any]]:
-        records = await self.store.get([r.agent_id for r in requests])
+        records = await self._read([r.agent_id for r in requests])
         answers: list[dict[str, Any] | None] = [None] * len(requests)
         todo = []
         for i, (req, rec) in enumerate(zip(requests, records)):
@@ -135,6 +171,25 @@ class PlanEngine:
             for i, answer in zip(todo, fresh):
                 answers[i] = answer
         return answers  # type: ignore[return-value]
+
+    async def _read(self, agent_ids: list[str]) -> list[Record | None]:
+        """The agents' records: cached ones from the cache, the rest in one read from the shards."""
+        if self.cache is None:
+            return await self.store.get(agent_ids)
+        records = self.cache.get(agent_ids)
+        missing = [i for i, r in enumerate(records) if r is None]
+        if missing:
+            fetched = await self.store.get([agent_ids[i] for i in missing])
+            for i, record in zip(missing, fetched):
+                records[i] = record
+            self.cache.put([r for r in fetched if r is not None])
+        return records
+
+    async def reset(self, agent_ids: list[str]) -> int:
+        """Forget agents (their next request starts fresh); returns how many the shards knew."""
+        if self.cache is not None:
+            self.cache.drop(agent_ids)
+        return await self.store.reset(agent_ids)
 
     async def _plan(self, requests: list[PlanRequest], records: list[Record | None],
                     arrived: list[float]) -> list[dict[str, Any]]:
@@ -176,6 +231,8 @@ class PlanEngine:
                 "predicted": None if ended else result["trajectory"][i, 1],
                 "eps_id": rec["eps_id"] if continuing else f"{req.agent_id}-{uuid.uuid4().hex[:12]}",
                 "t": rec["t"] + 1 if continuing else 0, "updated": now})
+        if self.cache is not None:  # before a second pass of this batch reads them
+            self.cache.put(records_out)
         # The writes are submitted now and finish while the answers travel back. A retry of one of
         # these requests reaches the shard after this write (calls from one process to one actor run
         # in submission order), so it finds its answer; the logger drops repeats by (episode, step).
@@ -235,8 +292,11 @@ class PlanEngine:
                 m.version.set(0, tags={"model_version": self._served_version, "role": "production"})
             m.version.set(1, tags={"model_version": version, "role": "production"})
             self._served_version = version
-        for v, e in errors:
-            m.prediction_error.observe(e, tags={"model_version": v, "role": "production"})
+        by_version: dict[str, list[float]] = {}
+        for v, e in errors:  # one observation per batch and version, as the shadow's
+            by_version.setdefault(v, []).append(e)
+        for v, es in by_version.items():
+            m.prediction_error.observe(sum(es) / len(es), tags={"model_version": v, "role": "production"})
         if logged:
             m.logged.inc(logged)
 
@@ -276,6 +336,6 @@ class PlanEngine:
         for role, scored in zip(("production", "shadow"), out[1:]):
             stats.errors[role][0] += float(scored["errors"].sum())
             stats.errors[role][1] += len(scored["errors"])
-            if role == "shadow":  # production's error is recorded per transition when its batch is answered
+            if role == "shadow":  # production's is recorded when its batch is answered
                 self.metrics.prediction_error.observe(scored["mean_error"],
                                                       tags={"model_version": scored["model_version"], "role": role})

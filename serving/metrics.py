@@ -35,7 +35,8 @@ class ServingMetrics:
         self.version = metrics.Gauge("fleetwm_served_model_version", "1 for the model version being served.",
                                      tag_keys=("model_version", "role"))
         self.prediction_error = metrics.Histogram("fleetwm_prediction_error",
-                                                  "One-step prediction error on served transitions.",
+                                                  "One-step prediction error on served transitions, mean per batch "
+                                                  "(production's and the shadow's alike).",
                                                   boundaries=_ERROR, tag_keys=("model_version", "role"))
         self.shadow_action_diff = metrics.Gauge("fleetwm_shadow_action_difference",
                                                 "Mean |shadow action - production action| of the last batch.")

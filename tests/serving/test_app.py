@@ -73,6 +73,19 @@ def test_plan_answers_with_action_version_and_audit_trail(app) -> None:
     assert isinstance(body["uncertainty"], float) and isinstance(body["fallback"], bool)
 
 
+def test_fast_route_answers_as_the_fastapi_route(app) -> None:
+    # application/json takes the fast route; other JSON types (+json) are left to FastAPI's route,
+    # and both answer the same fields.
+    body = {"agent_id": "routes", "observation": [0.2] * 6, "reward": None}
+    fast = _post(app, body)
+    slow = _post(app, json.dumps(body | {"agent_id": "routes-2"}), raw=True,
+                 headers={"Content-Type": "application/vnd.fleet+json"})
+    assert fast.status_code == slow.status_code == 200, (fast.text, slow.text)
+    assert fast.headers["content-type"] == slow.headers["content-type"] == "application/json"
+    assert set(fast.json()) == set(slow.json()) == {"action", "model_version", "plan_id", "uncertainty", "fallback",
+                                                    "replayed"}
+
+
 def test_concurrent_requests_are_merged_into_batches(app) -> None:
     before = requests.get(app["url"] + "/v1/models", headers=AUTH, timeout=30).json()["batching"]
     rng = np.random.default_rng(0)
@@ -171,6 +184,16 @@ def test_reset_forgets_the_agent(app) -> None:
     r = _post(app, {}, "/v1/agents/forget-me/reset")
     assert r.status_code == 200 and r.json() == {"agent_id": "forget-me", "reset": True}
     assert _post(app, {}, "/v1/agents/forget-me/reset").json()["reset"] is False
+
+
+def test_reset_agent_starts_afresh_and_is_not_replayed(app) -> None:
+    # The ingress keeps a copy of the records it writes; a reset must drop that copy as well.
+    body = {"agent_id": "reset-copy", "observation": [0.3] * 6, "request_id": "r-1"}
+    first = _post(app, body).json()
+    assert _post(app, body).json()["replayed"]
+    assert _post(app, {}, "/v1/agents/reset-copy/reset").json()["reset"] is True
+    again = _post(app, body).json()
+    assert not again["replayed"] and again["plan_id"] != first["plan_id"]
 
 
 def test_shadow_is_compared_not_returned(app) -> None:

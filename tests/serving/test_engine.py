@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import defaultdict
 from typing import Any
 
 import numpy as np
 
-from serving.engine import PlanEngine
+from serving.engine import PlanEngine, RecordCache
 from serving.schema import PlanRequest
 
 N_OBS, N_ACT, H = 6, 2, 4
@@ -90,3 +91,57 @@ def test_prediction_error_is_recorded_once_per_role_with_a_shadow() -> None:
     roles = [tags["role"] for _, tags in metrics.prediction_error.calls]
     assert roles.count("production") == 2 and roles.count("shadow") == 2, roles
     assert engine.shadow_stats.summary()["mean_prediction_error"] == {"production": 0.5, "shadow": 0.25}
+
+
+class _CountingStore(_Store):
+    """A store that counts the agents it was asked to read, and forgets on reset."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads: list[str] = []
+
+    async def get(self, agent_ids: list[str]) -> list[dict[str, Any] | None]:
+        self.reads.extend(agent_ids)
+        return await super().get(agent_ids)
+
+    async def reset(self, agent_ids: list[str]) -> int:
+        return sum(self.records.pop(a, None) is not None for a in agent_ids)
+
+
+def _step(engine: PlanEngine, agent: str, request_id: str | None = None) -> dict[str, Any]:
+    async def main() -> dict[str, Any]:
+        req = PlanRequest(agent_id=agent, observation=[0.1] * N_OBS, request_id=request_id)
+        answer = (await engine.run([req], [0.0]))[0]
+        while engine._background:
+            await asyncio.gather(*list(engine._background))
+        return answer
+
+    return asyncio.run(main())
+
+
+def test_record_cache_reads_each_agent_from_the_shards_once() -> None:
+    store = _CountingStore()
+    store.records["known"] = {"agent_id": "known", "obs": None, "request_id": None, "updated": 0.0}
+    engine = PlanEngine(_Planner("1.0.0", 0.5), store, None, None, _Metrics(), None, RecordCache(ttl_s=3600))
+    for _ in range(3):
+        _step(engine, "known")
+        _step(engine, "new")
+    assert sorted(store.reads) == ["known", "new"]  # then each is cached by its first write
+    assert store.records["new"]["t"] == 2 == engine.cache.records["new"]["t"]  # the shards keep every write
+
+
+def test_record_cache_replays_retries_and_forgets_on_reset() -> None:
+    store = _CountingStore()
+    engine = PlanEngine(_Planner("1.0.0", 0.5), store, None, None, _Metrics(), None, RecordCache(ttl_s=3600))
+    first = _step(engine, "a", request_id="r1")
+    assert _step(engine, "a", request_id="r1") == first | {"replayed": True}
+    assert asyncio.run(engine.reset(["a"])) == 1 and "a" not in engine.cache.records
+    assert not _step(engine, "a", request_id="r1")["replayed"]
+
+
+def test_record_cache_drops_idle_agents() -> None:
+    cache = RecordCache(ttl_s=10.0)
+    cache.put([{"agent_id": "old", "updated": 0.0}])
+    cache._swept -= RecordCache.SWEEP_S + 1  # a sweep is due
+    cache.put([{"agent_id": "fresh", "updated": time.time()}])
+    assert cache.get(["old", "fresh"])[0] is None and cache.get(["fresh"])[0] is not None
