@@ -29,7 +29,7 @@ from typing import Any, Sequence
 
 import ray
 
-from actors.common import NAMESPACE
+from actors.common import NAMESPACE, Rows, pack_rows, unpack_rows
 from worldmodel.data.writer import publish_bytes, resolve_root
 
 Record = dict[str, Any]
@@ -88,10 +88,12 @@ class AgentStateShard:
         self._ensure_loop()
         return [self.records.get(a) for a in agent_ids]
 
-    async def put(self, records: Sequence[Record]) -> int:
-        """Replace the records of their ``agent_id``s; returns how many were written."""
+    async def put(self, records: Rows) -> int:
+        """Replace the records of their ``agent_id``s (a list, or its ``pack_rows`` columns); returns how many
+        were written."""
         self._ensure_loop()
         now = time.time()
+        records = unpack_rows(records)
         for record in records:
             self.records[record["agent_id"]] = {**record, "last_seen": now}
         self.dirty = True
@@ -169,12 +171,15 @@ class AgentStateStore:
     def __init__(self, cfg: StateConfig, handles: list[ray.actor.ActorHandle]) -> None:
         self.cfg, self.handles = cfg, handles
 
-    def _calls(self, method: str, agent_ids: Sequence[str], items: Sequence[Any]) -> tuple[list[list[int]], list[Any]]:
-        """One remote call per shard involved: (rows of each call, their object refs)."""
+    def _calls(self, method: str, agent_ids: Sequence[str], items: Sequence[Any],
+               pack: bool = False) -> tuple[list[list[int]], list[Any]]:
+        """One remote call per shard involved: (rows of each call, their object refs); ``pack``: items
+        (records) go as columns (``pack_rows``)."""
         groups: dict[int, list[int]] = {}
         for i, a in enumerate(agent_ids):
             groups.setdefault(shard_index(a, len(self.handles)), []).append(i)
-        refs = [getattr(self.handles[s], method).remote([items[i] for i in rows]) for s, rows in groups.items()]
+        send = pack_rows if pack else list
+        refs = [getattr(self.handles[s], method).remote(send([items[i] for i in rows])) for s, rows in groups.items()]
         return list(groups.values()), refs
 
     @staticmethod
@@ -192,7 +197,7 @@ class AgentStateStore:
 
     async def put(self, records: Sequence[Record]) -> int:
         """Write records (each has ``agent_id``); returns how many."""
-        _, refs = self._calls("put", [r["agent_id"] for r in records], records)
+        _, refs = self._calls("put", [r["agent_id"] for r in records], records, pack=True)
         return sum(await asyncio.gather(*refs))
 
     async def reset(self, agent_ids: Sequence[str]) -> int:
@@ -205,7 +210,7 @@ class AgentStateStore:
         return self._gather(rows, ray.get(refs), len(agent_ids))
 
     def put_sync(self, records: Sequence[Record]) -> int:
-        _, refs = self._calls("put", [r["agent_id"] for r in records], records)
+        _, refs = self._calls("put", [r["agent_id"] for r in records], records, pack=True)
         return sum(ray.get(refs))
 
     def reset_sync(self, agent_ids: Sequence[str]) -> int:

@@ -20,10 +20,11 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
+from actors.common import Rows, unpack_rows
 from worldmodel.data import TrajectoryWriter, Transitions
 
 Row = dict[str, Any]
@@ -43,12 +44,13 @@ class TelemetryLogger:
         self._task: asyncio.Task[None] | None = None
         self._last_flush = time.monotonic()
 
-    async def log(self, rows: Sequence[Row]) -> int:
-        """Buffer rows, dropping any already seen; returns how many were new."""
+    async def log(self, rows: Rows) -> int:
+        """Buffer rows (a list, or its ``pack_rows`` columns), dropping any already seen; returns how many
+        were new."""
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._periodic())
         fresh = 0
-        for row in rows:
+        for row in unpack_rows(rows):
             key = (str(row["eps_id"]), int(row["t"]))
             if key in self.seen:
                 self.duplicates += 1

@@ -21,6 +21,9 @@ from worldmodel.nn import variance
 
 PROPAGATIONS = ("ts1", "tsinf", "expectation")
 
+_CHUNK_ROWS = 16384
+"""Most rows (steps x particle rows) a sampled rollout keeps per objective call: its states stay in cache."""
+
 HIDDEN = "hidden"
 """(N, Hd) recurrent hidden state per agent, in the planner's params when the dynamics is a GRU."""
 
@@ -102,31 +105,46 @@ class Rollout:
         first = _deal(obs[:, None].expand(n, k * p, s).reshape(rows, s), e, pad)  # (E, R, S)
         model, objective = _stepper(self.dynamics), self.objective.prepared()
         noise = model.noise((h, *first.shape), generator, obs)  # (H, E, R, S), or H seeds
-        # The steps write their states into one (H+1, R, E, S) buffer, and the objective scores all
-        # H steps in one call after the loop: its terms (and the reward model) run once per plan
-        # rather than once per step. TS-inf moves states between steps, so its step inputs are a
-        # second buffer; otherwise step t reads what step t-1 wrote.
-        states = first.new_empty(h + 1, *first.transpose(0, 1).shape)
+        # The steps write their states into a (C+1, R, E, S) buffer, and the objective scores C steps
+        # in one call: its terms (and the reward model) run once per C steps rather than once per
+        # step. C is as many steps as keep a chunk's states in cache (all H for a few agents, two at
+        # 256); each chunk starts from the last state of the one before. TS-inf moves states between
+        # steps, so its step inputs are a second buffer; otherwise step j reads what step j-1 wrote.
+        chunk = max(1, min(h, _CHUNK_ROWS // (rows + pad)))
+        states = first.new_empty(chunk + 1, *first.transpose(0, 1).shape)
         states[0] = first.transpose(0, 1)
-        inputs = states[:h] if not self.shuffle else states.new_empty(h, *states.shape[1:])
+        inputs = states[:chunk] if not self.shuffle else states.new_empty(chunk, *states.shape[1:])
         if self.shuffle:
             inputs[0] = states[0]
-        spread = obs.new_zeros(n, k)  # the disagreement penalty's sum over the horizon
-        for t in range(h):
-            out = states[t + 1].transpose(0, 1)  # (E, R, S)
-            mean, nxt = model.sample(inputs[t].transpose(0, 1), dealt_acts[t], noise[t],
-                                     want_mean=bool(self.penalty), out=out)
-            if nxt.data_ptr() != out.data_ptr():  # torch's path draws into a new tensor
-                out.copy_(nxt)
-            if self.penalty:
-                spread += self._disagreement(_collect(mean, rows).view(n, k, p, s), dim=2)
-            if self.shuffle and t + 1 < h:
-                inputs[t + 1] = states[t + 1]  # the padding rows too
-                inputs[t + 1].view(-1, s)[:rows] = self._reassign(_rows(states[t + 1], rows), n * k, generator)
-        layout = lambda x, d: _rows(x, rows).view(h, n, k * p, d)  # noqa: E731  (H, N, K*P, D)
-        reward = objective(layout(inputs, s), layout(dealt_acts.transpose(1, 2), a), layout(states[1:], s), params)
-        total = reward.sum(0).view(n, k, p).mean(-1)  # (N, K)
+        total, spread = obs.new_zeros(n, k * p), obs.new_zeros(n, k)  # spread: the penalty's sum over the horizon
+        layout = lambda x, d: _rows(x, rows).view(len(x), n, k * p, d)  # noqa: E731  (C, N, K*P, D)
+        for t0 in range(0, h, chunk):
+            c = min(chunk, h - t0)
+            if t0 and self.shuffle:  # this chunk starts from the previous one's last state
+                self._carry(states[chunk], inputs[0], rows, n * k, generator)
+            elif t0:
+                states[0].copy_(states[chunk])
+            for j in range(c):
+                out = states[j + 1].transpose(0, 1)  # (E, R, S)
+                mean, nxt = model.sample(inputs[j].transpose(0, 1), dealt_acts[t0 + j], noise[t0 + j],
+                                         want_mean=bool(self.penalty), out=out)
+                if nxt.data_ptr() != out.data_ptr():  # torch's path draws into a new tensor
+                    out.copy_(nxt)
+                if self.penalty:
+                    spread += self._disagreement(_collect(mean, rows).view(n, k, p, s), dim=2)
+                if self.shuffle and j + 1 < c:
+                    self._carry(states[j + 1], inputs[j + 1], rows, n * k, generator)
+            reward = objective(layout(inputs[:c], s), layout(dealt_acts[t0:t0 + c].transpose(1, 2), a),
+                               layout(states[1:c + 1], s), params)  # (C, N, K*P)
+            total += reward.sum(0)
+        total = total.view(n, k, p).mean(-1)  # (N, K)
         return total - self.penalty * spread if self.penalty else total
+
+    def _carry(self, state: torch.Tensor, into: torch.Tensor, rows: int, candidates: int,
+               generator: torch.Generator | None) -> None:
+        """TS-inf: the next step's inputs, ``state`` (R, E, S) with each candidate's particles reassigned."""
+        into.copy_(state)  # the padding rows too
+        into.view(-1, state.shape[-1])[:rows] = self._reassign(_rows(state, rows), candidates, generator)
 
     def _reassign(self, state: torch.Tensor, candidates: int, generator: torch.Generator | None) -> torch.Tensor:
         """TS-inf: shuffle each candidate's P particles, which moves them to other members. (M, S) -> (M, S)."""

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from actors.common import pack_rows
 from actors.state import AgentStateStore, Record
 from serving.config import BATCHING
 from serving.metrics import ServingMetrics
@@ -303,7 +304,7 @@ class PlanEngine:
     async def _write(self, records: list[Record], transitions: list[dict[str, Any]]) -> None:
         writes = [self.store.put(records)]
         if self.telemetry is not None and transitions:
-            writes.append(self.telemetry.log.remote(transitions))
+            writes.append(self.telemetry.log.remote(pack_rows(transitions)))
         try:
             await asyncio.gather(*writes)
         except Exception as err:  # the shards and the logger retry on restart; say what was lost if not

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from planners.objectives import GOAL, GoalReward, LearnedReward, Objective
+from planners import rollout as rollout_module
 from planners.rollout import Rollout
 from worldmodel import native
 from worldmodel.dynamics import FoldedDynamics, ProbabilisticEnsemble
@@ -55,3 +56,17 @@ def test_rollouts_leave_their_inputs_untouched_and_are_seeded(propagation: str, 
         second = rollout.returns(obs, actions, {}, torch.Generator().manual_seed(2))
     assert torch.equal(obs, before[0]) and torch.equal(actions, before[1])
     assert torch.equal(first, second) and first.isfinite().all()
+
+
+@pytest.mark.parametrize("propagation, particles, penalty", [("ts1", 1, 0.0), ("tsinf", 3, 0.0), ("ts1", 3, 0.5)])
+def test_scoring_in_chunks_of_steps_changes_no_return(monkeypatch: pytest.MonkeyPatch, propagation: str,
+                                                     particles: int, penalty: float) -> None:
+    dynamics, reward = _models()
+    rollout = Rollout(dynamics, Objective([LearnedReward(reward), GoalReward()]), propagation, particles, penalty)
+    obs, actions, params = torch.randn(5, 6), torch.rand(5, 7, 10, 2) * 2 - 1, {GOAL: torch.randn(5, 2)}
+    with torch.no_grad():
+        whole = rollout.returns(obs, actions, params, torch.Generator().manual_seed(3))  # one chunk of 10 steps
+        rows = 5 * 7 * particles + (-5 * 7 * particles) % 48
+        monkeypatch.setattr(rollout_module, "_CHUNK_ROWS", 3 * rows)  # chunks of 3, 3, 3 and 1 steps
+        chunked = rollout.returns(obs, actions, params, torch.Generator().manual_seed(3))
+    torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-4)
