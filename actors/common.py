@@ -56,3 +56,11 @@ def unpack_rows(rows: Rows) -> list[dict[str, Any]]:
     columns = rows["columns"]
     stacked = {k for k, v in columns.items() if isinstance(v, np.ndarray)}
     return [{k: (v[i].copy() if k in stacked else v[i]) for k, v in columns.items()} for i in range(rows["rows"])]
+
+
+def send_rows(handle: ActorHandle, method: str, rows: Sequence[dict[str, Any]]) -> ray.ObjectRef:
+    """Submit ``handle.<method>(rows)``: as columns through the actor's ``<method>_columns`` where it has one,
+    else as a list (an actor started by an older fleetwm and still running after an upgrade, as
+    detached shards and loggers are)."""
+    columns = getattr(handle, f"{method}_columns", None)
+    return columns.remote(pack_rows(rows)) if columns is not None else getattr(handle, method).remote(list(rows))

@@ -25,11 +25,11 @@ import pickle
 import time
 import zlib
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Awaitable, Sequence
 
 import ray
 
-from actors.common import NAMESPACE, Rows, pack_rows, unpack_rows
+from actors.common import NAMESPACE, Rows, send_rows, unpack_rows
 from worldmodel.data.writer import publish_bytes, resolve_root
 
 Record = dict[str, Any]
@@ -88,18 +88,20 @@ class AgentStateShard:
         self._ensure_loop()
         return [self.records.get(a) for a in agent_ids]
 
-    async def put(self, records: Rows) -> int:
-        """Replace the records of their ``agent_id``s (a list, or its ``pack_rows`` columns); returns how many
-        were written."""
+    async def put(self, records: Sequence[Record]) -> int:
+        """Replace the records of their ``agent_id``s; returns how many were written."""
         self._ensure_loop()
         now = time.time()
-        records = unpack_rows(records)
         for record in records:
             self.records[record["agent_id"]] = {**record, "last_seen": now}
         self.dirty = True
         if self.interval == 0:
             self.snapshot()
         return len(records)
+
+    async def put_columns(self, records: Rows) -> int:
+        """``put`` of records sent as columns (``actors.common.pack_rows``), as the store sends them."""
+        return await self.put(unpack_rows(records))
 
     async def reset(self, agent_ids: Sequence[str]) -> int:
         """Forget ``agent_ids``; returns how many were known."""
@@ -171,15 +173,16 @@ class AgentStateStore:
     def __init__(self, cfg: StateConfig, handles: list[ray.actor.ActorHandle]) -> None:
         self.cfg, self.handles = cfg, handles
 
-    def _calls(self, method: str, agent_ids: Sequence[str], items: Sequence[Any],
-               pack: bool = False) -> tuple[list[list[int]], list[Any]]:
-        """One remote call per shard involved: (rows of each call, their object refs); ``pack``: items
-        (records) go as columns (``pack_rows``)."""
+    def _calls(self, method: str, agent_ids: Sequence[str], items: Sequence[Any]) -> tuple[list[list[int]], list[Any]]:
+        """One remote call per shard involved, submitted now: (rows of each call, their object refs).
+        Records to write go as columns (``actors.common.send_rows``)."""
         groups: dict[int, list[int]] = {}
         for i, a in enumerate(agent_ids):
             groups.setdefault(shard_index(a, len(self.handles)), []).append(i)
-        send = pack_rows if pack else list
-        refs = [getattr(self.handles[s], method).remote(send([items[i] for i in rows])) for s, rows in groups.items()]
+        def call(handle: ray.actor.ActorHandle, part: list[Any]) -> Any:
+            return send_rows(handle, "put", part) if method == "put" else getattr(handle, method).remote(part)
+
+        refs = [call(self.handles[s], [items[i] for i in rows]) for s, rows in groups.items()]
         return list(groups.values()), refs
 
     @staticmethod
@@ -197,8 +200,13 @@ class AgentStateStore:
 
     async def put(self, records: Sequence[Record]) -> int:
         """Write records (each has ``agent_id``); returns how many."""
-        _, refs = self._calls("put", [r["agent_id"] for r in records], records, pack=True)
-        return sum(await asyncio.gather(*refs))
+        return await self.submit_put(records)
+
+    def submit_put(self, records: Sequence[Record]) -> Awaitable[int]:
+        """Submit the write of ``records`` now, so that any call made to the shards after it sees it, and
+        return an awaitable of how many were written."""
+        _, refs = self._calls("put", [r["agent_id"] for r in records], records)
+        return _total(refs)
 
     async def reset(self, agent_ids: Sequence[str]) -> int:
         """Forget agents; returns how many were known."""
@@ -210,7 +218,7 @@ class AgentStateStore:
         return self._gather(rows, ray.get(refs), len(agent_ids))
 
     def put_sync(self, records: Sequence[Record]) -> int:
-        _, refs = self._calls("put", [r["agent_id"] for r in records], records, pack=True)
+        _, refs = self._calls("put", [r["agent_id"] for r in records], records)
         return sum(ray.get(refs))
 
     def reset_sync(self, agent_ids: Sequence[str]) -> int:
@@ -219,6 +227,10 @@ class AgentStateStore:
 
     def stats(self) -> list[dict[str, Any]]:
         return ray.get([h.stats.remote() for h in self.handles])
+
+
+async def _total(refs: list[Any]) -> int:
+    return sum(await asyncio.gather(*refs))
 
 
 def start_state_shards(cfg: StateConfig, detached: bool = False, **actor_options: Any) -> AgentStateStore:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -44,13 +44,12 @@ class TelemetryLogger:
         self._task: asyncio.Task[None] | None = None
         self._last_flush = time.monotonic()
 
-    async def log(self, rows: Rows) -> int:
-        """Buffer rows (a list, or its ``pack_rows`` columns), dropping any already seen; returns how many
-        were new."""
+    async def log(self, rows: Sequence[Row]) -> int:
+        """Buffer rows, dropping any already seen; returns how many were new."""
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._periodic())
         fresh = 0
-        for row in unpack_rows(rows):
+        for row in rows:
             key = (str(row["eps_id"]), int(row["t"]))
             if key in self.seen:
                 self.duplicates += 1
@@ -63,6 +62,10 @@ class TelemetryLogger:
         if len(self.buffer) >= self.flush_rows:
             self.flush()
         return fresh
+
+    async def log_columns(self, rows: Rows) -> int:
+        """``log`` of rows sent as columns (``actors.common.pack_rows``), as the fleet endpoint sends them."""
+        return await self.log(unpack_rows(rows))
 
     def flush(self) -> int:
         """Write the buffer now; returns rows written."""

@@ -13,6 +13,8 @@ Shapes: ``N`` agents, ``K`` candidates, ``H`` horizon, ``E`` members, ``P`` part
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from planners.objectives import Objective, Params
@@ -105,6 +107,9 @@ class Rollout:
         first = _deal(obs[:, None].expand(n, k * p, s).reshape(rows, s), e, pad)  # (E, R, S)
         model, objective = _stepper(self.dynamics), self.objective.prepared()
         noise = model.noise((h, *first.shape), generator, obs)  # (H, E, R, S), or H seeds
+        if torch.is_grad_enabled() and (actions.requires_grad or obs.requires_grad):
+            total, spread = self._stepwise(first, dealt_acts, noise, model, objective, params, (n, k, p), generator)
+            return total - self.penalty * spread if self.penalty else total
         # The steps write their states into a (C+1, R, E, S) buffer, and the objective scores C steps
         # in one call: its terms (and the reward model) run once per C steps rather than once per
         # step. C is as many steps as keep a chunk's states in cache (all H for a few agents, two at
@@ -140,9 +145,30 @@ class Rollout:
         total = total.view(n, k, p).mean(-1)  # (N, K)
         return total - self.penalty * spread if self.penalty else total
 
+    def _stepwise(self, first: torch.Tensor, dealt_acts: torch.Tensor, noise: torch.Tensor | list[int], model: Any,
+                  objective: Objective, params: Params, nkp: tuple[int, int, int],
+                  generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``_sampled`` for gradients through the rollout (gradient MPC): every step out of place and scored
+        as it is taken, as autograd keeps each step's tensors for the backward pass. Returns the (N, K)
+        mean return and the disagreement's sum over the horizon."""
+        (n, k, p), e, s, a = nkp, self.members, first.shape[-1], dealt_acts.shape[-1]
+        rows, pad = n * k * p, first.shape[0] * first.shape[1] - n * k * p
+        state, total, spread = first, first.new_zeros(n, k * p), first.new_zeros(n, k)
+        for t in range(len(dealt_acts)):
+            mean, nxt = model.sample(state, dealt_acts[t], noise[t], want_mean=bool(self.penalty))
+            reached = _collect(nxt, rows)
+            total = total + objective(_collect(state, rows).view(1, n, k * p, s),
+                                      _collect(dealt_acts[t], rows).view(1, n, k * p, a),
+                                      reached.view(1, n, k * p, s), params)[0]
+            if self.penalty:
+                spread = spread + self._disagreement(_collect(mean, rows).view(n, k, p, s), dim=2)
+            state = _deal(self._reassign(reached, n * k, generator), e, pad) if self.shuffle else nxt
+        return total.view(n, k, p).mean(-1), spread
+
     def _carry(self, state: torch.Tensor, into: torch.Tensor, rows: int, candidates: int,
                generator: torch.Generator | None) -> None:
-        """TS-inf: the next step's inputs, ``state`` (R, E, S) with each candidate's particles reassigned."""
+        """TS-inf: the next step's inputs, ``state`` (R, E, S) with each candidate's particles reassigned
+        (padding rows keep their own states: simulated and dropped, they only need to be finite)."""
         into.copy_(state)  # the padding rows too
         into.view(-1, state.shape[-1])[:rows] = self._reassign(_rows(state, rows), candidates, generator)
 

@@ -148,7 +148,12 @@ def _replay(body: bytes) -> Receive:
 
 
 async def _send_json(send: Send, status: int, payload: dict[str, Any]) -> None:
-    data = json.dumps(payload, separators=(",", ":")).encode()
+    """``payload`` as FastAPI's route would answer it: None fields left out, non-finite numbers as null."""
+    payload = {k: v for k, v in payload.items() if v is not None}
+    try:
+        data = json.dumps(payload, separators=(",", ":"), allow_nan=False).encode()
+    except ValueError:  # a NaN or infinity in an answer (a diverging model): null, as the route's response model writes
+        data = PlanResponse.model_validate(payload).model_dump_json(exclude_none=True).encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]})
     await send({"type": "http.response.body", "body": data})
@@ -225,8 +230,11 @@ class FleetIngress:
                 name=self.cfg.telemetry_name, namespace=NAMESPACE, get_if_exists=True, lifetime="detached",
                 num_cpus=0, max_restarts=-1, max_task_retries=-1).remote(self.cfg.log_uri)
         self.metrics = serving_metrics()
-        # One ingress replica writes every agent's records, so it may keep its own copy of them.
-        cache = RecordCache(self.cfg.state.ttl_s) if self.cfg.ingress_autoscaling.get("max_replicas") == 1 else None
+        # One ingress replica writes every agent's records, so it may keep its own copy of them. (A Serve
+        # config that overrides the replica count bypasses this check; see RecordCache.)
+        scaling = self.cfg.ingress_autoscaling
+        cache = RecordCache(self.cfg.state.ttl_s) if isinstance(scaling, dict) and scaling.get("max_replicas") == 1 \
+            else None
         self.engine = PlanEngine(planner, store, telemetry, shadow, self.metrics, self.cfg.default_deadline_ms, cache)
         self.batching: dict[str, Any] = {}
         self._spec: dict[str, Any] | None = None
@@ -270,9 +278,8 @@ class FleetIngress:
             auth = headers.get(b"authorization")
             if auth is None or not hmac.compare_digest(auth, self._expected_auth):
                 return None
-        content_type = headers.get(b"content-type")
-        if content_type is None or not content_type.startswith(b"application/json"):
-            return None
+        if headers.get(b"content-type", b"").split(b";")[0].strip().lower() != b"application/json":
+            return None  # FastAPI's route decides what other types mean
         try:
             req = PlanRequest.model_validate_json(body)
             await self._check(req, "")
@@ -280,7 +287,7 @@ class FleetIngress:
             return None
         answer = await self._answer(req, start)
         self.metrics.latency.observe(time.monotonic() - start, tags={"route": "plan"})
-        return {k: v for k, v in answer.items() if v is not None}
+        return answer
 
     @api.post("/v1/plan/batch", response_model=BatchResponse, response_model_exclude_none=True)
     async def plan_batch(self, body: BatchRequest, authorization: str | None = Header(default=None)) -> dict:

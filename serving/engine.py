@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from actors.common import pack_rows
+from actors.common import send_rows
 from actors.state import AgentStateStore, Record
 from serving.config import BATCHING
 from serving.metrics import ServingMetrics
@@ -61,7 +61,10 @@ class RecordCache:
     third of each cycle. This copy is exact only while this replica is the one writer of its agents'
     records, which holds with one ingress replica (``FleetIngress`` decides); the shards stay the
     durable copy, written every batch as before, and a restarted replica starts empty and reads them.
-    Agents idle for ``ttl_s`` (the shards' eviction age) are dropped here too.
+    Agents idle for ``ttl_s`` (the shards' eviction age) are dropped here too. While a redeploy runs
+    an old and a new replica side by side, an agent served by both in turn may be planned once from
+    a record a step old; a Serve config that sets the ingress's replica count itself must keep
+    ``ingress_autoscaling.max_replicas`` in step with it.
     """
 
     SWEEP_S = 60.0
@@ -73,19 +76,22 @@ class RecordCache:
         self._swept = time.monotonic()
 
     def get(self, agent_ids: list[str]) -> list[Record | None]:
-        return [self.records.get(a) for a in agent_ids]
+        """The records of ``agent_ids``, None for those not here or idle past the TTL (as the shards evict)."""
+        cutoff = time.time() - self.ttl_s
+        found = [self.records.get(a) for a in agent_ids]
+        return [r if r is not None and r.get("updated", 0.0) >= cutoff else None for r in found]
 
     def put(self, records: list[Record]) -> None:
         self.records.update((r["agent_id"], r) for r in records)
-        if time.monotonic() - self._swept > self.SWEEP_S:
+        if time.monotonic() - self._swept > self.SWEEP_S:  # the memory of agents that went away
             self._swept = time.monotonic()
             cutoff = time.time() - self.ttl_s
-            for agent in [a for a, r in self.records.items() if r["updated"] < cutoff]:
+            for agent in [a for a, r in self.records.items() if r.get("updated", 0.0) < cutoff]:
                 del self.records[agent]
 
-    def drop(self, agent_ids: list[str]) -> None:
-        for a in agent_ids:
-            self.records.pop(a, None)
+    def drop(self, agent_ids: list[str]) -> int:
+        """Forget agents; returns how many were here."""
+        return sum(self.records.pop(a, None) is not None for a in agent_ids)
 
 
 class PlanEngine:
@@ -187,10 +193,10 @@ class PlanEngine:
         return records
 
     async def reset(self, agent_ids: list[str]) -> int:
-        """Forget agents (their next request starts fresh); returns how many the shards knew."""
-        if self.cache is not None:
-            self.cache.drop(agent_ids)
-        return await self.store.reset(agent_ids)
+        """Forget agents (their next request starts fresh); returns how many were known (for one agent:
+        whether it was)."""
+        cached = self.cache.drop(agent_ids) if self.cache is not None else 0
+        return max(await self.store.reset(agent_ids), cached)
 
     async def _plan(self, requests: list[PlanRequest], records: list[Record | None],
                     arrived: list[float]) -> list[dict[str, Any]]:
@@ -225,19 +231,24 @@ class PlanEngine:
             ended = req.done or req.truncated
             records_out.append({
                 "agent_id": req.agent_id, "request_id": req.request_id, "response": answer,
-                "model_version": version, "warm": None if ended else result["warm"][i],
-                "hidden": None if ended or result["hidden"] is None else result["hidden"][i],
+                # Copies of the batch's rows: a kept record must not keep its whole batch alive.
+                "model_version": version, "warm": None if ended else result["warm"][i].copy(),
+                "hidden": None if ended or result["hidden"] is None else result["hidden"][i].copy(),
                 # After the episode's last observation the next request starts a new episode.
-                "obs": None if ended else obs[i], "action": None if ended else result["actions"][i],
-                "predicted": None if ended else result["trajectory"][i, 1],
+                "obs": None if ended else obs[i].copy(), "action": None if ended else result["actions"][i].copy(),
+                "predicted": None if ended else result["trajectory"][i, 1].copy(),
                 "eps_id": rec["eps_id"] if continuing else f"{req.agent_id}-{uuid.uuid4().hex[:12]}",
                 "t": rec["t"] + 1 if continuing else 0, "updated": now})
+        # The writes are submitted now, before anything else is sent to the shards, and finish while the
+        # answers travel back: a retry of one of these requests, in this batch's second pass or a later
+        # cycle, reaches the shard after this write (calls from one process to one actor run in
+        # submission order), so it finds its answer; the logger drops repeats by (episode, step).
+        writes = [self.store.submit_put(records_out)]
+        if self.telemetry is not None and transitions:
+            writes.append(_log(self.telemetry, transitions))
+        self._spawn(self._written(writes, len(records_out), len(transitions)))
         if self.cache is not None:  # before a second pass of this batch reads them
             self.cache.put(records_out)
-        # The writes are submitted now and finish while the answers travel back. A retry of one of
-        # these requests reaches the shard after this write (calls from one process to one actor run
-        # in submission order), so it finds its answer; the logger drops repeats by (episode, step).
-        self._spawn(self._write(records_out, transitions))
         self._observe(n, version, result, errors, len(transitions))
         if self.shadow is not None:
             self._spawn(self._compare_shadow(batch, result["actions"], transitions))
@@ -301,14 +312,12 @@ class PlanEngine:
         if logged:
             m.logged.inc(logged)
 
-    async def _write(self, records: list[Record], transitions: list[dict[str, Any]]) -> None:
-        writes = [self.store.put(records)]
-        if self.telemetry is not None and transitions:
-            writes.append(self.telemetry.log.remote(pack_rows(transitions)))
+    @staticmethod
+    async def _written(writes: list[Any], records: int, transitions: int) -> None:
         try:
             await asyncio.gather(*writes)
         except Exception as err:  # the shards and the logger retry on restart; say what was lost if not
-            logger.error("writing %d agent records / %d transitions failed: %s", len(records), len(transitions), err)
+            logger.error("writing %d agent records / %d transitions failed: %s", records, transitions, err)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -340,3 +349,8 @@ class PlanEngine:
             if role == "shadow":  # production's is recorded when its batch is answered
                 self.metrics.prediction_error.observe(scored["mean_error"],
                                                       tags={"model_version": scored["model_version"], "role": role})
+
+
+def _log(telemetry: Any, transitions: list[dict[str, Any]]) -> Any:
+    """Submit transitions to the telemetry logger, as columns where it takes them (see ``send_rows``)."""
+    return send_rows(telemetry, "log", transitions)

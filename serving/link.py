@@ -44,7 +44,7 @@ class _Http11(asyncio.Protocol):
             return
         try:
             self._parse()
-        except (ValueError, ProtocolError) as err:
+        except (ValueError, IndexError, ProtocolError) as err:
             self.answer.set_exception(ProtocolError(f"unreadable answer: {err}"))
 
     def _parse(self) -> None:
@@ -70,7 +70,8 @@ class _Http11(asyncio.Protocol):
             body = bytes(self.buffer[:length])
             del self.buffer[:length]
             self.head = None
-            self.answer.set_result((status, body, keep))  # type: ignore[union-attr]
+            # Bytes past the answer belong to no request: the connection is not reused.
+            self.answer.set_result((status, body, keep and not self.buffer))  # type: ignore[union-attr]
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -112,34 +113,42 @@ class AgentLink:
                 await asyncio.sleep(p.delay(attempt))
             p.stats.attempts += 1
             try:
-                status, text, keep = await self._exchange(request + data)
+                status, text = await self._exchange(request + data)
+                answer = json.loads(text) if status < 400 else None
             except asyncio.TimeoutError:
-                self.close()  # the late answer must not be read as the next one's
                 last: FleetClientError = TransportError("timeout", f"no answer within {p.timeout_s:g} s")
                 continue
-            except (OSError, ProtocolError) as err:
-                self.close()
+            except (OSError, ValueError, ProtocolError) as err:  # ValueError: a body that is not JSON
                 last = TransportError("connection", f"{type(err).__name__}: {err}")
                 continue
-            if not keep:
-                self.close()
             if status < 400:
-                return json.loads(text)
+                return answer
             last = p.error(status, text.decode("utf-8", "replace"))
             if status < 500:
                 break
         p.stats.failures += 1
         raise p.exhausted("POST", path, last)
 
-    async def _exchange(self, request: bytes) -> tuple[int, bytes, bool]:
+    async def _exchange(self, request: bytes) -> tuple[int, bytes]:
+        """One request and its answer on a clean connection. Whatever ends it otherwise (a timeout, an error,
+        the caller's cancellation) closes the connection, so a late answer is never read as the next one's."""
         loop = asyncio.get_running_loop()
-        async with asyncio.timeout(self._p.timeout_s):  # connecting and answering, as the clients count it
-            if self._conn is None or self._conn.closed:
-                _, self._conn = await loop.create_connection(_Http11, self._host, self._port, ssl=self._ssl)
-            conn = self._conn
-            conn.answer = loop.create_future()
-            conn.transport.write(request)  # type: ignore[union-attr]
-            return await conn.answer
+        done = False
+        try:
+            async with asyncio.timeout(self._p.timeout_s):  # connecting and answering, as the clients count it
+                conn = self._conn
+                if conn is None or conn.closed or conn.buffer or conn.head is not None:
+                    self.close()
+                    _, conn = await loop.create_connection(_Http11, self._host, self._port, ssl=self._ssl)
+                    self._conn = conn
+                conn.answer = loop.create_future()
+                conn.transport.write(request)  # type: ignore[union-attr]
+                status, body, keep = await conn.answer
+            done = keep
+            return status, body
+        finally:
+            if not done:
+                self.close()
 
     def close(self) -> None:
         if self._conn is not None and self._conn.transport is not None:

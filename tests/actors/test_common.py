@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from actors.common import pack_rows, unpack_rows
+from actors.common import pack_rows, send_rows, unpack_rows
 
 
 def _row(i: int, warm: np.ndarray | None) -> dict:
@@ -33,3 +33,35 @@ def test_rows_that_cannot_be_columns_travel_as_they_are() -> None:
     shapes = [{"x": np.zeros(2)}, {"x": np.zeros(3)}]  # one field, two shapes: a list
     assert [r["x"].shape for r in unpack_rows(pack_rows(shapes))] == [(2,), (3,)]
     assert pack_rows([]) == [] and unpack_rows([]) == []
+
+
+class _Method:
+    def __init__(self, calls: list, name: str) -> None:
+        self.calls, self.name = calls, name
+
+    def remote(self, arg: object) -> str:
+        self.calls.append((self.name, arg))
+        return "ref"
+
+
+class _OldShard:
+    """An actor handle from before the columnar calls: ``put`` only."""
+
+    def __init__(self) -> None:
+        self.calls: list = []
+        self.put = _Method(self.calls, "put")
+
+
+class _NewShard(_OldShard):
+    def __init__(self) -> None:
+        super().__init__()
+        self.put_columns = _Method(self.calls, "put_columns")
+
+
+def test_rows_go_as_columns_only_to_actors_that_take_them() -> None:
+    rows = [_row(i, None) for i in range(2)]
+    old, new = _OldShard(), _NewShard()
+    assert send_rows(old, "put", rows) == send_rows(new, "put", rows) == "ref"
+    assert old.calls == [("put", rows)]  # an actor still running older code gets the list it understands
+    (name, packed), = new.calls
+    assert name == "put_columns" and packed["rows"] == 2

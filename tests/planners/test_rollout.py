@@ -70,3 +70,23 @@ def test_scoring_in_chunks_of_steps_changes_no_return(monkeypatch: pytest.Monkey
         monkeypatch.setattr(rollout_module, "_CHUNK_ROWS", 3 * rows)  # chunks of 3, 3, 3 and 1 steps
         chunked = rollout.returns(obs, actions, params, torch.Generator().manual_seed(3))
     torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("propagation, particles, penalty", [("ts1", 1, 0.0), ("tsinf", 3, 0.0), ("ts1", 3, 0.5)])
+def test_gradients_flow_through_sampled_rollouts(monkeypatch: pytest.MonkeyPatch, propagation: str, particles: int,
+                                                 penalty: float) -> None:
+    # Gradient MPC differentiates the return with respect to the actions: the rollout must build its
+    # steps out of place then, and score them as the buffered path does.
+    dynamics, reward = _models()
+    monkeypatch.setattr(FoldedDynamics, "noise", lambda self, shape, generator, like: torch.randn(
+        shape, generator=generator))
+    monkeypatch.setattr(rollout_module, "_CHUNK_ROWS", 1)  # the buffered path in chunks of one step
+    rollout = Rollout(dynamics, Objective([LearnedReward(reward), GoalReward()]), propagation, particles, penalty)
+    obs, params = torch.randn(4, 6), {GOAL: torch.randn(4, 2)}
+    actions = (torch.rand(4, 5, 6, 2) * 2 - 1).requires_grad_()
+    returns = rollout.returns(obs, actions, params, torch.Generator().manual_seed(4))
+    returns.sum().backward()
+    assert actions.grad is not None and actions.grad.abs().sum() > 0
+    with torch.no_grad():
+        buffered = rollout.returns(obs, actions, params, torch.Generator().manual_seed(4))
+    torch.testing.assert_close(returns.detach(), buffered, rtol=1e-5, atol=1e-4)

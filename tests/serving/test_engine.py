@@ -50,9 +50,13 @@ class _Store:
     async def get(self, agent_ids: list[str]) -> list[dict[str, Any] | None]:
         return [self.records.get(a) for a in agent_ids]
 
-    async def put(self, records: list[dict[str, Any]]) -> int:
-        self.records.update((r["agent_id"], r) for r in records)
-        return len(records)
+    def submit_put(self, records: list[dict[str, Any]]) -> Any:
+        self.records.update((r["agent_id"], r) for r in records)  # submitted at once, as the real store's
+        return _count(len(records))
+
+
+async def _count(n: int) -> int:
+    return n
 
 
 class _Metric:
@@ -145,3 +149,11 @@ def test_record_cache_drops_idle_agents() -> None:
     cache._swept -= RecordCache.SWEEP_S + 1  # a sweep is due
     cache.put([{"agent_id": "fresh", "updated": time.time()}])
     assert cache.get(["old", "fresh"])[0] is None and cache.get(["fresh"])[0] is not None
+    cache.records["stale"] = {"agent_id": "stale", "updated": time.time() - 11}  # idle past the TTL, not swept
+    assert cache.get(["stale"]) == [None]
+
+
+def test_reset_counts_an_agent_only_the_cache_knew() -> None:
+    engine = PlanEngine(_Planner("1.0.0", 0.5), _CountingStore(), None, None, _Metrics(), None, RecordCache(3600))
+    engine.cache.put([{"agent_id": "cached", "updated": time.time()}])
+    assert asyncio.run(engine.reset(["cached"])) == 1 and asyncio.run(engine.reset(["cached"])) == 0

@@ -12,8 +12,8 @@ from cluster.runtime import free_port
 from serving.client import APIError, RetryPolicy, TransportError
 from serving.link import AgentLink
 
-Answer = Callable[[int, dict[str, Any], dict[str, str]], bytes | None]
-"""(request number, body, headers) -> the raw answer, or None to never answer."""
+Answer = Callable[[int, dict[str, Any], dict[str, str]], bytes | tuple[float, bytes] | None]
+"""(request number, body, headers) -> the raw answer (or seconds to wait, then it), or None to never answer."""
 
 
 def _http(status: int, payload: Any, *, version: str = "1.1", extra: str = "") -> bytes:
@@ -37,6 +37,9 @@ def _serve(answer: Answer, go: Callable[[str, dict[str, Any]], Awaitable[Any]]) 
                 raw = answer(len(seen["requests"]), body, headers)
                 if raw is None:
                     await asyncio.sleep(3600)
+                if isinstance(raw, tuple):
+                    await asyncio.sleep(raw[0])
+                    raw = raw[1]
                 writer.write(raw)
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):
@@ -129,3 +132,38 @@ def test_unreadable_answers_and_closed_ports_are_connection_errors() -> None:
         return err.value
 
     assert asyncio.run(closed()).kind == "connection"
+
+
+def test_a_late_answer_is_never_read_as_the_next_ones() -> None:
+    # The first request is cancelled before its (slow) answer; the second must get its own answer.
+    async def go(url: str, seen: dict[str, Any]) -> Any:
+        link = _link(url)
+        first = asyncio.ensure_future(link.post("/p", {"i": 0}))
+        await asyncio.sleep(0.05)
+        first.cancel()
+        return [await link.post("/p", {"i": i}) for i in (1, 2)]
+
+    def answer(n: int, body: dict[str, Any], _: dict[str, str]) -> bytes | tuple[float, bytes]:
+        return (0.2, _http(200, body)) if n == 1 else _http(200, body)  # the first answers after its caller gave up
+
+    seen = _serve(answer, go)
+    assert seen["result"] == [{"i": 1}, {"i": 2}]
+
+
+def test_bytes_past_an_answer_and_non_json_bodies_are_not_taken_for_answers() -> None:
+    async def go(url: str, seen: dict[str, Any]) -> Any:
+        link = _link(url, retries=0)
+        out = [await link.post("/p", {"i": 0}), await link.post("/p", {"i": 1})]
+        with pytest.raises(TransportError, match="JSON") as err:
+            await link.post("/p", {"i": "text"})
+        return out, err.value.kind
+
+    def answer(n: int, body: dict[str, Any], _: dict[str, str]) -> bytes:
+        if body["i"] == "text":
+            return b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
+        return _http(200, body) + (_http(200, "STALE") if n == 1 else b"")
+
+    seen = _serve(answer, go)
+    (first, second), kind = seen["result"]
+    assert first == {"i": 0} and second == {"i": 1} and kind == "connection"
+    assert seen["connections"] >= 2  # the connection with stray bytes was not reused
