@@ -110,7 +110,7 @@ class _FastPlan:
         self._ingress: "FleetIngress | None" = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] != "/v1/plan" or scope["method"] != "POST":
+        if scope["type"] != "http" or scope["method"] != "POST" or _route_path(scope) != "/v1/plan":
             await self.app(scope, receive, send)
             return
         body, more = b"", True
@@ -128,23 +128,29 @@ class _FastPlan:
             await _send_json(send, err.status_code, {"error": str(err.detail)})
             return
         if answer is None:
-            await self.app(scope, _replay(body), send)
+            await self.app(scope, _replay(body, receive), send)
             return
         await _send_json(send, 200, answer)
 
 
-def _replay(body: bytes) -> Receive:
-    """A ``receive`` that hands on a body already read, then reports the client gone."""
+def _route_path(scope: Scope) -> str:
+    """The path the app's routes see: without the app's ``root_path`` (a Serve route prefix other than /)."""
+    path, root = scope["path"], scope.get("root_path", "")
+    return path[len(root):] if root and path.startswith(root) else path
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A ``receive`` that hands on a body already read, then whatever the connection says next."""
     sent = False
 
-    async def receive() -> Message:
+    async def replay() -> Message:
         nonlocal sent
         if sent:
-            return {"type": "http.disconnect"}
+            return await receive()
         sent = True
         return {"type": "http.request", "body": body, "more_body": False}
 
-    return receive
+    return replay
 
 
 async def _send_json(send: Send, status: int, payload: dict[str, Any]) -> None:
