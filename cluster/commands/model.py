@@ -11,7 +11,7 @@ from typing import Any
 from cluster.commands.report import plot_training
 from worldmodel.artifact import check_version, load_model, save_model
 from worldmodel.config import DYNAMICS_KINDS, ModelConfig, TrainConfig
-from worldmodel.data import TrajectoryWriter, data_fingerprint, read_env_id, read_transitions
+from worldmodel.data import TrajectoryWriter, data_fingerprint, read_env_id, read_transitions, require_log_files
 from worldmodel.envs import make_env, space_spec
 from worldmodel.envs.collect import collect
 from worldmodel.training import train_world_model
@@ -96,17 +96,19 @@ def run_train(args: argparse.Namespace) -> dict[str, Any]:
     check_version(args.version)
     if Path(args.out).exists() and not args.force:
         raise FileExistsError(f"{args.out} already exists; pass --force to replace it")
-    env_id = args.env or read_env_id(args.data)
+    # Listed once, so the fingerprint covers exactly the files read (and a remote tree is listed once).
+    files = require_log_files(args.data)[2]
+    env_id = args.env or read_env_id(args.data, files=files)
     if not env_id:
         raise ValueError(f"the logs under {args.data} record no env id; pass --env")
     spec = space_spec(make_env(env_id), env_id)
     model_cfg, train_cfg = configs_from_args(args, device=args.device)
-    data = read_transitions(args.data)
+    data = read_transitions(args.data, files=files)
     verbose = not (args.json or args.quiet)
     log = (lambda m: print(m, file=sys.stderr)) if verbose else (lambda m: None)
     start = time.perf_counter()
     model = train_world_model(data, spec, model_cfg, train_cfg, progress=verbose, log=log)
-    model.version, model.data_fingerprint = args.version, data_fingerprint(args.data)
+    model.version, model.data_fingerprint = args.version, data_fingerprint(args.data, files=files)
     out = save_model(model, args.out, overwrite=args.force)
     png = plot_training(model.metrics, out / "training.png", title=f"{env_id} world model v{args.version}")
     result = {"command": "train", "model_dir": str(out), "version": model.version, "env": env_id,

@@ -41,6 +41,19 @@ def test_collect_train_info_round_trip(capsys: pytest.CaptureFixture[str], tmp_p
     assert "world model v1.0.0" in capsys.readouterr().out
 
 
+def test_train_lists_the_logs_once(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+                                   trained: tuple[Path, Path], tmp_path: Path) -> None:
+    # One listing, so the fingerprint covers exactly the files trained on (and a remote tree is listed once).
+    from worldmodel.data import reader
+
+    listings: list[str] = []
+    real = reader._list
+    monkeypatch.setattr(reader, "_list", lambda fs, base: listings.append(base) or real(fs, base))
+    logs, _ = trained
+    code, out, _ = run_json(capsys, "train", "--data", str(logs), "--out", str(tmp_path / "m"), *FAST_TRAIN)
+    assert code == 0 and len(listings) == 1, listings
+
+
 def test_train_refuses_to_overwrite(capsys: pytest.CaptureFixture[str], trained: tuple[Path, Path]) -> None:
     capsys.readouterr()
     logs, model = trained

@@ -1,7 +1,8 @@
 """Trajectory logs: the schema, the in-memory batch, and Parquet writing and reading."""
 
 from worldmodel.data.batch import Transitions
-from worldmodel.data.reader import SchemaError, data_fingerprint, list_log_files, read_env_id, read_transitions
+from worldmodel.data.reader import (SchemaError, data_fingerprint, list_log_files, read_env_id, read_transitions,
+                                    require_log_files)
 from worldmodel.data.writer import TrajectoryWriter, write_transitions
 
 __all__ = [
@@ -12,5 +13,6 @@ __all__ = [
     "list_log_files",
     "read_env_id",
     "read_transitions",
+    "require_log_files",
     "write_transitions",
 ]

@@ -73,11 +73,13 @@ def require_log_files(root: str, filesystem: pafs.FileSystem | None = None) -> t
     return fs, base, files
 
 
-def read_transitions(root: str, filesystem: pafs.FileSystem | None = None) -> Transitions:
+def read_transitions(root: str, filesystem: pafs.FileSystem | None = None, *,
+                     files: list[str] | None = None) -> Transitions:
     """Read every log file under ``root``.
 
     Every file's schema is checked before any data is read, so a bad file fails
     fast with its name instead of surfacing as a cast error deep in a scan.
+    ``files``: ``root``'s files as ``require_log_files`` returns them, when the caller has listed them already.
 
     Returns:
         B transitions sorted by (agent_id, eps_id, t, timestamp), independent of file order.
@@ -86,7 +88,8 @@ def read_transitions(root: str, filesystem: pafs.FileSystem | None = None) -> Tr
         FileNotFoundError: no log files under ``root``.
         SchemaError: a file is not Parquet or does not match the trajectory schema.
     """
-    fs, _, files = require_log_files(root, filesystem)
+    fs, _ = resolve_root(root, filesystem)
+    files = files or require_log_files(root, filesystem)[2]
     fragments, obs_dim, act_dim = check_log_files(files, fs)
     expected = sc.trajectory_schema(obs_dim, act_dim)
     # Scanning with the expected schema drops unknown extra columns and renames the
