@@ -164,11 +164,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             warm_up(url)
             for row, n in enumerate(counts):
                 run_loop(drive_fleet(url, n, args.hz, 2.0, no_fly_zones=args.no_fly_zones, seed=args.seed + 100,
-                                        drain=False))  # and batches of the sizes this fleet makes
+                                     drain=False))  # and batches of the sizes this fleet makes
                 say(f"fleetwm: {n} agents at {args.hz:g} Hz, {args.no_fly_zones} zones, {args.seconds:g} s")
                 result = run_loop(drive_fleet(url, n, args.hz, args.seconds, no_fly_zones=args.no_fly_zones,
-                                                 seed=args.seed + 1 + 1000 * row, progress=say,
-                                                 trace=trace if n == counts[-1] else None))
+                                              seed=args.seed + 1 + 1000 * row, progress=say,
+                                              trace=trace if n == counts[-1] else None))
                 rows.append({"agents": n} | _row(result))
         ours_result = result
         # `wm serve` flushed its telemetry when it stopped: what every row's agents sent came back as logs.

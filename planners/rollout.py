@@ -107,21 +107,30 @@ class Rollout:
         first = _deal(obs[:, None].expand(n, k * p, s).reshape(rows, s), e, pad)  # (E, R, S)
         model, objective = _stepper(self.dynamics), self.objective.prepared()
         noise = model.noise((h, *first.shape), generator, obs)  # (H, E, R, S), or H seeds
-        if torch.is_grad_enabled() and (actions.requires_grad or obs.requires_grad):
-            total, spread = self._stepwise(first, dealt_acts, noise, model, objective, params, (n, k, p), generator)
-            return total - self.penalty * spread if self.penalty else total
+        differentiable = torch.is_grad_enabled() and (actions.requires_grad or obs.requires_grad)
+        run = self._stepwise if differentiable else self._chunked
+        total, spread = run(first, dealt_acts, noise, model, objective, params, (n, k, p), generator)
+        return total - self.penalty * spread if self.penalty else total
+
+    def _chunked(self, first: torch.Tensor, dealt_acts: torch.Tensor, noise: torch.Tensor | list[int], model: Any,
+                 objective: Objective, params: Params, nkp: tuple[int, int, int],
+                 generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``_sampled`` without gradients: returns the (N, K) mean return and the disagreement's sum over
+        the horizon (arguments as ``_stepwise``'s)."""
+        (n, k, p), s, a, h = nkp, first.shape[-1], dealt_acts.shape[-1], len(dealt_acts)
+        rows, padded = n * k * p, first.shape[0] * first.shape[1]
         # The steps write their states into a (C+1, R, E, S) buffer, and the objective scores C steps
         # in one call: its terms (and the reward model) run once per C steps rather than once per
         # step. C is as many steps as keep a chunk's states in cache (all H for a few agents, two at
         # 256); each chunk starts from the last state of the one before. TS-inf moves states between
         # steps, so its step inputs are a second buffer; otherwise step j reads what step j-1 wrote.
-        chunk = max(1, min(h, _CHUNK_ROWS // (rows + pad)))
+        chunk = max(1, min(h, _CHUNK_ROWS // padded))
         states = first.new_empty(chunk + 1, *first.transpose(0, 1).shape)
         states[0] = first.transpose(0, 1)
         inputs = states[:chunk] if not self.shuffle else states.new_empty(chunk, *states.shape[1:])
         if self.shuffle:
             inputs[0] = states[0]
-        total, spread = obs.new_zeros(n, k * p), obs.new_zeros(n, k)  # spread: the penalty's sum over the horizon
+        total, spread = first.new_zeros(n, k * p), first.new_zeros(n, k)  # spread: the penalty's sum over the horizon
         layout = lambda x, d: _rows(x, rows).view(len(x), n, k * p, d)  # noqa: E731  (C, N, K*P, D)
         for t0 in range(0, h, chunk):
             c = min(chunk, h - t0)
@@ -142,15 +151,18 @@ class Rollout:
             reward = objective(layout(inputs[:c], s), layout(dealt_acts[t0:t0 + c].transpose(1, 2), a),
                                layout(states[1:c + 1], s), params)  # (C, N, K*P)
             total += reward.sum(0)
-        total = total.view(n, k, p).mean(-1)  # (N, K)
-        return total - self.penalty * spread if self.penalty else total
+        return total.view(n, k, p).mean(-1), spread
 
     def _stepwise(self, first: torch.Tensor, dealt_acts: torch.Tensor, noise: torch.Tensor | list[int], model: Any,
                   objective: Objective, params: Params, nkp: tuple[int, int, int],
                   generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
         """``_sampled`` for gradients through the rollout (gradient MPC): every step out of place and scored
         as it is taken, as autograd keeps each step's tensors for the backward pass. Returns the (N, K)
-        mean return and the disagreement's sum over the horizon."""
+        mean return and the disagreement's sum over the horizon.
+
+        Args: the first states dealt to members (E, R, S), each step's dealt actions (H, E, R, A), the
+        steps' noise, the model's stepper, the prepared objective, its params, (N, K, P), the generator.
+        """
         (n, k, p), e, s, a = nkp, self.members, first.shape[-1], dealt_acts.shape[-1]
         rows, pad = n * k * p, first.shape[0] * first.shape[1] - n * k * p
         state, total, spread = first, first.new_zeros(n, k * p), first.new_zeros(n, k)

@@ -21,7 +21,7 @@ import random
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Awaitable, Callable, Sequence
 
 import aiohttp
 import numpy as np
@@ -121,8 +121,8 @@ class RetryPolicy:
     """URL, token, timeout and retry settings shared by the clients and the simulated fleet's links,
     checked at construction."""
 
-    def __init__(self, url: str, token: str | None, timeout_s: float, retries: int, backoff_s: float,
-                 max_backoff_s: float) -> None:
+    def __init__(self, url: str, token: str | None, timeout_s: float, retries: int, backoff_s: float = 0.05,
+                 max_backoff_s: float = 1.0) -> None:
         if not url.startswith(("http://", "https://")):
             raise ValueError(f"url must start with http:// or https://, got {url!r}")
         if timeout_s <= 0 or retries < 0 or backoff_s < 0 or max_backoff_s < backoff_s:
@@ -145,6 +145,29 @@ class RetryPolicy:
             return APIError(status, str(body.get("error", text[:200])), body.get("detail"))
         except (ValueError, AttributeError):
             return APIError(status, text[:200] or "no body")
+
+    async def call(self, method: str, path: str, attempt: Callable[[], Awaitable[tuple[int, Any]]]) -> Any:
+        """The asyncio clients' retry loop around ``attempt``, one HTTP exchange: it returns the status and
+        the decoded JSON answer (below 400) or the body's text, and raises ``TransportError`` when no
+        answer came. Connection errors, timeouts and 5xx are retried after ``delay``; a 4xx is not."""
+        self.stats.calls += 1
+        for n in range(self.retries + 1):
+            if n:
+                self.stats.retries += 1
+                await asyncio.sleep(self.delay(n))
+            self.stats.attempts += 1
+            try:
+                status, payload = await attempt()
+            except TransportError as err:
+                last: FleetClientError = err
+                continue
+            if status < 400:
+                return payload
+            last = self.error(status, payload)
+            if status < 500:
+                break
+        self.stats.failures += 1
+        raise self.exhausted(method, path, last)
 
     def exhausted(self, method: str, path: str, err: FleetClientError) -> FleetClientError:
         if isinstance(err, APIError):
@@ -287,26 +310,16 @@ class AsyncFleetClient:
         return self._session
 
     async def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        p, session = self._p, self._open()
-        p.stats.calls += 1
-        for attempt in range(p.retries + 1):
-            if attempt:
-                p.stats.retries += 1
-                await asyncio.sleep(p.delay(attempt))
-            p.stats.attempts += 1
+        session = self._open()
+
+        async def attempt() -> tuple[int, Any]:
             try:
-                async with session.request(method, p.url + path, json=body) as r:
+                async with session.request(method, self._p.url + path, json=body) as r:
                     text = await r.text()
             except asyncio.TimeoutError as err:
-                last: FleetClientError = TransportError("timeout", f"{type(err).__name__} {err}".strip())
-                continue
+                raise TransportError("timeout", f"{type(err).__name__} {err}".strip()) from None
             except aiohttp.ClientError as err:
-                last = TransportError("connection", f"{type(err).__name__}: {err}")
-                continue
-            if r.status < 400:
-                return json.loads(text)
-            last = p.error(r.status, text)
-            if r.status < 500:
-                break
-        p.stats.failures += 1
-        raise p.exhausted(method, path, last)
+                raise TransportError("connection", f"{type(err).__name__}: {err}") from None
+            return r.status, json.loads(text) if r.status < 400 else text
+
+        return await self._p.call(method, path, attempt)

@@ -245,7 +245,7 @@ class PlanEngine:
         # submission order), so it finds its answer; the logger drops repeats by (episode, step).
         writes = [self.store.submit_put(records_out)]
         if self.telemetry is not None and transitions:
-            writes.append(_log(self.telemetry, transitions))
+            writes.append(send_rows(self.telemetry, "log", transitions))  # as columns where it takes them
         self._spawn(self._written(writes, len(records_out), len(transitions)))
         if self.cache is not None:  # before a second pass of this batch reads them
             self.cache.put(records_out)
@@ -349,8 +349,3 @@ class PlanEngine:
             if role == "shadow":  # production's is recorded when its batch is answered
                 self.metrics.prediction_error.observe(scored["mean_error"],
                                                       tags={"model_version": scored["model_version"], "role": role})
-
-
-def _log(telemetry: Any, transitions: list[dict[str, Any]]) -> Any:
-    """Submit transitions to the telemetry logger, as columns where it takes them (see ``send_rows``)."""
-    return send_rows(telemetry, "log", transitions)

@@ -155,7 +155,7 @@ async def drive_fleet(url: str, agents: int, hz: float, seconds: float, env_id: 
     keep = 0 if trace is None or env_id != NAV2D_ID else min(trace.track_agents, agents)
     tracks: list[dict[str, Any]] = [{"xy": [], "goal": None, "zones": None, "success": False, "closed": False}
                                    for _ in range(keep)]
-    policy = RetryPolicy(url, token, timeout_s, retries, backoff_s=0.05, max_backoff_s=1.0)
+    policy = RetryPolicy(url, token, timeout_s, retries)
     links = [AgentLink(policy) for _ in range(agents)]
     try:
         start = time.perf_counter()

@@ -18,7 +18,7 @@ import ssl
 from typing import Any
 from urllib.parse import urlsplit
 
-from serving.client import FleetClientError, RetryPolicy, TransportError
+from serving.client import RetryPolicy, TransportError
 
 
 class ProtocolError(Exception):
@@ -106,28 +106,17 @@ class AgentLink:
         p = self._p
         data = json.dumps(body, separators=(",", ":")).encode()
         request = f"POST {self._path}{path} HTTP/1.1\r\n{self._headers}Content-Length: {len(data)}\r\n\r\n".encode()
-        p.stats.calls += 1
-        for attempt in range(p.retries + 1):
-            if attempt:
-                p.stats.retries += 1
-                await asyncio.sleep(p.delay(attempt))
-            p.stats.attempts += 1
+
+        async def attempt() -> tuple[int, Any]:
             try:
                 status, text = await self._exchange(request + data)
-                answer = json.loads(text) if status < 400 else None
+                return status, json.loads(text) if status < 400 else text.decode("utf-8", "replace")
             except asyncio.TimeoutError:
-                last: FleetClientError = TransportError("timeout", f"no answer within {p.timeout_s:g} s")
-                continue
+                raise TransportError("timeout", f"no answer within {p.timeout_s:g} s") from None
             except (OSError, ValueError, ProtocolError) as err:  # ValueError: a body that is not JSON
-                last = TransportError("connection", f"{type(err).__name__}: {err}")
-                continue
-            if status < 400:
-                return answer
-            last = p.error(status, text.decode("utf-8", "replace"))
-            if status < 500:
-                break
-        p.stats.failures += 1
-        raise p.exhausted("POST", path, last)
+                raise TransportError("connection", f"{type(err).__name__}: {err}") from None
+
+        return await p.call("POST", path, attempt)
 
     async def _exchange(self, request: bytes) -> tuple[int, bytes]:
         """One request and its answer on a clean connection. Whatever ends it otherwise (a timeout, an error,

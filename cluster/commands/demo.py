@@ -74,8 +74,8 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
         say(f"[5/5] {args.agents} agents drive closed loop at {args.hz:g} Hz for {args.seconds:g} s through {url}")
         trace = FleetTrace()
         result = run_loop(drive_fleet(url, agents=args.agents, hz=args.hz, seconds=args.seconds,
-                                         env_id="Nav2D-v0", no_fly_zones=args.no_fly_zones, seed=args.seed + 1,
-                                         progress=say, trace=trace))
+                                      env_id="Nav2D-v0", no_fly_zones=args.no_fly_zones, seed=args.seed + 1,
+                                      progress=say, trace=trace))
         telemetry = shutdown_app(state)["telemetry"]
     finally:
         ray.shutdown()

@@ -45,9 +45,9 @@ def run_fleet(args: argparse.Namespace) -> dict[str, Any]:
     trace = FleetTrace() if args.png else None
     say(f"wm fleet: {args.agents} agents at {args.hz:g} Hz for {args.seconds:g} s through {args.url}")
     result = run_loop(drive_fleet(args.url, args.agents, args.hz, args.seconds, env_id=args.env,
-                                     no_fly_zones=args.no_fly_zones, objective=args.objective, token=token,
-                                     deadline_ms=args.deadline_ms, seed=args.seed, progress=say, trace=trace,
-                                     timeout_s=args.timeout_s, retries=args.retries))
+                                  no_fly_zones=args.no_fly_zones, objective=args.objective, token=token,
+                                  deadline_ms=args.deadline_ms, seed=args.seed, progress=say, trace=trace,
+                                  timeout_s=args.timeout_s, retries=args.retries))
     out = {"command": "fleet", "url": args.url, "env": args.env, "objective": args.objective,
            "no_fly_zones": args.no_fly_zones, "deadline_ms": args.deadline_ms} | dataclasses.asdict(result)
     if trace is not None:
