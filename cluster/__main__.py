@@ -1,5 +1,5 @@
-import sys
+"""`python -m cluster`: the `wm` command line."""
 
-from cluster.cli import main
+from cluster.cli import entry
 
-sys.exit(main())
+entry()

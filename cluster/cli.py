@@ -9,6 +9,7 @@ message and a non-zero exit instead of a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -65,36 +66,53 @@ EXPECTED_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundErro
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one ``wm`` command; returns its exit code.
+
+    With ``--json`` stdout carries the one result object and nothing else: while the command
+    runs, whatever else writes to stdout (Ray's driver prints the raylet's warnings there from
+    a thread of its own) is sent to stderr.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     as_json = "--json" in argv
+    out = sys.stdout
     try:
         args = build_parser().parse_args(argv)
         if args.command is None:
             raise UsageError("wm: missing COMMAND; run `wm --help` to list them")
         handler: Callable[[argparse.Namespace], dict[str, Any]] = args.handler
-        result = handler(args)
+        with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
+            result = handler(args)
     except UsageError as err:
-        return _fail(str(err), as_json, EXIT_USAGE)
+        return _fail(str(err), as_json, EXIT_USAGE, out)
     except EXPECTED_ERRORS as err:
         if os.environ.get("WM_DEBUG"):
             raise
-        return _fail(f"wm: error: {err}", as_json, EXIT_ERROR)
+        return _fail(f"wm: error: {err}", as_json, EXIT_ERROR, out)
     except KeyboardInterrupt:
-        return _fail("wm: interrupted", as_json, 130)
+        return _fail("wm: interrupted", as_json, 130, out)
     if as_json:
         result.pop("_summary", None)
-        print(json.dumps(result, default=str))
+        print(json.dumps(result, default=str), file=out, flush=True)
     else:
         _print_human(result)
     return 0
 
 
-def _fail(message: str, as_json: bool, code: int) -> int:
+def _fail(message: str, as_json: bool, code: int, out: Any) -> int:
     print(message.splitlines()[0] if message else "wm: error", file=sys.stderr)
     if as_json:
-        print(json.dumps({"ok": False, "error": message}))
+        print(json.dumps({"ok": False, "error": message}), file=out, flush=True)
     return code
 
 
+def entry() -> None:
+    """The ``wm`` console script: :func:`main`, then anything printed while the process winds
+    down (Ray's shutdown, its late warnings) goes to stderr, after the result."""
+    code = main()
+    sys.stdout.flush()
+    sys.stdout = sys.stderr
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

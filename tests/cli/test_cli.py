@@ -78,6 +78,29 @@ def test_bad_input_is_one_line_error(capsys: pytest.CaptureFixture[str], tmp_pat
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 
+def test_json_stdout_is_only_the_result(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+                                        trained: tuple[Path, Path]) -> None:
+    # Ray's driver prints the raylet's warnings to stdout from a thread of its own, mid-command.
+    import threading
+
+    from cluster.commands import model as model_cmds
+
+    real = model_cmds.load_model
+
+    def noisy_load(path: str):
+        thread = threading.Thread(target=print, args=("(raylet) WARNING: 8 PYTHON worker processes",))
+        thread.start()
+        thread.join()
+        return real(path)
+
+    monkeypatch.setattr(model_cmds, "load_model", noisy_load)
+    _, model = trained
+    code, out, err = run_json(capsys, "info", str(model))
+    assert code == 0 and out["command"] == "info" and "(raylet) WARNING" in err
+    assert main(["info", str(model)]) == 0  # without --json, stdout is the readable lines, noise and all
+    assert "(raylet) WARNING" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("args", [["collect", "--env", "Nav2D-v0"], ["train", "--epochs", "many"], ["fly"], []])
 def test_usage_errors_exit_2_with_json(capsys: pytest.CaptureFixture[str], args: list[str]) -> None:
     code, out, err = run_json(capsys, *args)
