@@ -5,6 +5,10 @@ start `wm serve` in a subprocess, and drive 100 agents at 10 Hz with no-fly zone
 through it with ``serving.fleet.drive_fleet`` (latency measured client-side). Target (serving
 issue), on a 2-core machine: p99 <= 50 ms, zero errors, success >= 99%, the asked rate achieved.
 
+A second `wm serve` in the same run measures the serving path's floor: the same endpoint, telemetry
+and fleet with a planner that costs next to nothing (CEM, horizon 1, 2 samples, 1 round), so the
+latency left is that of HTTP, Serve, the Ray hops, the state shard and the logger on these cores.
+
 The reference in the same run is the original article's service: a plain FastAPI + uvicorn app
 (written below; it is the reference, not product code) that plans one agent per request with
 gradient MPC, horizon 15, through one 64x2 MLP, on one CPU thread. The same driver finds the
@@ -28,6 +32,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
 import pyarrow.dataset as ds
 import requests
 
@@ -38,6 +43,8 @@ from serving.client import FleetClient
 from serving.fleet import FleetResult, FleetTrace, drive_fleet, run_loop
 
 TARGET = {"p99_ms": 50.0, "errors": 0, "success_rate": 0.99}
+FLOOR_PLANNER = ["--planner", "cem", "--horizon", "1", "--samples", "2", "--iterations", "1"]
+"""A planner that costs next to nothing: the serving path's own latency is what is left."""
 READY_TIMEOUT_S = 240.0
 
 
@@ -115,6 +122,13 @@ def _row(result: FleetResult) -> dict[str, Any]:
     return dataclasses.asdict(result) | {"plans_per_s": result.rate_hz}
 
 
+def p99_by_second(trace: FleetTrace) -> list[float]:
+    """p99 latency (ms) of the requests sent in each whole second of a run: periodic stalls show up here."""
+    sent, latency = np.asarray(trace.sent_s), np.asarray(trace.latency_ms)
+    seconds = sent.astype(int)
+    return [round(float(np.percentile(latency[seconds == k], 99)), 1) for k in np.unique(seconds)]
+
+
 def sustained(result: FleetResult, hz: float) -> bool:
     """The service kept up: no errors, the asked rate (within 5%) and answers inside one period."""
     return (result.errors == 0 and result.rate_per_agent_hz >= 0.95 * hz
@@ -171,6 +185,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                               trace=trace if n == counts[-1] else None))
                 rows.append({"agents": n} | _row(result))
         ours_result = result
+        main_by_second = p99_by_second(trace) if trace is not None else None
+        floor = None
+        if args.floor:
+            port = free_port()
+            url = f"http://127.0.0.1:{port}"
+            floor_cmd = [*serve_cmd[:serve_cmd.index("--port") + 1], str(port),
+                         "--log-dir", str(Path(tmp, "floor-logs")), *FLOOR_PLANNER, "--json"]
+            say(f"the serving path's floor: `wm serve` with {' '.join(FLOOR_PLANNER)} on {url}")
+            floor_trace = FleetTrace(track_agents=0)
+            with running(floor_cmd, url, Path(tmp, "floor.log")):
+                warm_up(url)
+                run_loop(drive_fleet(url, counts[-1], args.hz, 2.0, no_fly_zones=args.no_fly_zones,
+                                     seed=args.seed + 100, drain=False))
+                result = run_loop(drive_fleet(url, counts[-1], args.hz, args.seconds, no_fly_zones=args.no_fly_zones,
+                                              seed=args.seed + 1, progress=say, trace=floor_trace))
+            floor = {"settings": {"serve": FLOOR_PLANNER, "telemetry": True}, "agents": counts[-1]} | _row(result) \
+                | {"p99_ms_by_second": p99_by_second(floor_trace)}
         # `wm serve` flushed its telemetry when it stopped: what every row's agents sent came back as logs.
         logged = ds.dataset(str(Path(tmp, "served-logs")), format="parquet").count_rows()
         if trace is not None:
@@ -197,7 +228,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                      "agents": counts[-1], "hz": args.hz,
                                      "seconds": args.seconds, "no_fly_zones": args.no_fly_zones,
                                      "deadline_ms": args.deadline_ms},
-                        "transitions_logged": logged} | _row(ours_result),
+                        "transitions_logged": logged} | _row(ours_result)
+                       | ({"p99_ms_by_second": main_by_second} if main_by_second is not None else {}),
+            "serving_floor": floor,
             "fleetwm_by_agents": rows,
             "article": {"stack": "FastAPI + uvicorn, gradient MPC H15 (10 Adam steps), 1x64x2 MLP, "
                                  "one agent per request, 1 thread", "no_fly_zones": 0} | reference,
@@ -214,6 +247,8 @@ def main() -> None:
     parser.add_argument("--reference-seconds", type=float, default=10.0, help="per step of the reference ladder")
     parser.add_argument("--collect-episodes", type=int, default=100)
     parser.add_argument("--epochs", type=int, default=None, help="training epochs (default: wm train's)")
+    parser.add_argument("--no-floor", dest="floor", action="store_false",
+                        help="skip the serving path's floor (a planner that costs next to nothing)")
     parser.add_argument("--png", default=None, help="plot fleetwm's run (latency and paths) to this PNG")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--name", default="serve_fleet", help="results file name (smoke runs: another name)")
