@@ -4,17 +4,21 @@ The driver reads the logs once (``learners.retrain.read_held_out``: Ray Data, th
 holdout split) and every trial gets both splits from the object store (``tune.with_parameters``).
 A trial trains with the core's ``train_world_model`` on the older episodes, scores the model on
 the held-out ones with ``holdout_score`` (the learner's promotion score, lower is better), and
-reports once, its artifact as the trial's checkpoint, which Tune persists under the run directory.
+reports the score with its artifact as the trial's checkpoint, which Tune persists under the run
+directory.
 
-Trials report once, at the end, so there is no early-stopping scheduler (ASHA): the trainer fits
-dynamics, then reward, then termination, each to its own early stop, with no per-epoch hook, and
-the holdout score needs all of them trained.
+The holdout score needs every stage trained (dynamics, then reward, then termination), so it exists
+only at a trial's end. What can be compared earlier is the dynamics fit's validation loss: a trial
+reports it after every dynamics epoch, and by default Tune's ASHA (asynchronous successive halving)
+stops trials whose loss trails the others' at the same epoch, so a sweep spends its time on the
+promising settings. A stopped trial leaves no model; ``SweepResult.stopped`` lists it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime
+import math
 import tempfile
 import time
 import uuid
@@ -23,6 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from ray import tune
+from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.basic_variant import BasicVariantGenerator
 from ray.tune.search.sample import Categorical, Domain
 
@@ -36,6 +41,12 @@ from worldmodel.training import train_world_model
 
 SCORE = "score"
 """The metric trials report and the sweep minimises: ``holdout_score``'s score (0 is perfect)."""
+EARLY_METRIC = "dynamics_val_loss"
+"""What ASHA compares between trials at the same epoch: the dynamics fit's validation loss (lower is better)."""
+SCHEDULERS = ("asha", "fifo")
+"""'asha' stops trials that trail at the same epoch; 'fifo' runs every trial to its end."""
+ASHA_REDUCTION = 3
+"""ASHA keeps about one trial in this many at each rung (epochs grace, 3 x grace, 9 x grace, ...)."""
 MODEL_FIELDS = frozenset(f.name for f in dataclasses.fields(ModelConfig))
 TRAIN_FIELDS = frozenset(f.name for f in dataclasses.fields(TrainConfig)) - {"device"}
 """A trial's device follows the resources Tune gives it ('auto'), so it is not a setting to sweep."""
@@ -77,10 +88,24 @@ class SweepConfig:
     """The training settings ``space`` leaves alone; its ``seed`` also seeds the search."""
     holdout_fraction: float = 0.2
     """Share of the most recent episodes held out for scoring, in (0, 1)."""
+    scheduler: str = "asha"
+    """One of ``SCHEDULERS``: 'asha' stops trials whose dynamics validation loss trails the others' at
+    the same epoch, once they have run ``grace_epochs``; 'fifo' runs every trial to its end."""
+    grace_epochs: int = 5
+    """Dynamics epochs every trial runs before ASHA may stop it."""
+    concurrent_trials: int = 0
+    """Trials running at once; 0: as many as the cluster's resources allow (each takes one CPU, and a GPU
+    where there is one)."""
 
     def __post_init__(self) -> None:
         if not (isinstance(self.samples, int) and self.samples >= 1):
             raise ValueError(f"samples must be an integer >= 1, got {self.samples!r}")
+        if self.scheduler not in SCHEDULERS:
+            raise ValueError(f"scheduler must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}")
+        if not (isinstance(self.grace_epochs, int) and 1 <= self.grace_epochs):
+            raise ValueError(f"grace_epochs must be an integer >= 1, got {self.grace_epochs!r}")
+        if not (isinstance(self.concurrent_trials, int) and self.concurrent_trials >= 0):
+            raise ValueError(f"concurrent_trials must be an integer >= 0, got {self.concurrent_trials!r}")
         if not 0 < self.holdout_fraction < 1:
             raise ValueError(f"holdout_fraction must be in (0, 1), got {self.holdout_fraction}")
         if not self.space:
@@ -97,6 +122,12 @@ class SweepConfig:
                     self.configs({**fixed, name: candidate})
                 except ValueError as err:
                     raise ValueError(f"search space {name}={candidate!r}: {err}") from None
+
+    @property
+    def trials(self) -> int:
+        """Trials Tune creates: ``samples`` of every combination of the space's grid searches."""
+        grids = [len(v["grid_search"]) for v in self.space.values() if isinstance(v, dict) and "grid_search" in v]
+        return self.samples * math.prod(grids)
 
     def configs(self, settings: Mapping[str, Any]) -> tuple[ModelConfig, TrainConfig]:
         """The model and training configs of one trial: ``model`` and ``train`` with ``settings`` applied.
@@ -133,15 +164,32 @@ class TrialResult:
 
 
 @dataclass(frozen=True)
+class StoppedTrial:
+    """A trial the scheduler stopped early: it trailed the others' dynamics validation loss, and left no model."""
+
+    trial_id: str
+    config: dict[str, Any]
+    epochs: int
+    """Dynamics epochs it ran."""
+    dynamics_val_loss: float
+    """Its dynamics validation loss after its last epoch."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
 class SweepResult:
     """What a sweep found."""
 
     run_dir: str
     """The run's directory (Tune's experiment directory): one sub-directory per trial."""
     trials: tuple[TrialResult, ...]
-    """Every trial, in the order Tune created them."""
+    """Every trial that ran to its end, in the order Tune created them."""
     seconds: float
     """Wall time of the whole sweep, reading the logs included, s."""
+    stopped: tuple[StoppedTrial, ...] = ()
+    """Trials the scheduler stopped early, in the order Tune created them."""
 
     @property
     def best(self) -> TrialResult:
@@ -150,36 +198,49 @@ class SweepResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {"run_dir": self.run_dir, "seconds": self.seconds, "best": self.best.to_dict(),
-                "trials": [t.to_dict() for t in self.trials]}
+                "trials": [t.to_dict() for t in self.trials], "stopped": [t.to_dict() for t in self.stopped]}
 
 
 def _run_trial(settings: dict[str, Any], *, logs: HeldOutLogs, sweep: SweepConfig) -> None:
     """One trial (runs in a Tune worker): train on the older episodes, score on the newest, report with the artifact."""
     start = time.perf_counter()
     model_cfg, train_cfg = sweep.configs(settings)
-    model = train_world_model(logs.train, logs.spec, model_cfg, train_cfg)
+
+    def report_epoch(stage: str, epoch: int, val_loss: float) -> None:
+        if stage == "dynamics":  # a report per epoch, which the scheduler may answer by stopping the trial
+            tune.report({EARLY_METRIC: val_loss, "epoch": epoch})
+
+    model = train_world_model(logs.train, logs.spec, model_cfg, train_cfg, on_epoch=report_epoch)
     model.data_fingerprint = logs.fingerprint
     scored = holdout_score(model, logs.holdout)
-    # Tune copies the checkpoint into the trial's directory under the run before report returns.
+    # Tune copies the checkpoint into the trial's directory under the run before report returns. The final
+    # report carries the dynamics fit's best validation loss too (Tune wants the scheduler's metric in every
+    # result); should the scheduler stop the trial on it, the trial has finished and its model is kept.
     with tempfile.TemporaryDirectory() as tmp:
         artifact = save_model(model, Path(tmp) / "model")
+        dynamics_fit = model.metrics["dynamics"]["fit"]
         tune.report({SCORE: scored["score"], "dynamics_nmse": scored["dynamics_nmse"],
+                     EARLY_METRIC: dynamics_fit["best_val_loss"], "epoch": dynamics_fit["epochs"],
                      "reward_nmse": scored["reward_nmse"], "seconds": round(time.perf_counter() - start, 3)},
                     checkpoint=tune.Checkpoint.from_directory(artifact))
 
 
 class _Progress(tune.Callback):
-    """One line per finished trial (runs in the driver)."""
+    """One line per trial that ends, scored or stopped early (runs in the driver)."""
 
-    def __init__(self, say: Callable[[str], None], samples: int) -> None:
-        self.say, self.samples, self.done = say, samples, 0
+    def __init__(self, say: Callable[[str], None], trials: int) -> None:
+        self.say, self.trials, self.done = say, trials, 0
 
-    def on_trial_result(self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any],
-                        **info: Any) -> None:
+    def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        result = trial.last_result or {}
         self.done += 1
         settings = ", ".join(f"{k}={format_setting(v)}" for k, v in sorted(trial.config.items()))
-        self.say(f"trial {self.done}/{self.samples}: score {result[SCORE]:.4f} in {result['seconds']:.1f} s "
-                 f"({settings})")
+        if SCORE in result:
+            outcome = f"score {result[SCORE]:.4f} in {result['seconds']:.1f} s"
+        else:
+            outcome = (f"stopped early after {result.get('epoch', 0)} dynamics epochs "
+                       f"(validation loss {result.get(EARLY_METRIC, float('nan')):.4f})")
+        self.say(f"trial {self.done}/{self.trials}: {outcome} ({settings})")
 
 
 def format_setting(value: Any) -> str:
@@ -191,7 +252,9 @@ def run_sweep(logs: HeldOutLogs, sweep: SweepConfig, out_dir: str, *, name: str 
               say: Callable[[str], None] = lambda message: None) -> SweepResult:
     """Run ``sweep.samples`` trials on ``logs`` with Ray Tune (Ray must be initialised: ``cluster.runtime.init_ray``).
 
-    Each trial takes one CPU, and one GPU when the cluster has one (``gpus_per_worker``).
+    Each trial takes one CPU, and one GPU when the cluster has one (``gpus_per_worker``). With
+    ``sweep.scheduler`` 'asha', trials that trail the others' dynamics validation loss at the same
+    epoch are stopped (``SweepResult.stopped``).
 
     Args:
         logs: the logs read once by the driver (``learners.retrain.read_held_out``).
@@ -202,28 +265,43 @@ def run_sweep(logs: HeldOutLogs, sweep: SweepConfig, out_dir: str, *, name: str 
         say: called with one line of progress per finished trial.
 
     Raises:
-        SweepFailed: a trial failed (the first failure is the cause).
+        SweepFailed: a trial failed (the first failure is the cause), or none ran to its end.
     """
     start = time.perf_counter()
     name = name or f"sweep-{datetime.datetime.now(datetime.timezone.utc):%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
     trainable = tune.with_resources(tune.with_parameters(_run_trial, logs=logs, sweep=sweep),
                                     {"cpu": 1, "gpu": gpus_per_worker()})
+    scheduler = None
+    if sweep.scheduler == "asha":
+        # A trial reports once per dynamics epoch and once at its end: at most epochs + 1 reports.
+        max_t = sweep.train.epochs + 1
+        scheduler = ASHAScheduler(time_attr="training_iteration", metric=EARLY_METRIC, mode="min", max_t=max_t,
+                                  grace_period=min(sweep.grace_epochs, max_t), reduction_factor=ASHA_REDUCTION)
     tuner = tune.Tuner(
         trainable, param_space=dict(sweep.space),
-        tune_config=tune.TuneConfig(metric=SCORE, mode="min", num_samples=sweep.samples,
-                                    search_alg=BasicVariantGenerator(random_state=sweep.train.seed)),
+        # No metric here: the scheduler compares EARLY_METRIC, and the best is chosen by SCORE below.
+        tune_config=tune.TuneConfig(num_samples=sweep.samples, scheduler=scheduler,
+                                    search_alg=BasicVariantGenerator(random_state=sweep.train.seed,
+                                                                     max_concurrent=sweep.concurrent_trials)),
         # verbose=0: no progress table from Tune (its lines would repeat _Progress's).
         run_config=tune.RunConfig(name=name, storage_path=str(Path(out_dir).expanduser().absolute()), verbose=0,
-                                  callbacks=[_Progress(say, sweep.samples)]))
+                                  callbacks=[_Progress(say, sweep.trials)]))
     grid = tuner.fit()
     if grid.errors:
-        raise SweepFailed(f"{len(grid.errors)} of {sweep.samples} trials failed; the first: "
+        raise SweepFailed(f"{len(grid.errors)} of {sweep.trials} trials failed; the first: "
                            f"{str(grid.errors[0]).strip().splitlines()[-1]}") from grid.errors[0]
+    finished = [r for r in grid if SCORE in r.metrics]
+    if not finished:
+        raise SweepFailed(f"none of {sweep.trials} trials ran to its end")
     trials = tuple(TrialResult(trial_id=r.metrics["trial_id"], config=dict(r.config), score=r.metrics[SCORE],
                                dynamics_nmse=r.metrics["dynamics_nmse"], reward_nmse=r.metrics["reward_nmse"],
                                seconds=r.metrics["seconds"], artifact_dir=r.checkpoint.path)
-                   for r in grid)
-    return SweepResult(run_dir=grid.experiment_path, trials=trials, seconds=round(time.perf_counter() - start, 3))
+                   for r in finished)
+    stopped = tuple(StoppedTrial(trial_id=r.metrics["trial_id"], config=dict(r.config), epochs=r.metrics["epoch"],
+                                 dynamics_val_loss=r.metrics[EARLY_METRIC])
+                    for r in grid if SCORE not in r.metrics)
+    return SweepResult(run_dir=grid.experiment_path, trials=trials, seconds=round(time.perf_counter() - start, 3),
+                       stopped=stopped)
 
 
 def register_best(result: SweepResult, logs: HeldOutLogs, sweep: SweepConfig,

@@ -18,7 +18,7 @@ import io
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import pyarrow.fs as pafs
 import torch
@@ -53,6 +53,7 @@ def fit(
     desc: str = "fit",
     progress: bool = False,
     checkpoint: str | Path | None = None,
+    on_epoch: Callable[[int, float], None] | None = None,
 ) -> FitResult:
     """Fit ``model`` with AdamW and early stopping, restoring the best weights at the end.
 
@@ -66,6 +67,8 @@ def fit(
         progress: show a progress bar on stderr.
         checkpoint: a file to save the fit's state to after every epoch, atomically; when it
             exists the fit resumes from it (a finished fit just loads its final weights).
+        on_epoch: called after each epoch this call runs with (epochs done, validation loss), e.g. to
+            report to a scheduler that stops unpromising fits (Ray Tune's ASHA).
 
     Returns:
         The fit's summary; ``resumed_from`` says how many epochs came from the checkpoint.
@@ -131,6 +134,8 @@ def fit(
             val_loss = val_loss_fn(*val_batch).mean().item()
         history.append(val_loss)
         bar.set_postfix(val_loss=f"{val_loss:.4f}")
+        if on_epoch is not None:
+            on_epoch(epoch + 1, val_loss)
         # Only a 1% better validation loss resets the patience (as in mbrl-lib): slow creep on a
         # converged model is not worth more epochs. The first epoch always counts.
         if best_state is None or val_loss < best_val - 1e-2 * abs(best_val):

@@ -10,6 +10,7 @@ Shapes: ``B`` rows, ``W`` sequence windows, ``L`` window length, ``S`` state, ``
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -97,8 +98,9 @@ def gather_windows(data: Transitions, cols: dict[str, torch.Tensor], seq_len: in
     return {c: cols[c][index] for c in ("obs", "actions", "new_obs")}  # (W, L, *)
 
 
-def _fit_dynamics(model: torch.nn.Module, split: Split, cfg: TrainConfig, device: torch.device,
-                  progress: bool, checkpoint: Path | None) -> tuple[FitResult, dict[str, dict[str, torch.Tensor]]]:
+def _fit_dynamics(model: torch.nn.Module, split: Split, cfg: TrainConfig, device: torch.device, progress: bool,
+                  checkpoint: Path | None, on_epoch: Callable[[int, float], None] | None = None,
+                  ) -> tuple[FitResult, dict[str, dict[str, torch.Tensor]]]:
     """Fit the dynamics model; returns the fit and each split's tensors laid out as the model reads them."""
     cols = ("obs", "actions", "new_obs")
     parts = {name: tensors(getattr(split, name), device) for name in ("train", "val", "test")}
@@ -107,7 +109,8 @@ def _fit_dynamics(model: torch.nn.Module, split: Split, cfg: TrainConfig, device
                  for name, part in parts.items()}
     train, val = parts["train"], parts["val"]
     model.fit_normalizers(*(train[c] for c in cols))
-    result = fit(model, [train[c] for c in cols], [val[c] for c in cols], cfg, "dynamics", progress, checkpoint)
+    result = fit(model, [train[c] for c in cols], [val[c] for c in cols], cfg, "dynamics", progress, checkpoint,
+                 on_epoch)
     return result, parts
 
 
@@ -133,6 +136,7 @@ def train_world_model(
     progress: bool = False,
     log: Callable[[str], None] = lambda message: None,
     checkpoint_dir: str | Path | None = None,
+    on_epoch: Callable[[str, int, float], None] | None = None,
 ) -> WorldModel:
     """Train dynamics, reward and (when the data has terminal states) termination models.
 
@@ -149,6 +153,8 @@ def train_world_model(
         progress: show progress bars on stderr.
         log: called with one line per stage.
         checkpoint_dir: a directory for the stages' checkpoints, or None for none.
+        on_epoch: called after each epoch of each stage with (stage, epochs done, validation loss);
+            the stages are 'dynamics', 'reward' and 'termination', in that order.
 
     Returns:
         The trained WorldModel with held-out test metrics in ``metrics``.
@@ -161,13 +167,17 @@ def train_world_model(
     def stage_file(stage: str) -> Path | None:
         return None if checkpoint_dir is None else Path(checkpoint_dir) / f"{stage}.pt"
 
+    def epochs_of(stage: str) -> Callable[[int, float], None] | None:
+        return None if on_epoch is None else functools.partial(on_epoch, stage)
+
     torch.manual_seed(train_cfg.seed)
     split = split_by_episode(data, train_cfg.val_fraction, train_cfg.test_fraction, train_cfg.seed)
     log(f"split {len(data)} transitions into {len(split.train)} train / {len(split.val)} val / "
         f"{len(split.test)} test rows by episode; training on {device}")
 
     dynamics = build_dynamics(spec, model_cfg).to(device)
-    dyn_fit, parts = _fit_dynamics(dynamics, split, train_cfg, device, progress, stage_file("dynamics"))
+    dyn_fit, parts = _fit_dynamics(dynamics, split, train_cfg, device, progress, stage_file("dynamics"),
+                                     epochs_of("dynamics"))
     val, test = parts["val"], parts["test"]
     flat = lambda x: x.reshape(-1, x.shape[-1])  # noqa: E731
     has_variance = dynamics.probabilistic or dynamics.members > 1
@@ -184,7 +194,7 @@ def train_world_model(
     reward = build_reward(spec, model_cfg).to(device)
     reward.fit_normalizers(*(tr[c] for c in reward_cols))
     rew_fit = fit(reward, [tr[c] for c in reward_cols], [va[c] for c in reward_cols], train_cfg, "reward", progress,
-                  stage_file("reward"))
+                  stage_file("reward"), epochs_of("reward"))
     with torch.no_grad():
         rew_pred = reward(te["obs"], te["actions"], te["new_obs"]).mean(0)
     rew_metrics = regression_metrics(rew_pred[:, None], te["rewards"][:, None])
@@ -196,7 +206,7 @@ def train_world_model(
         termination = build_termination(spec, model_cfg).to(device)
         termination.fit_normalizers(*(tr[c] for c in term_cols))
         term_fit = fit(termination, [tr[c] for c in term_cols], [va[c] for c in term_cols], train_cfg,
-                       "termination", progress, stage_file("termination"))
+                       "termination", progress, stage_file("termination"), epochs_of("termination"))
         with torch.no_grad():
             term_metrics = classification_metrics(termination(te["obs"], te["actions"], te["new_obs"]).mean(0),
                                                   te["terminateds"])

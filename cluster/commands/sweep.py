@@ -16,7 +16,8 @@ from ray import tune
 from cluster.commands.sweep_report import plot_sweep
 from cluster.runtime import init_ray
 from learners.retrain import read_held_out
-from tune.sweep import SweepConfig, SweepFailed, SweepResult, default_space, format_setting, register_best, run_sweep
+from tune.sweep import (SCHEDULERS, SweepConfig, SweepFailed, SweepResult, default_space, format_setting,
+                        register_best, run_sweep)
 from worldmodel.config import TrainConfig
 from worldmodel.data.reader import require_log_files
 
@@ -43,6 +44,11 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                    help="try these values of a model or training setting (one value fixes it), replacing the default "
                         f"space's entry; repeatable. Default space: {', '.join(default_space())}")
     p.add_argument("--holdout-fraction", type=float, default=0.2, help="share of the newest episodes held out")
+    p.add_argument("--scheduler", choices=SCHEDULERS, default="asha",
+                   help="asha (default): stop trials whose dynamics validation loss trails the others' at the same "
+                        "epoch; fifo: run every trial to its end")
+    p.add_argument("--grace-epochs", type=int, default=SweepConfig.grace_epochs, metavar="N",
+                   help="dynamics epochs every trial runs before ASHA may stop it")
     p.add_argument("--address", default=None, help="Ray cluster address (default: an embedded local Ray)")
     p.add_argument("--png", default=None, metavar="PNG", help="draw each trial's holdout score against its settings")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
@@ -80,7 +86,8 @@ def run_tune(args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError(f"--samples must be >= 1, got {args.samples}")
     # Settings and logs are checked before Ray starts, so bad input fails in a moment.
     sweep = SweepConfig(samples=args.samples, space=parse_space(args.space),
-                        train=TrainConfig(epochs=args.epochs, seed=args.seed), holdout_fraction=args.holdout_fraction)
+                        train=TrainConfig(epochs=args.epochs, seed=args.seed), holdout_fraction=args.holdout_fraction,
+                        scheduler=args.scheduler, grace_epochs=args.grace_epochs)
     _, _, files = require_log_files(args.data)
     verbose = not args.quiet
     say: Callable[[str], None] = (lambda m: print(m, file=sys.stderr, flush=True)) if verbose else (lambda m: None)
@@ -113,6 +120,9 @@ def run_tune(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {"command": "tune", "data": args.data, "samples": sweep.samples, **result.to_dict(),
                            "registered": registered, "png": png, "seconds": round(time.perf_counter() - start, 2)}
     out["_summary"] = _table(result) + [f"run directory: {result.run_dir}"]
+    if result.stopped:
+        out["_summary"].append(f"stopped early by ASHA: {len(result.stopped)} of {sweep.trials} trials "
+                               f"({', '.join(t.trial_id for t in result.stopped)})")
     if registered:
         out["_summary"].append(f"{'found' if registered['existing'] else 'registered'} {registered['version']} "
                                f"({registered['stage']}) in {args.registry}")

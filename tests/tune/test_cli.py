@@ -23,7 +23,7 @@ def test_tune_prints_one_json_object_and_registers_the_best(ray_local, tmp_path,
     code, out, err = run_json(capsys, "tune", "--data", logs, "--samples", "2", "--out", str(tmp_path / "runs"),
                               "--registry", registry, "--png", str(png), *TINY)
     assert code == 0, err
-    assert out["command"] == "tune" and out["samples"] == 2 and len(out["trials"]) == 2
+    assert out["command"] == "tune" and out["samples"] == 2 and len(out["trials"]) == 2 and out["stopped"] == []
     assert out["best"]["score"] == min(t["score"] for t in out["trials"])
     assert all(Path(t["artifact_dir"], "manifest.json").is_file() for t in out["trials"])
     assert out["registered"]["version"] == "1.0.0" and out["registered"]["stage"] == "candidate"
@@ -37,6 +37,7 @@ def test_tune_prints_one_json_object_and_registers_the_best(ray_local, tmp_path,
     (("--samples", "1", "--space", "hiden=8"), "wm: error: search space: unknown setting(s) hiden"),
     (("--samples", "1", "--space", "hidden"), "wm: error: --space 'hidden': expected KEY=V1[,V2...]"),
     (("--samples", "1",), "wm: error: no trajectory logs under"),
+    (("--samples", "1", "--grace-epochs", "0"), "wm: error: grace_epochs must be an integer >= 1, got 0"),
 ])
 def test_bad_input_is_one_line_naming_it(tmp_path, capsys, args, message) -> None:
     code, out, err = run_json(capsys, "tune", "--data", str(tmp_path / "none"), *args)

@@ -89,6 +89,26 @@ def test_the_same_seed_draws_and_scores_the_same_trials(swept, logs: HeldOutLogs
     assert [t.score for t in again.trials] == pytest.approx([t.score for t in first.trials], rel=1e-6)
 
 
+@pytest.mark.parametrize("scheduler", ["asha", "fifo"])
+def test_asha_stops_the_trial_that_trails_at_the_same_epoch(logs: HeldOutLogs, tmp_path, scheduler: str) -> None:
+    # One trial at a time, the good one first: it sets the bar at epoch 2, where ASHA compares the next.
+    sweep = SweepConfig(samples=1, space={"lr": tune.grid_search([3e-3, 1e-9])}, model=TINY_MODEL,
+                        train=TrainConfig(epochs=6, patience=6, seed=3), holdout_fraction=HOLDOUT,
+                        scheduler=scheduler, grace_epochs=2, concurrent_trials=1)
+    progress: list[str] = []
+    result = run_sweep(logs, sweep, str(tmp_path), say=progress.append)
+    assert [line.split(":")[0] for line in progress] == ["trial 1/2", "trial 2/2"], progress
+    if scheduler == "fifo":
+        assert [t.config["lr"] for t in result.trials] == [3e-3, 1e-9] and result.stopped == ()
+        assert result.best.config["lr"] == 3e-3
+        return
+    assert [t.config["lr"] for t in result.trials] == [3e-3] and result.best.config["lr"] == 3e-3
+    (stopped,) = result.stopped
+    assert stopped.config == {"lr": 1e-9} and stopped.epochs == 2 and math.isfinite(stopped.dynamics_val_loss)
+    assert "stopped early after 2 dynamics epochs" in progress[1]
+    assert load_model(result.best.artifact_dir).metrics["dynamics"]["fit"]["epochs"] == 6
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"samples": 0}, "samples must be an integer >= 1, got 0"),
     ({"space": {}}, "the search space is empty"),

@@ -44,6 +44,29 @@ def test_early_stopping_keeps_best_epoch_and_stops_after_patience() -> None:
     assert 0.0 < w_best < 1.0
 
 
+def test_on_epoch_hears_every_epoch_run_with_its_validation_loss() -> None:
+    model = Scripted([3.0, 2.0, 1.0, 1.5, 1.2, 1.1, 5.0])
+    x = torch.zeros(4, 1)
+    heard: list[tuple[int, float]] = []
+    result = fit(model, [x], [x], TrainConfig(epochs=50, batch_size=4, lr=0.1, patience=3, bootstrap=False),
+                 on_epoch=lambda epoch, loss: heard.append((epoch, loss)))
+    assert [e for e, _ in heard] == [1, 2, 3, 4, 5, 6] and result.epochs == 6
+    assert [v for _, v in heard] == pytest.approx([3.0, 2.0, 1.0, 1.5, 1.2, 1.1])
+
+
+def test_train_world_model_reports_each_stage_epochs(nav_data) -> None:
+    spec = space_spec(make_env("Nav2D-v0"), "Nav2D-v0")
+    heard: list[tuple[str, int, float]] = []
+    model = train_world_model(nav_data, spec, TINY_MODEL, TrainConfig(epochs=3, patience=3),
+                              on_epoch=lambda stage, epoch, loss: heard.append((stage, epoch, loss)))
+    stages = [s for s, _, _ in heard]
+    assert stages == sorted(stages, key=["dynamics", "reward", "termination"].index)  # in stage order
+    for stage in ("dynamics", "reward"):
+        fitted = model.metrics[stage]["fit"]
+        assert [e for s, e, _ in heard if s == stage] == list(range(1, fitted["epochs"] + 1))
+        assert min(v for s, _, v in heard if s == stage) == pytest.approx(fitted["best_val_loss"])
+
+
 def test_restored_weights_are_those_of_the_best_epoch() -> None:
     x = torch.zeros(4, 1)
     ref = Scripted([9.0, 8.0, 7.0])  # train three epochs and remember w after the third
