@@ -25,7 +25,7 @@ import pickle
 import time
 import zlib
 from dataclasses import dataclass
-from typing import Any, Awaitable, Sequence
+from typing import Any, Awaitable, Callable, Sequence
 
 import ray
 
@@ -173,17 +173,17 @@ class AgentStateStore:
     def __init__(self, cfg: StateConfig, handles: list[ray.actor.ActorHandle]) -> None:
         self.cfg, self.handles = cfg, handles
 
-    def _calls(self, method: str, agent_ids: Sequence[str], items: Sequence[Any]) -> tuple[list[list[int]], list[Any]]:
-        """One remote call per shard involved, submitted now: (rows of each call, their object refs).
-        Records to write go as columns (``actors.common.send_rows``)."""
+    def _calls(self, agent_ids: Sequence[str], items: Sequence[Any],
+               submit: Callable[[ray.actor.ActorHandle, list[Any]], Any]) -> tuple[list[list[int]], list[Any]]:
+        """``submit(shard, its items)`` for each shard involved, now: (rows of each call, their object refs)."""
         groups: dict[int, list[int]] = {}
         for i, a in enumerate(agent_ids):
             groups.setdefault(shard_index(a, len(self.handles)), []).append(i)
-        def call(handle: ray.actor.ActorHandle, part: list[Any]) -> Any:
-            return send_rows(handle, "put", part) if method == "put" else getattr(handle, method).remote(part)
-
-        refs = [call(self.handles[s], [items[i] for i in rows]) for s, rows in groups.items()]
+        refs = [submit(self.handles[s], [items[i] for i in rows]) for s, rows in groups.items()]
         return list(groups.values()), refs
+
+    def _puts(self, records: Sequence[Record]) -> list[Any]:
+        return self._calls([r["agent_id"] for r in records], records, _put)[1]
 
     @staticmethod
     def _gather(rows: list[list[int]], parts: list[list[Record | None]], n: int) -> list[Record | None]:
@@ -195,7 +195,7 @@ class AgentStateStore:
 
     async def get(self, agent_ids: Sequence[str]) -> list[Record | None]:
         """Records of ``agent_ids`` in order (None where unknown)."""
-        rows, refs = self._calls("get", agent_ids, agent_ids)
+        rows, refs = self._calls(agent_ids, agent_ids, _get)
         return self._gather(rows, list(await asyncio.gather(*refs)), len(agent_ids))
 
     async def put(self, records: Sequence[Record]) -> int:
@@ -205,24 +205,22 @@ class AgentStateStore:
     def submit_put(self, records: Sequence[Record]) -> Awaitable[int]:
         """Submit the write of ``records`` now, so that any call made to the shards after it sees it, and
         return an awaitable of how many were written."""
-        _, refs = self._calls("put", [r["agent_id"] for r in records], records)
-        return _total(refs)
+        return _total(self._puts(records))
 
     async def reset(self, agent_ids: Sequence[str]) -> int:
         """Forget agents; returns how many were known."""
-        _, refs = self._calls("reset", agent_ids, agent_ids)
+        _, refs = self._calls(agent_ids, agent_ids, _reset)
         return sum(await asyncio.gather(*refs))
 
     def get_sync(self, agent_ids: Sequence[str]) -> list[Record | None]:
-        rows, refs = self._calls("get", agent_ids, agent_ids)
+        rows, refs = self._calls(agent_ids, agent_ids, _get)
         return self._gather(rows, ray.get(refs), len(agent_ids))
 
     def put_sync(self, records: Sequence[Record]) -> int:
-        _, refs = self._calls("put", [r["agent_id"] for r in records], records)
-        return sum(ray.get(refs))
+        return sum(ray.get(self._puts(records)))
 
     def reset_sync(self, agent_ids: Sequence[str]) -> int:
-        _, refs = self._calls("reset", agent_ids, agent_ids)
+        _, refs = self._calls(agent_ids, agent_ids, _reset)
         return sum(ray.get(refs))
 
     def stats(self) -> list[dict[str, Any]]:
@@ -231,6 +229,18 @@ class AgentStateStore:
 
 async def _total(refs: list[Any]) -> int:
     return sum(await asyncio.gather(*refs))
+
+
+def _get(shard: ray.actor.ActorHandle, agent_ids: list[str]) -> Any:
+    return shard.get.remote(agent_ids)
+
+
+def _put(shard: ray.actor.ActorHandle, records: list[Record]) -> Any:
+    return send_rows(shard, "put", records)  # as columns where the shard takes them
+
+
+def _reset(shard: ray.actor.ActorHandle, agent_ids: list[str]) -> Any:
+    return shard.reset.remote(agent_ids)
 
 
 def start_state_shards(cfg: StateConfig, detached: bool = False, **actor_options: Any) -> AgentStateStore:

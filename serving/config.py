@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,6 +12,8 @@ from actors.state import StateConfig
 
 TOKEN_ENV = "FLEETWM_API_TOKEN"
 """Environment variable holding the bearer token (kept out of configs shown in the dashboard)."""
+TOKEN_PATTERN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+"""RFC 6750's b64token: ASCII only, so the token's bytes are the same however a header is decoded."""
 
 
 BATCHING = {"max_batch_size": 256, "batch_wait_timeout_s": 0.002}
@@ -59,6 +62,8 @@ class AppConfig:
     writing it cost 5% of the requests/s. Latency and status counts are in the metrics either way."""
 
     def __post_init__(self) -> None:
+        if self.token:
+            _check_token(self.token, "token")
         if not self.model:
             raise ValueError("model must name a model directory, version or stage")
         size = self.batching.get("max_batch_size", 1)
@@ -72,7 +77,15 @@ class AppConfig:
 
     @property
     def bearer_token(self) -> str | None:
-        return self.token or os.environ.get(TOKEN_ENV) or None
+        """``token``, else ``$FLEETWM_API_TOKEN``, else None (no token required).
+
+        Raises:
+            ValueError: the environment's token is not a valid bearer token.
+        """
+        if self.token:
+            return self.token
+        token = os.environ.get(TOKEN_ENV) or None
+        return None if token is None else _check_token(token, f"${TOKEN_ENV}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -87,3 +100,10 @@ class AppConfig:
         if isinstance(data.get("state"), dict):
             data["state"] = StateConfig(**data["state"])
         return cls(**data)
+
+
+def _check_token(token: str, source: str) -> str:
+    if not TOKEN_PATTERN.fullmatch(token):
+        raise ValueError(f"{source}: a bearer token is letters, digits and - . _ ~ + / (then any '='), "
+                         "as RFC 6750 defines it")
+    return token

@@ -31,10 +31,25 @@ def test_serve_config_passes_serves_schema_and_our_own() -> None:
     ({"model": "m", "batching": {"max_batch_size": 0}}, "max_batch_size"),
     ({"model": "m", "batching": {"max_batch_size": 512}, "max_ongoing_requests": 100}, "max_ongoing_requests"),
     ({"model": "m", "default_deadline_ms": -1}, "default_deadline_ms"),
+    ({"model": "m", "token": "s\u00e9same"}, "token: a bearer token is letters, digits"),
+    ({"model": "m", "token": "two words"}, "token: a bearer token is letters, digits"),
 ])
 def test_bad_app_settings_name_the_field(args: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         AppConfig.from_dict(args)
+
+
+def test_bearer_tokens_are_rfc_6750_b64tokens(monkeypatch: pytest.MonkeyPatch) -> None:
+    # ASCII only: the fast route compares the header's bytes, FastAPI's route its latin-1 decoded text.
+    assert AppConfig(model="m", token="a-Z_0.9~+/x==").bearer_token == "a-Z_0.9~+/x=="
+    monkeypatch.setenv("FLEETWM_API_TOKEN", "env-token")
+    assert AppConfig(model="m").bearer_token == "env-token"
+    monkeypatch.setenv("FLEETWM_API_TOKEN", "caf\u00e9")
+    with pytest.raises(ValueError, match=r"\$FLEETWM_API_TOKEN: a bearer token") as err:
+        AppConfig(model="m").bearer_token
+    assert "caf" not in str(err.value)  # the token itself is never echoed
+    monkeypatch.delenv("FLEETWM_API_TOKEN")
+    assert AppConfig(model="m", token="").bearer_token is None
 
 
 def test_serve_env_selects_the_proxy_and_keeps_handlers_on_the_replicas_loop(monkeypatch: pytest.MonkeyPatch) -> None:
