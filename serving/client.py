@@ -21,7 +21,7 @@ import random
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Sequence
+from typing import Any, Awaitable, Callable, Generator, Sequence
 
 import aiohttp
 import numpy as np
@@ -146,21 +146,57 @@ class RetryPolicy:
         except (ValueError, AttributeError):
             return APIError(status, text[:200] or "no body")
 
+    def call_sync(self, method: str, path: str, attempt: Callable[[], tuple[int, Any]]) -> Any:
+        """The blocking clients' retry loop (``_retrying``) around ``attempt``, one HTTP exchange: it returns
+        the status and the decoded JSON answer (below 400) or the body's text, and raises ``TransportError``
+        when no answer came."""
+        loop = self._retrying(method, path)
+        wait = next(loop)
+        while True:
+            if wait:
+                time.sleep(wait)
+            try:
+                outcome: tuple[int, Any] | TransportError = attempt()
+            except TransportError as err:
+                outcome = err
+            try:
+                wait = loop.send(outcome)
+            except StopIteration as done:
+                return done.value
+
     async def call(self, method: str, path: str, attempt: Callable[[], Awaitable[tuple[int, Any]]]) -> Any:
-        """The asyncio clients' retry loop around ``attempt``, one HTTP exchange: it returns the status and
-        the decoded JSON answer (below 400) or the body's text, and raises ``TransportError`` when no
-        answer came. Connection errors, timeouts and 5xx are retried after ``delay``; a 4xx is not."""
+        """``call_sync`` for asyncio: ``attempt`` is a coroutine function."""
+        loop = self._retrying(method, path)
+        wait = next(loop)
+        while True:
+            if wait:
+                await asyncio.sleep(wait)
+            try:
+                outcome: tuple[int, Any] | TransportError = await attempt()
+            except TransportError as err:
+                outcome = err
+            try:
+                wait = loop.send(outcome)
+            except StopIteration as done:
+                return done.value
+
+    def _retrying(self, method: str, path: str) -> Generator[float, tuple[int, Any] | TransportError, Any]:
+        """The retry loop, whoever does the waiting and the exchanges: it yields the seconds to wait before
+        each attempt and is sent the attempt's outcome, (status, payload) or the ``TransportError``; it
+        returns the payload of the first answer below 400. Connection errors, timeouts and 5xx are retried
+        after ``delay``; a 4xx is not. It raises the last failure when the retries run out."""
         self.stats.calls += 1
         for n in range(self.retries + 1):
+            wait = 0.0
             if n:
                 self.stats.retries += 1
-                await asyncio.sleep(self.delay(n))
+                wait = self.delay(n)
             self.stats.attempts += 1
-            try:
-                status, payload = await attempt()
-            except TransportError as err:
-                last: FleetClientError = err
+            outcome = yield wait
+            if isinstance(outcome, TransportError):
+                last: FleetClientError = outcome
                 continue
+            status, payload = outcome
             if status < 400:
                 return payload
             last = self.error(status, payload)
@@ -228,28 +264,17 @@ class FleetClient:
         self.close()
 
     def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        p = self._p
-        p.stats.calls += 1
-        for attempt in range(p.retries + 1):
-            if attempt:
-                p.stats.retries += 1
-                time.sleep(p.delay(attempt))
-            p.stats.attempts += 1
+        def attempt() -> tuple[int, Any]:
             try:
-                r = self._session.request(method, p.url + path, json=body, headers=p.headers, timeout=p.timeout_s)
+                r = self._session.request(method, self._p.url + path, json=body, headers=self._p.headers,
+                                          timeout=self._p.timeout_s)
             except requests.Timeout as err:
-                last: FleetClientError = TransportError("timeout", str(err))
-                continue
+                raise TransportError("timeout", str(err)) from None
             except requests.ConnectionError as err:
-                last = TransportError("connection", str(err))
-                continue
-            if r.status_code < 400:
-                return r.json()
-            last = p.error(r.status_code, r.text)
-            if r.status_code < 500:
-                break
-        p.stats.failures += 1
-        raise p.exhausted(method, path, last)
+                raise TransportError("connection", str(err)) from None
+            return r.status_code, r.json() if r.status_code < 400 else r.text
+
+        return self._p.call_sync(method, path, attempt)
 
 
 class AsyncFleetClient:
