@@ -129,6 +129,23 @@ def p99_by_second(trace: FleetTrace) -> list[float]:
     return [round(float(np.percentile(latency[seconds == k], 99)), 1) for k in np.unique(seconds)]
 
 
+def serve_command(model_dir: str, port: int, log_dir: Path, planner: list[str]) -> list[str]:
+    """`wm serve` of ``model_dir`` on ``port`` with ``planner``'s flags, telemetry on (as a fleet runs it:
+    every served transition goes back into the logs under ``log_dir``)."""
+    return [sys.executable, "-m", "cluster", "serve", "--model", model_dir, "--port", str(port),
+            "--log-dir", str(log_dir), *planner, "--json"]
+
+
+def drive_row(url: str, agents: int, args: argparse.Namespace, seed: int, say: Any,
+              trace: FleetTrace | None) -> FleetResult:
+    """A 2 s untimed drive (the batch sizes this fleet makes warm up), then the timed one."""
+    run_loop(drive_fleet(url, agents, args.hz, 2.0, no_fly_zones=args.no_fly_zones, seed=args.seed + 100,
+                         drain=False))
+    say(f"{agents} agents at {args.hz:g} Hz, {args.no_fly_zones} zones, {args.seconds:g} s")
+    return run_loop(drive_fleet(url, agents, args.hz, args.seconds, no_fly_zones=args.no_fly_zones, seed=seed,
+                                progress=say, trace=trace))
+
+
 def sustained(result: FleetResult, hz: float) -> bool:
     """The service kept up: no errors, the asked rate (within 5%) and answers inside one period."""
     return (result.errors == 0 and result.rate_per_agent_hz >= 0.95 * hz
@@ -167,9 +184,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         deadline = ["--deadline-ms", str(args.deadline_ms)] if args.deadline_ms else []
-        # Telemetry on, as a fleet runs it: every served transition goes back into the logs.
-        serve_cmd = [sys.executable, "-m", "cluster", "serve", "--model", ours["model_dir"], "--port", str(port),
-                     "--log-dir", str(Path(tmp, "served-logs")), *SERVED_PLANNER, *deadline, "--json"]
+        serve_cmd = serve_command(ours["model_dir"], port, Path(tmp, "served-logs"), [*SERVED_PLANNER, *deadline])
         say(f"starting `wm serve` on {url}")
         counts = [int(a) for a in str(args.agents).split(",")]
         trace = FleetTrace() if args.png else None
@@ -177,12 +192,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         with running(serve_cmd, url, Path(tmp, "serve.log")):
             warm_up(url)
             for row, n in enumerate(counts):
-                run_loop(drive_fleet(url, n, args.hz, 2.0, no_fly_zones=args.no_fly_zones, seed=args.seed + 100,
-                                     drain=False))  # and batches of the sizes this fleet makes
-                say(f"fleetwm: {n} agents at {args.hz:g} Hz, {args.no_fly_zones} zones, {args.seconds:g} s")
-                result = run_loop(drive_fleet(url, n, args.hz, args.seconds, no_fly_zones=args.no_fly_zones,
-                                              seed=args.seed + 1 + 1000 * row, progress=say,
-                                              trace=trace if n == counts[-1] else None))
+                result = drive_row(url, n, args, args.seed + 1 + 1000 * row, say,
+                                   trace if n == counts[-1] else None)
                 rows.append({"agents": n} | _row(result))
         ours_result = result
         main_by_second = p99_by_second(trace) if trace is not None else None
@@ -190,16 +201,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if args.floor:
             port = free_port()
             url = f"http://127.0.0.1:{port}"
-            floor_cmd = [*serve_cmd[:serve_cmd.index("--port") + 1], str(port),
-                         "--log-dir", str(Path(tmp, "floor-logs")), *FLOOR_PLANNER, "--json"]
+            floor_cmd = serve_command(ours["model_dir"], port, Path(tmp, "floor-logs"), FLOOR_PLANNER)
             say(f"the serving path's floor: `wm serve` with {' '.join(FLOOR_PLANNER)} on {url}")
             floor_trace = FleetTrace(track_agents=0)
             with running(floor_cmd, url, Path(tmp, "floor.log")):
                 warm_up(url)
-                run_loop(drive_fleet(url, counts[-1], args.hz, 2.0, no_fly_zones=args.no_fly_zones,
-                                     seed=args.seed + 100, drain=False))
-                result = run_loop(drive_fleet(url, counts[-1], args.hz, args.seconds, no_fly_zones=args.no_fly_zones,
-                                              seed=args.seed + 1, progress=say, trace=floor_trace))
+                result = drive_row(url, counts[-1], args, args.seed + 1, say, floor_trace)
             floor = {"settings": {"serve": FLOOR_PLANNER, "telemetry": True}, "agents": counts[-1]} | _row(result) \
                 | {"p99_ms_by_second": p99_by_second(floor_trace)}
         # `wm serve` flushed its telemetry when it stopped: what every row's agents sent came back as logs.
