@@ -7,7 +7,7 @@ calls: plan, score logged transitions (prediction error) and switch version.
 Calls run on a small thread pool, so a switch loads the new version beside the
 old one while plans keep being answered; each call plans with the version that
 was current when it started, and the swap is one reference assignment. The
-planner deployment of the fleet endpoint (``serving.app``) holds one as well.
+planner deployment of the fleet endpoint (``serving.planner_server``) holds one as well.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import numpy as np
 import ray
 
 from actors.common import gpus_per_worker
-from planners.service import FleetPlanner, ServiceConfig
+from planners.service import FleetPlanner, PlanBatch, ServiceConfig
 from worldmodel.artifact import load_model
 from worldmodel.device import resolve_device
 from worldmodel.registry import ModelRegistry
@@ -42,18 +42,18 @@ class EnsembleWorker:
         service.warmup()
         return service
 
-    def plan(self, obs: np.ndarray, warm: np.ndarray | None = None, objectives: list[str] | None = None,
+    def plan(self, obs: np.ndarray, warm_start: np.ndarray | None = None, objectives: list[str] | None = None,
              zones: np.ndarray | None = None, budget_ms: float | None = None,
-             hidden: np.ndarray | None = None) -> dict[str, Any]:
+             hidden: np.ndarray | None = None) -> PlanBatch:
         """See ``FleetPlanner.plan``; the answer names the version that planned it."""
         service = self.service  # the version current when the call started answers it
         if hidden is not None and not (service.recurrent and hidden.shape[-1] == service.model.dynamics.hidden):
             hidden = None  # states from another version (after a switch, or production's for a shadow): start fresh
-        return service.plan(obs, warm, objectives, zones, budget_ms, hidden)
+        return service.plan(obs, warm_start, objectives, zones, budget_ms, hidden)
 
-    def score(self, obs: np.ndarray, actions: np.ndarray, next_obs: np.ndarray) -> dict[str, Any]:
+    def score(self, obs: np.ndarray, actions: np.ndarray, new_obs: np.ndarray) -> dict[str, Any]:
         """Prediction error of logged transitions (B rows): per row and its mean."""
-        return self.service.score(obs, actions, next_obs)
+        return self.service.score(obs, actions, new_obs)
 
     def switch(self, model: str) -> str:
         """Load ``model`` and make it current once it is ready; returns its version."""

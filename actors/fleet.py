@@ -34,7 +34,7 @@ class FleetSimulator:
         policy: Any = "random"
         if worker is not None:
             def policy(obs: np.ndarray) -> np.ndarray:
-                return ray.get(worker.plan.remote(obs))["actions"]
+                return ray.get(worker.plan.remote(obs)).actions
         # Each round gets its own seed, so repeated runs add new episodes rather than copies.
         data = collect(self.env_id, episodes, seed=self.seed * 1000 + self.rounds, policy=policy,
                        agent_id=self.agent_id, env_kwargs=self.env_kwargs, num_envs=self.num_envs)

@@ -1,26 +1,37 @@
 """Per-agent state, sharded by agent id across named Ray actors, snapshotted to storage.
 
-An agent's record holds what the next request for that agent needs: its warm
-start (the last plan, shifted), a recurrent model's hidden state, its last
-observation and action (so the next request's observation closes the
-transition), the model version that served it, the id and answer of its last
-request (so a retried request is answered again instead of planned and logged
-twice), and its episode bookkeeping. Every call reads or writes a whole batch of
-agents; a store splits a batch by shard and calls every shard once, in parallel.
+An agent's record (``actors.records.AgentRecord``) holds what the next request for that agent needs:
+its warm start (the last plan, shifted), a recurrent model's hidden state, its last observation and
+the action answered to it (so the next request's observation closes the transition), the model
+version that served it, the ids of its last requests and the answer to the newest (so a retried
+request is answered again instead of planned and logged twice), and its episode bookkeeping. Every
+call reads or writes a whole batch of agents, as columns (``AgentRecords``); a store splits a batch
+by shard and calls every shard once, in parallel.
 
-Durability: a shard writes its whole table to ``<snapshot_uri>/<shard name>.pkl``
-atomically (temp file + rename; one object put on object stores) every
-``snapshot_interval_s`` seconds when something changed, and a restarted shard
-(Ray restarts it: ``max_restarts=-1``) loads that file. A crash therefore loses
-at most the updates of the last ``snapshot_interval_s`` seconds (plus the write
-in progress); with ``snapshot_interval_s=0`` every write is snapshotted before
-it returns and nothing acknowledged is lost. What is lost costs little: an agent
-whose record is stale plans once from a cold start.
+Durability, by setting:
+
+- no ``snapshot_uri`` (nothing written to storage): a shard that crashes restarts empty and every
+  agent on it loses its state, idle agents included;
+- ``snapshot_uri`` with ``snapshot_interval_s > 0``: a shard writes its whole table to
+  ``<snapshot_uri>/<shard name>.pkl`` atomically (temp file + rename; one object put on object
+  stores) every ``snapshot_interval_s`` seconds when something changed, and a restarted shard (Ray
+  restarts it: ``max_restarts=-1``) loads that file: a crash loses at most the updates of the last
+  ``snapshot_interval_s`` seconds (plus the write in progress);
+- ``snapshot_uri`` with ``snapshot_interval_s=0``: every write is snapshotted before it returns and
+  nothing acknowledged is lost.
+
+What is lost costs little: an agent whose record is lost or stale plans once from a cold start and
+its next observation opens a new logged episode instead of closing a transition.
+
+Writer leases: every ingress replica (``serving.engine.PlanEngine``) renews a lease in every shard;
+a shard answers how many writers hold a live lease, so a replica keeps its own copy of the records
+it wrote only while it is the one writer.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import pickle
 import time
 import zlib
@@ -29,16 +40,11 @@ from typing import Any, Awaitable, Callable, Sequence
 
 import ray
 
-from actors.common import NAMESPACE, Rows, send_rows, unpack_rows
+from actors.common import NAMESPACE
+from actors.records import AgentRecord, AgentRecords
 from worldmodel.data.writer import publish_bytes, resolve_root
 
-Record = dict[str, Any]
-"""One agent's state: plain values and numpy arrays (keys listed in ``RECORD_KEYS``)."""
-
-RECORD_KEYS = ("agent_id", "warm", "hidden", "obs", "action", "predicted", "model_version", "request_id", "response",
-               "eps_id", "t", "updated", "last_seen")
-"""What the fleet endpoint keeps per agent (``serving/engine.py`` writes them; ``last_seen`` is the shard's)."""
-
+logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class StateConfig:
@@ -49,9 +55,10 @@ class StateConfig:
     each shard twice (read, write), so on one node one shard is fastest (100 agents at 10 Hz: 16% more
     requests/s than four); add shards when many ingress replicas' calls queue on one."""
     snapshot_uri: str | None = None
-    """Directory or URI for snapshots (None: no snapshots, a restart starts empty)."""
+    """Directory or URI for snapshots (None: none, and a shard crash loses every agent's state on it)."""
     snapshot_interval_s: float = 1.0
-    """Most seconds of updates a crash can lose (0: snapshot every write before acknowledging it)."""
+    """With snapshots, the most seconds of updates a crash can lose (0: snapshot every write before
+    acknowledging it)."""
     ttl_s: float = 3600.0
     """Agents idle this long are evicted."""
     name: str = "fleetwm-agent-state"
@@ -75,7 +82,9 @@ class AgentStateShard:
 
     def __init__(self, name: str, snapshot_uri: str | None, snapshot_interval_s: float, ttl_s: float) -> None:
         self.name, self.interval, self.ttl = name, snapshot_interval_s, ttl_s
-        self.records: dict[str, Record] = {}
+        self.records: dict[str, AgentRecord] = {}
+        self.writers: dict[str, float] = {}
+        """Writer id -> when its lease ends (monotonic s); kept in memory only, renewed every second."""
         self.dirty = False
         self.snapshots = 0
         self.fs, self.path = resolve_root(snapshot_uri) if snapshot_uri else (None, None)
@@ -83,25 +92,22 @@ class AgentStateShard:
         self._task: asyncio.Task[None] | None = None
 
     # -- public calls, one per batch ------------------------------------------------------
-    async def get(self, agent_ids: Sequence[str]) -> list[Record | None]:
-        """The records of ``agent_ids`` (None for unknown or evicted agents), in order."""
+    async def get(self, agent_ids: Sequence[str]) -> tuple[list[int], AgentRecords]:
+        """The records of ``agent_ids`` that are here: (their positions in ``agent_ids``, their columns)."""
         self._ensure_loop()
-        return [self.records.get(a) for a in agent_ids]
+        found = [(i, self.records.get(a)) for i, a in enumerate(agent_ids)]
+        found = [(i, r) for i, r in found if r is not None]
+        return [i for i, _ in found], AgentRecords.pack([r for _, r in found])  # type: ignore[misc]
 
-    async def put(self, records: Sequence[Record]) -> int:
-        """Replace the records of their ``agent_id``s; returns how many were written."""
+    async def put(self, records: AgentRecords) -> int:
+        """Replace the records of their agents; returns how many were written."""
         self._ensure_loop()
-        now = time.time()
-        for record in records:
-            self.records[record["agent_id"]] = {**record, "last_seen": now}
+        for record in records.unpack():
+            self.records[record.agent_id] = record
         self.dirty = True
         if self.interval == 0:
             self.snapshot()
         return len(records)
-
-    async def put_columns(self, records: Rows) -> int:
-        """``put`` of records sent as columns (``actors.common.pack_rows``), as the store sends them."""
-        return await self.put(unpack_rows(records))
 
     async def reset(self, agent_ids: Sequence[str]) -> int:
         """Forget ``agent_ids``; returns how many were known."""
@@ -112,6 +118,14 @@ class AgentStateShard:
             self.snapshot()
         return known
 
+    async def lease(self, writer_id: str, lease_s: float) -> int:
+        """Renew ``writer_id``'s lease for ``lease_s`` seconds; returns how many writers hold a live one."""
+        now = time.monotonic()
+        self.writers[writer_id] = now + lease_s
+        for writer in [w for w, end in self.writers.items() if end < now]:
+            del self.writers[writer]
+        return len(self.writers)
+
     async def stats(self) -> dict[str, Any]:
         return {"name": self.name, "agents": len(self.records), "snapshots": self.snapshots,
                 "restored": self.restored, "node_id": ray.get_runtime_context().get_node_id()}
@@ -120,7 +134,7 @@ class AgentStateShard:
     def evict(self, now: float | None = None) -> int:
         """Drop agents idle longer than the TTL; returns how many."""
         cutoff = (now or time.time()) - self.ttl
-        idle = [a for a, r in self.records.items() if r["last_seen"] < cutoff]
+        idle = [a for a, r in self.records.items() if r.updated < cutoff]
         for a in idle:
             del self.records[a]
         self.dirty = self.dirty or bool(idle)
@@ -140,9 +154,13 @@ class AgentStateShard:
             return 0
         try:
             with self.fs.open_input_stream(f"{self.path}/{self.name}.pkl") as f:
-                self.records = pickle.loads(f.read())
+                loaded = pickle.loads(f.read())
         except FileNotFoundError:
             return 0
+        self.records = {a: r for a, r in loaded.items() if isinstance(r, AgentRecord)}
+        if len(self.records) < len(loaded):  # written by a fleetwm whose records had another form
+            logger.warning("shard %s: %d of %d snapshot records are not AgentRecords; those agents start fresh",
+                           self.name, len(loaded) - len(self.records), len(loaded))
         return len(self.records)
 
     def _ensure_loop(self) -> None:
@@ -182,27 +200,28 @@ class AgentStateStore:
         refs = [submit(self.handles[s], [items[i] for i in rows]) for s, rows in groups.items()]
         return list(groups.values()), refs
 
-    def _puts(self, records: Sequence[Record]) -> list[Any]:
-        return self._calls([r["agent_id"] for r in records], records, _put)[1]
+    def _puts(self, records: Sequence[AgentRecord]) -> list[Any]:
+        return self._calls([r.agent_id for r in records], records, _put)[1]
 
     @staticmethod
-    def _gather(rows: list[list[int]], parts: list[list[Record | None]], n: int) -> list[Record | None]:
-        out: list[Record | None] = [None] * n
-        for index, records in zip(rows, parts):
-            for i, record in zip(index, records):
-                out[i] = record
+    def _gather(rows: list[list[int]], parts: list[tuple[list[int], AgentRecords]],
+                n: int) -> list[AgentRecord | None]:
+        out: list[AgentRecord | None] = [None] * n
+        for index, (found, records) in zip(rows, parts):
+            for i, record in zip(found, records.unpack()):
+                out[index[i]] = record
         return out
 
-    async def get(self, agent_ids: Sequence[str]) -> list[Record | None]:
+    async def get(self, agent_ids: Sequence[str]) -> list[AgentRecord | None]:
         """Records of ``agent_ids`` in order (None where unknown)."""
         rows, refs = self._calls(agent_ids, agent_ids, _get)
         return self._gather(rows, list(await asyncio.gather(*refs)), len(agent_ids))
 
-    async def put(self, records: Sequence[Record]) -> int:
-        """Write records (each has ``agent_id``); returns how many."""
+    async def put(self, records: Sequence[AgentRecord]) -> int:
+        """Write records; returns how many."""
         return await self.submit_put(records)
 
-    def submit_put(self, records: Sequence[Record]) -> Awaitable[int]:
+    def submit_put(self, records: Sequence[AgentRecord]) -> Awaitable[int]:
         """Submit the write of ``records`` now, so that any call made to the shards after it sees it, and
         return an awaitable of how many were written."""
         return _total(self._puts(records))
@@ -212,11 +231,15 @@ class AgentStateStore:
         _, refs = self._calls(agent_ids, agent_ids, _reset)
         return sum(await asyncio.gather(*refs))
 
-    def get_sync(self, agent_ids: Sequence[str]) -> list[Record | None]:
+    async def lease(self, writer_id: str, lease_s: float) -> int:
+        """Renew ``writer_id``'s writer lease in every shard; returns the most live writers any shard has."""
+        return max(await asyncio.gather(*(h.lease.remote(writer_id, lease_s) for h in self.handles)))
+
+    def get_sync(self, agent_ids: Sequence[str]) -> list[AgentRecord | None]:
         rows, refs = self._calls(agent_ids, agent_ids, _get)
         return self._gather(rows, ray.get(refs), len(agent_ids))
 
-    def put_sync(self, records: Sequence[Record]) -> int:
+    def put_sync(self, records: Sequence[AgentRecord]) -> int:
         return sum(ray.get(self._puts(records)))
 
     def reset_sync(self, agent_ids: Sequence[str]) -> int:
@@ -235,8 +258,8 @@ def _get(shard: ray.actor.ActorHandle, agent_ids: list[str]) -> Any:
     return shard.get.remote(agent_ids)
 
 
-def _put(shard: ray.actor.ActorHandle, records: list[Record]) -> Any:
-    return send_rows(shard, "put", records)  # as columns where the shard takes them
+def _put(shard: ray.actor.ActorHandle, records: list[AgentRecord]) -> Any:
+    return shard.put.remote(AgentRecords.pack(records))
 
 
 def _reset(shard: ray.actor.ActorHandle, agent_ids: list[str]) -> Any:

@@ -15,7 +15,7 @@ from typing import Any
 from benchmarks.common import record, wm
 
 MODELS = {
-    "fleetwm ensemble (5 x 200x3, NLL, calibrated)": [],
+    "fleetwm ensemble (5 x 64x2, NLL, calibrated)": [],
     "article MLP (1 x 64x2, MSE)": ["--dynamics", "mlp", "--ensemble-size", "1", "--hidden", "64", "--layers", "2"],
 }
 

@@ -18,19 +18,17 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import record, wm
-from planners.service import ServiceConfig
 
-PLANNER = ["--planner", "cem", "--horizon", "20", "--samples", "32", "--iterations", "3"]
-PETS_1_ROUND = [*PLANNER[:6], "--iterations", "1"]
-# What the fleet endpoint serves (planners.service.ServiceConfig's defaults): one CEM round per step,
-# warm-started from the previous step's plan, horizon 30, sampling iCEM's coloured noise as wide as
-# the action box.
-_SERVED = ServiceConfig()
-ICEM = [flag for key, value in _SERVED.planner_settings.items() for flag in ("--planner-opt", f"{key}={value}")]
-ICEM_H20 = [*PETS_1_ROUND, *ICEM]
-SERVED_PLANNER = ["--planner", _SERVED.planner, "--horizon", str(_SERVED.plan.horizon), "--samples",
-                  str(_SERVED.plan.samples), "--iterations", str(_SERVED.plan.iterations), *ICEM]
-MODEL = ["--hidden", "64", "--layers", "2"]
+# PETS' CEM: white noise at half the action range (CEM's own default is iCEM's coloured noise).
+WHITE = ["--planner-opt", "noise_beta=0", "--planner-opt", "init_std=0.5"]
+PLANNER = ["--planner", "cem", "--horizon", "20", "--samples", "32", "--iterations", "3", *WHITE]
+PETS_1_ROUND = ["--planner", "cem", "--horizon", "20", "--samples", "32", "--iterations", "1", *WHITE]
+# What `wm eval` and the fleet endpoint do by default (planners.config.PlanConfig and CEMConfig): one
+# CEM round per step, warm-started from the previous step's plan, horizon 30, sampling iCEM's coloured
+# noise as wide as the action box.
+SERVED_PLANNER: list[str] = []
+ICEM_H20 = ["--horizon", "20"]
+MODEL: list[str] = []  # the default model: a 5 x 64x2 ensemble with a 64x2 reward model
 ARTICLE_MODEL = ["--dynamics", "mlp", "--ensemble-size", "1", "--hidden", "64", "--layers", "2"]
 ARTICLE_PLANNER = ["--planner", "gradient", "--horizon", "15", "--samples", "1", "--iterations", "10",
                    "--propagation", "expectation"]

@@ -21,24 +21,23 @@ import argparse
 from typing import Any
 
 from benchmarks.common import record, wm
-from benchmarks.nav2d_closed_loop import SERVED_PLANNER
+from benchmarks.nav2d_closed_loop import WHITE
 
 AGENTS = "1,16,64,256"
-# The model size of the Nav2D closed loop (benchmarks/nav2d_closed_loop.py), PETS' CEM with 3 rounds.
-NAV2D = ["--horizon", "20", "--samples", "32", "--iterations", "3", "--hidden", "64", "--layers", "2",
-         "--ensemble-size", "5"]
-# The served setting, which reaches the Nav2D target: one warm-started CEM round per step, horizon 30,
-# iCEM's coloured noise (planners.service.ServiceConfig's defaults).
-NAV2D_SERVED = [*SERVED_PLANNER[2:], *NAV2D[6:]]
+# PETS' CEM with 3 rounds (white noise) on the default model (5 x 64x2, the Nav2D closed loop's).
+NAV2D = ["--horizon", "20", "--samples", "32", "--iterations", "3"]
+# The served setting, `wm bench plan`'s defaults (planners.config.PlanConfig, CEM's iCEM noise): one
+# warm-started CEM round per step, horizon 30, iCEM's coloured noise.
+NAV2D_SERVED: list[str] = []
 RUNS = {
-    "cem": ["--planner", "cem", "--agents", AGENTS, *NAV2D],
+    "cem": ["--planner", "cem", "--agents", AGENTS, *NAV2D, *WHITE],
     "cem_1_iteration": ["--planner", "cem", "--agents", AGENTS, *NAV2D_SERVED],
     # The same without fleetwm's native kernel: torch's path, as on a machine without a compiler.
     "cem_1_iteration_torch": ["--planner", "cem", "--agents", AGENTS, *NAV2D_SERVED],
     "mppi": ["--planner", "mppi", "--agents", AGENTS, *NAV2D],
     "gradient": ["--planner", "gradient", "--agents", "1,16,64", *NAV2D],
     "cem_deadline_20ms": ["--planner", "cem", "--agents", AGENTS, "--budget-ms", "20", "--horizon", "20",
-                          "--samples", "256", "--iterations", "10"],
+                          "--samples", "256", "--iterations", "10", *WHITE],
 }
 ROW_KEYS = ("agents", "plans_per_s", "plans_per_s_per_core", "ms_p50", "ms_p99", "gflops", "fraction_of_peak",
             "rollout_ms", "rollout_gflops", "rollout_fraction_of_peak", "speedup_vs_reference", "iterations_mean",

@@ -1,23 +1,30 @@
-"""`make bench`: run every benchmark; each prints one JSON object and saves it under benchmarks/results/."""
+"""`make bench`: run every benchmark, each saving its JSON under benchmarks/results/, then render docs/.
+
+`--only NAME,...` runs some of them (the docs are rendered in any case).
+"""
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 
-BENCHMARKS = [
-    "benchmarks.model_fit",
-    "benchmarks.nav2d_closed_loop",
-    "benchmarks.plan_throughput",
-    "benchmarks.pendulum_mbrl",
-    "benchmarks.serve_fleet",
-]
+BENCHMARKS = ["model_fit", "nav2d_closed_loop", "defaults_nav2d", "plan_throughput", "pendulum_mbrl", "serve_fleet"]
+"""Modules of ``benchmarks/``, in the order `make bench` runs them."""
 
 
-def main() -> None:
-    for name in BENCHMARKS:
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", default=None, help="comma-separated names from: " + ", ".join(BENCHMARKS))
+    args = parser.parse_args(argv)
+    chosen = BENCHMARKS if args.only is None else args.only.split(",")
+    unknown = sorted(set(chosen) - set(BENCHMARKS))
+    if unknown:
+        parser.error(f"unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}")
+    for name in chosen:
         print(f"== {name}", file=sys.stderr)
-        subprocess.run([sys.executable, "-m", name], check=True)
+        subprocess.run([sys.executable, "-m", f"benchmarks.{name}"], check=True)
+    subprocess.run([sys.executable, "-m", "benchmarks.docs"], check=True)
 
 
 if __name__ == "__main__":

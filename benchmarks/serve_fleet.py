@@ -40,7 +40,8 @@ from benchmarks.common import record, wm
 from benchmarks.nav2d_closed_loop import ARTICLE_MODEL, MODEL, SERVED_PLANNER
 from cluster.runtime import free_port
 from serving.client import FleetClient
-from serving.fleet import FleetResult, FleetTrace, drive_fleet, run_loop
+from serving.fleet import drive_fleet, run_loop
+from serving.fleet_config import FleetConfig, FleetResult, FleetTrace
 
 TARGET = {"p99_ms": 50.0, "errors": 0, "success_rate": 0.99}
 FLOOR_PLANNER = ["--planner", "cem", "--horizon", "1", "--samples", "2", "--iterations", "1"]
@@ -69,7 +70,7 @@ def reference_app(model_dir: str) -> Any:
         obs = torch.tensor([body["observation"]], dtype=torch.float32)  # (1, S)
         result = planner.plan(obs)
         return {"action": result.actions[0].tolist(), "model_version": "article", "plan_id": uuid.uuid4().hex,
-                "uncertainty": 0.0, "fallback": False, "replayed": False}
+                "disagreement": 0.0, "fallback": False, "fallback_reason": None, "replayed": False}
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:
@@ -139,11 +140,11 @@ def serve_command(model_dir: str, port: int, log_dir: Path, planner: list[str]) 
 def drive_row(url: str, agents: int, args: argparse.Namespace, seed: int, say: Any,
               trace: FleetTrace | None) -> FleetResult:
     """A 2 s untimed drive (the batch sizes this fleet makes warm up), then the timed one."""
-    run_loop(drive_fleet(url, agents, args.hz, 2.0, no_fly_zones=args.no_fly_zones, seed=args.seed + 100,
-                         drain=False))
+    config = FleetConfig(url, agents=agents, hz=args.hz, seconds=args.seconds, no_fly_zones=args.no_fly_zones,
+                         seed=seed)
+    run_loop(drive_fleet(dataclasses.replace(config, seconds=2.0, seed=args.seed + 100, drain=False)))
     say(f"{agents} agents at {args.hz:g} Hz, {args.no_fly_zones} zones, {args.seconds:g} s")
-    return run_loop(drive_fleet(url, agents, args.hz, args.seconds, no_fly_zones=args.no_fly_zones, seed=seed,
-                                progress=say, trace=trace))
+    return run_loop(drive_fleet(config, progress=say, trace=trace))
 
 
 def sustained(result: FleetResult, hz: float) -> bool:
@@ -157,7 +158,7 @@ def reference_ladder(url: str, hz: float, seconds: float, seed: int, most: int) 
     rows, best = [], None
     agents = 1
     while agents <= most:
-        result = run_loop(drive_fleet(url, agents, hz, seconds, no_fly_zones=0, seed=seed, drain=False))
+        result = run_loop(drive_fleet(FleetConfig(url, agents=agents, hz=hz, seconds=seconds, seed=seed, drain=False)))
         rows.append(_row(result) | {"sustained": sustained(result, hz)})
         print(f"reference: {agents} agents, {result.rate_hz:.1f} plans/s, p99 {result.latency_ms['p99']:.1f} ms, "
               f"{result.errors} errors -> {'sustained' if rows[-1]['sustained'] else 'behind'}", file=sys.stderr)

@@ -1,30 +1,24 @@
 """The ``wm`` command line.
 
-Each subcommand is a function ``run(args) -> dict`` in ``cluster/commands/``;
-this module parses arguments, prints the result (one JSON object on stdout with
-``--json``, readable lines otherwise) and turns expected errors into a one-line
-message and a non-zero exit instead of a traceback.
+Each command is a module of its own name in ``cluster/commands/`` (``wm eval`` is
+``cluster/commands/eval.py``) with ``register(sub, common)``, which adds its parser and sets
+``handler``, a function ``run(args) -> dict``. This module parses arguments, prints the result
+(one JSON object on stdout with ``--json``, readable lines otherwise) and turns expected errors
+into a one-line message and a non-zero exit instead of a traceback.
+
+Only the command being run is imported (its heavy imports, torch and Ray, wait inside its
+handler), so ``wm --help``, ``wm COMMAND --help`` and usage errors answer at once.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import json
 import os
 import sys
 from typing import Any, Callable, Sequence
-
-from cluster.commands import bench as bench_cmds
-from cluster.commands import demo as demo_cmds
-from cluster.commands import fleet as fleet_cmds
-from cluster.commands import learn as learn_cmds
-from cluster.commands import mbrl as mbrl_cmds
-from cluster.commands import model as model_cmds
-from cluster.commands import models as models_cmds
-from cluster.commands import plan as plan_cmds
-from cluster.commands import serve as serve_cmds
-from cluster.commands import sweep as sweep_cmds
 
 EXIT_ERROR, EXIT_USAGE = 1, 2
 
@@ -38,16 +32,41 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: {message}")
 
 
-def build_parser() -> argparse.ArgumentParser:
+COMMANDS: dict[str, str] = {
+    "collect": "run a policy in an env and write trajectory logs",
+    "train": "train dynamics + reward models from logs",
+    "info": "show a model directory's version, config and metrics",
+    "eval": "run N envs in lockstep, planning for all in one call",
+    "bench": "measure throughput (`wm bench plan`: plans/s for N agents per call)",
+    "mbrl": "model-based RL (PETS): train a model, plan, repeat",
+    "models": "list, inspect, promote and roll back registered models",
+    "learn": "retrain from logs on a learner actor, compare with production, register",
+    "tune": "sweep world-model settings with Ray Tune, scored on the newest episodes",
+    "serve": "serve next actions for a fleet over HTTP (Ray Serve)",
+    "fleet": "drive N simulated agents closed loop through a fleet endpoint (load test)",
+    "demo": "on a local Ray: simulate a fleet, learn a model, serve it, drive a fleet over HTTP",
+}
+"""Every ``wm`` command and its one-line help; command NAME lives in ``cluster.commands.NAME``."""
+
+
+def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
+    """The ``wm`` parser: the full options of the command named in ``argv``, one line for each other.
+
+    Args:
+        argv: the arguments to be parsed; the first that is not an option names the command.
+    """
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
     parser = _Parser(prog="wm", description="fleetwm: world models and MPC for fleets of agents.",
                      parents=[common])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for register in (model_cmds.register, plan_cmds.register, demo_cmds.register, bench_cmds.register,
-                     mbrl_cmds.register, models_cmds.register, learn_cmds.register, serve_cmds.register,
-                     fleet_cmds.register, sweep_cmds.register):
-        register(sub, common)
+    chosen = next((a for a in argv if not a.startswith("-")), None)
+    for name, help_line in COMMANDS.items():
+        if name == chosen:
+            importlib.import_module(f"cluster.commands.{name}").register(sub, common)
+            sub.choices[name].description = sub.choices[name].description or help_line
+        else:
+            sub.add_parser(name, help=help_line)
     return parser
 
 
@@ -76,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     as_json = "--json" in argv
     out = sys.stdout
     try:
-        args = build_parser().parse_args(argv)
+        args = build_parser(argv).parse_args(argv)
         if args.command is None:
             raise UsageError("wm: missing COMMAND; run `wm --help` to list them")
         handler: Callable[[argparse.Namespace], dict[str, Any]] = args.handler

@@ -10,10 +10,18 @@ Authentication: Ray's token mode is switched by ``RAY_AUTH_MODE`` (``token`` or
 same token in ``RAY_AUTH_TOKEN`` (or ``~/.ray/auth_token``). Since Ray 2.59 an embedded
 local Ray uses token mode too (generating a token in ``~/.ray``) unless the variable
 says otherwise; tests set it explicitly.
+
+Several local Rays on one machine (two `wm serve`, a test run beside them) do not collide: each
+picks free ports for its GCS, raylets, object managers and metrics export, and named actors live
+in one Ray instance. The one fixed port is the dashboard agent's HTTP port (52365): a second Ray's
+agent runs without it, which only the dashboard and the job API use, neither started here.
+Serve's own fixed ports are ``serving.deploy``'s concern (``LOCAL_PORTS``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import socket
 from dataclasses import dataclass
@@ -44,11 +52,81 @@ class RayInfo:
         return self.resources.get("GPU", 0.0)
 
 
-def free_port() -> int:
-    """A TCP port nothing listens on right now (for local Ray, Serve and test servers)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on right now on ``host`` (for local Ray, Serve and test servers);
+    ``0.0.0.0`` asks for one free on every interface."""
+    return free_ports(1, host)[0]
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """``count`` different ports free right now on ``host`` (each held open until all are chosen)."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) for _ in range(count)]
+        for s in socks:
+            s.bind((host, 0))
+        return [int(s.getsockname()[1]) for s in socks]
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Raise a one-line error when something listens on ``host:port`` already, naming it where this
+    user may see it (an HAProxy a stopped Ray Serve left behind is said to be one, with its pid).
+
+    Raises:
+        ValueError: the port is in use, or ``host`` is not an address of this machine.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        # SO_REUSEADDR: connections of a server that just stopped (TIME_WAIT) do not count as in use.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+            return
+        except OSError as err:
+            if err.errno != errno.EADDRINUSE:
+                raise ValueError(f"cannot listen on port {port} on {host}: {err.strerror}") from None
+    holders = "; ".join(_describe(pid) for pid in listening_pids(port))
+    raise ValueError(f"port {port} on {host} is in use" + (f" by {holders}" if holders else ""))
+
+
+def listening_pids(port: int) -> list[int]:
+    """Processes of this user listening on TCP ``port`` (Linux ``/proc``; empty where it is not readable)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()  # sl, local 'ADDR:PORT' (hex), remote, state (0A: listening), ..., inode
+                if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "0A":
+                    inodes.add(f"socket:[{fields[9]}]")
+    pids = []
+    for pid in filter(str.isdigit, os.listdir("/proc") if inodes else []):
+        with contextlib.suppress(OSError):  # another user's process, or one that just ended
+            if any(os.readlink(f"/proc/{pid}/fd/{fd}") in inodes for fd in os.listdir(f"/proc/{pid}/fd")):
+                pids.append(int(pid))
+    return pids
+
+
+def _describe(pid: int) -> str:
+    comm, ppid = _proc_stat(pid)
+    if comm != "haproxy":
+        return f"{comm} (pid {pid})"
+    # Ray Serve runs HAProxy as a child of its HAProxyManager actor; one whose parent is gone was
+    # reparented (to init or a subreaper) and keeps the port until it is stopped.
+    parent, _ = _proc_stat(ppid)
+    if parent.startswith("ray::"):
+        return f"the HAProxy (pid {pid}) of a running Ray Serve (another `wm serve`?)"
+    return f"an HAProxy (pid {pid}) left behind by a Ray Serve that is no longer running; stop it: kill {pid}"
+
+
+def _proc_stat(pid: int) -> tuple[str, int]:
+    """(command name, parent pid) of ``pid``; ('?', 0) when it cannot be read."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+    except OSError:
+        return "?", 0
+    # 'PID (COMM) STATE PPID ...': COMM may hold spaces and parentheses, so split at the last ')'.
+    head, _, tail = stat.rpartition(")")
+    return head.split("(", 1)[1], int(tail.split()[1])
 
 
 def runtime_env(extra_env: dict[str, str] | None = None) -> dict[str, Any]:

@@ -41,8 +41,11 @@ def read_logs(data_uri: str, files: list[str] | None = None) -> Transitions:
     """
     filesystem, _ = resolve_root(data_uri)
     files = files or require_log_files(data_uri)[2]
-    check_log_files(files, filesystem)
-    dataset = ray.data.read_parquet(files, filesystem=filesystem).select_columns(list(sc.COLUMNS))
+    _, obs_dim, act_dim = check_log_files(files, filesystem)
+    # The expected schema, not each file's own: a tree mixing schema versions 1 and 2 (timestamps stored
+    # as Arrow timestamps, then as int64) reads as one, and unknown extra columns are dropped.
+    schema = sc.trajectory_schema(obs_dim, act_dim)
+    dataset = ray.data.read_parquet(files, filesystem=filesystem, schema=schema).select_columns(list(sc.COLUMNS))
     return transitions_from_table(pa.concat_tables(ray.get(dataset.to_arrow_refs())), data_uri)
 
 

@@ -22,10 +22,8 @@ from ray.actor import ActorHandle
 from actors.common import NAMESPACE, find_actor
 from learners.cron import next_fire, parse
 from learners.learner import start_learner
+from learners.settings import DEFAULT_CHECKPOINT_ROOT, DEFAULT_NAME
 
-DEFAULT_NAME = "fleetwm-retrain-scheduler"
-DEFAULT_CHECKPOINT_ROOT = "~/.cache/fleetwm/learner"
-"""Where the scheduler's learner checkpoints (on the learner's node; ``~`` is that node's home)."""
 
 log = logging.getLogger(__name__)
 

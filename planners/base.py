@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from enum import IntEnum
 from typing import Any, Callable, Protocol
 
 import torch
 
+from planners.config import PlanConfig
 from planners.objectives import Objective, Params
-from planners.rollout import PROPAGATIONS, make_rollout
+from planners.rollout import make_rollout
 
 FallbackPolicy = Callable[[torch.Tensor], torch.Tensor]
 """Safe action for each agent: obs (N, S) -> actions (N, A)."""
@@ -27,41 +29,22 @@ State = dict[str, Any]
 """A planner's search state within one call (e.g. CEM's mean and std, each (N, H, A))."""
 
 
-@dataclass(frozen=True)
-class PlanConfig:
-    """Settings every planner shares."""
+class Fallback(IntEnum):
+    """Why the fallback policy acted for an agent; ``PlanResult.fallback_reason`` holds these codes."""
 
-    horizon: int = 15
-    """H, steps simulated ahead."""
-    samples: int = 200
-    """K, candidate sequences per agent per iteration (restarts, for the gradient planner)."""
-    iterations: int = 5
-    """Optimisation rounds per call, unless the time budget ends them sooner."""
-    propagation: str = "ts1"
-    """How uncertainty flows through the ensemble: 'ts1', 'tsinf' or 'expectation' (PETS)."""
-    particles: int = 1
-    """P, sampled futures per candidate in the 'ts' modes (dealt to members round-robin; 'tsinf'
-    needs a multiple of the ensemble size)."""
-    budget_ms: float | None = None
-    """Hard time budget per call; the best plan so far is returned when it is spent."""
-    disagreement_threshold: float | None = None
-    """Fall back when the chosen plan's mean ensemble disagreement exceeds this."""
-    uncertainty_penalty: float = 0.0
-    """Cost per unit of ensemble disagreement, subtracted from every step's reward."""
-    seed: int = 0
-    """Seed of the planner's random stream."""
+    NONE = 0
+    """The plan acted."""
+    DEADLINE = 1
+    """No optimisation round fit the time budget."""
+    UNCERTAINTY = 2
+    """The chosen plan's mean ensemble disagreement exceeded ``disagreement_threshold``."""
+    ERROR = 3
+    """Planning produced a non-finite plan or prediction (a diverging model)."""
 
-    def __post_init__(self) -> None:
-        for name in ("horizon", "samples", "iterations", "particles"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        if self.propagation not in PROPAGATIONS:
-            raise ValueError(f"propagation must be one of {', '.join(PROPAGATIONS)}, got {self.propagation!r}")
-        if self.budget_ms is not None and self.budget_ms <= 0:
-            raise ValueError(f"budget_ms must be > 0 or None, got {self.budget_ms}")
-        if self.uncertainty_penalty < 0:
-            raise ValueError(f"uncertainty_penalty must be >= 0, got {self.uncertainty_penalty}")
+    @property
+    def reason(self) -> str | None:
+        """The API's name for it: 'deadline', 'uncertainty', 'error', or None when the plan acted."""
+        return None if self is Fallback.NONE else self.name.lower()
 
 
 @dataclass
@@ -75,7 +58,8 @@ class PlanResult:
         disagreement: (N, H) ensemble disagreement along it (member variance in units of the
             model's typical one-step change; 0 when the members agree).
         expected_return: (N,) predicted return of the chosen plan.
-        fallback: (N,) True where the fallback policy acted instead of the plan.
+        fallback_reason: (N,) int8 ``Fallback`` codes: why the fallback policy acted instead of the
+            plan (``Fallback.NONE`` where the plan acted); ``fallback`` is its boolean view.
         iterations: optimisation rounds completed.
         elapsed_ms: wall time of the call.
         rollout_ms: the part of it spent simulating candidates (the batched rollouts' forward passes;
@@ -87,10 +71,15 @@ class PlanResult:
     trajectory: torch.Tensor
     disagreement: torch.Tensor
     expected_return: torch.Tensor
-    fallback: torch.Tensor
+    fallback_reason: torch.Tensor
     iterations: int
     elapsed_ms: float
     rollout_ms: float = 0.0
+
+    @property
+    def fallback(self) -> torch.Tensor:
+        """(N,) True where the fallback policy acted instead of the plan."""
+        return self.fallback_reason != Fallback.NONE
 
 
 class Planner(Protocol):
@@ -165,12 +154,27 @@ class BasePlanner:
         audit_start = time.perf_counter()
         trajectory, disagreement = self.rollout.audit(obs, best, params)
         _ema(self._audit_ms, n, self._elapsed_ms(audit_start))
-        fallback = torch.full((n,), iterations == 0, device=self.device)
-        if self.cfg.disagreement_threshold is not None:
-            fallback |= disagreement.mean(1) > self.cfg.disagreement_threshold
-        actions = torch.where(fallback[:, None], self.fallback_policy(obs), best[:, 0])
-        return PlanResult(actions, best, trajectory, disagreement, returns, fallback, iterations,
+        reason = self._fallback_reason(iterations, best, trajectory, disagreement)
+        actions = torch.where((reason != Fallback.NONE)[:, None], self.fallback_policy(obs), best[:, 0])
+        return PlanResult(actions, best, trajectory, disagreement, returns, reason, iterations,
                           (time.perf_counter() - start) * 1000, self._rollout_s * 1000)
+
+    def _fallback_reason(self, iterations: int, best: torch.Tensor, trajectory: torch.Tensor,
+                         disagreement: torch.Tensor) -> torch.Tensor:
+        """(N,) int8 ``Fallback`` codes; a missed deadline outranks an error, an error outranks disagreement.
+
+        Args:
+            best: (N, H, A) chosen plans; trajectory: (N, H+1, S); disagreement: (N, H).
+        """
+        n = len(best)
+        reason = torch.full((n,), Fallback.NONE, dtype=torch.int8, device=self.device)
+        if self.cfg.disagreement_threshold is not None:
+            reason[disagreement.mean(1) > self.cfg.disagreement_threshold] = Fallback.UNCERTAINTY
+        broken = ~(torch.isfinite(best).flatten(1).all(1) & torch.isfinite(trajectory).flatten(1).all(1))
+        reason[broken] = Fallback.ERROR
+        if iterations == 0:  # not even one round fit the budget: every agent acts safely now
+            reason[:] = Fallback.DEADLINE
+        return reason
 
     def _optimise(self, obs: torch.Tensor, params: Params | None,
                   warm_start: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, int]:

@@ -13,21 +13,26 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from planners import PlanConfig, make_planner, shift_plan
+from planners import OBJECTIVES, PlanConfig, make_planner, shift_plan
 from planners.objectives import GOAL, ZONES, GoalReward, LearnedReward, NoFlyZones, Objective, Params
 from worldmodel.envs import NAV2D_ID, make_env
+from worldmodel.envs.nav2d import GOAL_DIMS
 from worldmodel.model import WorldModel
 
-REWARDS = ("learned", "analytic")
 
+def build_objective(model: WorldModel, objective: str = "learned", zones: bool = False) -> Objective:
+    """The planning objective for ``model``'s env, plus zone costs.
 
-def build_objective(model: WorldModel, reward: str = "learned", zones: bool = False) -> Objective:
-    """The planning objective for ``model``'s env: its learned reward (or Nav2D's analytic one), plus zone costs."""
-    if reward not in REWARDS:
-        raise ValueError(f"reward must be one of {', '.join(REWARDS)}, got {reward!r}")
-    if reward == "analytic" and model.spec.env_id != NAV2D_ID:
-        raise ValueError(f"an analytic reward is defined for {NAV2D_ID} only, not {model.spec.env_id}")
-    terms = [LearnedReward(model.reward) if reward == "learned" else GoalReward()]
+    Args:
+        objective: 'learned' (the model's reward model) or 'goal' (Nav2D's reward: minus the distance
+            to each agent's goal).
+        zones: add the cost of Nav2D's no-fly zones.
+    """
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
+    if objective == "goal" and model.spec.env_id != NAV2D_ID:
+        raise ValueError(f"the 'goal' objective is defined for {NAV2D_ID} only, not {model.spec.env_id}")
+    terms = [LearnedReward(model.reward) if objective == "learned" else GoalReward()]
     if zones:
         if model.spec.env_id != NAV2D_ID:
             raise ValueError(f"no-fly zones exist in {NAV2D_ID} only, not {model.spec.env_id}")
@@ -39,7 +44,7 @@ def agent_params(env_id: str, obs: torch.Tensor, infos: dict[str, Any]) -> Param
     """Per-agent objective parameters read from the envs: Nav2D's goals (in obs) and zones (in info)."""
     if env_id != NAV2D_ID:
         return {}
-    params = {GOAL: obs[:, 4:6]}
+    params = {GOAL: obs[:, GOAL_DIMS]}
     if "no_fly_zones" in infos:
         params[ZONES] = torch.as_tensor(np.asarray(infos["no_fly_zones"]), dtype=obs.dtype, device=obs.device)
     return params
@@ -66,7 +71,7 @@ class EvalResult:
 
 
 def closed_loop(model: WorldModel, planner: str, agents: int, episodes: int, cfg: PlanConfig,
-                reward: str = "learned", no_fly_zones: int = 0, seed: int = 0, progress: bool = False,
+                objective: str = "learned", no_fly_zones: int = 0, seed: int = 0, progress: bool = False,
                 on_step: Callable[[dict[str, Any]], None] | None = None,
                 settings: dict[str, Any] | None = None) -> EvalResult:
     """Run ``agents`` envs of the model's env in lockstep until ``episodes`` episodes have ended.
@@ -77,7 +82,7 @@ def closed_loop(model: WorldModel, planner: str, agents: int, episodes: int, cfg
         agents: N, envs stepped together, planned for in one call per step.
         episodes: episodes counted: the first ``episodes`` to start (summed over agents), each run to its end.
         cfg: planner settings.
-        reward: 'learned' (the model's reward model) or 'analytic' (Nav2D's true reward).
+        objective: 'learned' (the model's reward model) or 'goal' (Nav2D's true reward).
         no_fly_zones: Nav2D zones per episode (0: off); their costs join the objective.
         seed: seeds the envs and the planner.
         on_step: called after each step with the obs planned from, the objective parameters, the
@@ -89,12 +94,11 @@ def closed_loop(model: WorldModel, planner: str, agents: int, episodes: int, cfg
     env_id = model.spec.env_id
     kwargs = {"num_no_fly_zones": no_fly_zones} if no_fly_zones else {}
     envs = gymnasium.vector.SyncVectorEnv([lambda: make_env(env_id, **kwargs) for _ in range(agents)])
-    objective = build_objective(model, reward, zones=no_fly_zones > 0)
-    plan = make_planner(planner, model.dynamics, objective, torch.tensor(model.spec.act_low),
+    plan = make_planner(planner, model.dynamics, build_objective(model, objective, zones=no_fly_zones > 0), torch.tensor(model.spec.act_low),
                         torch.tensor(model.spec.act_high), cfg, settings=settings)
     device = model.device
     obs_np, infos = envs.reset(seed=seed)
-    warm: torch.Tensor | None = None
+    warm_start: torch.Tensor | None = None
     returns, successes, violations, violators = [], [], 0, 0
     ep_return, ep_violations = np.zeros(agents), np.zeros(agents, int)
     fallbacks, steps, plan_ms = 0, 0, []
@@ -107,11 +111,11 @@ def closed_loop(model: WorldModel, planner: str, agents: int, episodes: int, cfg
     while len(returns) < episodes:
         obs = torch.as_tensor(obs_np, dtype=torch.float32, device=device)
         params = agent_params(env_id, obs, infos)
-        result = plan.plan(obs, params, warm_start=warm)
+        result = plan.plan(obs, params, warm_start=warm_start)
         plan_ms.append(result.elapsed_ms)
-        warm = shift_plan(result.plan)
+        warm_start = shift_plan(result.plan)
         if reset_next.any():  # these envs now show a new episode's first obs: plan it from scratch
-            warm[torch.as_tensor(reset_next, device=device)] = plan.initial_plan(int(reset_next.sum()))
+            warm_start[torch.as_tensor(reset_next, device=device)] = plan.initial_plan(int(reset_next.sum()))
         obs_np, rew, term, trunc, infos = envs.step(result.actions.detach().cpu().numpy())
         live = ~reset_next & counting
         fallbacks += int(result.fallback.cpu().numpy()[live].sum())

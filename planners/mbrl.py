@@ -9,8 +9,8 @@ without adding to its data (one episode's return depends strongly on where it st
 
 Small data sets: ``train_world_model`` splits whole episodes into train /
 validation / test, which needs several episodes, while MBRL starts from one. With
-fewer than ``MIN_EPISODES`` episodes each episode is cut into time-contiguous chunks
-that are split as if they were episodes (see ``chunk_episodes``).
+few episodes each is cut into time-contiguous chunks that are split as if they were
+episodes (``worldmodel.training.chunk_episodes``).
 
 Shapes: ``S`` state, ``A`` action, ``H`` horizon, ``B`` transitions.
 """
@@ -28,6 +28,7 @@ import torch
 from tqdm import tqdm
 
 from planners import PlanConfig, make_planner, shift_plan
+from planners.config import PETS_MODEL, PETS_PLAN, PETS_TRAIN
 from planners.base import BasePlanner
 from planners.cem import CEMConfig, CEMPlanner
 from planners.evaluate import build_objective
@@ -36,12 +37,8 @@ from worldmodel.data import TrajectoryWriter, Transitions
 from worldmodel.envs import make_env, space_spec
 from worldmodel.envs.collect import collect
 from worldmodel.model import WorldModel
-from worldmodel.training import train_world_model
+from worldmodel.training import CHUNK_STEPS, chunk_episodes, train_world_model
 
-MIN_EPISODES = 20
-"""From this many episodes on, whole episodes are split into train / validation / test; fewer are chunked."""
-CHUNK_STEPS = 20
-"""Steps per chunk when episodes are chunked for the split."""
 AGENT_ID = "mbrl-0000"
 """Agent id of every logged row."""
 RANDOM, PLANNED, EVAL = "random", "planned", "eval"
@@ -106,37 +103,11 @@ class MBRLResult:
                 "settings": self.settings}
 
 
-def chunk_episodes(data: Transitions, length: int = CHUNK_STEPS, min_episodes: int = MIN_EPISODES) -> Transitions:
-    """Relabel rows so that ``split_by_episode`` can hold out time-contiguous chunks of few episodes.
-
-    With fewer than ``min_episodes`` episodes, each is cut into chunks of ``length`` steps
-    (the last one may be shorter) with eps_id ``"<eps_id>#<chunk>"``; otherwise ``data`` is
-    returned as is. One 200-step episode gives 10 chunks, so the default 10% validation and
-    test fractions hold out 20 rows each; five episodes give 50 chunks, so validation is
-    spread over 5 different stretches of the data rather than one.
-
-    Why chunks rather than random rows: consecutive states are nearly equal, so random rows
-    held out would each have a training neighbour one step away and validation would not
-    notice overfitting. Chunks leak only at their two ends, so validation (early stopping,
-    variance calibration) and the reported test metrics are only slightly optimistic. The
-    original episode ids stay in the logs; only the copy handed to training is relabelled.
-
-    Args:
-        data: B transitions, each episode's rows with ``t`` 0, 1, ...
-        length: steps per chunk (no shorter than a recurrent model's sequence length).
-        min_episodes: episodes from which whole episodes are split as usual.
-
-    Returns:
-        B transitions, the same rows in the same order.
-    """
-    if length < 1:
-        raise ValueError(f"length must be >= 1, got {length}")
-    eps = data.eps_id.astype(str)
-    if len(np.unique(eps)) >= min_episodes:
-        return data
-    chunk = data.t.astype(np.int64) // length  # (B,)
-    ids = np.array([f"{e}#{c}" for e, c in zip(eps, chunk)], dtype=object)
-    return dataclasses.replace(data, eps_id=ids)
+def pets_cem(samples: int, elites: int | None = None) -> CEMConfig:
+    """PETS' CEM for ``samples`` K: white noise at half the action range, refitting to the top 10% (or
+    ``elites``). The loop plans each step from scratch with several rounds, where iCEM's wide coloured
+    noise (``CEMConfig``'s default, for one warm-started round) has not been tuned."""
+    return CEMConfig(elites=elites if elites is not None else max(1, samples // 10), noise_beta=0.0, init_std=0.5)
 
 
 def _planner(name: str, model: WorldModel, cfg: PlanConfig, cem: CEMConfig | None) -> BasePlanner:
@@ -144,9 +115,7 @@ def _planner(name: str, model: WorldModel, cfg: PlanConfig, cem: CEMConfig | Non
     objective = build_objective(model, "learned")
     low, high = torch.tensor(model.spec.act_low), torch.tensor(model.spec.act_high)
     if name == "cem":
-        # PETS refits to the top 10% of the samples; CEMConfig's fixed default would exceed small K.
-        cem = cem or CEMConfig(elites=max(1, cfg.samples // 10))
-        return CEMPlanner(model.dynamics, objective, low, high, cfg, cem=cem)
+        return CEMPlanner(model.dynamics, objective, low, high, cfg, cem=cem or pets_cem(cfg.samples))
     return make_planner(name, model.dynamics, objective, low, high, cfg)
 
 
@@ -169,14 +138,14 @@ def run_planned_episode(env_id: str, planner: BasePlanner, index: int, seed: int
     success: bool | None = None
     try:
         obs, info = env.reset(seed=episode_seed(seed, index))
-        warm: torch.Tensor | None = None
+        warm_start: torch.Tensor | None = None
         bar = tqdm(desc=f"episode {index}", total=env.spec.max_episode_steps if env.spec else None, unit="step",
                    disable=not progress, leave=False)
         done = False
         while not done:
-            result = planner.plan(torch.as_tensor(obs, dtype=torch.float32)[None], warm_start=warm)
+            result = planner.plan(torch.as_tensor(obs, dtype=torch.float32)[None], warm_start=warm_start)
             plan_ms.append(result.elapsed_ms)
-            warm = shift_plan(result.plan)
+            warm_start = shift_plan(result.plan)
             action = result.actions[0].detach().cpu().numpy()
             new_obs, reward, terminated, truncated, info = env.step(action)
             now = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
@@ -195,14 +164,101 @@ def run_planned_episode(env_id: str, planner: BasePlanner, index: int, seed: int
     return data, success, plan_ms
 
 
+@dataclass
+class _Loop:
+    """One run of the loop: its settings, and the rows reported so far (each also logged and announced)."""
+
+    env_id: str
+    planner: str
+    plan_cfg: PlanConfig
+    model_cfg: ModelConfig
+    train_cfg: TrainConfig
+    cem: CEMConfig | None
+    seed: int
+    progress: bool
+    writer: TrajectoryWriter | None
+    on_episode: Callable[[EpisodeRow], None] | None
+    rows: list[EpisodeRow] = field(default_factory=list)
+    evals: list[EpisodeRow] = field(default_factory=list)
+
+    @property
+    def chunk(self) -> int:
+        """Steps per chunk of the split (no shorter than a recurrent model's sequences)."""
+        return max(CHUNK_STEPS, self.train_cfg.seq_len) if self.model_cfg.dynamics == "gru" else CHUNK_STEPS
+
+    def finish(self, row: EpisodeRow, part: Transitions | None) -> None:
+        """Report one episode; ``part`` is its data when it is learned from (then also logged)."""
+        (self.rows if part is not None else self.evals).append(row)
+        if self.writer is not None and part is not None:
+            self.writer.write(part)
+        if self.on_episode is not None:
+            self.on_episode(row)
+
+    def train(self, data: Transitions, i: int) -> tuple[WorldModel, float]:
+        """A model trained from scratch on ``data`` for episode ``i``, and the seconds it took."""
+        tic = time.perf_counter()
+        spec = space_spec(make_env(self.env_id), self.env_id)
+        model = train_world_model(chunk_episodes(data, self.chunk), spec, self.model_cfg,
+                                  dataclasses.replace(self.train_cfg, seed=self.seed + i), progress=self.progress)
+        return model, round(time.perf_counter() - tic, 3)
+
+    def play(self, model: WorldModel, i: int) -> tuple[Transitions, bool | None, float]:
+        """Episode ``i`` planned on ``model``: its data, success and mean planning ms."""
+        plan = _planner(self.planner, model, dataclasses.replace(self.plan_cfg, seed=self.seed + i), self.cem)
+        part, success, plan_ms = run_planned_episode(self.env_id, plan, i, self.seed, f"mbrl-{i}", self.progress)
+        return part, success, round(float(np.mean(plan_ms)), 3)
+
+    def random_episodes(self, count: int) -> Transitions:
+        """Episodes 0..count-1 at random (eps_id ``f"{AGENT_ID}-{seed}-{i}"``, as planned ones)."""
+        data = collect(self.env_id, count, seed=self.seed, agent_id=AGENT_ID, num_envs=1, progress=self.progress)
+        env_steps = 0
+        for i, eps in enumerate(dict.fromkeys(data.eps_id.tolist())):
+            part = data.select(data.eps_id == eps)
+            env_steps += len(part)
+            # collect keeps no infos, so random episodes report no success.
+            self.finish(EpisodeRow(i, RANDOM, len(part), env_steps, float(part.rewards.sum()), None, 0.0, 0.0,
+                                   None), part)
+        return data
+
+    def planned_episode(self, data: Transitions, i: int) -> Transitions:
+        """Train on ``data``, plan episode ``i``; returns ``data`` with the episode added."""
+        model, train_seconds = self.train(data, i)
+        part, success, plan_ms = self.play(model, i)
+        env_steps = len(data) + len(part)
+        self.finish(EpisodeRow(i, PLANNED, len(part), env_steps, float(part.rewards.sum()), success, train_seconds,
+                               plan_ms, model.metrics["dynamics"]["r2_min"]), part)
+        return Transitions.concat([data, part])
+
+    def eval_episodes(self, data: Transitions, first: int, count: int) -> None:
+        """Episodes first..first+count-1 planned by one model trained on all of ``data``, not learned from."""
+        model, train_seconds = self.train(data, first)
+        for i in range(first, first + count):
+            part, success, plan_ms = self.play(model, i)
+            self.finish(EpisodeRow(i, EVAL, len(part), len(data), float(part.rewards.sum()), success,
+                                   train_seconds if i == first else 0.0, plan_ms,
+                                   model.metrics["dynamics"]["r2_min"]), None)
+
+
+def _check_counts(episodes: int, random_episodes: int, eval_episodes: int, planner: str,
+                  cem: CEMConfig | None) -> None:
+    if eval_episodes < 0:
+        raise ValueError(f"eval_episodes must be >= 0, got {eval_episodes}")
+    if cem is not None and planner != "cem":
+        raise ValueError(f"CEM settings were given but the planner is {planner!r}")
+    if random_episodes < 1:
+        raise ValueError(f"random_episodes must be >= 1 (a model needs data), got {random_episodes}")
+    if episodes <= random_episodes:
+        raise ValueError(f"episodes ({episodes}) must exceed random_episodes ({random_episodes})")
+
+
 def run_mbrl(
     env_id: str,
     episodes: int,
     planner: str = "cem",
     random_episodes: int = 1,
-    plan_cfg: PlanConfig = PlanConfig(),
-    model_cfg: ModelConfig = ModelConfig(),
-    train_cfg: TrainConfig = TrainConfig(),
+    plan_cfg: PlanConfig = PETS_PLAN,
+    model_cfg: ModelConfig = PETS_MODEL,
+    train_cfg: TrainConfig = PETS_TRAIN,
     seed: int = 0,
     log_dir: str | None = None,
     progress: bool = False,
@@ -214,20 +270,20 @@ def run_mbrl(
     """Run the PETS loop for ``episodes`` episodes, the first ``random_episodes`` of them random.
 
     Args:
-        env_id: a gymnasium id with 1-D Box spaces.
+        env_id: a gymnasium id with 1-D Box spaces (``module:Id`` imports the module that registers it).
         episodes: total episodes, random ones included; > random_episodes.
         planner: 'cem', 'mppi', 'gradient' or 'shooting'.
         random_episodes: episodes of uniform random actions before the first model, >= 1.
-        plan_cfg: planner settings (its seed is replaced, see ``seed``).
-        model_cfg: world-model architecture.
-        train_cfg: fitting settings; ``epochs`` caps each retraining (its seed is replaced).
+        plan_cfg: planner settings (its seed is replaced, see ``seed``); default ``PETS_PLAN``.
+        model_cfg: world-model architecture; default ``PETS_MODEL``.
+        train_cfg: fitting settings; ``epochs`` caps each retraining (its seed is replaced); default ``PETS_TRAIN``.
         seed: fixes everything: random actions, env resets, model training and planning
             (episode i uses seed + i for training and planning), so a run repeats exactly on the same
             machine and software (the loop is chaotic: float rounding that differs elsewhere changes it).
         log_dir: when given, every episode is also appended there with TrajectoryWriter.
         progress: show progress bars on stderr.
         target_return: the return whose first attainment ``steps_to_target`` reports.
-        cem: CEM's own settings (default: elites the top 10% of samples, as in PETS).
+        cem: CEM's own settings (default: PETS' white noise, elites the top 10% of samples).
         eval_episodes: episodes run at the end by a model trained on all the data, from start
             states of their own; they are neither learned from nor logged.
         on_episode: called with each row as soon as its episode ends.
@@ -235,70 +291,22 @@ def run_mbrl(
     Returns:
         One row per episode and the env steps it took to reach ``target_return``.
     """
-    if eval_episodes < 0:
-        raise ValueError(f"eval_episodes must be >= 0, got {eval_episodes}")
-    if cem is not None and planner != "cem":
-        raise ValueError(f"CEM settings were given but the planner is {planner!r}")
-    if random_episodes < 1:
-        raise ValueError(f"random_episodes must be >= 1 (a model needs data), got {random_episodes}")
-    if episodes <= random_episodes:
-        raise ValueError(f"episodes ({episodes}) must exceed random_episodes ({random_episodes})")
+    _check_counts(episodes, random_episodes, eval_episodes, planner, cem)
     start = time.perf_counter()
-    env = make_env(env_id)
-    spec = space_spec(env, env_id)
-    env.close()
-    writer = TrajectoryWriter(log_dir, env_id=env_id) if log_dir else None
-    chunk = max(CHUNK_STEPS, train_cfg.seq_len) if model_cfg.dynamics == "gru" else CHUNK_STEPS
-    rows: list[EpisodeRow] = []
-    evals: list[EpisodeRow] = []
-    env_steps = 0
-
-    def finish(row: EpisodeRow, part: Transitions | None) -> None:
-        (rows if part is not None else evals).append(row)
-        if writer is not None and part is not None:
-            writer.write(part)
-        if on_episode is not None:
-            on_episode(row)
-
-    def train(data: Transitions, i: int) -> tuple[WorldModel, float]:
-        tic = time.perf_counter()
-        model = train_world_model(chunk_episodes(data, chunk), spec, model_cfg,
-                                  dataclasses.replace(train_cfg, seed=seed + i), progress=progress)
-        return model, round(time.perf_counter() - tic, 3)
-
-    def play(model: WorldModel, i: int) -> tuple[Transitions, bool | None, float]:
-        plan = _planner(planner, model, dataclasses.replace(plan_cfg, seed=seed + i), cem)
-        part, success, plan_ms = run_planned_episode(env_id, plan, i, seed, f"mbrl-{i}", progress)
-        return part, success, round(float(np.mean(plan_ms)), 3)
-
-    # Random episodes: collect numbers them 0..R-1 with eps_id f"{AGENT_ID}-{seed}-{i}", as below.
-    data = collect(env_id, random_episodes, seed=seed, agent_id=AGENT_ID, num_envs=1, progress=progress)
-    for i, eps in enumerate(dict.fromkeys(data.eps_id.tolist())):
-        part = data.select(data.eps_id == eps)
-        env_steps += len(part)
-        success = None  # collect does not keep infos; random episodes report no success
-        finish(EpisodeRow(i, RANDOM, len(part), env_steps, float(part.rewards.sum()), success, 0.0, 0.0, None), part)
-
+    space_spec(make_env(env_id), env_id)  # a bad env id or space fails before any work
+    loop = _Loop(env_id, planner, plan_cfg, model_cfg, train_cfg, cem, seed, progress,
+                 TrajectoryWriter(log_dir, env_id=env_id) if log_dir else None, on_episode)
+    # Random episodes first, then one planned episode per retraining, then the final model's evaluation.
+    data = loop.random_episodes(random_episodes)
     for i in range(random_episodes, episodes):
-        model, train_seconds = train(data, i)
-        part, success, plan_ms = play(model, i)
-        data = Transitions.concat([data, part])
-        env_steps += len(part)
-        finish(EpisodeRow(i, PLANNED, len(part), env_steps, float(part.rewards.sum()), success, train_seconds,
-                          plan_ms, model.metrics["dynamics"]["r2_min"]), part)
-
+        data = loop.planned_episode(data, i)
     if eval_episodes:
-        model, train_seconds = train(data, episodes)
-        for i in range(episodes, episodes + eval_episodes):
-            part, success, plan_ms = play(model, i)
-            finish(EpisodeRow(i, EVAL, len(part), env_steps, float(part.rewards.sum()), success,
-                              train_seconds if i == episodes else 0.0, plan_ms,
-                              model.metrics["dynamics"]["r2_min"]), None)
+        loop.eval_episodes(data, episodes, eval_episodes)
 
-    reached = [r.env_steps for r in rows if target_return is not None and r.ret >= target_return]
+    reached = [r.env_steps for r in loop.rows if target_return is not None and r.ret >= target_return]
     settings = {"env": env_id, "episodes": episodes, "planner": planner, "random_episodes": random_episodes,
                 "eval_episodes": eval_episodes, "seed": seed, "seeds": "episode i trains and plans with seed + i",
                 "plan": dataclasses.asdict(plan_cfg), "model": model_cfg.to_dict(), "train": train_cfg.to_dict(),
-                "cem": dataclasses.asdict(cem) if cem else None, "chunk_steps": chunk}
-    return MBRLResult(env_id, rows, evals, target_return, reached[0] if reached else None,
+                "cem": dataclasses.asdict(cem) if cem else None, "chunk_steps": loop.chunk}
+    return MBRLResult(env_id, loop.rows, loop.evals, target_return, reached[0] if reached else None,
                       time.perf_counter() - start, settings)

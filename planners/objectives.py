@@ -24,7 +24,7 @@ ZONES = "zones"
 
 
 class Term(Protocol):
-    def __call__(self, obs: torch.Tensor, action: torch.Tensor, next_obs: torch.Tensor,
+    def __call__(self, obs: torch.Tensor, action: torch.Tensor, new_obs: torch.Tensor,
                  params: Params) -> torch.Tensor:
         """Reward of each transition: (X, N, R, *) -> (X, N, R).
 
@@ -54,11 +54,11 @@ class LearnedReward:
     def __init__(self, model: RewardModel | FoldedReward) -> None:
         self.model = model
 
-    def __call__(self, obs: torch.Tensor, action: torch.Tensor, next_obs: torch.Tensor,
+    def __call__(self, obs: torch.Tensor, action: torch.Tensor, new_obs: torch.Tensor,
                  params: Params) -> torch.Tensor:
         lead = obs.shape[:-1]
         flat = lambda x: x.reshape(-1, x.shape[-1])  # noqa: E731
-        rewards = self.model(flat(obs), flat(action), flat(next_obs))  # (members, B)
+        rewards = self.model(flat(obs), flat(action), flat(new_obs))  # (members, B)
         return (rewards[0] if len(rewards) == 1 else rewards.mean(0)).view(lead)
 
     def prepared(self) -> "LearnedReward":
@@ -72,10 +72,10 @@ class GoalReward:
     def __init__(self, pos_dims: Sequence[int] = (0, 1)) -> None:
         self.pos_dims = _dims(pos_dims)
 
-    def __call__(self, obs: torch.Tensor, action: torch.Tensor, next_obs: torch.Tensor,
+    def __call__(self, obs: torch.Tensor, action: torch.Tensor, new_obs: torch.Tensor,
                  params: Params) -> torch.Tensor:
         goal = _param(params, GOAL, "GoalReward")[:, None, :]  # (N, 1, G)
-        return -torch.linalg.vector_norm(next_obs[..., self.pos_dims] - goal, dim=-1)
+        return -torch.linalg.vector_norm(new_obs[..., self.pos_dims] - goal, dim=-1)
 
 
 class NoFlyZones:
@@ -90,10 +90,10 @@ class NoFlyZones:
     def __init__(self, pos_dims: Sequence[int] = (0, 1), weight: float = 100.0, margin: float = 0.3) -> None:
         self.pos_dims, self.weight, self.margin = _dims(pos_dims), weight, margin
 
-    def __call__(self, obs: torch.Tensor, action: torch.Tensor, next_obs: torch.Tensor,
+    def __call__(self, obs: torch.Tensor, action: torch.Tensor, new_obs: torch.Tensor,
                  params: Params) -> torch.Tensor:
         zones = _param(params, ZONES, "NoFlyZones")  # (N, Z, 3)
-        pos = next_obs[..., None, self.pos_dims]  # (X, N, R, 1, 2)
+        pos = new_obs[..., None, self.pos_dims]  # (X, N, R, 1, 2)
         dist = torch.linalg.vector_norm(pos - zones[:, None, :, :2], dim=-1)  # (X, N, R, Z)
         radius = zones[:, None, :, 2]  # (N, 1, Z)
         # Padding slots (radius 0) cost nothing: dist < 0 never holds, and their depth is masked.
@@ -112,9 +112,9 @@ class StateBox:
         self.dims, self.weight = list(dims), weight
         self.low, self.high = torch.tensor(low), torch.tensor(high)
 
-    def __call__(self, obs: torch.Tensor, action: torch.Tensor, next_obs: torch.Tensor,
+    def __call__(self, obs: torch.Tensor, action: torch.Tensor, new_obs: torch.Tensor,
                  params: Params) -> torch.Tensor:
-        x = next_obs[..., self.dims]
+        x = new_obs[..., self.dims]
         low, high = self.low.to(x), self.high.to(x)
         return -self.weight * (torch.relu(low - x) + torch.relu(x - high)).sum(-1)
 
@@ -132,9 +132,9 @@ class Objective:
         through their models' inference forms, folded once here rather than checked at every step."""
         return Objective([t.prepared() if isinstance(t, LearnedReward) else t for t in self.terms])
 
-    def __call__(self, obs: torch.Tensor, action: torch.Tensor, next_obs: torch.Tensor,
+    def __call__(self, obs: torch.Tensor, action: torch.Tensor, new_obs: torch.Tensor,
                  params: Params) -> torch.Tensor:
-        total = self.terms[0](obs, action, next_obs, params)
+        total = self.terms[0](obs, action, new_obs, params)
         for term in self.terms[1:]:
-            total = total + term(obs, action, next_obs, params)
+            total = total + term(obs, action, new_obs, params)
         return total

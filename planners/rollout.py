@@ -21,8 +21,6 @@ from planners.objectives import Objective, Params
 from worldmodel.dynamics import EnsembleDynamics, FoldedDynamics
 from worldmodel.nn import variance
 
-PROPAGATIONS = ("ts1", "tsinf", "expectation")
-
 _CHUNK_ROWS = 16384
 """Most rows (steps x particle rows) a sampled rollout keeps per objective call: its states stay in cache."""
 

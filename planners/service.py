@@ -2,7 +2,7 @@
 
 This is the Ray-free core that the ensemble-worker actors and the Serve planner
 deployment host. One call plans for every agent in the batch; agents may ask for
-different objectives ('learned' reward or Nav2D's analytic 'goal'), each kind
+different objectives ('learned' reward or Nav2D's 'goal' reward), each kind
 planned in one batched call, and carry their own goals and no-fly zones.
 
 Shapes: ``N`` agents, ``H`` horizon, ``S`` state, ``A`` action, ``Z`` zones.
@@ -18,43 +18,33 @@ from typing import Any
 import numpy as np
 import torch
 
-from planners import PlanConfig, make_planner, shift_plan
-from planners.base import BasePlanner
+from planners import OBJECTIVES, PlanConfig, make_planner, resolved_settings, shift_plan
+from planners.base import BasePlanner, Fallback
 from planners.evaluate import build_objective
 from planners.objectives import GOAL, ZONES
 from planners.rollout import HIDDEN, is_recurrent
 from worldmodel.config import config_from_dict
 from worldmodel.envs import NAV2D_ID
+from worldmodel.envs.nav2d import GOAL_DIMS
 from worldmodel.model import WorldModel
 
-OBJECTIVES = ("learned", "goal")
-"""Objective names a request may ask for: the learned reward model, or Nav2D's analytic goal reward."""
-
-SERVED_CEM = {"noise_beta": 2.0, "init_std": 1.0}
-"""CEM's own settings when serving one warm-started round per request: iCEM's coloured noise, as wide as
-the action box. With white noise at half the width, or a horizon of 20, 1.5 to 3% of Nav2D episodes
-end wedged between two no-fly zones (README, Nav2D closed loop)."""
-
-_GOAL_DIMS = slice(4, 6)
-"""Where Nav2D's observation carries the agent's goal."""
 
 
 @dataclass(frozen=True)
 class ServiceConfig:
-    """How a served model plans."""
+    """How a served model plans: by default ``PlanConfig``'s and CEM's own defaults (one place each)."""
 
     planner: str = "cem"
     """'cem', 'mppi', 'gradient' or 'shooting'."""
-    plan: PlanConfig = PlanConfig(horizon=30, samples=32, iterations=1, particles=1)
-    """Planner settings; the default, one warm-started CEM round, reaches the Nav2D closed-loop target."""
+    plan: PlanConfig = PlanConfig()
+    """Planner settings shared by every planner."""
     settings: dict[str, Any] | None = None
-    """The planner's own settings (``make_planner``); None: ``SERVED_CEM`` for CEM, defaults for the others."""
+    """The planner's own settings (``make_planner``); absent fields (or None) keep its config's defaults."""
 
     @property
     def planner_settings(self) -> dict[str, Any]:
-        if self.settings is not None:
-            return dict(self.settings)
-        return dict(SERVED_CEM) if self.planner == "cem" else {}
+        """The planner's own settings, resolved: every field of its config, defaults filled in."""
+        return resolved_settings(self.planner, self.settings)
 
     def to_dict(self) -> dict[str, Any]:
         return {"planner": self.planner, "plan": dataclasses.asdict(self.plan), "settings": self.planner_settings}
@@ -70,6 +60,44 @@ class ServiceConfig:
         settings = data.get("settings")
         return cls(planner=data.get("planner", cls.planner), plan=plan,
                    settings=None if settings is None else dict(settings))
+
+
+@dataclass(frozen=True)
+class PlanBatch:
+    """One served planner call's answer for N agents, numpy throughout (what crosses to the ingress).
+
+    Attributes:
+        actions: (N, A) the actions to take now.
+        warm_start: (N, H, A) the chosen plans shifted by one step: the next call's warm starts.
+        trajectory: (N, H+1, S) predicted mean states along the chosen plans, starting at obs.
+        disagreement: (N,) mean ensemble disagreement along each chosen plan.
+        fallback_reason: (N,) int8 ``planners.base.Fallback`` codes (0 where the plan acted).
+        expected_return: (N,) predicted return of each chosen plan.
+        hidden: (N, Hd) recurrent models' states after this step's observation and action, else None.
+        iterations: optimisation rounds completed (the fewest over the objective kinds planned).
+        elapsed_ms: wall time of the call.
+        model_version: the version that planned.
+    """
+
+    actions: np.ndarray
+    warm_start: np.ndarray
+    trajectory: np.ndarray
+    disagreement: np.ndarray
+    fallback_reason: np.ndarray
+    expected_return: np.ndarray
+    hidden: np.ndarray | None
+    iterations: int
+    elapsed_ms: float
+    model_version: str
+
+    @property
+    def fallback(self) -> np.ndarray:
+        """(N,) True where the fallback policy acted."""
+        return self.fallback_reason != Fallback.NONE
+
+    def reasons(self) -> list[str | None]:
+        """Per agent, why the fallback acted: 'deadline', 'uncertainty', 'error', or None."""
+        return [Fallback(int(code)).reason for code in self.fallback_reason]
 
 
 class FleetPlanner:
@@ -89,7 +117,7 @@ class FleetPlanner:
         low, high = torch.tensor(model.spec.act_low), torch.tensor(model.spec.act_high)
         self.planners: dict[str, BasePlanner] = {
             name: make_planner(self.cfg.planner, model.dynamics,
-                               build_objective(model, "analytic" if name == "goal" else "learned", zones=self.zones),
+                               build_objective(model, name, zones=self.zones),
                                low, high, self.cfg.plan, settings=self.cfg.planner_settings)
             for name in objectives}
 
@@ -124,25 +152,21 @@ class FleetPlanner:
                 self.plan(np.zeros((n, self.obs_dim), np.float32), objectives=[name] * n)
 
     @torch.no_grad()
-    def plan(self, obs: np.ndarray, warm: np.ndarray | None = None, objectives: list[str] | None = None,
+    def plan(self, obs: np.ndarray, warm_start: np.ndarray | None = None, objectives: list[str] | None = None,
              zones: np.ndarray | None = None, budget_ms: float | None = None,
-             hidden: np.ndarray | None = None) -> dict[str, Any]:
+             hidden: np.ndarray | None = None) -> PlanBatch:
         """Plan for N agents.
 
         Args:
             obs: (N, S) current observations.
-            warm: (N, H, A) warm starts (already shifted), NaN rows where an agent has none.
+            warm_start: (N, H, A) warm starts (already shifted), NaN rows where an agent has none.
             objectives: per agent, one of ``self.objectives`` (default all 'learned').
             zones: (N, Z, 3) no-fly zones (x, y, radius; radius 0 pads), Nav2D only.
             budget_ms: hard time budget of the call (the config's when None).
             hidden: (N, Hd) recurrent models only: each agent's hidden state, NaN rows for a fresh one.
 
         Returns:
-            numpy arrays: ``actions`` (N, A), ``warm`` (N, H, A) next call's warm starts,
-            ``trajectory`` (N, H+1, S), ``uncertainty`` (N,) mean disagreement along the plan,
-            ``fallback`` (N,), ``expected_return`` (N,), ``hidden`` (N, Hd) after this step's
-            observation and action (None for feed-forward models); and ``iterations``,
-            ``elapsed_ms``, ``model_version``.
+            the ``PlanBatch`` of the N agents, in order.
         """
         start = time.perf_counter()
         n, device = len(obs), self.model.device
@@ -154,41 +178,45 @@ class FleetPlanner:
         if obs_t.dim() != 2 or obs_t.shape[1] != self.obs_dim:
             raise ValueError(f"obs must be (N, {self.obs_dim}), got {tuple(obs_t.shape)}")
         h, a = self.horizon, self.model.spec.act_dim
-        out = {"actions": np.zeros((n, a), np.float32), "warm": np.zeros((n, h, a), np.float32),
+        out = {"actions": np.zeros((n, a), np.float32), "warm_start": np.zeros((n, h, a), np.float32),
                "trajectory": np.zeros((n, h + 1, self.obs_dim), np.float32),
-               "uncertainty": np.zeros(n, np.float32), "fallback": np.zeros(n, bool),
+               "disagreement": np.zeros(n, np.float32), "fallback_reason": np.zeros(n, np.int8),
                "expected_return": np.zeros(n, np.float32)}
         h_all = self._hidden(obs_t, hidden)  # (N, Hd) or None
         iterations = []
         names = np.asarray(objectives)
         for name, planner in self.planners.items():  # at most one call per objective kind
             rows = np.flatnonzero(names == name)
-            if len(rows) == 0:
-                continue
-            idx = torch.as_tensor(rows, device=device)
-            start_plan = planner.initial_plan(len(rows))
-            if warm is not None:
-                w = torch.as_tensor(np.asarray(warm, np.float32)[rows], device=device)
-                have = ~torch.isnan(w).any(-1).any(-1)  # (n,)
-                start_plan = torch.where(have[:, None, None], w, start_plan)
-            params = self._params(obs_t[idx], None if zones is None else zones[rows])
-            if h_all is not None:
-                params[HIDDEN] = h_all[idx]
-            result = planner.plan(obs_t[idx], params, warm_start=start_plan, budget_ms=budget_ms)
-            iterations.append(result.iterations)
-            out["actions"][rows] = result.actions.cpu().numpy()
-            out["warm"][rows] = shift_plan(result.plan).cpu().numpy()
-            out["trajectory"][rows] = result.trajectory.cpu().numpy()
-            out["uncertainty"][rows] = result.disagreement.mean(1).cpu().numpy()
-            out["fallback"][rows] = result.fallback.cpu().numpy()
-            out["expected_return"][rows] = result.expected_return.cpu().numpy()
-        out["hidden"] = None
+            if len(rows):
+                iterations.append(self._plan_rows(planner, rows, obs_t, warm_start, zones, h_all, budget_ms, out))
+        next_hidden = None
         if h_all is not None:  # the state after observing obs and taking the chosen action
             actions_t = torch.as_tensor(out["actions"], device=device)
-            out["hidden"] = self.model.dynamics.step(h_all, obs_t, actions_t)[0].cpu().numpy()
-        out.update(iterations=min(iterations), elapsed_ms=(time.perf_counter() - start) * 1000,
-                   model_version=self.version)
-        return out
+            next_hidden = self.model.dynamics.step(h_all, obs_t, actions_t)[0].cpu().numpy()
+        return PlanBatch(**out, hidden=next_hidden, iterations=min(iterations),
+                         elapsed_ms=(time.perf_counter() - start) * 1000, model_version=self.version)
+
+    def _plan_rows(self, planner: BasePlanner, rows: np.ndarray, obs: torch.Tensor, warm_start: np.ndarray | None,
+                   zones: np.ndarray | None, hidden: torch.Tensor | None, budget_ms: float | None,
+                   out: dict[str, np.ndarray]) -> int:
+        """Plan the agents at ``rows`` (one objective kind) and fill their rows of ``out``; returns rounds run."""
+        idx = torch.as_tensor(rows, device=obs.device)
+        start_plan = planner.initial_plan(len(rows))
+        if warm_start is not None:
+            w = torch.as_tensor(np.asarray(warm_start, np.float32)[rows], device=obs.device)
+            have = ~torch.isnan(w).any(-1).any(-1)  # (n,)
+            start_plan = torch.where(have[:, None, None], w, start_plan)
+        params = self._params(obs[idx], None if zones is None else zones[rows])
+        if hidden is not None:
+            params[HIDDEN] = hidden[idx]
+        result = planner.plan(obs[idx], params, warm_start=start_plan, budget_ms=budget_ms)
+        out["actions"][rows] = result.actions.cpu().numpy()
+        out["warm_start"][rows] = shift_plan(result.plan).cpu().numpy()
+        out["trajectory"][rows] = result.trajectory.cpu().numpy()
+        out["disagreement"][rows] = result.disagreement.mean(1).cpu().numpy()
+        out["fallback_reason"][rows] = result.fallback_reason.cpu().numpy()
+        out["expected_return"][rows] = result.expected_return.cpu().numpy()
+        return result.iterations
 
     def _hidden(self, obs: torch.Tensor, hidden: np.ndarray | None) -> torch.Tensor | None:
         if not self.recurrent:
@@ -205,18 +233,18 @@ class FleetPlanner:
         if not self.zones:
             return {}
         z = np.zeros((len(obs), 1, 3), np.float32) if zones is None else np.asarray(zones, np.float32)
-        return {GOAL: obs[:, _GOAL_DIMS], ZONES: torch.as_tensor(z, device=obs.device)}
+        return {GOAL: obs[:, GOAL_DIMS], ZONES: torch.as_tensor(z, device=obs.device)}
 
-    def score(self, obs: np.ndarray, actions: np.ndarray, next_obs: np.ndarray) -> dict[str, Any]:
+    def score(self, obs: np.ndarray, actions: np.ndarray, new_obs: np.ndarray) -> dict[str, Any]:
         """Prediction error of B logged transitions: per row, their mean, and the version that predicted."""
-        errors = self.prediction_error(obs, actions, next_obs)
+        errors = self.prediction_error(obs, actions, new_obs)
         return {"model_version": self.version, "errors": errors, "mean_error": float(errors.mean())}
 
     @torch.no_grad()
-    def prediction_error(self, obs: np.ndarray, actions: np.ndarray, next_obs: np.ndarray) -> np.ndarray:
-        """Per-row one-step prediction error: (B,) Euclidean distance of the ensemble mean from next_obs."""
+    def prediction_error(self, obs: np.ndarray, actions: np.ndarray, new_obs: np.ndarray) -> np.ndarray:
+        """Per-row one-step prediction error: (B,) Euclidean distance of the ensemble mean from new_obs."""
         device = self.model.device
-        o, a, n = (torch.as_tensor(np.asarray(x, np.float32), device=device) for x in (obs, actions, next_obs))
+        o, a, n = (torch.as_tensor(np.asarray(x, np.float32), device=device) for x in (obs, actions, new_obs))
         if self.recurrent:  # one step from a fresh hidden state: logged rows carry no history here
             mean = self.model.dynamics.step(self.model.dynamics.initial_state(len(o)), o, a)[1].mean[0]
         else:

@@ -2,92 +2,66 @@
 
 Both send the same bodies and handle failures the same way:
 
+- every plan request carries a ``request_id``, the step index ``t`` of its observation in the
+  agent's episode and ``prev_action``, the action the agent executed after its previous
+  observation (``EpisodeSteps`` keeps both per agent), so the server logs a transition only when
+  it knows both ends and the action: after a failed request the agent acted without the
+  server's answer, and only the agent can say what it did;
 - connection errors, timeouts and 5xx answers (503: planning failed, retry) are retried with
-  exponential backoff and jitter; a plan request keeps its ``request_id`` on every retry, so
-  the server answers a retry from its record and logs the transition once;
-- a 4xx answer is the caller's mistake and is never retried: it raises ``APIError`` with the
-  server's one-line ``error`` (which names the field);
+  exponential backoff and jitter; a plan request keeps its body (``request_id`` included) on
+  every retry, so the server answers a retry from its record and logs the transition once;
+- a 4xx answer is the caller's mistake or a final refusal (409: a superseded ``request_id``) and
+  is never retried: it raises ``APIError`` with the server's one-line ``error``;
 - when the retries run out, the last failure is raised (``APIError`` for a 5xx answer,
   ``TransportError`` for no answer).
 
-Observations (and no-fly zones) may be lists or numpy arrays; they are sent as lists of floats.
+Observations, actions and no-fly zones may be lists or numpy arrays; they are sent as lists of floats.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import random
-import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Generator, Sequence
+from typing import Any, Callable, Sequence
 
 import aiohttp
 import numpy as np
 import requests
 
+from serving.link import APIError, ClientStats, FleetClientError, RetryPolicy, TransportError
+
+__all__ = ["APIError", "AsyncFleetClient", "ClientStats", "EpisodeSteps", "FleetClient", "FleetClientError",
+           "RetryPolicy", "TransportError", "plan_body"]
+
 ArrayLike = Sequence[float] | np.ndarray
 
 
-@dataclass
-class ClientStats:
-    """What a client has done so far (counts over its lifetime)."""
-
-    calls: int = 0
-    """Logical calls (a call and all its retries count once)."""
-    attempts: int = 0
-    """HTTP attempts, retries included."""
-    retries: int = 0
-    """Attempts after the first of a call."""
-    failures: int = 0
-    """Calls that raised (4xx, or retries exhausted)."""
-
-
-class FleetClientError(Exception):
-    """A call to the fleet endpoint failed; ``kind`` says how (for counting errors by kind)."""
-
-    kind = "error"
-
-
-class APIError(FleetClientError):
-    """The endpoint answered with an error status; ``message`` is its one-line ``error``."""
-
-    def __init__(self, status: int, message: str, detail: Any = None) -> None:
-        super().__init__(f"HTTP {status}: {message}")
-        self.status, self.message, self.detail = status, message, detail
-
-    @property
-    def kind(self) -> str:  # type: ignore[override]
-        return f"http_{self.status}"
-
-
-class TransportError(FleetClientError):
-    """No answer after every attempt: ``kind`` is 'timeout' or 'connection'."""
-
-    def __init__(self, kind: str, message: str) -> None:
-        super().__init__(message)
-        self.kind = kind
-
-
-def plan_body(agent_id: str, observation: ArrayLike, *, reward: float | None = None, done: bool = False,
+def plan_body(agent_id: str, observation: ArrayLike, *, reward: float | None = None, terminated: bool = False,
               truncated: bool = False, objective: dict[str, Any] | None = None, deadline_ms: float | None = None,
-              return_trajectory: bool = False, request_id: str | None = None) -> dict[str, Any]:
+              return_trajectory: bool = False, request_id: str | None = None, t: int | None = None,
+              prev_action: ArrayLike | None = None) -> dict[str, Any]:
     """The JSON body of one plan request, with a fresh ``request_id`` (uuid4 hex) when none is given.
 
     Args:
         observation: (S,) list or array.
         objective: {"name": "learned" | "goal", "no_fly_zones": (Z, 3) list or array}; None: the server's default.
+        t: step index of ``observation`` in the agent's episode (0 at its first observation).
+        prev_action: (A,) the action the agent executed after its previous observation.
     """
-    obs = np.asarray(observation, dtype=np.float64)
-    if obs.ndim != 1:
-        raise ValueError(f"observation must be one vector (S,), got shape {obs.shape}")
-    body: dict[str, Any] = {"agent_id": agent_id, "observation": obs.tolist(),
+    body: dict[str, Any] = {"agent_id": agent_id, "observation": _vector("observation", observation, "S"),
                             "request_id": request_id or uuid.uuid4().hex}
+    if t is not None:
+        if isinstance(t, bool) or not isinstance(t, (int, np.integer)) or t < 0:
+            raise ValueError(f"t must be an integer >= 0 (the observation's step index), got {t!r}")
+        body["t"] = int(t)
+    if prev_action is not None:
+        body["prev_action"] = _vector("prev_action", prev_action, "A")
     if reward is not None:
         body["reward"] = float(reward)
-    if done:
-        body["done"] = True
+    if terminated:
+        body["terminated"] = True
     if truncated:
         body["truncated"] = True
     if objective is not None:
@@ -99,6 +73,13 @@ def plan_body(agent_id: str, observation: ArrayLike, *, reward: float | None = N
     return body
 
 
+def _vector(name: str, values: ArrayLike, dim: str) -> list[float]:
+    array = np.asarray(values, dtype=np.float64)
+    if array.ndim != 1:
+        raise ValueError(f"{name} must be one vector ({dim},), got shape {array.shape}")
+    return array.tolist()
+
+
 def _objective(objective: dict[str, Any]) -> dict[str, Any]:
     out = dict(objective)
     if "no_fly_zones" in out:
@@ -106,110 +87,70 @@ def _objective(objective: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _with_request_ids(bodies: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Batch items (``plan`` keyword arguments with agent_id and observation) as bodies, each with a request_id."""
-    out = []
-    for i, body in enumerate(bodies):
-        try:
-            out.append(plan_body(**body))
-        except TypeError as err:
-            raise ValueError(f"requests[{i}]: {err} (keys: {sorted(body)})") from None
-    return out
+@dataclass
+class _Where:
+    """One agent's place in its episode, as its client last saw it."""
+
+    t: int = 0
+    """Step index of the agent's next observation."""
+    action: list[float] | None = None
+    """(A,) the last answer's action, what the agent executes unless it reports otherwise; None without one."""
+    failed: bool = False
+    """The agent's last call got no answer: only the caller knows what the agent did instead."""
+    last: dict[str, Any] | None = None
+    """The agent's last body: a call reusing its request_id is a retry and resends its t and prev_action."""
 
 
-class RetryPolicy:
-    """URL, token, timeout and retry settings shared by the clients and the simulated fleet's links,
-    checked at construction."""
+class EpisodeSteps:
+    """Per agent, the step index of its next observation and the action it was last given, so that every plan
+    body carries ``t`` and ``prev_action``; a caller's own ``t`` or ``prev_action`` wins. It holds one small entry
+    per agent the client has served (``forget`` drops one)."""
 
-    def __init__(self, url: str, token: str | None, timeout_s: float, retries: int, backoff_s: float = 0.05,
-                 max_backoff_s: float = 1.0) -> None:
-        if not url.startswith(("http://", "https://")):
-            raise ValueError(f"url must start with http:// or https://, got {url!r}")
-        if timeout_s <= 0 or retries < 0 or backoff_s < 0 or max_backoff_s < backoff_s:
-            raise ValueError(f"need timeout_s > 0, retries >= 0 and 0 <= backoff_s <= max_backoff_s; got "
-                             f"timeout_s={timeout_s}, retries={retries}, backoff_s={backoff_s}, "
-                             f"max_backoff_s={max_backoff_s}")
-        self.url = url.rstrip("/")
-        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self.timeout_s, self.retries, self.backoff_s, self.max_backoff_s = timeout_s, retries, backoff_s, max_backoff_s
-        self.stats = ClientStats()
+    def __init__(self) -> None:
+        self._agents: dict[str, _Where] = {}
 
-    def delay(self, attempt: int) -> float:
-        """Seconds before retry ``attempt`` (1, 2, ...): exponential, capped, with half of it random."""
-        cap = min(self.max_backoff_s, self.backoff_s * 2 ** (attempt - 1))
-        return cap / 2 + random.uniform(0, cap / 2)
+    def body(self, agent_id: str, observation: ArrayLike, **options: Any) -> dict[str, Any]:
+        """``plan_body`` with ``t`` and ``prev_action`` filled in; raises ``ValueError`` when the agent's previous
+        call failed and the caller does not say what the agent executed (the server would log a guess)."""
+        where = self._agents.setdefault(agent_id, _Where())
+        last = where.last
+        if last is not None and options.get("request_id") == last["request_id"]:  # a retry: the same step
+            options["t"] = last.get("t") if options.get("t") is None else options["t"]
+            if options.get("prev_action") is None:
+                options["prev_action"] = last.get("prev_action")
+            return plan_body(agent_id, observation, **options)
+        t = where.t if options.get("t") is None else options["t"]
+        if options.get("prev_action") is None and t > 0:
+            if where.failed:
+                raise ValueError(f"agent {agent_id!r}: its previous plan request failed, so the client cannot "
+                                 "report the action it executed; pass prev_action= (what the agent did instead), or t=0 to start "
+                                 "a new episode")
+            options["prev_action"] = where.action
+        return plan_body(agent_id, observation, **(options | {"t": t}))
 
-    def error(self, status: int, text: str) -> APIError:
-        try:
-            body = json.loads(text)
-            return APIError(status, str(body.get("error", text[:200])), body.get("detail"))
-        except (ValueError, AttributeError):
-            return APIError(status, text[:200] or "no body")
+    def settle(self, bodies: list[dict[str, Any]], answers: list[dict[str, Any]] | None) -> None:
+        """Record what came of ``bodies``: their ``answers`` in order, or None when the call failed."""
+        for i, body in enumerate(bodies):
+            where = self._agents.setdefault(body["agent_id"], _Where())
+            ended = bool(body.get("terminated") or body.get("truncated"))  # the next observation starts an episode
+            where.t = 0 if ended else body["t"] + 1
+            where.action = None if ended or answers is None else list(answers[i]["action"])
+            where.failed = answers is None and not ended
+            where.last = body
 
-    def call_sync(self, method: str, path: str, attempt: Callable[[], tuple[int, Any]]) -> Any:
-        """The blocking clients' retry loop (``_retrying``) around ``attempt``, one HTTP exchange: it returns
-        the status and the decoded JSON answer (below 400) or the body's text, and raises ``TransportError``
-        when no answer came."""
-        loop = self._retrying(method, path)
-        wait = next(loop)
-        while True:
-            if wait:
-                time.sleep(wait)
+    def forget(self, agent_id: str) -> None:
+        """The agent's episode was reset on the server: its next observation is step 0."""
+        self._agents.pop(agent_id, None)
+
+    def batch(self, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Batch items (``plan`` keyword arguments with agent_id and observation) as bodies."""
+        out = []
+        for i, item in enumerate(requests):
             try:
-                outcome: tuple[int, Any] | TransportError = attempt()
-            except TransportError as err:
-                outcome = err
-            try:
-                wait = loop.send(outcome)
-            except StopIteration as done:
-                return done.value
-
-    async def call(self, method: str, path: str, attempt: Callable[[], Awaitable[tuple[int, Any]]]) -> Any:
-        """``call_sync`` for asyncio: ``attempt`` is a coroutine function."""
-        loop = self._retrying(method, path)
-        wait = next(loop)
-        while True:
-            if wait:
-                await asyncio.sleep(wait)
-            try:
-                outcome: tuple[int, Any] | TransportError = await attempt()
-            except TransportError as err:
-                outcome = err
-            try:
-                wait = loop.send(outcome)
-            except StopIteration as done:
-                return done.value
-
-    def _retrying(self, method: str, path: str) -> Generator[float, tuple[int, Any] | TransportError, Any]:
-        """The retry loop, whoever does the waiting and the exchanges: it yields the seconds to wait before
-        each attempt and is sent the attempt's outcome, (status, payload) or the ``TransportError``; it
-        returns the payload of the first answer below 400. Connection errors, timeouts and 5xx are retried
-        after ``delay``; a 4xx is not. It raises the last failure when the retries run out."""
-        self.stats.calls += 1
-        for n in range(self.retries + 1):
-            wait = 0.0
-            if n:
-                self.stats.retries += 1
-                wait = self.delay(n)
-            self.stats.attempts += 1
-            outcome = yield wait
-            if isinstance(outcome, TransportError):
-                last: FleetClientError = outcome
-                continue
-            status, payload = outcome
-            if status < 400:
-                return payload
-            last = self.error(status, payload)
-            if status < 500:
-                break
-        self.stats.failures += 1
-        raise self.exhausted(method, path, last)
-
-    def exhausted(self, method: str, path: str, err: FleetClientError) -> FleetClientError:
-        if isinstance(err, APIError):
-            return err
-        return TransportError(err.kind, f"{method} {self.url}{path}: no answer after {self.retries + 1} attempts "
-                                        f"(timeout {self.timeout_s:g} s): {err}")
+                out.append(self.body(**item))
+            except TypeError as err:
+                raise ValueError(f"requests[{i}]: {err} (keys: {sorted(item)})") from None
+        return out
 
 
 class FleetClient:
@@ -226,27 +167,39 @@ class FleetClient:
     def __init__(self, url: str, *, token: str | None = None, timeout_s: float = 2.0, retries: int = 3,
                  backoff_s: float = 0.05, max_backoff_s: float = 1.0) -> None:
         self._p = RetryPolicy(url, token, timeout_s, retries, backoff_s, max_backoff_s)
+        self._steps = EpisodeSteps()
         self._session = requests.Session()
 
     @property
     def stats(self) -> ClientStats:
         return self._p.stats
 
-    def plan(self, agent_id: str, observation: ArrayLike, *, reward: float | None = None, done: bool = False,
+    def plan(self, agent_id: str, observation: ArrayLike, *, reward: float | None = None, terminated: bool = False,
              truncated: bool = False, objective: dict[str, Any] | None = None, deadline_ms: float | None = None,
-             return_trajectory: bool = False, request_id: str | None = None) -> dict[str, Any]:
-        """The agent's next action: {"action": (A,), "model_version", "plan_id", "uncertainty", "fallback", ...}."""
-        body = plan_body(agent_id, observation, reward=reward, done=done, truncated=truncated, objective=objective,
-                         deadline_ms=deadline_ms, return_trajectory=return_trajectory, request_id=request_id)
-        return self._call("POST", "/v1/plan", body)
+             return_trajectory: bool = False, request_id: str | None = None, t: int | None = None,
+             prev_action: ArrayLike | None = None) -> dict[str, Any]:
+        """The agent's next action: {"action": (A,), "model_version", "plan_id", "disagreement", "fallback",
+        "fallback_reason", ...}.
+
+        ``t`` defaults to the step after the agent's last call through this client (0 after a terminal one),
+        ``prev_action`` to the action of its last answer; after a call that raised, pass ``prev_action`` (what
+        the agent did instead). A call with the last call's ``request_id`` is a retry of that step.
+        """
+        body = self._steps.body(agent_id, observation, reward=reward, terminated=terminated, truncated=truncated,
+                                objective=objective, deadline_ms=deadline_ms, return_trajectory=return_trajectory,
+                                request_id=request_id, t=t, prev_action=prev_action)
+        return self._settled([body], lambda: [self._call("POST", "/v1/plan", body)])[0]
 
     def plan_batch(self, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Several agents in one call: ``plan`` keyword arguments as dicts; answers in the same order."""
-        return self._call("POST", "/v1/plan/batch", {"requests": _with_request_ids(requests)})["responses"]
+        bodies = self._steps.batch(requests)
+        return self._settled(bodies, lambda: self._call("POST", "/v1/plan/batch", {"requests": bodies})["responses"])
 
     def reset(self, agent_id: str) -> dict[str, Any]:
         """Forget the agent's episode on the server: {"agent_id", "reset": whether it had one}."""
-        return self._call("POST", f"/v1/agents/{agent_id}/reset")
+        answer = self._call("POST", f"/v1/agents/{agent_id}/reset")
+        self._steps.forget(agent_id)
+        return answer
 
     def models(self) -> dict[str, Any]:
         return self._call("GET", "/v1/models")
@@ -262,6 +215,15 @@ class FleetClient:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+    def _settled(self, bodies: list[dict[str, Any]], call: Callable[[], list[dict[str, Any]]]) -> list[dict[str, Any]]:
+        try:
+            answers = call()
+        except FleetClientError:
+            self._steps.settle(bodies, None)
+            raise
+        self._steps.settle(bodies, answers)
+        return answers
 
     def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         def attempt() -> tuple[int, Any]:
@@ -290,25 +252,31 @@ class AsyncFleetClient:
             raise ValueError(f"connections must be >= 1, got {connections}")
         self._p = RetryPolicy(url, token, timeout_s, retries, backoff_s, max_backoff_s)
         self._connections = connections
+        self._steps = EpisodeSteps()
         self._session: aiohttp.ClientSession | None = None
 
     @property
     def stats(self) -> ClientStats:
         return self._p.stats
 
-    async def plan(self, agent_id: str, observation: ArrayLike, *, reward: float | None = None, done: bool = False,
-                   truncated: bool = False, objective: dict[str, Any] | None = None, deadline_ms: float | None = None,
-                   return_trajectory: bool = False, request_id: str | None = None) -> dict[str, Any]:
+    async def plan(self, agent_id: str, observation: ArrayLike, *, reward: float | None = None,
+                   terminated: bool = False, truncated: bool = False, objective: dict[str, Any] | None = None,
+                   deadline_ms: float | None = None, return_trajectory: bool = False, request_id: str | None = None,
+                   t: int | None = None, prev_action: ArrayLike | None = None) -> dict[str, Any]:
         """See ``FleetClient.plan``."""
-        body = plan_body(agent_id, observation, reward=reward, done=done, truncated=truncated, objective=objective,
-                         deadline_ms=deadline_ms, return_trajectory=return_trajectory, request_id=request_id)
-        return await self._call("POST", "/v1/plan", body)
+        body = self._steps.body(agent_id, observation, reward=reward, terminated=terminated, truncated=truncated,
+                                objective=objective, deadline_ms=deadline_ms, return_trajectory=return_trajectory,
+                                request_id=request_id, t=t, prev_action=prev_action)
+        return (await self._settled([body], "/v1/plan", body))[0]
 
     async def plan_batch(self, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        return (await self._call("POST", "/v1/plan/batch", {"requests": _with_request_ids(requests)}))["responses"]
+        bodies = self._steps.batch(requests)
+        return await self._settled(bodies, "/v1/plan/batch", {"requests": bodies})
 
     async def reset(self, agent_id: str) -> dict[str, Any]:
-        return await self._call("POST", f"/v1/agents/{agent_id}/reset")
+        answer = await self._call("POST", f"/v1/agents/{agent_id}/reset")
+        self._steps.forget(agent_id)
+        return answer
 
     async def models(self) -> dict[str, Any]:
         return await self._call("GET", "/v1/models")
@@ -333,6 +301,16 @@ class AsyncFleetClient:
             self._session = aiohttp.ClientSession(connector=connector, headers=self._p.headers,
                                                   timeout=aiohttp.ClientTimeout(total=self._p.timeout_s))
         return self._session
+
+    async def _settled(self, bodies: list[dict[str, Any]], path: str, payload: dict[str, Any]) -> list[dict[str, Any]]:
+        try:
+            answer = await self._call("POST", path, payload)
+        except FleetClientError:
+            self._steps.settle(bodies, None)
+            raise
+        answers = answer["responses"] if "requests" in payload else [answer]
+        self._steps.settle(bodies, answers)
+        return answers
 
     async def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         session = self._open()

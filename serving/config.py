@@ -42,8 +42,14 @@ class AppConfig:
     """``@serve.batch`` knobs, the ingress's ``user_config`` (change them without a redeploy)."""
     max_ongoing_requests: int = 2048
     """Requests one ingress replica holds at once: at least the batch size, or batches stay small."""
-    default_deadline_ms: float | None = None
-    """Planning deadline for requests that do not give one (None: no deadline)."""
+    default_deadline_ms: float | None = 100.0
+    """Deadline for requests that do not give one, in ms from the request's arrival at the ingress (None:
+    none). Planning gets what is left of it (less a few ms for the state write and the answer), so a
+    cycle that waited its turn plans fewer rounds, or none: the agent then gets the fallback action with
+    ``fallback_reason`` 'deadline' instead of a late answer. 100 ms is the control period of the
+    README's fleet (10 Hz): an answer later than that is of no use to the agent, and the default model
+    and planner at that load (100 agents, a planner call of ~20 ms within a ~40 ms cycle) finish well
+    inside it, so the deadline only acts when planning falls behind (a larger model, an overload)."""
     poll_s: float = 1.0
     """How often a planner following a registry stage checks for a new version."""
     planner_cpus: float = 1.0

@@ -1,11 +1,15 @@
-"""One simulated agent's line to the fleet endpoint: a lean HTTP/1.1 keep-alive connection.
+"""The line from a client to the fleet endpoint: errors by kind, the retry policy, and ``AgentLink``.
 
-The simulated fleet (``serving.fleet``) shares its machine with the endpoint it measures, so what
-it spends per request is taken from the endpoint. Through ``AsyncFleetClient`` (aiohttp) a
-request cost the fleet about 0.35 ms of CPU, as much as half the ingress's; an ``AgentLink``
-writes one request and parses one answer on its own connection, with nothing else per request.
-It follows the clients' contract (``serving.client``): the same bodies, retries with backoff that
-keep the ``request_id``, 4xx never retried, and the same errors by kind. It reads answers with a
+``RetryPolicy`` is the contract every client follows (``serving.client``'s two clients and the
+simulated fleet's links): connection errors, timeouts and 5xx are retried with backoff and jitter
+on the same body, a 4xx is final (409 included: the server refused a superseded request id),
+and failures are counted by kind.
+
+``AgentLink`` is one simulated agent's lean HTTP/1.1 keep-alive connection. The simulated fleet
+(``serving.fleet``) shares its machine with the endpoint it measures, so what it spends per
+request is taken from the endpoint. Through ``AsyncFleetClient`` (aiohttp) a request cost the
+fleet about 0.35 ms of CPU, as much as half the ingress's; an ``AgentLink`` writes one request and
+parses one answer on its own connection, with nothing else per request. It reads answers with a
 ``Content-Length`` (as the endpoint, HAProxy and uvicorn send them) or ended by closing the
 connection; a chunked answer is a protocol error. Applications should use ``AsyncFleetClient``.
 """
@@ -14,11 +18,148 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import ssl
-from typing import Any
+import time
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, Generator
 from urllib.parse import urlsplit
 
-from serving.client import RetryPolicy, TransportError
+
+@dataclass
+class ClientStats:
+    """What a client has done so far (counts over its lifetime)."""
+
+    calls: int = 0
+    """Logical calls (a call and all its retries count once)."""
+    attempts: int = 0
+    """HTTP attempts, retries included."""
+    retries: int = 0
+    """Attempts after the first of a call."""
+    failures: int = 0
+    """Calls that raised (4xx, or retries exhausted)."""
+
+
+class FleetClientError(Exception):
+    """A call to the fleet endpoint failed; ``kind`` says how (for counting errors by kind)."""
+
+    kind = "error"
+
+
+class APIError(FleetClientError):
+    """The endpoint answered with an error status; ``message`` is its one-line ``error``."""
+
+    def __init__(self, status: int, message: str, detail: Any = None) -> None:
+        super().__init__(f"HTTP {status}: {message}")
+        self.status, self.message, self.detail = status, message, detail
+
+    @property
+    def kind(self) -> str:  # type: ignore[override]
+        return f"http_{self.status}"
+
+
+class TransportError(FleetClientError):
+    """No answer after every attempt: ``kind`` is 'timeout' or 'connection'."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+class RetryPolicy:
+    """URL, token, timeout and retry settings shared by the clients and the simulated fleet's links,
+    checked at construction."""
+
+    def __init__(self, url: str, token: str | None, timeout_s: float, retries: int, backoff_s: float = 0.05,
+                 max_backoff_s: float = 1.0) -> None:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"url must start with http:// or https://, got {url!r}")
+        if timeout_s <= 0 or retries < 0 or backoff_s < 0 or max_backoff_s < backoff_s:
+            raise ValueError(f"need timeout_s > 0, retries >= 0 and 0 <= backoff_s <= max_backoff_s; got "
+                             f"timeout_s={timeout_s}, retries={retries}, backoff_s={backoff_s}, "
+                             f"max_backoff_s={max_backoff_s}")
+        self.url = url.rstrip("/")
+        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.timeout_s, self.retries, self.backoff_s, self.max_backoff_s = timeout_s, retries, backoff_s, max_backoff_s
+        self.stats = ClientStats()
+
+    def delay(self, attempt: int) -> float:
+        """Seconds before retry ``attempt`` (1, 2, ...): exponential, capped, with half of it random."""
+        cap = min(self.max_backoff_s, self.backoff_s * 2 ** (attempt - 1))
+        return cap / 2 + random.uniform(0, cap / 2)
+
+    def error(self, status: int, text: str) -> APIError:
+        try:
+            body = json.loads(text)
+            return APIError(status, str(body.get("error", text[:200])), body.get("detail"))
+        except (ValueError, AttributeError):
+            return APIError(status, text[:200] or "no body")
+
+    def call_sync(self, method: str, path: str, attempt: Callable[[], tuple[int, Any]]) -> Any:
+        """The blocking clients' retry loop (``_retrying``) around ``attempt``, one HTTP exchange: it returns
+        the status and the decoded JSON answer (below 400) or the body's text, and raises ``TransportError``
+        when no answer came."""
+        loop = self._retrying(method, path)
+        wait = next(loop)
+        while True:
+            if wait:
+                time.sleep(wait)
+            try:
+                outcome: tuple[int, Any] | TransportError = attempt()
+            except TransportError as err:
+                outcome = err
+            try:
+                wait = loop.send(outcome)
+            except StopIteration as done:
+                return done.value
+
+    async def call(self, method: str, path: str, attempt: Callable[[], Awaitable[tuple[int, Any]]]) -> Any:
+        """``call_sync`` for asyncio: ``attempt`` is a coroutine function."""
+        loop = self._retrying(method, path)
+        wait = next(loop)
+        while True:
+            if wait:
+                await asyncio.sleep(wait)
+            try:
+                outcome: tuple[int, Any] | TransportError = await attempt()
+            except TransportError as err:
+                outcome = err
+            try:
+                wait = loop.send(outcome)
+            except StopIteration as done:
+                return done.value
+
+    def _retrying(self, method: str, path: str) -> Generator[float, tuple[int, Any] | TransportError, Any]:
+        """The retry loop, whoever does the waiting and the exchanges: it yields the seconds to wait before
+        each attempt and is sent the attempt's outcome, (status, payload) or the ``TransportError``; it
+        returns the payload of the first answer below 400. Connection errors, timeouts and 5xx are retried
+        after ``delay``; a 4xx is final (a 409 included: the server refused a superseded request id, and
+        sending it again cannot change that). It raises the last failure when the retries run out."""
+        self.stats.calls += 1
+        for n in range(self.retries + 1):
+            wait = 0.0
+            if n:
+                self.stats.retries += 1
+                wait = self.delay(n)
+            self.stats.attempts += 1
+            outcome = yield wait
+            if isinstance(outcome, TransportError):
+                last: FleetClientError = outcome
+                continue
+            status, payload = outcome
+            if status < 400:
+                return payload
+            last = self.error(status, payload)
+            if status < 500:
+                break
+        self.stats.failures += 1
+        raise self.exhausted(method, path, last)
+
+    def exhausted(self, method: str, path: str, err: FleetClientError) -> FleetClientError:
+        if isinstance(err, APIError):
+            return err
+        return TransportError(err.kind, f"{method} {self.url}{path}: no answer after {self.retries + 1} attempts "
+                                        f"(timeout {self.timeout_s:g} s): {err}")
 
 
 class ProtocolError(Exception):

@@ -23,8 +23,9 @@ class ServingMetrics:
         self.batch_size = metrics.Histogram("fleetwm_batch_size", "Requests merged into one planner call.",
                                             boundaries=_BATCH)
         self.plans = metrics.Counter("fleetwm_plans_total", "Agent decisions planned.", tag_keys=("model_version",))
-        self.fallbacks = metrics.Counter("fleetwm_fallbacks_total", "Decisions taken by the fallback policy.",
-                                         tag_keys=("model_version",))
+        self.fallbacks = metrics.Counter("fleetwm_fallbacks_total", "Decisions taken by the fallback policy, by "
+                                         "reason: 'deadline', 'uncertainty' or 'error'.",
+                                         tag_keys=("model_version", "reason"))
         self.replays = metrics.Counter("fleetwm_replays_total", "Retried requests answered from the first answer.")
         self.bad_requests = metrics.Counter("fleetwm_bad_requests_total", "Requests answered 4xx.",
                                             tag_keys=("status",))

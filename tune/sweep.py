@@ -33,6 +33,7 @@ from ray.tune.search.sample import Categorical, Domain
 
 from actors.common import gpus_per_worker
 from learners.retrain import HeldOutLogs, register_candidate, registered_run, run_id_for
+from tune.space import DEFAULT_SPACE, GRACE_EPOCHS, HOLDOUT_FRACTION, SAMPLES, SCHEDULER, SCHEDULERS, Choice, LogUniform
 from worldmodel.artifact import load_model, save_model
 from worldmodel.config import ModelConfig, TrainConfig
 from worldmodel.holdout import holdout_score
@@ -43,8 +44,6 @@ SCORE = "score"
 """The metric trials report and the sweep minimises: ``holdout_score``'s score (0 is perfect)."""
 EARLY_METRIC = "dynamics_val_loss"
 """What ASHA compares between trials at the same epoch: the dynamics fit's validation loss (lower is better)."""
-SCHEDULERS = ("asha", "fifo")
-"""'asha' stops trials that trail at the same epoch; 'fifo' runs every trial to its end."""
 ASHA_REDUCTION = 3
 """ASHA keeps about one trial in this many at each rung (epochs grace, 3 x grace, 9 x grace, ...)."""
 MODEL_FIELDS = frozenset(f.name for f in dataclasses.fields(ModelConfig))
@@ -56,10 +55,16 @@ class SweepFailed(RuntimeError):
     """Trials of a sweep failed; the message names how many and the first one's error."""
 
 
+def to_domain(domain: Choice | LogUniform) -> Domain:
+    """A plain ``tune.space`` domain as Ray Tune's."""
+    if isinstance(domain, Choice):
+        return tune.choice(list(domain.values))
+    return tune.loguniform(domain.lower, domain.upper)
+
+
 def default_space() -> dict[str, Any]:
-    """The settings a sweep varies unless told otherwise: the dynamics' width, depth, members and the learning rate."""
-    return {"hidden": tune.choice([64, 128, 200]), "layers": tune.choice([2, 3, 4]),
-            "ensemble_size": tune.choice([3, 5, 7]), "lr": tune.loguniform(3e-4, 3e-3)}
+    """``tune.space.DEFAULT_SPACE`` as Ray Tune domains: the settings a sweep varies unless told otherwise."""
+    return {name: to_domain(domain) for name, domain in DEFAULT_SPACE.items()}
 
 
 def _values_to_check(value: Any) -> list[Any]:
@@ -78,7 +83,7 @@ def _values_to_check(value: Any) -> list[Any]:
 class SweepConfig:
     """What a sweep tries: a search space over the model's and training's settings, and how many trials."""
 
-    samples: int = 8
+    samples: int = SAMPLES
     """Trials to run (Tune's ``num_samples``), each with settings drawn from ``space``."""
     space: Mapping[str, Any] = field(default_factory=default_space)
     """Setting (a ``ModelConfig`` or ``TrainConfig`` field) -> a ``ray.tune`` domain (``tune.choice``) or a value."""
@@ -86,12 +91,12 @@ class SweepConfig:
     """The model settings ``space`` leaves alone."""
     train: TrainConfig = field(default_factory=TrainConfig)
     """The training settings ``space`` leaves alone; its ``seed`` also seeds the search."""
-    holdout_fraction: float = 0.2
+    holdout_fraction: float = HOLDOUT_FRACTION
     """Share of the most recent episodes held out for scoring, in (0, 1)."""
-    scheduler: str = "asha"
+    scheduler: str = SCHEDULER
     """One of ``SCHEDULERS``: 'asha' stops trials whose dynamics validation loss trails the others' at
     the same epoch, once they have run ``grace_epochs``; 'fifo' runs every trial to its end."""
-    grace_epochs: int = 5
+    grace_epochs: int = GRACE_EPOCHS
     """Dynamics epochs every trial runs before ASHA may stop it."""
     concurrent_trials: int = 0
     """Trials running at once; 0: as many as the cluster's resources allow (each takes one CPU, and a GPU

@@ -1,4 +1,7 @@
-"""Model and training configuration: frozen, validated at construction, saved with every artifact."""
+"""Model and training configuration: frozen, validated at construction, saved with every artifact.
+
+Plain Python (no torch), so the command line builds its options from these defaults at once.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +9,10 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from worldmodel.nn import ACTIVATIONS
-
 DYNAMICS_KINDS = ("ensemble", "mlp", "gru")
+"""Dynamics models ``ModelConfig.dynamics`` may name."""
+ACTIVATIONS = ("relu", "silu", "hardswish")
+"""Hidden activations ``ModelConfig.activation`` may name (``worldmodel.nn.ACTIVATIONS`` builds them)."""
 
 C = TypeVar("C")
 
@@ -29,19 +33,26 @@ def config_from_dict(cls: type[C], data: dict[str, Any]) -> C:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Architecture of the world model's networks."""
+    """Architecture of the world model's networks.
+
+    The defaults are the fleet-serving size the README's Nav2D and fleet results use: a 5 x 64x2
+    ensemble with a 64x2 reward model. Measured on Nav2D with the default planner, a 5 x 200x3
+    ensemble served a quarter of the requests (225 against 918 per second for 100 agents at
+    10 Hz) and reached 84% success with two no-fly zones, against 99.6%. The PETS loop
+    (``wm mbrl``) keeps a bigger default of its own, stated in its help.
+    """
 
     dynamics: str = "ensemble"
     """'ensemble' (PETS probabilistic ensemble), 'mlp' (the article's deterministic MLP) or 'gru' (recurrent)."""
     ensemble_size: int = 5
     """Members E of the dynamics ensemble ('mlp' may use several independent nets; 'gru' uses 1)."""
-    hidden: int = 200
+    hidden: int = 64
     """Hidden units per layer of the dynamics networks."""
-    layers: int = 3
+    layers: int = 2
     """Hidden layers of the dynamics MLP."""
-    reward_hidden: int = 200
+    reward_hidden: int = 64
     """Hidden units per layer of the reward and termination networks."""
-    reward_layers: int = 3
+    reward_layers: int = 2
     """Hidden layers of the reward and termination networks."""
     activation: str = "relu"
     """Hidden activation of the MLPs: 'relu' (fastest on CPUs), 'silu' or 'hardswish'."""

@@ -22,10 +22,7 @@ import torch
 from worldmodel.artifact import check_version, load_model
 from worldmodel.model import WorldModel
 from worldmodel.registry_store import RegistryError, RegistryStore
-
-STAGES = ("candidate", "shadow", "production", "archived")
-PROMOTABLE = ("production", "shadow")
-"""Stages ``promote`` moves a version to; each is held by at most one version at a time."""
+from worldmodel.stages import PROMOTABLE, STAGES
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ Shapes: ``B`` rows, ``W`` sequence windows, ``L`` window length, ``S`` state, ``
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,13 @@ from worldmodel.recurrent import RecurrentDynamics
 
 FITS = ("dynamics", "reward", "termination")
 """The fits of one training run, in order; each checkpoints to ``<fit>.pt`` and reports in ``metrics[<fit>]``."""
+MIN_EPISODES = 20
+"""From this many episodes on, whole episodes are split into train / validation / test; fewer are chunked."""
+CHUNK_STEPS = 20
+"""Steps per chunk when episodes are chunked for the split."""
+MIN_CHUNKS = 10
+"""Chunks made when ``CHUNK_STEPS`` leaves too few to split (fewer than 3, as when a survival task's
+episodes end after a few steps): the rows are cut into about this many shorter chunks instead."""
 
 
 @dataclass(frozen=True)
@@ -52,6 +60,48 @@ def split_by_episode(data: Transitions, val_fraction: float, test_fraction: floa
     test = np.isin(eps, order[:n_test])
     val = np.isin(eps, order[n_test:n_test + n_val])
     return Split(data.select(~(test | val)), data.select(val), data.select(test))
+
+
+def chunk_episodes(data: Transitions, length: int = CHUNK_STEPS, min_episodes: int = MIN_EPISODES) -> Transitions:
+    """Relabel rows so that ``split_by_episode`` can hold out time-contiguous chunks of few episodes.
+
+    With fewer than ``min_episodes`` episodes, each is cut into chunks of ``length`` steps
+    (the last one may be shorter) with eps_id ``"<eps_id>#<chunk>"`` (where that gives fewer than
+    3 chunks, about ``MIN_CHUNKS`` shorter ones); otherwise ``data`` is returned as is. One
+    200-step episode gives 10 chunks, so the default 10% validation and test fractions hold out
+    20 rows each; five episodes give 50 chunks, so validation is spread over 5 different
+    stretches of the data rather than one. Small data sets are where this matters: the PETS
+    loop (``planners.mbrl``) starts from a single episode.
+
+    Why chunks rather than random rows: consecutive states are nearly equal, so random rows
+    held out would each have a training neighbour one step away and validation would not
+    notice overfitting. Chunks leak only at their two ends, so validation (early stopping,
+    variance calibration) and the reported test metrics are only slightly optimistic. The
+    original episode ids stay in the logs; only the copy handed to training is relabelled.
+
+    Args:
+        data: B transitions, each episode's rows with ``t`` 0, 1, ...
+        length: steps per chunk (no shorter than a recurrent model's sequence length).
+        min_episodes: episodes from which whole episodes are split as usual.
+
+    Returns:
+        B transitions, the same rows in the same order.
+    """
+    if length < 1:
+        raise ValueError(f"length must be >= 1, got {length}")
+    eps = data.eps_id.astype(str)
+    if len(np.unique(eps)) >= min_episodes:
+        return data
+    ids = _chunk_ids(eps, data.t, length)
+    if len(np.unique(ids)) < 3:  # short episodes: too few chunks to split, so shorter ones
+        ids = _chunk_ids(eps, data.t, max(1, min(length, len(data) // MIN_CHUNKS)))
+    return dataclasses.replace(data, eps_id=ids)
+
+
+def _chunk_ids(eps: np.ndarray, t: np.ndarray, length: int) -> np.ndarray:
+    """``"<eps_id>#<chunk>"`` of each row, chunks of ``length`` steps: (B,) object array."""
+    chunk = t.astype(np.int64) // length  # (B,)
+    return np.array([f"{e}#{c}" for e, c in zip(eps, chunk)], dtype=object)
 
 
 def tensors(data: Transitions, device: torch.device) -> dict[str, torch.Tensor]:
@@ -187,7 +237,7 @@ def train_world_model(
     mean, var = predict_rows(dynamics, test["obs"], test["actions"]).moments()
     dyn_metrics = regression_metrics(mean, flat(test["new_obs"]), var if has_variance else None,
                                      base=flat(test["obs"]))
-    log(f"dynamics: {dyn_fit.epochs} epochs{_resumed(dyn_fit)}, test R^2 min {dyn_metrics['r2_min']:.4f}")
+    log(f"dynamics: {dyn_fit.epochs} epochs{_resumed(dyn_fit)}, test R^2 min {_fmt(dyn_metrics['r2_min'])}")
 
     tr, va, te = (tensors(getattr(split, n), device) for n in ("train", "val", "test"))
     reward_cols = ("obs", "actions", "new_obs", "rewards")
@@ -198,7 +248,7 @@ def train_world_model(
     with torch.no_grad():
         rew_pred = reward(te["obs"], te["actions"], te["new_obs"]).mean(0)
     rew_metrics = regression_metrics(rew_pred[:, None], te["rewards"][:, None])
-    log(f"reward: {rew_fit.epochs} epochs{_resumed(rew_fit)}, test R^2 {rew_metrics['r2_min']:.4f}")
+    log(f"reward: {rew_fit.epochs} epochs{_resumed(rew_fit)}, test R^2 {_fmt(rew_metrics['r2_min'])}")
 
     termination, term_metrics, term_fit = None, None, None
     if data.terminateds.any():
@@ -232,3 +282,8 @@ def _fit_summary(result: FitResult | None) -> dict[str, Any]:
 
 def _resumed(result: FitResult) -> str:
     return f" (resumed after {result.resumed_from})" if result.resumed_from else ""
+
+
+def _fmt(metric: float | None) -> str:
+    """A metric for the log: 4 decimals, or 'n/a' where it is undefined (R^2 of a constant target)."""
+    return "n/a" if metric is None else f"{metric:.4f}"

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 
 from cluster.commands.report import draw_tracks, plt, save_figure  # pyplot with the files-only backend set
-from serving.fleet import FleetTrace
+from serving.fleet_config import FleetTrace
 
 
 def plot_fleet(trace: FleetTrace, path: Path, title: str) -> Path:
@@ -47,7 +48,7 @@ def plot_fleet(trace: FleetTrace, path: Path, title: str) -> Path:
 
     if trace.tracks:
         paths = axes[2]
-        draw_tracks(paths, trace.tracks)
+        draw_tracks(paths, [dataclasses.asdict(track) for track in trace.tracks])
         paths.set(title="first episodes: start o, goal *, zones shaded (dotted: goal not reached in the run)",
                   aspect="equal")
         paths.title.set_fontsize(9)

@@ -7,19 +7,13 @@ import sys
 import time
 from typing import Any, Callable
 
-import ray
-from ray.exceptions import RayTaskError
-
-from cluster.commands.model import add_model_options, configs_from_args
-from cluster.runtime import init_ray
+from cluster.commands.train import add_model_options, configs_from_args
 from learners.cron import parse
-from learners.learner import retrain_once
-from learners.schedule import DEFAULT_CHECKPOINT_ROOT, DEFAULT_NAME, start_scheduler
+from learners.settings import DEFAULT_CHECKPOINT_ROOT, DEFAULT_NAME
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser("learn", parents=[common],
-                       help="retrain from logs on a learner actor, compare with production, register")
+    p = sub.add_parser("learn", parents=[common])
     p.add_argument("--data", required=True, metavar="URI", help="trajectory log directory or URI")
     p.add_argument("--registry", required=True, metavar="URI", help="model registry directory or URI")
     p.add_argument("--address", default=None, help="Ray cluster address (default: an embedded local Ray)")
@@ -43,6 +37,11 @@ def _configs(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def run_learn(args: argparse.Namespace) -> dict[str, Any]:
+    import ray
+    from ray.exceptions import RayTaskError
+
+    from cluster.runtime import init_ray
+
     model_cfg, train_cfg = _configs(args)
     if not 0 < args.holdout_fraction < 1:
         raise ValueError(f"--holdout-fraction must be in (0, 1), got {args.holdout_fraction}")
@@ -72,6 +71,8 @@ def run_learn(args: argparse.Namespace) -> dict[str, Any]:
 
 def _retrain_once(args: argparse.Namespace, settings: dict[str, Any], say: Callable[[str], None],
                   start: float) -> dict[str, Any]:
+    from learners.learner import retrain_once
+
     say(f"retraining from {args.data} into {args.registry}")
     out = retrain_once(args.data, args.registry, checkpoint_root=args.checkpoint_root, promote=args.promote,
                        **settings)
@@ -89,6 +90,10 @@ def _retrain_once(args: argparse.Namespace, settings: dict[str, Any], say: Calla
 
 
 def _schedule(args: argparse.Namespace, settings: dict[str, Any], say: Callable[[str], None]) -> dict[str, Any]:
+    import ray
+
+    from learners.schedule import start_scheduler
+
     handle = start_scheduler(args.schedule, args.data, args.registry, promote=args.promote,
                              name=args.scheduler_name, checkpoint_root=args.checkpoint_root, **settings)
     status = ray.get(handle.status.remote())

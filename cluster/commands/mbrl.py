@@ -1,4 +1,9 @@
-"""`wm mbrl`: the PETS model-based RL loop on one env, with a learning-curve PNG."""
+"""`wm mbrl`: the PETS model-based RL loop on one env, with a learning-curve PNG.
+
+Its defaults are the loop's own (``planners.config.PETS_PLAN``, ``PETS_MODEL``, ``PETS_TRAIN``): a
+bigger model (5 x 200x3, SiLU) and more planning per step than the fleet-serving defaults, tuned on
+Pendulum-v1 (``benchmarks/pendulum_mbrl.py``).
+"""
 
 from __future__ import annotations
 
@@ -7,52 +12,29 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+from cluster.commands.train import add_model_options, configs_from_args
+from planners.config import PETS_MODEL, PETS_PLAN, PETS_TRAIN, PLANNER_NAMES, PROPAGATIONS, PlanConfig
 
-from cluster.commands.report import plt, save_figure  # pyplot with the files-only backend set
-
-from planners import PLANNERS, PlanConfig
-from planners.cem import CEMConfig
-from planners.mbrl import EVAL, PLANNED, RANDOM, EpisodeRow, MBRLResult, run_mbrl
-from planners.rollout import PROPAGATIONS
-from worldmodel.config import DYNAMICS_KINDS, ModelConfig, TrainConfig
-from worldmodel.nn import ACTIVATIONS
-
-# Training defaults tuned on Pendulum-v1 (benchmarks/pendulum_mbrl.py). A few hundred rows make
-# an epoch only a few gradient steps, and early stopping on 20-row validation chunks ended the
-# reward fit after a few dozen, leaving it too optimistic about states it had not seen (the
-# planner then spun the pendulum). So every retraining runs the full cap: patience = epochs,
-# the fit still restoring the best-validation epoch.
-# SiLU (PETS' swish) rather than ModelConfig's ReLU: final returns were equal, but with ReLU the
-# planned Pendulum episodes 3-5 averaged about -700 on each of 3 seeds, against -122, -612 and -267.
-EPOCHS, BATCH_SIZE, PATIENCE, ACTIVATION = 200, 32, 200, "silu"
+if TYPE_CHECKING:
+    from planners.mbrl import EpisodeRow, MBRLResult
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser("mbrl", parents=[common], help="model-based RL (PETS): train a model, plan, repeat")
-    p.add_argument("--env", required=True, help="gymnasium id, e.g. Pendulum-v1")
+    p = sub.add_parser("mbrl", parents=[common])
+    p.add_argument("--env", required=True, help="gymnasium id, e.g. Pendulum-v1, or module:Id")
     p.add_argument("--episodes", type=int, required=True, help="total episodes, random ones included")
     p.add_argument("--random-episodes", type=int, default=1, help="random episodes before the first model")
-    p.add_argument("--planner", choices=list(PLANNERS), default="cem")
-    p.add_argument("--horizon", type=int, default=25)
-    p.add_argument("--samples", type=int, default=200, help="K candidates per iteration")
-    p.add_argument("--iterations", type=int, default=5)
+    p.add_argument("--planner", choices=list(PLANNER_NAMES), default="cem")
+    p.add_argument("--horizon", type=int, default=PETS_PLAN.horizon, help="(default: %(default)s)")
+    p.add_argument("--samples", type=int, default=PETS_PLAN.samples, help="K candidates per iteration "
+                   "(default: %(default)s)")
+    p.add_argument("--iterations", type=int, default=PETS_PLAN.iterations, help="(default: %(default)s)")
     p.add_argument("--elites", type=int, default=None, help="CEM elites (default: 10%% of --samples)")
-    p.add_argument("--particles", type=int, default=1)
-    p.add_argument("--propagation", choices=PROPAGATIONS, default="ts1")
-    p.add_argument("--dynamics", choices=DYNAMICS_KINDS, default="ensemble")
-    p.add_argument("--hidden", type=int, default=ModelConfig.hidden, help="hidden units of the dynamics nets")
-    p.add_argument("--layers", type=int, default=ModelConfig.layers, help="hidden layers of the dynamics nets")
-    p.add_argument("--reward-hidden", type=int, default=None, help="reward net width (default: --hidden)")
-    p.add_argument("--reward-layers", type=int, default=None, help="reward net depth (default: --layers)")
-    p.add_argument("--activation", choices=list(ACTIVATIONS), default=ACTIVATION)
-    p.add_argument("--ensemble-size", type=int, default=5)
-    p.add_argument("--epochs", type=int, default=EPOCHS, help="cap on epochs per retraining")
-    p.add_argument("--batch-size", type=int, default=BATCH_SIZE)
-    p.add_argument("--patience", type=int, default=PATIENCE)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--particles", type=int, default=PETS_PLAN.particles)
+    p.add_argument("--propagation", choices=PROPAGATIONS, default=PETS_PLAN.propagation)
+    add_model_options(p, PETS_MODEL, PETS_TRAIN)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (1 is fastest for these small models on a busy machine)")
@@ -64,6 +46,10 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
 
 def run_mbrl_cmd(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    from planners.mbrl import pets_cem, run_mbrl
+
     if args.threads is not None:
         if args.threads < 1:
             raise ValueError(f"--threads must be >= 1, got {args.threads}")
@@ -74,12 +60,8 @@ def run_mbrl_cmd(args: argparse.Namespace) -> dict[str, Any]:
         raise FileExistsError(f"{logs} already exists; pass another --out or remove it")
     plan_cfg = PlanConfig(horizon=args.horizon, samples=args.samples, iterations=args.iterations,
                           propagation=args.propagation, particles=args.particles, seed=args.seed)
-    model_cfg = ModelConfig(dynamics=args.dynamics, ensemble_size=1 if args.dynamics == "gru" else args.ensemble_size,
-                            hidden=args.hidden, layers=args.layers, reward_hidden=args.reward_hidden or args.hidden,
-                            reward_layers=args.reward_layers or args.layers, activation=args.activation)
-    train_cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, patience=args.patience,
-                            seed=args.seed, device=args.device)
-    cem = CEMConfig(elites=args.elites) if args.elites is not None else None
+    model_cfg, train_cfg = configs_from_args(args, device=args.device)
+    cem = pets_cem(args.samples, args.elites) if args.elites is not None else None
     say = (lambda m: None) if args.json else (lambda m: print(m, file=sys.stderr, flush=True))
     say(f"mbrl on {args.env}: {args.random_episodes} random + {args.episodes - args.random_episodes} planned "
         f"episodes ({args.planner}); writing {out}")
@@ -101,13 +83,18 @@ def run_mbrl_cmd(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def episode_line(row: EpisodeRow) -> str:
-    extra = "" if row.kind == RANDOM else (f"  (train {row.train_seconds:.1f} s, plan {row.plan_ms_mean:.0f} ms/step, "
-                                           f"model R^2 min {row.model_r2_min:.3f})")
+    """One episode for people; a held-out R^2 that is undefined (a constant target) reads 'n/a'."""
+    r2 = "n/a" if row.model_r2_min is None else f"{row.model_r2_min:.3f}"
+    extra = "" if row.kind == "random" else (f"  (train {row.train_seconds:.1f} s, "
+                                             f"plan {row.plan_ms_mean:.0f} ms/step, model R^2 min {r2})")
     return f"episode {row.index} {row.kind:7s} env steps {row.env_steps:6d}  return {row.ret:9.2f}{extra}"
 
 
 def plot_learning_curve(res: MBRLResult, path: Path) -> Path:
     """Return of each episode against the env steps used so far, random episodes marked apart."""
+    from cluster.commands.report import plt, save_figure  # pyplot with the files-only backend set
+    from planners.mbrl import EVAL, PLANNED, RANDOM
+
     fig, ax = plt.subplots(figsize=(7, 4))
     steps, returns = [r.env_steps for r in res.rows], [r.ret for r in res.rows]
     ax.plot(steps, returns, color="C0", lw=1, zorder=1)

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from worldmodel.registry import PROMOTABLE, ModelRegistry, VersionInfo
+from worldmodel.stages import PROMOTABLE
+
+if TYPE_CHECKING:
+    from worldmodel.registry import ModelRegistry, VersionInfo
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -33,6 +36,13 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     a.set_defaults(handler=run_rollback)
 
 
+def _registry(args: argparse.Namespace) -> ModelRegistry:
+    # The registry loads torch (it reads models), so it waits for a handler: `wm models --help` answers at once.
+    from worldmodel.registry import ModelRegistry
+
+    return ModelRegistry(args.registry)
+
+
 def _score(info: VersionInfo) -> float | None:
     candidate = (info.holdout or {}).get("candidate") or {}
     return candidate.get("score")
@@ -45,7 +55,7 @@ def _line(info: VersionInfo) -> str:
 
 
 def run_list(args: argparse.Namespace) -> dict[str, Any]:
-    versions = ModelRegistry(args.registry).versions()
+    versions = _registry(args).versions()
     rows = [{"version": v.version, "stage": v.stage, "created": v.created, "parent": v.parent,
              "holdout_score": _score(v)} for v in versions]
     result: dict[str, Any] = {"command": "models list", "registry": args.registry, "versions": rows}
@@ -54,7 +64,7 @@ def run_list(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_show(args: argparse.Namespace) -> dict[str, Any]:
-    info = ModelRegistry(args.registry).get(args.ref)
+    info = _registry(args).get(args.ref)
     result: dict[str, Any] = {"command": "models show", "registry": args.registry, **info.to_dict()}
     holdout = info.holdout
     result["_summary"] = [
@@ -68,7 +78,7 @@ def run_show(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_promote(args: argparse.Namespace) -> dict[str, Any]:
-    info = ModelRegistry(args.registry).promote(args.version, args.stage, force=args.force)
+    info = _registry(args).promote(args.version, args.stage, force=args.force)
     result: dict[str, Any] = {"command": "models promote", "registry": args.registry, "version": info.version,
                               "stage": info.stage, "forced": args.force}
     result["_summary"] = [f"{args.registry}: {info.version} is now {info.stage}" + (" (forced)" if args.force
@@ -77,7 +87,7 @@ def run_promote(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_rollback(args: argparse.Namespace) -> dict[str, Any]:
-    registry = ModelRegistry(args.registry)
+    registry = _registry(args)
     info = registry.rollback()
     previous = registry.history()[-1]["from"]
     result: dict[str, Any] = {"command": "models rollback", "registry": args.registry, "version": info.version,

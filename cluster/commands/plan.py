@@ -1,48 +1,48 @@
-"""`wm eval`: closed-loop evaluation of a planner on a learned world model, all agents batched."""
+"""Planner options shared by the commands that plan (`wm eval`, `wm bench plan`, `wm serve`).
+
+Every default comes from ``planners.config.PlanConfig`` (and each planner's own config for
+``--planner-opt``), the one place the planner settings are decided.
+"""
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
-from pathlib import Path
 from typing import Any
 
-import numpy as np
+from planners.config import PLANNER_NAMES, PROPAGATIONS, PlanConfig
 
-from cluster.commands.report import plot_closed_loop
-from planners.objectives import ZONES
-from worldmodel.envs import NAV2D_ID
-from planners import PLANNERS, PlanConfig, settings_arguments
-from planners.evaluate import REWARDS, closed_loop
-from planners.rollout import PROPAGATIONS
-from worldmodel.artifact import load_model
-from worldmodel.device import resolve_device
+DEFAULTS = PlanConfig()
 
 
-def add_plan_options(p: argparse.ArgumentParser) -> None:
-    """Planner settings shared by the commands that plan."""
-    p.add_argument("--planner", choices=list(PLANNERS), default="cem")
-    p.add_argument("--horizon", type=int, default=10)
-    p.add_argument("--samples", type=int, default=64, help="K candidates (restarts for gradient)")
-    p.add_argument("--iterations", type=int, default=3)
-    p.add_argument("--propagation", choices=PROPAGATIONS, default="ts1")
-    p.add_argument("--particles", type=int, default=1)
-    p.add_argument("--budget-ms", type=float, default=None, help="hard time budget per planning call")
-    p.add_argument("--disagreement-threshold", type=float, default=None, help="fall back above this")
-    p.add_argument("--uncertainty-penalty", type=float, default=0.0)
+def add_plan_options(p: argparse.ArgumentParser, defaults: PlanConfig = DEFAULTS) -> None:
+    """Planner settings shared by the commands that plan, defaulting to ``defaults``' fields."""
+    p.add_argument("--planner", choices=list(PLANNER_NAMES), default="cem", help="(default: %(default)s)")
+    p.add_argument("--horizon", type=int, default=defaults.horizon, help="H steps ahead (default: %(default)s)")
+    p.add_argument("--samples", type=int, default=defaults.samples,
+                   help="K candidates per round, restarts for gradient (default: %(default)s)")
+    p.add_argument("--iterations", type=int, default=defaults.iterations,
+                   help="rounds per planning call (default: %(default)s)")
+    p.add_argument("--propagation", choices=PROPAGATIONS, default=defaults.propagation)
+    p.add_argument("--particles", type=int, default=defaults.particles, help="(default: %(default)s)")
+    p.add_argument("--budget-ms", type=float, default=defaults.budget_ms, help="hard time budget per planning call")
+    p.add_argument("--disagreement-threshold", type=float, default=defaults.disagreement_threshold,
+                   help="fall back above this")
+    p.add_argument("--uncertainty-penalty", type=float, default=defaults.uncertainty_penalty)
     add_planner_setting_option(p)
 
 
 def add_planner_setting_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--planner-opt", action="append", default=[], metavar="KEY=VALUE",
-                   help="a setting of the planner's own (repeatable): CEM elites, alpha, init_std, noise_beta "
-                        "(iCEM coloured noise: 2); MPPI temperature, noise_std, noise_beta; gradient lr ...")
+                   help="a setting of the planner's own (repeatable; defaults: its config's): CEM elites, alpha, "
+                        "init_std, noise_beta; MPPI temperature, noise_std, noise_beta; gradient lr, init_std")
 
 
 def planner_settings(args: argparse.Namespace) -> dict[str, Any]:
     """``--planner-opt KEY=VALUE`` pairs as a dict (values read as JSON numbers or booleans where they
     parse), checked against ``--planner``'s own settings."""
+    from planners import settings_arguments
+
     settings: dict[str, Any] = {}
     for item in args.planner_opt:
         key, sep, value = item.partition("=")
@@ -57,77 +57,8 @@ def planner_settings(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def plan_config(args: argparse.Namespace) -> PlanConfig:
+    """The ``PlanConfig`` the options of ``add_plan_options`` describe (``--seed`` seeds the planner)."""
     return PlanConfig(horizon=args.horizon, samples=args.samples, iterations=args.iterations,
                       propagation=args.propagation, particles=args.particles, budget_ms=args.budget_ms,
                       disagreement_threshold=args.disagreement_threshold,
                       uncertainty_penalty=args.uncertainty_penalty, seed=args.seed)
-
-
-def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser("eval", parents=[common], help="run N envs in lockstep, planning for all in one call")
-    p.add_argument("--model", required=True, help="model directory")
-    p.add_argument("--agents", type=int, default=16)
-    p.add_argument("--episodes", type=int, default=16)
-    p.add_argument("--reward", choices=REWARDS, default="learned")
-    p.add_argument("--no-fly-zones", type=int, nargs="?", const=2, default=0, metavar="Z",
-                   help="Nav2D: Z zones per episode (2 when given without a number)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--png", default=None, help="write agents' paths (Nav2D) and planning latency to this PNG")
-    add_plan_options(p)
-    p.set_defaults(handler=run_eval)
-
-
-class _TrackRecorder:
-    """Keeps the first episode of the first few agents (Nav2D positions) and every call's planning time."""
-
-    def __init__(self, agents: int, nav2d: bool) -> None:
-        self.agents, self.nav2d = agents, nav2d
-        self.plan_ms: list[float] = []
-        self.xy: list[list[np.ndarray]] = [[] for _ in range(agents)]
-        self.closed = np.zeros(agents, bool)
-        self.goal: list[np.ndarray] = [np.zeros(2)] * agents
-        self.zones: list[np.ndarray] = [np.zeros((0, 3))] * agents
-
-    def __call__(self, step: dict[str, Any]) -> None:
-        self.plan_ms.append(step["result"].elapsed_ms)
-        if not self.nav2d:
-            return
-        obs = step["obs"][: self.agents].cpu().numpy()
-        nxt = step["result"].trajectory[: self.agents, 1].cpu().numpy()  # predicted next position
-        for i in np.flatnonzero(~self.closed):
-            if not self.xy[i]:
-                self.goal[i] = obs[i, 4:6]
-                zones = step["params"].get(ZONES)
-                self.zones[i] = zones[i].cpu().numpy() if zones is not None else np.zeros((0, 3))
-            self.xy[i].append(obs[i, :2])
-            if step["done"][i]:
-                self.xy[i].append(nxt[i, :2])
-        self.closed |= step["done"][: self.agents]
-
-    def finished(self) -> list[dict[str, Any]]:
-        return [{"xy": np.asarray(xy), "goal": goal, "zones": zones}
-                for xy, goal, zones in zip(self.xy, self.goal, self.zones) if xy]
-
-
-def run_eval(args: argparse.Namespace) -> dict[str, Any]:
-    cfg, settings = plan_config(args), planner_settings(args)
-    model = load_model(args.model, device=resolve_device(args.device))
-    recorder = _TrackRecorder(agents=min(args.agents, 8), nav2d=model.spec.env_id == NAV2D_ID)
-    res = closed_loop(model, args.planner, args.agents, args.episodes, cfg, reward=args.reward,
-                      no_fly_zones=args.no_fly_zones, seed=args.seed, progress=not args.json,
-                      on_step=recorder, settings=settings)
-    out = {"command": "eval", "model": args.model, "env": model.spec.env_id, "planner": args.planner,
-           "agents": args.agents, "reward": args.reward, "no_fly_zones": args.no_fly_zones,
-           "settings": dataclasses.asdict(cfg), "planner_settings": settings, "device": str(model.device)}
-    out |= {k: v for k, v in dataclasses.asdict(res).items() if k != "returns"}
-    if args.png:
-        out["png"] = str(plot_closed_loop(recorder.finished(), recorder.plan_ms, Path(args.png),
-                                          f"{args.planner} on {model.spec.env_id}, {args.agents} agents"))
-    out["_summary"] = [
-        f"{args.planner} on {model.spec.env_id}: {res.episodes} episodes with {args.agents} agents",
-        f"mean return {res.mean_return:.2f}, success {res.success_rate:.1%}, violations {res.violations} "
-        f"(in {res.episodes_with_violation} episodes), fallbacks {res.fallbacks}",
-        f"planning {res.plan_ms_mean:.1f} ms/step (p99 {res.plan_ms_p99:.1f}), {res.plans_per_s:.0f} plans/s",
-    ]
-    return out

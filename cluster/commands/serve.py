@@ -1,4 +1,25 @@
-"""`wm serve`: the fleet endpoint on a local Ray (embedded) or a cluster."""
+"""`wm serve`: the fleet endpoint on a local Ray (embedded) or a cluster.
+
+Agent state (each agent's episode, step and warm start) lives in shard actors. What a failure
+costs, per setting (in every setting an agent idle for ``StateConfig.ttl_s``, 1 h, is forgotten):
+
+- ``--state-dir DIR`` (default on a local Ray: ``$XDG_CACHE_HOME/fleetwm/agent-state/HOST-PORT``,
+  ``~/.cache`` when unset; on a cluster it must be given, as a URI every node reaches): each shard
+  snapshots its table every ``StateConfig.snapshot_interval_s`` (1 s), and Ray restarts a crashed
+  shard from its snapshot, so a crash loses at most that last second of updates; a restart on the
+  same host and port picks up the agents its snapshots hold.
+- ``--no-state-dir``: no snapshots; a shard crash or a restart loses every agent's state, and each
+  agent's next request starts a new episode with a cold plan (its pending transition is not logged).
+
+Ports: the endpoint's ``--port`` is checked before Ray starts (a port in use is a one-line error that
+names the holder where it can), and on a local Ray, Serve's own fixed ports (HAProxy's stats and
+metrics, the fallback proxy) are chosen free (``serving.deploy``), so several `wm serve` run side by
+side on one machine.
+
+Shutdown: SIGTERM or Ctrl-C deletes the app, flushes the telemetry log and stops the shards within
+``serving.deploy.shutdown_app``'s bound (30 s) whatever the logger does; the result says how many
+transitions were not written and why.
+"""
 
 from __future__ import annotations
 
@@ -7,19 +28,19 @@ import os
 import signal
 import sys
 import threading
+import time
+from pathlib import Path
 from typing import Any
 
-from actors.state import StateConfig
 from cluster.commands.plan import add_planner_setting_option, planner_settings
-from cluster.runtime import init_ray
-from planners import PLANNERS
-from planners.service import ServiceConfig
-from serving.config import BATCHING, TOKEN_ENV
-from serving.deploy import PROXIES, deploy, serve_env, shutdown_app
+from planners.config import PLANNER_NAMES, PlanConfig
+
+PLAN = PlanConfig()  # the served planner settings' defaults (planners.config: one place)
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser("serve", parents=[common], help="serve next actions for a fleet over HTTP (Ray Serve)")
+    p = sub.add_parser("serve", parents=[common], help="serve next actions for a fleet over HTTP (Ray Serve)",
+                       description=__doc__.split("\n\n", 1)[0])
     add_serve_options(p)
     p.add_argument("--address", default=None, help="Ray cluster address (default: start a local Ray)")
     p.add_argument("--detach", action="store_true",
@@ -28,61 +49,131 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
 
 def add_serve_options(p: argparse.ArgumentParser) -> None:
-    """Options shared by `wm serve` and `wm demo`."""
+    """Options shared by `wm serve` and `wm demo`. Options whose default is None keep the app's
+    (``serving.config.AppConfig``) or the planner's (``planners.config``)."""
     p.add_argument("--model", default="production",
                    help="model directory, or with --registry a version or stage (default: production)")
     p.add_argument("--registry", default=None, help="model registry directory or URI")
     p.add_argument("--shadow", default=None, help="with --registry: version or stage to run in shadow")
-    p.add_argument("--log-dir", default=None, help="append served transitions to this log directory or URI")
+    p.add_argument("--log-dir", default=None,
+                   help="append served transitions to this log directory or URI (checked writable at start)")
     p.add_argument("--host", default="127.0.0.1", help="HTTP host (0.0.0.0 on a cluster)")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--proxy", choices=PROXIES, default="haproxy",
-                   help="Serve's HTTP proxy: HAProxy (default, fast) or Serve's Python proxy")
-    served = ServiceConfig()  # the defaults: the setting that reaches the Nav2D target (README)
-    p.add_argument("--planner", choices=sorted(PLANNERS), default=served.planner)
-    p.add_argument("--horizon", type=int, default=served.plan.horizon)
-    p.add_argument("--samples", type=int, default=served.plan.samples)
-    p.add_argument("--iterations", type=int, default=served.plan.iterations,
-                   help="CEM rounds per request (1 suffices with warm starts: README, serving results)")
+    p.add_argument("--port", type=int, default=8000, help="HTTP port (default: %(default)s)")
+    p.add_argument("--proxy", default="haproxy",
+                   help="Serve's HTTP proxy: haproxy (default, fast) or python (Serve's Python proxy)")
+    p.add_argument("--planner", choices=PLANNER_NAMES, default=None, help="(default: the served planner, CEM)")
+    p.add_argument("--horizon", type=int, default=PLAN.horizon, help="(default: %(default)s)")
+    p.add_argument("--samples", type=int, default=PLAN.samples, help="(default: %(default)s)")
+    p.add_argument("--iterations", type=int, default=PLAN.iterations,
+                   help="CEM rounds per request (default: %(default)s; 1 suffices with warm starts)")
     add_planner_setting_option(p)
     p.add_argument("--deadline-ms", type=float, default=None,
-                   help="planning deadline for requests that give none (default: none)")
-    p.add_argument("--state-dir", default=None, help="snapshot agent state here (default: no snapshots)")
+                   help="deadline for requests that give none, from the request's arrival (default: the app's)")
+    state = p.add_mutually_exclusive_group()
+    state.add_argument("--state-dir", default=None,
+                       help="snapshot agent state here every second: a shard crash loses at most the last "
+                            "second of agent updates (default on a local Ray: a directory per host and port "
+                            "under ~/.cache/fleetwm/agent-state; with --address, one of the two is required)")
+    state.add_argument("--no-state-dir", action="store_true",
+                       help="no snapshots: a shard crash or a restart loses every agent's state")
     p.add_argument("--access-log", action="store_true",
                    help="write Serve's line per request to the replica logs (off: at fleet rates it costs 5%% "
                         "of requests/s; latency and status counts are in the metrics)")
-    p.add_argument("--max-batch-size", type=int, default=BATCHING["max_batch_size"])
-    p.add_argument("--batch-wait-ms", type=float, default=BATCHING["batch_wait_timeout_s"] * 1000)
+    p.add_argument("--max-batch-size", type=int, default=None, help="(default: the app's)")
+    p.add_argument("--batch-wait-ms", type=float, default=None, help="(default: the app's)")
 
 
-def app_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    """``deploy`` keyword arguments from the shared options."""
+def default_state_dir(host: str, port: int) -> Path:
+    """Where `wm serve` snapshots agent state unless told: one directory per host and port, so two
+    endpoints never share snapshots and a restart on the same port finds its own."""
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(cache) / "fleetwm" / "agent-state" / f"{host}-{port}"
+
+
+def state_dir(args: argparse.Namespace) -> str | None:
+    """The snapshot directory or URI the options choose (None with --no-state-dir).
+
+    Raises:
+        ValueError: on a cluster (--address) without either option: a directory on this machine is
+            no place for shards running on other nodes, and no snapshots must be chosen knowingly.
+    """
+    if args.no_state_dir:
+        return None
+    if args.state_dir:
+        return str(args.state_dir)
+    if getattr(args, "address", None):
+        raise ValueError("with --address, pass --state-dir URI (storage every node reaches, e.g. s3://...) "
+                         "for agent state, or --no-state-dir to run without snapshots")
+    return str(default_state_dir(args.host, args.port))
+
+
+def app_kwargs(args: argparse.Namespace, snapshot_uri: str | None) -> dict[str, Any]:
+    """``deploy`` keyword arguments from the shared options (None keeps the app's default)."""
+    from actors.state import StateConfig
+    from planners.service import ServiceConfig
+    from serving.config import BATCHING
+
     if args.shadow and not args.registry:
         raise ValueError("--shadow needs --registry (it names a version or stage in the registry)")
+    planner = args.planner or ServiceConfig.planner
+    batching = dict(BATCHING)
+    if args.max_batch_size is not None:
+        batching["max_batch_size"] = args.max_batch_size
+    if args.batch_wait_ms is not None:
+        batching["batch_wait_timeout_s"] = args.batch_wait_ms / 1000
     return {"model": args.model if args.registry else os.path.abspath(args.model), "registry_uri": args.registry,
             "shadow": args.shadow, "log_uri": args.log_dir, "host": args.host, "port": args.port,
-            "state": StateConfig(snapshot_uri=args.state_dir),
-            "service": {"planner": args.planner, "plan": {"horizon": args.horizon, "samples": args.samples,
-                                                          "iterations": args.iterations},
-                        # None keeps the served defaults (planners.service.SERVED_CEM for CEM).
+            "state": StateConfig(snapshot_uri=snapshot_uri),
+            "service": {"planner": planner, "plan": {"horizon": args.horizon, "samples": args.samples,
+                                                     "iterations": args.iterations},
+                        # None keeps the planner's own defaults (its config in planners/).
                         "settings": planner_settings(args) if args.planner_opt else None},
-            "default_deadline_ms": args.deadline_ms, "access_log": args.access_log,
-            "batching": {"max_batch_size": args.max_batch_size, "batch_wait_timeout_s": args.batch_wait_ms / 1000}}
+            "default_deadline_ms": args.deadline_ms, "access_log": args.access_log, "batching": batching}
+
+
+def check_locations(args: argparse.Namespace, snapshot_uri: str | None) -> None:
+    """Fail before Ray starts when the endpoint could not listen or write where it is told to."""
+    from cluster.runtime import check_port_free
+
+    if not args.address:  # on a cluster the port is the nodes', not this machine's
+        check_port_free(args.host, args.port)
+    if snapshot_uri and not args.state_dir:  # the default directory is ours to create
+        os.makedirs(snapshot_uri, exist_ok=True)
+    locations = [uri for uri in (args.log_dir, snapshot_uri) if uri]
+    if locations:
+        from worldmodel.data.writer import check_writable  # pyarrow: loaded only when there is one
+
+        for uri in locations:
+            check_writable(uri)
 
 
 def start_ray_for_serving(address: str | None, proxy: str) -> None:
-    """Connect (or start a local Ray) with the endpoint's Serve settings in every Ray process's environment."""
-    env = serve_env(proxy)
+    """Connect (or start a local Ray) with the endpoint's Serve settings in every Ray process's environment.
+
+    A local Ray's Serve gets free ports for its fixed ones (``serving.deploy.LOCAL_PORTS``: free on
+    every interface, where HAProxy binds its own), so endpoints started side by side on one machine
+    neither collide nor fall back to each other, and the short drain of ``serving.deploy.LOCAL_DRAIN``.
+    """
+    from cluster.runtime import free_ports, init_ray
+    from serving.deploy import LOCAL_PORTS, serve_env
+
+    local = (address or os.environ.get("RAY_ADDRESS")) in (None, "", "local")
+    env = serve_env(proxy, free_ports(len(LOCAL_PORTS), "0.0.0.0") if local else None)
     os.environ.update(env)  # a local Ray's processes inherit it from here
     init_ray(address, extra_env=env)
 
 
 def run_serve(args: argparse.Namespace) -> dict[str, Any]:
+    from serving.config import TOKEN_ENV
+    from serving.deploy import deploy
+
     if args.detach and not args.address:
         raise ValueError("--detach needs --address: an app on a local Ray ends with this command")
     if not args.registry and not os.path.isdir(args.model):
         raise FileNotFoundError(f"--model {args.model}: no such model directory (or pass --registry)")
-    kwargs = app_kwargs(args)
+    snapshot_uri = state_dir(args)
+    check_locations(args, snapshot_uri)
+    kwargs = app_kwargs(args, snapshot_uri)
     start_ray_for_serving(args.address, args.proxy)
     # Installed after Ray's own (ray.init sets one) and before deploying: a SIGTERM while the app
     # comes up (it answers before deploy returns) then stops it cleanly once it is up.
@@ -90,7 +181,7 @@ def run_serve(args: argparse.Namespace) -> dict[str, Any]:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     url = deploy(**kwargs, token=os.environ.get(TOKEN_ENV))
     print(f"wm serve: fleet endpoint at {url} (OpenAPI at {url}/docs); Ctrl-C stops it", file=sys.stderr)
-    result: dict[str, Any] = {"url": url, "proxy": args.proxy}
+    result: dict[str, Any] = {"url": url, "proxy": args.proxy, "state_dir": snapshot_uri}
     if args.detach:
         return result | {"detached": True}
     try:
@@ -98,5 +189,23 @@ def run_serve(args: argparse.Namespace) -> dict[str, Any]:
             pass
     except KeyboardInterrupt:
         pass
-    result |= shutdown_app(kwargs["state"])
+    return _stop(result, kwargs["state"])
+
+
+def _stop(result: dict[str, Any], state: Any) -> dict[str, Any]:
+    """Shut the app down (bounded) and add what it says to ``result``, with a readable summary."""
+    from serving.deploy import shutdown_app
+
+    print("wm serve: stopping", file=sys.stderr, flush=True)
+    start = time.monotonic()
+    result |= shutdown_app(state)
+    result["stopped_in_s"] = round(time.monotonic() - start, 1)
+    stats, lost = result["telemetry"], result["not_written"]
+    lines = [f"wm serve: {result['url']} stopped in {result['stopped_in_s']} s"]
+    if stats is not None:
+        lines.append(f"telemetry: {stats['written']} transitions written in {stats['files']} files, "
+                     f"{lost} not written, {stats['dropped']} dropped"
+                     + (f" (last error: {stats['last_error']})" if stats["last_error"] else ""))
+    lines += [f"problem: {p}" for p in result["problems"]]
+    result["_summary"] = lines
     return result

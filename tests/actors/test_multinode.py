@@ -17,6 +17,7 @@ import ray
 from ray.cluster_utils import Cluster
 
 from actors.common import NAMESPACE
+from actors.records import AgentRecord
 from actors.state import StateConfig, start_state_shards, stop_state_shards
 from learners.learner import start_learner
 from tests.worldmodel.conftest import TINY_MODEL, TINY_TRAIN
@@ -53,6 +54,11 @@ def _node_of(node_id: str, workers: dict[str, object]) -> object:
     return next(w for w in workers.values() if w.node_id == node_id)  # type: ignore[attr-defined]
 
 
+def _record(agent_id: str, t: int, warm_start: np.ndarray | None = None) -> AgentRecord:
+    return AgentRecord(agent_id=agent_id, eps_id="e", t=t, model_version="1", updated=time.time(),
+                       request_ids=(), answer=None, warm_start=warm_start)
+
+
 def test_removing_a_shards_node_loses_at_most_the_snapshot_interval(cluster, tmp_path) -> None:
     c, workers = cluster
     interval = 0.3
@@ -61,18 +67,18 @@ def test_removing_a_shards_node_loses_at_most_the_snapshot_interval(cluster, tmp
     store = start_state_shards(cfg, resources={"worker": 1})
     try:
         host = _node_of(store.stats()[0]["node_id"], workers)
-        old = [{"agent_id": f"old-{i}", "t": i, "warm": np.full((3, 2), i, np.float32)} for i in range(50)]
+        old = [_record(f"old-{i}", i, np.full((3, 2), i, np.float32)) for i in range(50)]
         store.put_sync(old)
         time.sleep(interval * 3)  # older than the snapshot interval: must survive
-        store.put_sync([{"agent_id": "fresh", "t": 0}])  # within the interval: may be lost (documented)
+        store.put_sync([_record("fresh", 0)])  # within the interval: may be lost (documented)
         c.remove_node(host)
 
-        got = store.get_sync([r["agent_id"] for r in old])  # retried until the shard is back
-        assert [r["t"] for r in got] == list(range(50))
+        got = store.get_sync([r.agent_id for r in old])  # retried until the shard is back
+        assert [r.t for r in got] == list(range(50))
         after = store.stats()[0]
         assert after["node_id"] != host.node_id and after["restored"] >= 50
-        store.put_sync([{"agent_id": "next", "t": 1}])  # the work continues on the other node
-        assert store.get_sync(["next"])[0]["t"] == 1
+        store.put_sync([_record("next", 1)])  # the work continues on the other node
+        assert store.get_sync(["next"])[0].t == 1
     finally:
         stop_state_shards(store)
 

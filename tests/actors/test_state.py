@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+import pickle
 import time
 
 import numpy as np
 import pytest
 import ray
 
-from actors.state import AgentStateStore, StateConfig, shard_index, start_state_shards, stop_state_shards
+from actors.records import AgentRecord
+from actors.state import AgentStateShard, AgentStateStore, StateConfig, shard_index, start_state_shards, stop_state_shards
 from tests.ray_fixtures import ray_local  # noqa: F401
 
 
-def _record(agent: str, step: int) -> dict:
-    return {"agent_id": agent, "warm": np.full((4, 2), step, np.float32), "obs": np.arange(6, dtype=np.float32),
-            "t": step, "model_version": "1.0.0"}
+def _record(agent: str, step: int) -> AgentRecord:
+    return AgentRecord(agent_id=agent, eps_id=f"{agent}-e", t=step, model_version="1.0.0", updated=time.time(),
+                       request_ids=(f"r{step}",), answer=None, warm_start=np.full((4, 2), step, np.float32),
+                       obs=np.arange(6, dtype=np.float32))
 
 
 @pytest.fixture
@@ -38,11 +42,13 @@ def test_batch_roundtrip_in_order(store: AgentStateStore) -> None:
     assert store.put_sync([_record(a, i) for i, a in enumerate(agents)]) == 20
     got = store.get_sync(["missing", *agents[::-1]])
     assert got[0] is None
-    assert [r["t"] for r in got[1:]] == list(range(19, -1, -1))
-    np.testing.assert_array_equal(got[1]["warm"], np.full((4, 2), 19, np.float32))
+    assert [r.t for r in got[1:]] == list(range(19, -1, -1))
+    np.testing.assert_array_equal(got[1].warm_start, np.full((4, 2), 19, np.float32))
+    assert got[1].request_ids == ("r19",)
     assert store.reset_sync(["a0", "a1", "nobody"]) == 2
     assert store.get_sync(["a0", "a2"])[0] is None
     assert sum(s["agents"] for s in store.stats()) == 18
+    assert asyncio.run(store.lease("w1", 10.0)) == 1 and asyncio.run(store.lease("w2", 10.0)) == 2
 
 
 def test_killed_shard_restores_every_acknowledged_write(store: AgentStateStore) -> None:
@@ -51,7 +57,7 @@ def test_killed_shard_restores_every_acknowledged_write(store: AgentStateStore) 
     for handle in store.handles:
         ray.kill(handle, no_restart=False)  # a crash: Ray restarts the actor, which reloads its snapshot
     got = store.get_sync(agents)
-    assert all(r is not None and r["t"] == 5 for r in got)
+    assert all(r is not None and r.t == 5 for r in got)
     assert sum(s["restored"] for s in store.stats()) == 12
 
 
@@ -63,7 +69,7 @@ def test_periodic_snapshot_bounds_the_loss(ray_local, tmp_path) -> None:  # noqa
         time.sleep(0.8)  # more than one interval: "old" is in the snapshot
         s.put_sync([_record("new", 2)])
         ray.kill(s.handles[0], no_restart=False)  # at once: "new" may be lost, "old" may not
-        assert s.get_sync(["old"])[0]["t"] == 1
+        assert s.get_sync(["old"])[0].t == 1
     finally:
         stop_state_shards(s)
 
@@ -77,6 +83,12 @@ def test_idle_agents_are_evicted(ray_local) -> None:  # noqa: F811
         assert s.get_sync(["idle"])[0] is None
     finally:
         stop_state_shards(s)
+
+
+def test_a_snapshot_of_records_in_another_form_starts_those_agents_fresh(tmp_path) -> None:
+    (tmp_path / "s.pkl").write_bytes(pickle.dumps({"old": {"agent_id": "old", "t": 3}, "new": _record("new", 1)}))
+    shard = AgentStateShard("s", str(tmp_path), 1.0, 3600.0)
+    assert shard.restored == 1 and list(shard.records) == ["new"]
 
 
 def test_config_validates() -> None:

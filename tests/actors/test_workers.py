@@ -15,7 +15,7 @@ from planners.service import ServiceConfig
 from tests.ray_fixtures import ray_local  # noqa: F401
 from tests.worldmodel.conftest import TINY_MODEL, TINY_TRAIN
 from worldmodel.config import TrainConfig
-from worldmodel.data import read_transitions
+from worldmodel.data import Transitions, read_transitions
 from worldmodel.envs import make_env, space_spec
 from worldmodel.envs.collect import collect
 from worldmodel.registry import ModelRegistry
@@ -40,9 +40,9 @@ def test_worker_plans_scores_and_switches_without_dropping_calls(ray_local, regi
     assert info["model_version"] == "1.0.0" and info["device"] == "cpu"
     obs = np.random.default_rng(0).uniform(-1, 1, (12, 6)).astype(np.float32)
     out = ray.get(worker.plan.remote(obs))
-    assert out["actions"].shape == (12, 2) and out["warm"].shape == (12, 6, 2)
-    assert np.all(np.abs(out["actions"]) <= 1)
-    scored = ray.get(worker.score.remote(obs, out["actions"], out["trajectory"][:, 1]))
+    assert out.actions.shape == (12, 2) and out.warm_start.shape == (12, 6, 2)
+    assert np.all(np.abs(out.actions) <= 1) and out.reasons() == [None] * 12
+    scored = ray.get(worker.score.remote(obs, out.actions, out.trajectory[:, 1]))
     assert scored["errors"].shape == (12,) and scored["mean_error"] < 1e-4  # its own prediction: no error
 
     in_flight = [worker.plan.remote(obs) for _ in range(20)]
@@ -50,8 +50,8 @@ def test_worker_plans_scores_and_switches_without_dropping_calls(ray_local, regi
     during = [worker.plan.remote(obs) for _ in range(5)]
     results = ray.get(in_flight + during)  # none dropped while the new version loads
     assert ray.get(switched) == "1.1.0"
-    assert {r["model_version"] for r in results} <= {"1.0.0", "1.1.0"}
-    assert ray.get(worker.plan.remote(obs))["model_version"] == "1.1.0"
+    assert {r.model_version for r in results} <= {"1.0.0", "1.1.0"}
+    assert ray.get(worker.plan.remote(obs)).model_version == "1.1.0"
     ray.kill(worker)
 
 
@@ -71,11 +71,16 @@ def test_simulated_fleet_logs_whole_episodes(ray_local, tmp_path, registry) -> N
 
 def test_telemetry_logger_drops_duplicates_and_writes_whole_files(tmp_path) -> None:
     logger = TelemetryLogger(str(tmp_path / "tele"), env_id="Nav2D-v0", flush_rows=4, flush_s=60)
-    row = lambda t: {"obs": np.zeros(6), "action": np.zeros(2), "reward": -1.0, "new_obs": np.ones(6),  # noqa: E731
-                     "terminated": False, "truncated": False, "eps_id": "e-1", "agent_id": "a-1", "t": t,
-                     "model_version": "1.0.0"}
-    assert asyncio.run(logger.log([row(0), row(1), row(1)])) == 2
-    assert asyncio.run(logger.log([row(1), row(2), row(3)])) == 2  # 4 buffered: flushed
-    assert logger.stats() == {"written": 4, "buffered": 0, "duplicates": 2, "files": 1}
+
+    def steps(*t: int) -> Transitions:
+        b = len(t)
+        return Transitions.build(obs=np.zeros((b, 6)), actions=np.zeros((b, 2)), rewards=np.full(b, -1.0),
+                                 new_obs=np.ones((b, 6)), terminateds=np.zeros(b, bool), truncateds=np.zeros(b, bool),
+                                 eps_id=["e-1"] * b, agent_id="a-1", t=np.array(t), model_version="1.0.0")
+
+    assert asyncio.run(logger.log(steps(0, 1, 1))) == 2
+    assert asyncio.run(logger.log(steps(1, 2, 3))) == 2  # 4 buffered: flushed
+    stats = logger.stats()
+    assert (stats.written, stats.buffered, stats.duplicates, stats.files) == (4, 0, 2, 1)
     data = read_transitions(str(tmp_path / "tele"))
     assert sorted(data.t.tolist()) == [0, 1, 2, 3]

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-
 import pytest
 
+from cluster.commands.bench import parse_agents
+from cluster.commands.bench_plan import plan_flops
+from planners import PlanConfig
 
 from .helpers import run_json
-from cluster.commands.bench import parse_agents, plan_flops
-from planners import PlanConfig
 
 TINY = ["--samples", "8", "--horizon", "3", "--iterations", "1", "--repeats", "2",
         "--hidden", "8", "--layers", "1", "--ensemble-size", "2"]
@@ -57,13 +57,29 @@ def test_plan_flops_expectation_evaluates_every_member() -> None:
     (["--agents", "1,0"], "--agents"),
     (["--agents", "1,x"], "'x'"),
     (["--agents", "2.5"], "'2.5'"),
-    (["--planner", "ilqr"], "ilqr"),
 ])
 def test_bench_plan_bad_input_is_one_line_error(capsys: pytest.CaptureFixture[str], args: list[str],
                                                 message: str) -> None:
     code, out, err = run_json(capsys, "bench", "plan", *args)
     assert code == 1 and out["ok"] is False and message in out["error"]
     assert len(err.strip().splitlines()) == 1 and message in err
+
+
+def test_bench_plan_unknown_planner_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run_json(capsys, "bench", "plan", "--planner", "ilqr")
+    assert code == 2 and "ilqr" in out["error"] and "Traceback" not in err
+
+
+def test_bench_plan_defaults_are_the_served_settings() -> None:
+    # One place for planner and model defaults: PlanConfig's and ModelConfig's fields.
+    from cluster.cli import build_parser
+    from worldmodel.config import ModelConfig
+
+    args = build_parser(["bench", "plan"]).parse_args(["bench", "plan"])
+    plan, model = PlanConfig(), ModelConfig()
+    assert (args.horizon, args.samples, args.iterations, args.particles) == (
+        plan.horizon, plan.samples, plan.iterations, plan.particles) == (30, 32, 1, 1)
+    assert (args.hidden, args.layers, args.ensemble_size) == (model.hidden, model.layers, model.ensemble_size)
 
 
 def test_parse_agents() -> None:

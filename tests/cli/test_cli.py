@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -83,9 +87,9 @@ def test_json_stdout_is_only_the_result(capsys: pytest.CaptureFixture[str], monk
     # Ray's driver prints the raylet's warnings to stdout from a thread of its own, mid-command.
     import threading
 
-    from cluster.commands import model as model_cmds
+    from worldmodel import artifact
 
-    real = model_cmds.load_model
+    real = artifact.load_model
 
     def noisy_load(path: str):
         thread = threading.Thread(target=print, args=("(raylet) WARNING: 8 PYTHON worker processes",))
@@ -93,7 +97,7 @@ def test_json_stdout_is_only_the_result(capsys: pytest.CaptureFixture[str], monk
         thread.join()
         return real(path)
 
-    monkeypatch.setattr(model_cmds, "load_model", noisy_load)
+    monkeypatch.setattr(artifact, "load_model", noisy_load)
     _, model = trained
     code, out, err = run_json(capsys, "info", str(model))
     assert code == 0 and out["command"] == "info" and "(raylet) WARNING" in err
@@ -141,3 +145,67 @@ def test_eval_reports_closed_loop_stats_and_png(capsys: pytest.CaptureFixture[st
     assert png.stat().st_size > 10_000
     code, out, _ = run_json(capsys, "eval", "--model", str(trained[1]), "--planner", "astar")
     assert code == 2 and "astar" in out["error"]
+
+
+def test_eval_defaults_are_plan_configs_and_the_goal_objective(capsys: pytest.CaptureFixture[str],
+                                                               trained: tuple[Path, Path]) -> None:
+    from cluster.cli import build_parser
+    from planners import PlanConfig
+
+    args = build_parser(["eval"]).parse_args(["eval", "--model", "m"])
+    defaults = PlanConfig()
+    assert (args.horizon, args.samples, args.iterations, args.particles, args.propagation) == (
+        defaults.horizon, defaults.samples, defaults.iterations, defaults.particles, defaults.propagation)
+    code, out, _ = run_json(capsys, "eval", "--model", str(trained[1]), "--agents", "2", "--episodes", "2",
+                            "--horizon", "3", "--objective", "goal", "--no-fly-zones")
+    assert code == 0 and out["objective"] == "goal" and out["planner_settings"]["noise_beta"] == 2.0
+    code, out, _ = run_json(capsys, "eval", "--model", str(trained[1]), "--objective", "analytic")
+    assert code == 2 and "analytic" in out["error"]
+
+
+def test_mbrl_defaults_are_the_pets_loops_own() -> None:
+    from cluster.cli import build_parser
+    from planners.config import PETS_MODEL, PETS_PLAN, PETS_TRAIN
+
+    args = build_parser(["mbrl"]).parse_args(["mbrl", "--env", "Pendulum-v1", "--episodes", "3"])
+    assert (args.horizon, args.samples, args.iterations) == (PETS_PLAN.horizon, PETS_PLAN.samples,
+                                                             PETS_PLAN.iterations)
+    assert (args.hidden, args.layers, args.activation) == (PETS_MODEL.hidden, PETS_MODEL.layers, "silu")
+    assert (args.epochs, args.batch_size, args.patience) == (PETS_TRAIN.epochs, PETS_TRAIN.batch_size,
+                                                             PETS_TRAIN.patience)
+
+
+def test_undefined_r2_prints_as_n_a() -> None:
+    from cluster.commands.info import summary_lines
+
+    metrics = {"dynamics": {"r2": [0.5, None], "r2_delta": [None, 0.25]}, "reward": {"r2": [None]}}
+    lines = summary_lines(metrics)
+    assert "n/a" in lines[0] and "0.5000" in lines[0] and lines[-1] == "reward test R^2 n/a"
+
+
+_PROBE = """
+import json, sys, time
+start = time.perf_counter()
+from cluster.cli import main
+try:
+    code = main(sys.argv[1:])
+except SystemExit as exit:
+    code = exit.code
+print(json.dumps({"code": code, "seconds": time.perf_counter() - start,
+                  "heavy": sorted(m for m in ("torch", "ray") if m in sys.modules)}), file=sys.stderr)
+"""
+
+
+@pytest.mark.parametrize("args", [["--help"], ["eval", "--help"], ["train", "--help"], ["eval", "--bogus"],
+                                  ["tune", "--help"], ["models", "--help"], ["models", "list", "--help"],
+                                  ["models", "promote", "--help"]])
+def test_help_and_usage_errors_load_neither_torch_nor_ray(args: list[str]) -> None:
+    # Only the command being run is imported, and its heavy imports wait for its handler.
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", _PROBE, *args], capture_output=True, text=True, timeout=60)
+    wall = time.perf_counter() - start
+    probe = json.loads(proc.stderr.strip().splitlines()[-1])
+    assert probe["heavy"] == [], probe
+    assert probe["code"] == (2 if "--bogus" in args else 0), proc.stderr
+    assert wall < 1.5, f"`wm {' '.join(args)}` took {wall:.2f} s"
+

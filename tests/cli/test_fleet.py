@@ -10,7 +10,8 @@ from tests.serving.test_client import TOKEN, tiny_app  # noqa: F401
 
 REPORT_KEYS = {"agents", "hz", "seconds", "requests", "rate_hz", "rate_per_agent_hz", "latency_ms", "late_ticks",
                "episodes", "success_rate", "violations", "episodes_with_violation", "fallbacks", "errors",
-               "errors_by_kind", "retries", "model_versions", "url", "env", "objective", "no_fly_zones"}
+               "fallbacks_by_reason", "errors_by_kind", "retries", "model_versions", "url", "env", "objective",
+               "no_fly_zones"}
 
 
 @pytest.mark.slow
@@ -37,4 +38,4 @@ def test_fleet_without_the_token_counts_401_errors(capsys, tiny_app) -> None:  #
 
 def test_fleet_rejects_bad_arguments(capsys) -> None:
     code, out, err = run_json(capsys, "fleet", "--url", "http://127.0.0.1:1", "--agents", "0")
-    assert code == 1 and out["ok"] is False and "--agents must be >= 1" in err
+    assert code == 1 and out["ok"] is False and "agents must be >= 1" in err

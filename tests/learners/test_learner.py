@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import ray
 from ray.actor import ActorHandle
@@ -24,6 +26,7 @@ from learners.retrain import read_logs
 from learners.schedule import start_scheduler
 from tests.ray_fixtures import ray_local  # noqa: F401
 from worldmodel.data import Transitions, read_transitions, write_transitions
+from worldmodel.data import schema as sc
 from worldmodel.envs.collect import collect
 from worldmodel.holdout import recent_holdout
 from worldmodel.registry import ModelRegistry, RegistryError
@@ -165,3 +168,22 @@ def test_a_bad_cron_is_refused_before_anything_starts(ray_local) -> None:  # noq
         start_scheduler("0 25 * * *", "logs", "registry", name="never-started")
     with pytest.raises(ValueError):
         ray.get_actor("never-started", namespace=NAMESPACE)
+
+
+def test_ray_data_reads_a_tree_mixing_schema_versions(learner, tmp_path) -> None:
+    # Version 1 stored timestamps as Arrow timestamps, version 2 as int64 microseconds: Ray Data must
+    # read both in one dataset, as the plain reader does.
+    old = collect("Nav2D-v0", episodes=2, seed=5, agent_id="old-agent")
+    table = old.to_table()
+    legacy = pa.array(old.timestamp, sc.LEGACY_TIMESTAMP_TYPE)
+    table = table.set_column(table.schema.get_field_index(sc.TIMESTAMP), sc.TIMESTAMP, legacy)
+    table = table.replace_schema_metadata({**table.schema.metadata, sc.META_SCHEMA_VERSION: b"1"})
+    (tmp_path / "2026-11-24" / "old-agent").mkdir(parents=True)
+    pq.write_table(table, tmp_path / "2026-11-24" / "old-agent" / "part-0.parquet")
+    new = collect("Nav2D-v0", episodes=2, seed=6, agent_id="new-agent")
+    write_transitions(str(tmp_path), new)
+    a = ray.get(learner.__ray_call__.remote(lambda _, uri: read_logs(uri), str(tmp_path)))
+    b = read_transitions(str(tmp_path))
+    assert len(a) == len(b) == len(old) + len(new)
+    for name in ("obs", "actions", "eps_id", "t", "timestamp"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name))

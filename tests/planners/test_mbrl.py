@@ -12,11 +12,13 @@ import torch
 
 from cluster.cli import main
 from planners import CEMConfig, PlanConfig
-from planners.mbrl import CHUNK_STEPS, MIN_EPISODES, MBRLResult, chunk_episodes, run_mbrl
+from planners.mbrl import MBRLResult, run_mbrl
 from worldmodel.config import ModelConfig, TrainConfig
 from worldmodel.data import read_transitions
 from worldmodel.envs.collect import collect
-from worldmodel.training import split_by_episode
+from worldmodel.training import CHUNK_STEPS, MIN_EPISODES, chunk_episodes, split_by_episode
+
+from .survival_env import FULL_ID as SURVIVAL, MAX_STEPS
 
 ENV = "Pendulum-v1"
 TINY_PLAN = PlanConfig(horizon=5, samples=20, iterations=2)
@@ -94,3 +96,20 @@ def test_cli_prints_one_json_object_and_writes_the_curve(capsys: pytest.CaptureF
     assert result["target_return"] == -200 and Path(result["png"]).is_file()
     assert json.loads((out / "result.json").read_text())["returns"] == result["returns"]
     assert main(["mbrl", "--env", ENV, "--episodes", "2", "--out", str(out), "--json"]) == 1  # logs exist
+
+
+def test_survival_task_with_short_episodes_and_a_constant_reward(tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    # One random episode of at most 12 steps: too few 20-step chunks to split, so shorter chunks.
+    one = collect(SURVIVAL, 1, seed=0, num_envs=1)
+    assert len(one) <= MAX_STEPS and len(set(chunk_episodes(one).eps_id.tolist())) >= 3
+    # The reward is 1 on every row: its held-out R^2 is undefined (None), printed as "n/a".
+    result = run_mbrl(SURVIVAL, 3, "cem", 1, TINY_PLAN, TINY_MODEL, TINY_TRAIN, seed=0)
+    assert [r.kind for r in result.rows] == ["random", "planned", "planned"]
+    assert all(r.ret == r.steps for r in result.rows)  # reward 1 per step
+    code = main(["mbrl", "--env", SURVIVAL, "--episodes", "3", "--random-episodes", "2", "--out",
+                 str(tmp_path / "run"), *TINY_FLAGS])
+    out, err = capsys.readouterr()
+    assert code == 0 and "Traceback" not in err, err
+    assert "episode 2 planned" in out
+

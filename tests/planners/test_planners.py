@@ -24,6 +24,8 @@ SETTINGS = {
     "shooting": PlanConfig(horizon=1, samples=4096, iterations=2),
 }
 TOLERANCE = {"cem": 0.1, "mppi": 0.15, "gradient": 0.05, "shooting": 0.1}
+OWN = {"cem": {"noise_beta": 0.0, "init_std": 0.5}}
+"""PETS' white noise, not CEM's iCEM default: a one-step optimum is found by refining over rounds."""
 
 
 def agents(n: int = 16, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -36,7 +38,8 @@ def agents(n: int = 16, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
 @pytest.mark.parametrize("name", PLANNERS)
 def test_planner_finds_known_optimum_for_all_agents(name: str) -> None:
     x, goal = agents()
-    planner = make_planner(name, LinearEnsemble(), quadratic_objective(), LOW, HIGH, SETTINGS[name])
+    planner = make_planner(name, LinearEnsemble(), quadratic_objective(), LOW, HIGH, SETTINGS[name],
+                           settings=OWN.get(name))
     result = planner.plan(x, {"goal": goal})
     assert result.actions.shape == (16, 2) and result.plan.shape == (16, SETTINGS[name].horizon, 2)
     error = (result.actions - optimal_first_action(x, goal)).abs().max().item()
@@ -51,7 +54,8 @@ def test_planner_finds_known_optimum_for_all_agents(name: str) -> None:
 def test_propagation_modes_agree_on_a_certain_model(propagation: str, particles: int) -> None:
     x, goal = agents(8)
     cfg = PlanConfig(horizon=3, samples=256, iterations=8, propagation=propagation, particles=particles)
-    result = make_planner("cem", LinearEnsemble(), quadratic_objective(), LOW, HIGH, cfg).plan(x, {"goal": goal})
+    planner = make_planner("cem", LinearEnsemble(), quadratic_objective(), LOW, HIGH, cfg, settings=OWN["cem"])
+    result = planner.plan(x, {"goal": goal})
     assert (result.actions - optimal_first_action(x, goal)).abs().max() < TOLERANCE["cem"]
 
 
@@ -151,3 +155,18 @@ def test_bad_configs_are_named() -> None:
         planner.plan(torch.zeros(2, 3), {"goal": torch.zeros(2, 2)})
     with pytest.raises(ValueError, match="warm_start"):
         planner.plan(torch.zeros(2, 2), {"goal": torch.zeros(2, 2)}, warm_start=torch.zeros(2, 3, 2))
+
+
+def test_defaults_are_the_served_setting_in_one_place() -> None:
+    # One warm-started CEM round over a 3-second horizon, sampling iCEM's coloured noise as wide as
+    # the action box: what the README's Nav2D results and the service use.
+    from planners import CEMConfig
+    from planners.service import ServiceConfig
+
+    cfg = PlanConfig()
+    assert (cfg.horizon, cfg.samples, cfg.iterations, cfg.particles) == (30, 32, 1, 1)
+    assert (CEMConfig().noise_beta, CEMConfig().init_std) == (2.0, 1.0)
+    served = ServiceConfig()
+    assert served.plan == cfg and served.planner_settings == dataclasses.asdict(CEMConfig())
+    assert ServiceConfig(planner="shooting").planner_settings == {}
+

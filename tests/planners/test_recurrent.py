@@ -50,9 +50,9 @@ def test_served_recurrent_model_returns_each_agents_next_hidden_state() -> None:
     hidden = np.random.default_rng(1).normal(size=(4, 16)).astype(np.float32)
     hidden[2] = np.nan  # a fresh agent
     out = service.plan(obs, hidden=hidden)
-    assert out["hidden"].shape == (4, 16) and np.all(np.isfinite(out["hidden"]))
+    assert out.hidden.shape == (4, 16) and np.all(np.isfinite(out.hidden))
     start = torch.as_tensor(hidden)
     start[2] = 0.0
-    expected, _ = model.dynamics.step(start, torch.as_tensor(obs), torch.as_tensor(out["actions"]))
-    np.testing.assert_allclose(out["hidden"], expected.detach().numpy(), rtol=1e-5, atol=1e-6)
-    assert service.prediction_error(obs, out["actions"], obs).shape == (4,)
+    expected, _ = model.dynamics.step(start, torch.as_tensor(obs), torch.as_tensor(out.actions))
+    np.testing.assert_allclose(out.hidden, expected.detach().numpy(), rtol=1e-5, atol=1e-6)
+    assert service.prediction_error(obs, out.actions, obs).shape == (4,)

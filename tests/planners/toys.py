@@ -35,8 +35,8 @@ class LinearEnsemble(nn.Module):
 
 
 class GoalSquared:
-    def __call__(self, obs: torch.Tensor, action: torch.Tensor, next_obs: torch.Tensor, params) -> torch.Tensor:
-        return -(next_obs - params[GOAL][:, None, :]).square().sum(-1)
+    def __call__(self, obs: torch.Tensor, action: torch.Tensor, new_obs: torch.Tensor, params) -> torch.Tensor:
+        return -(new_obs - params[GOAL][:, None, :]).square().sum(-1)
 
 
 def quadratic_objective() -> Objective:

@@ -1,4 +1,5 @@
-"""The fleet endpoint on one shared Ray: batching, validation, auth, exactly-once telemetry, version switches.
+"""The fleet endpoint on one shared Ray: batching, validation, auth, error bodies, the OpenAPI schema,
+exactly-once telemetry, refused retries, health, version switches.
 
 One app serves the module: the registry's production version with a shadow, telemetry
 to a log directory, and a bearer token.
@@ -70,20 +71,20 @@ def test_plan_answers_with_action_version_and_audit_trail(app) -> None:
     assert len(body["action"]) == 2 and all(-1 <= a <= 1 for a in body["action"])
     assert body["model_version"] == app["v1"] and not body["replayed"]
     assert len(body["trajectory"]) == 9 and len(body["trajectory"][0]) == 6  # H+1 predicted states
-    assert isinstance(body["uncertainty"], float) and isinstance(body["fallback"], bool)
+    assert isinstance(body["disagreement"], float) and isinstance(body["fallback"], bool)
+    assert "uncertainty" not in body and (body["fallback_reason"] is not None) == body["fallback"]
 
 
-def test_fast_route_answers_as_the_fastapi_route(app) -> None:
-    # application/json takes the fast route; other JSON types (+json) are left to FastAPI's route,
-    # and both answer the same fields.
+def test_plan_takes_any_json_type_and_refuses_others(app) -> None:
     body = {"agent_id": "routes", "observation": [0.2] * 6, "reward": None}
-    fast = _post(app, body)
-    slow = _post(app, json.dumps(body | {"agent_id": "routes-2"}), raw=True,
-                 headers={"Content-Type": "application/vnd.fleet+json"})
-    assert fast.status_code == slow.status_code == 200, (fast.text, slow.text)
-    assert fast.headers["content-type"] == slow.headers["content-type"] == "application/json"
-    assert set(fast.json()) == set(slow.json()) == {"action", "model_version", "plan_id", "uncertainty", "fallback",
-                                                    "replayed"}
+    plain = _post(app, body)
+    vendor = _post(app, json.dumps(body | {"agent_id": "routes-2"}), raw=True,
+                   headers={"Content-Type": "application/vnd.fleet+json"})
+    assert plain.status_code == vendor.status_code == 200, (plain.text, vendor.text)
+    assert plain.headers["content-type"] == vendor.headers["content-type"] == "application/json"
+    assert set(plain.json()) == set(vendor.json()) >= {"action", "model_version", "plan_id", "disagreement"}
+    r = _post(app, json.dumps(body), raw=True, headers={"Content-Type": "text/plain"})
+    assert r.status_code == 415 and r.json() == {"error": "Content-Type: expected application/json, got 'text/plain'"}
 
 
 def test_concurrent_requests_are_merged_into_batches(app) -> None:
@@ -119,6 +120,10 @@ BAD = [
     ({"agent_id": "x", "observation": "fast"}, "observation"),
     ({"agent_id": "x", "observation": [0.0] * 6, "deadline_ms": -5}, "deadline_ms"),
     ({"agent_id": "x", "observation": [0.0] * 6, "reward": "lots"}, "reward"),
+    ({"agent_id": "x", "observation": [0.0] * 6, "terminated": "yes"}, "terminated"),
+    ({"agent_id": "x", "observation": [0.0] * 6, "done": True}, "done"),  # renamed terminated
+    ({"agent_id": "x", "observation": [0.0] * 6, "prev_action": [0.0] * 3}, "prev_action"),  # the model's is 2
+    ({"agent_id": "x\n", "observation": [0.0] * 6}, "agent_id"),
     ('{"agent_id": "x", "observation": [0, 0', "body"),  # malformed JSON
     ("[]", "body"),
 ]
@@ -128,7 +133,7 @@ BAD = [
 def test_bad_input_is_a_4xx_naming_the_field(app, body: Any, field: str) -> None:
     r = _post(app, body, raw=isinstance(body, str))
     assert 400 <= r.status_code < 500, (r.status_code, r.text)
-    assert field in r.json()["error"], r.json()
+    assert field in r.json()["error"] and "\n" not in r.json()["error"], r.json()
     assert _post(app, {"agent_id": "still-ok", "observation": [0.0] * 6}).status_code == 200
 
 
@@ -139,15 +144,61 @@ def test_bad_batch_and_reset_inputs(app) -> None:
                                  {"agent_id": "b", "observation": [0.0] * 3}]}, "/v1/plan/batch")
     assert r.status_code == 422 and "requests.1.observation" in r.json()["error"]
     assert _post(app, {}, "/v1/agents/bad id!/reset").status_code == 422
+    r = _post(app, {}, "/v1/agents/a1%0A/reset")  # a trailing newline, refused as the plan route refuses it
+    assert r.status_code == 422 and r.json()["error"].startswith("agent_id: "), r.text
 
 
-def test_bearer_token_is_required(app) -> None:
+def test_every_error_body_is_one_error_line(app) -> None:
+    for r, status in ((requests.get(app["url"] + "/v1/nothing-here", headers=AUTH, timeout=10), 404),
+                      (requests.get(app["url"] + "/v1/plan", headers=AUTH, timeout=10), 405),
+                      (_post(app, '{"requests": [', "/v1/plan/batch", raw=True), 422)):
+        assert r.status_code == status and set(r.json()) <= {"error", "detail"}, r.text
+        assert r.json()["error"] and "\n" not in r.json()["error"]
+
+
+def test_bearer_token_is_required_before_anything_else(app) -> None:
     body = {"agent_id": "auth", "observation": [0.0] * 6}
     assert _post(app, body, headers={}).status_code == 401
     assert _post(app, body, headers={"Authorization": "Bearer wrong"}).status_code == 401
     assert "token" in _post(app, body, headers={}).json()["error"]
-    assert requests.get(app["url"] + "/v1/models", timeout=10).status_code == 401
-    assert requests.get(app["url"] + "/healthz", timeout=10).status_code == 200  # probes need no token
+    for path, invalid in (("/v1/plan", {"colour": 1}), ("/v1/plan/batch", {"requests": []})):
+        r = _post(app, invalid, path, headers={})  # checked before the body: nothing about it is told
+        assert r.status_code == 401 and set(r.json()) == {"error"}, r.text
+    for path in ("/v1/models", "/openapi.json", "/docs", "/redoc"):
+        assert requests.get(app["url"] + path, timeout=10).status_code == 401, path
+        assert requests.get(app["url"] + path, headers=AUTH, timeout=10).status_code == 200, path
+    health = requests.get(app["url"] + "/healthz", timeout=10)  # probes need no token
+    assert health.status_code == 200 and health.json() == {"status": "ok", "model_version": app["v1"]}
+
+
+def test_the_openapi_schema_states_the_served_sizes(app) -> None:
+    schema = requests.get(app["url"] + "/openapi.json", headers=AUTH, timeout=10).json()
+    request = schema["components"]["schemas"]["PlanRequest"]["properties"]
+    assert request["observation"]["minItems"] == request["observation"]["maxItems"] == 6
+    assert [b["maxItems"] for b in request["prev_action"]["anyOf"] if b.get("type") == "array"] == [2]
+    (param,) = schema["paths"]["/v1/agents/{agent_id}/reset"]["post"]["parameters"]
+    assert param["schema"]["pattern"] == request["agent_id"]["pattern"]
+
+
+def test_the_api_holds_to_its_openapi_schema(app) -> None:
+    # Generated requests (valid and invalid) against the live app: no 5xx, every answer as documented.
+    import schemathesis
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+    from schemathesis import GenerationMode
+
+    schema = schemathesis.openapi.from_url(app["url"] + "/openapi.json", headers=AUTH, timeout=10)
+    operations = [result.ok() for result in schema.get_all_operations()]
+    cases = st.one_of(*(op.as_strategy(mode) for op in operations
+                        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)))
+
+    @settings(max_examples=80, deadline=None, database=None, derandomize=True,
+              suppress_health_check=list(HealthCheck))
+    @given(case=cases)
+    def holds(case: Any) -> None:
+        case.call_and_validate(headers=AUTH, timeout=30)
+
+    holds()
 
 
 def test_telemetry_is_logged_exactly_once_under_retries(app) -> None:
@@ -155,13 +206,13 @@ def test_telemetry_is_logged_exactly_once_under_retries(app) -> None:
     agent, steps = "telemetry-agent", 6
     for t in range(steps):
         body = {"agent_id": agent, "observation": _obs(rng), "reward": None if t == 0 else -0.5 * t,
-                "done": t == steps - 1, "request_id": uuid.uuid4().hex}
+                "terminated": t == steps - 1, "request_id": uuid.uuid4().hex, "t": t}
         first = _post(app, body).json()
         for _ in range(2):  # the client timed out and retried the same request
             again = _post(app, body).json()
             assert again["replayed"] and again["plan_id"] == first["plan_id"]
     shutdown_stats = _flush_telemetry()
-    assert shutdown_stats["written"] >= steps - 1
+    assert shutdown_stats.written >= steps - 1
     logged = read_transitions(str(app["logs"]))
     mine = logged.select(np.flatnonzero(logged.agent_id == agent))
     assert len(mine) == steps - 1  # every closed transition once, none twice
@@ -170,13 +221,51 @@ def test_telemetry_is_logged_exactly_once_under_retries(app) -> None:
         [-0.5 * t for t in range(1, steps)])
 
 
-def _flush_telemetry() -> dict[str, Any]:
+def _flush_telemetry() -> Any:
     import ray
 
     from actors.common import NAMESPACE
     logger = ray.get_actor("fleetwm-telemetry", namespace=NAMESPACE)
     ray.get(logger.flush.remote())
     return ray.get(logger.stats.remote())
+
+
+def test_a_superseded_request_id_is_refused_and_nothing_is_planned(app) -> None:
+    plan = {"agent_id": "r-order", "observation": [0.1] * 6}
+    r3 = _post(app, plan | {"request_id": "r3", "t": 0}).json()
+    _post(app, plan | {"request_id": "r4", "t": 1, "reward": 0.0})
+    again = _post(app, plan | {"request_id": "r3", "t": 0})
+    assert again.status_code == 409 and set(again.json()) == {"error"} and "'r3'" in again.json()["error"], again.text
+    assert r3["plan_id"] not in again.text
+    batch = _post(app, {"requests": [{"agent_id": "r-other", "observation": [0.0] * 6},
+                                     plan | {"request_id": "r3", "t": 0}]}, "/v1/plan/batch")
+    assert batch.status_code == 409 and batch.json()["error"].startswith("requests.1: "), batch.text
+
+
+def test_health_is_degraded_while_telemetry_cannot_be_written(app) -> None:
+    logs, moved = app["logs"], app["logs"].with_name("logs-moved")
+    _flush_telemetry()  # the logger is up, its location checked, before the location breaks
+    logs.mkdir(exist_ok=True)
+    logs.rename(moved)
+    logs.write_text("a regular file where the log directory was")
+    try:
+        for t in range(3):  # rows the logger cannot write
+            _post(app, {"agent_id": "unwritten", "observation": [0.1 * t] * 6, "reward": 1.0 if t else None, "t": t})
+        _flush_telemetry()
+        deadline, health = time.monotonic() + 20, {}
+        while time.monotonic() < deadline and health.get("status") != "degraded":
+            time.sleep(0.5)  # the ingress refreshes the logger's stats in the background
+            health = requests.get(app["url"] + "/healthz", timeout=10).json()
+        assert health["status"] == "degraded" and health["telemetry_error"], health
+    finally:
+        logs.unlink()
+        moved.rename(logs)
+    _flush_telemetry()  # the location is back: the rows are written and the error cleared
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and health.get("status") != "ok":
+        time.sleep(0.5)
+        health = requests.get(app["url"] + "/healthz", timeout=10).json()
+    assert health == {"status": "ok", "model_version": app["v1"]}, health
 
 
 def test_reset_forgets_the_agent(app) -> None:

@@ -17,7 +17,7 @@ import pytest
 
 from actors.state import StateConfig
 from cluster.runtime import free_port
-from serving.client import APIError, AsyncFleetClient, FleetClient, TransportError
+from serving.client import APIError, AsyncFleetClient, EpisodeSteps, FleetClient, TransportError
 from serving.deploy import deploy, shutdown_app
 from tests.ray_fixtures import ray_local  # noqa: F401
 from tests.worldmodel.conftest import TINY_MODEL, TINY_TRAIN
@@ -50,7 +50,7 @@ def test_round_trips_plan_batch_reset_models_health(tiny_app) -> None:
         answer = client.plan("c-1", OBS, objective={"name": "goal", "no_fly_zones": np.array([[0.0, 0.0, 0.3]])},
                              return_trajectory=True)
         assert len(answer["action"]) == 2 and len(answer["trajectory"]) == 7 and not answer["replayed"]
-        step = client.plan("c-1", OBS.tolist(), reward=-1.5, done=True)
+        step = client.plan("c-1", OBS.tolist(), reward=-1.5, terminated=True)
         assert step["plan_id"] != answer["plan_id"]
         batch = client.plan_batch([{"agent_id": f"c-b{i}", "observation": OBS * i} for i in range(3)])
         assert [len(b["action"]) for b in batch] == [2, 2, 2]
@@ -172,3 +172,104 @@ def test_bad_arguments_are_named() -> None:
         FleetClient("http://127.0.0.1:1").plan("x", np.zeros((2, 3)))
     with pytest.raises(ValueError, match=r"requests\[0\].*unexpected keyword argument 'bogus'"):
         FleetClient("http://127.0.0.1:1").plan_batch([{"agent_id": "x", "observation": [0.0], "bogus": 1}])
+
+
+class _ScriptedHandler(BaseHTTPRequestHandler):
+    """Answers request n (1, 2, ...) with ``status[n]`` (200 when absent; 200 answers carry ``ACTION``) and
+    remembers every body."""
+
+    status: dict[int, int] = {}
+    seen: list[dict[str, Any]] = []
+
+    def do_POST(self) -> None:  # noqa: N802
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.seen.append(body)
+        status = self.status.get(len(self.seen), 200)
+        answer = {"action": ACTION, "model_version": "v", "plan_id": f"p{len(self.seen)}", "disagreement": 0.0,
+                  "fallback": False, "fallback_reason": None, "replayed": False} if status == 200 else \
+            {"error": f"request_id {body['request_id']!r} was superseded" if status == 409 else "planning failed"}
+        data = json.dumps(answer).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+ACTION = [0.5, -0.25]
+
+
+@pytest.fixture
+def scripted() -> Iterator[str]:
+    _ScriptedHandler.status, _ScriptedHandler.seen = {}, []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _ScriptedHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def _steps(seen: list[dict[str, Any]]) -> list[tuple[int | None, list[float] | None]]:
+    return [(body.get("t"), body.get("prev_action")) for body in seen]
+
+
+def test_after_a_failed_plan_the_next_reports_the_executed_action_and_its_step(scripted) -> None:
+    _ScriptedHandler.status = {2: 503}
+    client = FleetClient(scripted, retries=0)
+    client.plan("a1", OBS)
+    with pytest.raises(APIError, match="HTTP 503"):
+        client.plan("a1", OBS, reward=-1.0)
+    with pytest.raises(ValueError, match=r"'a1': its previous plan request failed.*pass prev_action="):
+        client.plan("a1", OBS, reward=-1.0)  # the client cannot know what the agent did: nothing is sent
+    client.plan("a1", OBS, reward=-1.0, prev_action=np.zeros(2))  # what the agent did without an answer
+    client.plan("a1", OBS, reward=-1.0, terminated=True)
+    client.plan("a1", OBS)  # the next episode's first observation
+    assert _steps(_ScriptedHandler.seen) == [(0, None), (1, ACTION), (2, [0.0, 0.0]), (3, ACTION), (0, None)]
+    assert [b.get("terminated", False) for b in _ScriptedHandler.seen] == [False, False, False, True, False]
+    assert len({b["request_id"] for b in _ScriptedHandler.seen}) == 5
+
+
+def test_a_retry_resends_its_step_and_a_409_is_final(scripted) -> None:
+    _ScriptedHandler.status = {3: 503, 5: 409}
+    client = FleetClient(scripted, retries=0)
+    client.plan("a2", OBS, request_id="r1")
+    client.plan("a2", OBS, request_id="r2")
+    with pytest.raises(APIError):
+        client.plan("a2", OBS, request_id="r3")
+    client.plan("a2", OBS, request_id="r3")  # the caller's own retry of the failed step: same t, same report
+    with pytest.raises(APIError) as refused:
+        FleetClient(scripted, retries=3, backoff_s=0.01).plan("a2", OBS, t=9, request_id="r1")
+    assert refused.value.status == 409 and "'r1'" in refused.value.message
+    assert _steps(_ScriptedHandler.seen) == [(0, None), (1, ACTION), (2, ACTION), (2, ACTION), (9, None)]
+    assert len(_ScriptedHandler.seen) == 5  # the 409 was sent once, not retried
+
+
+def test_async_client_reports_the_executed_action_after_a_failure(scripted) -> None:
+    _ScriptedHandler.status = {2: 500}
+
+    async def go() -> None:
+        async with AsyncFleetClient(scripted, retries=0) as client:
+            await client.plan("b1", OBS)
+            with pytest.raises(APIError):
+                await client.plan("b1", OBS)
+            await client.plan("b1", OBS, prev_action=[0.1, 0.2])
+
+    asyncio.run(go())
+    assert _steps(_ScriptedHandler.seen) == [(0, None), (1, ACTION), (2, [0.1, 0.2])]
+
+
+def test_batch_items_carry_each_agents_step() -> None:
+    steps = EpisodeSteps()
+    first = steps.batch([{"agent_id": "x", "observation": OBS}, {"agent_id": "y", "observation": OBS, "t": 4}])
+    steps.settle(first, [{"action": [1.0, 0.0]}, {"action": [0.0, 1.0]}])
+    second = steps.batch([{"agent_id": "y", "observation": OBS}, {"agent_id": "x", "observation": OBS}])
+    assert [(b["t"], b.get("prev_action")) for b in first + second] == [(0, None), (4, None), (5, [0.0, 1.0]),
+                                                                        (1, [1.0, 0.0])]
+    steps.settle(second, None)
+    steps.forget("x")  # reset on the server: x starts over, y must say what it did
+    assert steps.body("x", OBS)["t"] == 0
+    with pytest.raises(ValueError, match="'y'"):
+        steps.body("y", OBS)

@@ -1,4 +1,5 @@
-"""The simulated fleet's ``AgentLink`` against scripted raw HTTP servers: keep-alive, retries, errors by kind."""
+"""The simulated fleet's ``AgentLink`` and the retry policy against scripted raw HTTP servers: keep-alive, retries,
+errors by kind."""
 
 from __future__ import annotations
 
@@ -9,8 +10,7 @@ from typing import Any, Awaitable, Callable
 import pytest
 
 from cluster.runtime import free_port
-from serving.client import APIError, RetryPolicy, TransportError
-from serving.link import AgentLink
+from serving.link import AgentLink, APIError, RetryPolicy, TransportError
 
 Answer = Callable[[int, dict[str, Any], dict[str, str]], bytes | tuple[float, bytes] | None]
 """(request number, body, headers) -> the raw answer (or seconds to wait, then it), or None to never answer."""
@@ -167,3 +167,14 @@ def test_bytes_past_an_answer_and_non_json_bodies_are_not_taken_for_answers() ->
     (first, second), kind = seen["result"]
     assert first == {"i": 0} and second == {"i": 1} and kind == "connection"
     assert seen["connections"] >= 2  # the connection with stray bytes was not reused
+
+
+def test_a_409_is_final_and_not_retried() -> None:
+    # The server refused a superseded request id: sending it again cannot change that.
+    async def go(url: str, seen: dict[str, Any]) -> APIError:
+        with pytest.raises(APIError, match="superseded") as err:
+            await _link(url, retries=3).post("/p", {"request_id": "r3"})
+        return err.value
+
+    seen = _serve(lambda *_: _http(409, {"error": "request_id 'r3' was superseded by 'r4'"}), go)
+    assert seen["result"].status == 409 and seen["result"].kind == "http_409" and len(seen["requests"]) == 1

@@ -9,6 +9,7 @@ import pytest
 
 from worldmodel.data.batch import Transitions
 from worldmodel.envs.collect import collect
+from worldmodel.envs.nav2d import GOAL_DIMS, POS_DIMS
 
 
 def _episodes(tr: Transitions) -> dict[str, np.ndarray]:
@@ -51,12 +52,12 @@ def test_final_observation_is_real_not_the_reset_one() -> None:
     kwargs = {"goal_radius": 1.9, "max_episode_steps": 100}
     tr = collect("Nav2D-v0", episodes=60, seed=2, num_envs=8, env_kwargs=kwargs)
     _check_episodes(tr, 60)
-    distance = np.linalg.norm(tr.new_obs[:, 0:2] - tr.new_obs[:, 4:6], axis=1)
+    distance = np.linalg.norm(tr.new_obs[:, POS_DIMS] - tr.new_obs[:, GOAL_DIMS], axis=1)
     assert tr.terminateds.any() and tr.truncateds.any()
     np.testing.assert_array_equal(tr.terminateds, distance <= 1.9)
     # The goal never changes inside an episode, new_obs of the last step included.
     for rows in _episodes(tr).values():
-        np.testing.assert_array_equal(tr.new_obs[rows, 4:6], np.broadcast_to(tr.obs[rows[0], 4:6], (len(rows), 2)))
+        np.testing.assert_array_equal(tr.new_obs[rows, GOAL_DIMS], np.broadcast_to(tr.obs[rows[0], GOAL_DIMS], (len(rows), 2)))
 
 
 def test_same_seed_same_data_other_seed_other_data() -> None:

@@ -15,6 +15,7 @@ from worldmodel.data import (
     SchemaError,
     TrajectoryWriter,
     Transitions,
+    check_writable,
     data_fingerprint,
     list_log_files,
     read_env_id,
@@ -22,6 +23,7 @@ from worldmodel.data import (
     write_transitions,
 )
 from worldmodel.data import schema as sc
+from worldmodel.data.writer import RunLedger
 
 S, A = 6, 2
 
@@ -128,7 +130,7 @@ def test_hidden_and_underscore_files_are_ignored(tmp_path):
     assert len(read_transitions(str(tmp_path))) == 20
 
 
-@pytest.mark.parametrize("agent_id", ["", "../escape", "a/b", ".hidden", "_tmp", "x" * 129, "sp ace"])
+@pytest.mark.parametrize("agent_id", ["", "../escape", "a/b", ".hidden", "_tmp", "x" * 129, "sp ace", "a1\n"])
 def test_invalid_agent_id_rejected(tmp_path, agent_id):
     tr = dataclasses.replace(make_transitions(3, seed=8), agent_id=np.full(3, agent_id, dtype=object))
     with pytest.raises(ValueError, match="agent_id") as info:
@@ -264,3 +266,64 @@ def test_explicit_non_local_filesystem_uses_direct_upload(tmp_path):
     assert data_fingerprint("logs", filesystem=fs) == data_fingerprint(str(tmp_path / "logs"))
     with pytest.raises(ValueError, match="is a URI but a filesystem was also given"):
         read_transitions("file:///logs", filesystem=fs)
+
+
+def test_timestamp_is_stored_as_int64_microseconds_utc(tmp_path):
+    # RLlib's offline pipeline makes a tensor of every column it does not know; torch has no datetime type.
+    tr = make_transitions(20, seed=17)
+    path = TrajectoryWriter(str(tmp_path)).write(tr)[0]
+    schema = pq.read_schema(path)
+    assert schema.field(sc.TIMESTAMP).type == pa.int64()
+    assert schema.metadata[sc.META_SCHEMA_VERSION] == sc.SCHEMA_VERSION.encode() == b"2"
+    table = pq.read_table(path)
+    part = Transitions.from_table(table)
+    np.testing.assert_array_equal(table.column(sc.TIMESTAMP).to_numpy(), part.timestamp.astype(np.int64))
+    assert str(part.timestamp.min())[:10] in ("2026-11-23", "2026-11-24")
+
+
+def test_schema_version_1_files_are_still_read(tmp_path):
+    old, new = make_transitions(30, seed=18), make_transitions(30, seed=19)
+    table = old.to_table()
+    legacy = pa.array(old.timestamp, sc.LEGACY_TIMESTAMP_TYPE)  # how version 1 stored the time
+    table = with_column(table, sc.TIMESTAMP, legacy)
+    write_bad(tmp_path, table.replace_schema_metadata({**table.schema.metadata, sc.META_SCHEMA_VERSION: b"1"}))
+    write_transitions(str(tmp_path), new)
+    assert_equal(read_transitions(str(tmp_path)), sorted_rows(Transitions.concat([old, new])))
+
+
+def test_plan_names_the_files_that_write_file_publishes(tmp_path):
+    writer = TrajectoryWriter(str(tmp_path))
+    tr = make_transitions(40, seed=20)
+    planned = writer.plan(tr)
+    assert visible_files(tmp_path) == []  # planning writes nothing
+    assert sum(len(p.rows) for p in planned) == len(tr) and len({p.path for p in planned}) == len(planned)
+    assert [writer.write_file(p) for p in planned] == [p.path for p in planned]
+    assert visible_files(tmp_path) == sorted(p.path for p in planned)
+    assert_equal(read_transitions(str(tmp_path)), sorted_rows(tr))
+
+
+def test_check_writable_probes_the_location(tmp_path):
+    check_writable(str(tmp_path / "new" / "logs"))  # made, probed, left empty
+    assert (tmp_path / "new" / "logs").is_dir() and os.listdir(tmp_path / "new" / "logs") == []
+    (tmp_path / "a-file").write_text("not a directory")
+    # Tests run as root, so a read-only mode would not stop a write: a regular file as a parent does.
+    target = str(tmp_path / "a-file" / "logs")
+    with pytest.raises(PermissionError, match=f"cannot write logs under '{target}': .*[Nn]ot a directory") as err:
+        check_writable(target)
+    assert "\n" not in str(err.value)
+    with pytest.raises(ValueError, match="'nosuchscheme://x' is not a local path or a URI pyarrow can open"):
+        check_writable("nosuchscheme://x")
+
+
+def test_run_ledger_counts_the_published_files_of_the_last_write(tmp_path):
+    writer = TrajectoryWriter(str(tmp_path))
+    ledger = RunLedger(writer, "run-1", ("written", "files"))
+    assert ledger.read() == {"written": 0, "files": 0}  # a new run
+    published, lost = writer.plan(make_transitions(20, seed=21, agents=("a",), days=("2026-11-24",)))[0], "x.parquet"
+    ledger.write({"written": 7, "files": 2}, [(published.path, 20), (str(tmp_path / lost), 5)])
+    writer.write_file(published)  # the second file never appeared (the writer died first)
+    assert ledger.read() == {"written": 27, "files": 3}
+    assert list_log_files(str(tmp_path)) == [published.path]  # the ledger is not a log
+    (tmp_path / "_runs" / "run-1.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"run ledger .*run-1.json is malformed"):
+        ledger.read()

@@ -11,13 +11,13 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 from worldmodel.envs import NAV2D_ID, SpaceSpec, make_env, register_envs, space_spec
-from worldmodel.envs.nav2d import DT, MAX_EPISODE_STEPS, Nav2DEnv
+from worldmodel.envs.nav2d import DT, GOAL_DIMS, MAX_EPISODE_STEPS, POS_DIMS, Nav2DEnv
 
 FAR = {"start": (0.0, 0.0), "goal": (4.0, 4.0)}
 
 
 def _distance(obs: np.ndarray) -> float:
-    return float(np.linalg.norm(obs[0:2].astype(np.float64) - obs[4:6]))
+    return float(np.linalg.norm(obs[POS_DIMS].astype(np.float64) - obs[GOAL_DIMS]))
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
@@ -112,7 +112,7 @@ def test_random_goals_keep_their_distance_from_the_start() -> None:
     env = Nav2DEnv()
     for seed in range(100):
         obs, info = env.reset(seed=seed)
-        assert _distance(obs) >= 2.0 - 1e-5 and np.all(np.abs(obs[4:6]) <= 5.0)
+        assert _distance(obs) >= 2.0 - 1e-5 and np.all(np.abs(obs[GOAL_DIMS]) <= 5.0)
         assert info["no_fly_zones"].shape == (0, 3) and info["no_fly_zones"].dtype == np.float32
         assert info["violation"] is False
 
@@ -124,7 +124,7 @@ def test_drawn_zones_avoid_start_and_goal_and_the_first_blocks_the_way() -> None
         obs, info = env.reset(seed=seed, options={"num_no_fly_zones": 3})
         zones = info["no_fly_zones"].astype(np.float64)
         assert zones.shape == (3, 3)
-        start, goal = obs[0:2].astype(np.float64), obs[4:6].astype(np.float64)
+        start, goal = obs[POS_DIMS].astype(np.float64), obs[GOAL_DIMS].astype(np.float64)
         for point in (start, goal):
             assert np.all(np.linalg.norm(zones[:, :2] - point, axis=1) >= clearance - 1e-5)
         np.testing.assert_array_equal(zones[:, 2], env.zone_radius)

@@ -68,3 +68,27 @@ def test_regression_metrics_known_values() -> None:
     y = torch.randn(20000, 2, generator=g)
     cal = regression_metrics(torch.zeros_like(y), y, torch.ones_like(y))
     assert abs(cal["coverage_1sigma_mean"] - 0.683) < 0.01 and abs(cal["coverage_2sigma_mean"] - 0.954) < 0.01
+
+
+def test_default_model_is_the_fleet_serving_size() -> None:
+    # The size the README's Nav2D and fleet results use; `wm mbrl` has its own (planners.config.PETS_MODEL).
+    cfg = ModelConfig()
+    assert (cfg.ensemble_size, cfg.hidden, cfg.layers, cfg.reward_hidden, cfg.reward_layers) == (5, 64, 2, 64, 2)
+
+
+def test_config_activation_names_are_the_ones_nn_builds() -> None:
+    from worldmodel import config, nn
+
+    assert set(config.ACTIVATIONS) == set(nn.ACTIVATIONS)
+
+
+def test_constant_reward_trains_and_logs_r2_as_n_a(nav_data: Transitions) -> None:
+    # R^2 of a constant target is undefined (None); the training log prints it, not a TypeError.
+    import dataclasses
+
+    data = dataclasses.replace(nav_data, rewards=np.ones_like(nav_data.rewards))
+    spec = space_spec(make_env("Nav2D-v0"), "Nav2D-v0")
+    lines: list[str] = []
+    model = train_world_model(data, spec, TINY_MODEL, TrainConfig(epochs=1, device="cpu"), log=lines.append)
+    assert model.metrics["reward"]["r2_min"] is None
+    assert any(line.startswith("reward:") and line.endswith("test R^2 n/a") for line in lines), lines

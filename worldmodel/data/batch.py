@@ -147,13 +147,13 @@ class Transitions:
             sc.AGENT_ID: pa.array(self.agent_id.tolist(), pa.string()),
             sc.T: pa.array(self.t, pa.int32()),
             sc.MODEL_VERSION: pa.array(self.model_version.tolist(), pa.string()),
-            sc.TIMESTAMP: pa.array(self.timestamp, pa.timestamp("us", tz="UTC")),
+            sc.TIMESTAMP: pa.array(self.timestamp.astype(np.int64), sc.TIMESTAMP_TYPE),  # microseconds, UTC
         }
         return pa.Table.from_arrays([columns[name] for name in schema.names], schema=schema)
 
     @classmethod
     def from_table(cls, table: pa.Table) -> "Transitions":
-        """Inverse of ``to_table``; the table must already match the log schema."""
+        """Inverse of ``to_table``; the table must already match the log schema (version 1 or 2)."""
 
         def vectors(name: str) -> np.ndarray:
             col = table.column(name).combine_chunks()
@@ -174,5 +174,12 @@ class Transitions:
             agent_id=plain(sc.AGENT_ID).astype(object),
             t=plain(sc.T).astype(np.int32),
             model_version=plain(sc.MODEL_VERSION).astype(object),
-            timestamp=table.column(sc.TIMESTAMP).cast(pa.timestamp("us")).to_numpy().astype("datetime64[us]"),
+            timestamp=timestamp_micros(table.column(sc.TIMESTAMP)).astype("datetime64[us]"),
         )
+
+
+def timestamp_micros(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """(B,) int64 microseconds since the epoch, UTC, from a ``TIMESTAMP`` column of either schema version."""
+    if pa.types.is_timestamp(column.type):  # schema version 1
+        column = column.cast(pa.timestamp("us", tz=column.type.tz)).cast(sc.TIMESTAMP_TYPE)
+    return column.to_numpy().astype(np.int64)

@@ -92,8 +92,8 @@ def read_transitions(root: str, filesystem: pafs.FileSystem | None = None, *,
     files = files or require_log_files(root, filesystem)[2]
     fragments, obs_dim, act_dim = check_log_files(files, fs)
     expected = sc.trajectory_schema(obs_dim, act_dim)
-    # Scanning with the expected schema drops unknown extra columns and renames the
-    # list child field ("element" in Parquet) back to Arrow's "item".
+    # Scanning with the expected schema drops unknown extra columns, renames the list child field
+    # ("element" in Parquet) back to Arrow's "item" and casts version 1's timestamps to int64 microseconds.
     dataset = ds.FileSystemDataset(fragments, schema=expected, format=ds.ParquetFileFormat(), filesystem=fs)
     return transitions_from_table(dataset.to_table(columns=list(sc.COLUMNS)), root)
 
@@ -133,8 +133,8 @@ def _check_schemas(files: list[str], fragments: list[ds.ParquetFileFragment]) ->
             physical = fragment.physical_schema
         except (pa.ArrowInvalid, OSError) as e:
             raise SchemaError(f"{path}: not a Parquet file ({e})") from e
-        _check_version(path, physical)
-        sizes = _check_fields(path, physical, {name: size for name, (size, _) in dims.items()})
+        version = _check_version(path, physical)
+        sizes = _check_fields(path, physical, version, {name: size for name, (size, _) in dims.items()})
         if sizes[sc.NEW_OBS] != sizes[sc.OBS]:
             raise SchemaError(
                 f"{path}: column {sc.NEW_OBS!r} has {sizes[sc.NEW_OBS]} values per row, "
@@ -150,7 +150,8 @@ def _check_schemas(files: list[str], fragments: list[ds.ParquetFileFragment]) ->
     return dims[sc.OBS][0], dims[sc.ACTIONS][0]
 
 
-def _check_version(path: str, physical: pa.Schema) -> None:
+def _check_version(path: str, physical: pa.Schema) -> str:
+    """The file's schema version, or SchemaError when this fleetwm cannot read it."""
     metadata = physical.metadata or {}
     version = metadata.get(sc.META_SCHEMA_VERSION)
     if version is None:
@@ -158,15 +159,17 @@ def _check_version(path: str, physical: pa.Schema) -> None:
             f"{path}: no {sc.META_SCHEMA_VERSION.decode()!r} metadata, "
             f"expected schema version {sc.SCHEMA_VERSION} (was it written by fleetwm?)"
         )
-    if version.decode() != sc.SCHEMA_VERSION:
+    if version.decode() not in sc.READABLE_VERSIONS:
         raise SchemaError(
             f"{path}: metadata {sc.META_SCHEMA_VERSION.decode()!r} says schema version {version.decode()}, "
-            f"this fleetwm reads {sc.SCHEMA_VERSION}"
+            f"this fleetwm reads versions {', '.join(sc.READABLE_VERSIONS)}"
         )
+    return version.decode()
 
 
-def _check_fields(path: str, physical: pa.Schema, known: dict[str, int]) -> dict[str, int]:
-    """Check names and types of the known columns; returns list sizes of the vector columns.
+def _check_fields(path: str, physical: pa.Schema, version: str, known: dict[str, int]) -> dict[str, int]:
+    """Check names and types of the known columns (as schema ``version`` stores them); returns list sizes
+    of the vector columns.
 
     ``known`` holds the sizes of obs and actions set by earlier files, for the message.
     """
@@ -178,7 +181,7 @@ def _check_fields(path: str, physical: pa.Schema, known: dict[str, int]) -> dict
         if index < 0:
             raise SchemaError(f"{path}: missing column {name!r}")
         actual = physical.field(index).type
-        wanted = reference.field(name).type
+        wanted = sc.LEGACY_TIMESTAMP_TYPE if name == sc.TIMESTAMP and version == "1" else reference.field(name).type
         if name in sc.VECTOR_COLUMNS:
             # Compare structure, not type equality: Parquet names the list child
             # "element" where Arrow says "item", and pyarrow's == counts the name.

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
 """Bumped on any incompatible change; written into every file's metadata."""
+
+READABLE_VERSIONS = ("1", "2")
+"""Schema versions the reader accepts. Version 1 differs only in the storage of ``TIMESTAMP``."""
 
 # Metadata keys stored in each Parquet file's schema.
 META_SCHEMA_VERSION = b"fleetwm.schema_version"
@@ -44,7 +47,15 @@ T = "t"
 MODEL_VERSION = "model_version"
 """Model version that chose the action ("" for random or external policies)."""
 TIMESTAMP = "timestamp"
-"""Wall-clock time of the step, UTC, microseconds."""
+"""Wall-clock time of the step: int64 microseconds since the Unix epoch, UTC.
+
+Stored as a plain integer, not an Arrow timestamp: RLlib's offline pipeline turns every column it
+does not know into a tensor, and torch has no datetime type. ``Transitions`` holds it as datetime64[us].
+"""
+TIMESTAMP_TYPE = pa.int64()
+"""Arrow type of ``TIMESTAMP`` in schema version 2."""
+LEGACY_TIMESTAMP_TYPE = pa.timestamp("us", tz="UTC")
+"""Arrow type of ``TIMESTAMP`` in schema version 1 files, read and converted to ``TIMESTAMP_TYPE``."""
 
 VECTOR_COLUMNS = (OBS, ACTIONS, NEW_OBS)
 COLUMNS = (OBS, ACTIONS, REWARDS, NEW_OBS, TERMINATEDS, TRUNCATEDS, EPS_ID, AGENT_ID, T, MODEL_VERSION, TIMESTAMP)
@@ -67,7 +78,7 @@ def trajectory_schema(obs_dim: int, act_dim: int, env_id: str = "") -> pa.Schema
         pa.field(AGENT_ID, pa.string(), nullable=False),
         pa.field(T, pa.int32(), nullable=False),
         pa.field(MODEL_VERSION, pa.string(), nullable=False),
-        pa.field(TIMESTAMP, pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field(TIMESTAMP, TIMESTAMP_TYPE, nullable=False),
     ]
     metadata = {
         META_SCHEMA_VERSION: SCHEMA_VERSION.encode(),

@@ -1,15 +1,19 @@
 """Append transitions to a trajectory log tree: ``<root>/<YYYY-MM-DD>/<agent_id>/part-*.parquet``.
 
 Each file appears whole or not at all, so a reader running beside a writer (or
-after a crash) never sees a half-written file under a visible name.
+after a crash) never sees a half-written file under a visible name. A long-running writer (the
+telemetry logger) keeps its totals in a ``RunLedger`` under ``<root>/_runs/``, which readers skip.
+``check_writable`` probes a location before anything is started that would log there.
 """
 
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import re
 import uuid
+from dataclasses import dataclass
 from typing import BinaryIO, Callable
 
 import numpy as np
@@ -27,6 +31,9 @@ COMPRESSION = "zstd"
 # pyarrow.dataset skips basenames starting with "." or "_" (its ``ignore_prefixes``
 # default), and so does ``list_log_files``: temp files get this prefix.
 TEMP_PREFIX = "."
+
+LEDGER_DIR = "_runs"
+"""Under a log root, the ``RunLedger`` files (not logs: the "_" hides them from readers)."""
 
 
 def resolve_root(root: str, filesystem: pafs.FileSystem | None = None) -> tuple[pafs.FileSystem, str]:
@@ -59,7 +66,7 @@ def is_local(filesystem: pafs.FileSystem) -> bool:
 
 def check_agent_id(agent_id: object) -> str:
     """The agent id unchanged, or ValueError when it cannot be a directory name."""
-    if not isinstance(agent_id, str) or not AGENT_ID_PATTERN.match(agent_id):
+    if not isinstance(agent_id, str) or not AGENT_ID_PATTERN.fullmatch(agent_id):
         raise ValueError(
             f"agent_id {agent_id!r} cannot be used as a log directory name; "
             f"expected a string matching {AGENT_ID_PATTERN.pattern}"
@@ -86,12 +93,21 @@ class TrajectoryWriter:
 
         Each file is published atomically, but a write of several groups is not: if
         the third file fails, the first two stay (readers see complete files only).
+        A caller that must know which rows were written writes ``plan``'s files one by one.
 
         Args:
             transitions: B rows; B == 0 writes nothing.
 
         Returns:
             Paths (within ``self.filesystem``) of the files written, one per group.
+        """
+        return [self.write_file(planned) for planned in self.plan(transitions)]
+
+    def plan(self, transitions: Transitions) -> list[PlannedFile]:
+        """The files ``write`` would write for these B rows, with their final paths; nothing is written.
+
+        Raises:
+            ValueError: an agent id that cannot be a directory name, or a row without a timestamp.
         """
         if len(transitions) == 0:
             return []
@@ -110,23 +126,100 @@ class TrajectoryWriter:
         order = np.argsort(group.reshape(-1), kind="stable")  # rows grouped, original order kept inside a group
         bounds = np.searchsorted(group.reshape(-1)[order], np.arange(len(keys) + 1))
 
-        paths = []
+        planned = []
         for g, k in enumerate(keys):
             day = str(day_values[k // len(agent_values)])  # "YYYY-MM-DD"
             agent_id = agent_values[k % len(agent_values)]
-            part = transitions.select(order[bounds[g] : bounds[g + 1]])
-            paths.append(self._write_file(part.to_table(self.env_id), f"{self.root}/{day}/{agent_id}"))
-        return paths
+            rows = transitions.select(order[bounds[g] : bounds[g + 1]])
+            planned.append(PlannedFile(f"{self.root}/{day}/{agent_id}/{_file_name()}", rows))
+        return planned
 
-    def _write_file(self, table: pa.Table, directory: str) -> str:
-        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
-        name = f"part-{stamp}-{uuid.uuid4().hex}.parquet"
-        path = f"{directory}/{name}"
+    def write_file(self, planned: PlannedFile) -> str:
+        """Publish one planned file atomically; returns its path."""
+        table = planned.rows.to_table(self.env_id)
         if self._local:
-            _write_local_atomic(path, lambda f: pq.write_table(table, f, compression=COMPRESSION))
+            _write_local_atomic(planned.path, lambda f: pq.write_table(table, f, compression=COMPRESSION))
         else:
-            _write_object(self.filesystem, table, path)
-        return path
+            _write_object(self.filesystem, table, planned.path)
+        return planned.path
+
+
+@dataclass(frozen=True)
+class PlannedFile:
+    """One log file to write: its final path (within the writer's filesystem) and its rows."""
+
+    path: str
+    rows: Transitions
+
+
+def _file_name() -> str:
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    return f"part-{stamp}-{uuid.uuid4().hex}.parquet"
+
+
+def check_writable(uri: str, filesystem: pafs.FileSystem | None = None) -> None:
+    """Check that logs can be written under ``uri``: make the directory, create a hidden probe file in it
+    and delete it. Meant to run before starting anything that would log there.
+
+    Raises:
+        ValueError: ``uri`` is not a path or URI pyarrow can open.
+        PermissionError: the location cannot be written; the message names it and says why, on one line.
+    """
+    try:
+        fs, path = resolve_root(uri, filesystem)
+    except (ValueError, pa.ArrowException) as e:  # an unknown scheme or a malformed URI
+        raise ValueError(f"log location {uri!r} is not a local path or a URI pyarrow can open: {one_line(e)}") from e
+    probe = f"{path}/{TEMP_PREFIX}fleetwm-write-probe-{uuid.uuid4().hex}"
+    try:
+        fs.create_dir(path, recursive=True)
+        with fs.open_output_stream(probe) as out:
+            out.write(b"fleetwm")
+        fs.delete_file(probe)
+    except (OSError, pa.ArrowException) as e:
+        raise PermissionError(f"cannot write logs under {uri!r}: {one_line(e)}") from e
+
+
+def one_line(error: BaseException) -> str:
+    """An error as one line of text (its message with whitespace collapsed, or its type's name)."""
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+class RunLedger:
+    """A writing run's totals beside its logs, ``<root>/_runs/<run id>.json`` ("_": log readers skip it),
+    with the files its last write was publishing, so the totals survive the writer's process."""
+
+    def __init__(self, writer: TrajectoryWriter, run_id: str, keys: tuple[str, ...]) -> None:
+        self.fs, self.keys, self.run_id = writer.filesystem, keys, run_id
+        self.path = f"{writer.root}/{LEDGER_DIR}/{run_id}.json"
+
+    def read(self) -> dict[str, int]:
+        """The run's totals so far (zeros for a new run), with its last write's files (``written`` rows and
+        ``files``) counted where they were published.
+
+        Raises:
+            OSError: the ledger cannot be read; ValueError: it is malformed (the message names it).
+        """
+        if self.fs.get_file_info(self.path).type != pafs.FileType.File:
+            return dict.fromkeys(self.keys, 0)
+        with self.fs.open_input_stream(self.path) as f:
+            text = f.read()
+        try:
+            ledger = json.loads(text)
+            totals = {k: int(ledger[k]) for k in self.keys}
+            pending = [(str(path), int(rows)) for path, rows in ledger["pending"]]
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"run ledger {self.path} is malformed ({one_line(e)}); expected the keys "
+                             f"{', '.join(self.keys)} and 'pending'") from e
+        for path, rows in pending:
+            if self.fs.get_file_info(path).type == pafs.FileType.File:
+                totals["written"] += rows
+                totals["files"] += 1
+        return totals
+
+    def write(self, totals: dict[str, int], pending: list[tuple[str, int]]) -> None:
+        """Record the totals before a write, and the (path, rows) of each file that write will publish."""
+        body = json.dumps({**totals, "pending": pending, "run_id": self.run_id}).encode()
+        publish_bytes(self.fs, self.path, body)
 
 
 def _write_local_atomic(path: str, write: Callable[[BinaryIO], object]) -> None:

@@ -17,6 +17,12 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+POS_DIMS = slice(0, 2)
+"""Where the observation carries the agent's position (x, y)."""
+VEL_DIMS = slice(2, 4)
+"""Where the observation carries the agent's velocity (vx, vy)."""
+GOAL_DIMS = slice(4, 6)
+"""Where the observation carries the agent's goal (gx, gy): the one place this slice is spelled."""
 DT = 0.1
 """Integration step in seconds."""
 MAX_EPISODE_STEPS = 200
@@ -149,7 +155,7 @@ class Nav2DEnv(gym.Env[np.ndarray, np.ndarray]):
         if a.shape != (2,) or not np.all(np.isfinite(a)):
             raise ValueError(f"action must be 2 finite numbers, got {action!r}")
         state = self._state.astype(np.float64)
-        p, v, goal = state[0:2], state[2:4], state[4:6]
+        p, v, goal = state[POS_DIMS], state[VEL_DIMS], state[GOAL_DIMS]
         # Noise is drawn even when its std is 0 so the random stream does not depend on it.
         noise = self.np_random.normal(0.0, 1.0, size=2) * self.action_noise
         v = np.clip(v + (np.clip(a, -1.0, 1.0) + noise) * DT, -self.max_speed, self.max_speed)
@@ -162,8 +168,8 @@ class Nav2DEnv(gym.Env[np.ndarray, np.ndarray]):
         return self._state.copy(), -info["distance"], info["is_success"], False, info
 
     def _info(self) -> dict[str, Any]:
-        p = self._state[0:2].astype(np.float64)
-        distance = float(np.linalg.norm(p - self._state[4:6]))
+        p = self._state[POS_DIMS].astype(np.float64)
+        distance = float(np.linalg.norm(p - self._state[GOAL_DIMS]))
         inside = np.linalg.norm(self._zones[:, :2] - p, axis=1) < self._zones[:, 2]  # (Z,)
         return {
             "is_success": distance <= self.goal_radius,

@@ -8,18 +8,13 @@ import re
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-import ray
-from ray import tune
-
-from cluster.commands.sweep_report import plot_sweep
-from cluster.runtime import init_ray
-from learners.retrain import read_held_out
-from tune.sweep import (SCHEDULERS, SweepConfig, SweepFailed, SweepResult, default_space, format_setting,
-                        register_best, run_sweep)
+from tune.space import DEFAULT_SPACE, GRACE_EPOCHS, HOLDOUT_FRACTION, SCHEDULER, SCHEDULERS, describe
 from worldmodel.config import TrainConfig
-from worldmodel.data.reader import require_log_files
+
+if TYPE_CHECKING:
+    from tune.sweep import SweepResult
 
 DEFAULT_OUT = "~/ray_results/fleetwm-tune"
 """Where runs go unless --out says otherwise (beside Tune's own default, ~/ray_results)."""
@@ -29,8 +24,7 @@ _FLOAT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser("tune", parents=[common],
-                       help="sweep world-model settings with Ray Tune, scored on the newest episodes")
+    p = sub.add_parser("tune", parents=[common])
     p.add_argument("--data", required=True, metavar="LOGS", help="trajectory log directory or URI")
     p.add_argument("--samples", type=int, required=True, metavar="N", help="trials to run")
     p.add_argument("--registry", default=None, metavar="URI",
@@ -42,12 +36,12 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--seed", type=int, default=TrainConfig.seed, help="seeds the search and every trial's training")
     p.add_argument("--space", action="append", default=[], metavar="KEY=V1,V2,...",
                    help="try these values of a model or training setting (one value fixes it), replacing the default "
-                        f"space's entry; repeatable. Default space: {', '.join(default_space())}")
-    p.add_argument("--holdout-fraction", type=float, default=0.2, help="share of the newest episodes held out")
-    p.add_argument("--scheduler", choices=SCHEDULERS, default="asha",
+                        f"space's entry; repeatable. Default space: {describe(DEFAULT_SPACE)}")
+    p.add_argument("--holdout-fraction", type=float, default=HOLDOUT_FRACTION, help="share of the newest episodes held out")
+    p.add_argument("--scheduler", choices=SCHEDULERS, default=SCHEDULER,
                    help="asha (default): stop trials whose dynamics validation loss trails the others' at the same "
                         "epoch; fifo: run every trial to its end")
-    p.add_argument("--grace-epochs", type=int, default=SweepConfig.grace_epochs, metavar="N",
+    p.add_argument("--grace-epochs", type=int, default=GRACE_EPOCHS, metavar="N",
                    help="dynamics epochs every trial runs before ASHA may stop it")
     p.add_argument("--address", default=None, help="Ray cluster address (default: an embedded local Ray)")
     p.add_argument("--png", default=None, metavar="PNG", help="draw each trial's holdout score against its settings")
@@ -70,6 +64,10 @@ def parse_space(items: list[str]) -> dict[str, Any]:
     Raises:
         ValueError: an option that is not ``KEY=V1[,V2...]``.
     """
+    from ray import tune  # Ray loads only when a sweep runs, so `wm tune --help` answers at once
+
+    from tune.sweep import default_space
+
     space = default_space()
     for item in items:
         key, sep, values = item.partition("=")
@@ -81,6 +79,14 @@ def parse_space(items: list[str]) -> dict[str, Any]:
 
 
 def run_tune(args: argparse.Namespace) -> dict[str, Any]:
+    import ray
+
+    from cluster.commands.tune_report import plot_sweep
+    from cluster.runtime import init_ray
+    from learners.retrain import read_held_out
+    from tune.sweep import SweepConfig, SweepFailed, register_best, run_sweep
+    from worldmodel.data.reader import require_log_files
+
     start = time.perf_counter()
     if args.samples < 1:
         raise ValueError(f"--samples must be >= 1, got {args.samples}")
@@ -133,6 +139,8 @@ def run_tune(args: argparse.Namespace) -> dict[str, Any]:
 
 def _table(result: SweepResult) -> list[str]:
     """The trials as aligned columns, best first; the best marked with *."""
+    from tune.sweep import format_setting
+
     keys = sorted({k for t in result.trials for k in t.config})
     rows = [["", "trial", *keys, "score", "dynamics", "reward", "s"]]
     for t in sorted(result.trials, key=lambda t: t.score):

@@ -1,0 +1,241 @@
+"""The fields of each docs page's template, computed from its benchmark's JSON (see ``benchmarks.docs``).
+
+Every function takes the result as ``benchmarks/results/*.json`` holds it and returns the template's
+``$fields`` as markdown strings. Keys a result may lack (older runs) print as '-'.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from benchmarks.docs_text import num, pct, span, table, verdict
+
+Json = dict[str, Any]
+DEFAULTS_TARGET = {"success_rate": 0.995, "violations": 0, "episodes": 2000}
+"""Issue 13's bar for the defaults: >= 99.5% success and 0 zone violations over >= 2,000 episodes."""
+
+
+PLANNER_NAMES = {"cem": "CEM", "mppi": "MPPI", "gradient": "gradient MPC", "shooting": "random shooting"}
+
+
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}" + ("" if count == 1 else "s")
+
+
+def _r2s(values: list[float | None]) -> str:
+    return ", ".join("-" if v is None else (f"{v:.4f}" if v > 0.999 else f"{v:.3f}") for v in values)
+
+
+def model_fit_fields(r: Json) -> dict[str, str]:
+    rows, ensembles = [], []
+    for row in r["rows"]:
+        cov = row.get("coverage_2sigma")
+        per_dim = row.get("coverage_2sigma_per_dim") or [cov]
+        coverage = None if cov is None else (f"{row['coverage_1sigma']:.3f} / {cov:.3f} "
+                                             f"({min(per_dim):.2f} to {max(per_dim):.2f})")
+        rows.append([row["env"], row["model"], f"{row['r2_min']:.4f}", _r2s(row["r2_delta"]), coverage or "none",
+                     num(row.get("train_seconds"))])
+        if cov is not None:
+            ensembles.append(row.get("targets_met", False))
+    headers = ["env", "model", "R^2 min over state dims", "R^2 of the change, per dim",
+               "1-sigma / 2-sigma coverage (2-sigma per dim)", "train s"]
+    return {"table": table(headers, rows), "episodes": str(r.get("episodes", "-")), "seed": str(r.get("seed", "-")),
+            "target": verdict(bool(ensembles) and all(ensembles))}
+
+
+def _eval_row(row: Json) -> list[Any]:
+    return [num(row["episodes"], 0), pct(row["success_rate"], 2), row["violations"],
+            f"{num(row['plan_ms_mean'])} / {num(row['plan_ms_p99'])}", num(row["plans_per_s"], 0)]
+
+
+def nav2d_fields(r: Json) -> dict[str, str]:
+    rows = [[row["stack"], row["zones"] or "off", *_eval_row(row)] for row in r["rows"]]
+    headers = ["stack", "no-fly zones", "episodes", "success", "steps in zones", "planning ms/step (mean / p99)",
+               "plans/s"]
+    met = r.get("settings_meeting_target") or []
+    first = r["rows"][0]
+    failed = round(first["episodes"] * (1 - first["success_rate"]))
+    return {"table": table(headers, rows), "target": verdict(r.get("target_met")),
+            "met_by": "; ".join(f"`{s}`" for s in met) or "no setting",
+            "agents": str(first.get("agents", "-")), "first_stack": first["stack"],
+            "first_episodes": f"{first['episodes']:,}", "first_success": str(pct(first["success_rate"], 2)),
+            "first_failed": str(failed), "model_r2_min": str(num(r.get("model_r2_min"), 4)),
+            "reward_r2": str(num(r.get("reward_r2"), 4))}
+
+
+def defaults_fields(result: Json) -> dict[str, str]:
+    r = result["eval"]  # `wm eval`'s answer (benchmarks/defaults_nav2d.py keeps collect's and train's beside it)
+    s = r.get("settings") or {}
+    ok = (r.get("success_rate", 0) >= DEFAULTS_TARGET["success_rate"] and r.get("violations") == 0
+          and r.get("episodes", 0) >= DEFAULTS_TARGET["episodes"])
+    headers = ["episodes", "success", "steps in zones", "planning ms/step (mean / p99)", "plans/s",
+               "episodes with a violation", "fallbacks"]
+    rows = [[*_eval_row(r), r.get("episodes_with_violation"), r.get("fallbacks")]]
+    settings = (f"{r.get('planner', '-')} H {s.get('horizon', '-')}, K {s.get('samples', '-')}, "
+                f"{_plural(s.get('iterations', 0), 'round')}, own settings {r.get('planner_settings') or 'none'}")
+    return {"table": table(headers, rows), "target": verdict(ok), "settings": settings,
+            "seed": str(s.get("seed", "-")), "agents": str(r.get("agents", "-")),
+            "zones": str(r.get("no_fly_zones", "-")), "device": str(r.get("device", "-"))}
+
+
+def _run_label(run: Json) -> str:
+    s = run["settings"]
+    label = (f"{PLANNER_NAMES.get(run['planner'], run['planner'])} H {s['horizon']}, K {s['samples']}, "
+             f"{_plural(s['iterations'], 'round')}")
+    if (s.get("planner_settings") or {}).get("noise_beta"):
+        label += ", iCEM noise"
+    if str(run.get("native", "")).startswith("disabled"):
+        label += ", torch's path"
+    return label
+
+
+def throughput_fields(r: Json) -> dict[str, str]:
+    timed = {name: run for name, run in r["runs"].items() if run["settings"].get("budget_ms") is None}
+    budgeted = [run for run in r["runs"].values() if run["settings"].get("budget_ms") is not None]
+    rows = [[_run_label(run), row["agents"], num(row["plans_per_s_per_core"], 0),
+             f"{row['speedup_vs_reference']:.0f}x", num(row["gflops"]), pct(row["fraction_of_peak"]),
+             pct(row.get("rollout_fraction_of_peak"))] for run in timed.values() for row in run["rows"]]
+    headers = ["planner", "agents per call", "plans/s (one core)", "vs article", "achieved GFLOP/s", "of peak",
+               "rollouts of peak"]
+    best = max((row | {"label": _run_label(run)} for run in timed.values() for row in run["rows"]
+                if row["agents"] == 256), key=lambda row: row["speedup_vs_reference"], default=None)
+    met = best is not None and best["speedup_vs_reference"] >= 100 and best["fraction_of_peak"] >= 0.5
+    refs = [run["reference"]["plans_per_s_per_core"] for run in r["runs"].values()]
+    peaks = [run["peak_gflops"]["peak"] for run in r["runs"].values()]
+    out = {"table": table(headers, rows), "target": verdict(met), "reference": span(refs),
+           "peak": span(peaks, 0), "threads": str(r.get("threads", "-")), "repeats": str(r.get("repeats", "-")),
+           "best": "-" if best is None else (f"{best['label']}: {num(best['plans_per_s_per_core'], 0)} plans/s, "
+                                             f"{best['speedup_vs_reference']:.0f}x the article's planner, "
+                                             f"{pct(best['fraction_of_peak'])} of the matmul peak "
+                                             f"({pct(best.get('rollout_fraction_of_peak'))} in the rollouts)"),
+           "deadline_table": "not run", "deadline_target": verdict(None), "deadline_settings": "-"}
+    if budgeted:
+        run = budgeted[0]
+        out["deadline_table"] = table(["agents per call", "p50 ms", "p99 ms", "rounds run (mean)", "fallback"], [
+            [row["agents"], num(row["ms_p50"]), num(row["ms_p99"]), num(row.get("iterations_mean"), 0),
+             pct(row.get("fallback_fraction"), 0)] for row in run["rows"]])
+        s = run["settings"]
+        out["deadline_settings"] = (f"H {s['horizon']}, K {s['samples']}, {_plural(s['iterations'], 'round')}, budget "
+                                    f"{num(s['budget_ms'], 0)} ms")
+        out["deadline_target"] = verdict(all((r.get("deadline_met") or {"-": False}).values()))
+    return out
+
+
+def _fleet_row(stack: str, row: Json) -> list[Any]:
+    lat = row["latency_ms"]
+    success = pct(row.get("success_rate")) if row.get("episodes") else None
+    return [stack, row["agents"], f"{num(row['rate_hz'])} ({num(row['rate_per_agent_hz'], 2)})",
+            f"{lat['p50']:.0f} / {lat['p95']:.0f} / {lat['p99']:.0f}", row["errors"], num(row.get("episodes"), 0),
+            success, row.get("violations")]
+
+
+def _by_second(row: Json | None) -> str:
+    """The range of a fleet row's per-second p99, '-' when it was not traced."""
+    return span(row["p99_ms_by_second"], 0) if row and row.get("p99_ms_by_second") else "-"
+
+
+def serve_fleet_fields(r: Json) -> dict[str, str]:
+    main, floor, article = r["fleetwm"], r.get("serving_floor"), r.get("article") or {}
+    rows = [_fleet_row("fleetwm", row) for row in r.get("fleetwm_by_agents") or [main]]
+    if floor:
+        rows.append(_fleet_row("serving floor (" + " ".join(floor["settings"]["serve"][2:]) + ")", floor)[:5]
+                    + ["-", "-", "-"])
+    rows += [_fleet_row("article service", row) for row in article.get("ladder", [])]
+    headers = ["stack", "agents", "requests/s (per agent)", "latency p50 / p95 / p99 ms", "errors", "episodes",
+               "success", "steps in zones"]
+    target = r.get("target") or {}
+    return {"table": table(headers, rows), "target": verdict(r.get("target_met")),
+            "target_p99": num(target.get("p99_ms"), 0) or "-", "target_success": pct(target.get("success_rate"), 0)
+            or "-", "serve_flags": " ".join(main["settings"]["serve"]),
+            "deadline": (f"{main['settings']['deadline_ms']:g} ms" if main["settings"].get("deadline_ms")
+                         else "`--deadline-ms` not given"),
+            "agents": str(main["agents"]), "hz": num(main["hz"], 0) or "-", "seconds": num(main["seconds"], 0) or "-",
+            "zones": str(main["settings"].get("no_fly_zones", "-")),
+            "p99": num(main["latency_ms"]["p99"], 0) or "-", "rate": num(main["rate_hz"], 0) or "-",
+            "success": pct(main.get("success_rate")) or "-", "errors": str(main["errors"]),
+            "p99_by_second": _by_second(main), "floor_p99_by_second": _by_second(floor),
+            "floor_p99": "-" if not floor else num(floor["latency_ms"]["p99"], 0) or "-",
+            "transitions": num(main.get("transitions_logged"), 0) or "-",
+            "article_rate": num(article.get("plans_per_s_sustained")) or "-",
+            "article_agents": str(article.get("agents_sustained", "-"))}
+
+
+def pendulum_fields(r: Json) -> dict[str, str]:
+    rows = [[run["seed"], ", ".join(f"{x:.0f}" for x in run["returns"]), run["eval_mean_return"],
+             run["oracle_eval_mean_return"], run.get("steps_to_target") or "never"] for run in r["runs"]]
+    rows.append(["all", "", f"**{r['eval_mean_return']}**", r["oracle_eval_mean_return"], ""])
+    headers = ["seed", "training returns", "eval mean", "oracle eval mean",
+               f"first episode >= {r['target_return']:.0f} at env step"]
+    return {"table": table(headers, rows), "target": verdict(r.get("target_met")),
+            "target_return": f"{r['target_return']:.0f}", "budget": f"{r['budget_env_steps']:,}",
+            "metric": r.get("metric", "-"), "settings": " ".join(r.get("settings") or []),
+            "seeds_met": f"{r.get('seeds_meeting_target', '-')} of {len(r['runs'])}"}
+
+
+def gpu_fields(r: Json) -> dict[str, str]:
+    steps = r.get("steps") or []
+    rows = [[s["name"], s["status"], num(s.get("seconds")), s.get("summary", "")] for s in steps]
+    bench = next((s.get("result") for s in steps if s["name"] == "bench_plan" and s.get("result")), None) or {}
+    bench_rows = [[row["agents"], num(row.get("plans_per_s"), 0), num(row.get("ms_p50")), num(row.get("ms_p99")),
+                   pct(row.get("fraction_of_peak"))] for row in bench.get("rows", [])]
+    failed = [s["name"] for s in steps if s["status"] == "failed"]
+    if r.get("dry_run"):
+        status = "a dry run: the steps are listed, nothing ran"
+    elif r.get("mode") == "cpu":
+        status = "a rehearsal at tiny sizes on the CPU (`--cpu`): the GPU path has not run"
+    else:
+        skipped = [s["name"] for s in steps if s["status"] == "skipped"]
+        status = f"failed: {', '.join(failed) or 'no steps'}" if failed or not steps else "every step run passed"
+        status += f" (skipped: {', '.join(skipped)})" if skipped else ""
+    return {"steps_table": table(["step", "status", "seconds", "result"], rows), "status": status,
+            "bench_device": str(bench.get("device", "-")),
+            "bench_table": table(["agents per call", "plans/s", "p50 ms", "p99 ms", "of peak"], bench_rows)
+            if bench_rows else "not run"}
+
+
+# Headlines: one line per page for the results table of README.md and docs/README.md.
+
+def model_fit_headline(r: Json) -> str:
+    ours = [row for row in r["rows"] if row.get("coverage_2sigma") is not None]
+    envs = " and ".join(dict.fromkeys(row["env"] for row in ours))
+    return (f"{ours[0]['model']} on {envs}: held-out R^2 >= {min(row['r2_min'] for row in ours):.4f} on every "
+            f"state dimension, 2-sigma coverage {span([row['coverage_2sigma'] for row in ours], 3)}")
+
+
+def nav2d_headline(r: Json) -> str:
+    row = r["rows"][0]
+    return (f"{row['stack']}: {pct(row['success_rate'])} success, {row['violations']} steps in no-fly zones over "
+            f"{row['episodes']:,} episodes, {row.get('agents', '-')} agents per planning call")
+
+
+def defaults_headline(r: Json) -> str:
+    return (f"{pct(r.get('success_rate'), 2)} success, {r.get('violations')} steps in no-fly zones over "
+            f"{r.get('episodes', 0):,} episodes, every setting a default")
+
+
+def throughput_headline(r: Json) -> str:
+    fields = throughput_fields(r)
+    budgeted = [run for run in r["runs"].values() if run["settings"].get("budget_ms") is not None]
+    deadline = "" if not budgeted else (
+        f"; under a {num(budgeted[0]['settings']['budget_ms'], 0)} ms budget, p99 "
+        f"{num(max(row['ms_p99'] for row in budgeted[0]['rows']))} ms at 1 to "
+        f"{budgeted[0]['rows'][-1]['agents']} agents")
+    return f"{fields['best']}, at 256 agents per call on one core{deadline}"
+
+
+def serve_fleet_headline(r: Json) -> str:
+    main = r["fleetwm"]
+    cores = (r.get("machine") or {}).get("cores")
+    where = f" on {cores} cores" if cores else ""
+    return (f"{main['agents']} agents at {num(main['hz'], 0)} Hz{where}: {num(main['rate_hz'], 0)} requests/s, "
+            f"p99 {num(main['latency_ms']['p99'], 0)} ms, {main['errors']} errors, {pct(main.get('success_rate'))} "
+            "success")
+
+
+def pendulum_headline(r: Json) -> str:
+    return (f"mean evaluation return {r['eval_mean_return']} within {r['budget_env_steps']:,} env steps over "
+            f"{len(r['runs'])} seeds (the planner on the true model: {r['oracle_eval_mean_return']})")
+
+
+def gpu_headline(r: Json) -> str:
+    return gpu_fields(r)["status"]

@@ -1,0 +1,74 @@
+"""The planner deployment of the fleet endpoint: an ``EnsembleWorker`` that follows a registry stage.
+
+It hosts the Ray-free ``FleetPlanner`` on a GPU when the cluster has one. Serving a registry stage
+('production', 'shadow'), it polls the registry and switches versions between two batches, without
+dropping a request. ``serving.app.build`` deploys it as the planner and, optionally, as the shadow.
+
+Shapes: ``N`` agents in a batch, ``S`` observation, ``A`` action, ``H`` horizon.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import numpy as np
+
+from actors.ensemble import EnsembleWorker
+from planners.service import PlanBatch, ServiceConfig
+from worldmodel.registry import STAGES, ModelRegistry
+
+logger = logging.getLogger("ray.serve")
+
+
+class PlannerServer:
+    """The planner deployment: an ``EnsembleWorker`` whose version moves with the registry stage it follows."""
+
+    def __init__(self, model: str, registry_uri: str | None, service: dict[str, Any], poll_s: float) -> None:
+        self.model, self.registry_uri, self.poll_s = model, registry_uri, poll_s
+        self.worker = EnsembleWorker(model, registry_uri, ServiceConfig.from_dict(service))
+        self.following = bool(registry_uri) and model in STAGES
+        self._poller: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+
+    async def plan(self, obs: np.ndarray, warm_start: np.ndarray | None, objectives: list[str],
+                   zones: np.ndarray | None, budget_ms: float | None, hidden: np.ndarray | None = None) -> PlanBatch:
+        """See ``FleetPlanner.plan``: (N, S) observations, (N, H, A) warm starts, ... for N agents."""
+        self._follow()
+        async with self._lock:  # one batch at a time: planning uses every core it is given
+            return await asyncio.to_thread(self.worker.plan, obs, warm_start, objectives, zones, budget_ms, hidden)
+
+    async def score(self, obs: np.ndarray, actions: np.ndarray, new_obs: np.ndarray) -> dict[str, Any]:
+        return await asyncio.to_thread(self.worker.score, obs, actions, new_obs)
+
+    async def info(self) -> dict[str, Any]:
+        self._follow()
+        return self.worker.service.describe() | {"follows": self.model if self.following else None}
+
+    def _follow(self) -> None:
+        if self.following and self._poller is None:
+            self._poller = asyncio.get_running_loop().create_task(self._poll())
+
+    async def _poll(self) -> None:
+        registry = await asyncio.to_thread(ModelRegistry, self.registry_uri)  # type: ignore[arg-type]
+        last_problem = None
+        while True:
+            await asyncio.sleep(self.poll_s)
+            try:
+                problem = await self._follow_once(registry)
+            except Exception as err:  # keep serving the current version; say why the switch failed
+                problem = f"could not follow {self.model} in {self.registry_uri}: {err}"
+            if problem is not None and problem != last_problem:  # said once, not every poll
+                logger.warning(problem)
+            last_problem = problem
+
+    async def _follow_once(self, registry: ModelRegistry) -> str | None:
+        """Switch to the stage's version if it moved; returns what is wrong, if anything."""
+        holder = await asyncio.to_thread(registry.holder, self.model)  # a read, maybe remote: off the loop
+        if holder is None:  # e.g. the shadow was just promoted: keep the version we have
+            return f"stage {self.model!r} is empty in {self.registry_uri}; still serving {self.worker.version()}"
+        if holder.version != self.worker.version():
+            await asyncio.to_thread(self.worker.switch, holder.version)  # batches in flight keep the old one
+            logger.info("now serving %s %s", self.model, holder.version)
+        return None

@@ -1,0 +1,126 @@
+"""`wm serve` refuses what cannot work before Ray starts (a port in use, an unwritable log or state
+location) in one line, and keeps agent state by default; no Ray, no Serve in this module."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+import ray
+
+from cluster.cli import main
+from cluster.commands.serve import add_serve_options, default_state_dir, state_dir
+from serving.deploy import LOCAL_DRAIN, LOCAL_PORTS, serve_env
+
+from .helpers import run_json
+
+
+@pytest.fixture
+def listener() -> Iterator[int]:
+    """A port this test process listens on."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        yield int(s.getsockname()[1])
+
+
+def _serve(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
+    """Run `wm serve ARGS --json` in process; returns (exit code, stderr), checking that Ray never started."""
+    start = time.monotonic()
+    code, out, err = run_json(capsys, "serve", *args)
+    assert code == 1 and out["ok"] is False
+    assert not ray.is_initialized(), "the check must come before Ray starts"
+    assert time.monotonic() - start < 30
+    assert len(err.strip().splitlines()) == 1, err
+    return code, err.strip()
+
+
+def test_a_port_in_use_is_one_line_naming_its_holder(capsys: pytest.CaptureFixture[str], listener: int,
+                                                     tmp_path: Path) -> None:
+    _, err = _serve(capsys, "--model", str(tmp_path), "--port", str(listener), "--no-state-dir")
+    assert err.startswith(f"wm: error: port {listener} on 127.0.0.1 is in use by ")
+    assert f"(pid {os.getpid()})" in err
+
+
+def test_an_haproxy_left_behind_is_named_with_how_to_stop_it(capsys: pytest.CaptureFixture[str],
+                                                             tmp_path: Path) -> None:
+    # A process named haproxy whose parent is gone: what a killed server's Ray Serve leaves holding its port.
+    fake = tmp_path / "haproxy"
+    fake.symlink_to(os.path.realpath(sys.executable))
+    port_file = tmp_path / "port"
+    code = (f"import socket, time; s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen(); "
+            f"open({str(port_file)!r}, 'w').write(str(s.getsockname()[1])); time.sleep(120)")
+    # The shell starts it in the background and exits, so it is reparented as an orphan would be.
+    subprocess.run(["sh", "-c", f'"{fake}" -c "{code}" > /dev/null 2>&1 & echo $! > "{tmp_path}/pid"'], check=True)
+    pid = int((tmp_path / "pid").read_text())
+    try:
+        deadline = time.monotonic() + 20
+        while not (port_file.exists() and port_file.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        port = int(port_file.read_text())
+        _, err = _serve(capsys, "--model", str(tmp_path), "--port", str(port), "--no-state-dir")
+        assert err == (f"wm: error: port {port} on 127.0.0.1 is in use by an HAProxy (pid {pid}) left behind by a "
+                       f"Ray Serve that is no longer running; stop it: kill {pid}")
+    finally:
+        os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("option", ["--log-dir", "--state-dir"])
+def test_an_unwritable_location_is_one_line_before_ray_starts(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                                              option: str) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    others = ["--no-state-dir"] if option == "--log-dir" else []
+    _, err = _serve(capsys, "--model", str(tmp_path), "--port", "0", option, str(blocker / "logs"), *others)
+    assert err.startswith("wm: error: ") and str(blocker) in err
+
+
+def _args(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_serve_options(parser)
+    return parser.parse_args(argv)
+
+
+def test_agent_state_is_snapshotted_by_default_per_host_and_port(monkeypatch: pytest.MonkeyPatch,
+                                                                  tmp_path: Path) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert state_dir(_args("--port", "8100")) == str(tmp_path / "fleetwm" / "agent-state" / "127.0.0.1-8100")
+    assert default_state_dir("0.0.0.0", 8101) == tmp_path / "fleetwm" / "agent-state" / "0.0.0.0-8101"
+    assert state_dir(_args("--state-dir", "s3://bucket/state")) == "s3://bucket/state"
+    assert state_dir(_args("--no-state-dir")) is None
+    on_a_cluster = _args("--port", "8100")
+    on_a_cluster.address = "ray://head:10001"
+    with pytest.raises(ValueError, match="with --address, pass --state-dir URI"):
+        state_dir(on_a_cluster)
+    with pytest.raises(SystemExit):
+        _args("--state-dir", "x", "--no-state-dir")
+
+
+def test_help_states_what_each_state_setting_can_lose(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["serve", "--help"])
+    assert exit_.value.code == 0
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "a shard crash loses at most the last second of agent updates" in help_text
+    assert "--no-state-dir no snapshots: a shard crash or a restart loses every agent's state" in help_text
+
+
+def test_a_local_endpoint_gets_its_own_serve_ports_and_a_short_drain(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in (*LOCAL_DRAIN, *LOCAL_PORTS):
+        monkeypatch.delenv(name, raising=False)
+    env = serve_env("haproxy", [18404, 19101, 18500, 19500])
+    assert env["RAY_SERVE_HAPROXY_STATS_PORT"] == "18404" and env["RAY_SERVE_HAPROXY_METRICS_PORT"] == "19101"
+    assert env["RAY_SERVE_FALLBACK_PROXY_HTTP_PORT"] == "18500" and env["RAY_SERVE_FALLBACK_PROXY_GRPC_PORT"] == "19500"
+    assert env.items() >= LOCAL_DRAIN.items()
+    cluster = serve_env("haproxy")  # a cluster node keeps Serve's fixed ports and drain
+    assert not {*LOCAL_PORTS, *LOCAL_DRAIN} & set(cluster)
+    with pytest.raises(ValueError, match="local_ports must give 4 ports"):
+        serve_env("haproxy", [18404])
