@@ -4,9 +4,20 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench clean redis-server
 
-setup: $(STAMP)
+setup: $(STAMP) redis-server
+
+# The fleet bus and its tests need a real redis-server (Debian's package). Installed with apt-get when
+# missing and run as root; otherwise this says how, and the Redis tests skip saying the same.
+redis-server:
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; \
+	  else \
+	    echo "redis-server is missing: install it (Debian/Ubuntu: sudo apt-get install -y redis-server;" \
+	         "macOS: brew install redis), or run make setup as root; the Redis tests skip until then"; \
+	  fi; }
 
 # torch is pinned first: on these machines 2.13.0 is the CPU wheel on disk, while a
 # plain `torch` requirement would pull a multi-GB CUDA build.
@@ -20,7 +31,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/wm demo --out runs/demo-$$(date +%Y%m%d-%H%M%S)
 
-test: $(STAMP)
+test: $(STAMP) redis-server
 	$(BIN)/python -m pytest
 
 # Every benchmark (long: run it on an idle machine; `make bench ONLY=model_fit` runs one), then docs/ and

@@ -16,9 +16,14 @@ Durability, by setting:
   ``<snapshot_uri>/<shard name>.pkl`` atomically (temp file + rename; one object put on object
   stores) every ``snapshot_interval_s`` seconds when something changed, and a restarted shard (Ray
   restarts it: ``max_restarts=-1``) loads that file: a crash loses at most the updates of the last
-  ``snapshot_interval_s`` seconds (plus the write in progress);
+  ``snapshot_interval_s`` seconds (plus the write in progress). A failed write is logged, reported in
+  ``stats()["snapshot_error"]`` and retried with backoff (up to ``MAX_RETRY_S``), eviction going on;
 - ``snapshot_uri`` with ``snapshot_interval_s=0``: every write is snapshotted before it returns and
   nothing acknowledged is lost.
+
+Snapshots are pickled on the shard's event loop (a consistent copy) and written on a thread, one write
+at a time, so a slow or fsyncing store never stalls the shard's calls. A snapshot that cannot be read
+at restart is moved aside (``<shard name>.pkl.unreadable-<unix time>``) and the shard starts empty.
 
 What is lost costs little: an agent whose record is lost or stale plans once from a cold start and
 its next observation opens a new logged episode instead of closing a transition.
@@ -45,6 +50,12 @@ from actors.records import AgentRecord, AgentRecords
 from worldmodel.data.writer import publish_bytes, resolve_root
 
 logger = logging.getLogger(__name__)
+
+MAX_RETRY_S = 30.0
+"""Longest wait between retries of a failing periodic snapshot (the wait doubles from the interval)."""
+UNREADABLE = (OSError, EOFError, pickle.UnpicklingError, AttributeError, ImportError, TypeError, ValueError)
+"""What reading a damaged, truncated or foreign snapshot raises (a missing one is ``FileNotFoundError``)."""
+
 
 @dataclass(frozen=True)
 class StateConfig:
@@ -85,11 +96,21 @@ class AgentStateShard:
         self.records: dict[str, AgentRecord] = {}
         self.writers: dict[str, float] = {}
         """Writer id -> when its lease ends (monotonic s); kept in memory only, renewed every second."""
-        self.dirty = False
+        self.changes = 0
+        """Changes made to the table so far; ``saved`` of them are in the last snapshot written."""
+        self.saved = 0
         self.snapshots = 0
+        self.snapshot_error: str | None = None
+        """Why the last snapshot failed; None once one succeeds."""
         self.fs, self.path = resolve_root(snapshot_uri) if snapshot_uri else (None, None)
         self.restored = self._restore()
         self._task: asyncio.Task[None] | None = None
+        self._writing = asyncio.Lock()  # one snapshot write in flight at a time
+
+    @property
+    def dirty(self) -> bool:
+        """Something changed since the last snapshot written."""
+        return self.changes != self.saved
 
     # -- public calls, one per batch ------------------------------------------------------
     async def get(self, agent_ids: Sequence[str]) -> tuple[list[int], AgentRecords]:
@@ -104,18 +125,18 @@ class AgentStateShard:
         self._ensure_loop()
         for record in records.unpack():
             self.records[record.agent_id] = record
-        self.dirty = True
+        self.changes += 1
         if self.interval == 0:
-            self.snapshot()
+            await self.snapshot()
         return len(records)
 
     async def reset(self, agent_ids: Sequence[str]) -> int:
         """Forget ``agent_ids``; returns how many were known."""
         self._ensure_loop()
         known = sum(self.records.pop(a, None) is not None for a in agent_ids)
-        self.dirty = self.dirty or known > 0
+        self.changes += known > 0
         if self.interval == 0 and known:
-            self.snapshot()
+            await self.snapshot()
         return known
 
     async def lease(self, writer_id: str, lease_s: float) -> int:
@@ -128,7 +149,8 @@ class AgentStateShard:
 
     async def stats(self) -> dict[str, Any]:
         return {"name": self.name, "agents": len(self.records), "snapshots": self.snapshots,
-                "restored": self.restored, "node_id": ray.get_runtime_context().get_node_id()}
+                "restored": self.restored, "snapshot_error": self.snapshot_error,
+                "node_id": ray.get_runtime_context().get_node_id()}
 
     # -- durability and eviction ---------------------------------------------------------
     def evict(self, now: float | None = None) -> int:
@@ -137,25 +159,51 @@ class AgentStateShard:
         idle = [a for a, r in self.records.items() if r.updated < cutoff]
         for a in idle:
             del self.records[a]
-        self.dirty = self.dirty or bool(idle)
+        self.changes += bool(idle)
         return len(idle)
 
-    def snapshot(self) -> None:
-        """Write the whole table atomically; readers see the old or the new file, never a partial one."""
-        self.dirty = False
+    async def snapshot(self) -> None:
+        """Write the whole table atomically; readers see the old or the new file, never a partial one.
+
+        Returns once a write holding every change made before the call has finished (one write runs at
+        a time; a call that waited for another's write may find its changes in it).
+
+        Raises:
+            OSError (or pyarrow's error): the write failed; the table stays marked changed.
+        """
+        changes = self.changes
         if self.fs is None:
+            self.saved = changes
             return
-        publish_bytes(self.fs, f"{self.path}/{self.name}.pkl",
-                      pickle.dumps(self.records, protocol=pickle.HIGHEST_PROTOCOL))
-        self.snapshots += 1
+        async with self._writing:
+            if self.saved >= changes:  # the write this call waited for already held its changes
+                return
+            changes = self.changes
+            try:
+                data = pickle.dumps(self.records, protocol=pickle.HIGHEST_PROTOCOL)  # on the loop: a consistent copy
+                await asyncio.to_thread(publish_bytes, self.fs, self._file, data)
+            except Exception as err:
+                self.snapshot_error = f"{type(err).__name__}: {' '.join(str(err).split())[:200]}"
+                raise
+            self.saved, self.snapshot_error = changes, None
+            self.snapshots += 1
+
+    @property
+    def _file(self) -> str:
+        return f"{self.path}/{self.name}.pkl"
 
     def _restore(self) -> int:
         if self.fs is None:
             return 0
         try:
-            with self.fs.open_input_stream(f"{self.path}/{self.name}.pkl") as f:
+            with self.fs.open_input_stream(self._file) as f:
                 loaded = pickle.loads(f.read())
+            if not isinstance(loaded, dict):
+                raise TypeError(f"holds a {type(loaded).__name__}, not a dict of agent records")
         except FileNotFoundError:
+            return 0
+        except UNREADABLE as err:  # a damaged file must not keep the shard from starting, restart after restart
+            self._move_aside(err)
             return 0
         self.records = {a: r for a, r in loaded.items() if isinstance(r, AgentRecord)}
         if len(self.records) < len(loaded):  # written by a fleetwm whose records had another form
@@ -163,18 +211,42 @@ class AgentStateShard:
                            self.name, len(loaded) - len(self.records), len(loaded))
         return len(self.records)
 
+    def _move_aside(self, err: BaseException) -> None:
+        """Keep an unreadable snapshot for inspection under another name, so the next write does not replace it."""
+        aside = f"{self._file}.unreadable-{int(time.time())}"
+        try:
+            self.fs.move(self._file, aside)  # type: ignore[union-attr]
+            kept = f"kept as {aside}"
+        except OSError as move_err:
+            kept = f"could not be moved aside ({type(move_err).__name__}: {move_err})"
+        logger.error("shard %s: snapshot %s cannot be read (%s: %s); starting empty, the file %s",
+                     self.name, self._file, type(err).__name__, err, kept)
+
     def _ensure_loop(self) -> None:
-        # The background loop starts with the first call: the actor's event loop runs by then.
+        # The background loop starts with the first call: the actor's event loop runs by then. A loop
+        # that ended (cancelled, or a bug) is started again, so eviction and snapshots never stop for good.
+        if self._task is not None and self._task.done():
+            if not self._task.cancelled() and self._task.exception() is not None:
+                logger.error("shard %s: maintenance stopped; restarting it", self.name, exc_info=self._task.exception())
+            self._task = None
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._maintain())
 
     async def _maintain(self) -> None:
         period = self.interval if self.interval > 0 else 1.0
+        wait = period
         while True:
-            await asyncio.sleep(period)
+            await asyncio.sleep(wait)
             self.evict()
-            if self.dirty:
-                self.snapshot()
+            if not self.dirty:
+                continue
+            try:
+                await self.snapshot()
+                wait = period
+            except Exception:  # a failing store: reported in stats, retried later, eviction goes on
+                wait = min(wait * 2, max(MAX_RETRY_S, period))
+                logger.warning("shard %s: snapshot failed, retrying in %.1f s: %s",
+                               self.name, wait, self.snapshot_error)
 
 
 def shard_index(agent_id: str, shards: int) -> int:

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from benchmarks.docs_pages import (defaults_fields, defaults_headline, gpu_fields, gpu_headline, model_fit_fields,
+from benchmarks.docs_pages import (defaults_fields, defaults_headline, gpu_fields, gpu_headline, ingest_fields,
+                                   ingest_headline, model_fit_fields,
                                    model_fit_headline, nav2d_fields, nav2d_headline, pendulum_fields,
                                    pendulum_headline, serve_fleet_fields, serve_fleet_headline, throughput_fields,
                                    throughput_headline)
@@ -62,13 +63,15 @@ PAGES = (
     Page("nav2d_closed_loop", "Nav2D closed loop", "nav2d_closed_loop.json", "python -m benchmarks.nav2d_closed_loop",
          nav2d_fields, nav2d_headline),
     Page("defaults_nav2d", "Nav2D with default settings only", "defaults_nav2d.json",
-         "wm eval --no-fly-zones --episodes 2000 --json", defaults_fields, defaults_headline),
+         "python -m benchmarks.defaults_nav2d", defaults_fields, defaults_headline),
     Page("plan_throughput", "Planning throughput and deadline", "plan_throughput.json",
          "python -m benchmarks.plan_throughput", throughput_fields, throughput_headline),
     Page("serve_fleet", "Fleet endpoint over HTTP", "serve_fleet.json", "python -m benchmarks.serve_fleet",
          serve_fleet_fields, serve_fleet_headline),
     Page("pendulum_mbrl", "Model-based RL on Pendulum-v1", "pendulum_mbrl.json", "python -m benchmarks.pendulum_mbrl",
          pendulum_fields, pendulum_headline),
+    Page("ingest", "Telemetry ingest from Redis Streams", "ingest.json", "python -m benchmarks.ingest",
+         ingest_fields, ingest_headline),
     Page("gpu", "GPU check", "gpu_check/gpu_check.json", "bash benchmarks/gpu_check.sh", gpu_fields, gpu_headline),
 )
 

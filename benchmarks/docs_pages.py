@@ -125,8 +125,15 @@ def _fleet_row(stack: str, row: Json) -> list[Any]:
     lat = row["latency_ms"]
     success = pct(row.get("success_rate")) if row.get("episodes") else None
     return [stack, row["agents"], f"{num(row['rate_hz'])} ({num(row['rate_per_agent_hz'], 2)})",
-            f"{lat['p50']:.0f} / {lat['p95']:.0f} / {lat['p99']:.0f}", row["errors"], num(row.get("episodes"), 0),
-            success, row.get("violations")]
+            f"{lat['p50']:.0f} / {lat['p95']:.0f} / {lat['p99']:.0f}", row["errors"], _fallbacks(row),
+            num(row.get("episodes"), 0), success, row.get("violations")]
+
+
+def _fallbacks(row: Json) -> str:
+    """A fleet row's fallback answers with their reasons, e.g. '24 (deadline 24)'."""
+    reasons = row.get("fallbacks_by_reason") or {}
+    detail = ", ".join(f"{reason} {n}" for reason, n in sorted(reasons.items()))
+    return f"{row.get('fallbacks', 0)}" + (f" ({detail})" if detail else "")
 
 
 def _by_second(row: Json | None) -> str:
@@ -139,16 +146,16 @@ def serve_fleet_fields(r: Json) -> dict[str, str]:
     rows = [_fleet_row("fleetwm", row) for row in r.get("fleetwm_by_agents") or [main]]
     if floor:
         rows.append(_fleet_row("serving floor (" + " ".join(floor["settings"]["serve"][2:]) + ")", floor)[:5]
-                    + ["-", "-", "-"])
+                    + ["-", "-", "-", "-"])
     rows += [_fleet_row("article service", row) for row in article.get("ladder", [])]
-    headers = ["stack", "agents", "requests/s (per agent)", "latency p50 / p95 / p99 ms", "errors", "episodes",
-               "success", "steps in zones"]
+    headers = ["stack", "agents", "requests/s (per agent)", "latency p50 / p95 / p99 ms", "errors", "fallbacks",
+               "episodes", "success", "steps in zones"]
     target = r.get("target") or {}
     return {"table": table(headers, rows), "target": verdict(r.get("target_met")),
             "target_p99": num(target.get("p99_ms"), 0) or "-", "target_success": pct(target.get("success_rate"), 0)
-            or "-", "serve_flags": " ".join(main["settings"]["serve"]),
+            or "-", "serve_flags": " ".join(main["settings"]["serve"]) or "no flags: its defaults",
             "deadline": (f"{main['settings']['deadline_ms']:g} ms" if main["settings"].get("deadline_ms")
-                         else "`--deadline-ms` not given"),
+                         else "the server's default"),
             "agents": str(main["agents"]), "hz": num(main["hz"], 0) or "-", "seconds": num(main["seconds"], 0) or "-",
             "zones": str(main["settings"].get("no_fly_zones", "-")),
             "p99": num(main["latency_ms"]["p99"], 0) or "-", "rate": num(main["rate_hz"], 0) or "-",
@@ -208,7 +215,8 @@ def nav2d_headline(r: Json) -> str:
             f"{row['episodes']:,} episodes, {row.get('agents', '-')} agents per planning call")
 
 
-def defaults_headline(r: Json) -> str:
+def defaults_headline(result: Json) -> str:
+    r = result["eval"]
     return (f"{pct(r.get('success_rate'), 2)} success, {r.get('violations')} steps in no-fly zones over "
             f"{r.get('episodes', 0):,} episodes, every setting a default")
 
@@ -239,3 +247,18 @@ def pendulum_headline(r: Json) -> str:
 
 def gpu_headline(r: Json) -> str:
     return gpu_fields(r)["status"]
+
+
+def ingest_fields(r: Json) -> dict[str, str]:
+    rows = [[num(r["transitions"], 0), r["agents"], num(r["seconds"], 2), num(r["transitions_per_s"], 0),
+             r["files"], num(r["logged_rows"], 0), num(r["unique_keys"], 0), r["pending_after"]]]
+    headers = ["transitions sent", "agents", "seconds", "transitions/s", "files", "rows in the logs",
+               "distinct (eps_id, t)", "pending after"]
+    met = r["transitions_per_s"] >= r["target_per_s"] and r["logged_rows"] == r["unique_keys"] == r["transitions"]
+    return {"table": table(headers, rows), "target": verdict(met), "target_per_s": num(r["target_per_s"], 0),
+            "flush_rows": num(r["flush_rows"], 0), "read_count": num(r["read_count"], 0)}
+
+
+def ingest_headline(r: Json) -> str:
+    return (f"{num(r['transitions_per_s'], 0)} transitions/s from the telemetry stream into Parquet on one core, "
+            f"{num(r['logged_rows'], 0)} of {num(r['transitions'], 0)} logged once each")

@@ -9,7 +9,8 @@ import argparse
 import subprocess
 import sys
 
-BENCHMARKS = ["model_fit", "nav2d_closed_loop", "defaults_nav2d", "plan_throughput", "pendulum_mbrl", "serve_fleet"]
+BENCHMARKS = ["model_fit", "nav2d_closed_loop", "defaults_nav2d", "plan_throughput", "pendulum_mbrl", "serve_fleet",
+              "ingest"]
 """Modules of ``benchmarks/``, in the order `make bench` runs them."""
 
 

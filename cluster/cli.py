@@ -44,6 +44,7 @@ COMMANDS: dict[str, str] = {
     "tune": "sweep world-model settings with Ray Tune, scored on the newest episodes",
     "serve": "serve next actions for a fleet over HTTP (Ray Serve)",
     "fleet": "drive N simulated agents closed loop through a fleet endpoint (load test)",
+    "ingest": "log transitions from a Redis Stream into the Arrow logs until SIGTERM/Ctrl-C",
     "demo": "on a local Ray: simulate a fleet, learn a model, serve it, drive a fleet over HTTP",
 }
 """Every ``wm`` command and its one-line help; command NAME lives in ``cluster.commands.NAME``."""

@@ -114,7 +114,7 @@ class BasePlanner:
         self.low = torch.as_tensor(action_low, dtype=torch.float32, device=device)
         self.high = torch.as_tensor(action_high, dtype=torch.float32, device=device)
         self.act_dim = self.low.shape[0]
-        self.rollout = make_rollout(dynamics, objective, cfg.propagation, cfg.particles, cfg.uncertainty_penalty)
+        self.rollout = make_rollout(dynamics, objective, cfg.propagation, cfg.particles, cfg.disagreement_penalty)
         self.fallback_policy = fallback or zero_action(self.low, self.high)
         self.generator = torch.Generator(device=device).manual_seed(cfg.seed)
         self.device = device

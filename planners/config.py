@@ -7,11 +7,18 @@ defaults without loading the planners themselves.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from worldmodel.config import ModelConfig, TrainConfig
 
+if TYPE_CHECKING:
+    from planners.cem import CEMConfig
+
 PLANNER_NAMES = ("cem", "mppi", "gradient", "shooting")
 """Planners ``planners.make_planner`` builds, by name."""
+
+DEFAULT_PLANNER = "cem"
+"""The planner every command and the service use unless told otherwise."""
 
 PROPAGATIONS = ("ts1", "tsinf", "expectation")
 """How uncertainty flows through the ensemble in a rollout (PETS); see ``planners.rollout``."""
@@ -47,7 +54,7 @@ class PlanConfig:
     """Hard time budget per call; the best plan so far is returned when it is spent."""
     disagreement_threshold: float | None = None
     """Fall back when the chosen plan's mean ensemble disagreement exceeds this."""
-    uncertainty_penalty: float = 0.0
+    disagreement_penalty: float = 0.0
     """Cost per unit of ensemble disagreement, subtracted from every step's reward."""
     seed: int = 0
     """Seed of the planner's random stream."""
@@ -61,8 +68,8 @@ class PlanConfig:
             raise ValueError(f"propagation must be one of {', '.join(PROPAGATIONS)}, got {self.propagation!r}")
         if self.budget_ms is not None and self.budget_ms <= 0:
             raise ValueError(f"budget_ms must be > 0 or None, got {self.budget_ms}")
-        if self.uncertainty_penalty < 0:
-            raise ValueError(f"uncertainty_penalty must be >= 0, got {self.uncertainty_penalty}")
+        if self.disagreement_penalty < 0:
+            raise ValueError(f"disagreement_penalty must be >= 0, got {self.disagreement_penalty}")
 
 
 # The PETS loop's own defaults (planners.mbrl, `wm mbrl`), kept apart from the fleet-serving ones.
@@ -78,3 +85,77 @@ PETS_TRAIN = TrainConfig(epochs=200, batch_size=32, patience=200)
 chunks ended the reward fit after a few dozen, leaving it too optimistic about states it had not seen
 (the planner then spun the pendulum). So every retraining runs the full cap (patience = epochs), the
 fit still restoring the best-validation epoch."""
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """What a closed-loop evaluation (``planners.evaluate.closed_loop``, `wm eval`) runs."""
+
+    planner: str = DEFAULT_PLANNER
+    """'cem', 'mppi', 'gradient' or 'shooting'."""
+    agents: int = 16
+    """N, envs stepped together and planned for in one call per step."""
+    episodes: int = 16
+    """Episodes counted: the first ``episodes`` to start (summed over agents), each run to its end."""
+    objective: str = "learned"
+    """'learned' (the model's reward model) or 'goal' (Nav2D's true reward)."""
+    no_fly_zones: int = 0
+    """Nav2D zones per episode (0: off); their costs join the objective."""
+    seed: int = 0
+    """Seeds the envs' resets (the planner's seed is ``plan.seed``)."""
+    plan: PlanConfig = PlanConfig()
+    """Settings every planner shares."""
+    settings: dict[str, Any] | None = None
+    """The planner's own settings (``make_planner``), e.g. CEM's ``noise_beta``; None keeps its defaults."""
+
+    def __post_init__(self) -> None:
+        if self.planner not in PLANNER_NAMES:
+            raise ValueError(f"planner must be one of {', '.join(PLANNER_NAMES)}, got {self.planner!r}")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
+        if self.agents < 1 or self.episodes < 1:
+            raise ValueError(f"agents and episodes must be >= 1, got {self.agents} and {self.episodes}")
+        if self.no_fly_zones < 0:
+            raise ValueError(f"no_fly_zones must be >= 0, got {self.no_fly_zones}")
+
+
+@dataclass(frozen=True)
+class MBRLConfig:
+    """One run of the PETS loop (``planners.mbrl.run_mbrl``, `wm mbrl`); defaults are the loop's own."""
+
+    env_id: str
+    """A gymnasium id with 1-D Box spaces (``module:Id`` imports the module that registers it)."""
+    episodes: int
+    """Total episodes, random ones included; more than ``random_episodes``."""
+    planner: str = DEFAULT_PLANNER
+    """'cem', 'mppi', 'gradient' or 'shooting'."""
+    random_episodes: int = 1
+    """Episodes of uniform random actions before the first model, >= 1 (a model needs data)."""
+    eval_episodes: int = 0
+    """Episodes run at the end by a model trained on all the data, from start states of their own;
+    neither learned from nor logged."""
+    plan: PlanConfig = PETS_PLAN
+    """Planner settings (their seed is replaced, see ``seed``)."""
+    model: ModelConfig = PETS_MODEL
+    """World-model architecture."""
+    train: TrainConfig = PETS_TRAIN
+    """Fitting settings; ``epochs`` caps each retraining (their seed is replaced, see ``seed``)."""
+    cem: CEMConfig | None = None
+    """CEM's own settings (None: PETS' white noise, elites the top 10% of samples); CEM only."""
+    seed: int = 0
+    """Fixes everything: random actions, env resets, model training and planning (episode i trains
+    and plans with seed + i), so a run repeats exactly on the same machine and software."""
+    target_return: float | None = None
+    """The return whose first attainment the result's ``steps_to_target`` reports."""
+
+    def __post_init__(self) -> None:
+        if self.planner not in PLANNER_NAMES:
+            raise ValueError(f"planner must be one of {', '.join(PLANNER_NAMES)}, got {self.planner!r}")
+        if self.eval_episodes < 0:
+            raise ValueError(f"eval_episodes must be >= 0, got {self.eval_episodes}")
+        if self.cem is not None and self.planner != "cem":
+            raise ValueError(f"CEM settings were given but the planner is {self.planner!r}")
+        if self.random_episodes < 1:
+            raise ValueError(f"random_episodes must be >= 1 (a model needs data), got {self.random_episodes}")
+        if self.episodes <= self.random_episodes:
+            raise ValueError(f"episodes ({self.episodes}) must exceed random_episodes ({self.random_episodes})")

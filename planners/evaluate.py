@@ -1,6 +1,6 @@
 """Closed-loop evaluation: N envs in lockstep, one batched planning call per step for all of them.
 
-Shapes: ``N`` agents (envs), ``H`` horizon, ``A`` action, ``Z`` no-fly zones.
+Shapes: ``N`` agents (envs), ``S`` state, ``H`` horizon, ``A`` action, ``Z`` no-fly zones.
 """
 
 from __future__ import annotations
@@ -13,7 +13,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from planners import OBJECTIVES, PlanConfig, make_planner, shift_plan
+from planners import OBJECTIVES, make_planner, shift_plan
+from planners.base import BasePlanner, PlanResult
+from planners.config import EvalConfig
 from planners.objectives import GOAL, ZONES, GoalReward, LearnedReward, NoFlyZones, Objective, Params
 from worldmodel.envs import NAV2D_ID, make_env
 from worldmodel.envs.nav2d import GOAL_DIMS
@@ -70,77 +72,115 @@ class EvalResult:
     returns: list[float] = field(default_factory=list)
 
 
-def closed_loop(model: WorldModel, planner: str, agents: int, episodes: int, cfg: PlanConfig,
-                objective: str = "learned", no_fly_zones: int = 0, seed: int = 0, progress: bool = False,
-                on_step: Callable[[dict[str, Any]], None] | None = None,
-                settings: dict[str, Any] | None = None) -> EvalResult:
-    """Run ``agents`` envs of the model's env in lockstep until ``episodes`` episodes have ended.
+@dataclass(frozen=True)
+class EvalStep:
+    """One lockstep step of ``closed_loop``, handed to its ``on_step`` (for logging and plots)."""
+
+    obs: torch.Tensor
+    """(N, S) the observations planned from."""
+    params: Params
+    """The per-agent objective parameters planned with (Nav2D's goals and zones)."""
+    result: PlanResult
+    """The planning call's answer for all N agents."""
+    ended: np.ndarray
+    """(N,) bool: the agent's episode ended on this step (terminated or truncated)."""
+    reset: np.ndarray
+    """(N,) bool: this step only reset the agent's env (gymnasium's next-step autoreset); its action was ignored."""
+
+
+class _Tally:
+    """The statistics of the counted episodes, updated step by step.
+
+    The episodes counted are the first ``episodes`` to start, whatever their outcome. Counting the
+    first to end instead would miss failures, which end last (at the time limit).
+    """
+
+    def __init__(self, agents: int, episodes: int) -> None:
+        self.agents, self.episodes = agents, episodes
+        self.returns: list[float] = []
+        self.successes: list[bool] = []
+        self.violations = self.violators = self.fallbacks = self.steps = 0
+        self.plan_ms: list[float] = []
+        self.ep_return, self.ep_violations = np.zeros(agents), np.zeros(agents, int)  # (N,) the current episodes'
+        self.counting = np.arange(agents) < episodes  # (N,) whether each env's current episode is counted
+        self.started = int(self.counting.sum())
+
+    @property
+    def finished(self) -> bool:
+        return len(self.returns) >= self.episodes
+
+    def add(self, result: PlanResult, rew: np.ndarray, ended: np.ndarray, reset: np.ndarray,
+            infos: dict[str, Any]) -> None:
+        """Count one step of every env; ``ended`` and ``reset`` are (N,) masks (see ``EvalStep``)."""
+        live = ~reset & self.counting
+        self.plan_ms.append(result.elapsed_ms)
+        self.fallbacks += int(result.fallback.cpu().numpy()[live].sum())
+        self.steps += int(live.sum())
+        self.ep_return += np.where(live, rew, 0.0)
+        self.ep_violations += np.asarray(infos.get("violation", np.zeros(self.agents, bool)), bool) & live
+        for i in np.flatnonzero(ended & self.counting):  # statistics count completed episodes only
+            self.returns.append(float(self.ep_return[i]))
+            self.successes.append(bool(np.asarray(infos["is_success"])[i]) if "is_success" in infos else False)
+            self.violations += int(self.ep_violations[i])
+            self.violators += int(self.ep_violations[i] > 0)
+        self.ep_return[ended], self.ep_violations[ended] = 0.0, 0
+        for i in np.flatnonzero(ended):  # the next episode counts while fewer than `episodes` have started
+            self.counting[i] = self.started < self.episodes
+            self.started += int(self.counting[i])
+
+    def result(self) -> EvalResult:
+        ms = np.asarray(self.plan_ms)
+        return EvalResult(
+            episodes=len(self.returns), mean_return=float(np.mean(self.returns)),
+            success_rate=float(np.mean(self.successes)), violations=self.violations,
+            episodes_with_violation=self.violators, fallbacks=self.fallbacks, steps=self.steps,
+            plan_ms_mean=float(ms.mean()), plan_ms_p99=float(np.percentile(ms, 99)),
+            plans_per_s=float(self.agents * len(ms) / (ms.sum() / 1000)), returns=self.returns)
+
+
+def _planner(model: WorldModel, cfg: EvalConfig) -> BasePlanner:
+    """``cfg``'s planner on the model's dynamics, for ``cfg``'s objective (and zones, when there are any)."""
+    objective = build_objective(model, cfg.objective, zones=cfg.no_fly_zones > 0)
+    low, high = torch.tensor(model.spec.act_low), torch.tensor(model.spec.act_high)
+    return make_planner(cfg.planner, model.dynamics, objective, low, high, cfg.plan, settings=cfg.settings)
+
+
+def closed_loop(model: WorldModel, cfg: EvalConfig, progress: bool = False,
+                on_step: Callable[[EvalStep], None] | None = None) -> EvalResult:
+    """Run ``cfg.agents`` envs of the model's env in lockstep until ``cfg.episodes`` episodes have ended.
 
     Args:
         model: the world model to plan with (its device is used).
-        planner: 'cem', 'mppi', 'gradient' or 'shooting'.
-        agents: N, envs stepped together, planned for in one call per step.
-        episodes: episodes counted: the first ``episodes`` to start (summed over agents), each run to its end.
-        cfg: planner settings.
-        objective: 'learned' (the model's reward model) or 'goal' (Nav2D's true reward).
-        no_fly_zones: Nav2D zones per episode (0: off); their costs join the objective.
-        seed: seeds the envs and the planner.
-        on_step: called after each step with the obs planned from, the objective parameters, the
-            plan result and the ``done`` / ``reset`` masks (N,) of that step (for logging and plots).
-        settings: the planner's own settings (``make_planner``), e.g. CEM's ``noise_beta``.
+        cfg: planner, agents N, episodes counted, objective, zones and seeds.
+        progress: show a progress bar on stderr.
+        on_step: called after each step with its ``EvalStep``.
     """
-    if agents < 1 or episodes < 1:
-        raise ValueError(f"agents and episodes must be >= 1, got {agents} and {episodes}")
-    env_id = model.spec.env_id
-    kwargs = {"num_no_fly_zones": no_fly_zones} if no_fly_zones else {}
+    env_id, agents = model.spec.env_id, cfg.agents
+    kwargs = {"num_no_fly_zones": cfg.no_fly_zones} if cfg.no_fly_zones else {}
     envs = gymnasium.vector.SyncVectorEnv([lambda: make_env(env_id, **kwargs) for _ in range(agents)])
-    plan = make_planner(planner, model.dynamics, build_objective(model, objective, zones=no_fly_zones > 0), torch.tensor(model.spec.act_low),
-                        torch.tensor(model.spec.act_high), cfg, settings=settings)
-    device = model.device
-    obs_np, infos = envs.reset(seed=seed)
+    plan = _planner(model, cfg)
+    tally = _Tally(agents, cfg.episodes)
+    obs_np, infos = envs.reset(seed=cfg.seed)
     warm_start: torch.Tensor | None = None
-    returns, successes, violations, violators = [], [], 0, 0
-    ep_return, ep_violations = np.zeros(agents), np.zeros(agents, int)
-    fallbacks, steps, plan_ms = 0, 0, []
-    reset_next = np.zeros(agents, bool)  # gymnasium's next-step autoreset: this step only resets these envs
-    # The episodes counted are the first `episodes` to start, whatever their outcome. Counting the
-    # first to end instead would miss failures, which end last (at the time limit).
-    counting = np.arange(agents) < episodes  # (N,) whether each env's current episode is counted
-    started = int(counting.sum())
-    bar = tqdm(total=episodes, desc=f"eval {planner}", disable=not progress, unit="ep")
-    while len(returns) < episodes:
-        obs = torch.as_tensor(obs_np, dtype=torch.float32, device=device)
+    reset = np.zeros(agents, bool)  # gymnasium's next-step autoreset: this step only resets these envs
+    bar = tqdm(total=cfg.episodes, desc=f"eval {cfg.planner}", disable=not progress, unit="ep")
+    while not tally.finished:
+        # Plan for all N agents in one call, each warm-started from its previous plan shifted by one step.
+        obs = torch.as_tensor(obs_np, dtype=torch.float32, device=model.device)  # (N, S)
         params = agent_params(env_id, obs, infos)
         result = plan.plan(obs, params, warm_start=warm_start)
-        plan_ms.append(result.elapsed_ms)
-        warm_start = shift_plan(result.plan)
-        if reset_next.any():  # these envs now show a new episode's first obs: plan it from scratch
-            warm_start[torch.as_tensor(reset_next, device=device)] = plan.initial_plan(int(reset_next.sum()))
+        warm_start = shift_plan(result.plan)  # (N, H, A)
+        if reset.any():  # these envs now show a new episode's first obs: plan it from scratch
+            warm_start[torch.as_tensor(reset, device=model.device)] = plan.initial_plan(int(reset.sum()))
+        # Step every env, then count the step for the episodes it belongs to.
         obs_np, rew, term, trunc, infos = envs.step(result.actions.detach().cpu().numpy())
-        live = ~reset_next & counting
-        fallbacks += int(result.fallback.cpu().numpy()[live].sum())
-        steps += int(live.sum())
-        ep_return += np.where(live, rew, 0.0)
-        ep_violations += np.asarray(infos.get("violation", np.zeros(agents, bool)), bool) & live
-        done = (term | trunc) & ~reset_next
-        for i in np.flatnonzero(done & counting):  # statistics count completed episodes only
-            returns.append(float(ep_return[i]))
-            successes.append(bool(np.asarray(infos["is_success"])[i]) if "is_success" in infos else False)
-            violations += int(ep_violations[i])
-            violators += int(ep_violations[i] > 0)
-        bar.update(int((done & counting).sum()))
-        ep_return[done], ep_violations[done] = 0.0, 0
-        for i in np.flatnonzero(done):  # the next episode counts while fewer than `episodes` have started
-            counting[i] = started < episodes
-            started += int(counting[i])
+        ended = (term | trunc) & ~reset  # (N,)
+        counted = len(tally.returns)
+        tally.add(result, rew, ended, reset, infos)
+        bar.update(len(tally.returns) - counted)
         if on_step is not None:
-            on_step({"obs": obs, "params": params, "result": result, "done": done, "reset": reset_next})
-        reset_next = done
+            on_step(EvalStep(obs, params, result, ended, reset))
+        reset = ended
     bar.close()
     envs.close()
-    ms = np.asarray(plan_ms)
-    return EvalResult(
-        episodes=len(returns), mean_return=float(np.mean(returns)), success_rate=float(np.mean(successes)),
-        violations=violations, episodes_with_violation=violators, fallbacks=fallbacks, steps=steps,
-        plan_ms_mean=float(ms.mean()), plan_ms_p99=float(np.percentile(ms, 99)),
-        plans_per_s=float(agents * len(ms) / (ms.sum() / 1000)), returns=returns)
+    return tally.result()

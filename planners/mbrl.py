@@ -28,11 +28,10 @@ import torch
 from tqdm import tqdm
 
 from planners import PlanConfig, make_planner, shift_plan
-from planners.config import PETS_MODEL, PETS_PLAN, PETS_TRAIN
+from planners.config import MBRLConfig
 from planners.base import BasePlanner
 from planners.cem import CEMConfig, CEMPlanner
 from planners.evaluate import build_objective
-from worldmodel.config import ModelConfig, TrainConfig
 from worldmodel.data import TrajectoryWriter, Transitions
 from worldmodel.envs import make_env, space_spec
 from worldmodel.envs.collect import collect
@@ -168,13 +167,7 @@ def run_planned_episode(env_id: str, planner: BasePlanner, index: int, seed: int
 class _Loop:
     """One run of the loop: its settings, and the rows reported so far (each also logged and announced)."""
 
-    env_id: str
-    planner: str
-    plan_cfg: PlanConfig
-    model_cfg: ModelConfig
-    train_cfg: TrainConfig
-    cem: CEMConfig | None
-    seed: int
+    cfg: MBRLConfig
     progress: bool
     writer: TrajectoryWriter | None
     on_episode: Callable[[EpisodeRow], None] | None
@@ -184,7 +177,7 @@ class _Loop:
     @property
     def chunk(self) -> int:
         """Steps per chunk of the split (no shorter than a recurrent model's sequences)."""
-        return max(CHUNK_STEPS, self.train_cfg.seq_len) if self.model_cfg.dynamics == "gru" else CHUNK_STEPS
+        return max(CHUNK_STEPS, self.cfg.train.seq_len) if self.cfg.model.dynamics == "gru" else CHUNK_STEPS
 
     def finish(self, row: EpisodeRow, part: Transitions | None) -> None:
         """Report one episode; ``part`` is its data when it is learned from (then also logged)."""
@@ -197,20 +190,23 @@ class _Loop:
     def train(self, data: Transitions, i: int) -> tuple[WorldModel, float]:
         """A model trained from scratch on ``data`` for episode ``i``, and the seconds it took."""
         tic = time.perf_counter()
-        spec = space_spec(make_env(self.env_id), self.env_id)
-        model = train_world_model(chunk_episodes(data, self.chunk), spec, self.model_cfg,
-                                  dataclasses.replace(self.train_cfg, seed=self.seed + i), progress=self.progress)
+        cfg = self.cfg
+        spec = space_spec(make_env(cfg.env_id), cfg.env_id)
+        model = train_world_model(chunk_episodes(data, self.chunk), spec, cfg.model,
+                                  dataclasses.replace(cfg.train, seed=cfg.seed + i), progress=self.progress)
         return model, round(time.perf_counter() - tic, 3)
 
     def play(self, model: WorldModel, i: int) -> tuple[Transitions, bool | None, float]:
         """Episode ``i`` planned on ``model``: its data, success and mean planning ms."""
-        plan = _planner(self.planner, model, dataclasses.replace(self.plan_cfg, seed=self.seed + i), self.cem)
-        part, success, plan_ms = run_planned_episode(self.env_id, plan, i, self.seed, f"mbrl-{i}", self.progress)
+        cfg = self.cfg
+        plan = _planner(cfg.planner, model, dataclasses.replace(cfg.plan, seed=cfg.seed + i), cfg.cem)
+        part, success, plan_ms = run_planned_episode(cfg.env_id, plan, i, cfg.seed, f"mbrl-{i}", self.progress)
         return part, success, round(float(np.mean(plan_ms)), 3)
 
-    def random_episodes(self, count: int) -> Transitions:
-        """Episodes 0..count-1 at random (eps_id ``f"{AGENT_ID}-{seed}-{i}"``, as planned ones)."""
-        data = collect(self.env_id, count, seed=self.seed, agent_id=AGENT_ID, num_envs=1, progress=self.progress)
+    def random_episodes(self) -> Transitions:
+        """Episodes 0..random_episodes-1 at random (eps_id ``f"{AGENT_ID}-{seed}-{i}"``, as planned ones)."""
+        data = collect(self.cfg.env_id, self.cfg.random_episodes, seed=self.cfg.seed, agent_id=AGENT_ID,
+                       num_envs=1, progress=self.progress)
         env_steps = 0
         for i, eps in enumerate(dict.fromkeys(data.eps_id.tolist())):
             part = data.select(data.eps_id == eps)
@@ -229,84 +225,52 @@ class _Loop:
                                plan_ms, model.metrics["dynamics"]["r2_min"]), part)
         return Transitions.concat([data, part])
 
-    def eval_episodes(self, data: Transitions, first: int, count: int) -> None:
-        """Episodes first..first+count-1 planned by one model trained on all of ``data``, not learned from."""
+    def eval_episodes(self, data: Transitions) -> None:
+        """The eval episodes (numbered after the others), planned by one model trained on all of ``data``."""
+        first = self.cfg.episodes
         model, train_seconds = self.train(data, first)
-        for i in range(first, first + count):
+        for i in range(first, first + self.cfg.eval_episodes):
             part, success, plan_ms = self.play(model, i)
             self.finish(EpisodeRow(i, EVAL, len(part), len(data), float(part.rewards.sum()), success,
                                    train_seconds if i == first else 0.0, plan_ms,
                                    model.metrics["dynamics"]["r2_min"]), None)
 
-
-def _check_counts(episodes: int, random_episodes: int, eval_episodes: int, planner: str,
-                  cem: CEMConfig | None) -> None:
-    if eval_episodes < 0:
-        raise ValueError(f"eval_episodes must be >= 0, got {eval_episodes}")
-    if cem is not None and planner != "cem":
-        raise ValueError(f"CEM settings were given but the planner is {planner!r}")
-    if random_episodes < 1:
-        raise ValueError(f"random_episodes must be >= 1 (a model needs data), got {random_episodes}")
-    if episodes <= random_episodes:
-        raise ValueError(f"episodes ({episodes}) must exceed random_episodes ({random_episodes})")
+    def settings(self) -> dict[str, Any]:
+        """The resolved configuration of the run, as saved with its result."""
+        cfg = self.cfg
+        return {"env": cfg.env_id, "episodes": cfg.episodes, "planner": cfg.planner,
+                "random_episodes": cfg.random_episodes, "eval_episodes": cfg.eval_episodes, "seed": cfg.seed,
+                "seeds": "episode i trains and plans with seed + i", "plan": dataclasses.asdict(cfg.plan),
+                "model": cfg.model.to_dict(), "train": cfg.train.to_dict(),
+                "cem": dataclasses.asdict(cfg.cem) if cfg.cem else None, "chunk_steps": self.chunk}
 
 
-def run_mbrl(
-    env_id: str,
-    episodes: int,
-    planner: str = "cem",
-    random_episodes: int = 1,
-    plan_cfg: PlanConfig = PETS_PLAN,
-    model_cfg: ModelConfig = PETS_MODEL,
-    train_cfg: TrainConfig = PETS_TRAIN,
-    seed: int = 0,
-    log_dir: str | None = None,
-    progress: bool = False,
-    target_return: float | None = None,
-    cem: CEMConfig | None = None,
-    eval_episodes: int = 0,
-    on_episode: Callable[[EpisodeRow], None] | None = None,
-) -> MBRLResult:
-    """Run the PETS loop for ``episodes`` episodes, the first ``random_episodes`` of them random.
+def run_mbrl(cfg: MBRLConfig, log_dir: str | None = None, progress: bool = False,
+             on_episode: Callable[[EpisodeRow], None] | None = None) -> MBRLResult:
+    """Run the PETS loop: ``cfg.random_episodes`` random episodes, then planned ones, then evaluation.
 
     Args:
-        env_id: a gymnasium id with 1-D Box spaces (``module:Id`` imports the module that registers it).
-        episodes: total episodes, random ones included; > random_episodes.
-        planner: 'cem', 'mppi', 'gradient' or 'shooting'.
-        random_episodes: episodes of uniform random actions before the first model, >= 1.
-        plan_cfg: planner settings (its seed is replaced, see ``seed``); default ``PETS_PLAN``.
-        model_cfg: world-model architecture; default ``PETS_MODEL``.
-        train_cfg: fitting settings; ``epochs`` caps each retraining (its seed is replaced); default ``PETS_TRAIN``.
-        seed: fixes everything: random actions, env resets, model training and planning
-            (episode i uses seed + i for training and planning), so a run repeats exactly on the same
-            machine and software (the loop is chaotic: float rounding that differs elsewhere changes it).
-        log_dir: when given, every episode is also appended there with TrajectoryWriter.
+        cfg: the run's settings (checked when it was built); its seed fixes everything, so a run
+            repeats exactly on the same machine and software (the loop is chaotic: float rounding
+            that differs elsewhere changes it).
+        log_dir: when given, every learned-from episode is also appended there with TrajectoryWriter.
         progress: show progress bars on stderr.
-        target_return: the return whose first attainment ``steps_to_target`` reports.
-        cem: CEM's own settings (default: PETS' white noise, elites the top 10% of samples).
-        eval_episodes: episodes run at the end by a model trained on all the data, from start
-            states of their own; they are neither learned from nor logged.
         on_episode: called with each row as soon as its episode ends.
 
     Returns:
-        One row per episode and the env steps it took to reach ``target_return``.
+        One row per episode and the env steps it took to reach ``cfg.target_return``.
     """
-    _check_counts(episodes, random_episodes, eval_episodes, planner, cem)
     start = time.perf_counter()
-    space_spec(make_env(env_id), env_id)  # a bad env id or space fails before any work
-    loop = _Loop(env_id, planner, plan_cfg, model_cfg, train_cfg, cem, seed, progress,
-                 TrajectoryWriter(log_dir, env_id=env_id) if log_dir else None, on_episode)
+    space_spec(make_env(cfg.env_id), cfg.env_id)  # a bad env id or space fails before any work
+    writer = TrajectoryWriter(log_dir, env_id=cfg.env_id) if log_dir else None
+    loop = _Loop(cfg, progress, writer, on_episode)
     # Random episodes first, then one planned episode per retraining, then the final model's evaluation.
-    data = loop.random_episodes(random_episodes)
-    for i in range(random_episodes, episodes):
+    data = loop.random_episodes()
+    for i in range(cfg.random_episodes, cfg.episodes):
         data = loop.planned_episode(data, i)
-    if eval_episodes:
-        loop.eval_episodes(data, episodes, eval_episodes)
-
-    reached = [r.env_steps for r in loop.rows if target_return is not None and r.ret >= target_return]
-    settings = {"env": env_id, "episodes": episodes, "planner": planner, "random_episodes": random_episodes,
-                "eval_episodes": eval_episodes, "seed": seed, "seeds": "episode i trains and plans with seed + i",
-                "plan": dataclasses.asdict(plan_cfg), "model": model_cfg.to_dict(), "train": train_cfg.to_dict(),
-                "cem": dataclasses.asdict(cem) if cem else None, "chunk_steps": loop.chunk}
-    return MBRLResult(env_id, loop.rows, loop.evals, target_return, reached[0] if reached else None,
-                      time.perf_counter() - start, settings)
+    if cfg.eval_episodes:
+        loop.eval_episodes(data)
+    target = cfg.target_return
+    reached = [r.env_steps for r in loop.rows if target is not None and r.ret >= target]
+    return MBRLResult(cfg.env_id, loop.rows, loop.evals, target, reached[0] if reached else None,
+                      time.perf_counter() - start, loop.settings())

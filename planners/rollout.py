@@ -34,10 +34,10 @@ def is_recurrent(dynamics: torch.nn.Module) -> bool:
 
 
 def make_rollout(dynamics: torch.nn.Module, objective: Objective, propagation: str, particles: int,
-                 uncertainty_penalty: float = 0.0) -> "Rollout | RecurrentRollout":
+                 disagreement_penalty: float = 0.0) -> "Rollout | RecurrentRollout":
     """The rollout for ``dynamics``: recurrent models carry each agent's hidden state."""
     cls = RecurrentRollout if is_recurrent(dynamics) else Rollout
-    return cls(dynamics, objective, propagation, particles, uncertainty_penalty)
+    return cls(dynamics, objective, propagation, particles, disagreement_penalty)
 
 
 class Rollout:
@@ -51,16 +51,16 @@ class Rollout:
     """
 
     def __init__(self, dynamics: torch.nn.Module, objective: Objective, propagation: str, particles: int,
-                 uncertainty_penalty: float = 0.0) -> None:
+                 disagreement_penalty: float = 0.0) -> None:
         self.dynamics, self.objective = dynamics, objective
         self.members, self.particles = dynamics.members, particles
         if propagation == "tsinf" and particles % self.members:
             raise ValueError(f"propagation 'tsinf' needs particles ({particles}) to be a multiple of the "
                              f"ensemble size ({self.members})")
-        if propagation != "expectation" and uncertainty_penalty and particles < 2:
-            raise ValueError("an uncertainty penalty with sampled propagation needs particles >= 2 "
+        if propagation != "expectation" and disagreement_penalty and particles < 2:
+            raise ValueError("a disagreement penalty with sampled propagation needs particles >= 2 "
                              "(or propagation 'expectation')")
-        self.penalty = uncertainty_penalty
+        self.penalty = disagreement_penalty
         self.returns = self._expectation if propagation == "expectation" else self._sampled
         self.shuffle = propagation == "tsinf"
 
@@ -210,9 +210,9 @@ class RecurrentRollout:
     """
 
     def __init__(self, dynamics: torch.nn.Module, objective: Objective, propagation: str, particles: int,
-                 uncertainty_penalty: float = 0.0) -> None:
-        if uncertainty_penalty:
-            raise ValueError("an uncertainty penalty needs an ensemble; recurrent dynamics is a single model")
+                 disagreement_penalty: float = 0.0) -> None:
+        if disagreement_penalty:
+            raise ValueError("a disagreement penalty needs an ensemble; recurrent dynamics is a single model")
         self.dynamics, self.objective, self.particles = dynamics, objective, particles
         self.sample = propagation != "expectation"
 

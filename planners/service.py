@@ -20,6 +20,7 @@ import torch
 
 from planners import OBJECTIVES, PlanConfig, make_planner, resolved_settings, shift_plan
 from planners.base import BasePlanner, Fallback
+from planners.config import DEFAULT_PLANNER
 from planners.evaluate import build_objective
 from planners.objectives import GOAL, ZONES
 from planners.rollout import HIDDEN, is_recurrent
@@ -34,7 +35,7 @@ from worldmodel.model import WorldModel
 class ServiceConfig:
     """How a served model plans: by default ``PlanConfig``'s and CEM's own defaults (one place each)."""
 
-    planner: str = "cem"
+    planner: str = DEFAULT_PLANNER
     """'cem', 'mppi', 'gradient' or 'shooting'."""
     plan: PlanConfig = PlanConfig()
     """Planner settings shared by every planner."""
@@ -159,11 +160,13 @@ class FleetPlanner:
 
         Args:
             obs: (N, S) current observations.
-            warm_start: (N, H, A) warm starts (already shifted), NaN rows where an agent has none.
+            warm_start: (N, H, A) warm starts (already shifted), NaN rows where an agent has none; any other
+                shape (plans of another horizon or model) is ignored: every agent starts cold.
             objectives: per agent, one of ``self.objectives`` (default all 'learned').
             zones: (N, Z, 3) no-fly zones (x, y, radius; radius 0 pads), Nav2D only.
             budget_ms: hard time budget of the call (the config's when None).
-            hidden: (N, Hd) recurrent models only: each agent's hidden state, NaN rows for a fresh one.
+            hidden: (N, Hd) recurrent models only: each agent's hidden state, NaN rows for a fresh one; any
+                other shape (another model's states) is ignored: every agent starts fresh.
 
         Returns:
             the ``PlanBatch`` of the N agents, in order.
@@ -178,6 +181,8 @@ class FleetPlanner:
         if obs_t.dim() != 2 or obs_t.shape[1] != self.obs_dim:
             raise ValueError(f"obs must be (N, {self.obs_dim}), got {tuple(obs_t.shape)}")
         h, a = self.horizon, self.model.spec.act_dim
+        if warm_start is not None and np.shape(warm_start) != (n, h, a):
+            warm_start = None  # left by another horizon or model: no start for these plans
         out = {"actions": np.zeros((n, a), np.float32), "warm_start": np.zeros((n, h, a), np.float32),
                "trajectory": np.zeros((n, h + 1, self.obs_dim), np.float32),
                "disagreement": np.zeros(n, np.float32), "fallback_reason": np.zeros(n, np.int8),
@@ -225,8 +230,8 @@ class FleetPlanner:
         if hidden is None:
             return fresh
         h = torch.as_tensor(np.asarray(hidden, np.float32), device=obs.device)
-        if h.shape != fresh.shape:
-            raise ValueError(f"hidden must be (N, Hd) = {tuple(fresh.shape)}, got {tuple(h.shape)}")
+        if h.shape != fresh.shape:  # left by another model: no state of this one
+            return fresh
         return torch.where(torch.isnan(h).any(-1, keepdim=True), fresh, h)
 
     def _params(self, obs: torch.Tensor, zones: np.ndarray | None) -> dict[str, torch.Tensor]:

@@ -24,6 +24,7 @@ from typing import Annotated, Any
 
 import ray
 from fastapi import FastAPI, HTTPException, Path, Request, Response
+from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from ray import serve
 from ray.serve.handle import DeploymentHandle
@@ -31,15 +32,16 @@ from ray.serve.handle import DeploymentHandle
 from actors.common import NAMESPACE, gpus_per_worker
 from actors.records import PlanAnswer, RecordCache, Rejected
 from actors.state import start_state_shards
-from actors.telemetry import TelemetryLogger
+from actors.telemetry import LoggerStats, TelemetryLogger
 from serving.config import BATCHING, AppConfig
 from serving.engine import PlanEngine
-from serving.front import JSON_TYPES, Refreshed, api, encode, error_responses, invalid_body, public_body
+from serving.front import (JSON_TYPES, Refreshed, Unavailable, api, encode, error_responses, invalid_body,
+                           public_body)
 from serving.metrics import serving_metrics
 from serving.planner_server import PlannerServer
 from serving.schema import (AGENT_ID_DESCRIPTION, BatchRequest, BatchResponse, HealthResponse, PlanRequest,
                             PlanResponse, ResetResponse, served_openapi)
-from worldmodel.data.writer import AGENT_ID_PATTERN
+from worldmodel.data.writer import AGENT_ID_PATTERN, check_writable
 from worldmodel.registry import ModelRegistry
 
 logger = logging.getLogger("ray.serve")
@@ -62,6 +64,8 @@ class FleetIngress:
 
     def __init__(self, planner: DeploymentHandle, shadow: DeploymentHandle | None, config: dict[str, Any]) -> None:
         self.cfg = AppConfig.from_dict(config)
+        if self.cfg.log_uri:  # a replica that could log nothing must not start, nor report itself healthy
+            check_writable(self.cfg.log_uri)
         self.planner, self.shadow = planner, shadow
         token = self.cfg.bearer_token  # read once: the environment is the replica's, fixed at its start
         self._expected_auth = f"Bearer {token}".encode() if token is not None else None
@@ -71,8 +75,9 @@ class FleetIngress:
         cache = RecordCache(self.cfg.state.ttl_s)  # the engine uses it only while its writer lease is the only one
         self.engine = PlanEngine(planner, store, telemetry, shadow, self.metrics, self.cfg.default_deadline_ms, cache)
         self.batching: dict[str, Any] = {}
-        self._spec = Refreshed(self._fetch_spec, 2.0, "the served model's spec")  # follows version switches
-        self._telemetry = None if telemetry is None else Refreshed(telemetry.stats.remote, 2.0, "telemetry stats")
+        self._spec = Refreshed(self._fetch_spec, 2.0, "model spec")  # follows version switches
+        self._logger = telemetry
+        self._telemetry = None if telemetry is None else Refreshed(self._fetch_telemetry, 2.0, "telemetry stats")
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Batching knobs, adjustable at run time through the deployment's ``user_config``.
@@ -114,7 +119,10 @@ class FleetIngress:
             req = PlanRequest.model_validate_json(body)
         except ValidationError as err:
             return 422, invalid_body(err.errors())
-        problem = await self._check(req, "")
+        try:
+            problem = await self._check(req, "")
+        except Unavailable as err:
+            return 503, {"error": str(err)}
         if problem is not None:
             return 422, {"error": problem}
         answer = await self._answer(req, start)
@@ -137,7 +145,10 @@ class FleetIngress:
     async def plan_batch(self, body: BatchRequest) -> Response:
         start = time.monotonic()
         for i, req in enumerate(body.requests):
-            problem = await self._check(req, f"requests.{i}.")
+            try:
+                problem = await self._check(req, f"requests.{i}.")
+            except Unavailable as err:
+                raise HTTPException(503, str(err)) from err
             if problem is not None:
                 raise HTTPException(422, problem)
         answers = await asyncio.gather(*(self._answer(r, start) for r in body.requests))
@@ -170,17 +181,23 @@ class FleetIngress:
         return out
 
     @api.get("/healthz", response_model=HealthResponse, response_model_exclude_none=True,
-             summary="Health probe (no token): 'degraded' while telemetry cannot be written")
-    async def healthz(self) -> dict[str, Any]:
-        spec = await self._spec.get()
-        stats = self._telemetry.peek() if self._telemetry is not None else None  # cached: no actor call here
-        error = stats.last_error if stats is not None else None
+             responses=error_responses(503),
+             summary="Health probe (no token): 'degraded' while telemetry cannot be written or its logger "
+                     "reached; 503 'unavailable' while the served model's spec cannot be fetched")
+    async def healthz(self) -> Any:
+        try:
+            spec = await self._spec.get()
+        except Unavailable as err:
+            return JSONResponse({"error": str(err), "status": "unavailable"}, status_code=503)
+        error = self._telemetry_problem()
         return {"status": "degraded" if error else "ok", "model_version": spec["model_version"],
                 "telemetry_error": error}
 
     # -- helpers --------------------------------------------------------------------------
     async def _answer(self, req: PlanRequest, start: float) -> PlanAnswer | Rejected:
         """The engine's answer; a failed planning is a retryable 503 naming the cause, never a bare 500."""
+        if self._telemetry is not None:
+            self._telemetry.peek()  # keeps the logger's stats (and their gauges) fresh; never waits
         try:
             return await self._batched((req, start))
         except Exception as err:
@@ -202,6 +219,26 @@ class FleetIngress:
             if req.objective.no_fly_zones and not spec["zones"]:
                 return f"{prefix}objective.no_fly_zones: {spec['env_id']} has no positions to keep out of zones"
         return None
+
+    def _telemetry_problem(self) -> str | None:
+        """Why served transitions are not being logged, from cached stats (no actor call): the logger
+        cannot be reached, or its writes fail. None when they are logged, or telemetry is off."""
+        if self._telemetry is None:
+            return None
+        stats = self._telemetry.peek()
+        if self._telemetry.error is not None:
+            return f"telemetry logger unreachable: {self._telemetry.error}"
+        return stats.last_error if stats is not None else None
+
+    async def _fetch_telemetry(self) -> LoggerStats:
+        """The logger's stats, exported as gauges; a logger that cannot be reached is exported as failing."""
+        try:
+            stats = await self._logger.stats.remote()
+        except Exception:
+            self.metrics.report_telemetry(None)
+            raise  # ``Refreshed`` keeps the error: health reports it
+        self.metrics.report_telemetry(stats)
+        return stats
 
     async def _fetch_spec(self) -> dict[str, Any]:
         """The served model's spec; the app's OpenAPI schema then states its observation and action sizes."""

@@ -22,135 +22,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-import uuid
-from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import aiohttp
-import numpy as np
 import requests
 
-from serving.link import APIError, ClientStats, FleetClientError, RetryPolicy, TransportError
+from serving.episodes import ArrayLike, EpisodeSteps, plan_body
+from serving.link import RETRY, APIError, ClientStats, FleetClientError, RetryPolicy, TransportError
 
 __all__ = ["APIError", "AsyncFleetClient", "ClientStats", "EpisodeSteps", "FleetClient", "FleetClientError",
            "RetryPolicy", "TransportError", "plan_body"]
-
-ArrayLike = Sequence[float] | np.ndarray
-
-
-def plan_body(agent_id: str, observation: ArrayLike, *, reward: float | None = None, terminated: bool = False,
-              truncated: bool = False, objective: dict[str, Any] | None = None, deadline_ms: float | None = None,
-              return_trajectory: bool = False, request_id: str | None = None, t: int | None = None,
-              prev_action: ArrayLike | None = None) -> dict[str, Any]:
-    """The JSON body of one plan request, with a fresh ``request_id`` (uuid4 hex) when none is given.
-
-    Args:
-        observation: (S,) list or array.
-        objective: {"name": "learned" | "goal", "no_fly_zones": (Z, 3) list or array}; None: the server's default.
-        t: step index of ``observation`` in the agent's episode (0 at its first observation).
-        prev_action: (A,) the action the agent executed after its previous observation.
-    """
-    body: dict[str, Any] = {"agent_id": agent_id, "observation": _vector("observation", observation, "S"),
-                            "request_id": request_id or uuid.uuid4().hex}
-    if t is not None:
-        if isinstance(t, bool) or not isinstance(t, (int, np.integer)) or t < 0:
-            raise ValueError(f"t must be an integer >= 0 (the observation's step index), got {t!r}")
-        body["t"] = int(t)
-    if prev_action is not None:
-        body["prev_action"] = _vector("prev_action", prev_action, "A")
-    if reward is not None:
-        body["reward"] = float(reward)
-    if terminated:
-        body["terminated"] = True
-    if truncated:
-        body["truncated"] = True
-    if objective is not None:
-        body["objective"] = _objective(objective)
-    if deadline_ms is not None:
-        body["deadline_ms"] = float(deadline_ms)
-    if return_trajectory:
-        body["return_trajectory"] = True
-    return body
-
-
-def _vector(name: str, values: ArrayLike, dim: str) -> list[float]:
-    array = np.asarray(values, dtype=np.float64)
-    if array.ndim != 1:
-        raise ValueError(f"{name} must be one vector ({dim},), got shape {array.shape}")
-    return array.tolist()
-
-
-def _objective(objective: dict[str, Any]) -> dict[str, Any]:
-    out = dict(objective)
-    if "no_fly_zones" in out:
-        out["no_fly_zones"] = np.asarray(out["no_fly_zones"], dtype=np.float64).reshape(-1, 3).tolist()
-    return out
-
-
-@dataclass
-class _Where:
-    """One agent's place in its episode, as its client last saw it."""
-
-    t: int = 0
-    """Step index of the agent's next observation."""
-    action: list[float] | None = None
-    """(A,) the last answer's action, what the agent executes unless it reports otherwise; None without one."""
-    failed: bool = False
-    """The agent's last call got no answer: only the caller knows what the agent did instead."""
-    last: dict[str, Any] | None = None
-    """The agent's last body: a call reusing its request_id is a retry and resends its t and prev_action."""
-
-
-class EpisodeSteps:
-    """Per agent, the step index of its next observation and the action it was last given, so that every plan
-    body carries ``t`` and ``prev_action``; a caller's own ``t`` or ``prev_action`` wins. It holds one small entry
-    per agent the client has served (``forget`` drops one)."""
-
-    def __init__(self) -> None:
-        self._agents: dict[str, _Where] = {}
-
-    def body(self, agent_id: str, observation: ArrayLike, **options: Any) -> dict[str, Any]:
-        """``plan_body`` with ``t`` and ``prev_action`` filled in; raises ``ValueError`` when the agent's previous
-        call failed and the caller does not say what the agent executed (the server would log a guess)."""
-        where = self._agents.setdefault(agent_id, _Where())
-        last = where.last
-        if last is not None and options.get("request_id") == last["request_id"]:  # a retry: the same step
-            options["t"] = last.get("t") if options.get("t") is None else options["t"]
-            if options.get("prev_action") is None:
-                options["prev_action"] = last.get("prev_action")
-            return plan_body(agent_id, observation, **options)
-        t = where.t if options.get("t") is None else options["t"]
-        if options.get("prev_action") is None and t > 0:
-            if where.failed:
-                raise ValueError(f"agent {agent_id!r}: its previous plan request failed, so the client cannot "
-                                 "report the action it executed; pass prev_action= (what the agent did instead), or t=0 to start "
-                                 "a new episode")
-            options["prev_action"] = where.action
-        return plan_body(agent_id, observation, **(options | {"t": t}))
-
-    def settle(self, bodies: list[dict[str, Any]], answers: list[dict[str, Any]] | None) -> None:
-        """Record what came of ``bodies``: their ``answers`` in order, or None when the call failed."""
-        for i, body in enumerate(bodies):
-            where = self._agents.setdefault(body["agent_id"], _Where())
-            ended = bool(body.get("terminated") or body.get("truncated"))  # the next observation starts an episode
-            where.t = 0 if ended else body["t"] + 1
-            where.action = None if ended or answers is None else list(answers[i]["action"])
-            where.failed = answers is None and not ended
-            where.last = body
-
-    def forget(self, agent_id: str) -> None:
-        """The agent's episode was reset on the server: its next observation is step 0."""
-        self._agents.pop(agent_id, None)
-
-    def batch(self, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Batch items (``plan`` keyword arguments with agent_id and observation) as bodies."""
-        out = []
-        for i, item in enumerate(requests):
-            try:
-                out.append(self.body(**item))
-            except TypeError as err:
-                raise ValueError(f"requests[{i}]: {err} (keys: {sorted(item)})") from None
-        return out
 
 
 class FleetClient:
@@ -159,13 +40,12 @@ class FleetClient:
     Args:
         url: base URL of the endpoint, e.g. 'http://127.0.0.1:8000'.
         token: bearer token, when the endpoint requires one.
-        timeout_s: per attempt (connect + answer).
-        retries: extra attempts after a connection error, timeout or 5xx.
-        backoff_s / max_backoff_s: the first retry waits about ``backoff_s``, doubling up to ``max_backoff_s``.
+        timeout_s, retries, backoff_s, max_backoff_s: as ``serving.link.RetrySettings`` says; its defaults.
     """
 
-    def __init__(self, url: str, *, token: str | None = None, timeout_s: float = 2.0, retries: int = 3,
-                 backoff_s: float = 0.05, max_backoff_s: float = 1.0) -> None:
+    def __init__(self, url: str, *, token: str | None = None, timeout_s: float = RETRY.timeout_s,
+                 retries: int = RETRY.retries, backoff_s: float = RETRY.backoff_s,
+                 max_backoff_s: float = RETRY.max_backoff_s) -> None:
         self._p = RetryPolicy(url, token, timeout_s, retries, backoff_s, max_backoff_s)
         self._steps = EpisodeSteps()
         self._session = requests.Session()
@@ -229,7 +109,7 @@ class FleetClient:
         def attempt() -> tuple[int, Any]:
             try:
                 r = self._session.request(method, self._p.url + path, json=body, headers=self._p.headers,
-                                          timeout=self._p.timeout_s)
+                                          timeout=self._p.settings.timeout_s)
             except requests.Timeout as err:
                 raise TransportError("timeout", str(err)) from None
             except requests.ConnectionError as err:
@@ -246,8 +126,9 @@ class AsyncFleetClient:
     requests in flight at once, e.g. the number of agents sharing the client).
     """
 
-    def __init__(self, url: str, *, token: str | None = None, timeout_s: float = 2.0, retries: int = 3,
-                 backoff_s: float = 0.05, max_backoff_s: float = 1.0, connections: int = 100) -> None:
+    def __init__(self, url: str, *, token: str | None = None, timeout_s: float = RETRY.timeout_s,
+                 retries: int = RETRY.retries, backoff_s: float = RETRY.backoff_s,
+                 max_backoff_s: float = RETRY.max_backoff_s, connections: int = 100) -> None:
         if connections < 1:
             raise ValueError(f"connections must be >= 1, got {connections}")
         self._p = RetryPolicy(url, token, timeout_s, retries, backoff_s, max_backoff_s)
@@ -299,7 +180,7 @@ class AsyncFleetClient:
         if self._session is None:  # created inside the running loop, as aiohttp requires
             connector = aiohttp.TCPConnector(limit=self._connections, limit_per_host=self._connections)
             self._session = aiohttp.ClientSession(connector=connector, headers=self._p.headers,
-                                                  timeout=aiohttp.ClientTimeout(total=self._p.timeout_s))
+                                                  timeout=aiohttp.ClientTimeout(total=self._p.settings.timeout_s))
         return self._session
 
     async def _settled(self, bodies: list[dict[str, Any]], path: str, payload: dict[str, Any]) -> list[dict[str, Any]]:

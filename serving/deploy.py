@@ -120,10 +120,14 @@ def _wait_ready(url: str, timeout_s: float) -> None:
     raise TimeoutError(f"the fleet endpoint at {url} was not ready after {timeout_s:.0f} s ({last})")
 
 
-def shutdown_app(state: StateConfig | None = None, telemetry_name: str = "fleetwm-telemetry",
+def shutdown_app(state: StateConfig | None = None, telemetry_name: str | None = None,
                  timeout_s: float = 30.0) -> dict[str, Any]:
     """Delete the app, flush the telemetry log, and stop the agent-state shards (their snapshots stay),
     within about ``timeout_s`` whatever the logger does.
+
+    Args:
+        state / telemetry_name: the app's ``AppConfig.state`` and ``AppConfig.telemetry_name`` (None:
+            their defaults), which name the actors to flush and stop.
 
     Returns:
         ``telemetry``: the logger's ``LoggerStats`` as a dict after its last flush (totals over the run,
@@ -139,7 +143,7 @@ def shutdown_app(state: StateConfig | None = None, telemetry_name: str = "fleetw
     if problem:
         problems.append(f"deleting the app: {problem}")
     stats, not_written = None, None
-    telemetry = find_actor(telemetry_name)
+    telemetry = find_actor(telemetry_name or AppConfig.telemetry_name)
     if telemetry is not None:  # None: telemetry was off
         stats, not_written = _last_flush(telemetry, deadline, problems)
         ray.kill(telemetry, no_restart=True)

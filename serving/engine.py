@@ -9,8 +9,10 @@ queued so far (see ``PlanEngine.submit``) and:
 2. answers retries (same agent and ``request_id`` as the record's last) from the record, and refuses
    (409) an older ``request_id`` of the agent: nothing is planned or logged for either;
 3. decides which requests close the agent's previous transition (``rows.continuation``): only when the
-   server knows both ends and the action taken;
-4. plans every agent in one call to the planner deployment, warm-started from its record;
+   server knows both ends and the client reports the action it took (``prev_action``); the others are
+   counted by reason (``stats()['unlogged']``);
+4. plans every agent in one call to the planner deployment, warm-started from its record when the
+   request continues the record's episode;
 5. writes the new records once and sends the closed transitions to the telemetry logger once,
    both submitted before the answers go back and finished while they travel;
 6. with a shadow version, has it plan the same batch in the background and compares (``serving.shadow``).
@@ -27,6 +29,7 @@ import asyncio
 import logging
 import time
 import uuid
+from collections import Counter
 from typing import Any
 
 import numpy as np
@@ -67,6 +70,8 @@ class PlanEngine:
         self.shadow_stats = self.shadow.stats if self.shadow is not None else ShadowStats()
         """The shadow comparison's running totals (empty without a shadow version)."""
         self.batches = self.requests = self.largest_batch = 0
+        self.unlogged: Counter[str] = Counter()
+        """Requests whose record's transition was not logged, by reason (``rows.UNLOGGED_REASONS``)."""
         self._background: set[asyncio.Task[None]] = set()
         self.max_batch = int(BATCHING["max_batch_size"])  # per planner call; the ingress's reconfigure sets it
         self._served_version: str | None = None
@@ -76,6 +81,11 @@ class PlanEngine:
         self.sole_writer = False
         """Whether the last lease renewal found this engine the only live writer (the cache is used only then)."""
         self._leaser: asyncio.Task[None] | None = None
+        self._cache_epoch = 0
+        """Counts the cache's clearings: a read that awaited the shards across one must not fill the cache."""
+        self._pass = asyncio.Lock()
+        """Held by a pass from its read to its write's submission, and by a reset: a reset landing between
+        them would be undone by the write."""
 
     async def submit(self, requests: list[PlanRequest], arrived: list[float]) -> list[Answer]:
         """Queue requests for the next cycle and wait for their answers (in order).
@@ -122,7 +132,9 @@ class PlanEngine:
         taken = set(first)
         later = [i for i in range(len(requests)) if i not in taken]
         answers: list[Answer | None] = [None] * len(requests)
-        for i, answer in zip(first, await self._run_unique([requests[i] for i in first], [arrived[i] for i in first])):
+        async with self._pass:  # a reset waits for this pass: it must not land between its read and write
+            unique = await self._run_unique([requests[i] for i in first], [arrived[i] for i in first])
+        for i, answer in zip(first, unique):
             answers[i] = answer
         if later:
             rest = await self.run([requests[i] for i in later], [arrived[i] for i in later])
@@ -133,7 +145,7 @@ class PlanEngine:
     async def _run_unique(self, requests: list[PlanRequest], arrived: list[float]) -> list[Answer]:
         """Answer requests of distinct agents: known ones from their records, the rest planned together."""
         records = await self._read([r.agent_id for r in requests])
-        answers = [self._answered(req, rec) for req, rec in zip(requests, records)]
+        answers = [rows.answered(req, rec) for req, rec in zip(requests, records)]
         todo = [i for i, a in enumerate(answers) if a is None]
         replays = sum(isinstance(a, PlanAnswer) for a in answers)
         if replays:
@@ -145,22 +157,6 @@ class PlanEngine:
                 answers[i] = answer
         return answers  # type: ignore[return-value]
 
-    @staticmethod
-    def _answered(req: PlanRequest, rec: AgentRecord | None) -> Answer | None:
-        """A retry's answer (replayed), a refusal, or None when the request is to be planned."""
-        if rec is None:
-            return None
-        if req.request_id is not None and req.request_id == rec.last_request_id and rec.answer is not None:
-            return rec.answer.replay()  # a retry: same answer, nothing logged
-        if req.request_id is not None and req.request_id in rec.request_ids:
-            later = repr(rec.last_request_id) if rec.last_request_id is not None else "a later request"
-            return Rejected(409, f"request_id {req.request_id!r} for agent {req.agent_id!r} was already answered "
-                                 f"and superseded by {later}")
-        if req.prev_action is not None and rec.action is not None and len(req.prev_action) != rec.action.size:
-            return Rejected(422, f"prev_action: has {len(req.prev_action)} values, agent {req.agent_id!r}'s "
-                                 f"actions have {rec.action.size}")
-        return None
-
     async def _read(self, agent_ids: list[str]) -> list[AgentRecord | None]:
         """The agents' records: cached ones from the cache (while the sole writer), the rest from the shards."""
         cache = self.cache if self.sole_writer else None
@@ -169,36 +165,42 @@ class PlanEngine:
         records = cache.get(agent_ids)
         missing = [i for i, r in enumerate(records) if r is None]
         if missing:
+            epoch = self._cache_epoch
             fetched = await self.store.get([agent_ids[i] for i in missing])
             for i, record in zip(missing, fetched):
                 records[i] = record
-            cache.put([r for r in fetched if r is not None])
+            if self.sole_writer and self._cache_epoch == epoch:  # no other writer showed up meanwhile
+                cache.put([r for r in fetched if r is not None])
         return records
 
     async def reset(self, agent_ids: list[str]) -> int:
         """Forget agents (their next request starts fresh); returns how many were known (for one agent:
-        whether it was)."""
-        cached = self.cache.drop(agent_ids) if self.cache is not None else 0
-        return max(await self.store.reset(agent_ids), cached)
+        whether it was). Waits for the pass in progress, which may be about to write these agents."""
+        async with self._pass:  # that pass's write was submitted first: the shards apply the reset after it
+            cached = self.cache.drop(agent_ids) if self.cache is not None else 0
+            return max(await self.store.reset(agent_ids), cached)
 
     def stats(self) -> dict[str, Any]:
         """Batches run by this replica: how well concurrent requests were merged."""
         return {"batches": self.batches, "requests": self.requests, "largest_batch": self.largest_batch,
-                "mean_batch": self.requests / self.batches if self.batches else None}
+                "mean_batch": self.requests / self.batches if self.batches else None,
+                "unlogged": dict(self.unlogged)}
 
     # -- writer lease ---------------------------------------------------------------------
     async def renew_lease(self) -> int:
         """Renew this engine's writer lease in the shards; returns the live writers the shards know.
 
-        The cache is emptied, and left unused, as soon as another writer holds a lease."""
+        The cache is emptied, and left unused, as soon as another writer holds a lease, and emptied again
+        when this engine becomes the only writer (what it holds may predate the other writer's writes)."""
         try:
             writers = await self.store.lease(self.writer_id, LEASE_S)
         except Exception as err:  # the shards are unreachable: read them (and fail there) rather than trust a copy
             logger.warning("writer lease renewal failed, record cache off: %s", err)
             writers = 0
         sole = writers == 1
-        if not sole and self.cache is not None:
+        if self.cache is not None and (not sole or not self.sole_writer):
             self.cache.clear()
+            self._cache_epoch += 1
         self.sole_writer = sole
         return writers
 
@@ -222,10 +224,11 @@ class PlanEngine:
         obs = np.asarray([r.observation for r in requests], np.float32)  # (N, S)
         # which requests close a transition, decided before planning from what the server knows
         steps = [rows.continuation(req, rec) for req, rec in zip(requests, records)]
-        # one planner call for the batch
-        inputs = (obs, rows.stacked(records, "warm_start"), [(r.objective.name if r.objective else "learned")
+        self.unlogged.update(rows.unlogged(steps))
+        # one planner call for the batch, warm-started only where the request continues its record's episode
+        inputs = (obs, rows.stacked(records, steps, "warm_start"), [(r.objective.name if r.objective else "learned")
                   for r in requests], rows.zones(requests), self._budget_ms(requests, arrived),
-                  rows.stacked(records, "hidden"))
+                  rows.stacked(records, steps, "hidden"))
         batch: PlanBatch = await self.planner.plan.remote(*inputs)
         # the answers and the records that the next requests will need
         answers = rows.answers(requests, batch)

@@ -1,7 +1,8 @@
 """What a simulated fleet run drives and what it measures: its settings, result and raw samples.
 
-Plain data with no torch, Ray or HTTP client, so `wm fleet --help` reads its defaults from
-``FleetConfig`` without loading the driver (``serving.fleet``).
+Plain data with no torch, Ray or HTTP library, so `wm fleet --help` reads its defaults from
+``FleetConfig`` without loading the driver (``serving.fleet``); the timeout and retries default to the
+clients' (``serving.link.RETRY``).
 
 Dimensions: ``T`` requests of one agent's episode, ``Z`` no-fly zones.
 """
@@ -12,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from planners.config import OBJECTIVES
+from serving.link import RETRY
 from worldmodel.envs import NAV2D_ID
 
 if TYPE_CHECKING:
@@ -35,16 +37,16 @@ class FleetConfig:
     no_fly_zones: int = 0
     """Nav2D's zones per episode (0: off); each episode's zones go in its objective."""
     objective: str = "learned"
-    """Objective name sent with every request: 'learned' or 'goal' (Nav2D's analytic goal reward)."""
+    """Objective name sent with every request: 'learned' or 'goal' (Nav2D's goal reward)."""
     token: str | None = None
     """Bearer token of the endpoint (None: send none)."""
     deadline_ms: float | None = None
     """Planning deadline sent with every request (None: the server's default)."""
     seed: int = 0
     """Agent i's env is seeded with ``seed + i``."""
-    timeout_s: float = 2.0
+    timeout_s: float = RETRY.timeout_s
     """Per-attempt timeout of each request."""
-    retries: int = 3
+    retries: int = RETRY.retries
     """Retries after a connection error, timeout or 5xx (a 4xx is final)."""
     agent_prefix: str | None = None
     """Agent ids are PREFIX0000, PREFIX0001, ...; None: 'fleet-<random>-', fresh per run."""

@@ -42,7 +42,8 @@ OPEN_PATHS = frozenset({"/healthz"})
 """Routes that need no bearer token: the health probe."""
 ERRORS = {400: "The body could not be decoded.", 401: "Missing or wrong bearer token.",
           409: "The request_id was superseded by a later one.", 415: "The body is not JSON.",
-          422: "The body or path is invalid; `error` names the field.", 503: "Planning failed; retry."}
+          422: "The body or path is invalid; `error` names the field.",
+          503: "Planning failed, or the served model's spec could not be fetched; retry."}
 """The error answers of the API routes, as the OpenAPI schema documents them (``error_responses``)."""
 JSON_TYPES = (b"", b"application/json")
 """Content types ``POST /v1/plan`` parses as JSON, besides any ``+json`` type (none given: JSON)."""
@@ -219,6 +220,10 @@ api.add_middleware(_RequireToken)
 api.add_middleware(_CountClientErrors)  # added last, so it runs first: it counts the others' 4xx too
 
 
+class Unavailable(RuntimeError):
+    """A value the endpoint needs could not be fetched yet (its actor is down or restarting): a retryable 503."""
+
+
 class Refreshed:
     """A value fetched by ``fetch`` and kept, so a hot path never waits for the actor that has it.
 
@@ -237,11 +242,15 @@ class Refreshed:
         self._refresh: asyncio.Task[None] | None = None
 
     async def get(self) -> Any:
-        """The value; the first call waits for it, and raises when it could not be fetched."""
+        """The value; the first call waits for it.
+
+        Raises:
+            Unavailable: there is no value yet and the fetch failed; the message names ``what`` and why.
+        """
         if self.value is None:
             await asyncio.shield(self._refresh or self._start())  # one fetch, shared by everyone waiting
             if self.value is None:
-                raise RuntimeError(f"{self.what} is not available: {self.error}")
+                raise Unavailable(f"{self.what} not available: {self.error}")
         return self.peek()
 
     def peek(self) -> Any:

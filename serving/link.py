@@ -1,17 +1,15 @@
-"""The line from a client to the fleet endpoint: errors by kind, the retry policy, and ``AgentLink``.
+"""The line from a client to the fleet endpoint: errors by kind, the retry settings and policy, and ``AgentLink``.
 
-``RetryPolicy`` is the contract every client follows (``serving.client``'s two clients and the
-simulated fleet's links): connection errors, timeouts and 5xx are retried with backoff and jitter
-on the same body, a 4xx is final (409 included: the server refused a superseded request id),
-and failures are counted by kind.
+``RetryPolicy`` is the contract every client follows (``serving.client``'s two clients and the simulated
+fleet's links): connection errors, timeouts and 5xx are retried with backoff and jitter on the same body, a 4xx
+is final (409 included: the server refused a superseded request id), and failures are counted by kind.
 
 ``AgentLink`` is one simulated agent's lean HTTP/1.1 keep-alive connection. The simulated fleet
-(``serving.fleet``) shares its machine with the endpoint it measures, so what it spends per
-request is taken from the endpoint. Through ``AsyncFleetClient`` (aiohttp) a request cost the
-fleet about 0.35 ms of CPU, as much as half the ingress's; an ``AgentLink`` writes one request and
-parses one answer on its own connection, with nothing else per request. It reads answers with a
-``Content-Length`` (as the endpoint, HAProxy and uvicorn send them) or ended by closing the
-connection; a chunked answer is a protocol error. Applications should use ``AsyncFleetClient``.
+(``serving.fleet``) shares its machine with the endpoint it measures, so what it spends per request is taken
+from the endpoint: through ``AsyncFleetClient`` (aiohttp) a request costs the fleet about 0.35 ms of CPU, as
+much as half the ingress's; an ``AgentLink`` writes one request and parses one answer on its own connection.
+It reads answers with a ``Content-Length`` (as the endpoint, HAProxy and uvicorn send them) or ended by
+closing the connection; a chunked answer is a protocol error. Applications should use ``AsyncFleetClient``.
 """
 
 from __future__ import annotations
@@ -66,26 +64,43 @@ class TransportError(FleetClientError):
         self.kind = kind
 
 
-class RetryPolicy:
-    """URL, token, timeout and retry settings shared by the clients and the simulated fleet's links,
-    checked at construction."""
+@dataclass(frozen=True)
+class RetrySettings:
+    """How long a client waits for an answer and how it retries; checked at construction."""
 
-    def __init__(self, url: str, token: str | None, timeout_s: float, retries: int, backoff_s: float = 0.05,
-                 max_backoff_s: float = 1.0) -> None:
+    timeout_s: float = 2.0
+    """Seconds per attempt (connect + answer)."""
+    retries: int = 3
+    """Extra attempts after a connection error, timeout or 5xx (a 4xx is final)."""
+    backoff_s: float = 0.05
+    """The first retry waits about this many seconds, each further one about twice as long."""
+    max_backoff_s: float = 1.0
+    """Longest wait before a retry."""
+
+    def __post_init__(self) -> None:
+        if self.timeout_s <= 0 or self.retries < 0 or self.backoff_s < 0 or self.max_backoff_s < self.backoff_s:
+            raise ValueError(f"need timeout_s > 0, retries >= 0 and 0 <= backoff_s <= max_backoff_s; got {self}")
+
+
+RETRY = RetrySettings()
+"""The default timeout and retries of both clients, ``RetryPolicy`` and ``FleetConfig`` (so `wm fleet`'s flags)."""
+
+
+class RetryPolicy:
+    """URL, token and ``RetrySettings`` shared by the clients and the simulated fleet's links; counts their calls."""
+
+    def __init__(self, url: str, token: str | None, timeout_s: float = RETRY.timeout_s, retries: int = RETRY.retries,
+                 backoff_s: float = RETRY.backoff_s, max_backoff_s: float = RETRY.max_backoff_s) -> None:
         if not url.startswith(("http://", "https://")):
             raise ValueError(f"url must start with http:// or https://, got {url!r}")
-        if timeout_s <= 0 or retries < 0 or backoff_s < 0 or max_backoff_s < backoff_s:
-            raise ValueError(f"need timeout_s > 0, retries >= 0 and 0 <= backoff_s <= max_backoff_s; got "
-                             f"timeout_s={timeout_s}, retries={retries}, backoff_s={backoff_s}, "
-                             f"max_backoff_s={max_backoff_s}")
+        self.settings = RetrySettings(timeout_s, retries, backoff_s, max_backoff_s)
         self.url = url.rstrip("/")
         self.headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self.timeout_s, self.retries, self.backoff_s, self.max_backoff_s = timeout_s, retries, backoff_s, max_backoff_s
         self.stats = ClientStats()
 
     def delay(self, attempt: int) -> float:
         """Seconds before retry ``attempt`` (1, 2, ...): exponential, capped, with half of it random."""
-        cap = min(self.max_backoff_s, self.backoff_s * 2 ** (attempt - 1))
+        cap = min(self.settings.max_backoff_s, self.settings.backoff_s * 2 ** (attempt - 1))
         return cap / 2 + random.uniform(0, cap / 2)
 
     def error(self, status: int, text: str) -> APIError:
@@ -96,9 +111,8 @@ class RetryPolicy:
             return APIError(status, text[:200] or "no body")
 
     def call_sync(self, method: str, path: str, attempt: Callable[[], tuple[int, Any]]) -> Any:
-        """The blocking clients' retry loop (``_retrying``) around ``attempt``, one HTTP exchange: it returns
-        the status and the decoded JSON answer (below 400) or the body's text, and raises ``TransportError``
-        when no answer came."""
+        """The blocking clients' retry loop (``_retrying``) around ``attempt``, one HTTP exchange: it returns the
+        status and the decoded JSON answer (below 400) or the body's text; no answer raises ``TransportError``."""
         loop = self._retrying(method, path)
         wait = next(loop)
         while True:
@@ -130,13 +144,13 @@ class RetryPolicy:
                 return done.value
 
     def _retrying(self, method: str, path: str) -> Generator[float, tuple[int, Any] | TransportError, Any]:
-        """The retry loop, whoever does the waiting and the exchanges: it yields the seconds to wait before
-        each attempt and is sent the attempt's outcome, (status, payload) or the ``TransportError``; it
-        returns the payload of the first answer below 400. Connection errors, timeouts and 5xx are retried
-        after ``delay``; a 4xx is final (a 409 included: the server refused a superseded request id, and
-        sending it again cannot change that). It raises the last failure when the retries run out."""
+        """The retry loop, whoever does the waiting and the exchanges: it yields the seconds to wait before each
+        attempt and is sent the attempt's outcome, (status, payload) or the ``TransportError``; it returns the
+        payload of the first answer below 400. Connection errors, timeouts and 5xx are retried after ``delay``; a
+        4xx is final (a 409 included: the server refused a superseded request id, and sending it again cannot
+        change that). It raises the last failure when the retries run out."""
         self.stats.calls += 1
-        for n in range(self.retries + 1):
+        for n in range(self.settings.retries + 1):
             wait = 0.0
             if n:
                 self.stats.retries += 1
@@ -158,8 +172,8 @@ class RetryPolicy:
     def exhausted(self, method: str, path: str, err: FleetClientError) -> FleetClientError:
         if isinstance(err, APIError):
             return err
-        return TransportError(err.kind, f"{method} {self.url}{path}: no answer after {self.retries + 1} attempts "
-                                        f"(timeout {self.timeout_s:g} s): {err}")
+        return TransportError(err.kind, f"{method} {self.url}{path}: no answer after {self.settings.retries + 1} "
+                                        f"attempts (timeout {self.settings.timeout_s:g} s): {err}")
 
 
 class ProtocolError(Exception):
@@ -228,7 +242,7 @@ class AgentLink:
     """POSTs JSON bodies over one kept-alive connection, as ``AsyncFleetClient`` does over its pool.
 
     Args:
-        policy: URL, token, timeout and retries (``serving.client.RetryPolicy``); links may share one,
+        policy: URL, token, timeout and retries (``RetryPolicy``); links may share one,
             and then its ``stats`` count all their calls.
     """
 
@@ -253,7 +267,7 @@ class AgentLink:
                 status, text = await self._exchange(request + data)
                 return status, json.loads(text) if status < 400 else text.decode("utf-8", "replace")
             except asyncio.TimeoutError:
-                raise TransportError("timeout", f"no answer within {p.timeout_s:g} s") from None
+                raise TransportError("timeout", f"no answer within {p.settings.timeout_s:g} s") from None
             except (OSError, ValueError, ProtocolError) as err:  # ValueError: a body that is not JSON
                 raise TransportError("connection", f"{type(err).__name__}: {err}") from None
 
@@ -265,7 +279,7 @@ class AgentLink:
         loop = asyncio.get_running_loop()
         done = False
         try:
-            async with asyncio.timeout(self._p.timeout_s):  # connecting and answering, as the clients count it
+            async with asyncio.timeout(self._p.settings.timeout_s):  # connecting and answering, as the clients count it
                 conn = self._conn
                 if conn is None or conn.closed or conn.buffer or conn.head is not None:
                     self.close()

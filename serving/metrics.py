@@ -6,8 +6,12 @@ Names carry the ``fleetwm_`` prefix; Ray adds ``ray_`` when it exports them.
 from __future__ import annotations
 
 import functools
+from typing import TYPE_CHECKING
 
 from ray.util import metrics
+
+if TYPE_CHECKING:
+    from actors.telemetry_config import LoggerStats
 
 _LATENCY_S = [0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.5, 1.0, 2.5]
 _BATCH = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024]
@@ -41,6 +45,23 @@ class ServingMetrics:
                                                   boundaries=_ERROR, tag_keys=("model_version", "role"))
         self.shadow_action_diff = metrics.Gauge("fleetwm_shadow_action_difference",
                                                 "Mean |shadow action - production action| of the last batch.")
+        self.telemetry_buffered = metrics.Gauge("fleetwm_telemetry_buffered_rows",
+                                                "Transitions the telemetry logger holds, not yet written.")
+        self.telemetry_dropped = metrics.Gauge("fleetwm_telemetry_dropped_rows",
+                                               "Transitions the telemetry logger dropped unwritten, in total.")
+        self.telemetry_failing = metrics.Gauge("fleetwm_telemetry_failing",
+                                               "1 while telemetry cannot be written or its logger cannot be "
+                                               "reached, else 0.")
+
+    def report_telemetry(self, stats: LoggerStats | None) -> None:
+        """Export the telemetry logger's state: its ``LoggerStats``, or None when it could not be reached
+        (failing; its counts keep their last values)."""
+        if stats is None:
+            self.telemetry_failing.set(1)
+            return
+        self.telemetry_buffered.set(stats.buffered)
+        self.telemetry_dropped.set(stats.dropped)
+        self.telemetry_failing.set(int(stats.last_error is not None))
 
 
 @functools.cache

@@ -1,9 +1,10 @@
 """The pure per-batch steps of ``serving.engine.PlanEngine``: what a batch of requests becomes, row by row.
 
 Given the batch's requests and their agents' records (None for an agent the server does not know),
-these functions decide which requests close a transition (``continuation``), stack what the
-planner needs (``stacked``, ``zones``), and turn the planner's answer into the answers, the new
-records and the logged transitions. Nothing here calls Ray or keeps state.
+these functions decide which requests are retries (``answered``) and which close a transition
+(``continuation``), stack what the planner starts from (``stacked``, ``zones``), and turn the
+planner's answer into the answers, the new records and the logged transitions. Nothing here calls
+Ray or keeps state.
 
 Shapes: ``N`` requests in the batch, ``S`` observation, ``A`` action, ``H`` horizon, ``Z`` zones.
 """
@@ -13,15 +14,36 @@ from __future__ import annotations
 import dataclasses
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass
 from typing import cast
 
 import numpy as np
 
-from actors.records import AgentRecord, PlanAnswer, remember_request
+from actors.records import AgentRecord, PlanAnswer, Rejected, remember_request
 from planners.service import PlanBatch
 from serving.schema import PlanRequest
 from worldmodel.data import Transitions
+
+
+def answered(req: PlanRequest, rec: AgentRecord | None) -> PlanAnswer | Rejected | None:
+    """A retry's answer (replayed), a refusal (409: an older request of the agent), or None when the
+    request is to be planned. Neither plans nor logs anything."""
+    if rec is None or req.request_id is None:
+        return None
+    if req.request_id == rec.last_request_id and rec.answer is not None:
+        return rec.answer.replay()
+    if req.request_id in rec.request_ids:
+        later = repr(rec.last_request_id) if rec.last_request_id is not None else "a later request"
+        return Rejected(409, f"request_id {req.request_id!r} for agent {req.agent_id!r} was already answered "
+                             f"and superseded by {later}")
+    return None
+
+
+UNLOGGED_REASONS = ("no_prev_action", "no_reward", "gap", "restart", "shape")
+"""Why a request left its record's transition unlogged (``Continuation.unlogged``): the client sent no
+``prev_action`` or no ``reward``; its ``t`` skipped steps (``gap``) or restarted at 0 without ending the
+episode (``restart``); or the record's observation or action has another size (another model's record)."""
 
 
 @dataclass(frozen=True)
@@ -32,33 +54,58 @@ class Continuation:
     """The request continues the record's logged episode."""
     action: np.ndarray | None
     """(A,) the action taken between the record's observation and this one, when a transition closes."""
+    unlogged: str | None = None
+    """One of ``UNLOGGED_REASONS`` when the record's episode was going on and no transition closes."""
 
 
 def continuation(req: PlanRequest, rec: AgentRecord | None) -> Continuation:
     """Whether ``req`` continues its record's episode, and the action that closes a transition.
 
-    A transition is closed only when the server knows both ends and the action: the record's
-    episode goes on, the request is its next step (``t == rec.t + 1``, or no ``t`` given) and
-    reports a reward; the action is ``prev_action`` when given, else the server's last answer.
-    A step the server never saw (``t`` not ``rec.t + 1``) breaks the episode.
+    A transition closes only when the server knows both ends and the action the agent took: the
+    record's episode goes on, the request is its next step (``t == rec.t + 1``, or no ``t`` given),
+    reports a reward and ``prev_action``. Without ``prev_action`` (or ``reward``) the episode goes on
+    unlogged for this step. A step the server never saw (``t`` not ``rec.t + 1``) breaks the episode,
+    and so does a record of another observation or action size (left by another model).
     """
-    if rec is None or not rec.continuing or (req.t is not None and req.t != rec.t + 1):
+    if rec is None or not rec.continuing:
         return Continuation(False, None)
+    if req.t is not None and req.t != rec.t + 1:
+        return Continuation(False, None, "restart" if req.t == 0 else "gap")
+    if not _same_sizes(req, rec):
+        return Continuation(False, None, "shape")
     if req.reward is None:
-        return Continuation(True, None)
-    action = rec.action if req.prev_action is None else np.asarray(req.prev_action, np.float32)
-    return Continuation(True, action)
+        return Continuation(True, None, "no_reward")
+    if req.prev_action is None:
+        return Continuation(True, None, "no_prev_action")
+    return Continuation(True, np.asarray(req.prev_action, np.float32))
 
 
-def stacked(records: list[AgentRecord | None], name: str) -> np.ndarray | None:
-    """Per-agent arrays of field ``name`` stacked (N, ...), NaN rows where an agent has none; None when
-    nobody has one, or their shapes differ (the horizon or model changed between versions)."""
-    arrays = [getattr(r, name) if r is not None else None for r in records]
-    shapes = {x.shape for x in arrays if x is not None}
-    if len(shapes) != 1:
+def _same_sizes(req: PlanRequest, rec: AgentRecord) -> bool:
+    """The record's observation (and action, when the request reports one) have the request's sizes."""
+    if rec.obs is None or rec.obs.shape != (len(req.observation),):
+        return False
+    return req.prev_action is None or rec.action is None or rec.action.shape == (len(req.prev_action),)
+
+
+def unlogged(steps: list[Continuation]) -> Counter[str]:
+    """How many of ``steps`` left a transition unlogged, by reason."""
+    return Counter(s.unlogged for s in steps if s.unlogged is not None)
+
+
+def stacked(records: list[AgentRecord | None], steps: list[Continuation], name: str) -> np.ndarray | None:
+    """Per-agent arrays of field ``name`` stacked (N, ...), for the planner to start from.
+
+    A row is NaN where the agent has none, or its request starts a new episode (a plan or hidden state of
+    the last episode is no start for this one), or its array has another shape than most rows' (a record
+    left by another horizon or model). None when no row has one.
+    """
+    arrays = [getattr(r, name) if r is not None and s.same_episode else None for r, s in zip(records, steps)]
+    shapes = Counter(x.shape for x in arrays if x is not None)
+    if not shapes:
         return None
-    shape = shapes.pop()
-    return np.stack([x if x is not None else np.full(shape, np.nan, np.float32) for x in arrays])
+    shape = shapes.most_common(1)[0][0]
+    return np.stack([x if x is not None and x.shape == shape else np.full(shape, np.nan, np.float32)
+                     for x in arrays])
 
 
 def zones(requests: list[PlanRequest]) -> np.ndarray | None:
@@ -119,7 +166,8 @@ def transitions(requests: list[PlanRequest], records: list[AgentRecord | None], 
     prev = cast(list[AgentRecord], [records[i] for i in closing])  # a transition closes only from a record
     acted = cast(list[np.ndarray], [steps[i].action for i in closing])
     # A version "acted" only when the agent executed its answer; an action of the client's own is no model's.
-    versions = [r.model_version if r.action is not None and np.allclose(a, r.action, atol=1e-6) else ""
+    versions = [r.model_version if r.action is not None and r.action.shape == a.shape
+                and np.allclose(a, r.action, atol=1e-6) else ""
                 for r, a in zip(prev, acted)]
     return Transitions.build(
         obs=np.stack([r.obs for r in prev]), actions=np.stack(acted),  # type: ignore[misc]

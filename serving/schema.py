@@ -69,8 +69,9 @@ class PlanRequest(BaseModel):
                     "never saw breaks the episode: no transition is logged across the gap.")
     prev_action: list[Finite] | None = Field(
         default=None, min_length=1, max_length=MAX_ACT_DIM,
-        description="The action the agent actually executed after its previous observation; the logged "
-                    "transition uses it (else the server's last answer). Its length is the model's action size.")
+        description="The action the agent actually executed after its previous observation: required for the "
+                    "transition to be logged (the server never logs a guessed action). Its length is the "
+                    "model's action size.")
     objective: Objective | None = Field(default=None, description="What to plan for (default: the learned reward).")
     deadline_ms: float | None = Field(
         default=None, gt=0, le=60_000, allow_inf_nan=False,

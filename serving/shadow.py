@@ -2,9 +2,10 @@
 
 For every batch the engine has answered, ``ShadowComparison.compare`` (run in the background)
 plans the same inputs with the shadow version and scores both versions' one-step predictions on
-the transitions that batch closed. ``ShadowStats`` keeps the running totals that the ingress's
-``/v1/info`` reports; the metrics get the shadow's prediction error (production's is recorded
-when its batch is answered) and the mean action difference per batch.
+the transitions that batch closed. A batch is skipped while ``MAX_IN_FLIGHT`` comparisons are still
+running: a slow shadow must not pile up tasks that each hold their batch. ``ShadowStats`` keeps the
+running totals that the ingress's ``GET /v1/models`` reports; the metrics get the shadow's prediction
+error (production's is recorded when its batch is answered) and the mean action difference per batch.
 
 Shapes: ``N`` requests in the batch, ``A`` action.
 """
@@ -25,6 +26,8 @@ logger = logging.getLogger("ray.serve")
 
 ROLES = ("production", "shadow")
 """The two versions compared, as the ``role`` tag of the metrics names them."""
+MAX_IN_FLIGHT = 2
+"""Comparisons running at once; a batch answered while this many run is not compared (``ShadowStats.skipped``)."""
 
 
 @dataclass
@@ -35,6 +38,8 @@ class ShadowStats:
     """Batches both versions planned."""
     requests: int = 0
     """Requests in those batches."""
+    skipped: int = 0
+    """Batches not compared because ``MAX_IN_FLIGHT`` comparisons were still running."""
     action_diff_sum: float = 0.0
     """Sum over requests of the mean absolute difference between the two versions' first actions."""
     errors: dict[str, list[float]] = field(default_factory=lambda: {role: [0.0, 0] for role in ROLES})
@@ -53,7 +58,7 @@ class ShadowStats:
 
     def summary(self) -> dict[str, Any]:
         mean = {role: (s / n if n else None) for role, (s, n) in self.errors.items()}
-        return {"batches": self.batches, "requests": self.requests,
+        return {"batches": self.batches, "requests": self.requests, "skipped": self.skipped,
                 "mean_action_difference": self.action_diff_sum / self.requests if self.requests else None,
                 "mean_prediction_error": mean}
 
@@ -65,6 +70,8 @@ class ShadowComparison:
         """``production`` and ``shadow`` are planner deployment handles (``plan`` and ``score`` methods)."""
         self.production, self.shadow, self.metrics = production, shadow, metrics
         self.stats = ShadowStats()
+        self.in_flight = 0
+        """Comparisons started and not finished."""
 
     async def compare(self, inputs: tuple[Any, ...], prod_actions: np.ndarray,
                       transitions: Transitions | None) -> None:
@@ -76,6 +83,10 @@ class ShadowComparison:
             prod_actions: (N, A) the actions production answered.
             transitions: the transitions the batch closed, or None.
         """
+        if self.in_flight >= MAX_IN_FLIGHT:
+            self.stats.skipped += 1
+            return
+        self.in_flight += 1
         try:
             calls = [self.shadow.plan.remote(*inputs)]
             if transitions is not None:
@@ -85,6 +96,8 @@ class ShadowComparison:
         except Exception as err:  # the shadow must never affect answers; its failures are reported
             logger.warning("shadow comparison failed: %s", err)
             return
+        finally:
+            self.in_flight -= 1
         self._record(np.abs(out[0].actions - prod_actions).mean(1), out[1:])
 
     def _record(self, diff: np.ndarray, scores: list[dict[str, Any]]) -> None:

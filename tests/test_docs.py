@@ -170,3 +170,12 @@ def test_readme_says_whether_the_gpu_path_has_run() -> None:
     gpu = docs.RESULTS / "gpu_check" / "gpu_check.json"
     ran = gpu.exists() and json.loads(gpu.read_text()).get("mode") == "gpu" and json.loads(gpu.read_text())["passed"]
     assert ("has not yet run on a GPU" in README) != ran, "update the README's GPU sentence to the GPU check's result"
+
+
+def test_every_headline_states_measured_numbers() -> None:
+    # A headline reading a field the result does not have would print "None" and still be marked met.
+    for page in docs.PAGES:
+        result = docs._load(page, docs.RESULTS)
+        if result is not None:
+            line = page.headline(result)
+            assert "None" not in line and "over 0 episodes" not in line, (page.name, line)

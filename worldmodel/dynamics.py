@@ -67,10 +67,10 @@ class EnsembleDynamics(nn.Module):
         self.register_buffer("var_scale", torch.ones(obs_dim))
 
     @torch.no_grad()
-    def fit_normalizers(self, obs: torch.Tensor, action: torch.Tensor, next_obs: torch.Tensor) -> None:
+    def fit_normalizers(self, obs: torch.Tensor, action: torch.Tensor, new_obs: torch.Tensor) -> None:
         """Fit input and delta statistics from training rows: (B, S), (B, A), (B, S)."""
         self.in_norm.fit(torch.cat([obs, action], -1))
-        self.delta_norm.fit(next_obs - obs)
+        self.delta_norm.fit(new_obs - obs)
 
     def _raw(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         x = self.in_norm(member_inputs(self.members, obs, action))
@@ -91,20 +91,20 @@ class EnsembleDynamics(nn.Module):
         var = logvar.exp() * self.delta_norm.std.square()
         return Prediction(mean, var, self.var_scale)
 
-    def loss(self, obs: torch.Tensor, action: torch.Tensor, next_obs: torch.Tensor) -> torch.Tensor:
+    def loss(self, obs: torch.Tensor, action: torch.Tensor, new_obs: torch.Tensor) -> torch.Tensor:
         """Training loss of each member on its own batch: inputs (E, B, *) -> (E,)."""
         mean_n, logvar = self._head(self._raw(obs, action))
-        target = self.delta_norm(next_obs - obs)
+        target = self.delta_norm(new_obs - obs)
         return self._loss(mean_n, logvar, target)
 
-    def val_loss(self, obs: torch.Tensor, action: torch.Tensor, next_obs: torch.Tensor) -> torch.Tensor:
+    def val_loss(self, obs: torch.Tensor, action: torch.Tensor, new_obs: torch.Tensor) -> torch.Tensor:
         """Early-stopping criterion of each member: MSE of the normalised mean delta, (E, B, *) -> (E,).
 
         Not the NLL: held-out NLL starts rising as soon as the variances grow overconfident,
         long before the means stop improving, and calibration.py rescales variances afterwards.
         """
         mean_n, _ = self._head(self._raw(obs, action))
-        return (mean_n - self.delta_norm(next_obs - obs)).square().mean(dim=(1, 2))
+        return (mean_n - self.delta_norm(new_obs - obs)).square().mean(dim=(1, 2))
 
     def _head(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError

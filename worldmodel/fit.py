@@ -80,82 +80,116 @@ def fit(
     if n == 0 or len(val[0]) == 0:
         raise ValueError(f"{desc}: need training and validation rows, got {n} and {len(val[0])}")
     members = model.members
-    device = train[0].device
     gen = torch.Generator().manual_seed(cfg.seed)
     if cfg.bootstrap and members > 1:
         rows = torch.randint(n, (members, n), generator=gen)  # (E, N) each member's resample
     else:
         rows = torch.arange(n).expand(members, n)
-    rows = rows.to(device)
+    rows = rows.to(train[0].device)
     val_batch = [v.unsqueeze(0).expand(members, *v.shape) for v in val]  # (E, M, ...)
-
     val_loss_fn = getattr(model, "val_loss", model.loss)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    best_state, best_val, best_epoch, history = None, float("inf"), 0, []
     path = None if checkpoint is None else Path(checkpoint)
-    signature = _signature(cfg, desc, n, len(val[0]), members)
-    state = _load(path, signature) if path is not None else None
-    resumed_from, seconds_before = 0, 0.0
-    if state is not None:
-        model.load_state_dict(state["model"])
-        resumed_from, seconds_before = len(state["history"]), state["seconds"]
-        best_val, best_epoch, history = state["best_val"], state["best_epoch"], list(state["history"])
-        torch.set_rng_state(state["torch_rng"])
-        if state["done"]:
-            model.eval()
-            return FitResult(len(history), best_epoch, best_val, seconds_before, history, resumed_from)
-        opt.load_state_dict(state["optimizer"])
-        best_state = state["best_state"]
-        gen.set_state(state["generator"])
-    start = time.perf_counter() - seconds_before
-
-    def checkpoint_state(done: bool, seconds: float) -> dict[str, Any]:
-        saved: dict[str, Any] = {"format": CHECKPOINT_FORMAT, "signature": signature, "done": done,
-                                 "model": model.state_dict(), "best_val": best_val, "best_epoch": best_epoch,
-                                 "history": history, "torch_rng": torch.get_rng_state(), "seconds": seconds}
-        if not done:  # what continuing the loop needs; a finished fit only loads its final weights
-            saved |= {"optimizer": opt.state_dict(), "best_state": best_state, "generator": gen.get_state()}
-        return saved
-
-    stopped = False
-    bar = tqdm(range(resumed_from, cfg.epochs), desc=desc, disable=not progress, leave=False, unit="epoch")
-    for epoch in bar:
-        model.train()
-        order = torch.argsort(torch.rand(members, n, generator=gen), dim=1).to(device)
-        epoch_rows = rows.gather(1, order)  # (E, N) shuffled per member
-        for i in range(0, n, cfg.batch_size):
-            index = epoch_rows[:, i:i + cfg.batch_size]  # (E, b)
-            loss = model.loss(*(t[index] for t in train)).sum()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+    run = _Run(model, opt, gen, _signature(cfg, desc, n, len(val[0]), members))
+    state = _load(path, run.signature) if path is not None else None
+    if state is not None and run.resume(state):  # a finished fit: its final weights are loaded
         model.eval()
+        return run.result(run.seconds_before)
+    start = time.perf_counter() - run.seconds_before
+    bar = tqdm(range(run.resumed_from, cfg.epochs), desc=desc, disable=not progress, leave=False, unit="epoch")
+    for epoch in bar:
+        _train_epoch(model, opt, train, rows, gen, cfg.batch_size)
         with torch.no_grad():
             val_loss = val_loss_fn(*val_batch).mean().item()
-        history.append(val_loss)
         bar.set_postfix(val_loss=f"{val_loss:.4f}")
         if on_epoch is not None:
             on_epoch(epoch + 1, val_loss)
-        # Only a 1% better validation loss resets the patience (as in mbrl-lib): slow creep on a
-        # converged model is not worth more epochs. The first epoch always counts.
-        if best_state is None or val_loss < best_val - 1e-2 * abs(best_val):
-            best_val, best_epoch = val_loss, epoch
-            best_state = copy.deepcopy(model.state_dict())
-        elif epoch - best_epoch >= cfg.patience:
-            stopped = True
+        stopped = run.record(epoch, val_loss, cfg.patience)
         if path is not None and not (stopped or epoch == cfg.epochs - 1):
-            _save(path, checkpoint_state(False, time.perf_counter() - start))
+            _save(path, run.state(False, time.perf_counter() - start))
         if stopped:
             break
     bar.close()
-    if best_state is not None:
-        model.load_state_dict(best_state)
+    if run.best_state is not None:
+        model.load_state_dict(run.best_state)
     model.eval()
     seconds = time.perf_counter() - start
     if path is not None:
         # The finished state is saved too, so a caller resuming a multi-stage run skips this stage.
-        _save(path, checkpoint_state(True, seconds))
-    return FitResult(len(history), best_epoch, best_val, seconds, history, resumed_from)
+        _save(path, run.state(True, seconds))
+    return run.result(seconds)
+
+
+def _train_epoch(model: nn.Module, opt: torch.optim.Optimizer, train: Sequence[torch.Tensor], rows: torch.Tensor,
+                 gen: torch.Generator, batch_size: int) -> None:
+    """One pass over every member's ``rows`` (E, N), shuffled per member with ``gen``; leaves ``model`` in eval mode."""
+    members, n = rows.shape
+    model.train()
+    order = torch.argsort(torch.rand(members, n, generator=gen), dim=1).to(rows.device)
+    epoch_rows = rows.gather(1, order)  # (E, N) shuffled per member
+    for i in range(0, n, batch_size):
+        index = epoch_rows[:, i:i + batch_size]  # (E, b)
+        loss = model.loss(*(t[index] for t in train)).sum()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    model.eval()
+
+
+@dataclass
+class _Run:
+    """What a fit's epochs change, and what its checkpoint saves and restores."""
+
+    model: nn.Module
+    opt: torch.optim.Optimizer
+    gen: torch.Generator
+    """The batching generator (bootstrap rows, then each epoch's shuffle)."""
+    signature: dict[str, Any]
+    best_state: dict[str, Any] | None = None
+    best_val: float = float("inf")
+    best_epoch: int = 0
+    history: list[float] = field(default_factory=list)
+    resumed_from: int = 0
+    seconds_before: float = 0.0
+
+    def record(self, epoch: int, val_loss: float, patience: int) -> bool:
+        """Note epoch ``epoch``'s validation loss; True when the fit should stop (patience spent)."""
+        self.history.append(val_loss)
+        # Only a 1% better validation loss resets the patience (as in mbrl-lib): slow creep on a
+        # converged model is not worth more epochs. The first epoch always counts.
+        if self.best_state is None or val_loss < self.best_val - 1e-2 * abs(self.best_val):
+            self.best_val, self.best_epoch = val_loss, epoch
+            self.best_state = copy.deepcopy(self.model.state_dict())
+            return False
+        return epoch - self.best_epoch >= patience
+
+    def state(self, done: bool, seconds: float) -> dict[str, Any]:
+        """The checkpoint: everything the loop depends on, or for a finished fit its final weights."""
+        saved: dict[str, Any] = {"format": CHECKPOINT_FORMAT, "signature": self.signature, "done": done,
+                                 "model": self.model.state_dict(), "best_val": self.best_val,
+                                 "best_epoch": self.best_epoch, "history": self.history,
+                                 "torch_rng": torch.get_rng_state(), "seconds": seconds}
+        if not done:  # what continuing the loop needs; a finished fit only loads its final weights
+            saved |= {"optimizer": self.opt.state_dict(), "best_state": self.best_state,
+                      "generator": self.gen.get_state()}
+        return saved
+
+    def resume(self, state: dict[str, Any]) -> bool:
+        """Restore ``state`` (a checkpoint of this fit); True when it is of a finished fit."""
+        self.model.load_state_dict(state["model"])
+        self.resumed_from, self.seconds_before = len(state["history"]), state["seconds"]
+        self.best_val, self.best_epoch, self.history = state["best_val"], state["best_epoch"], list(state["history"])
+        torch.set_rng_state(state["torch_rng"])
+        if state["done"]:
+            return True
+        self.opt.load_state_dict(state["optimizer"])
+        self.best_state = state["best_state"]
+        self.gen.set_state(state["generator"])
+        return False
+
+    def result(self, seconds: float) -> FitResult:
+        return FitResult(len(self.history), self.best_epoch, self.best_val, seconds, self.history,
+                         self.resumed_from)
 
 
 def _signature(cfg: TrainConfig, desc: str, train_rows: int, val_rows: int, members: int) -> dict[str, Any]:

@@ -71,3 +71,8 @@ def classification_metrics(prob: torch.Tensor, target: torch.Tensor) -> dict[str
         "precision": tp / max(pred.sum().item(), 1),
         "recall": tp / max(target.sum().item(), 1),
     }
+
+
+def fmt_metric(metric: float | None) -> str:
+    """A metric for people: 4 decimals, or 'n/a' where it is undefined (R^2 of a constant target)."""
+    return "n/a" if metric is None else f"{metric:.4f}"

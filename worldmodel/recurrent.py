@@ -36,10 +36,10 @@ class RecurrentDynamics(nn.Module):
         self.register_buffer("var_scale", torch.ones(obs_dim))
 
     @torch.no_grad()
-    def fit_normalizers(self, obs: torch.Tensor, action: torch.Tensor, next_obs: torch.Tensor) -> None:
+    def fit_normalizers(self, obs: torch.Tensor, action: torch.Tensor, new_obs: torch.Tensor) -> None:
         """Fit statistics from rows of any leading shape: (..., S), (..., A), (..., S)."""
         self.in_norm.fit(torch.cat([obs, action], -1))
-        self.delta_norm.fit(next_obs - obs)
+        self.delta_norm.fit(new_obs - obs)
 
     def initial_state(self, batch: int) -> torch.Tensor:
         """Hidden state of a fresh episode: (B, H) zeros."""
@@ -68,18 +68,18 @@ class RecurrentDynamics(nn.Module):
         var = logvar.exp() * self.delta_norm.std.square()
         return h, Prediction(mean.unsqueeze(0), var.unsqueeze(0), self.var_scale)
 
-    def loss(self, obs: torch.Tensor, action: torch.Tensor, next_obs: torch.Tensor) -> torch.Tensor:
+    def loss(self, obs: torch.Tensor, action: torch.Tensor, new_obs: torch.Tensor) -> torch.Tensor:
         """Teacher-forced Gaussian NLL over sequences, from a zero state at each sequence start.
 
         Args:
-            obs, action, next_obs: (E=1, B, L, *) sequences (the trainer's member axis).
+            obs, action, new_obs: (E=1, B, L, *) sequences (the trainer's member axis).
 
         Returns:
             (1,) mean NLL.
         """
-        obs, action, next_obs = obs[0], action[0], next_obs[0]
+        obs, action, new_obs = obs[0], action[0], new_obs[0]
         h = self.initial_state(obs.shape[0])
-        target = self.delta_norm(next_obs - obs)  # (B, L, S)
+        target = self.delta_norm(new_obs - obs)  # (B, L, S)
         nll = []
         for t in range(obs.shape[1]):
             h, mean_n, logvar = self._step(h, obs[:, t], action[:, t])

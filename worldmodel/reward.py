@@ -27,11 +27,11 @@ class _TransitionHead(nn.Module):
         self.in_norm = Normalizer(2 * obs_dim + act_dim)
         self.net = EnsembleMLP(members, 2 * obs_dim + act_dim, 1, hidden, layers, activation)
 
-    def _features(self, obs: torch.Tensor, action: torch.Tensor, next_obs: torch.Tensor) -> torch.Tensor:
-        return self.in_norm(member_inputs(self.members, obs, action, next_obs))
+    def _features(self, obs: torch.Tensor, action: torch.Tensor, new_obs: torch.Tensor) -> torch.Tensor:
+        return self.in_norm(member_inputs(self.members, obs, action, new_obs))
 
-    def _logits(self, obs: torch.Tensor, action: torch.Tensor, next_obs: torch.Tensor) -> torch.Tensor:
-        return self.net(self._features(obs, action, next_obs)).squeeze(-1)  # (E, B)
+    def _logits(self, obs: torch.Tensor, action: torch.Tensor, new_obs: torch.Tensor) -> torch.Tensor:
+        return self.net(self._features(obs, action, new_obs)).squeeze(-1)  # (E, B)
 
     def flops_per_sample(self) -> int:
         return self.net.flops_per_sample()
@@ -46,25 +46,25 @@ class RewardModel(_TransitionHead):
         self.out_norm = Normalizer(1)
 
     @torch.no_grad()
-    def fit_normalizers(self, obs: torch.Tensor, action: torch.Tensor, next_obs: torch.Tensor,
+    def fit_normalizers(self, obs: torch.Tensor, action: torch.Tensor, new_obs: torch.Tensor,
                         reward: torch.Tensor) -> None:
         """Fit from training rows: (B, S), (B, A), (B, S), (B,)."""
-        self.in_norm.fit(torch.cat([obs, action, next_obs], -1))
+        self.in_norm.fit(torch.cat([obs, action, new_obs], -1))
         self.out_norm.fit(reward.reshape(-1, 1))
 
-    def forward(self, obs: torch.Tensor, action: torch.Tensor, next_obs: torch.Tensor) -> torch.Tensor:
+    def forward(self, obs: torch.Tensor, action: torch.Tensor, new_obs: torch.Tensor) -> torch.Tensor:
         """Predicted reward of each member: inputs (B, *) or (E, B, *) -> (E, B)."""
-        return self.out_norm.inverse(self._logits(obs, action, next_obs).unsqueeze(-1)).squeeze(-1)
+        return self.out_norm.inverse(self._logits(obs, action, new_obs).unsqueeze(-1)).squeeze(-1)
 
     def folded(self) -> "FoldedReward":
         """The inference form planners evaluate; rebuilt whenever the weights change."""
         return fold_cached(self, lambda: FoldedReward(self))
 
-    def loss(self, obs: torch.Tensor, action: torch.Tensor, next_obs: torch.Tensor,
+    def loss(self, obs: torch.Tensor, action: torch.Tensor, new_obs: torch.Tensor,
              reward: torch.Tensor) -> torch.Tensor:
         """MSE of each member on its own batch: inputs (E, B, *) -> (E,)."""
         target = self.out_norm(reward.unsqueeze(-1)).squeeze(-1)
-        return (self._logits(obs, action, next_obs) - target).square().mean(-1)
+        return (self._logits(obs, action, new_obs) - target).square().mean(-1)
 
 
 class FoldedReward:
@@ -75,29 +75,29 @@ class FoldedReward:
         self.members = model.members
         self.mlp = model.net.folded(model.in_norm, model.out_norm.std, model.out_norm.mean)
 
-    def __call__(self, obs: torch.Tensor, action: torch.Tensor, next_obs: torch.Tensor) -> torch.Tensor:
+    def __call__(self, obs: torch.Tensor, action: torch.Tensor, new_obs: torch.Tensor) -> torch.Tensor:
         """Predicted reward of each member: inputs (B, *) or (E, B, *) -> (E, B)."""
-        return self.mlp(obs, action, next_obs).squeeze(-1)
+        return self.mlp(obs, action, new_obs).squeeze(-1)
 
 
 class TerminationModel(_TransitionHead):
-    """Classifies whether s' is terminal, p(done | s, a, s'), trained with binary cross-entropy."""
+    """Classifies whether s' is terminal, p(terminated | s, a, s'), trained with binary cross-entropy."""
 
     def __init__(self, obs_dim: int, act_dim: int, hidden: int = 200, layers: int = 3, members: int = 1,
                  activation: str = "relu") -> None:
         super().__init__(obs_dim, act_dim, hidden, layers, members, activation)
 
     @torch.no_grad()
-    def fit_normalizers(self, obs: torch.Tensor, action: torch.Tensor, next_obs: torch.Tensor,
-                        done: torch.Tensor) -> None:
-        self.in_norm.fit(torch.cat([obs, action, next_obs], -1))
+    def fit_normalizers(self, obs: torch.Tensor, action: torch.Tensor, new_obs: torch.Tensor,
+                        terminated: torch.Tensor) -> None:
+        self.in_norm.fit(torch.cat([obs, action, new_obs], -1))
 
-    def forward(self, obs: torch.Tensor, action: torch.Tensor, next_obs: torch.Tensor) -> torch.Tensor:
+    def forward(self, obs: torch.Tensor, action: torch.Tensor, new_obs: torch.Tensor) -> torch.Tensor:
         """Probability that s' is terminal, per member: (E, B)."""
-        return torch.sigmoid(self._logits(obs, action, next_obs))
+        return torch.sigmoid(self._logits(obs, action, new_obs))
 
-    def loss(self, obs: torch.Tensor, action: torch.Tensor, next_obs: torch.Tensor,
-             done: torch.Tensor) -> torch.Tensor:
+    def loss(self, obs: torch.Tensor, action: torch.Tensor, new_obs: torch.Tensor,
+             terminated: torch.Tensor) -> torch.Tensor:
         """Binary cross-entropy of each member: inputs (E, B, *) -> (E,)."""
-        logits = self._logits(obs, action, next_obs)
-        return F.binary_cross_entropy_with_logits(logits, done.to(logits.dtype), reduction="none").mean(-1)
+        logits = self._logits(obs, action, new_obs)
+        return F.binary_cross_entropy_with_logits(logits, terminated.to(logits.dtype), reduction="none").mean(-1)

@@ -26,7 +26,7 @@ from worldmodel.device import resolve_device
 from worldmodel.dynamics import Prediction
 from worldmodel.envs import SpaceSpec
 from worldmodel.fit import FitResult, fit
-from worldmodel.metrics import classification_metrics, regression_metrics
+from worldmodel.metrics import classification_metrics, fmt_metric, regression_metrics
 from worldmodel.model import WorldModel, build_dynamics, build_reward, build_termination
 from worldmodel.recurrent import RecurrentDynamics
 
@@ -148,20 +148,47 @@ def gather_windows(data: Transitions, cols: dict[str, torch.Tensor], seq_len: in
     return {c: cols[c][index] for c in ("obs", "actions", "new_obs")}  # (W, L, *)
 
 
-def _fit_dynamics(model: torch.nn.Module, split: Split, cfg: TrainConfig, device: torch.device, progress: bool,
-                  checkpoint: Path | None, on_epoch: Callable[[int, float], None] | None = None,
-                  ) -> tuple[FitResult, dict[str, dict[str, torch.Tensor]]]:
-    """Fit the dynamics model; returns the fit and each split's tensors laid out as the model reads them."""
-    cols = ("obs", "actions", "new_obs")
-    parts = {name: tensors(getattr(split, name), device) for name in ("train", "val", "test")}
-    if isinstance(model, RecurrentDynamics):
-        parts = {name: gather_windows(getattr(split, name), part, cfg.seq_len, f"the {name} split")
-                 for name, part in parts.items()}
-    train, val = parts["train"], parts["val"]
-    model.fit_normalizers(*(train[c] for c in cols))
-    result = fit(model, [train[c] for c in cols], [val[c] for c in cols], cfg, "dynamics", progress, checkpoint,
-                 on_epoch)
-    return result, parts
+@dataclass(frozen=True)
+class _Fitting:
+    """How every stage of one training run fits: its settings, and where it checkpoints and reports."""
+
+    cfg: TrainConfig
+    device: torch.device
+    progress: bool
+    checkpoint_dir: Path | None
+    """Each stage checkpoints to ``<stage>.pt`` here; None for no checkpoints."""
+    on_epoch: Callable[[str, int, float], None] | None
+
+    def fit(self, model: torch.nn.Module, stage: str, cols: tuple[str, ...], train: dict[str, torch.Tensor],
+            val: dict[str, torch.Tensor]) -> FitResult:
+        """Fit ``model``'s normalizers, then the model, on the ``cols`` of ``train``, stopping on ``val``."""
+        model.fit_normalizers(*(train[c] for c in cols))
+        checkpoint = None if self.checkpoint_dir is None else self.checkpoint_dir / f"{stage}.pt"
+        on_epoch = None if self.on_epoch is None else functools.partial(self.on_epoch, stage)
+        return fit(model, [train[c] for c in cols], [val[c] for c in cols], self.cfg, stage, self.progress,
+                   checkpoint, on_epoch)
+
+
+@dataclass(frozen=True)
+class _Stage:
+    """One fitted model of the run, its fit and its held-out test metrics."""
+
+    model: torch.nn.Module
+    fit: FitResult
+    metrics: dict[str, Any]
+
+    def summary(self) -> dict[str, Any]:
+        """The test metrics with the fit's summary under ``fit``."""
+        f = self.fit
+        return self.metrics | {"fit": {
+            "epochs": f.epochs, "best_epoch": f.best_epoch, "best_val_loss": f.best_val_loss,
+            "seconds": round(f.seconds, 3), "val_loss_history": [round(v, 6) for v in f.history],
+            "resumed_from": f.resumed_from}}
+
+    def line(self, stage: str, label: str, key: str) -> str:
+        """One log line: the stage, its epochs and its headline test metric ``metrics[key]``, named ``label``."""
+        resumed = f" (resumed after {self.fit.resumed_from})" if self.fit.resumed_from else ""
+        return f"{stage}: {self.fit.epochs} epochs{resumed}, test {label} {fmt_metric(self.metrics[key])}"
 
 
 @torch.no_grad()
@@ -176,6 +203,49 @@ def predict_rows(model: torch.nn.Module, obs: torch.Tensor, actions: torch.Tenso
         means.append(pred.mean)
         variances.append(pred.var)
     return Prediction(torch.stack(means, 2).flatten(1, 2), torch.stack(variances, 2).flatten(1, 2))
+
+
+
+def _dynamics_stage(spec: SpaceSpec, model_cfg: ModelConfig, split: Split, fitting: _Fitting) -> _Stage:
+    """Fit the dynamics, calibrate its variance on validation, and score it on test (R^2 of the new obs)."""
+    dynamics = build_dynamics(spec, model_cfg).to(fitting.device)
+    parts = {name: tensors(getattr(split, name), fitting.device) for name in ("train", "val", "test")}
+    if isinstance(dynamics, RecurrentDynamics):  # a recurrent model reads sequence windows (W, L, *)
+        parts = {name: gather_windows(getattr(split, name), part, fitting.cfg.seq_len, f"the {name} split")
+                 for name, part in parts.items()}
+    result = fitting.fit(dynamics, "dynamics", ("obs", "actions", "new_obs"), parts["train"], parts["val"])
+    val, test = parts["val"], parts["test"]
+    flat = lambda x: x.reshape(-1, x.shape[-1])  # noqa: E731  (W, L, S) windows -> (W*L, S) rows
+    has_variance = dynamics.probabilistic or dynamics.members > 1
+    if has_variance:
+        dynamics.var_scale.copy_(fit_var_scale(predict_rows(dynamics, val["obs"], val["actions"]),
+                                               flat(val["new_obs"])))
+    mean, var = predict_rows(dynamics, test["obs"], test["actions"]).moments()
+    metrics = regression_metrics(mean, flat(test["new_obs"]), var if has_variance else None, base=flat(test["obs"]))
+    return _Stage(dynamics, result, metrics)
+
+
+def _reward_stage(spec: SpaceSpec, model_cfg: ModelConfig, rows: dict[str, dict[str, torch.Tensor]],
+                  fitting: _Fitting) -> _Stage:
+    """Fit the reward model on ``rows`` (split name -> ``tensors``) and score it on test (R^2)."""
+    reward = build_reward(spec, model_cfg).to(fitting.device)
+    result = fitting.fit(reward, "reward", ("obs", "actions", "new_obs", "rewards"), rows["train"], rows["val"])
+    te = rows["test"]
+    with torch.no_grad():
+        pred = reward(te["obs"], te["actions"], te["new_obs"]).mean(0)  # (B,) the members' mean
+    return _Stage(reward, result, regression_metrics(pred[:, None], te["rewards"][:, None]))
+
+
+def _termination_stage(spec: SpaceSpec, model_cfg: ModelConfig, rows: dict[str, dict[str, torch.Tensor]],
+                       fitting: _Fitting) -> _Stage:
+    """Fit the termination model on ``rows`` (split name -> ``tensors``) and score it on test (accuracy)."""
+    termination = build_termination(spec, model_cfg).to(fitting.device)
+    result = fitting.fit(termination, "termination", ("obs", "actions", "new_obs", "terminateds"), rows["train"],
+                         rows["val"])
+    te = rows["test"]
+    with torch.no_grad():
+        prob = termination(te["obs"], te["actions"], te["new_obs"]).mean(0)  # (B,)
+    return _Stage(termination, result, classification_metrics(prob, te["terminateds"]))
 
 
 def train_world_model(
@@ -214,76 +284,27 @@ def train_world_model(
         raise ValueError(f"data has obs/action sizes ({data.obs_dim}, {data.act_dim}), "
                          f"but {spec.env_id or 'the env'} has ({spec.obs_dim}, {spec.act_dim})")
     device = resolve_device(train_cfg.device)
-    def stage_file(stage: str) -> Path | None:
-        return None if checkpoint_dir is None else Path(checkpoint_dir) / f"{stage}.pt"
-
-    def epochs_of(stage: str) -> Callable[[int, float], None] | None:
-        return None if on_epoch is None else functools.partial(on_epoch, stage)
-
+    fitting = _Fitting(train_cfg, device, progress, None if checkpoint_dir is None else Path(checkpoint_dir), on_epoch)
+    # One seed, then the stages in a fixed order: each draws its initial weights and batches from the same stream.
     torch.manual_seed(train_cfg.seed)
     split = split_by_episode(data, train_cfg.val_fraction, train_cfg.test_fraction, train_cfg.seed)
     log(f"split {len(data)} transitions into {len(split.train)} train / {len(split.val)} val / "
         f"{len(split.test)} test rows by episode; training on {device}")
-
-    dynamics = build_dynamics(spec, model_cfg).to(device)
-    dyn_fit, parts = _fit_dynamics(dynamics, split, train_cfg, device, progress, stage_file("dynamics"),
-                                     epochs_of("dynamics"))
-    val, test = parts["val"], parts["test"]
-    flat = lambda x: x.reshape(-1, x.shape[-1])  # noqa: E731
-    has_variance = dynamics.probabilistic or dynamics.members > 1
-    if has_variance:
-        dynamics.var_scale.copy_(fit_var_scale(predict_rows(dynamics, val["obs"], val["actions"]),
-                                               flat(val["new_obs"])))
-    mean, var = predict_rows(dynamics, test["obs"], test["actions"]).moments()
-    dyn_metrics = regression_metrics(mean, flat(test["new_obs"]), var if has_variance else None,
-                                     base=flat(test["obs"]))
-    log(f"dynamics: {dyn_fit.epochs} epochs{_resumed(dyn_fit)}, test R^2 min {_fmt(dyn_metrics['r2_min'])}")
-
-    tr, va, te = (tensors(getattr(split, n), device) for n in ("train", "val", "test"))
-    reward_cols = ("obs", "actions", "new_obs", "rewards")
-    reward = build_reward(spec, model_cfg).to(device)
-    reward.fit_normalizers(*(tr[c] for c in reward_cols))
-    rew_fit = fit(reward, [tr[c] for c in reward_cols], [va[c] for c in reward_cols], train_cfg, "reward", progress,
-                  stage_file("reward"), epochs_of("reward"))
-    with torch.no_grad():
-        rew_pred = reward(te["obs"], te["actions"], te["new_obs"]).mean(0)
-    rew_metrics = regression_metrics(rew_pred[:, None], te["rewards"][:, None])
-    log(f"reward: {rew_fit.epochs} epochs{_resumed(rew_fit)}, test R^2 {_fmt(rew_metrics['r2_min'])}")
-
-    termination, term_metrics, term_fit = None, None, None
-    if data.terminateds.any():
-        term_cols = ("obs", "actions", "new_obs", "terminateds")
-        termination = build_termination(spec, model_cfg).to(device)
-        termination.fit_normalizers(*(tr[c] for c in term_cols))
-        term_fit = fit(termination, [tr[c] for c in term_cols], [va[c] for c in term_cols], train_cfg,
-                       "termination", progress, stage_file("termination"), epochs_of("termination"))
-        with torch.no_grad():
-            term_metrics = classification_metrics(termination(te["obs"], te["actions"], te["new_obs"]).mean(0),
-                                                  te["terminateds"])
-        log(f"termination: {term_fit.epochs} epochs{_resumed(term_fit)}, test accuracy {term_metrics['accuracy']:.4f}")
-
+    dynamics = _dynamics_stage(spec, model_cfg, split, fitting)
+    log(dynamics.line("dynamics", "R^2 min", "r2_min"))
+    rows = {name: tensors(getattr(split, name), device) for name in ("train", "val", "test")}
+    reward = _reward_stage(spec, model_cfg, rows, fitting)
+    log(reward.line("reward", "R^2", "r2_min"))
+    termination = _termination_stage(spec, model_cfg, rows, fitting) if data.terminateds.any() else None
+    if termination is not None:
+        log(termination.line("termination", "accuracy", "accuracy"))
     metrics: dict[str, Any] = {
         "data": {"transitions": len(data), "episodes": int(len(np.unique(data.eps_id.astype(str)))),
                  "train_rows": len(split.train), "val_rows": len(split.val), "test_rows": len(split.test)},
-        "dynamics": dyn_metrics | {"fit": _fit_summary(dyn_fit)},
-        "reward": rew_metrics | {"fit": _fit_summary(rew_fit)},
-        "termination": None if term_metrics is None else term_metrics | {"fit": _fit_summary(term_fit)},
+        "dynamics": dynamics.summary(), "reward": reward.summary(),
+        "termination": None if termination is None else termination.summary(),
         "device": str(device),
     }
-    return WorldModel(spec, model_cfg, train_cfg, dynamics, reward, termination, metrics=metrics)
+    return WorldModel(spec, model_cfg, train_cfg, dynamics.model, reward.model,
+                      None if termination is None else termination.model, metrics=metrics)
 
-
-def _fit_summary(result: FitResult | None) -> dict[str, Any]:
-    assert result is not None
-    return {"epochs": result.epochs, "best_epoch": result.best_epoch, "best_val_loss": result.best_val_loss,
-            "seconds": round(result.seconds, 3), "val_loss_history": [round(v, 6) for v in result.history],
-            "resumed_from": result.resumed_from}
-
-
-def _resumed(result: FitResult) -> str:
-    return f" (resumed after {result.resumed_from})" if result.resumed_from else ""
-
-
-def _fmt(metric: float | None) -> str:
-    """A metric for the log: 4 decimals, or 'n/a' where it is undefined (R^2 of a constant target)."""
-    return "n/a" if metric is None else f"{metric:.4f}"

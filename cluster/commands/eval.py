@@ -5,25 +5,29 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from cluster.commands.plan import add_plan_options, plan_config, planner_settings
-from planners.config import OBJECTIVES
+from planners.config import OBJECTIVES, EvalConfig
 from worldmodel.envs.nav2d import GOAL_DIMS, POS_DIMS
+
+if TYPE_CHECKING:
+    from planners.evaluate import EvalStep
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("eval", parents=[common])
     p.add_argument("--model", required=True, help="model directory")
-    p.add_argument("--agents", type=int, default=16, help="envs stepped and planned together (default: %(default)s)")
-    p.add_argument("--episodes", type=int, default=16, help="episodes counted (default: %(default)s)")
-    p.add_argument("--objective", choices=OBJECTIVES, default="learned",
+    p.add_argument("--agents", type=int, default=EvalConfig.agents,
+                   help="envs stepped and planned together (default: %(default)s)")
+    p.add_argument("--episodes", type=int, default=EvalConfig.episodes, help="episodes counted (default: %(default)s)")
+    p.add_argument("--objective", choices=OBJECTIVES, default=EvalConfig.objective,
                    help="plan for the model's learned reward, or Nav2D's goal reward (default: %(default)s)")
-    p.add_argument("--no-fly-zones", type=int, nargs="?", const=2, default=0, metavar="Z",
+    p.add_argument("--no-fly-zones", type=int, nargs="?", const=2, default=EvalConfig.no_fly_zones, metavar="Z",
                    help="Nav2D: Z zones per episode (2 when given without a number)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=EvalConfig.seed)
     p.add_argument("--device", default="auto")
     p.add_argument("--png", default=None, help="write agents' paths (Nav2D) and planning latency to this PNG")
     add_plan_options(p)
@@ -41,23 +45,23 @@ class _TrackRecorder:
         self.goal: list[np.ndarray] = [np.zeros(2)] * agents
         self.zones: list[np.ndarray] = [np.zeros((0, 3))] * agents
 
-    def __call__(self, step: dict[str, Any]) -> None:
+    def __call__(self, step: EvalStep) -> None:
         from planners.objectives import ZONES
 
-        self.plan_ms.append(step["result"].elapsed_ms)
+        self.plan_ms.append(step.result.elapsed_ms)
         if not self.nav2d:
             return
-        obs = step["obs"][: self.agents].cpu().numpy()
-        nxt = step["result"].trajectory[: self.agents, 1].cpu().numpy()  # predicted next position
+        obs = step.obs[: self.agents].cpu().numpy()
+        nxt = step.result.trajectory[: self.agents, 1].cpu().numpy()  # predicted next position
         for i in np.flatnonzero(~self.closed):
             if not self.xy[i]:
                 self.goal[i] = obs[i, GOAL_DIMS]
-                zones = step["params"].get(ZONES)
+                zones = step.params.get(ZONES)
                 self.zones[i] = zones[i].cpu().numpy() if zones is not None else np.zeros((0, 3))
             self.xy[i].append(obs[i, POS_DIMS])
-            if step["done"][i]:
+            if step.ended[i]:
                 self.xy[i].append(nxt[i, POS_DIMS])
-        self.closed |= step["done"][: self.agents]
+        self.closed |= step.ended[: self.agents]
 
     def finished(self) -> list[dict[str, Any]]:
         return [{"xy": np.asarray(xy), "goal": goal, "zones": zones}
@@ -72,15 +76,16 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
     from worldmodel.device import resolve_device
     from worldmodel.envs import NAV2D_ID
 
-    cfg, settings = plan_config(args), planner_settings(args)
+    cfg = EvalConfig(planner=args.planner, agents=args.agents, episodes=args.episodes, objective=args.objective,
+                     no_fly_zones=args.no_fly_zones, seed=args.seed, plan=plan_config(args),
+                     settings=planner_settings(args))
     model = load_model(args.model, device=resolve_device(args.device))
     recorder = _TrackRecorder(agents=min(args.agents, 8), nav2d=model.spec.env_id == NAV2D_ID)
-    res = closed_loop(model, args.planner, args.agents, args.episodes, cfg, objective=args.objective,
-                      no_fly_zones=args.no_fly_zones, seed=args.seed, progress=not args.json,
-                      on_step=recorder, settings=settings)
+    res = closed_loop(model, cfg, progress=not args.json, on_step=recorder)
     out = {"command": "eval", "model": args.model, "env": model.spec.env_id, "planner": args.planner,
            "agents": args.agents, "objective": args.objective, "no_fly_zones": args.no_fly_zones,
-           "seed": args.seed, "settings": dataclasses.asdict(cfg), "planner_settings": resolved_settings(args.planner, settings),
+           "seed": args.seed, "settings": dataclasses.asdict(cfg.plan),
+           "planner_settings": resolved_settings(args.planner, cfg.settings),
            "device": str(model.device)}
     out |= {k: v for k, v in dataclasses.asdict(res).items() if k != "returns"}
     if args.png:

@@ -26,20 +26,17 @@ def run_info(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-def _fmt(x: float | None) -> str:
-    """A metric for people: 4 decimals, or 'n/a' where it is undefined (R^2 of a constant target)."""
-    return "n/a" if x is None else f"{x:.4f}"
-
-
 def summary_lines(metrics: dict[str, Any]) -> list[str]:
     """The held-out numbers a person checks first."""
+    from worldmodel.metrics import fmt_metric
+
     dyn, rew, term = metrics["dynamics"], metrics["reward"], metrics.get("termination")
-    listed = lambda xs: "[" + ", ".join(_fmt(x) for x in xs) + "]"  # noqa: E731
+    listed = lambda xs: "[" + ", ".join(fmt_metric(x) for x in xs) + "]"  # noqa: E731
     lines = [f"dynamics test R^2 per dim {listed(dyn['r2'])}, of the change {listed(dyn['r2_delta'])}"]
     if "coverage_2sigma_mean" in dyn:
         lines.append(f"dynamics coverage 1-sigma {dyn['coverage_1sigma_mean']:.3f}, "
                      f"2-sigma {dyn['coverage_2sigma_mean']:.3f}, NLL {dyn['nll']:.3f}")
-    lines.append(f"reward test R^2 {_fmt(rew['r2'][0])}")
+    lines.append(f"reward test R^2 {fmt_metric(rew['r2'][0])}")
     if term:
         lines.append(f"termination test accuracy {term['accuracy']:.4f}, recall {term['recall']:.3f}")
     return lines

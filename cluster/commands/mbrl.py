@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cluster.commands.train import add_model_options, configs_from_args
-from planners.config import PETS_MODEL, PETS_PLAN, PETS_TRAIN, PLANNER_NAMES, PROPAGATIONS, PlanConfig
+from planners.config import PETS_MODEL, PETS_PLAN, PETS_TRAIN, PLANNER_NAMES, PROPAGATIONS, MBRLConfig, PlanConfig
 
 if TYPE_CHECKING:
     from planners.mbrl import EpisodeRow, MBRLResult
@@ -25,8 +25,9 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p = sub.add_parser("mbrl", parents=[common])
     p.add_argument("--env", required=True, help="gymnasium id, e.g. Pendulum-v1, or module:Id")
     p.add_argument("--episodes", type=int, required=True, help="total episodes, random ones included")
-    p.add_argument("--random-episodes", type=int, default=1, help="random episodes before the first model")
-    p.add_argument("--planner", choices=list(PLANNER_NAMES), default="cem")
+    p.add_argument("--random-episodes", type=int, default=MBRLConfig.random_episodes,
+                   help="random episodes before the first model (default: %(default)s)")
+    p.add_argument("--planner", choices=list(PLANNER_NAMES), default=MBRLConfig.planner, help="(default: %(default)s)")
     p.add_argument("--horizon", type=int, default=PETS_PLAN.horizon, help="(default: %(default)s)")
     p.add_argument("--samples", type=int, default=PETS_PLAN.samples, help="K candidates per iteration "
                    "(default: %(default)s)")
@@ -38,9 +39,10 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (1 is fastest for these small models on a busy machine)")
-    p.add_argument("--eval-episodes", type=int, default=0,
+    p.add_argument("--eval-episodes", type=int, default=MBRLConfig.eval_episodes,
                    help="episodes run at the end by the final model, not learned from (scores the agent)")
-    p.add_argument("--target-return", type=float, default=None, help="report the env steps to reach it")
+    p.add_argument("--target-return", type=float, default=MBRLConfig.target_return,
+                   help="report the env steps to reach it")
     p.add_argument("--out", default=None, help="run directory (default runs/mbrl-<env>-<time>)")
     p.set_defaults(handler=run_mbrl_cmd)
 
@@ -48,7 +50,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 def run_mbrl_cmd(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    from planners.mbrl import pets_cem, run_mbrl
+    from planners.mbrl import run_mbrl
 
     if args.threads is not None:
         if args.threads < 1:
@@ -58,16 +60,11 @@ def run_mbrl_cmd(args: argparse.Namespace) -> dict[str, Any]:
     logs = out / "logs"
     if logs.exists():
         raise FileExistsError(f"{logs} already exists; pass another --out or remove it")
-    plan_cfg = PlanConfig(horizon=args.horizon, samples=args.samples, iterations=args.iterations,
-                          propagation=args.propagation, particles=args.particles, seed=args.seed)
-    model_cfg, train_cfg = configs_from_args(args, device=args.device)
-    cem = pets_cem(args.samples, args.elites) if args.elites is not None else None
+    cfg = mbrl_config(args)
     say = (lambda m: None) if args.json else (lambda m: print(m, file=sys.stderr, flush=True))
     say(f"mbrl on {args.env}: {args.random_episodes} random + {args.episodes - args.random_episodes} planned "
         f"episodes ({args.planner}); writing {out}")
-    res = run_mbrl(args.env, args.episodes, args.planner, args.random_episodes, plan_cfg, model_cfg, train_cfg,
-                   seed=args.seed, log_dir=str(logs), progress=not args.json, target_return=args.target_return,
-                   cem=cem, eval_episodes=args.eval_episodes, on_episode=lambda row: say(episode_line(row)))
+    res = run_mbrl(cfg, log_dir=str(logs), progress=not args.json, on_episode=lambda row: say(episode_line(row)))
     out.mkdir(parents=True, exist_ok=True)
     png = plot_learning_curve(res, out / "learning_curve.png")
     result = {"command": "mbrl", "out": str(out), "png": str(png), "logs": str(logs)} | res.to_dict()
@@ -80,6 +77,19 @@ def run_mbrl_cmd(args: argparse.Namespace) -> dict[str, Any]:
     result["_summary"] = [*(episode_line(r) for r in res.rows + res.evals), *evaluated, *([reached] if reached else []),
                           f"done in {res.seconds:.1f} s; learning curve {png}"]
     return result
+
+
+def mbrl_config(args: argparse.Namespace) -> MBRLConfig:
+    """The loop's settings, built once from the flags (``--seed`` seeds the planner too)."""
+    from planners.mbrl import pets_cem
+
+    plan = PlanConfig(horizon=args.horizon, samples=args.samples, iterations=args.iterations,
+                      propagation=args.propagation, particles=args.particles, seed=args.seed)
+    model, train = configs_from_args(args, device=args.device)
+    cem = pets_cem(args.samples, args.elites) if args.elites is not None else None
+    return MBRLConfig(args.env, args.episodes, planner=args.planner, random_episodes=args.random_episodes,
+                      eval_episodes=args.eval_episodes, plan=plan, model=model, train=train, cem=cem, seed=args.seed,
+                      target_return=args.target_return)
 
 
 def episode_line(row: EpisodeRow) -> str:

@@ -10,14 +10,14 @@ import argparse
 import json
 from typing import Any
 
-from planners.config import PLANNER_NAMES, PROPAGATIONS, PlanConfig
+from planners.config import DEFAULT_PLANNER, PLANNER_NAMES, PROPAGATIONS, PlanConfig
 
 DEFAULTS = PlanConfig()
 
 
 def add_plan_options(p: argparse.ArgumentParser, defaults: PlanConfig = DEFAULTS) -> None:
     """Planner settings shared by the commands that plan, defaulting to ``defaults``' fields."""
-    p.add_argument("--planner", choices=list(PLANNER_NAMES), default="cem", help="(default: %(default)s)")
+    p.add_argument("--planner", choices=list(PLANNER_NAMES), default=DEFAULT_PLANNER, help="(default: %(default)s)")
     p.add_argument("--horizon", type=int, default=defaults.horizon, help="H steps ahead (default: %(default)s)")
     p.add_argument("--samples", type=int, default=defaults.samples,
                    help="K candidates per round, restarts for gradient (default: %(default)s)")
@@ -28,7 +28,8 @@ def add_plan_options(p: argparse.ArgumentParser, defaults: PlanConfig = DEFAULTS
     p.add_argument("--budget-ms", type=float, default=defaults.budget_ms, help="hard time budget per planning call")
     p.add_argument("--disagreement-threshold", type=float, default=defaults.disagreement_threshold,
                    help="fall back above this")
-    p.add_argument("--uncertainty-penalty", type=float, default=defaults.uncertainty_penalty)
+    p.add_argument("--disagreement-penalty", type=float, default=defaults.disagreement_penalty,
+                   help="cost per unit of ensemble disagreement (default: %(default)s)")
     add_planner_setting_option(p)
 
 
@@ -61,4 +62,4 @@ def plan_config(args: argparse.Namespace) -> PlanConfig:
     return PlanConfig(horizon=args.horizon, samples=args.samples, iterations=args.iterations,
                       propagation=args.propagation, particles=args.particles, budget_ms=args.budget_ms,
                       disagreement_threshold=args.disagreement_threshold,
-                      uncertainty_penalty=args.uncertainty_penalty, seed=args.seed)
+                      disagreement_penalty=args.disagreement_penalty, seed=args.seed)

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from cluster.commands.plan import add_planner_setting_option, planner_settings
-from planners.config import PLANNER_NAMES, PlanConfig
+from planners.config import DEFAULT_PLANNER, PLANNER_NAMES, PlanConfig
 
 PLAN = PlanConfig()  # the served planner settings' defaults (planners.config: one place)
 
@@ -61,7 +61,7 @@ def add_serve_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=8000, help="HTTP port (default: %(default)s)")
     p.add_argument("--proxy", default="haproxy",
                    help="Serve's HTTP proxy: haproxy (default, fast) or python (Serve's Python proxy)")
-    p.add_argument("--planner", choices=PLANNER_NAMES, default=None, help="(default: the served planner, CEM)")
+    p.add_argument("--planner", choices=PLANNER_NAMES, default=DEFAULT_PLANNER, help="(default: %(default)s)")
     p.add_argument("--horizon", type=int, default=PLAN.horizon, help="(default: %(default)s)")
     p.add_argument("--samples", type=int, default=PLAN.samples, help="(default: %(default)s)")
     p.add_argument("--iterations", type=int, default=PLAN.iterations,
@@ -110,12 +110,10 @@ def state_dir(args: argparse.Namespace) -> str | None:
 def app_kwargs(args: argparse.Namespace, snapshot_uri: str | None) -> dict[str, Any]:
     """``deploy`` keyword arguments from the shared options (None keeps the app's default)."""
     from actors.state import StateConfig
-    from planners.service import ServiceConfig
     from serving.config import BATCHING
 
     if args.shadow and not args.registry:
         raise ValueError("--shadow needs --registry (it names a version or stage in the registry)")
-    planner = args.planner or ServiceConfig.planner
     batching = dict(BATCHING)
     if args.max_batch_size is not None:
         batching["max_batch_size"] = args.max_batch_size
@@ -124,7 +122,7 @@ def app_kwargs(args: argparse.Namespace, snapshot_uri: str | None) -> dict[str, 
     return {"model": args.model if args.registry else os.path.abspath(args.model), "registry_uri": args.registry,
             "shadow": args.shadow, "log_uri": args.log_dir, "host": args.host, "port": args.port,
             "state": StateConfig(snapshot_uri=snapshot_uri),
-            "service": {"planner": planner, "plan": {"horizon": args.horizon, "samples": args.samples,
+            "service": {"planner": args.planner, "plan": {"horizon": args.horizon, "samples": args.samples,
                                                      "iterations": args.iterations},
                         # None keeps the planner's own defaults (its config in planners/).
                         "settings": planner_settings(args) if args.planner_opt else None},
@@ -189,16 +187,17 @@ def run_serve(args: argparse.Namespace) -> dict[str, Any]:
             pass
     except KeyboardInterrupt:
         pass
-    return _stop(result, kwargs["state"])
+    return _stop(result, kwargs)
 
 
-def _stop(result: dict[str, Any], state: Any) -> dict[str, Any]:
-    """Shut the app down (bounded) and add what it says to ``result``, with a readable summary."""
+def _stop(result: dict[str, Any], app: dict[str, Any]) -> dict[str, Any]:
+    """Shut the app that ``deploy(**app)`` started down (bounded: its telemetry logger and shards, by
+    the names its settings give them) and add what it says to ``result``, with a readable summary."""
     from serving.deploy import shutdown_app
 
     print("wm serve: stopping", file=sys.stderr, flush=True)
     start = time.monotonic()
-    result |= shutdown_app(state)
+    result |= shutdown_app(app.get("state"), app.get("telemetry_name"))
     result["stopped_in_s"] = round(time.monotonic() - start, 1)
     stats, lost = result["telemetry"], result["not_written"]
     lines = [f"wm serve: {result['url']} stopped in {result['stopped_in_s']} s"]

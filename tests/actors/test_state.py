@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import pickle
+import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import ray
 
-from actors.records import AgentRecord
+import actors.state as state_module
+from actors.records import AgentRecord, AgentRecords
 from actors.state import AgentStateShard, AgentStateStore, StateConfig, shard_index, start_state_shards, stop_state_shards
 from tests.ray_fixtures import ray_local  # noqa: F401
 
@@ -89,6 +92,98 @@ def test_a_snapshot_of_records_in_another_form_starts_those_agents_fresh(tmp_pat
     (tmp_path / "s.pkl").write_bytes(pickle.dumps({"old": {"agent_id": "old", "t": 3}, "new": _record("new", 1)}))
     shard = AgentStateShard("s", str(tmp_path), 1.0, 3600.0)
     assert shard.restored == 1 and list(shard.records) == ["new"]
+
+
+def _load(path: Path) -> dict[str, AgentRecord]:
+    return pickle.loads(path.read_bytes())
+
+
+def test_a_failed_snapshot_is_retried_and_the_loop_keeps_running(tmp_path, monkeypatch) -> None:
+    real, failures, broken = state_module.publish_bytes, [], [True]
+
+    def flaky(fs, path, data) -> None:  # the store fails until it is repaired
+        if broken[0]:
+            failures.append(path)
+            raise OSError("disk full")
+        real(fs, path, data)
+
+    monkeypatch.setattr(state_module, "publish_bytes", flaky)
+    monkeypatch.setattr(state_module, "MAX_RETRY_S", 0.05, raising=False)
+
+    async def main() -> AgentStateShard:
+        shard = AgentStateShard("s", str(tmp_path), 0.01, 3600.0)
+        await shard.put(AgentRecords.pack([_record("a", 1)]))
+        await asyncio.sleep(0.2)
+        assert len(failures) >= 2  # retried
+        assert shard.dirty and shard.snapshot_error == "OSError: disk full"  # not marked written
+        broken[0] = False
+        for _ in range(100):
+            await asyncio.sleep(0.02)
+            if not shard.dirty:
+                break
+        return shard
+
+    shard = asyncio.run(main())
+    assert shard.snapshot_error is None and not shard.dirty and shard.snapshots == 1
+    assert list(_load(tmp_path / "s.pkl")) == ["a"]
+
+
+def test_a_stopped_maintenance_loop_is_restarted_by_the_next_call(tmp_path) -> None:
+    async def main() -> None:
+        shard = AgentStateShard("s", None, 0.01, 3600.0)
+        await shard.get(["a"])
+        shard._task.cancel()
+        await asyncio.sleep(0)
+        await shard.get(["a"])
+        assert not shard._task.done()
+        shard._task.cancel()
+
+    asyncio.run(main())
+
+
+def test_snapshots_are_written_off_the_event_loop_one_at_a_time(tmp_path, monkeypatch) -> None:
+    real, seen, running = state_module.publish_bytes, [], [0]
+
+    def slow(fs, path, data) -> None:
+        running[0] += 1
+        seen.append((threading.get_ident(), running[0]))
+        time.sleep(0.05)  # an fsync on a slow disk
+        real(fs, path, data)
+        running[0] -= 1
+
+    monkeypatch.setattr(state_module, "publish_bytes", slow)
+
+    async def main() -> tuple[int, int]:
+        shard = AgentStateShard("s", str(tmp_path), 0, 3600.0)  # every write snapshotted before it returns
+        ticks = [0]
+
+        async def tick() -> None:
+            while True:
+                ticks[0] += 1
+                await asyncio.sleep(0.005)
+
+        ticker = asyncio.create_task(tick())
+        counts = await asyncio.gather(*(shard.put(AgentRecords.pack([_record(f"a{i}", i)])) for i in range(8)))
+        ticker.cancel()
+        assert counts == [1] * 8
+        return threading.get_ident(), ticks[0]
+
+    loop_thread, ticks = asyncio.run(main())
+    assert seen and all(thread != loop_thread for thread, _ in seen)
+    assert max(n for _, n in seen) == 1  # one write in flight at once
+    assert len(seen) < 8  # writes waiting behind another are covered by the next one
+    assert ticks >= 3  # the loop ran during the writes
+    assert sorted(_load(tmp_path / "s.pkl")) == sorted(f"a{i}" for i in range(8))
+
+
+@pytest.mark.parametrize("content", [b"\x80\x05garbage", b"", pickle.dumps(["not", "a", "dict"])])
+def test_an_unreadable_snapshot_is_moved_aside_and_the_shard_starts_empty(tmp_path, content: bytes) -> None:
+    (tmp_path / "s.pkl").write_bytes(content)
+    shard = AgentStateShard("s", str(tmp_path), 1.0, 3600.0)
+    assert shard.restored == 0 and shard.records == {}
+    assert not (tmp_path / "s.pkl").exists()
+    kept = list(tmp_path.glob("s.pkl.unreadable-*"))
+    assert len(kept) == 1 and kept[0].read_bytes() == content
 
 
 def test_config_validates() -> None:

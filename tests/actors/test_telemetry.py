@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -17,7 +19,8 @@ import numpy as np
 import pytest
 import ray
 
-from actors.telemetry import LoggerStats, TelemetryLogger
+import actors.telemetry_config
+from actors.telemetry import FlushResult, LoggerConfig, LoggerStats, TelemetryLogger
 from tests.ray_fixtures import ray_local  # noqa: F401
 from worldmodel.data import Transitions, read_transitions
 
@@ -61,6 +64,17 @@ def test_batches_are_deduplicated_and_written_whole(tmp_path) -> None:
                                                                  ("e-2", 0), ("e-2", 1), ("e-2", 2)]
     with pytest.raises(TypeError, match="log takes worldmodel.data.Transitions, got list"):
         asyncio.run(TelemetryLogger(str(tmp_path / "other")).log([{"obs": [0.0]}]))
+
+
+def test_settings_and_stats_live_apart_from_the_logger_without_ray() -> None:
+    config = actors.telemetry_config
+    assert (LoggerConfig, LoggerStats, FlushResult) == (config.LoggerConfig, config.LoggerStats, config.FlushResult)
+    with pytest.raises(ValueError, match="LoggerConfig.flush_rows must be >= 1, got 0"):
+        LoggerConfig(flush_rows=0)
+    probe = "import sys, actors.telemetry_config; print('ray' in sys.modules)"
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+                            cwd=Path(__file__).parents[2])
+    assert loaded.stdout.strip() == "False"
 
 
 def test_an_unwritable_location_fails_the_start(tmp_path) -> None:

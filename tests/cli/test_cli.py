@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -174,6 +175,35 @@ def test_mbrl_defaults_are_the_pets_loops_own() -> None:
                                                              PETS_TRAIN.patience)
 
 
+def test_mbrl_flags_build_one_config_with_the_configs_defaults() -> None:
+    from cluster.cli import build_parser
+    from cluster.commands.mbrl import mbrl_config
+    from planners.config import PETS_MODEL, PETS_PLAN, MBRLConfig
+
+    args = build_parser(["mbrl"]).parse_args(["mbrl", "--env", "Pendulum-v1", "--episodes", "3", "--seed", "4"])
+    cfg = mbrl_config(args)
+    defaults = MBRLConfig("Pendulum-v1", 3)
+    assert (cfg.env_id, cfg.episodes, cfg.seed, cfg.plan, cfg.model) == (
+        "Pendulum-v1", 3, 4, dataclasses.replace(PETS_PLAN, seed=4), PETS_MODEL)
+    assert (cfg.planner, cfg.random_episodes, cfg.eval_episodes, cfg.cem, cfg.target_return) == (
+        defaults.planner, defaults.random_episodes, defaults.eval_episodes, defaults.cem, defaults.target_return)
+    args = build_parser(["mbrl"]).parse_args(["mbrl", "--env", "Pendulum-v1", "--episodes", "1"])
+    with pytest.raises(ValueError, match="must exceed random_episodes"):
+        mbrl_config(args)
+
+
+def test_eval_flags_default_to_eval_configs_and_name_the_disagreement_penalty() -> None:
+    from cluster.cli import build_parser
+    from cluster.commands.plan import plan_config
+    from planners.config import DEFAULT_PLANNER, EvalConfig
+
+    args = build_parser(["eval"]).parse_args(["eval", "--model", "m", "--disagreement-penalty", "0.5"])
+    defaults = EvalConfig()
+    assert (args.planner, args.agents, args.episodes, args.objective, args.no_fly_zones, args.seed) == (
+        DEFAULT_PLANNER, defaults.agents, defaults.episodes, defaults.objective, defaults.no_fly_zones, defaults.seed)
+    assert plan_config(args).disagreement_penalty == 0.5
+
+
 def test_undefined_r2_prints_as_n_a() -> None:
     from cluster.commands.info import summary_lines
 
@@ -199,7 +229,8 @@ print(json.dumps({"code": code, "seconds": time.perf_counter() - start,
                                   ["tune", "--help"], ["models", "--help"], ["models", "list", "--help"],
                                   ["models", "promote", "--help"], ["collect", "--help"], ["info", "--help"],
                                   ["bench", "plan", "--help"], ["mbrl", "--help"], ["learn", "--help"],
-                                  ["serve", "--help"], ["fleet", "--help"], ["demo", "--help"]])
+                                  ["serve", "--help"], ["fleet", "--help"], ["demo", "--help"],
+                                  ["ingest", "--help"]])
 def test_help_and_usage_errors_load_neither_torch_nor_ray(args: list[str]) -> None:
     # Only the command being run is imported, and its heavy imports wait for its handler: torch and Ray
     # are what took help 4 s to answer (the probe's own time is not asserted: a loaded machine varies).

@@ -17,7 +17,7 @@ import pytest
 import ray
 
 from cluster.cli import main
-from cluster.commands.serve import add_serve_options, default_state_dir, state_dir
+from cluster.commands.serve import _stop, add_serve_options, app_kwargs, default_state_dir, state_dir
 from serving.deploy import LOCAL_DRAIN, LOCAL_PORTS, serve_env
 
 from .helpers import run_json
@@ -124,3 +124,38 @@ def test_a_local_endpoint_gets_its_own_serve_ports_and_a_short_drain(monkeypatch
     assert not {*LOCAL_PORTS, *LOCAL_DRAIN} & set(cluster)
     with pytest.raises(ValueError, match="local_ports must give 4 ports"):
         serve_env("haproxy", [18404])
+
+
+def test_planner_settings_without_planner_are_checked_against_the_served_default() -> None:
+    from planners.service import ServiceConfig
+
+    service = app_kwargs(_args("--planner-opt", "elites=4"), None)["service"]
+    assert service["planner"] == ServiceConfig.planner and service["settings"] == {"elites": 4}
+    with pytest.raises(ValueError, match="bogus"):
+        app_kwargs(_args("--planner-opt", "bogus=1"), None)
+
+
+def test_stopping_flushes_the_telemetry_logger_the_app_was_given(monkeypatch: pytest.MonkeyPatch) -> None:
+    import serving.deploy as deploy_module
+    from actors.state import StateConfig
+
+    asked: list[tuple] = []
+    monkeypatch.setattr(deploy_module, "shutdown_app", lambda *args, **kw: asked.append(args) or {
+        "telemetry": None, "not_written": None, "problems": []})
+    state = StateConfig(name="my-state")
+    _stop({"url": "http://x"}, {"state": state, "telemetry_name": "my-telemetry"})
+    _stop({"url": "http://x"}, {"state": state})
+    assert asked == [(state, "my-telemetry"), (state, None)]
+
+
+def test_shutdown_looks_up_the_telemetry_actor_by_the_apps_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    import serving.deploy as deploy_module
+    from actors.state import StateConfig
+    from serving.config import AppConfig
+
+    looked_up: list[str] = []
+    monkeypatch.setattr(deploy_module.serve, "delete", lambda name: None)
+    monkeypatch.setattr(deploy_module, "find_actor", lambda name: looked_up.append(name))
+    deploy_module.shutdown_app(StateConfig(name="s"), "my-telemetry", timeout_s=2)
+    deploy_module.shutdown_app(StateConfig(name="s"), timeout_s=2)
+    assert looked_up == ["my-telemetry", "s-0", AppConfig.telemetry_name, "s-0"]

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from planners import PlanConfig
-from planners.evaluate import build_objective, closed_loop
+from planners.config import EvalConfig
+from planners.evaluate import EvalStep, build_objective, closed_loop
 from worldmodel.config import ModelConfig, TrainConfig
 from worldmodel.envs import make_env, space_spec
 from worldmodel.envs.collect import collect
@@ -24,7 +25,7 @@ def nav_model() -> WorldModel:
 
 
 def test_planning_on_the_learned_model_reaches_goals(nav_model: WorldModel) -> None:
-    result = closed_loop(nav_model, "cem", agents=8, episodes=8, cfg=SMALL_PLAN)
+    result = closed_loop(nav_model, EvalConfig("cem", agents=8, episodes=8, plan=SMALL_PLAN))
     assert result.episodes >= 8 and result.success_rate >= 0.75, result
     assert result.fallbacks == 0 and result.violations == 0  # zones are off
     assert result.plans_per_s > 0 and result.plan_ms_p99 >= result.plan_ms_mean * 0.5
@@ -33,7 +34,7 @@ def test_planning_on_the_learned_model_reaches_goals(nav_model: WorldModel) -> N
 def test_zone_costs_keep_agents_out(nav_model: WorldModel) -> None:
     # Detours cost this small model about a fifth of its successes (about 80% over 64 episodes, with
     # torch's sampling or the native kernel's); 32 episodes keep the check clear of chance.
-    result = closed_loop(nav_model, "cem", agents=16, episodes=32, cfg=SMALL_PLAN, no_fly_zones=2)
+    result = closed_loop(nav_model, EvalConfig("cem", agents=16, episodes=32, no_fly_zones=2, plan=SMALL_PLAN))
     assert result.episodes >= 32 and result.success_rate >= 0.65, result
     assert result.episodes_with_violation <= 2, result
 
@@ -44,14 +45,14 @@ def test_the_first_episodes_to_start_are_counted_not_the_first_to_end(nav_model:
     first_end: dict[int, int] = {}
     step = 0
 
-    def on_step(info: dict) -> None:
+    def on_step(info: EvalStep) -> None:
         nonlocal step
         step += 1
-        for i in info["done"].nonzero()[0]:
+        for i in info.ended.nonzero()[0]:
             first_end.setdefault(int(i), step)
 
     weak = PlanConfig(horizon=2, samples=2, iterations=1)
-    result = closed_loop(nav_model, "shooting", agents=6, episodes=3, cfg=weak, on_step=on_step)
+    result = closed_loop(nav_model, EvalConfig("shooting", agents=6, episodes=3, plan=weak), on_step=on_step)
     assert result.episodes == 3
     # Exactly envs 0-2's first episodes were counted: their steps, whatever the other envs did.
     assert result.steps == sum(first_end[i] for i in range(3)), (result, first_end)
@@ -62,3 +63,25 @@ def test_objective_choices_are_checked(nav_model: WorldModel) -> None:
         with pytest.raises(ValueError, match="objective must be one of learned, goal"):
             build_objective(nav_model, name)
     assert len(build_objective(nav_model, "goal", zones=True).terms) == 2
+
+
+def test_eval_config_checks_its_values_at_construction() -> None:
+    for bad, match in (({"agents": 0}, "agents and episodes must be >= 1"),
+                       ({"episodes": 0}, "agents and episodes must be >= 1"),
+                       ({"planner": "ilqr"}, "planner must be one of"),
+                       ({"objective": "analytic"}, "objective must be one of"),
+                       ({"no_fly_zones": -1}, "no_fly_zones must be >= 0")):
+        with pytest.raises(ValueError, match=match):
+            EvalConfig(**bad)
+
+
+def test_each_step_reaches_on_step_as_a_typed_record(nav_model: WorldModel) -> None:
+    steps: list[EvalStep] = []
+    closed_loop(nav_model, EvalConfig("shooting", agents=2, episodes=2, plan=PlanConfig(horizon=2, samples=2)),
+                on_step=steps.append)
+    first = steps[0]
+    assert first.obs.shape == (2, 6) and first.result.actions.shape == (2, 2)
+    assert first.ended.shape == first.reset.shape == (2,) and not first.reset.any()
+    # An env resets on the step after its episode ended (gymnasium's next-step autoreset).
+    for before, after in zip(steps, steps[1:]):
+        assert (after.reset == before.ended).all()

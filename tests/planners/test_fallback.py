@@ -3,6 +3,7 @@ the threshold, a non-finite prediction (that agent only)."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from planners import PlanConfig, make_planner
@@ -44,3 +45,17 @@ def test_a_non_finite_prediction_falls_back_with_reason_error_for_that_agent_onl
                           PlanConfig(horizon=3, samples=16, iterations=1)).plan(x, {"goal": goal})
     assert result.fallback_reason.tolist() == [Fallback.NONE, Fallback.ERROR, Fallback.NONE]
     assert torch.isfinite(result.actions).all()
+
+
+def test_the_disagreement_penalty_lowers_the_returns_where_members_disagree() -> None:
+    x, goal = _agents(4)
+    actions = torch.rand(4, 8, 3, 2, generator=torch.Generator().manual_seed(1)) * 2 - 1  # (N, K, H, A)
+    returns = []
+    for penalty in (0.0, 10.0):
+        cfg = PlanConfig(horizon=3, samples=8, propagation="expectation", disagreement_penalty=penalty)
+        planner = make_planner("cem", LinearEnsemble(spread=0.5), quadratic_objective(), LOW, HIGH, cfg)
+        assert planner.rollout.penalty == penalty
+        returns.append(planner.rollout.returns(x, actions, {"goal": goal}))  # (N, K)
+    assert (returns[1] < returns[0]).all(), returns
+    with pytest.raises(ValueError, match="disagreement_penalty must be >= 0, got -1"):
+        PlanConfig(disagreement_penalty=-1.0)

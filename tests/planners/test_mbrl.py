@@ -12,6 +12,7 @@ import torch
 
 from cluster.cli import main
 from planners import CEMConfig, PlanConfig
+from planners.config import MBRLConfig
 from planners.mbrl import MBRLResult, run_mbrl
 from worldmodel.config import ModelConfig, TrainConfig
 from worldmodel.data import read_transitions
@@ -38,8 +39,8 @@ def one_thread() -> Iterator[None]:
 
 
 def tiny_run(seed: int, log_dir: Path | None = None) -> MBRLResult:
-    return run_mbrl(ENV, 2, "cem", 1, TINY_PLAN, TINY_MODEL, TINY_TRAIN, seed=seed,
-                    log_dir=str(log_dir) if log_dir else None, target_return=0.0)
+    cfg = MBRLConfig(ENV, 2, plan=TINY_PLAN, model=TINY_MODEL, train=TINY_TRAIN, seed=seed, target_return=0.0)
+    return run_mbrl(cfg, log_dir=str(log_dir) if log_dir else None)
 
 
 def test_one_random_one_planned_episode_is_logged_and_repeatable(tmp_path: Path) -> None:
@@ -71,13 +72,17 @@ def test_few_episodes_are_chunked_for_the_split_and_many_are_not() -> None:
     assert chunk_episodes(many) is many
 
 
-def test_rejects_a_loop_without_planned_or_random_episodes() -> None:
+def test_config_rejects_a_loop_without_planned_or_random_episodes() -> None:
     with pytest.raises(ValueError, match="must exceed random_episodes"):
-        run_mbrl(ENV, 1, random_episodes=1)
+        MBRLConfig(ENV, 1, random_episodes=1)
     with pytest.raises(ValueError, match="random_episodes must be >= 1"):
-        run_mbrl(ENV, 3, random_episodes=0)
+        MBRLConfig(ENV, 3, random_episodes=0)
     with pytest.raises(ValueError, match="CEM settings were given"):
-        run_mbrl(ENV, 3, planner="mppi", cem=CEMConfig())
+        MBRLConfig(ENV, 3, planner="mppi", cem=CEMConfig())
+    with pytest.raises(ValueError, match="eval_episodes must be >= 0"):
+        MBRLConfig(ENV, 3, eval_episodes=-1)
+    with pytest.raises(ValueError, match="planner must be one of"):
+        MBRLConfig(ENV, 3, planner="ilqr")
 
 
 def test_cli_prints_one_json_object_and_writes_the_curve(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
@@ -104,7 +109,7 @@ def test_survival_task_with_short_episodes_and_a_constant_reward(tmp_path: Path,
     one = collect(SURVIVAL, 1, seed=0, num_envs=1)
     assert len(one) <= MAX_STEPS and len(set(chunk_episodes(one).eps_id.tolist())) >= 3
     # The reward is 1 on every row: its held-out R^2 is undefined (None), printed as "n/a".
-    result = run_mbrl(SURVIVAL, 3, "cem", 1, TINY_PLAN, TINY_MODEL, TINY_TRAIN, seed=0)
+    result = run_mbrl(MBRLConfig(SURVIVAL, 3, plan=TINY_PLAN, model=TINY_MODEL, train=TINY_TRAIN))
     assert [r.kind for r in result.rows] == ["random", "planned", "planned"]
     assert all(r.ret == r.steps for r in result.rows)  # reward 1 per step
     code = main(["mbrl", "--env", SURVIVAL, "--episodes", "3", "--random-episodes", "2", "--out",

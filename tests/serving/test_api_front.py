@@ -14,7 +14,7 @@ from starlette.requests import Request
 
 import serving.front as front
 from serving.app import api  # the app with its routes: serving.app declares them on serving.front's api
-from serving.front import Refreshed, _http_error, _one_line
+from serving.front import Refreshed, Unavailable, _http_error, _one_line
 
 
 class FakeIngress:
@@ -152,8 +152,7 @@ def test_a_value_that_cannot_be_fetched_is_an_error_naming_it() -> None:
         raise ConnectionError("planner\nunreachable")
 
     async def main() -> None:
-        await Refreshed(fetch, max_age_s=1.0, what="the served model's spec").get()
+        await Refreshed(fetch, max_age_s=1.0, what="model spec").get()
 
-    with pytest.raises(RuntimeError, match="the served model's spec is not available: ConnectionError: planner "
-                                           "unreachable"):
+    with pytest.raises(Unavailable, match="model spec not available: ConnectionError: planner unreachable"):
         asyncio.run(main())

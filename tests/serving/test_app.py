@@ -20,6 +20,7 @@ import requests
 
 from actors.state import StateConfig
 from cluster.runtime import free_port
+from serving.config import AppConfig
 from serving.deploy import deploy, shutdown_app
 from tests.ray_fixtures import ray_local  # noqa: F401
 from tests.worldmodel.conftest import TINY_MODEL, TINY_TRAIN
@@ -204,9 +205,11 @@ def test_the_api_holds_to_its_openapi_schema(app) -> None:
 def test_telemetry_is_logged_exactly_once_under_retries(app) -> None:
     rng = np.random.default_rng(1)
     agent, steps = "telemetry-agent", 6
+    first: dict[str, Any] = {}
     for t in range(steps):
         body = {"agent_id": agent, "observation": _obs(rng), "reward": None if t == 0 else -0.5 * t,
-                "terminated": t == steps - 1, "request_id": uuid.uuid4().hex, "t": t}
+                "terminated": t == steps - 1, "request_id": uuid.uuid4().hex, "t": t,
+                "prev_action": first.get("action")}  # the agent executed the previous answer
         first = _post(app, body).json()
         for _ in range(2):  # the client timed out and retried the same request
             again = _post(app, body).json()
@@ -225,7 +228,7 @@ def _flush_telemetry() -> Any:
     import ray
 
     from actors.common import NAMESPACE
-    logger = ray.get_actor("fleetwm-telemetry", namespace=NAMESPACE)
+    logger = ray.get_actor(AppConfig.telemetry_name, namespace=NAMESPACE)
     ray.get(logger.flush.remote())
     return ray.get(logger.stats.remote())
 
@@ -250,7 +253,8 @@ def test_health_is_degraded_while_telemetry_cannot_be_written(app) -> None:
     logs.write_text("a regular file where the log directory was")
     try:
         for t in range(3):  # rows the logger cannot write
-            _post(app, {"agent_id": "unwritten", "observation": [0.1 * t] * 6, "reward": 1.0 if t else None, "t": t})
+            _post(app, {"agent_id": "unwritten", "observation": [0.1 * t] * 6, "reward": 1.0 if t else None, "t": t,
+                        "prev_action": [0.0, 0.0] if t else None})
         _flush_telemetry()
         deadline, health = time.monotonic() + 20, {}
         while time.monotonic() < deadline and health.get("status") != "degraded":
@@ -287,9 +291,12 @@ def test_reset_agent_starts_afresh_and_is_not_replayed(app) -> None:
 
 def test_shadow_is_compared_not_returned(app) -> None:
     rng = np.random.default_rng(2)
+    action = None
     for t in range(4):
-        r = _post(app, {"agent_id": "shadowed", "observation": _obs(rng), "reward": None if t == 0 else 0.0})
+        r = _post(app, {"agent_id": "shadowed", "observation": _obs(rng), "reward": None if t == 0 else 0.0,
+                        "prev_action": action})
         assert r.json()["model_version"] == app["v1"]
+        action = r.json()["action"]
     time.sleep(0.5)
     models = requests.get(app["url"] + "/v1/models", headers=AUTH, timeout=30).json()
     assert models["shadow"]["model_version"] == app["v2"]

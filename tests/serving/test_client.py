@@ -17,6 +17,8 @@ import pytest
 
 from actors.state import StateConfig
 from cluster.runtime import free_port
+import serving.client
+import serving.episodes
 from serving.client import APIError, AsyncFleetClient, EpisodeSteps, FleetClient, TransportError
 from serving.deploy import deploy, shutdown_app
 from tests.ray_fixtures import ray_local  # noqa: F401
@@ -272,3 +274,11 @@ def test_batch_items_carry_each_agents_step() -> None:
     assert steps.body("x", OBS)["t"] == 0
     with pytest.raises(ValueError, match="'y'"):
         steps.body("y", OBS)
+
+
+def test_bodies_and_episode_steps_live_in_episodes_and_the_client_reexports_them() -> None:
+    assert serving.client.EpisodeSteps is serving.episodes.EpisodeSteps
+    assert serving.client.plan_body is serving.episodes.plan_body  # what serving.fleet imports
+    body = serving.episodes.plan_body("x", np.arange(3), t=2, prev_action=[1, 0], terminated=True)
+    assert {k: v for k, v in body.items() if k != "request_id"} == {
+        "agent_id": "x", "observation": [0.0, 1.0, 2.0], "t": 2, "prev_action": [1.0, 0.0], "terminated": True}

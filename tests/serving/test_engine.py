@@ -164,7 +164,8 @@ def run(engine: PlanEngine, *requests: PlanRequest) -> list[Any]:
 def _run_episode(engine: PlanEngine, steps: int) -> None:
     for t in range(steps):
         obs = [0.1 * (t + 1)] * N_OBS  # moves while the model predicts standing still: error > 0
-        run(engine, PlanRequest(agent_id="a", observation=obs, reward=None if t == 0 else 1.0))
+        run(engine, PlanRequest(agent_id="a", observation=obs, reward=None if t == 0 else 1.0,
+                                prev_action=None if t == 0 else [0.5] * N_ACT))
 
 
 def test_prediction_error_is_recorded_once_per_role_with_a_shadow() -> None:

@@ -53,13 +53,35 @@ def test_without_errors_every_step_is_logged_once_in_one_episode(cache: bool) ->
     assert len({eps for eps, *_ in rows}) == 1
 
 
-def test_a_client_that_sends_neither_t_nor_prev_action_logs_the_same_rows() -> None:
+def test_a_client_that_sends_no_t_logs_the_same_rows() -> None:
     with_t, without = _engine(), _engine()
     for t in range(4):
-        run(with_t[0], _req(t, reward=None if t == 0 else 1.0, prev_action=None if t == 0 else PLANNED))
-        req = _req(t, reward=None if t == 0 else 1.0)
+        req = _req(t, reward=None if t == 0 else 1.0, prev_action=None if t == 0 else PLANNED)
+        run(with_t[0], req)
         run(without[0], req.model_copy(update={"t": None}))
-    assert [r[1:] for r in _rows(with_t[1])] == [r[1:] for r in _rows(without[1])]
+    assert [r[1:] for r in _rows(with_t[1])] == [r[1:] for r in _rows(without[1])] != []
+
+
+def test_without_prev_action_nothing_is_logged_and_the_episode_goes_on_counted() -> None:
+    engine, logger, _ = _engine()
+    run(engine, _req(0, reward=None))
+    run(engine, _req(1))  # the server cannot know what the agent did: no guessed row
+    run(engine, _req(2))
+    assert _rows(logger) == [] and engine.stats()["unlogged"] == {"no_prev_action": 2}
+    first, = asyncio.run(engine.store.get(["a1"]))
+    run(engine, _req(3, prev_action=PLANNED))
+    (eps, t, action, o, n, _), = _rows(logger)
+    assert (eps, t, action, o, n) == (first.eps_id, 2, PLANNED, 2.0, 3.0)  # the same episode, going on
+
+
+def test_gaps_and_restarts_are_counted_by_reason() -> None:
+    engine, logger, _ = _engine()
+    run(engine, _req(0, reward=None))
+    run(engine, _req(2, prev_action=PLANNED))  # t=1 never arrived
+    run(engine, _req(0, reward=None))  # a new episode without the last one ending
+    run(engine, _req(1, reward=None, prev_action=PLANNED))
+    assert _rows(logger) == []
+    assert engine.stats()["unlogged"] == {"gap": 1, "restart": 1, "no_reward": 1}
 
 
 def test_a_lost_answer_logs_the_action_the_agent_executed() -> None:

@@ -4,13 +4,18 @@ errors by kind."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import inspect
 import json
 from typing import Any, Awaitable, Callable
 
 import pytest
 
+from cluster.cli import build_parser
 from cluster.runtime import free_port
-from serving.link import AgentLink, APIError, RetryPolicy, TransportError
+from serving.client import AsyncFleetClient, FleetClient
+from serving.fleet_config import FleetConfig
+from serving.link import RETRY, AgentLink, APIError, RetryPolicy, RetrySettings, TransportError
 
 Answer = Callable[[int, dict[str, Any], dict[str, str]], bytes | tuple[float, bytes] | None]
 """(request number, body, headers) -> the raw answer (or seconds to wait, then it), or None to never answer."""
@@ -178,3 +183,21 @@ def test_a_409_is_final_and_not_retried() -> None:
 
     seen = _serve(lambda *_: _http(409, {"error": "request_id 'r3' was superseded by 'r4'"}), go)
     assert seen["result"].status == 409 and seen["result"].kind == "http_409" and len(seen["requests"]) == 1
+
+
+def test_the_clients_the_fleet_and_wm_fleet_share_one_set_of_retry_defaults() -> None:
+    expected = dataclasses.asdict(RETRY)
+    for kind in (FleetClient, AsyncFleetClient, RetryPolicy):
+        params = inspect.signature(kind).parameters
+        assert {name: params[name].default for name in expected} == expected, kind.__name__
+    assert RetryPolicy("http://127.0.0.1:1", None).settings == RETRY
+    config = FleetConfig("http://127.0.0.1:1")
+    args = build_parser(["fleet"]).parse_args(["fleet", "--url", "http://127.0.0.1:1"])
+    assert (config.timeout_s, config.retries) == (args.timeout_s, args.retries) == (RETRY.timeout_s, RETRY.retries)
+
+
+def test_retry_settings_are_checked_and_named() -> None:
+    with pytest.raises(ValueError, match=r"max_backoff_s; got RetrySettings\(.*backoff_s=2.0, max_backoff_s=1.0"):
+        RetryPolicy("http://127.0.0.1:1", None, backoff_s=2.0)
+    with pytest.raises(ValueError, match="timeout_s=0"):
+        RetrySettings(timeout_s=0)

@@ -327,3 +327,48 @@ def test_run_ledger_counts_the_published_files_of_the_last_write(tmp_path):
     (tmp_path / "_runs" / "run-1.json").write_text("{not json")
     with pytest.raises(ValueError, match=r"run ledger .*run-1.json is malformed"):
         ledger.read()
+
+
+def test_plan_by_day_writes_one_file_per_day_with_the_agent_a_column(tmp_path):
+    data = make_transitions(60, seed=21)
+    writer = TrajectoryWriter(str(tmp_path), env_id="Nav2D-v0")
+    files = [writer.write_file(p, {b"fleetwm.test": b"x"}) for p in writer.plan_by_day(data)]
+    assert sorted(os.path.relpath(f, tmp_path).split("/")[0] for f in files) == ["2026-11-23", "2026-11-24"]
+    assert all(len(os.path.relpath(f, tmp_path).split("/")) == 2 for f in files)  # no agent directory
+    assert pq.read_schema(files[0]).metadata[b"fleetwm.test"] == b"x"
+    # Both layouts side by side read as one log.
+    more = make_transitions(20, seed=22)
+    writer.write(more)
+    assert_equal(read_transitions(str(tmp_path)), sorted_rows(Transitions.concat([data, more])))
+
+
+def test_compaction_keeps_every_row_once_even_when_it_stops_before_deleting(tmp_path):
+    import shutil
+
+    from worldmodel.data.compact import compact
+
+    writer = TrajectoryWriter(str(tmp_path))
+    parts = [make_transitions(30, seed=30 + i, days=("2026-11-23",)) for i in range(4)]
+    for part in parts[:3]:
+        writer.write_file(writer.plan_by_day(part)[0])
+    writer.write(parts[3])  # the per-agent layout is merged too
+    expected = sorted_rows(Transitions.concat(parts))
+    dry = compact(str(tmp_path), "2026-11-23")
+    assert dry.dry_run and dry.output is None and len(dry.inputs) == 5 and dry.rows == 120
+    assert len(list_log_files(str(tmp_path))) == 5
+    # A crash after publishing the merged file, before deleting the inputs (put back): readers skip the inputs.
+    shutil.copytree(tmp_path / "2026-11-23", tmp_path / "copy")
+    first = compact(str(tmp_path), "2026-11-23", dry_run=False)
+    shutil.copytree(tmp_path / "copy", tmp_path / "2026-11-23", dirs_exist_ok=True)
+    shutil.rmtree(tmp_path / "copy")
+    assert list_log_files(str(tmp_path)) == [first.output]
+    assert_equal(read_transitions(str(tmp_path)), expected)
+    # More rows arrive; the next compaction merges them with the merged file and removes the leftovers.
+    late = make_transitions(10, seed=40, days=("2026-11-23",))
+    writer.write_file(writer.plan_by_day(late)[0])
+    second = compact(str(tmp_path), "2026-11-23", dry_run=False)
+    assert len(second.leftovers) == 5 and len(second.inputs) == 2
+    assert [f for f in visible_files(tmp_path / "2026-11-23") if f.endswith(".parquet")] == [second.output]
+    assert_equal(read_transitions(str(tmp_path)), sorted_rows(Transitions.concat([*parts, late])))
+    with pytest.raises(ValueError, match="YYYY-MM-DD"):
+        compact(str(tmp_path), "23-11-2026")

@@ -8,7 +8,7 @@ import torch
 from worldmodel.config import ModelConfig, TrainConfig
 from worldmodel.data.batch import Transitions
 from worldmodel.envs import make_env, space_spec
-from worldmodel.metrics import regression_metrics
+from worldmodel.metrics import fmt_metric, regression_metrics
 from worldmodel.training import sequence_windows, split_by_episode, train_world_model
 
 from .conftest import TINY_MODEL
@@ -92,3 +92,9 @@ def test_constant_reward_trains_and_logs_r2_as_n_a(nav_data: Transitions) -> Non
     model = train_world_model(data, spec, TINY_MODEL, TrainConfig(epochs=1, device="cpu"), log=lines.append)
     assert model.metrics["reward"]["r2_min"] is None
     assert any(line.startswith("reward:") and line.endswith("test R^2 n/a") for line in lines), lines
+    # One line for the split, then one per stage, in the order they are fitted.
+    assert [line.split(":")[0] for line in lines[1:]] == ["dynamics", "reward", "termination"], lines
+
+
+def test_fmt_metric_prints_an_undefined_metric_as_n_a() -> None:
+    assert fmt_metric(None) == "n/a" and fmt_metric(0.123456) == "0.1235" and fmt_metric(-2.0) == "-2.0000"

@@ -6,6 +6,7 @@ Dimensions: ``B`` transitions, ``S`` observation size, ``A`` action size.
 from __future__ import annotations
 
 import hashlib
+import json
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -19,6 +20,11 @@ from worldmodel.data.writer import resolve_root
 _HASH_CHUNK = 1 << 20
 _HIDDEN_PREFIXES = (".", "_")
 
+COMPACT_PREFIX = "compact-"
+"""Basename prefix of a file that ``worldmodel.data.compact`` merged from others."""
+META_REPLACES = b"fleetwm.replaces"
+"""A compacted file's metadata: JSON list of the files it replaces, relative to its own directory."""
+
 
 class SchemaError(ValueError):
     """A log file does not match the trajectory schema; the message names the file and the column."""
@@ -28,7 +34,8 @@ def list_log_files(root: str, filesystem: pafs.FileSystem | None = None) -> list
     """All ``*.parquet`` files under ``root``, recursively, sorted.
 
     Files or directories whose name starts with "." or "_" (temp files, Spark/Hive
-    markers) are skipped, matching pyarrow.dataset's ``ignore_prefixes`` default.
+    markers) are skipped, matching pyarrow.dataset's ``ignore_prefixes`` default, and so are files a
+    compacted file replaces (compaction publishes the merged file before deleting its inputs).
 
     Returns:
         Paths within the resolved filesystem; [] when ``root`` is missing or empty.
@@ -47,7 +54,28 @@ def _list(fs: pafs.FileSystem, base: str) -> list[str]:
         if any(part.startswith(_HIDDEN_PREFIXES) for part in relative.split("/")):
             continue
         paths.append(info.path)
-    return sorted(paths)
+    replaced = replaced_files(fs, [p for p in paths if p.rsplit("/", 1)[-1].startswith(COMPACT_PREFIX)])
+    return sorted(p for p in paths if p not in replaced)
+
+
+def replaced_files(fs: pafs.FileSystem, compacted: list[str]) -> set[str]:
+    """The paths the ``compacted`` files list as replaced (whether or not they still exist).
+
+    Raises:
+        SchemaError: a compacted file cannot be read or its list is malformed, naming the file.
+    """
+    replaced: set[str] = set()
+    for path in compacted:
+        try:
+            metadata = ds.ParquetFileFormat().make_fragment(path, filesystem=fs).physical_schema.metadata or {}
+            names = json.loads(metadata.get(META_REPLACES, b"[]"))
+        except (pa.ArrowInvalid, OSError, ValueError) as e:
+            raise SchemaError(f"{path}: cannot read the list of files it replaces ({e})") from e
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise SchemaError(f"{path}: metadata {META_REPLACES.decode()!r} must be a JSON list of file names")
+        directory = path.rsplit("/", 1)[0]
+        replaced.update(f"{directory}/{name}" for name in names)
+    return replaced
 
 
 def _relative(path: str, base: str) -> str:

@@ -1,4 +1,6 @@
-"""Append transitions to a trajectory log tree: ``<root>/<YYYY-MM-DD>/<agent_id>/part-*.parquet``.
+"""Append transitions to a trajectory log tree, in one of two layouts readers read alike:
+per agent, ``<root>/<YYYY-MM-DD>/<agent_id>/part-*.parquet`` (``plan``), or for a fleet's ingest,
+``<root>/<YYYY-MM-DD>/part-*.parquet`` with the agent a column, one file per flush and day (``plan_by_day``).
 
 Each file appears whole or not at all, so a reader running beside a writer (or
 after a crash) never sees a half-written file under a visible name. A long-running writer (the
@@ -114,10 +116,7 @@ class TrajectoryWriter:
         # set() runs in C; a per-row Python regex would be slow on large batches.
         for agent_id in set(transitions.agent_id.tolist()):
             check_agent_id(agent_id)
-        if np.isnat(transitions.timestamp).any():
-            bad = int(np.flatnonzero(np.isnat(transitions.timestamp))[0])
-            raise ValueError(f"timestamp of row {bad} is NaT; every row needs a UTC time to pick its date directory")
-
+        _check_timestamps(transitions)
         days = transitions.timestamp.astype("datetime64[D]")  # (B,)
         day_values, day_code = np.unique(days, return_inverse=True)
         agent_values, agent_code = np.unique(transitions.agent_id, return_inverse=True)
@@ -134,9 +133,27 @@ class TrajectoryWriter:
             planned.append(PlannedFile(f"{self.root}/{day}/{agent_id}/{_file_name()}", rows))
         return planned
 
-    def write_file(self, planned: PlannedFile) -> str:
-        """Publish one planned file atomically; returns its path."""
+    def plan_by_day(self, transitions: Transitions) -> list[PlannedFile]:
+        """The fleet layout's files for these B rows: one per UTC date, ``<root>/<YYYY-MM-DD>/part-*.parquet``,
+        with the agent a column (at 100 agents and a 10 s flush, one file per agent would be 864,000 a day).
+
+        Raises:
+            ValueError: a row without a timestamp.
+        """
+        if len(transitions) == 0:
+            return []
+        _check_timestamps(transitions)
+        days = transitions.timestamp.astype("datetime64[D]")  # (B,)
+        if (days == days[0]).all():  # the usual flush: no copy
+            return [PlannedFile(f"{self.root}/{days[0]}/{_file_name()}", transitions)]
+        return [PlannedFile(f"{self.root}/{day}/{_file_name()}", transitions.select(days == day))
+                for day in np.unique(days)]
+
+    def write_file(self, planned: PlannedFile, metadata: dict[bytes, bytes] | None = None) -> str:
+        """Publish one planned file atomically, with ``metadata`` added to its schema's; returns its path."""
         table = planned.rows.to_table(self.env_id)
+        if metadata:
+            table = table.replace_schema_metadata({**table.schema.metadata, **metadata})
         if self._local:
             _write_local_atomic(planned.path, lambda f: pq.write_table(table, f, compression=COMPRESSION))
         else:
@@ -150,6 +167,12 @@ class PlannedFile:
 
     path: str
     rows: Transitions
+
+
+def _check_timestamps(transitions: Transitions) -> None:
+    if np.isnat(transitions.timestamp).any():
+        bad = int(np.flatnonzero(np.isnat(transitions.timestamp))[0])
+        raise ValueError(f"timestamp of row {bad} is NaT; every row needs a UTC time to pick its date directory")
 
 
 def _file_name() -> str:

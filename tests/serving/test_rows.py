@@ -1,0 +1,67 @@
+"""The engine's pure per-batch steps (``serving.rows``): which requests close a transition, what the
+planner starts from. Records of another model or horizon, and new episodes, give it nothing to start from."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from actors.records import AgentRecord
+from serving import rows
+from serving.schema import PlanRequest
+from tests.serving.test_engine import record
+
+S, A, H = 6, 2, 4
+
+
+def _continuing(obs_dim: int = S, act_dim: int = A, horizon: int = H, t: int = 3) -> AgentRecord:
+    """A record in the middle of an episode, at step ``t``, planned by a model of these sizes."""
+    return dataclasses.replace(record("a1"), t=t, obs=np.zeros(obs_dim, np.float32),
+                               action=np.full(act_dim, 0.5, np.float32),
+                               warm_start=np.ones((horizon, act_dim), np.float32), hidden=np.ones(8, np.float32))
+
+
+def _req(t: int | None = 4, prev_action: list[float] | None = None, **fields: object) -> PlanRequest:
+    return PlanRequest(**{"agent_id": "a1", "observation": [0.0] * S, "reward": 1.0, "t": t,
+                          "prev_action": prev_action, **fields})
+
+
+def test_a_transition_closes_only_with_the_reported_action() -> None:
+    rec = _continuing()
+    step = rows.continuation(_req(prev_action=[0.25, -0.25]), rec)
+    assert step.same_episode and step.action.tolist() == [0.25, -0.25] and step.unlogged is None
+    assert rows.continuation(_req(), rec) == rows.Continuation(True, None, "no_prev_action")
+    assert rows.continuation(_req(reward=None, prev_action=[0.0, 0.0]), rec).unlogged == "no_reward"
+
+
+def test_a_record_of_another_model_is_a_new_episode() -> None:
+    assert rows.continuation(_req(prev_action=[0.0, 0.0]), _continuing(obs_dim=5)) == \
+        rows.Continuation(False, None, "shape")
+    assert rows.continuation(_req(prev_action=[0.0, 0.0, 0.0]), _continuing()) == \
+        rows.Continuation(False, None, "shape")
+
+
+def test_gaps_and_restarts_break_the_episode() -> None:
+    rec = _continuing(t=3)
+    assert rows.continuation(_req(t=6, prev_action=[0.0, 0.0]), rec) == rows.Continuation(False, None, "gap")
+    assert rows.continuation(_req(t=0), rec) == rows.Continuation(False, None, "restart")
+    assert rows.unlogged([rows.continuation(_req(t=6), rec), rows.continuation(_req(t=0), rec),
+                          rows.continuation(_req(t=7), rec)]) == {"gap": 2, "restart": 1}
+
+
+def test_a_new_episode_starts_from_no_plan_or_hidden_state() -> None:
+    records = [_continuing(), _continuing(), None]
+    steps = [rows.continuation(_req(), records[0]), rows.continuation(_req(t=0), records[1]),
+             rows.continuation(_req(t=0), None)]
+    for name in ("warm_start", "hidden"):
+        out = rows.stacked(records, steps, name)
+        assert np.all(np.isfinite(out[0])) and np.all(np.isnan(out[1:])), name
+    assert rows.stacked([records[1]], [steps[1]], "warm_start") is None
+
+
+def test_a_plan_of_another_horizon_is_no_start() -> None:
+    records = [_continuing(), _continuing(), _continuing(horizon=7)]
+    steps = [rows.continuation(_req(), r) for r in records]
+    out = rows.stacked(records, steps, "warm_start")
+    assert out.shape == (3, H, A) and np.all(np.isfinite(out[:2])) and np.all(np.isnan(out[2]))
