@@ -31,7 +31,7 @@ from ray.serve.handle import DeploymentHandle
 
 from actors.common import NAMESPACE, gpus_per_worker
 from actors.records import PlanAnswer, RecordCache, Rejected
-from actors.state import start_state_shards
+from actors.state_store import start_state_shards
 from actors.telemetry import LoggerStats, TelemetryLogger
 from serving.config import BATCHING, AppConfig
 from serving.engine import PlanEngine

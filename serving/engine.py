@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from actors.records import AgentRecord, PlanAnswer, RecordCache, Rejected
-from actors.state import AgentStateStore
+from actors.state_store import AgentStateStore
 from planners.service import PlanBatch
 from serving import rows
 from serving.config import BATCHING

@@ -18,7 +18,8 @@ from ray.cluster_utils import Cluster
 
 from actors.common import NAMESPACE
 from actors.records import AgentRecord
-from actors.state import StateConfig, start_state_shards, stop_state_shards
+from actors.state import StateConfig
+from actors.state_store import start_state_shards, stop_state_shards
 from learners.learner import start_learner
 from tests.worldmodel.conftest import TINY_MODEL, TINY_TRAIN
 from worldmodel.data import write_transitions

@@ -14,7 +14,8 @@ import ray
 
 import actors.state as state_module
 from actors.records import AgentRecord, AgentRecords
-from actors.state import AgentStateShard, AgentStateStore, StateConfig, shard_index, start_state_shards, stop_state_shards
+from actors.state import AgentStateShard, StateConfig
+from actors.state_store import AgentStateStore, shard_index, start_state_shards, stop_state_shards
 from tests.ray_fixtures import ray_local  # noqa: F401
 
 

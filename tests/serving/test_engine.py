@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 
 from actors.records import AgentRecord, AgentRecords, RecordCache
-from actors.state import AgentStateShard, AgentStateStore, StateConfig
+from actors.state import AgentStateShard, StateConfig
+from actors.state_store import AgentStateStore
 from planners.service import PlanBatch
 from serving import shadow
 from serving.engine import PlanEngine
