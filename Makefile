@@ -8,15 +8,17 @@ STAMP := $(VENV)/.installed
 
 setup: $(STAMP) redis-server
 
-# The fleet bus and its tests need a real redis-server (Debian's package). Installed with apt-get when
-# missing and run as root; otherwise this says how, and the Redis tests skip saying the same.
+# The fleet bus (`wm serve` and `wm demo` start their own by default) and its tests need a real
+# redis-server (Debian's package). Installed with apt-get when missing and run as root; otherwise this
+# says how, the Redis tests skip saying the same, and `wm serve`/`wm demo` say it too (or take --redis none).
 redis-server:
 	@command -v redis-server >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; \
 	  else \
 	    echo "redis-server is missing: install it (Debian/Ubuntu: sudo apt-get install -y redis-server;" \
-	         "macOS: brew install redis), or run make setup as root; the Redis tests skip until then"; \
+	         "macOS: brew install redis), or run make setup as root; until then the Redis tests skip" \
+	         "and wm serve / wm demo need --redis none"; \
 	  fi; }
 
 # torch is pinned first: on these machines 2.13.0 is the CPU wheel on disk, while a
@@ -28,7 +30,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-demo: $(STAMP)
+demo: $(STAMP) redis-server
 	$(BIN)/wm demo --out runs/demo-$$(date +%Y%m%d-%H%M%S)
 
 test: $(STAMP) redis-server

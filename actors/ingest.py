@@ -8,11 +8,19 @@ Guarantees (one consumer group, any number of consumers, each with its own stabl
 - **Logged once**: a consumer that died after writing and before acknowledging gets its entries back (its own
   pending entries when it restarts under the same name, or another consumer's ``XAUTOCLAIM`` after
   ``claim_idle_s``); the ledger (``actors/ingest_ledger.py``) says which of them are already in a file, and
-  those are acknowledged without being written again. Rows repeating an (agent_id, eps_id, t) within a
-  flush are written once. Condition: ``claim_idle_s`` exceeds a flush interval plus a flush's duration, so
-  no entry is claimed while its consumer still holds it (checked at construction, with a 2x margin).
+  those are acknowledged without being written again. Condition: ``claim_idle_s`` exceeds a flush interval
+  plus a flush's duration, so no entry is claimed while its consumer still holds it (checked at
+  construction, with a 2x margin).
+- **Each (agent_id, eps_id, t) once**, also when a producer sent it twice (the engine does when a replica
+  dies between its telemetry append and its state write): a key is written once per flush, and not at all
+  when ``RecentKeys`` (``actors/ingest_window.py``) holds it: the keys this consumer wrote in the last
+  ``dedupe_window_s``, and those of the group's files from that window, loaded at ``start``. Exact with one
+  consumer in the group (``wm serve``'s logger) for copies less than ``dedupe_window_s`` apart. With
+  several, a copy read by another consumer than the first is dropped only if that one started after the
+  first was written; otherwise the logs hold the key twice.
 - **Bad entries** (undecodable, wrong (S, A), NaN) go to the dead-letter stream with the reason and are
   acknowledged; the consumer goes on. Redis or disk errors are counted, retried with backoff, never fatal.
+- **Compaction**: once an hour, past days' files are merged into one per day (``actors.ingest_compaction``).
 - **Trimming** after each flush, below what every group still needs (``streams.trim_acknowledged``).
 
 Plain object, or a Ray actor: ``ray.remote(IngestConsumer).options(max_concurrency=2)``, so ``stop`` and
@@ -31,7 +39,9 @@ import numpy as np
 import redis
 
 from actors import streams
+from actors.ingest_compaction import CompactPastDays
 from actors.ingest_ledger import IngestLedger, LedgerFile
+from actors.ingest_window import RecentKeys
 from worldmodel.data import TrajectoryWriter, Transitions
 from worldmodel.data.writer import one_line
 
@@ -59,13 +69,16 @@ class IngestConfig:
     """How long a read waits for new entries (also how soon ``stop`` is noticed)."""
     claim_idle_s: float = 60.0
     """Entries pending this long at another (dead) consumer are claimed."""
+    dedupe_window_s: float = 600.0
+    """A key written this recently is not written again (memory: ~16 bytes per episode in the window)."""
 
     def __post_init__(self) -> None:
         for name in ("flush_rows", "read_count", "block_ms"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not self.flush_s > 0:
-            raise ValueError(f"flush_s must be > 0, got {self.flush_s}")
+        for name in ("flush_s", "dedupe_window_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.claim_idle_s < 2 * (self.flush_s + self.block_ms / 1000):
             raise ValueError(f"claim_idle_s={self.claim_idle_s} must be at least twice flush_s + block_ms "
                              f"({2 * (self.flush_s + self.block_ms / 1000)} s), or live consumers' entries get claimed")
@@ -80,7 +93,8 @@ class IngestStats:
     written: int
     files: int
     duplicates: int
-    """Entries acknowledged without writing: already in a file, or repeating a key within a flush."""
+    """Entries acknowledged without writing: already in a file, repeating a key within a flush, or a key
+    written in the last ``dedupe_window_s``."""
     dead_letters: int
     claimed: int
     """Entries claimed from other consumers (or recovered from this consumer's own past)."""
@@ -88,6 +102,9 @@ class IngestStats:
     errors: int
     """Failed Redis or file operations (each retried)."""
     last_error: str | None
+    """The latest failure, one line."""
+    failing_since: float | None
+    """Unix time of the first failure since operations last succeeded; None while they succeed."""
 
     def to_dict(self) -> dict[str, object]:
         return dataclasses.asdict(self)
@@ -103,6 +120,9 @@ class IngestConsumer:
                                           socket_connect_timeout=5)
         self.writer = TrajectoryWriter(log_dir, env_id=env_id)
         self.ledger = IngestLedger(self.writer, config.group, consumer)
+        self.compactor = CompactPastDays(log_dir)
+        self.recent = RecentKeys(config.dedupe_window_s)
+        self.started = False
         self._parts: list[Transitions] = []
         self._ids: list[bytes] = []
         self._unacked: list[bytes] = []  # written, acknowledgement not yet confirmed by Redis
@@ -111,18 +131,23 @@ class IngestConsumer:
         self._stop = threading.Event()
         self._counts = dict.fromkeys(("read", "written", "files", "duplicates", "dead_letters", "claimed", "errors"), 0)
         self._last_error: str | None = None
+        self._failing_since: float | None = None
 
     def start(self) -> None:
-        """Create the group if missing (from the stream's start), then take back this consumer's pending entries."""
+        """Create the group if missing (from the stream's start), load the keys of the group's recent files,
+        then take back this consumer's pending entries."""
         try:
             self.redis.xgroup_create(self.config.stream, self.config.group, id="0", mkstream=True)
         except redis.ResponseError as e:
             if "BUSYGROUP" not in str(e):
                 raise
-        cursor = b"0"
+        if not self.started:
+            self.ledger.recall(self.recent, self.config.dedupe_window_s)
+        cursor, held = b"0", set(self._ids)
         while entries := self._read(cursor):
-            self._take(entries, suspect=True)
+            self._take([(i, fields) for i, fields in entries if i not in held], suspect=True)
             cursor = entries[-1][0]
+        self.started = True
 
     def step(self) -> int:
         """Claim idle entries when due, read new ones (waiting up to ``block_ms``), flush when due.
@@ -162,30 +187,45 @@ class IngestConsumer:
         if not self._ids:
             return 0
         batch, ids = Transitions.concat(self._parts), self._ids
-        keep = _first_of_each_key(batch)
-        rows = batch if keep is None else batch.select(keep)
+        keys = _keys(self.recent, batch)  # (B,)
+        keep = self.recent.fresh(keys)
+        rows = batch if keep.all() else batch.select(keep)
+        self._parts = [rows]  # repeated keys leave the buffer; their entries are acknowledged with the rest
+        self._count(duplicates=len(batch) - len(rows))
         first, last = (i.decode() for i in (min(ids, key=streams.id_key), max(ids, key=streams.id_key)))
         planned = self.writer.plan_by_day(rows)
+        recent_ms = int((time.time() - self.config.dedupe_window_s) * 1000)
         self.ledger.record([LedgerFile(p.path[len(self.writer.root) + 1:], first, last) for p in planned],
-                           self._oldest_pending())
-        for p in planned:
+                           self._oldest_pending(), recent_ms)
+        for i, p in enumerate(planned):
             self.writer.write_file(p, {META_STREAM_IDS: f"{self.config.stream} {first} {last}".encode()})
+            # counted and remembered file by file: a retry after a later file failed writes only the rest
+            self.recent.add(keys[keep] if len(planned) == 1 else _keys(self.recent, p.rows), time.monotonic())
+            self._parts = [q.rows for q in planned[i + 1:]]
+            self._count(written=len(p.rows), files=1)
         self._parts, self._ids, self._since = [], [], time.monotonic()
-        self._count(written=len(rows), files=len(planned), duplicates=len(batch) - len(rows))
         self._unacked = ids
         self._ack()
         streams.trim_acknowledged(self.redis, self.config.stream)
         return len(rows)
 
-    def run(self, progress: Callable[[IngestStats], None] | None = None, progress_s: float = 5.0) -> IngestStats:
-        """Step until ``stop``; then flush what is held. Errors are counted and retried with backoff (1 s to 30 s)."""
+    def run(self, progress: Callable[[IngestStats], None] | None = None, progress_s: float = 5.0,
+            between: Callable[[], None] | None = None) -> IngestStats:
+        """``start`` if not started, step until ``stop``, then flush what is held. Errors are counted and
+        retried with backoff (1 s to 30 s). ``between`` is called on this thread after each step (a host's
+        requests, such as ``StreamLogger.flush``); its Redis and file errors count as the step's."""
         backoff, last_progress = 1.0, time.monotonic()
         while not self._stop.is_set():
             try:
+                if not self.started:
+                    self.start()
                 self.step()
-                backoff = 1.0
+                if between is not None:
+                    between()
+                self._compact()
+                backoff, self._failing_since = 1.0, None
             except (redis.RedisError, OSError) as e:
-                self._error(e)
+                self.note_error(e)
                 self._stop.wait(backoff)
                 backoff = min(2 * backoff, 30.0)
             if progress and time.monotonic() - last_progress >= progress_s:
@@ -194,12 +234,30 @@ class IngestConsumer:
         self._final_flush()
         return self.stats()
 
+    def _compact(self) -> None:
+        """Merge past days' files when due (``actors.ingest_compaction``); a failure is counted, never fatal."""
+        try:
+            self.compactor.maybe()
+        except Exception as e:  # a bad file in a past day must not stop the ingest of today's
+            self.note_error(e)
+
+    def drain(self, timeout_s: float | None = None) -> int:
+        """Read the entries not yet delivered to the group (for at most ``timeout_s``), then flush; returns rows
+        written. Not while ``run`` loops on another thread (``StreamLogger`` calls it from ``run``'s)."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        if not self.started:
+            self.start()
+        while (deadline is None or time.monotonic() < deadline) and (entries := self._read(b">")):
+            self._take(entries, suspect=False)
+        return self.flush()
+
     def stop(self) -> None:
         """Make ``run`` return after its current step (within about ``block_ms``)."""
         self._stop.set()
 
     def stats(self) -> IngestStats:
-        return IngestStats(**self._counts, buffered=len(self._ids), last_error=self._last_error)
+        return IngestStats(**self._counts, buffered=len(self._ids), last_error=self._last_error,
+                           failing_since=self._failing_since)
 
     def _final_flush(self, attempts: int = 5) -> None:
         for attempt in range(attempts):
@@ -207,7 +265,7 @@ class IngestConsumer:
                 self.flush()
                 return
             except (redis.RedisError, OSError) as e:
-                self._error(e)
+                self.note_error(e)
                 time.sleep(min(2.0 ** attempt, 10.0))
 
     def _read(self, cursor: bytes, block: int | None = None) -> list[tuple[bytes, dict[bytes, bytes]]]:
@@ -257,18 +315,13 @@ class IngestConsumer:
         for name, n in counts.items():
             self._counts[name] += n
 
-    def _error(self, error: BaseException) -> None:
+    def note_error(self, error: BaseException) -> None:
+        """Count a failure (one the loop retries, or one its host caught); ``stats`` reports it until a step succeeds."""
         self._counts["errors"] += 1
         self._last_error = f"{type(error).__name__}: {one_line(error)}"
+        self._failing_since = self._failing_since or time.time()
 
 
-def _first_of_each_key(batch: Transitions) -> np.ndarray | None:
-    """A (B,) mask keeping the first row of each (agent_id, eps_id, t), or None when all keys differ."""
-    first: dict[tuple[str, str, int], int] = {}
-    for i, key in enumerate(zip(batch.agent_id, batch.eps_id, batch.t.tolist())):
-        first.setdefault(key, i)
-    if len(first) == len(batch):
-        return None
-    keep = np.zeros(len(batch), dtype=bool)
-    keep[list(first.values())] = True
-    return keep
+def _keys(recent: RecentKeys, batch: Transitions) -> np.ndarray:
+    """The (B,) keys of ``batch``'s rows."""
+    return recent.keys(batch.agent_id, batch.eps_id, batch.t)

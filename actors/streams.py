@@ -29,14 +29,12 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from actors.bus_names import BUS, BusNames  # noqa: F401  (BusNames re-exported: the bus names live there)
 from worldmodel.data.batch import Transitions
 
-TELEMETRY_STREAM = "fleetwm:telemetry"
-"""Transitions from agents that plan on the edge and from the serving engine, read by the ingest group."""
-TELEMETRY_DEAD_LETTERS = "fleetwm:telemetry:dead"
-"""Telemetry entries no consumer can log, each with the reason, the original id and its payload."""
-INGEST_GROUP = "fleetwm-ingest"
-"""The consumer group of the telemetry loggers."""
+TELEMETRY_STREAM = BUS.telemetry
+TELEMETRY_DEAD_LETTERS = BUS.telemetry_dead_letters
+INGEST_GROUP = BUS.ingest_group
 DEAD_LETTER_MAXLEN = 100_000
 """Dead letters kept (approximately): they are for inspection, not replay."""
 

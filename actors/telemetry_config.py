@@ -63,6 +63,9 @@ class LoggerStats:
     """Seconds until the next write attempt while failing; None while writes succeed."""
     run_id: str
     """Names this run's ledger; kept across restarts by Ray."""
+    held_in_stream: bool = False
+    """True when the rows counted in ``buffered`` are still pending in the telemetry stream, so a crash of
+    the logger loses none of them (``StreamLogger``); False: held only in the logger's memory."""
 
 
 @dataclass(frozen=True)

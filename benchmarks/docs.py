@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from benchmarks.docs_pages import (defaults_fields, defaults_headline, gpu_fields, gpu_headline, ingest_fields,
-                                   ingest_headline, model_fit_fields,
+from benchmarks.docs_pages import (defaults_fields, defaults_headline, fleet_bus_fields, fleet_bus_headline,
+                                   gpu_fields, gpu_headline, ingest_fields, ingest_headline, model_fit_fields,
                                    model_fit_headline, nav2d_fields, nav2d_headline, pendulum_fields,
                                    pendulum_headline, serve_fleet_fields, serve_fleet_headline, throughput_fields,
                                    throughput_headline)
@@ -72,6 +72,8 @@ PAGES = (
          pendulum_fields, pendulum_headline),
     Page("ingest", "Telemetry ingest from Redis Streams", "ingest.json", "python -m benchmarks.ingest",
          ingest_fields, ingest_headline),
+    Page("fleet_bus", "Fleet bus: Redis Streams and HTTP side by side", "fleet_bus.json",
+         "python -m benchmarks.fleet_bus", fleet_bus_fields, fleet_bus_headline),
     Page("gpu", "GPU check", "gpu_check/gpu_check.json", "bash benchmarks/gpu_check.sh", gpu_fields, gpu_headline),
 )
 

@@ -262,3 +262,45 @@ def ingest_fields(r: Json) -> dict[str, str]:
 def ingest_headline(r: Json) -> str:
     return (f"{num(r['transitions_per_s'], 0)} transitions/s from the telemetry stream into Parquet on one core, "
             f"{num(r['logged_rows'], 0)} of {num(r['transitions'], 0)} logged once each")
+
+
+def fleet_bus_fields(r: Json) -> dict[str, str]:
+    settings, transports = r["settings"], r["transports"]
+    rows, ladder = [], []
+    for name, label in (("redis", "Redis Streams"), ("http", "HTTP")):
+        row = transports[name]["target_row"]
+        rows.append([label, row["agents"], num(row["rate_hz"], 0), num(row["latency_ms"]["p50"]),
+                     num(row["latency_ms"]["p99"]), row["errors"], pct(row.get("success_rate")),
+                     row.get("violations", "-")])
+        steps = transports[name].get("ladder") or []
+        tried = ", ".join(f"{s['agents']}: p99 {num(s['latency_ms']['p99'], 0)} ms"
+                          + ("" if s["holds"] else f" ({s['errors']} errors, behind)") for s in steps)
+        largest = transports[name].get("largest_fleet")
+        ladder.append(f"- {label}: **{largest or 'none of the sizes tried'}** agents ({tried or 'not run'})")
+    headers = ["transport", "agents", "requests/s", "p50 ms", "p99 ms", "errors", "success", "steps in zones"]
+    target = r["target"]
+    shares = {name: transports[name].get("cpu_percent_of_a_core") or {} for name in ("redis", "http")}
+    roles = list(dict.fromkeys([*shares["redis"], *shares["http"]]))
+    cpu = table(["process", "through Redis", "through HTTP"],
+                [[role, num(shares["redis"].get(role), 0), num(shares["http"].get(role), 0)] for role in roles]
+                + [["total (of 200)", num(sum(shares["redis"].values()), 0), num(sum(shares["http"].values()), 0)]])
+    return {"table": table(headers, rows), "target": verdict(r.get("target_met")), "ladder": "\n".join(ladder),
+            "cpu": cpu if roles else "not measured in this run",
+            "cycle_ms": num(transports["redis"].get("cycle_ms")) or "-",
+            "cpu_redis": num(sum(shares["redis"].values()), 0), "cpu_http": num(sum(shares["http"].values()), 0),
+            **{f"deadline_{name}": num(transports[name]["target_row"]["fallbacks_by_reason"].get("deadline", 0), 0)
+               for name in ("redis", "http")},
+            "per_read": num(transports["redis"].get("requests_per_read")) or "-",
+            "zones": str(settings["no_fly_zones"]), "hz": num(settings["hz"], 0), "agents": str(settings["agents"]),
+            "ladder_p99": num(r["ladder_p99_ms"], 0), "ladder_seconds": num(settings["ladder_seconds"], 0),
+            "transitions": num(r.get("transitions_logged"), 0), "target_p99": num(target["p99_ms"], 0),
+            "target_success": pct(target["success_rate"], 0)}
+
+
+def fleet_bus_headline(r: Json) -> str:
+    redis, http = (r["transports"][k]["target_row"] for k in ("redis", "http"))
+    largest = {k: r["transports"][k].get("largest_fleet") for k in ("redis", "http")}
+    return (f"{redis['agents']} agents at {num(r['settings']['hz'], 0)} Hz through Redis: p99 "
+            f"{num(redis['latency_ms']['p99'], 0)} ms, {redis['errors']} errors, {pct(redis.get('success_rate'))} "
+            f"success (HTTP: p99 {num(http['latency_ms']['p99'], 0)} ms); largest fleet at p99 <= "
+            f"{num(r['ladder_p99_ms'], 0)} ms: {largest['redis'] or '-'} (Redis), {largest['http'] or '-'} (HTTP)")

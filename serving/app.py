@@ -2,7 +2,10 @@
 
 - ``FleetIngress`` (FastAPI, CPU) validates requests, merges concurrent ones with
   ``@serve.batch`` and runs each batch through ``PlanEngine``: one call to the agent-state
-  shards, one to the planner deployment and one to the telemetry logger per batch.
+  shards, one to the planner deployment and one to the telemetry sink per batch.
+- With a fleet bus (``AppConfig.redis_url``), ``StreamConsumer`` (``serving.stream_consumer``) answers
+  the plan requests agents add to Redis Streams through the same engine, and served transitions of both
+  transports go through the bus's telemetry stream (``serving.sinks``).
 - ``PlannerServer`` (``serving.planner_server``) hosts the planner on a GPU when the cluster has one
   and follows its registry stage.
 - An optional shadow ``PlannerServer`` plans the same batches in the background; its actions
@@ -29,31 +32,26 @@ from pydantic import ValidationError
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from actors.common import NAMESPACE, gpus_per_worker
+from actors.common import gpus_per_worker
 from actors.records import PlanAnswer, RecordCache, Rejected
 from actors.state_store import start_state_shards
-from actors.telemetry import LoggerStats, TelemetryLogger
+from actors.telemetry import LoggerStats
 from serving.config import BATCHING, AppConfig
+from serving.consumer_loop import BusStats
 from serving.engine import PlanEngine
-from serving.front import (JSON_TYPES, Refreshed, Unavailable, api, encode, error_responses, invalid_body,
-                           public_body)
+from serving.front import JSON_TYPES, Refreshed, Unavailable, api, encode, error_responses, invalid_body
 from serving.metrics import serving_metrics
 from serving.planner_server import PlannerServer
 from serving.schema import (AGENT_ID_DESCRIPTION, BatchRequest, BatchResponse, HealthResponse, PlanRequest,
-                            PlanResponse, ResetResponse, served_openapi)
+                            PlanResponse, ResetResponse, check_request, public_body, served_openapi)
+from serving.sinks import start_telemetry
+from serving.stream_consumer import StreamConsumer
 from worldmodel.data.writer import AGENT_ID_PATTERN, check_writable
 from worldmodel.registry import ModelRegistry
 
 logger = logging.getLogger("ray.serve")
-
-
-def _start_telemetry(cfg: AppConfig) -> Any | None:
-    """The telemetry logger actor (shared by the ingress replicas, restarted by Ray), None when telemetry is off."""
-    if not cfg.log_uri:
-        return None
-    return ray.remote(TelemetryLogger).options(
-        name=cfg.telemetry_name, namespace=NAMESPACE, get_if_exists=True, lifetime="detached",
-        num_cpus=0, max_restarts=-1, max_task_retries=-1).remote(cfg.log_uri)
+_BUS_STATS_S = 5.0
+"""How long ``GET /v1/models`` waits for the stream consumer's stats."""
 
 
 # `serve.ingress` freezes a copy of `api`, and with it this class, as the module stands here: what its
@@ -62,22 +60,30 @@ def _start_telemetry(cfg: AppConfig) -> Any | None:
 class FleetIngress:
     """HTTP front door: validation and batching; the batch path itself is ``PlanEngine``."""
 
-    def __init__(self, planner: DeploymentHandle, shadow: DeploymentHandle | None, config: dict[str, Any]) -> None:
+    async def __init__(self, planner: DeploymentHandle, shadow: DeploymentHandle | None,
+                       consumer: DeploymentHandle | None, config: dict[str, Any]) -> None:
+        """``consumer``: the ``StreamConsumer`` deployment (None without a fleet bus), bound here so that it is
+        part of the app; the ingress reads its stats. The replica takes its writer lease before it serves."""
+        self._setup(planner, shadow, consumer, config)
+        await self.engine.join()
+
+    def _setup(self, planner: DeploymentHandle, shadow: DeploymentHandle | None,
+               consumer: DeploymentHandle | None, config: dict[str, Any]) -> None:
         self.cfg = AppConfig.from_dict(config)
         if self.cfg.log_uri:  # a replica that could log nothing must not start, nor report itself healthy
             check_writable(self.cfg.log_uri)
-        self.planner, self.shadow = planner, shadow
+        self.planner, self.shadow, self.consumer = planner, shadow, consumer
         token = self.cfg.bearer_token  # read once: the environment is the replica's, fixed at its start
         self._expected_auth = f"Bearer {token}".encode() if token is not None else None
         store = start_state_shards(self.cfg.state, detached=True)
-        telemetry = _start_telemetry(self.cfg)
+        sink, self._logger = start_telemetry(self.cfg)
         self.metrics = serving_metrics()
         cache = RecordCache(self.cfg.state.ttl_s)  # the engine uses it only while its writer lease is the only one
-        self.engine = PlanEngine(planner, store, telemetry, shadow, self.metrics, self.cfg.default_deadline_ms, cache)
+        self.engine = PlanEngine(planner, store, sink, shadow, self.metrics, self.cfg.default_deadline_ms, cache)
         self.batching: dict[str, Any] = {}
         self._spec = Refreshed(self._fetch_spec, 2.0, "model spec")  # follows version switches
-        self._logger = telemetry
-        self._telemetry = None if telemetry is None else Refreshed(self._fetch_telemetry, 2.0, "telemetry stats")
+        self._telemetry = None if self._logger is None else Refreshed(self._fetch_telemetry, 2.0, "telemetry stats")
+        self._bus = None if consumer is None else Refreshed(self._fetch_bus, 2.0, "stream consumer stats")
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Batching knobs, adjustable at run time through the deployment's ``user_config``.
@@ -168,13 +174,13 @@ class FleetIngress:
         return {"agent_id": agent_id, "reset": await self.engine.reset([agent_id]) > 0}
 
     @api.get("/v1/models", responses=error_responses(401),
-             summary="The served and shadow versions, batching and the registry")
+             summary="The served and shadow versions, batching, the fleet bus (its consumer's stats) and the registry")
     async def models(self) -> dict[str, Any]:
         production = await self.planner.info.remote()
         shadow = await self.shadow.info.remote() if self.shadow is not None else None
         out = {"production": production, "shadow": shadow,
                "comparison": self.engine.shadow_stats.summary() if shadow else None,
-               "batching": self.engine.stats() | self.batching}
+               "batching": self.engine.stats() | self.batching, "bus": await self._bus_stats()}
         if self.cfg.registry_uri:
             versions = await asyncio.to_thread(lambda: ModelRegistry(self.cfg.registry_uri).versions())
             out["registry"] = [{"version": v.version, "stage": v.stage} for v in versions]
@@ -183,15 +189,16 @@ class FleetIngress:
     @api.get("/healthz", response_model=HealthResponse, response_model_exclude_none=True,
              responses=error_responses(503),
              summary="Health probe (no token): 'degraded' while telemetry cannot be written or its logger "
-                     "reached; 503 'unavailable' while the served model's spec cannot be fetched")
+                     "reached, or the fleet bus cannot be read; 503 'unavailable' while the served model's spec "
+                     "cannot be fetched")
     async def healthz(self) -> Any:
         try:
             spec = await self._spec.get()
         except Unavailable as err:
             return JSONResponse({"error": str(err), "status": "unavailable"}, status_code=503)
-        error = self._telemetry_problem()
-        return {"status": "degraded" if error else "ok", "model_version": spec["model_version"],
-                "telemetry_error": error}
+        error, bus_error = self._telemetry_problem(), self._bus_problem()
+        return {"status": "degraded" if error or bus_error else "ok", "model_version": spec["model_version"],
+                "telemetry_error": error, "bus_error": bus_error}
 
     # -- helpers --------------------------------------------------------------------------
     async def _answer(self, req: PlanRequest, start: float) -> PlanAnswer | Rejected:
@@ -205,20 +212,8 @@ class FleetIngress:
             return Rejected(503, f"planning failed, retry: {type(err).__name__}: {' '.join(str(err).split())[:200]}")
 
     async def _check(self, req: PlanRequest, prefix: str) -> str | None:
-        """What depends on the served model (observation and action sizes, objective, zones): the problem, if any."""
-        spec = await self._spec.get()
-        model = f"model {spec['model_version']} ({spec['env_id']})"
-        if len(req.observation) != spec["obs_dim"]:
-            return f"{prefix}observation: has {len(req.observation)} values, {model} expects {spec['obs_dim']}"
-        if req.prev_action is not None and len(req.prev_action) != spec["act_dim"]:
-            return f"{prefix}prev_action: has {len(req.prev_action)} values, {model} expects {spec['act_dim']}"
-        if req.objective is not None:
-            if req.objective.name not in spec["objectives"]:
-                return f"{prefix}objective.name: {req.objective.name!r} is not served for {spec['env_id']}; " \
-                       f"choose one of {spec['objectives']}"
-            if req.objective.no_fly_zones and not spec["zones"]:
-                return f"{prefix}objective.no_fly_zones: {spec['env_id']} has no positions to keep out of zones"
-        return None
+        """What depends on the served model (``check_request``, the stream consumer's check too)."""
+        return check_request(req, await self._spec.get(), prefix)
 
     def _telemetry_problem(self) -> str | None:
         """Why served transitions are not being logged, from cached stats (no actor call): the logger
@@ -229,6 +224,31 @@ class FleetIngress:
         if self._telemetry.error is not None:
             return f"telemetry logger unreachable: {self._telemetry.error}"
         return stats.last_error if stats is not None else None
+
+    def _bus_problem(self) -> str | None:
+        """Why the stream consumer cannot read the fleet bus, from cached stats (None: it can, or no bus)."""
+        if self._bus is None:
+            return None
+        stats: BusStats | None = self._bus.peek()
+        if self._bus.error is not None:
+            return f"stream consumer unreachable: {self._bus.error}"
+        if stats is not None and stats.unreachable_s is not None:
+            return f"Redis unreachable for {stats.unreachable_s:.0f} s: {stats.last_error}"
+        return None
+
+    async def _bus_stats(self) -> dict[str, Any] | None:
+        """``/v1/models``' ``bus``: a consumer replica's ``BusStats``, ``{"error": ...}`` when none answers in
+        time, None without a fleet bus."""
+        if self.consumer is None:
+            return None
+        try:
+            return (await asyncio.wait_for(self._fetch_bus(), _BUS_STATS_S)).to_dict()
+        except Exception as err:  # the route still answers: the rest is the ingress's own
+            return {"error": f"stream consumer unreachable: {type(err).__name__}: {' '.join(str(err).split())[:200]}"}
+
+    async def _fetch_bus(self) -> BusStats:
+        """One consumer replica's stats (its counts; the group's lag and pending), whichever replica answers."""
+        return await self.consumer.stats.remote()
 
     async def _fetch_telemetry(self) -> LoggerStats:
         """The logger's stats, exported as gauges; a logger that cannot be reached is exported as failing."""
@@ -264,8 +284,13 @@ def build(args: dict[str, Any]) -> serve.Application:
     if cfg.shadow:
         shadow = serve.deployment(PlannerServer, name="ShadowPlanner").options(**planner_options).bind(
             cfg.shadow, cfg.registry_uri, cfg.service, cfg.poll_s)
+    consumer = None
+    if cfg.redis_url:  # streaming control: its replicas form the bus's consumer group
+        consumer = serve.deployment(StreamConsumer, name="StreamConsumer").options(
+            num_replicas=cfg.consumer_replicas, ray_actor_options={"num_cpus": cfg.ingress_cpus}, **logs).bind(
+            planner, shadow, cfg.to_dict())
     ingress = serve.deployment(FleetIngress, name="Ingress").options(
         ray_actor_options={"num_cpus": cfg.ingress_cpus}, max_ongoing_requests=cfg.max_ongoing_requests,
         autoscaling_config=cfg.ingress_autoscaling, user_config=cfg.batching, **logs)
     # Batching travels only as user_config: changing it reconfigures the replicas in place.
-    return ingress.bind(planner, shadow, {k: v for k, v in cfg.to_dict().items() if k != "batching"})
+    return ingress.bind(planner, shadow, consumer, {k: v for k, v in cfg.to_dict().items() if k != "batching"})

@@ -16,6 +16,9 @@ Both send the same bodies and handle failures the same way:
   ``TransportError`` for no answer).
 
 Observations, actions and no-fly zones may be lists or numpy arrays; they are sent as lists of floats.
+
+The same API over the fleet bus (Redis Streams) is ``serving.stream_client``'s ``StreamClient`` and
+``AsyncStreamClient``, re-exported here.
 """
 
 from __future__ import annotations
@@ -30,8 +33,17 @@ import requests
 from serving.episodes import ArrayLike, EpisodeSteps, plan_body
 from serving.link import RETRY, APIError, ClientStats, FleetClientError, RetryPolicy, TransportError
 
-__all__ = ["APIError", "AsyncFleetClient", "ClientStats", "EpisodeSteps", "FleetClient", "FleetClientError",
-           "RetryPolicy", "TransportError", "plan_body"]
+__all__ = ["APIError", "AsyncFleetClient", "AsyncStreamClient", "ClientStats", "EpisodeSteps", "FleetClient",
+           "FleetClientError", "RetryPolicy", "StreamClient", "TransportError", "plan_body"]
+
+
+def __getattr__(name: str) -> Any:
+    """The stream clients, loaded when first asked for: they bring redis and the bus codec (pyarrow with it)."""
+    if name in ("AsyncStreamClient", "StreamClient"):
+        from serving import stream_client
+
+        return getattr(stream_client, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class FleetClient:

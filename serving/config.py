@@ -8,6 +8,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from actors.redis_server import shown_url
 from actors.state import StateConfig
 
 TOKEN_ENV = "FLEETWM_API_TOKEN"
@@ -15,6 +16,9 @@ TOKEN_ENV = "FLEETWM_API_TOKEN"
 TOKEN_PATTERN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 """RFC 6750's b64token: ASCII only, so the token's bytes are the same however a header is decoded."""
 
+
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+"""How a Redis URL starts (redis-py's ``from_url``)."""
 
 BATCHING = {"max_batch_size": 256, "batch_wait_timeout_s": 0.002}
 """The ingress's ``@serve.batch`` knobs by default (``AppConfig.batching``, ``wm serve``'s flags)."""
@@ -59,6 +63,20 @@ class AppConfig:
     """Planner replicas scale on queued batches; raise max_replicas on a cluster with more workers."""
     ingress_autoscaling: dict[str, Any] = field(default_factory=lambda: {
         "min_replicas": 1, "max_replicas": 1, "target_ongoing_requests": 512})
+    redis_url: str | None = None
+    """The fleet bus (``redis://[:PASSWORD@]host:port/db``): streaming control through ``serving.stream_consumer``
+    and served transitions through the telemetry stream, so a logger crash loses none. None: HTTP only,
+    transitions through the logger actor's memory. A password here is in the app's config, which Ray's
+    dashboard shows to whoever holds the cluster's Ray token; `wm serve` prints the URL without it."""
+    bus_prefix: str = "fleetwm"
+    """Prefix of the bus's stream and group names (``actors.streams.BusNames``): two apps on one Redis differ."""
+    consumer_replicas: int = 1
+    """Stream consumer replicas; together they form one consumer group."""
+    claim_idle_ms: int = 1000
+    """A request pending this long at a consumer replica (a dead one's) is claimed by another: more than ten
+    cycles at fleet load, so a live replica's requests are not planned twice."""
+    read_count: int = 256
+    """Requests a consumer takes per read (``XREADGROUP COUNT``)."""
     telemetry_name: str = "fleetwm-telemetry"
     """Name of the telemetry logger actor."""
     access_log: bool | None = None
@@ -78,6 +96,13 @@ class AppConfig:
         if self.max_ongoing_requests < size:
             raise ValueError(f"max_ongoing_requests ({self.max_ongoing_requests}) must be >= "
                              f"max_batch_size ({size}), or batches can never fill")
+        if self.redis_url is not None and not self.redis_url.startswith(REDIS_SCHEMES):
+            raise ValueError(f"redis_url must start with {', '.join(REDIS_SCHEMES)}, got {shown_url(self.redis_url)!r}")
+        if not self.bus_prefix or any(c.isspace() for c in self.bus_prefix):
+            raise ValueError(f"bus_prefix must be a non-empty name without spaces, got {self.bus_prefix!r}")
+        for name in ("consumer_replicas", "claim_idle_ms", "read_count"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.default_deadline_ms is not None and self.default_deadline_ms <= 0:
             raise ValueError(f"default_deadline_ms must be > 0, got {self.default_deadline_ms}")
 

@@ -120,20 +120,25 @@ def _wait_ready(url: str, timeout_s: float) -> None:
     raise TimeoutError(f"the fleet endpoint at {url} was not ready after {timeout_s:.0f} s ({last})")
 
 
-def shutdown_app(state: StateConfig | None = None, telemetry_name: str | None = None,
-                 timeout_s: float = 30.0) -> dict[str, Any]:
+def shutdown_app(state: StateConfig | None = None, telemetry_name: str | None = None, timeout_s: float = 30.0,
+                 *, telemetry_stream: str | None = None) -> dict[str, Any]:
     """Delete the app, flush the telemetry log, and stop the agent-state shards (their snapshots stay),
     within about ``timeout_s`` whatever the logger does.
 
     Args:
         state / telemetry_name: the app's ``AppConfig.state`` and ``AppConfig.telemetry_name`` (None:
             their defaults), which name the actors to flush and stop.
+        telemetry_stream: with the fleet bus (``AppConfig.redis_url``), the telemetry stream the app's
+            logger (a ``StreamLogger``, same name and interface) reads. What it did not write stays
+            pending there, acknowledged only once written, so the next logger on that stream writes it
+            (`wm serve` again, or `wm ingest`); without the bus, what the logger held is lost.
 
     Returns:
         ``telemetry``: the logger's ``LoggerStats`` as a dict after its last flush (totals over the run,
         restarts included; None when telemetry was off or the logger did not answer); ``not_written``:
-        transitions the logger still held when it stopped (None when unknown); ``problems``: one line
-        per step that failed or did not finish in time.
+        transitions the logger still held when it stopped (None when unknown); ``unwritten_pending_in``:
+        ``telemetry_stream`` when there were such transitions and they wait there (not lost), else None;
+        ``problems``: one line per step that failed or did not finish in time.
     """
     deadline = time.monotonic() + timeout_s
     problems = []
@@ -145,32 +150,35 @@ def shutdown_app(state: StateConfig | None = None, telemetry_name: str | None = 
     stats, not_written = None, None
     telemetry = find_actor(telemetry_name or AppConfig.telemetry_name)
     if telemetry is not None:  # None: telemetry was off
-        stats, not_written = _last_flush(telemetry, deadline, problems)
+        stats, not_written = _last_flush(telemetry, deadline, problems, telemetry_stream)
         ray.kill(telemetry, no_restart=True)
     for name in (state or StateConfig()).shard_names:
         shard = find_actor(name)
         if shard is not None:
             ray.kill(shard, no_restart=True)
-    return {"telemetry": stats, "not_written": not_written, "problems": problems}
+    pending_in = telemetry_stream if telemetry is not None and not_written != 0 else None
+    return {"telemetry": stats, "not_written": not_written, "unwritten_pending_in": pending_in, "problems": problems}
 
 
 _STATS_S = 5.0
 """How long the logger's last ``stats`` call may take."""
 
 
-def _last_flush(telemetry: Any, deadline: float, problems: list[str]) -> tuple[dict[str, Any] | None, int | None]:
+def _last_flush(telemetry: Any, deadline: float, problems: list[str],
+                stream: str | None) -> tuple[dict[str, Any] | None, int | None]:
     """Flush the logger with what is left of the time (its flush returns when that ends, written or
     not), then read its totals. Returns (``LoggerStats`` as a dict, rows not written); None where the
-    logger did not answer."""
+    logger did not answer. ``stream``: where a ``StreamLogger``'s unwritten rows wait (``shutdown_app``)."""
     budget = max(deadline - time.monotonic() - _STATS_S, 1.0)
     not_written = None
+    kept = f" (still pending in Redis stream {stream}: not lost, the next logger on it writes them)" if stream else ""
     try:
         flushed = ray.get(telemetry.flush.remote(timeout_s=budget), timeout=budget + _STATS_S)
         not_written = flushed.unwritten
         if flushed.error:
-            problems.append(f"telemetry: {flushed.unwritten} transitions not written: {flushed.error}")
+            problems.append(f"telemetry: {flushed.unwritten} transitions not written{kept}: {flushed.error}")
     except (GetTimeoutError, RayError) as err:
-        problems.append(f"telemetry: the last flush did not finish: {_last_line(err)}")
+        problems.append(f"telemetry: the last flush did not finish{kept}: {_last_line(err)}")
     try:
         stats = dataclasses.asdict(ray.get(telemetry.stats.remote(), timeout=_STATS_S))
     except (GetTimeoutError, RayError) as err:

@@ -13,8 +13,9 @@ queued so far (see ``PlanEngine.submit``) and:
    counted by reason (``stats()['unlogged']``);
 4. plans every agent in one call to the planner deployment, warm-started from its record when the
    request continues the record's episode;
-5. writes the new records once and sends the closed transitions to the telemetry logger once,
-   both submitted before the answers go back and finished while they travel;
+5. writes the new records once and sends the closed transitions to the telemetry sink once
+   (``serving.engine_writes``), both submitted before the answers go back and finished while they
+   travel; ``settled`` says when they are durable;
 6. with a shadow version, has it plan the same batch in the background and compares (``serving.shadow``).
 
 What each request becomes (its answer, its new record, the transition it closes) is worked out by
@@ -39,9 +40,12 @@ from actors.state_store import AgentStateStore
 from planners.service import PlanBatch
 from serving import rows
 from serving.config import BATCHING
+from serving.engine_metrics import BatchMetrics
+from serving.engine_writes import EngineWrites
 from serving.metrics import ServingMetrics
 from serving.schema import PlanRequest
 from serving.shadow import ShadowComparison, ShadowStats
+from serving.sinks import TelemetrySink
 from worldmodel.data import Transitions
 
 logger = logging.getLogger("ray.serve")
@@ -54,16 +58,18 @@ _BUDGET_MARGIN_MS = 4.0
 LEASE_S = 3.0
 """A writer lease lasts this long; the engine renews it every ``LEASE_RENEW_S``."""
 LEASE_RENEW_S = 1.0
-"""Seconds between lease renewals: the longest another ingress replica's writes can go unnoticed."""
+"""Seconds between lease renewals: the longest another writer's arrival can go unnoticed."""
+JOIN_S = 1.5 * LEASE_RENEW_S
+"""How long a writer joining others waits before its first read: one renewal period of theirs, and a margin."""
 
 
 class PlanEngine:
-    """Runs batches of plan requests against the planner deployment, the state shards and the logger."""
+    """Runs batches of plan requests against the planner deployment, the state shards and the telemetry sink."""
 
-    def __init__(self, planner: Any, store: AgentStateStore, telemetry: Any | None, shadow: Any | None,
+    def __init__(self, planner: Any, store: AgentStateStore, telemetry: TelemetrySink | None, shadow: Any | None,
                  metrics: ServingMetrics, default_deadline_ms: float | None, cache: RecordCache | None = None) -> None:
         """``planner`` and ``shadow`` are planner deployment handles (``shadow`` None: no comparison);
-        ``telemetry`` the logger's (None: nothing logged); ``cache`` used only while the sole writer."""
+        ``telemetry`` where served transitions go (None: nothing logged); ``cache`` used only while the sole writer."""
         self.planner, self.store, self.telemetry, self.cache = planner, store, telemetry, cache
         self.metrics, self.default_deadline_ms = metrics, default_deadline_ms
         self.shadow = ShadowComparison(planner, shadow, metrics) if shadow is not None else None
@@ -73,10 +79,13 @@ class PlanEngine:
         self.unlogged: Counter[str] = Counter()
         """Requests whose record's transition was not logged, by reason (``rows.UNLOGGED_REASONS``)."""
         self._background: set[asyncio.Task[None]] = set()
+        self.writes = EngineWrites(store, telemetry, self._spawn)
         self.max_batch = int(BATCHING["max_batch_size"])  # per planner call; the ingress's reconfigure sets it
-        self._served_version: str | None = None
+        self._observed = BatchMetrics(metrics)
         self._queue: asyncio.Queue[tuple[PlanRequest, float, asyncio.Future[Answer]]] = asyncio.Queue()
         self._cycler: asyncio.Task[None] | None = None
+        self._idle = asyncio.Event()
+        self._idle.set()
         self.writer_id = uuid.uuid4().hex
         self.sole_writer = False
         """Whether the last lease renewal found this engine the only live writer (the cache is used only then)."""
@@ -99,6 +108,7 @@ class PlanEngine:
         futures = [loop.create_future() for _ in requests]
         for item in zip(requests, arrived, futures):
             self._queue.put_nowait(item)
+        self._idle.clear()
         if self._cycler is None or self._cycler.done():
             self._cycler = loop.create_task(self._cycle())
         return list(await asyncio.gather(*futures))
@@ -106,6 +116,8 @@ class PlanEngine:
     async def _cycle(self) -> None:
         """Forever: take every request queued so far (up to ``max_batch``) as one batch and answer it."""
         while True:
+            if self._queue.empty():
+                self._idle.set()
             items = [await self._queue.get()]
             while not self._queue.empty() and len(items) < self.max_batch:
                 items.append(self._queue.get_nowait())
@@ -120,6 +132,11 @@ class PlanEngine:
                 if not future.done():
                     future.set_result(answer)
 
+    async def until_idle(self) -> None:
+        """Return once no cycle is running or queued: a caller that reads its requests in batches (the stream
+        consumer) reads then, so one read takes everything that arrived during the cycle."""
+        await self._idle.wait()
+
     async def run(self, requests: list[PlanRequest], arrived: list[float]) -> list[Answer]:
         """Answer a batch in order. An agent that appears twice is answered in two passes, in order."""
         await self._keep_lease()
@@ -133,6 +150,7 @@ class PlanEngine:
         later = [i for i in range(len(requests)) if i not in taken]
         answers: list[Answer | None] = [None] * len(requests)
         async with self._pass:  # a reset waits for this pass: it must not land between its read and write
+            await self.writes.ordered()  # the previous pass's records are sent before this pass reads
             unique = await self._run_unique([requests[i] for i in first], [arrived[i] for i in first])
         for i, answer in zip(first, unique):
             answers[i] = answer
@@ -177,14 +195,22 @@ class PlanEngine:
         """Forget agents (their next request starts fresh); returns how many were known (for one agent:
         whether it was). Waits for the pass in progress, which may be about to write these agents."""
         async with self._pass:  # that pass's write was submitted first: the shards apply the reset after it
+            await self.writes.ordered()
             cached = self.cache.drop(agent_ids) if self.cache is not None else 0
             return max(await self.store.reset(agent_ids), cached)
 
+    async def settled(self, since: int | None = None) -> bool:
+        """Wait for every state write and telemetry call submitted so far; True when they succeeded (see
+        ``EngineWrites.settled``; ``since``: a ``writes.submitted`` read before the caller's ``submit``)."""
+        return await self.writes.settled(since)
+
     def stats(self) -> dict[str, Any]:
-        """Batches run by this replica: how well concurrent requests were merged."""
+        """Batches run by this replica: how well concurrent requests were merged; transitions whose telemetry
+        call failed, held for the next (``telemetry_held``) or dropped beyond the hold's bound."""
         return {"batches": self.batches, "requests": self.requests, "largest_batch": self.largest_batch,
                 "mean_batch": self.requests / self.batches if self.batches else None,
-                "unlogged": dict(self.unlogged)}
+                "unlogged": dict(self.unlogged), "telemetry_held": self.writes.held,
+                "telemetry_dropped": self.writes.dropped}
 
     # -- writer lease ---------------------------------------------------------------------
     async def renew_lease(self) -> int:
@@ -204,13 +230,26 @@ class PlanEngine:
         self.sole_writer = sole
         return writers
 
+    async def join(self) -> None:
+        """Take the writer lease and keep renewing it; call before the first batch (a replica's constructor).
+
+        When other writers hold a lease, wait ``JOIN_S`` before returning: a writer whose last renewal found
+        it alone keeps answering from its cache until its next renewal, and must not miss what this engine
+        writes meanwhile."""
+        if self.cache is None or self._leaser is not None:
+            return
+        self._leaser = asyncio.get_running_loop().create_task(self._renew_forever())
+        if await self.renew_lease() > 1:
+            await asyncio.sleep(JOIN_S)
+
     async def _keep_lease(self) -> None:
-        """With a cache: renew the lease before the first read, then every ``LEASE_RENEW_S`` in the background."""
-        if self.cache is None or (self._leaser is not None and not self._leaser.done()):
+        """With a cache: join before the first read unless the replica joined at its start."""
+        if self.cache is None:
             return
         if self._leaser is None:
-            await self.renew_lease()
-        self._leaser = asyncio.get_running_loop().create_task(self._renew_forever())
+            await self.join()
+        elif self._leaser.done():  # the loop it ran on has ended (a test's asyncio.run): renew on this one
+            self._leaser = asyncio.get_running_loop().create_task(self._renew_forever())
 
     async def _renew_forever(self) -> None:
         while True:
@@ -234,10 +273,10 @@ class PlanEngine:
         answers = rows.answers(requests, batch)
         records_out = rows.new_records(requests, records, steps, obs, batch, answers)
         transitions = rows.transitions(requests, records, steps, obs)
-        # one state write, one telemetry call, submitted now
+        # one telemetry call, then one state write, in the background
         self._write(records_out, transitions)
-        self._observe(batch, rows.prediction_errors(records, steps, obs),
-                      0 if transitions is None else len(transitions))
+        self._observed.observe(batch, rows.prediction_errors(records, steps, obs),
+                               0 if transitions is None else len(transitions))
         if self.shadow is not None:  # in the background: the shadow version plans the same inputs
             self._spawn(self.shadow.compare(inputs, batch.actions, transitions))
         return answers
@@ -252,50 +291,19 @@ class PlanEngine:
         return max(min(left) - _BUDGET_MARGIN_MS, 0.01)
 
     def _write(self, records: list[AgentRecord], transitions: Transitions | None) -> None:
-        """Submit the state write and the telemetry call now; they finish while the answers travel back.
+        """Log the transitions, then send the state write (``EngineWrites.submit`` says why in that order).
 
-        Submitted before anything else is sent to the shards: a retry of one of these requests, in this
-        batch's second pass or a later cycle, reaches the shard after this write (calls from one process
-        to one actor run in submission order), so it finds its answer; the logger drops repeats by
-        (episode, step).
+        The state write is submitted before anything else is sent to the shards: a retry of one of these
+        requests, in this batch's second pass or a later cycle, reaches the shard after this write (calls
+        from one process to one actor run in submission order), so it finds its answer; the logs keep
+        each (agent, episode, step) once.
         """
-        writes = [self.store.submit_put(records)]
-        if self.telemetry is not None and transitions is not None:
-            writes.append(self.telemetry.log.remote(transitions))
-        self._spawn(self._written(writes, len(records), 0 if transitions is None else len(transitions)))
+        self.writes.submit(records, transitions)
         if self.cache is not None and self.sole_writer:  # before a second pass of this batch reads them
             self.cache.put(records)
 
-    @staticmethod
-    async def _written(writes: list[Any], records: int, transitions: int) -> None:
-        try:
-            await asyncio.gather(*writes)
-        except Exception as err:  # the shards and the logger retry on restart; say what was lost if not
-            logger.error("writing %d agent records / %d transitions failed: %s", records, transitions, err)
-
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Any) -> asyncio.Task[None]:
         task = asyncio.get_running_loop().create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
-
-    def _observe(self, batch: PlanBatch, errors: list[tuple[str, float]], logged: int) -> None:
-        m, version = self.metrics, batch.model_version
-        tags = {"model_version": version}
-        m.batch_size.observe(len(batch.actions))
-        m.plans.inc(len(batch.actions), tags=tags)
-        reasons, counts = np.unique([r for r in batch.reasons() if r is not None], return_counts=True)
-        for reason, count in zip(reasons.tolist(), counts.tolist()):
-            m.fallbacks.inc(count, tags={"model_version": version, "reason": reason})
-        m.disagreement.set(float(np.mean(batch.disagreement)), tags=tags)
-        if version != self._served_version:  # the gauge names the served version; the old one drops to 0
-            if self._served_version is not None:
-                m.version.set(0, tags={"model_version": self._served_version, "role": "production"})
-            m.version.set(1, tags={"model_version": version, "role": "production"})
-            self._served_version = version
-        by_version: dict[str, list[float]] = {}
-        for v, e in errors:  # one observation per batch and version, as the shadow's
-            by_version.setdefault(v, []).append(e)
-        for v, es in by_version.items():
-            m.prediction_error.observe(sum(es) / len(es), tags={"model_version": v, "role": "production"})
-        if logged:
-            m.logged.inc(logged)
+        return task

@@ -7,9 +7,11 @@ a steady stream rather than bursts. When an episode ends, the next tick reports 
 observation with ``terminated``/``truncated``; the env is then reset and the next request (t 0,
 reward None) starts a new episode. A failed request counts as an error and the agent takes a zero
 action, which its next request reports as ``prev_action``: the server logs what the agent did, not
-an answer it never got. Each agent talks through its own ``AgentLink`` (a lean keep-alive HTTP/1.1
-connection with the clients' retries and errors), so the fleet takes little of the CPU it shares
-with the endpoint it measures.
+an answer it never got. Over HTTP each agent talks through its own ``AgentLink`` (a lean keep-alive
+HTTP/1.1 connection with the clients' retries and errors), so the fleet takes little of the CPU it
+shares with the endpoint it measures; over the fleet bus (``FleetConfig.transport`` 'redis') the
+agents share one ``AsyncStreamClient``, as a fleet gateway would. Latency is measured the same way
+on both: from the request's sending to its answer read.
 
 Its settings, result and samples are ``serving.fleet_config``'s. Used by `wm fleet`, `wm demo` and
 ``benchmarks/serve_fleet.py``.
@@ -18,25 +20,30 @@ Its settings, result and samples are ``serving.fleet_config``'s. Used by `wm fle
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import math
 import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Callable, Coroutine, TypeVar
+from typing import Any, AsyncIterator, Awaitable, Callable, Coroutine, TypeVar
 
 import gymnasium
 import numpy as np
 
-from serving.client import FleetClientError, RetryPolicy, plan_body
+from serving.client import ClientStats, FleetClientError, RetryPolicy, plan_body
 from serving.fleet_config import AgentTrack, FleetConfig, FleetResult, FleetTrace
 from serving.link import AgentLink
+from serving.stream_client import AsyncStreamClient
 from worldmodel.envs import NAV2D_ID, make_env
 from worldmodel.envs.nav2d import GOAL_DIMS, POS_DIMS
 
 PROGRESS_EVERY_S = 5.0
 """Seconds between progress lines."""
 T = TypeVar("T")
+Send = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+"""A plan body -> its answer; raises ``FleetClientError``."""
 
 
 def run_loop(coro: Coroutine[Any, Any, T]) -> T:
@@ -140,7 +147,7 @@ class _Agent:
 
     agent_id: str
     env: gymnasium.Env
-    link: AgentLink
+    send: Send
     track: _Track | None
 
     def start(self, objective: str, seed: int | None = None) -> _Episode:
@@ -150,7 +157,7 @@ class _Agent:
 
 async def drive_fleet(config: FleetConfig, progress: Callable[[str], None] | None = None,
                       trace: FleetTrace | None = None) -> FleetResult:
-    """Drive ``config.agents`` envs closed loop through the endpoint at ``config.url`` for ``config.seconds``.
+    """Drive ``config.agents`` envs closed loop through the endpoint (``config.target``) for ``config.seconds``.
 
     Rates and latencies are those of requests sent within ``seconds``. Episodes are those started
     within it: an episode under way at the end is driven on to its end (untimed) and counted, so
@@ -169,28 +176,48 @@ async def drive_fleet(config: FleetConfig, progress: Callable[[str], None] | Non
     prefix = config.agent_prefix if config.agent_prefix is not None else f"fleet-{uuid.uuid4().hex[:8]}-"
     env_kwargs = {"num_no_fly_zones": config.no_fly_zones} if config.no_fly_zones else {}
     keep = 0 if trace is None or config.env_id != NAV2D_ID else trace.track_agents
-    policy = RetryPolicy(config.url, config.token, config.timeout_s, config.retries)
-    agents = [_Agent(f"{prefix}{i:04d}", make_env(config.env_id, **env_kwargs), AgentLink(policy),
-                     _Track() if i < keep else None) for i in range(config.agents)]
-    tally = _Tally(start=time.perf_counter())
-    reporter = asyncio.create_task(_report(tally, config.seconds, progress)) if progress else None
-    try:
-        async with asyncio.TaskGroup() as group:
-            for i, agent in enumerate(agents):
-                group.create_task(_drive_agent(config, tally, agent, i))
-    finally:
-        if reporter is not None:
-            reporter.cancel()
-        for agent in agents:
-            agent.env.close()
-            agent.link.close()
+    async with _lines(config) as (sends, stats):
+        agents = [_Agent(f"{prefix}{i:04d}", make_env(config.env_id, **env_kwargs), send,
+                         _Track() if i < keep else None) for i, send in enumerate(sends)]
+        tally = _Tally(start=time.perf_counter())
+        reporter = asyncio.create_task(_report(tally, config.seconds, progress)) if progress else None
+        try:
+            async with asyncio.TaskGroup() as group:
+                for i, agent in enumerate(agents):
+                    group.create_task(_drive_agent(config, tally, agent, i))
+        finally:
+            if reporter is not None:
+                reporter.cancel()
+            for agent in agents:
+                agent.env.close()
     elapsed = min(time.perf_counter() - tally.start, config.seconds)  # the timed part
     if trace is not None:
         trace.sent_s.extend(tally.sent_s)
         trace.latency_ms.extend(tally.latency_ms)
         trace.tracks.extend(AgentTrack(np.asarray(a.track.xy), a.track.goal, a.track.zones, a.track.success)
                             for a in agents if a.track is not None and a.track.xy)
-    return tally.result(config, elapsed, policy.stats.retries)
+    return tally.result(config, elapsed, stats.retries)
+
+
+@contextlib.asynccontextmanager
+async def _lines(config: FleetConfig) -> AsyncIterator[tuple[list[Send], ClientStats]]:
+    """Each agent's line to the endpoint, and the stats counting their calls: over HTTP an ``AgentLink`` per
+    agent; over the bus one ``AsyncStreamClient`` for them all (one process, two connections)."""
+    if config.transport == "redis":
+        client = AsyncStreamClient(config.redis_url, prefix=config.bus_prefix,  # type: ignore[arg-type]
+                                   timeout_s=config.timeout_s, retries=config.retries)
+        try:
+            yield [client.send] * config.agents, client.stats
+        finally:
+            await client.close()
+        return
+    policy = RetryPolicy(config.url, config.token, config.timeout_s, config.retries)  # type: ignore[arg-type]
+    links = [AgentLink(policy) for _ in range(config.agents)]
+    try:
+        yield [functools.partial(link.post, "/v1/plan") for link in links], policy.stats
+    finally:
+        for link in links:
+            link.close()
 
 
 async def _drive_agent(config: FleetConfig, tally: _Tally, agent: _Agent, i: int) -> None:
@@ -208,7 +235,7 @@ async def _drive_agent(config: FleetConfig, tally: _Tally, agent: _Agent, i: int
         body = plan_body(agent.agent_id, ep.obs, reward=ep.reward, terminated=ep.terminated, truncated=ep.truncated,
                          objective=ep.objective, deadline_ms=config.deadline_ms, t=ep.t, prev_action=ep.prev_action)
         try:
-            answer = await agent.link.post("/v1/plan", body)
+            answer = await agent.send(body)
         except FleetClientError as err:
             if not timed:  # an episode finished past the end must be served to count: leave it
                 return

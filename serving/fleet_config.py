@@ -1,6 +1,6 @@
 """What a simulated fleet run drives and what it measures: its settings, result and raw samples.
 
-Plain data with no torch, Ray or HTTP library, so `wm fleet --help` reads its defaults from
+Plain data with no torch, Ray, HTTP or Redis library, so `wm fleet --help` reads its defaults from
 ``FleetConfig`` without loading the driver (``serving.fleet``); the timeout and retries default to the
 clients' (``serving.link.RETRY``).
 
@@ -13,19 +13,22 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from planners.config import OBJECTIVES
-from serving.link import RETRY
+from serving.link import HTTP_SCHEMES, REDIS_SCHEMES, RETRY
 from worldmodel.envs import NAV2D_ID
 
 if TYPE_CHECKING:
     import numpy as np
+
+TRANSPORTS = ("http", "redis")
+"""How the agents reach the endpoint: HTTP's ``POST /v1/plan``, or the fleet bus (Redis Streams)."""
 
 
 @dataclass(frozen=True)
 class FleetConfig:
     """What a fleet run drives, and how; checked at construction."""
 
-    url: str
-    """Base URL of the fleet endpoint (or of any server of API v1's ``POST /v1/plan``)."""
+    url: str | None = None
+    """Base URL of the fleet endpoint (or of any server of API v1's ``POST /v1/plan``); required over HTTP."""
     agents: int = 10
     """N simulated agents, each stepping its own env."""
     hz: float = 10.0
@@ -39,7 +42,7 @@ class FleetConfig:
     objective: str = "learned"
     """Objective name sent with every request: 'learned' or 'goal' (Nav2D's goal reward)."""
     token: str | None = None
-    """Bearer token of the endpoint (None: send none)."""
+    """Bearer token of the endpoint over HTTP (None: send none); the bus authenticates in ``redis_url``."""
     deadline_ms: float | None = None
     """Planning deadline sent with every request (None: the server's default)."""
     seed: int = 0
@@ -52,10 +55,17 @@ class FleetConfig:
     """Agent ids are PREFIX0000, PREFIX0001, ...; None: 'fleet-<random>-', fresh per run."""
     drain: bool = True
     """Drive the episodes under way at the end on to their end (untimed) and count them; False: stop."""
+    transport: str = "http"
+    """'http': every agent POSTs to ``url`` on its own connection; 'redis': the agents share one
+    ``serving.stream_client.AsyncStreamClient`` on ``redis_url``."""
+    redis_url: str | None = None
+    """The fleet bus, e.g. 'redis://127.0.0.1:6379/0'; required with transport 'redis', unused otherwise."""
+    bus_prefix: str = "fleetwm"
+    """Name prefix of the bus's streams: the serving app's ``AppConfig.bus_prefix``."""
 
     def __post_init__(self) -> None:
         checks = [
-            (self.url.startswith(("http://", "https://")), f"url must start with http(s)://, got {self.url!r}"),
+            *self._transport_checks(),
             (self.agents >= 1, f"agents must be >= 1, got {self.agents}"),
             (self.hz > 0, f"hz must be > 0, got {self.hz}"),
             (self.seconds > 0, f"seconds must be > 0, got {self.seconds}"),
@@ -70,6 +80,24 @@ class FleetConfig:
         wrong = [message for ok, message in checks if not ok]
         if wrong:
             raise ValueError(f"fleet settings: {'; '.join(wrong)}")
+
+    def _transport_checks(self) -> list[tuple[bool, str]]:
+        if self.transport not in TRANSPORTS:
+            return [(False, f"transport must be one of {', '.join(TRANSPORTS)}, got {self.transport!r}")]
+        redis = self.transport == "redis"
+        return [
+            (redis or self.url is not None, "url is required with transport 'http'"),
+            (self.url is None or self.url.startswith(HTTP_SCHEMES),
+             f"url must start with http(s)://, got {self.url!r}"),
+            (not redis or self.redis_url is not None, "redis_url is required with transport 'redis'"),
+            (self.redis_url is None or self.redis_url.startswith(REDIS_SCHEMES),
+             f"redis_url must start with {', '.join(REDIS_SCHEMES)}, got {self.redis_url!r}"),
+        ]
+
+    @property
+    def target(self) -> str:
+        """Where the agents' requests go, in words."""
+        return f"the bus at {self.redis_url}" if self.transport == "redis" else str(self.url)
 
     @property
     def period_s(self) -> float:

@@ -13,9 +13,7 @@ background so that no request waits for the actor that has it.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import math
 import time
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
@@ -26,9 +24,9 @@ from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from actors.records import PlanAnswer
+from serving.bus import to_json
 from serving.metrics import serving_metrics
-from serving.schema import ErrorBody
+from serving.schema import ErrorBody, public_body  # noqa: F401 (the routes answer with it)
 
 if TYPE_CHECKING:
     from serving.app import FleetIngress
@@ -179,31 +177,8 @@ async def _read_body(receive: Receive) -> bytes | None:
     return body
 
 
-def encode(payload: dict[str, Any]) -> bytes:
-    """``payload`` as JSON, a non-finite number (a diverging model's) as null."""
-    try:
-        return json.dumps(payload, separators=(",", ":"), allow_nan=False).encode()
-    except ValueError:
-        return json.dumps(_finite(payload), separators=(",", ":")).encode()
-
-
-def _finite(value: Any) -> Any:
-    """``value`` with every NaN or infinity replaced by None."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value
-
-
-def public_body(answer: PlanAnswer) -> dict[str, Any]:
-    """An answer's JSON body: every field of ``PlanResponse``; ``trajectory`` only when it was asked for."""
-    body = answer.to_dict()
-    if body["trajectory"] is None:
-        del body["trajectory"]
-    return body
+encode = to_json
+"""``payload`` as JSON, a non-finite number (a diverging model's) as null."""
 
 
 async def _send_json(send: Send, status: int, payload: dict[str, Any],

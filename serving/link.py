@@ -1,8 +1,9 @@
 """The line from a client to the fleet endpoint: errors by kind, the retry settings and policy, and ``AgentLink``.
 
-``RetryPolicy`` is the contract every client follows (``serving.client``'s two clients and the simulated
-fleet's links): connection errors, timeouts and 5xx are retried with backoff and jitter on the same body, a 4xx
-is final (409 included: the server refused a superseded request id), and failures are counted by kind.
+``RetryPolicy`` is the contract every client follows (``serving.client``'s two clients, the stream clients of
+``serving.stream_client`` and the simulated fleet's links): connection errors, timeouts and 5xx are retried
+with backoff and jitter on the same body, a 4xx is final (409 included: the server refused a superseded
+request id), and failures are counted by kind.
 
 ``AgentLink`` is one simulated agent's lean HTTP/1.1 keep-alive connection. The simulated fleet
 (``serving.fleet``) shares its machine with the endpoint it measures, so what it spends per request is taken
@@ -86,13 +87,23 @@ RETRY = RetrySettings()
 """The default timeout and retries of both clients, ``RetryPolicy`` and ``FleetConfig`` (so `wm fleet`'s flags)."""
 
 
+HTTP_SCHEMES = ("http://", "https://")
+"""URL schemes of the fleet endpoint's HTTP API."""
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+"""URL schemes of the fleet bus (a Redis server), as ``redis.Redis.from_url`` reads them."""
+
+
 class RetryPolicy:
-    """URL, token and ``RetrySettings`` shared by the clients and the simulated fleet's links; counts their calls."""
+    """URL, token and ``RetrySettings`` shared by the clients and the simulated fleet's links; counts their calls.
+
+    ``schemes``: the URL schemes the caller's transport speaks (HTTP's, or the stream clients' ``REDIS_SCHEMES``).
+    """
 
     def __init__(self, url: str, token: str | None, timeout_s: float = RETRY.timeout_s, retries: int = RETRY.retries,
-                 backoff_s: float = RETRY.backoff_s, max_backoff_s: float = RETRY.max_backoff_s) -> None:
-        if not url.startswith(("http://", "https://")):
-            raise ValueError(f"url must start with http:// or https://, got {url!r}")
+                 backoff_s: float = RETRY.backoff_s, max_backoff_s: float = RETRY.max_backoff_s, *,
+                 schemes: tuple[str, ...] = HTTP_SCHEMES) -> None:
+        if not url.startswith(schemes):
+            raise ValueError(f"url must start with {' or '.join(schemes)}, got {url!r}")
         self.settings = RetrySettings(timeout_s, retries, backoff_s, max_backoff_s)
         self.url = url.rstrip("/")
         self.headers = {"Authorization": f"Bearer {token}"} if token else {}

@@ -53,6 +53,22 @@ class ServingMetrics:
                                                "1 while telemetry cannot be written or its logger cannot be "
                                                "reached, else 0.")
 
+        self.bus_lag = metrics.Gauge("fleetwm_bus_lag", "Plan requests in the request stream not yet read by the "
+                                     "stream consumers (XINFO GROUPS lag).")
+        self.bus_pending = metrics.Gauge("fleetwm_bus_pending", "Plan requests read by a stream consumer and not "
+                                         "yet acknowledged (being planned, or held by a dead consumer).")
+        self.bus_dead_letters = metrics.Counter("fleetwm_bus_dead_letters_total",
+                                                "Plan request entries dead-lettered (unreadable or invalid).")
+        self.bus_latency = metrics.Histogram("fleetwm_bus_latency_seconds", "Time from a plan request's entry to "
+                                             "its reply's, on Redis's clock (s).", boundaries=_LATENCY_S)
+
+    def report_bus(self, lag: int | None, pending: int | None) -> None:
+        """Export the request stream's consumer group state (None: unknown, the gauge keeps its value)."""
+        if lag is not None:
+            self.bus_lag.set(lag)
+        if pending is not None:
+            self.bus_pending.set(pending)
+
     def report_telemetry(self, stats: LoggerStats | None) -> None:
         """Export the telemetry logger's state: its ``LoggerStats``, or None when it could not be reached
         (failing; its counts keep their last values)."""

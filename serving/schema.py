@@ -12,11 +12,14 @@ The ``Field`` descriptions are the API's documentation (OpenAPI, ``/docs``).
 from __future__ import annotations
 
 import copy
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from worldmodel.data.writer import AGENT_ID_PATTERN
+
+if TYPE_CHECKING:
+    from actors.records import PlanAnswer
 
 MAX_ABS_OBS = 1e6
 """Largest magnitude of any number accepted: beyond it a value is a unit or encoding bug, not a state."""
@@ -121,9 +124,11 @@ class ResetResponse(BaseModel):
 
 class HealthResponse(BaseModel):
     status: Literal["ok", "degraded"] = Field(
-        description="'degraded': still serving, but telemetry cannot be written (see telemetry_error).")
+        description="'degraded': still serving, but telemetry cannot be written (see telemetry_error) or the "
+                    "fleet bus cannot be reached (see bus_error).")
     model_version: str = Field(description="The model version being served.")
     telemetry_error: str | None = Field(default=None, description="The telemetry logger's last write error.")
+    bus_error: str | None = Field(default=None, description="Why the stream consumer cannot read the fleet bus.")
 
 
 class ErrorBody(BaseModel):
@@ -131,6 +136,39 @@ class ErrorBody(BaseModel):
 
     error: str = Field(description="What was wrong, in one line naming the field or value.")
     detail: list[dict[str, Any]] | None = Field(default=None, description="422 only: every validation error.")
+
+
+def public_body(answer: PlanAnswer) -> dict[str, Any]:
+    """An answer's JSON body (HTTP's and the fleet bus's): every field of ``PlanResponse``; ``trajectory``
+    only when it was asked for."""
+    body = answer.to_dict()
+    if body["trajectory"] is None:
+        del body["trajectory"]
+    return body
+
+
+def check_request(req: PlanRequest, spec: dict[str, Any], prefix: str = "") -> str | None:
+    """What depends on the served model (observation and action sizes, objective, zones): the problem, if any.
+
+    The one check of both transports (HTTP and the fleet bus), after the body's own validation.
+
+    Args:
+        spec: the planner deployment's ``info()`` (``model_version``, ``env_id``, ``obs_dim``, ``act_dim``,
+            ``objectives``, ``zones``).
+        prefix: put before the field's name (a batch item's place, e.g. ``"requests.3."``).
+    """
+    model = f"model {spec['model_version']} ({spec['env_id']})"
+    if len(req.observation) != spec["obs_dim"]:
+        return f"{prefix}observation: has {len(req.observation)} values, {model} expects {spec['obs_dim']}"
+    if req.prev_action is not None and len(req.prev_action) != spec["act_dim"]:
+        return f"{prefix}prev_action: has {len(req.prev_action)} values, {model} expects {spec['act_dim']}"
+    if req.objective is not None:
+        if req.objective.name not in spec["objectives"]:
+            return f"{prefix}objective.name: {req.objective.name!r} is not served for {spec['env_id']}; " \
+                   f"choose one of {spec['objectives']}"
+        if req.objective.no_fly_zones and not spec["zones"]:
+            return f"{prefix}objective.no_fly_zones: {spec['env_id']} has no positions to keep out of zones"
+    return None
 
 
 def served_openapi(schema: dict[str, Any], obs_dim: int, act_dim: int) -> dict[str, Any]:

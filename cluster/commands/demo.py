@@ -4,8 +4,9 @@ A simulated fleet logs random episodes, a learner actor trains a world model (th
 ``worldmodel.config.ModelConfig``) from those logs and registers it, the registry promotes it,
 Ray Serve comes up with it behind HAProxy (on its own free ports, so a `wm serve` may run beside
 it), and a fleet of agents drives closed loop through HTTP while the endpoint logs their
-transitions back for the next retrain. The report prints success, zone violations, latency
-percentiles and plans/s, and writes a PNG.
+transitions back for the next retrain: by default through the fleet bus, a redis-server the demo
+owns (``--redis``, as `wm serve`'s), so a logger crash loses none of them. The report prints
+success, zone violations, latency percentiles and plans/s, and writes a PNG.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
+
+from cluster.commands.serve import add_redis_option
 
 Say = Callable[[str], None]
 
@@ -30,28 +33,33 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--seconds", type=float, default=30.0, help="how long the fleet drives")
     p.add_argument("--no-fly-zones", type=int, default=2, metavar="Z")
     p.add_argument("--seed", type=int, default=0)
+    add_redis_option(p, "OUT/redis")
     p.set_defaults(handler=run_demo)
 
 
 def run_demo(args: argparse.Namespace) -> dict[str, Any]:
     import ray
 
-    from cluster.commands.serve import start_ray_for_serving
+    from cluster.commands.serve import fleet_bus, redis_choice, start_ray_for_serving
 
     out = Path(args.out).absolute()
     if (out / "logs").exists() or (out / "registry").exists():
         raise FileExistsError(f"{out} already holds a demo; pass another --out or remove it")
     if args.episodes < 2 or args.agents < 1 or args.seconds <= 0 or args.hz <= 0:
         raise ValueError("--episodes must be >= 2, --agents >= 1, --seconds and --hz > 0")
+    choice = redis_choice(args.redis, None)
     say: Say = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     start = time.perf_counter()
-    say("[1/5] starting a local Ray (Serve's HTTP ingress: HAProxy)")
-    start_ray_for_serving(None, "haproxy")
-    try:
-        report = _learn(args, out, say)
-        report |= _serve_and_drive(args, out, report["served_version"], say)
-    finally:
-        ray.shutdown()
+    with fleet_bus(choice, out / "redis") as bus:
+        on_bus = "no fleet bus" if bus is None else f"the fleet bus at {bus.shown()['url']}"
+        say(f"[1/5] starting a local Ray (Serve's HTTP ingress: HAProxy), {on_bus}")
+        start_ray_for_serving(None, "haproxy")
+        try:
+            report = _learn(args, out, say)
+            report |= _serve_and_drive(args, out, report["served_version"], say, bus and bus.url)
+        finally:
+            ray.shutdown()
+        report["redis"] = bus and bus.shown()
     return _report(args, out, report, round(time.perf_counter() - start, 1))
 
 
@@ -75,10 +83,13 @@ def _learn(args: argparse.Namespace, out: Path, say: Say) -> dict[str, Any]:
     return {"fleet_logs": fleet, "learn": learned, "served_version": version}
 
 
-def _serve_and_drive(args: argparse.Namespace, out: Path, version: str, say: Say) -> dict[str, Any]:
-    """Steps 4 and 5: the endpoint with the promoted model (the served defaults), a fleet through it."""
+def _serve_and_drive(args: argparse.Namespace, out: Path, version: str, say: Say,
+                     redis_url: str | None) -> dict[str, Any]:
+    """Steps 4 and 5: the endpoint with the promoted model (the served defaults; the fleet bus at
+    ``redis_url`` unless None), a fleet through it."""
     from actors.state import StateConfig
     from cluster.commands.fleet_report import plot_fleet
+    from cluster.commands.serve import telemetry_stream
     from cluster.runtime import free_port
     from serving.deploy import deploy, shutdown_app
     from serving.fleet import drive_fleet, run_loop
@@ -86,27 +97,29 @@ def _serve_and_drive(args: argparse.Namespace, out: Path, version: str, say: Say
 
     state = StateConfig(snapshot_uri=str(out / "agent-state"), name="demo-agent-state")
     say(f"[4/5] Ray Serve comes up with v{version} (registry stage 'production')")
-    url = deploy("production", registry_uri=str(out / "registry"), log_uri=str(out / "served-logs"),
-                 port=free_port(), state=state, access_log=False)
+    app = {"registry_uri": str(out / "registry"), "log_uri": str(out / "served-logs"), "state": state,
+           "access_log": False, "redis_url": redis_url}
+    url = deploy("production", port=free_port(), **app)
     say(f"[5/5] {args.agents} agents drive closed loop at {args.hz:g} Hz for {args.seconds:g} s through {url}")
     trace = FleetTrace()
     fleet = FleetConfig(url, agents=args.agents, hz=args.hz, seconds=args.seconds, no_fly_zones=args.no_fly_zones,
                         seed=args.seed + 1)
     result = run_loop(drive_fleet(fleet, progress=say, trace=trace))
-    stopped = shutdown_app(state)
+    stopped = shutdown_app(state, telemetry_stream=telemetry_stream(app))
     plot_fleet(trace, out / "fleet.png", f"wm demo: {args.agents} agents at {args.hz:g} Hz through Ray Serve, "
                f"model v{version}")
     return {"url": url, "drive": dataclasses.asdict(result), "telemetry": stopped["telemetry"],
-            "telemetry_not_written": stopped["not_written"], "shutdown_problems": stopped["problems"]}
+            "telemetry_not_written": stopped["not_written"], "unwritten_pending_in": stopped["unwritten_pending_in"],
+            "shutdown_problems": stopped["problems"]}
 
 
 def _report(args: argparse.Namespace, out: Path, report: dict[str, Any], seconds: float) -> dict[str, Any]:
-    from worldmodel.data import read_transitions
+    from worldmodel.data import list_log_files, read_transitions
 
     served_logs = out / "served-logs"
-    served = read_transitions(str(served_logs)) if served_logs.exists() else None
+    files = list_log_files(str(served_logs))  # none when the logger wrote nothing: the report says why
     report = {"command": "demo", "out": str(out), **report,
-              "served_transitions_logged": 0 if served is None else len(served),
+              "served_transitions_logged": len(read_transitions(str(served_logs))) if files else 0,
               "png": str(out / "fleet.png"), "seconds": seconds}
     drove, fleet, version = report["drive"], report["fleet_logs"], report["served_version"]
     lat = drove["latency_ms"]
@@ -120,8 +133,11 @@ def _report(args: argparse.Namespace, out: Path, report: dict[str, Any], seconds
         f"{drove['violations']} steps in no-fly zones, {drove['fallbacks']} fallbacks "
         f"{drove['fallbacks_by_reason'] or ''}".rstrip(),
         f"telemetry: {report['served_transitions_logged']} served transitions logged to {served_logs} "
-        f"for the next retrain ({report['telemetry_not_written']} not written)",
+        f"for the next retrain ({report['telemetry_not_written']} not written"
+        + (f", pending in {report['redis']['url']} stream {report['unwritten_pending_in']})"
+           if report["unwritten_pending_in"] else ")"),
         f"plot: {report['png']}",
+        *(f"problem: {p}" for p in report["shutdown_problems"]),
     ]
     return report
 

@@ -1,7 +1,7 @@
-"""`wm fleet`: N simulated agents drive closed loop through a running fleet endpoint over HTTP.
+"""`wm fleet`: N simulated agents drive closed loop through a running fleet endpoint, over HTTP or the fleet bus.
 
 Every default is ``serving.fleet_config.FleetConfig``'s; this module only names them as flags. The
-driver (``serving.fleet``: the HTTP client, gymnasium envs) loads only when the command runs.
+driver (``serving.fleet``: the HTTP and stream clients, gymnasium envs) loads only when the command runs.
 """
 
 from __future__ import annotations
@@ -14,20 +14,25 @@ from pathlib import Path
 from typing import Any
 
 from planners.config import OBJECTIVES
-from serving.fleet_config import FleetConfig, FleetResult, FleetTrace
+from serving.fleet_config import TRANSPORTS, FleetConfig, FleetResult, FleetTrace
 
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(FleetConfig)}
 
-# FleetConfig's fields set from the flag of the same name (--env sets env_id).
+# FleetConfig's fields set from the flag of the same name (--env sets env_id, --redis redis_url).
 _FLAGS = ("url", "agents", "hz", "seconds", "no_fly_zones", "objective", "deadline_ms", "timeout_s", "retries",
-          "seed")
+          "seed", "transport", "bus_prefix")
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     d = _DEFAULTS
     p = sub.add_parser("fleet", parents=[common],
                        help="drive N simulated agents closed loop through a fleet endpoint (load test)")
-    p.add_argument("--url", required=True, help="base URL of the endpoint, e.g. http://127.0.0.1:8000")
+    p.add_argument("--url", default=None, help="base URL of the endpoint, e.g. http://127.0.0.1:8000 (over HTTP)")
+    p.add_argument("--transport", choices=TRANSPORTS, default=d["transport"],
+                   help="http: every agent POSTs to --url; redis: the agents share one stream client on --redis")
+    p.add_argument("--redis", default=None, metavar="URL",
+                   help="the fleet bus (`wm serve --redis`'s), e.g. redis://127.0.0.1:6379/0, with --transport redis")
+    p.add_argument("--bus-prefix", default=d["bus_prefix"], help="name prefix of the bus's streams (the app's)")
     p.add_argument("--agents", type=int, default=d["agents"], help="N agents, each stepping its own env")
     p.add_argument("--hz", type=float, default=d["hz"], help="each agent's control rate")
     p.add_argument("--seconds", type=float, default=d["seconds"], help="how long to drive")
@@ -51,18 +56,22 @@ def run_fleet(args: argparse.Namespace) -> dict[str, Any]:
     from serving.config import TOKEN_ENV  # serving.config loads Ray: only when the command runs
     from serving.fleet import drive_fleet, run_loop
 
-    config = FleetConfig(**{name: getattr(args, name) for name in _FLAGS}, env_id=args.env,
+    if args.redis is not None and args.transport != "redis":
+        raise ValueError(f"--redis {args.redis} drives nothing over --transport {args.transport}: "
+                         "add --transport redis")
+    config = FleetConfig(**{name: getattr(args, name) for name in _FLAGS}, env_id=args.env, redis_url=args.redis,
                          token=args.token or os.environ.get(TOKEN_ENV))
     say = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     trace = FleetTrace() if args.png else None
-    say(f"wm fleet: {config.agents} agents at {config.hz:g} Hz for {config.seconds:g} s through {config.url}")
+    say(f"wm fleet: {config.agents} agents at {config.hz:g} Hz for {config.seconds:g} s through {config.target}")
     result = run_loop(drive_fleet(config, progress=say, trace=trace))
-    out = {"command": "fleet", "url": config.url, "env": config.env_id, "objective": config.objective,
-           "no_fly_zones": config.no_fly_zones, "deadline_ms": config.deadline_ms} | dataclasses.asdict(result)
+    out = {"command": "fleet", "transport": config.transport, "url": config.url, "redis": config.redis_url,
+           "env": config.env_id, "objective": config.objective, "no_fly_zones": config.no_fly_zones,
+           "deadline_ms": config.deadline_ms} | dataclasses.asdict(result)
     if trace is not None:
         from cluster.commands.fleet_report import plot_fleet  # matplotlib: only when a plot is asked for
 
-        title = f"{config.agents} agents at {config.hz:g} Hz through {config.url}"
+        title = f"{config.agents} agents at {config.hz:g} Hz through {config.target}"
         out["png"] = str(plot_fleet(trace, Path(args.png), title))
     out["_summary"] = _summary(result, config) + ([f"plot: {out['png']}"] if trace is not None else [])
     return out

@@ -1,4 +1,4 @@
-"""PNG report of a fleet run over HTTP: latency over time, its histogram, and a few agents' paths."""
+"""PNG report of a fleet run (over HTTP or the fleet bus): latency over time, its histogram, and a few agents' paths."""
 
 from __future__ import annotations
 

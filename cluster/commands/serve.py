@@ -16,26 +16,41 @@ names the holder where it can), and on a local Ray, Serve's own fixed ports (HAP
 metrics, the fallback proxy) are chosen free (``serving.deploy``), so several `wm serve` run side by
 side on one machine.
 
+The fleet bus (``--redis``, ``serving.bus``): agents plan through Redis Streams beside HTTP, and served
+transitions reach the logs through the telemetry stream, so a logger crash loses none of them. ``local``
+(the default) starts a redis-server owned by this command before the app (a free port on 127.0.0.1, AOF
+on, data in ``$XDG_CACHE_HOME/fleetwm/redis/HOST-PORT``: a restart on the same host and port replays what
+it held, pending telemetry included) and stops it after the app; a URL uses that server (checked before Ray
+starts); ``none`` serves over HTTP only and logs through the logger actor's memory. A cluster's nodes
+share no local server: with ``--address`` give the head node's (``ray_cluster.yaml`` runs it on port 6380).
+
 Shutdown: SIGTERM or Ctrl-C deletes the app, flushes the telemetry log and stops the shards within
-``serving.deploy.shutdown_app``'s bound (30 s) whatever the logger does; the result says how many
-transitions were not written and why.
+``serving.deploy.shutdown_app``'s bound (30 s) whatever the logger does, then stops an owned redis-server;
+the result says how many transitions were not written, why, and whether they wait in Redis (not lost).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cluster.commands.plan import add_planner_setting_option, planner_settings
 from planners.config import DEFAULT_PLANNER, PLANNER_NAMES, PlanConfig
 
+if TYPE_CHECKING:
+    from actors.redis_server import BusServer
+
 PLAN = PlanConfig()  # the served planner settings' defaults (planners.config: one place)
+REDIS_LOCAL, REDIS_NONE = "local", "none"
+DEFAULT_REDIS = REDIS_LOCAL
+"""`wm serve` and `wm demo` run the fleet bus on a redis-server of their own unless told otherwise."""
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -81,13 +96,35 @@ def add_serve_options(p: argparse.ArgumentParser) -> None:
                         "of requests/s; latency and status counts are in the metrics)")
     p.add_argument("--max-batch-size", type=int, default=None, help="(default: the app's)")
     p.add_argument("--batch-wait-ms", type=float, default=None, help="(default: the app's)")
+    add_redis_option(p, "~/.cache/fleetwm/redis/HOST-PORT")
+    p.add_argument("--consumer-replicas", type=int, default=None, metavar="N",
+                   help="stream consumer replicas reading the bus's requests as one group (default: the app's)")
+
+
+def add_redis_option(p: argparse.ArgumentParser, local_dir: str) -> None:
+    """``--redis local|URL|none`` (default ``DEFAULT_REDIS``) for a command that runs the app on a local Ray."""
+    p.add_argument("--redis", default=DEFAULT_REDIS, metavar="local|URL|none",
+                   help=f"the fleet bus: '{REDIS_LOCAL}' (default) starts a redis-server owned by this command "
+                        f"(free port, AOF on, data in {local_dir}) and stops it after the app; a "
+                        "redis://[:PASSWORD@]HOST:PORT/DB URL uses that server (on a cluster the head node's, "
+                        f"port 6380: ray_cluster.yaml); '{REDIS_NONE}': HTTP only, telemetry through the "
+                        "logger's memory (a logger crash loses what it holds)")
 
 
 def default_state_dir(host: str, port: int) -> Path:
     """Where `wm serve` snapshots agent state unless told: one directory per host and port, so two
     endpoints never share snapshots and a restart on the same port finds its own."""
+    return _cache_dir("agent-state", host, port)
+
+
+def default_redis_dir(host: str, port: int) -> Path:
+    """Where `wm serve --redis local` keeps its redis-server's data (AOF), per host and port like agent state."""
+    return _cache_dir("redis", host, port)
+
+
+def _cache_dir(kind: str, host: str, port: int) -> Path:
     cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(cache) / "fleetwm" / "agent-state" / f"{host}-{port}"
+    return Path(cache) / "fleetwm" / kind / f"{host}-{port}"
 
 
 def state_dir(args: argparse.Namespace) -> str | None:
@@ -107,6 +144,35 @@ def state_dir(args: argparse.Namespace) -> str | None:
     return str(default_state_dir(args.host, args.port))
 
 
+def redis_choice(choice: str, address: str | None) -> str:
+    """``--redis``'s value checked: ``REDIS_LOCAL``, ``REDIS_NONE`` or a Redis URL (not yet reached).
+
+    Raises:
+        ValueError: anything else, or ``local`` on a cluster (``address``), whose nodes cannot reach a
+            redis-server this machine owns and stops.
+    """
+    if choice == REDIS_LOCAL and address:
+        raise ValueError("--redis local starts a redis-server on this machine, which the cluster's nodes do not "
+                         "share: with --address pass --redis URL (the head node's, redis://:PASSWORD@HEAD_IP:6380/0 "
+                         "as ray_cluster.yaml runs it) or --redis none")
+    from serving.config import REDIS_SCHEMES
+
+    if choice not in (REDIS_LOCAL, REDIS_NONE) and not choice.startswith(REDIS_SCHEMES):
+        raise ValueError(f"--redis takes {REDIS_LOCAL}, {REDIS_NONE} or a redis://HOST:PORT/DB URL, got {choice!r}")
+    return choice
+
+
+def fleet_bus(choice: str, data_dir: Path, check: bool = True) -> contextlib.AbstractContextManager[BusServer | None]:
+    """The Redis ``choice`` (``redis_choice``'s) names, as a context manager giving an
+    ``actors.redis_server.BusServer`` or None for ``none``: for ``local`` a redis-server started in
+    ``data_dir`` and stopped when the block ends, however it ends; a URL checked reachable when ``check``."""
+    from actors.redis_server import serve_bus
+
+    if choice == REDIS_NONE:
+        return contextlib.nullcontext(None)
+    return serve_bus(None if choice == REDIS_LOCAL else choice, data_dir, check=check)
+
+
 def app_kwargs(args: argparse.Namespace, snapshot_uri: str | None) -> dict[str, Any]:
     """``deploy`` keyword arguments from the shared options (None keeps the app's default)."""
     from actors.state import StateConfig
@@ -114,6 +180,9 @@ def app_kwargs(args: argparse.Namespace, snapshot_uri: str | None) -> dict[str, 
 
     if args.shadow and not args.registry:
         raise ValueError("--shadow needs --registry (it names a version or stage in the registry)")
+    if args.consumer_replicas is not None and (args.redis == REDIS_NONE or args.consumer_replicas < 1):
+        raise ValueError(f"--consumer-replicas {args.consumer_replicas}: stream consumers need the bus (--redis "
+                         "local or URL) and at least one replica")
     batching = dict(BATCHING)
     if args.max_batch_size is not None:
         batching["max_batch_size"] = args.max_batch_size
@@ -126,7 +195,8 @@ def app_kwargs(args: argparse.Namespace, snapshot_uri: str | None) -> dict[str, 
                                                      "iterations": args.iterations},
                         # None keeps the planner's own defaults (its config in planners/).
                         "settings": planner_settings(args) if args.planner_opt else None},
-            "default_deadline_ms": args.deadline_ms, "access_log": args.access_log, "batching": batching}
+            "default_deadline_ms": args.deadline_ms, "access_log": args.access_log, "batching": batching,
+            "consumer_replicas": args.consumer_replicas}
 
 
 def check_locations(args: argparse.Namespace, snapshot_uri: str | None) -> None:
@@ -162,24 +232,44 @@ def start_ray_for_serving(address: str | None, proxy: str) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> dict[str, Any]:
-    from serving.config import TOKEN_ENV
-    from serving.deploy import deploy
-
     if args.detach and not args.address:
         raise ValueError("--detach needs --address: an app on a local Ray ends with this command")
     if not args.registry and not os.path.isdir(args.model):
         raise FileNotFoundError(f"--model {args.model}: no such model directory (or pass --registry)")
     snapshot_uri = state_dir(args)
+    choice = redis_choice(args.redis, args.address)
     check_locations(args, snapshot_uri)
     kwargs = app_kwargs(args, snapshot_uri)
+    # Through a Ray client (ray://) the nodes reach the bus, not this machine: nothing to check from here.
+    remote = str(args.address or "").startswith("ray://")
+    with fleet_bus(choice, default_redis_dir(args.host, args.port), check=not remote) as bus:
+        kwargs["redis_url"] = bus.url if bus else None
+        result = _serve(args, kwargs, bus)
+    if bus is not None and bus.owned:
+        result.setdefault("_summary", []).append(
+            f"redis: the redis-server at {bus.shown()['url']} stopped; its AOF stays in {bus.data_dir}, "
+            "replayed by the next `wm serve` on this host and port")
+    return result
+
+
+def _serve(args: argparse.Namespace, kwargs: dict[str, Any], bus: BusServer | None) -> dict[str, Any]:
+    """Start Ray and the app ``kwargs`` describes; return at once with --detach, else serve until SIGTERM
+    or Ctrl-C and stop the app (``_stop``)."""
+    from serving.config import TOKEN_ENV
+    from serving.deploy import deploy
+
     start_ray_for_serving(args.address, args.proxy)
     # Installed after Ray's own (ray.init sets one) and before deploying: a SIGTERM while the app
     # comes up (it answers before deploy returns) then stops it cleanly once it is up.
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     url = deploy(**kwargs, token=os.environ.get(TOKEN_ENV))
-    print(f"wm serve: fleet endpoint at {url} (OpenAPI at {url}/docs); Ctrl-C stops it", file=sys.stderr)
-    result: dict[str, Any] = {"url": url, "proxy": args.proxy, "state_dir": snapshot_uri}
+    redis = bus.shown() if bus else None
+    on_bus = "no fleet bus (--redis none)" if redis is None else \
+        f"fleet bus at {redis['url']}" + (f" (started here, data in {redis['data_dir']})" if redis["owned"] else "")
+    print(f"wm serve: fleet endpoint at {url} (OpenAPI at {url}/docs), {on_bus}; Ctrl-C stops it", file=sys.stderr)
+    result: dict[str, Any] = {"url": url, "proxy": args.proxy, "state_dir": kwargs["state"].snapshot_uri,
+                              "redis": redis}
     if args.detach:
         return result | {"detached": True}
     try:
@@ -197,14 +287,25 @@ def _stop(result: dict[str, Any], app: dict[str, Any]) -> dict[str, Any]:
 
     print("wm serve: stopping", file=sys.stderr, flush=True)
     start = time.monotonic()
-    result |= shutdown_app(app.get("state"), app.get("telemetry_name"))
+    result |= shutdown_app(app.get("state"), app.get("telemetry_name"), telemetry_stream=telemetry_stream(app))
     result["stopped_in_s"] = round(time.monotonic() - start, 1)
-    stats, lost = result["telemetry"], result["not_written"]
+    stats, lost, kept_in = result["telemetry"], result["not_written"], result["unwritten_pending_in"]
     lines = [f"wm serve: {result['url']} stopped in {result['stopped_in_s']} s"]
     if stats is not None:
         lines.append(f"telemetry: {stats['written']} transitions written in {stats['files']} files, "
-                     f"{lost} not written, {stats['dropped']} dropped"
+                     f"{lost} not written" + (f" (pending in Redis stream {kept_in}: not lost)" if kept_in else "")
+                     + f", {stats['dropped']} dropped"
                      + (f" (last error: {stats['last_error']})" if stats["last_error"] else ""))
     lines += [f"problem: {p}" for p in result["problems"]]
     result["_summary"] = lines
     return result
+
+
+def telemetry_stream(app: dict[str, Any]) -> str | None:
+    """The telemetry stream the app ``deploy(**app)`` started logs through (None: no bus, or no telemetry)."""
+    if not (app.get("redis_url") and app.get("log_uri")):
+        return None
+    from actors.streams import BusNames
+    from serving.config import AppConfig
+
+    return BusNames(app.get("bus_prefix") or AppConfig.bus_prefix).telemetry

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 
@@ -12,6 +13,7 @@ import redis
 
 from actors import streams
 from actors.ingest import IngestConfig, IngestConsumer
+from actors.ingest_window import RecentKeys
 from actors.redis_server import RedisServer
 from tests.actors.test_streams import assert_same, make_batch
 from tests.redis_fixtures import redis_client, redis_server  # noqa: F401 (fixtures)
@@ -136,3 +138,66 @@ def test_a_redis_restart_mid_stream_loses_nothing_acknowledged(tmp_path):
 def test_config_refuses_a_claim_time_shorter_than_a_flush():
     with pytest.raises(ValueError, match="claim_idle_s=1"):
         IngestConfig(flush_s=10, claim_idle_s=1)
+
+
+def test_a_transition_sent_again_in_a_later_flush_is_written_once(redis_client, redis_server, tmp_path):
+    # The engine sends a transition twice when a replica dies between its telemetry append and its state write.
+    sent = make_batch(300, seed=9)
+    streams.append_transitions(redis_client, sent)
+    consumer = IngestConsumer(redis_server.url, str(tmp_path), "c1", FAST)
+    consumer.start()
+    drain(consumer, redis_client)
+    streams.append_transitions(redis_client, sent.select(np.arange(50)))  # a flush later
+    drain(consumer, redis_client)
+    assert (consumer.stats().written, consumer.stats().duplicates) == (300, 50)
+    # A consumer starting later (another name: another process) knows the group's recent files.
+    streams.append_transitions(redis_client, sent.select(np.arange(50, 120)))
+    later = IngestConsumer(redis_server.url, str(tmp_path), "c2", FAST)
+    later.start()
+    drain(later, redis_client)
+    assert (later.stats().written, later.stats().duplicates) == (0, 70)
+    assert_same(read_transitions(str(tmp_path)), sort_rows(sent))
+
+
+def test_recent_keys_are_exact_and_forget_idle_episodes():
+    recent = RecentKeys(window_s=10.0)
+    agents, eps = np.array(["a", "a", "b", "a"], object), np.array(["e", "e", "e", "f"], object)
+    keys = recent.keys(agents, eps, np.array([0, 0, 0, 0]))
+    assert recent.fresh(keys).tolist() == [True, False, True, True]  # the second row repeats the first
+    recent.add(keys, now=0.0)
+    later = recent.keys(np.array(["a", "a", "b"], object), np.array(["e", "e", "e"], object), np.array([0, 1, 5]))
+    assert recent.fresh(later).tolist() == [False, True, True]
+    recent.add(later, now=5.0)
+    steps = np.arange(2, 1000)
+    recent.add(recent.keys(np.full(len(steps), "a", object), np.full(len(steps), "e", object), steps), now=6.0)
+    assert recent.runs == 4  # a/e 0..999 is one run; b/e {0}, {5}; a/f {0}
+    recent.add(keys[:0], now=15.5)  # a/f was last added at 0 and b/e at 5: past the window
+    assert recent.episodes == 1
+    again = recent.keys(np.array(["a", "b"], object), np.array(["f", "e"], object), np.array([0, 5]))
+    assert recent.fresh(again).tolist() == [True, True]
+
+
+def test_a_flush_failing_between_two_days_files_writes_the_first_days_rows_once(redis_client, redis_server,
+                                                                               tmp_path):
+    sent = make_batch(200, seed=10)
+    days = np.where(np.arange(200) < 100, np.datetime64("2026-12-06T23:59:59", "us"),
+                    np.datetime64("2026-12-07T00:00:01", "us"))
+    sent = dataclasses.replace(sent, timestamp=days)
+    streams.append_transitions(redis_client, sent)
+    consumer = IngestConsumer(redis_server.url, str(tmp_path), "c1", FAST)
+    consumer.start()
+    consumer.step()
+    write, calls = consumer.writer.write_file, []
+
+    def second_fails_once(planned, metadata=None):
+        calls.append(planned.path)
+        if len(calls) == 2:
+            raise OSError("disk full")
+        return write(planned, metadata)
+
+    consumer.writer.write_file = second_fails_once
+    with pytest.raises(OSError):
+        consumer.flush()
+    drain(consumer, redis_client)
+    assert consumer.stats().written == 200
+    assert_same(read_transitions(str(tmp_path)), sort_rows(sent))

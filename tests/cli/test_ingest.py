@@ -71,10 +71,28 @@ def test_sigkill_mid_stream_then_restart_loses_and_repeats_nothing(redis_client:
     assert_same(logged, sent.select(order))  # 0 lost, 0 duplicated, counted against what was sent
 
 
-def test_an_unreachable_redis_is_one_line(capsys, tmp_path: Path) -> None:
-    code, result, err = run_json(capsys, "ingest", "--redis", "redis://127.0.0.1:1/0", "--log-dir", str(tmp_path))
-    assert code == 1 and "cannot start ingest from Redis at redis://127.0.0.1:1/0" in result["error"]
-    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+def test_an_unreachable_redis_is_one_line_without_its_password(capsys, tmp_path: Path) -> None:
+    code, result, err = run_json(capsys, "ingest", "--redis", "redis://:s3cret@127.0.0.1:1/0", "--log-dir",
+                                 str(tmp_path))
+    assert code == 1 and "cannot start ingest from Redis at redis://:***@127.0.0.1:1/0" in result["error"]
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1 and "s3cret" not in err + result["error"]
+
+
+def test_the_prefix_names_every_stream_and_group_of_another_apps_bus() -> None:
+    from cluster.cli import build_parser
+    from cluster.commands.ingest import ingest_config
+
+    def config(*options: str):
+        return ingest_config(build_parser(["ingest"]).parse_args(["ingest", "--redis", "redis://h:1/0",
+                                                                  "--log-dir", "x", *options]))
+
+    assert (config().stream, config().group, config().dead_letters) == (
+        streams.BUS.telemetry, streams.BUS.ingest_group, streams.BUS.telemetry_dead_letters)
+    other = streams.BusNames("fleet-b")
+    assert (config("--prefix", "fleet-b").stream, config("--prefix", "fleet-b").group,
+            config("--prefix", "fleet-b").dead_letters) == (other.telemetry, other.ingest_group,
+                                                            other.telemetry_dead_letters)
+    assert config("--prefix", "fleet-b", "--stream", "s").stream == "s"
 
 
 def test_help_loads_neither_torch_nor_ray_nor_redis() -> None:

@@ -63,7 +63,7 @@ def test_defaults_only_serve_and_fleet(capsys: pytest.CaptureFixture[str], tmp_p
     server = subprocess.Popen([sys.executable, "-m", "cluster", "serve", "--model", model, "--port", str(port),
                                "--log-dir", str(served), "--state-dir", str(tmp_path / "state"), "--json"],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              env={**os.environ, "RAY_AUTH_MODE": "disabled"})
+                              env={**os.environ, "RAY_AUTH_MODE": "disabled", "XDG_CACHE_HOME": str(tmp_path / "cache")})
     try:
         _wait_healthy({url: server})
         code, fleet, err = run_json(capsys, "fleet", "--url", url, "--agents", "3", "--hz", "5", "--seconds", "3")

@@ -1,5 +1,6 @@
 """`wm serve` as a user runs it: subprocesses, each with its own local Ray behind HAProxy, side by side
-on one machine, stopped by SIGTERM within their bound even when the logger cannot write."""
+on one machine, stopped by SIGTERM within their bound even when the logger cannot write; by default each
+owns a redis-server for its fleet bus, which stops with it and keeps what was not logged."""
 
 from __future__ import annotations
 
@@ -13,8 +14,11 @@ import time
 from pathlib import Path
 
 import pytest
+import redis
 import requests
 
+from actors.redis_server import RedisServer, check_reachable
+from actors.streams import BUS
 from cluster.runtime import free_ports
 from tests.worldmodel.conftest import TINY_MODEL, TINY_TRAIN
 from worldmodel.artifact import save_model
@@ -28,11 +32,34 @@ STOP_BOUND_S = 60.0
 """SIGTERM to exit: the app's shutdown bound (30 s) plus the local Ray's own stop, on a busy machine."""
 
 
-def _start(model_dir: Path, port: int, *options: str) -> subprocess.Popen[str]:
+def _start(model_dir: Path, port: int, cache: Path, *options: str) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, "-m", "cluster", "serve", "--model", str(model_dir), "--port", str(port),
                              "--horizon", "6", "--samples", "16", "--json", *options],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "RAY_AUTH_MODE": "disabled"})
+                            env={**os.environ, "RAY_AUTH_MODE": "disabled", "XDG_CACHE_HOME": str(cache)})
+
+
+def _redis_servers_in(data_dir: Path) -> list[int]:
+    """Processes running redis-server in ``data_dir`` (it works in its --dir; its title hides its arguments)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if (Path(f"/proc/{pid}/comm").read_text().strip() == "redis-server"
+                    and os.readlink(f"/proc/{pid}/cwd") == str(data_dir)):
+                found.append(int(pid))
+        except OSError:  # another user's process, or one that just ended
+            continue
+    return found
+
+
+def _unlogged_telemetry(data_dir: Path) -> int:
+    """Entries of the telemetry stream that the app's logger group has not acknowledged (pending or unread),
+    read from the AOF a stopped `wm serve` left in ``data_dir``."""
+    with RedisServer(data_dir) as server:
+        client = redis.Redis.from_url(server.url)
+        groups = client.xinfo_groups(BUS.telemetry) if client.exists(BUS.telemetry) else []
+        client.close()
+    return sum(g["pending"] + (g["lag"] or 0) for g in groups if g["name"].decode() == BUS.ingest_group)
 
 
 def _wait_healthy(procs: dict[str, subprocess.Popen[str]], timeout_s: float = 240) -> None:
@@ -67,9 +94,11 @@ def test_two_servers_side_by_side_answer_and_stop_within_their_bound(tmp_path: P
                            tmp_path / "model")
     ports = free_ports(2)
     urls = [f"http://127.0.0.1:{port}" for port in ports]
-    broken_logs, state = tmp_path / "logs-a", tmp_path / "state-a"
-    procs = {urls[0]: _start(model_dir, ports[0], "--log-dir", str(broken_logs), "--state-dir", str(state)),
-             urls[1]: _start(model_dir, ports[1], "--log-dir", str(tmp_path / "logs-b"), "--no-state-dir")}
+    broken_logs, state, cache = tmp_path / "logs-a", tmp_path / "state-a", tmp_path / "cache"
+    # The first on the default bus (a redis-server of its own), the second over HTTP only.
+    procs = {urls[0]: _start(model_dir, ports[0], cache, "--log-dir", str(broken_logs), "--state-dir", str(state)),
+             urls[1]: _start(model_dir, ports[1], cache, "--log-dir", str(tmp_path / "logs-b"), "--no-state-dir",
+                             "--redis", "none")}
     results = {}
     try:
         _wait_healthy(procs)
@@ -97,9 +126,22 @@ def test_two_servers_side_by_side_answer_and_stop_within_their_bound(tmp_path: P
         assert len(lines) == 1, out
         results[url] = json.loads(lines[0])
         assert results[url]["url"] == url and results[url]["proxy"] == "haproxy"
+        bus = "fleet bus at redis://127.0.0.1:" if url == urls[0] else "no fleet bus (--redis none)"
+        assert f"wm serve: fleet endpoint at {url} (OpenAPI at {url}/docs), {bus}" in err, err[-3000:]
     broken, healthy = results[urls[0]], results[urls[1]]
     assert broken["not_written"] >= 1 and broken["telemetry"]["last_error"], broken
     assert any("not written" in p for p in broken["problems"]), broken
     assert broken["state_dir"] == str(state) and any(state.iterdir())  # agent state was snapshotted
     assert healthy["telemetry"]["written"] >= 1 and healthy["not_written"] == 0 and not healthy["problems"], healthy
-    assert healthy["state_dir"] is None
+    assert healthy["state_dir"] is None and healthy["redis"] is None and healthy["unwritten_pending_in"] is None
+    # The bus's redis-server stopped with its command, leaving its AOF; what the logger could not write waits
+    # there, pending for the next logger.
+    data_dir = cache / "fleetwm" / "redis" / f"127.0.0.1-{ports[0]}"
+    assert broken["redis"]["owned"] and broken["redis"]["data_dir"] == str(data_dir), broken
+    assert not _redis_servers_in(data_dir)
+    with pytest.raises(ValueError, match="no Redis answers"):
+        check_reachable(broken["redis"]["url"], timeout_s=1.0)
+    assert list((data_dir / "appendonlydir").glob("*.aof"))
+    assert broken["unwritten_pending_in"] == BUS.telemetry
+    assert any("still pending in Redis stream" in p for p in broken["problems"]), broken
+    assert _unlogged_telemetry(data_dir) >= 1

@@ -1,10 +1,12 @@
 """`wm serve` refuses what cannot work before Ray starts (a port in use, an unwritable log or state
-location) in one line, and keeps agent state by default; no Ray, no Serve in this module."""
+location, a Redis it cannot reach) in one line, keeps agent state by default, and owns its fleet bus's
+redis-server unless told otherwise; no Ray, no Serve in this module."""
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -16,8 +18,11 @@ from typing import Iterator
 import pytest
 import ray
 
+from actors.redis_server import INSTALL_HINT, check_reachable
+from actors.telemetry_config import FlushResult, LoggerStats
 from cluster.cli import main
-from cluster.commands.serve import _stop, add_serve_options, app_kwargs, default_state_dir, state_dir
+from cluster.commands.serve import (_stop, add_serve_options, app_kwargs, default_redis_dir, default_state_dir,
+                                    fleet_bus, redis_choice, state_dir)
 from serving.deploy import LOCAL_DRAIN, LOCAL_PORTS, serve_env
 
 from .helpers import run_json
@@ -140,12 +145,17 @@ def test_stopping_flushes_the_telemetry_logger_the_app_was_given(monkeypatch: py
     from actors.state import StateConfig
 
     asked: list[tuple] = []
-    monkeypatch.setattr(deploy_module, "shutdown_app", lambda *args, **kw: asked.append(args) or {
-        "telemetry": None, "not_written": None, "problems": []})
+    monkeypatch.setattr(deploy_module, "shutdown_app", lambda *args, **kw: asked.append((*args, kw)) or {
+        "telemetry": None, "not_written": None, "unwritten_pending_in": None, "problems": []})
     state = StateConfig(name="my-state")
     _stop({"url": "http://x"}, {"state": state, "telemetry_name": "my-telemetry"})
     _stop({"url": "http://x"}, {"state": state})
-    assert asked == [(state, "my-telemetry"), (state, None)]
+    # With the bus, the logger reads the app's telemetry stream: what it leaves unwritten waits there.
+    _stop({"url": "http://x"}, {"state": state, "redis_url": "redis://h:1/0", "log_uri": "/logs"})
+    _stop({"url": "http://x"}, {"state": state, "redis_url": "redis://h:1/0", "log_uri": "/logs", "bus_prefix": "b"})
+    assert asked == [(state, "my-telemetry", {"telemetry_stream": None}), (state, None, {"telemetry_stream": None}),
+                     (state, None, {"telemetry_stream": "fleetwm:telemetry"}),
+                     (state, None, {"telemetry_stream": "b:telemetry"})]
 
 
 def test_shutdown_looks_up_the_telemetry_actor_by_the_apps_name(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -159,3 +169,84 @@ def test_shutdown_looks_up_the_telemetry_actor_by_the_apps_name(monkeypatch: pyt
     deploy_module.shutdown_app(StateConfig(name="s"), "my-telemetry", timeout_s=2)
     deploy_module.shutdown_app(StateConfig(name="s"), timeout_s=2)
     assert looked_up == ["my-telemetry", "s-0", AppConfig.telemetry_name, "s-0"]
+
+
+class _Logger:
+    """A telemetry logger's handle as ``shutdown_app`` uses it, without Ray: 5 rows it could not write."""
+
+    class _Call:
+        def __init__(self, value: object) -> None:
+            self.remote = lambda *args, **kw: value
+
+    flush = _Call(FlushResult(written=0, unwritten=5, error="disk full"))
+    stats = _Call(LoggerStats(written=10, buffered=5, duplicates=0, files=1, dropped=0, last_error="disk full",
+                              failing_since=None, retry_in_s=None, run_id="r"))
+
+
+@pytest.mark.parametrize("stream", [None, "fleetwm:telemetry"])
+def test_shutdown_says_whether_unwritten_transitions_wait_in_redis(monkeypatch: pytest.MonkeyPatch,
+                                                                  stream: str | None) -> None:
+    import serving.deploy as deploy_module
+    from actors.state import StateConfig
+
+    monkeypatch.setattr(deploy_module.serve, "delete", lambda name: None)
+    monkeypatch.setattr(deploy_module, "find_actor", lambda name: _Logger() if name == "t" else None)
+    monkeypatch.setattr(deploy_module.ray, "get", lambda value, timeout=None: value)
+    monkeypatch.setattr(deploy_module.ray, "kill", lambda actor, no_restart=True: None)
+    result = deploy_module.shutdown_app(StateConfig(name="s"), "t", timeout_s=2, telemetry_stream=stream)
+    assert result["not_written"] == 5 and result["unwritten_pending_in"] == stream
+    (problem,) = result["problems"]
+    assert problem.startswith("telemetry: 5 transitions not written") and problem.endswith("disk full")
+    assert ("still pending in Redis stream fleetwm:telemetry: not lost" in problem) == (stream is not None)
+
+
+def test_the_redis_option_is_checked_before_anything_starts(capsys: pytest.CaptureFixture[str],
+                                                            tmp_path: Path) -> None:
+    _, err = _serve(capsys, "--model", str(tmp_path), "--port", "0", "--no-state-dir",
+                    "--redis", "redis://:s3cret@127.0.0.1:1/0")
+    assert err.startswith("wm: error: no Redis answers at redis://:***@127.0.0.1:1/0") and "s3cret" not in err
+    _, err = _serve(capsys, "--model", str(tmp_path), "--port", "0", "--no-state-dir", "--redis", "nowhere")
+    assert err == "wm: error: --redis takes local, none or a redis://HOST:PORT/DB URL, got 'nowhere'"
+    _, err = _serve(capsys, "--model", str(tmp_path), "--no-state-dir", "--address", "ray://head:10001")
+    assert err.startswith("wm: error: --redis local starts a redis-server on this machine") and "6380" in err
+    _, err = _serve(capsys, "--model", str(tmp_path), "--port", "0", "--no-state-dir", "--redis", "none",
+                    "--consumer-replicas", "2")
+    assert err.startswith("wm: error: --consumer-replicas 2: stream consumers need the bus")
+    assert redis_choice("redis://head:6380/0", "ray://head:10001") == "redis://head:6380/0"
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason=INSTALL_HINT)
+def test_the_default_bus_is_a_redis_server_owned_per_host_and_port(monkeypatch: pytest.MonkeyPatch,
+                                                                   tmp_path: Path) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    args = _args("--port", "8100")
+    assert args.redis == "local" and app_kwargs(args, None)["consumer_replicas"] is None
+    data_dir = default_redis_dir(args.host, args.port)
+    assert data_dir == tmp_path / "fleetwm" / "redis" / "127.0.0.1-8100"
+    with pytest.raises(RuntimeError, match="the app failed"), fleet_bus("local", data_dir) as bus:
+        assert bus.owned and bus.shown() == {"url": bus.url, "owned": True, "data_dir": str(data_dir)}
+        check_reachable(bus.url)
+        raise RuntimeError("the app failed")  # however the block ends, the server stops
+    with pytest.raises(ValueError, match="no Redis answers"):
+        check_reachable(bus.url, timeout_s=1.0)
+    assert list((data_dir / "appendonlydir").glob("*.aof"))
+    with fleet_bus("none", data_dir) as none:
+        assert none is None
+
+
+def test_the_demo_reports_a_logger_that_wrote_nothing_instead_of_failing(tmp_path: Path) -> None:
+    from cluster.commands.demo import _report
+
+    (tmp_path / "served-logs").mkdir()  # the logger's directory, with no file in it
+    drive = {"latency_ms": {"p50": 1.0, "p95": 2.0, "p99": 3.0}, "requests": 60, "rate_hz": 20.0, "errors": 0,
+             "episodes": 2, "success_rate": 1.0, "violations": 0, "fallbacks": 0, "fallbacks_by_reason": {}}
+    report = {"drive": drive, "fleet_logs": {"transitions": 100, "episodes": 4}, "served_version": "1.0.0",
+              "learn": {}, "telemetry_not_written": 59, "unwritten_pending_in": "fleetwm:telemetry",
+              "redis": {"url": "redis://127.0.0.1:1/0", "owned": True, "data_dir": "d"},
+              "shutdown_problems": ["telemetry: 59 transitions not written (still pending ...): disk full"]}
+    args = argparse.Namespace(agents=2)
+    result = _report(args, tmp_path, report, seconds=1.0)
+    assert result["served_transitions_logged"] == 0
+    summary = "\n".join(result["_summary"])
+    assert "(59 not written, pending in redis://127.0.0.1:1/0 stream fleetwm:telemetry)" in summary
+    assert "problem: telemetry: 59 transitions not written" in summary

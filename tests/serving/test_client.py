@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Iterator
@@ -282,3 +284,11 @@ def test_bodies_and_episode_steps_live_in_episodes_and_the_client_reexports_them
     body = serving.episodes.plan_body("x", np.arange(3), t=2, prev_action=[1, 0], terminated=True)
     assert {k: v for k, v in body.items() if k != "request_id"} == {
         "agent_id": "x", "observation": [0.0, 1.0, 2.0], "t": 2, "prev_action": [1.0, 0.0], "terminated": True}
+
+
+def test_the_stream_clients_are_reexported_and_load_only_when_asked_for() -> None:
+    probe = ("import sys, serving.client as c; before = 'redis' in sys.modules; "
+             "from serving.client import AsyncStreamClient, StreamClient; import serving.stream_client as s; "
+             "print(before, StreamClient is s.StreamClient and AsyncStreamClient is s.AsyncStreamClient)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "True"]  # an HTTP-only user does not load redis (nor pyarrow, with the codec)

@@ -115,11 +115,13 @@ def local_store(shards: int = 2, name: str = "local") -> AgentStateStore:
 
 
 class FakeLogger:
-    """The telemetry logger's ``log`` call: keeps every batch it is sent."""
+    """A telemetry sink (``serving.sinks.TelemetrySink``): keeps every batch it is sent."""
 
     def __init__(self) -> None:
         self.batches: list[Any] = []
-        self.log = _Remote(self.batches.append)
+
+    async def log(self, transitions: Any) -> None:
+        self.batches.append(transitions)
 
 
 class _Metric:

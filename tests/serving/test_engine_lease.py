@@ -7,7 +7,7 @@ import time
 
 from actors.records import RecordCache
 from actors.state import AgentStateShard
-from serving.engine import PlanEngine
+from serving.engine import JOIN_S, PlanEngine
 from serving.schema import PlanRequest
 from tests.serving.test_engine import N_OBS, FakeLogger, FakePlanner, Metrics, local_store, run
 
@@ -38,3 +38,23 @@ def test_a_shard_counts_only_writers_whose_lease_is_live() -> None:
     assert asyncio.run(shard.lease("w2", 10.0)) == 2
     time.sleep(0.1)  # w1 stopped renewing
     assert asyncio.run(shard.lease("w2", 10.0)) == 1
+
+
+def test_a_writer_joining_another_waits_until_the_other_has_turned_its_cache_off() -> None:
+    """Without the wait, the first writer would answer from its cache for up to a renewal period after the
+    second one starts writing (an agent whose steps alternate between them would lose one)."""
+    store, logger = local_store(), FakeLogger()
+
+    async def scenario() -> None:
+        first = PlanEngine(FakePlanner("1.0.0"), store, logger, None, Metrics(), None, RecordCache(3600))
+        second = PlanEngine(FakePlanner("1.0.0"), store, logger, None, Metrics(), None, RecordCache(3600))
+        await first.join()
+        assert first.sole_writer
+        start = time.monotonic()
+        await second.join()  # the first one's renewals run meanwhile
+        assert time.monotonic() - start >= JOIN_S
+        assert not first.sole_writer and not second.sole_writer
+        for engine in (first, second):
+            engine._leaser.cancel()
+
+    asyncio.run(scenario())

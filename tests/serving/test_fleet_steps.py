@@ -60,7 +60,11 @@ def test_after_a_failed_request_an_agent_reports_the_action_it_executed_and_the_
         return await drive_fleet(FleetConfig(url, agents=1, hz=100.0, seconds=0.5, env_id=TOY, retries=0))
 
     seen = _serve(_answer(failing), go)
-    bodies = [body for _, _, body in seen["requests"]]
+    check_steps([body for _, _, body in seen["requests"]], failing, seen["result"])
+
+
+def check_steps(bodies: list[dict[str, Any]], failing: dict[int, int], result: Any) -> None:
+    """What one toy agent with no retries sent (``bodies`` in order), when requests ``failing`` failed."""
     assert len(bodies) >= 2 * (STEPS + 1)
     for n, (before, body) in enumerate(zip(bodies, bodies[1:]), start=2):
         if before.get("truncated"):  # the final observation was reported: a new episode starts at 0
@@ -71,7 +75,6 @@ def test_after_a_failed_request_an_agent_reports_the_action_it_executed_and_the_
         assert body["observation"][1:] == executed  # the toy's observation shows what was really executed
     assert bodies[0]["t"] == 0 and [b["t"] for b in bodies[:STEPS + 2]] == [0, 1, 2, 3, 4, 0]
     assert len({b["request_id"] for b in bodies}) == len(bodies)
-    result = seen["result"]
     assert result.errors == 3 and result.errors_by_kind == {"http_503": 2, "http_500": 1}
     assert result.fallbacks == 1 and result.fallbacks_by_reason == {"deadline": 1}
     assert result.episodes >= 2 and 0 < result.requests <= len(bodies)  # past the end, requests are untimed
@@ -86,6 +89,15 @@ def test_fleet_settings_are_checked_at_construction() -> None:
         FleetConfig("http://127.0.0.1:1", env_id="Pendulum-v1", no_fly_zones=2)
     with pytest.raises(ValueError, match="url must start with http"):
         FleetConfig("127.0.0.1:8000")
+    with pytest.raises(ValueError, match="url is required with transport 'http'"):
+        FleetConfig()
+    with pytest.raises(ValueError, match="transport must be one of http, redis, got 'grpc'"):
+        FleetConfig("http://127.0.0.1:1", transport="grpc")
+    with pytest.raises(ValueError, match="redis_url is required with transport 'redis'"):
+        FleetConfig(transport="redis")
+    with pytest.raises(ValueError, match="redis_url must start with redis://, rediss://, unix://, got 'http://h:1'"):
+        FleetConfig(transport="redis", redis_url="http://h:1")
+    assert FleetConfig(transport="redis", redis_url="redis://h:1/0").target == "the bus at redis://h:1/0"
 
 
 def test_a_trace_keeps_nav2d_tracks_that_plot(tmp_path) -> None:

@@ -42,14 +42,14 @@ def _remote(fn: Any) -> SimpleNamespace:
 
 def _ingress(monkeypatch: pytest.MonkeyPatch, logger: Any = None, **settings: Any) -> Any:
     # The class's methods see the module's names as Serve froze them (a copy of its globals): patch those.
-    names = INGRESS.__init__.__globals__
+    names = INGRESS._setup.__globals__
     monkeypatch.setitem(names, "start_state_shards", lambda cfg, detached: object())
-    monkeypatch.setitem(names, "_start_telemetry", lambda cfg: logger)
+    monkeypatch.setitem(names, "start_telemetry", lambda cfg: (None, logger))
     monkeypatch.setitem(names, "serving_metrics", FakeMetrics)
     assert INGRESS.__name__ == "FleetIngress"
     ingress = INGRESS.__new__(INGRESS)
     cfg = AppConfig(model="production", **settings)
-    INGRESS.__init__(ingress, planner=None, shadow=None, config=cfg.to_dict())
+    INGRESS._setup(ingress, planner=None, shadow=None, consumer=None, config=cfg.to_dict())  # no lease: no shards
     return ingress
 
 
@@ -122,7 +122,7 @@ def test_health_is_degraded_while_the_logger_cannot_write_or_be_reached_and_gaug
 
     health = asyncio.run(main())
     assert health == {"status": "degraded" if expected else "ok", "model_version": "1.0.0",
-                      "telemetry_error": expected}
+                      "telemetry_error": expected, "bus_error": None}
     assert ingress.metrics.telemetry == [stats]
 
 

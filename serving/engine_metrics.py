@@ -1,0 +1,41 @@
+"""The metrics of each planned batch, as the engine exports them (``serving.metrics`` names them)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from planners.service import PlanBatch
+from serving.metrics import ServingMetrics
+
+
+class BatchMetrics:
+    """Exports what each planned batch did, and keeps the served version's gauge on the one served."""
+
+    def __init__(self, metrics: ServingMetrics) -> None:
+        self.metrics = metrics
+        self.served_version: str | None = None
+
+    def observe(self, batch: PlanBatch, errors: list[tuple[str, float]], logged: int) -> None:
+        """One planned batch: its N plans and fallbacks by reason, the ensemble's disagreement, the served
+        version, the prediction errors of the transitions it closed (``(version, error)`` per transition)
+        and how many it logged."""
+        m, version = self.metrics, batch.model_version
+        tags = {"model_version": version}
+        m.batch_size.observe(len(batch.actions))
+        m.plans.inc(len(batch.actions), tags=tags)
+        reasons, counts = np.unique([r for r in batch.reasons() if r is not None], return_counts=True)
+        for reason, count in zip(reasons.tolist(), counts.tolist()):
+            m.fallbacks.inc(count, tags={"model_version": version, "reason": reason})
+        m.disagreement.set(float(np.mean(batch.disagreement)), tags=tags)
+        if version != self.served_version:  # the gauge names the served version; the old one drops to 0
+            if self.served_version is not None:
+                m.version.set(0, tags={"model_version": self.served_version, "role": "production"})
+            m.version.set(1, tags={"model_version": version, "role": "production"})
+            self.served_version = version
+        by_version: dict[str, list[float]] = {}
+        for v, e in errors:  # one observation per batch and version, as the shadow's
+            by_version.setdefault(v, []).append(e)
+        for v, es in by_version.items():
+            m.prediction_error.observe(sum(es) / len(es), tags={"model_version": v, "role": "production"})
+        if logged:
+            m.logged.inc(logged)
