@@ -16,9 +16,11 @@ A batch:
 
 Delivery is at least once: an entry whose acknowledgement was lost is answered again, with the same
 ``request_id`` and, once its record was written, the same answer (``replayed``); a client keeps the first.
-Replies go out before the records are durable (the acknowledgement waits, the agent does not), so a copy
-that another replica reads before then (an agent resending without waiting for its timeout) is planned
-again: a second answer the client ignores, and a transition the logs keep once.
+Replies go out once the agents' new records are sent to the shards (after their transitions), before they
+are durable: the acknowledgement waits for that, the agent does not. An agent's next request, through any
+replica, reads its new record; a copy of a request read by another replica before its record lands (an
+agent resending without waiting for its timeout) is planned again: a second answer the client ignores,
+and a transition the logs keep once.
 
 Ray-free. Shapes: ``N`` entries in a batch.
 """

@@ -152,6 +152,9 @@ class PlanEngine:
         async with self._pass:  # a reset waits for this pass: it must not land between its read and write
             await self.writes.ordered()  # the previous pass's records are sent before this pass reads
             unique = await self._run_unique([requests[i] for i in first], [arrived[i] for i in first])
+            # The answers leave once the records are on their way, so the agents' next requests, through
+            # any replica, read them (the telemetry call before them is waited for LOG_WAIT_S at most).
+            await self.writes.ordered()
         for i, answer in zip(first, unique):
             answers[i] = answer
         if later:

@@ -60,8 +60,8 @@ class EngineWrites:
         return sum(map(len, self._held)) + self._resending
 
     def submit(self, records: list[AgentRecord], transitions: Transitions | None) -> None:
-        """Log ``transitions`` (after what is held), then send the state write; both in the background, so the
-        answers do not wait for them (``ordered`` makes the engine's next pass wait for the state write).
+        """Log ``transitions`` (after what is held), then send the state write, in the background; ``ordered``
+        waits until the state write is sent (the engine's answers leave then).
 
         The transitions go first: a replica that dies between the two leaves its agents' records as they
         were, so the re-delivered requests are planned again and close the same transitions again (the logs

@@ -234,8 +234,8 @@ def test_a_replica_killed_between_its_telemetry_append_and_its_state_write_loses
         dying = PlanEngine(FakePlanner("1.0.0"), store, dying_sink, None, Metrics(), None)
         await dying.submit([first], [now])
         dying_sink.entered.clear()
-        await dying.submit([second], [now])  # answered; its transition is on its way to Redis
-        await dying_sink.entered.wait()  # the replica dies now: nothing more of it runs
+        asyncio.ensure_future(dying.submit([second], [now]))
+        await dying_sink.entered.wait()  # its transition is on its way to Redis, and the replica dies now
         sink = FakeLogger()  # another replica claims r1, still pending in Redis, and answers it again
         claiming = PlanEngine(FakePlanner("1.0.0"), store, sink, None, Metrics(), None)
         assert isinstance((await claiming.submit([second], [now]))[0], PlanAnswer)

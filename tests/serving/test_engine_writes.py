@@ -67,10 +67,9 @@ def test_a_slow_telemetry_call_is_waited_for_a_bounded_time_and_a_failed_one_hel
         await _step(engine, 0)
         sink.gate.clear()
         start = time.monotonic()
-        await _step(engine, 1)  # its telemetry call hangs: the answer does not wait for it
-        assert time.monotonic() - start < LOG_WAIT_S
-        await _step(engine, 2)  # the next pass waits for the state write, sent LOG_WAIT_S later at most
+        await _step(engine, 1)  # its telemetry call hangs: the answer waits for it LOG_WAIT_S at most
         assert time.monotonic() - start >= LOG_WAIT_S and engine.writes.held == 1
+        await _step(engine, 2)  # the sink is failing: this one's call goes in the background
         waiting = asyncio.ensure_future(engine.settled())
         await asyncio.sleep(0.05)
         assert not waiting.done()
