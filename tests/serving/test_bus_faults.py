@@ -50,8 +50,9 @@ STATE = StateConfig(shards=2, name="test-faults-state")
 TELEMETRY = "test-faults-telemetry"
 BUS = BusNames()
 CLAIM_MS = 500
-CYCLE_S = 1.5
-"""A generous bound on one consumer cycle on this 2-core machine (the fleet, the app and Ray share it)."""
+CYCLE_S = 3.0
+"""A generous bound on one consumer cycle on a 2-core machine while Serve starts the killed replica's
+replacement (importing torch and loading the model on the same cores), with the fleet and Ray beside it."""
 REPLICA_PREFIX = f"SERVE_REPLICA::{APP_NAME}#StreamConsumer#"
 AGENTS = 8
 
