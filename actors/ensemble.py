@@ -1,6 +1,6 @@
 """Ensemble workers: actors that hold one world-model version on their device and plan batches with it.
 
-A worker loads a version from the registry (or a model directory) onto its GPU
+A worker loads a version (and its policy, when it has one) from the registry or a model directory onto its GPU
 when the cluster has one (the actor then asks Ray for ``num_gpus=1``), else the
 CPU, and hosts the Ray-free ``FleetPlanner``. It answers three kinds of batched
 calls: plan, score logged transitions (prediction error) and switch version.
@@ -19,7 +19,6 @@ import ray
 
 from actors.common import gpus_per_worker
 from planners.service import FleetPlanner, PlanBatch, ServiceConfig
-from worldmodel.artifact import load_model
 from worldmodel.device import resolve_device
 from worldmodel.registry import ModelRegistry
 
@@ -35,21 +34,19 @@ class EnsembleWorker:
     def _load(self, model: str) -> FleetPlanner:
         """``model`` by registry reference ('production', '1.2.0', ...) with a registry, else by directory;
         planners built and warmed up."""
-        device = resolve_device(self.device)
-        loaded = (ModelRegistry(self.registry_uri).load(model, device=device) if self.registry_uri
-                  else load_model(model, device=device))
-        service = FleetPlanner(loaded, self.cfg)
+        model_dir = ModelRegistry(self.registry_uri).model_dir(model) if self.registry_uri else model
+        service = FleetPlanner.load(model_dir, self.cfg, device=resolve_device(self.device))
         service.warmup()
         return service
 
     def plan(self, obs: np.ndarray, warm_start: np.ndarray | None = None, objectives: list[str] | None = None,
-             zones: np.ndarray | None = None, budget_ms: float | None = None,
-             hidden: np.ndarray | None = None) -> PlanBatch:
+             constraints: dict[str, np.ndarray] | None = None, budget_ms: float | None = None,
+             hidden: np.ndarray | None = None, modes: list[str] | None = None) -> PlanBatch:
         """See ``FleetPlanner.plan``; the answer names the version that planned it."""
         service = self.service  # the version current when the call started answers it
         if hidden is not None and not (service.recurrent and hidden.shape[-1] == service.model.dynamics.hidden):
             hidden = None  # states from another version (after a switch, or production's for a shadow): start fresh
-        return service.plan(obs, warm_start, objectives, zones, budget_ms, hidden)
+        return service.plan(obs, warm_start, objectives, constraints, budget_ms, hidden, modes)
 
     def score(self, obs: np.ndarray, actions: np.ndarray, new_obs: np.ndarray) -> dict[str, Any]:
         """Prediction error of logged transitions (B rows): per row and its mean."""

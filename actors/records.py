@@ -39,10 +39,22 @@ class PlanAnswer:
     """The fallback policy acted instead of the plan."""
     fallback_reason: str | None
     """Why it did: 'deadline', 'uncertainty' or 'error'; None when the plan acted."""
+    decision: str = "planned"
+    """Why this action: 'planned', 'fallback', 'shielded' (the shield replaced the plan's or the fallback's
+    action) or 'policy' (a policy-only request)."""
+    shielded_constraint: str | None = None
+    """The constraint the shield kept the action from violating: 'no_fly_zone', 'state_box' or 'speed'."""
+    fallback_action_by: str | None = None
+    """What produced the fallback's action: 'policy' or 'zero'; None when the fallback did not act."""
+    margin: float | None = None
+    """Worst predicted constraint margin of the action (negative: a predicted violation); None without constraints."""
     trajectory: list[list[float]] | None = None
     """(H+1, S) predicted states along the plan, when the request asked for it."""
     replayed: bool = False
     """A retry answered from the first answer, not planned again."""
+    explanation: dict[str, Any] | None = None
+    """The decision's explanation (``/v1/explain``'s JSON body), when the request asked for it; never kept in
+    the agent's record (a retry asking for it is explained again)."""
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON body of ``PlanResponse``."""
@@ -63,6 +75,31 @@ class Rejected:
     def to_dict(self) -> dict[str, Any]:
         """The JSON error body."""
         return {"error": self.error}
+
+
+@dataclass(frozen=True)
+class AgentObjective:
+    """A request's objective as the agent record keeps it: API v1's ``Objective`` fields, plain tuples.
+
+    Plain Python values, no arrays: records travel as columns, and Ray would send every small array
+    inside them as a buffer of its own.
+    """
+
+    name: str = "learned"
+    """'learned' or 'goal'."""
+    no_fly_zones: tuple[tuple[float, float, float], ...] = ()
+    """(Z, 3) discs (x, y, r) the position must stay out of."""
+    bounds: tuple[tuple[float, float], tuple[float, float]] | None = None
+    """((xlo, ylo), (xhi, yhi)) the box the position must stay in; None: no box."""
+    max_speed: float | None = None
+    """Largest allowed speed; None: no limit."""
+    action_bounds: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+    """((A,) low, (A,) high) per-agent action bounds inside the model's action box; None: the model's box."""
+
+    @property
+    def constrained(self) -> bool:
+        """Some constraint on the states applies (zones, box or speed limit)."""
+        return bool(self.no_fly_zones) or self.bounds is not None or self.max_speed is not None
 
 
 @dataclass(frozen=True)
@@ -97,6 +134,9 @@ class AgentRecord:
     """(Hd,) a recurrent model's state after ``obs`` and ``action``; None for feed-forward models."""
     predicted: np.ndarray | None = None
     """(S,) the model's prediction of the next observation (its one-step error is a metric)."""
+    objective: AgentObjective | None = None
+    """What ``obs`` was planned for: the next request's observation is checked against its constraints (an
+    observed violation) and ``/v1/explain`` of the agent's current state plans for it. None: the learned reward."""
 
     @property
     def continuing(self) -> bool:

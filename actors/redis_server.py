@@ -131,7 +131,7 @@ class RedisServer:
         deadline = time.monotonic() + self.start_timeout_s
         while time.monotonic() < deadline and self._proc.poll() is None:
             # The pid, not only an answer: a server that took the port after the check answers too.
-            if _answering_pid(self.port) == self._proc.pid:
+            if _answering_pid(self.port) == self._proc.pid and _loaded(self.port):
                 return self
             time.sleep(0.02)
         tail = log.read_text(errors="replace").splitlines()[-5:] if log.exists() else []
@@ -243,6 +243,16 @@ def _answering_pid(port: int) -> int | None:
     except OSError:
         return None
     return int(found.group(1))
+
+
+def _loaded(port: int) -> bool:
+    """Whether the server on ``port`` serves commands: it answers INFO while replaying its AOF, PING only after."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
 
 
 def _die_with_parent() -> Callable[[], None] | None:

@@ -24,6 +24,7 @@ from benchmarks.docs_pages import (defaults_fields, defaults_headline, fleet_bus
                                    model_fit_headline, nav2d_fields, nav2d_headline, pendulum_fields,
                                    pendulum_headline, serve_fleet_fields, serve_fleet_headline, throughput_fields,
                                    throughput_headline)
+from benchmarks.docs_safety import safety_fields, safety_headline
 from benchmarks.docs_text import machine_facts, table
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -74,6 +75,8 @@ PAGES = (
          ingest_fields, ingest_headline),
     Page("fleet_bus", "Fleet bus: Redis Streams and HTTP side by side", "fleet_bus.json",
          "python -m benchmarks.fleet_bus", fleet_bus_fields, fleet_bus_headline),
+    Page("safety", "Safety: policy fallback, prior and shield", "safety.json", "python -m benchmarks.safety",
+         safety_fields, safety_headline),
     Page("gpu", "GPU check", "gpu_check/gpu_check.json", "bash benchmarks/gpu_check.sh", gpu_fields, gpu_headline),
 )
 

@@ -17,7 +17,6 @@ Target (issue 14), on this 2-core machine: 100 agents through Redis, p99 <= 50 m
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import tempfile
@@ -31,30 +30,21 @@ from actors.redis_server import RedisServer
 from benchmarks.common import record, wm
 from benchmarks.cpu_share import CpuShare
 from benchmarks.nav2d_closed_loop import MODEL
-from benchmarks.serve_fleet import _row, p99_by_second, running, sustained, warm_up
+from benchmarks.serve_fleet import _row, drive_row, fleet_config, p99_by_second, running, sustained, warm_up
 from cluster.runtime import free_port
-from serving.fleet import drive_fleet, run_loop
-from serving.fleet_config import FleetConfig, FleetResult, FleetTrace
+from serving.fleet_config import FleetResult, FleetTrace
 
 TARGET = {"p99_ms": 50.0, "errors": 0, "success_rate": 0.99, "violations": 0}
 LADDER_P99_MS = 100.0
 TRANSPORTS = ("redis", "http")
 
 
-def _config(transport: str, url: str, redis_url: str, agents: int, args: argparse.Namespace, seconds: float,
-            seed: int) -> FleetConfig:
-    return FleetConfig(url, agents=agents, hz=args.hz, seconds=seconds, no_fly_zones=args.no_fly_zones, seed=seed,
-                       transport=transport, redis_url=redis_url)
-
-
 def drive(transport: str, url: str, redis_url: str, agents: int, args: argparse.Namespace, seconds: float,
           seed: int, trace: FleetTrace | None = None) -> FleetResult:
-    """A 2 s untimed drive (batch sizes warm up), then the timed one."""
-    config = _config(transport, url, redis_url, agents, args, seconds, seed)
-    run_loop(drive_fleet(dataclasses.replace(config, seconds=2.0, seed=seed + 100_000, drain=False)))
-    say = lambda m: print(f"[{transport}] {m}", file=sys.stderr, flush=True)  # noqa: E731
-    say(f"{agents} agents at {args.hz:g} Hz, {args.no_fly_zones} zones, {seconds:g} s")
-    return run_loop(drive_fleet(config, progress=say, trace=trace))
+    """``serve_fleet.drive_row`` through ``transport``, labelled with it."""
+    config = fleet_config(url, agents, argparse.Namespace(**vars(args) | {"seconds": seconds}), seed,
+                          transport=transport, redis_url=redis_url)
+    return drive_row(config, lambda m: print(f"[{transport}] {m}", file=sys.stderr, flush=True), trace)
 
 
 def holds(result: FleetResult, hz: float) -> bool:

@@ -137,14 +137,17 @@ def serve_command(model_dir: str, port: int, log_dir: Path, planner: list[str]) 
             "--log-dir", str(log_dir), *planner, "--json"]
 
 
-def drive_row(url: str, agents: int, args: argparse.Namespace, seed: int, say: Any,
-              trace: FleetTrace | None) -> FleetResult:
+def drive_row(config: FleetConfig, say: Any, trace: FleetTrace | None = None) -> FleetResult:
     """A 2 s untimed drive (the batch sizes this fleet makes warm up), then the timed one."""
-    config = FleetConfig(url, agents=agents, hz=args.hz, seconds=args.seconds, no_fly_zones=args.no_fly_zones,
-                         seed=seed)
-    run_loop(drive_fleet(dataclasses.replace(config, seconds=2.0, seed=args.seed + 100, drain=False)))
-    say(f"{agents} agents at {args.hz:g} Hz, {args.no_fly_zones} zones, {args.seconds:g} s")
+    run_loop(drive_fleet(dataclasses.replace(config, seconds=2.0, seed=config.seed + 100_000, drain=False)))
+    say(f"{config.agents} agents at {config.hz:g} Hz, {config.no_fly_zones} zones, {config.seconds:g} s")
     return run_loop(drive_fleet(config, progress=say, trace=trace))
+
+
+def fleet_config(url: str, agents: int, args: argparse.Namespace, seed: int, **options: Any) -> FleetConfig:
+    """A row's fleet: ``agents`` at ``args.hz`` for ``args.seconds`` with ``args.no_fly_zones`` zones each."""
+    return FleetConfig(url, agents=agents, hz=args.hz, seconds=args.seconds, no_fly_zones=args.no_fly_zones,
+                       seed=seed, **options)
 
 
 def sustained(result: FleetResult, hz: float) -> bool:
@@ -193,7 +196,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         with running(serve_cmd, url, Path(tmp, "serve.log")):
             warm_up(url)
             for row, n in enumerate(counts):
-                result = drive_row(url, n, args, args.seed + 1 + 1000 * row, say,
+                result = drive_row(fleet_config(url, n, args, args.seed + 1 + 1000 * row), say,
                                    trace if n == counts[-1] else None)
                 rows.append({"agents": n} | _row(result))
         ours_result = result
@@ -207,7 +210,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             floor_trace = FleetTrace(track_agents=0)
             with running(floor_cmd, url, Path(tmp, "floor.log")):
                 warm_up(url)
-                result = drive_row(url, counts[-1], args, args.seed + 1, say, floor_trace)
+                result = drive_row(fleet_config(url, counts[-1], args, args.seed + 1), say, floor_trace)
             floor = {"settings": {"serve": FLOOR_PLANNER, "telemetry": True}, "agents": counts[-1]} | _row(result) \
                 | {"p99_ms_by_second": p99_by_second(floor_trace)}
         # `wm serve` flushed its telemetry when it stopped: what every row's agents sent came back as logs.

@@ -41,6 +41,7 @@ COMMANDS: dict[str, str] = {
     "mbrl": "model-based RL (PETS): train a model, plan, repeat",
     "models": "list, inspect, promote and roll back registered models",
     "learn": "retrain from logs on a learner actor, compare with production, register",
+    "policy": "train a policy inside a world model with RLlib PPO (`wm policy train`), saved beside it",
     "tune": "sweep world-model settings with Ray Tune, scored on the newest episodes",
     "serve": "serve next actions for a fleet over HTTP (Ray Serve)",
     "fleet": "drive N simulated agents closed loop through a fleet endpoint (load test)",

@@ -25,6 +25,7 @@ from ray.actor import ActorHandle
 
 from actors.common import NAMESPACE, gpus_per_worker
 from learners.retrain import read_held_out, register_candidate, registered_run, run_id_for
+from learners.settings import DEFAULT_TRAIN_POLICY
 from worldmodel.config import ModelConfig, TrainConfig, config_from_dict
 from worldmodel.data import data_fingerprint
 from worldmodel.data.reader import require_log_files
@@ -59,7 +60,8 @@ class Learner:
 
     def retrain(self, data_uri: str, registry_uri: str, *, model_cfg: dict[str, Any] | None = None,
                 train_cfg: dict[str, Any] | None = None, holdout_fraction: float = 0.2, promote: bool = False,
-                run_id: str | None = None) -> dict[str, Any]:
+                run_id: str | None = None, train_policy: bool = DEFAULT_TRAIN_POLICY,
+                policy_cfg: dict[str, Any] | None = None) -> dict[str, Any]:
         """Train a candidate on the logs, compare it with production, register it (and maybe promote it).
 
         Args:
@@ -69,10 +71,14 @@ class Learner:
             holdout_fraction: share of the most recent episodes held out for the comparison.
             promote: move the candidate to production when its holdout score beats production's.
             run_id: the checkpoint's name (default: a hash of the data fingerprint and settings).
+            train_policy: then train a policy in the registered version (``learners.policy_training``), unless
+                it has one already (a retried call); needs a local registry (the policy goes into the artifact).
+            policy_cfg: ``PolicySettings`` fields (default: the preset for the model's env).
 
         Returns:
             JSON-friendly: version, stage, holdout, promoted, resumed (and resumed_from per stage),
-            run_id, existing (the run had been registered before), seconds.
+            run_id, existing (the run had been registered before), policy (None without ``train_policy``:
+            its version, path, evaluations and seconds), seconds.
         """
         start = time.perf_counter()
         mcfg = config_from_dict(ModelConfig, model_cfg or {})
@@ -81,10 +87,14 @@ class Learner:
         fingerprint = data_fingerprint(data_uri, files=files)
         run_id = run_id or run_id_for(fingerprint, mcfg, tcfg, holdout_fraction)
         registry = ModelRegistry(registry_uri)
+        if train_policy and registry.remote:
+            raise ValueError(f"train_policy needs a local registry (the policy is written into the artifact), "
+                             f"not {registry_uri}")
         done = registered_run(registry, run_id)
         if done is not None:
             _log(f"run {run_id} is already registered as {done.version}")
-            return self._result(registry, done, promote, existing=True, start=start)
+            policy = self._policy(registry, done.version, data_uri, policy_cfg) if train_policy else None
+            return self._result(registry, done, promote, existing=True, start=start, policy=policy)
 
         logs = read_held_out(data_uri, holdout_fraction, files=files, fingerprint=fingerprint)
         _log(f"read {logs.rows} transitions from {data_uri}; holding out {len(logs.holdout)} rows of the newest "
@@ -98,11 +108,38 @@ class Learner:
         _log(f"registered {info.version}: holdout score {info.holdout['candidate']['score']:.4f}, "
              f"better than production: {info.holdout['better']}")
         shutil.rmtree(checkpoint_dir)
-        return self._result(registry, info, promote, existing=False, start=start)
+        policy = self._policy(registry, info.version, data_uri, policy_cfg) if train_policy else None
+        return self._result(registry, info, promote, existing=False, start=start, policy=policy)
+
+    @staticmethod
+    def _policy(registry: ModelRegistry, version: str, data_uri: str,
+                policy_cfg: dict[str, Any] | None) -> dict[str, Any]:
+        """Train a policy in ``version`` (PPO in its imagined rollouts from ``data_uri``), or report the one
+        it has (a retried call after the policy was saved)."""
+        # Imported here: RLlib takes seconds to import, which a learner that trains no policy never pays.
+        from learners.policy_training import train_policy
+        from learners.settings import policy_settings
+        from planners.policy_artifact import policy_info
+        from worldmodel.artifact import load_model
+
+        model_dir = registry.model_dir(version)
+        existing = policy_info(model_dir)
+        if existing is not None:
+            _log(f"{version} has policy {existing['version']} already")
+            return {"version": existing["version"], "path": str(model_dir / "policy"), "existing": True,
+                    **{k: existing["summary"].get(k) for k in ("imagined", "real", "train_seconds")}}
+        settings = policy_settings(load_model(model_dir).spec.env_id, **(policy_cfg or {}))
+        _log(f"training a policy in {version} ({settings.iterations} PPO iterations)")
+        result = train_policy(model_dir, data_uri, settings,
+                              progress=lambda s: _log(f"policy iteration {s.iteration}: return {s.mean_return}, "
+                                                      f"success {s.success}"))
+        _log(f"policy {result.version}: real-env success {result.real.success_rate}, return {result.real.mean_return}")
+        return {"version": result.version, "path": result.path, "existing": False, "imagined": vars(result.imagined),
+                "real": vars(result.real), "train_seconds": result.train_seconds}
 
     @staticmethod
     def _result(registry: ModelRegistry, info: VersionInfo, promote: bool, *, existing: bool,
-                start: float) -> dict[str, Any]:
+                start: float, policy: dict[str, Any] | None = None) -> dict[str, Any]:
         better = bool((info.holdout or {}).get("better"))
         promoted = False
         if promote and better and info.stage != "production":
@@ -114,7 +151,7 @@ class Learner:
         resumed_from = info.lineage.get("resumed_from") or {}
         return {"version": info.version, "stage": info.stage, "holdout": info.holdout, "promoted": promoted,
                 "resumed": any(v for v in resumed_from.values()), "resumed_from": resumed_from,
-                "run_id": info.lineage.get("run_id"), "existing": existing,
+                "run_id": info.lineage.get("run_id"), "existing": existing, "policy": policy,
                 "seconds": round(time.perf_counter() - start, 3)}
 
 

@@ -1,6 +1,120 @@
-"""Learner and scheduler defaults, in plain Python so the command line reads them without Ray."""
+"""Learner, scheduler and policy-training defaults, in plain Python so the command line reads them without Ray."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+from worldmodel.envs import NAV2D_ID
 
 DEFAULT_NAME = "fleetwm-retrain-scheduler"
 """Name of the detached retrain scheduler actor."""
 DEFAULT_CHECKPOINT_ROOT = "~/.cache/fleetwm/learner"
 """Where the scheduler's learner checkpoints (on the learner's node; ``~`` is that node's home)."""
+DEFAULT_TRAIN_POLICY = False
+"""Whether ``Learner.retrain`` trains a policy in each version it registers (``train_policy``). Off by
+default: with the Nav2D preset PPO takes several times as long as the retrain itself on a 2-core
+node (see ``POLICY_PRESETS``), so a scheduled retrain turns it on where the cores are there."""
+
+PENDULUM_ID = "Pendulum-v1"
+POLICY_ZONES_MAX = 4
+"""Zones a policy sees: ``planners.policy.POLICY_ZONES``, spelled here so this module loads no torch
+(a test holds the two equal)."""
+
+
+@dataclass(frozen=True)
+class PolicySettings:
+    """How a policy is trained inside a world model with PPO (``learners.policy_training``), and scored.
+
+    One PPO iteration steps ``num_envs`` imagined rollouts ``steps_per_env`` times (one batched model
+    call per step), then makes ``epochs`` passes over that batch in minibatches of ``minibatch`` rows.
+    """
+
+    iterations: int = 30
+    """PPO iterations."""
+    num_envs: int = 512
+    """Imagined rollouts stepped together, each from a logged start and a random ensemble member."""
+    steps_per_env: int = 32
+    """Steps of each rollout per iteration (the batch is num_envs x steps_per_env rows)."""
+    horizon: int = 200
+    """Steps after which an imagined episode is truncated."""
+    lr: float = 1e-3
+    """Adam's learning rate (actor, log-std and critic)."""
+    gamma: float = 0.99
+    """Discount."""
+    gae_lambda: float = 0.95
+    """GAE's lambda."""
+    clip: float = 0.2
+    """PPO's ratio clip."""
+    entropy: float = 0.0
+    """Entropy bonus coefficient."""
+    minibatch: int = 2048
+    """Rows per gradient step (at most one iteration's batch)."""
+    epochs: int = 6
+    """Passes over each iteration's batch."""
+    reward_scale: float = 0.01
+    """Rewards are multiplied by this for PPO only (the critic fits O(1) values); curves report them unscaled."""
+    log_std_init: float = -0.5
+    """Exploration's starting log-std, per action dimension (the log-std is learned from there)."""
+    hidden: int = 64
+    """Width of the policy's hidden layers (``PolicyConfig.hidden``; the critic has the same)."""
+    layers: int = 2
+    """Hidden layers of the policy (``PolicyConfig.layers``)."""
+    zones: tuple[int, int] = (0, POLICY_ZONES_MAX)
+    """(least, most) no-fly zones drawn per imagined Nav2D episode."""
+    eval_episodes: int = 200
+    """Episodes of the final evaluation, in the imagined env and in the real one."""
+    eval_zones: int = 2
+    """No-fly zones per real Nav2D evaluation episode."""
+    seed: int = 0
+    """Seeds the imagined env, PPO and the evaluations."""
+
+    def __post_init__(self) -> None:
+        positive = ("iterations", "num_envs", "steps_per_env", "horizon", "minibatch", "epochs", "hidden",
+                    "layers", "eval_episodes")
+        for name in positive:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"PolicySettings.{name} must be an int >= 1, got {value!r}")
+        for name in ("gamma", "gae_lambda"):
+            if not 0 < getattr(self, name) <= 1:
+                raise ValueError(f"PolicySettings.{name} must be in (0, 1], got {getattr(self, name)!r}")
+        for name in ("lr", "clip", "reward_scale"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"PolicySettings.{name} must be > 0, got {getattr(self, name)!r}")
+        if not self.entropy >= 0:
+            raise ValueError(f"PolicySettings.entropy must be >= 0, got {self.entropy!r}")
+        low, high = self.zones
+        if not 0 <= low <= high <= POLICY_ZONES_MAX:
+            raise ValueError(f"PolicySettings.zones must be (least, most) with 0 <= least <= most <= "
+                             f"{POLICY_ZONES_MAX}, got {self.zones!r}")
+        if not 0 <= self.eval_zones <= POLICY_ZONES_MAX:
+            raise ValueError(f"PolicySettings.eval_zones must be in [0, {POLICY_ZONES_MAX}], got {self.eval_zones!r}")
+
+    @property
+    def batch_rows(self) -> int:
+        """Rows of one iteration's batch: num_envs x steps_per_env."""
+        return self.num_envs * self.steps_per_env
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def with_overrides(self, **overrides: Any) -> "PolicySettings":
+        """A copy with ``overrides`` (None values ignored: options a caller left unset)."""
+        known = {f.name for f in fields(self)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise ValueError(f"PolicySettings: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+
+POLICY_PRESETS: dict[str, PolicySettings] = {
+    NAV2D_ID: PolicySettings(),
+    PENDULUM_ID: PolicySettings(),
+}
+"""Each env's tuned defaults (``policy_settings`` falls back to ``PolicySettings()`` for the rest)."""
+
+
+def policy_settings(env_id: str, **overrides: Any) -> PolicySettings:
+    """The preset for ``env_id`` with ``overrides`` (see ``PolicySettings.with_overrides``)."""
+    return POLICY_PRESETS.get(env_id, PolicySettings()).with_overrides(**overrides)

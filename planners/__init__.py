@@ -1,4 +1,5 @@
-"""Batched planners over a learned world model (no Ray): CEM, MPPI, gradient MPC, random shooting.
+"""Batched planners over a learned world model (no Ray): CEM, MPPI, gradient MPC, random shooting, each
+taking a policy as its fallback and, optionally, its prior.
 
 ``planners.config`` (settings and names, plain Python) loads on its own; the planners, which need
 torch, load on first use of a name exported here (``from planners import make_planner``), so a
@@ -10,14 +11,16 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from planners.config import OBJECTIVES, PLANNER_NAMES, PROPAGATIONS, PlanConfig
+from planners.config import MODES, OBJECTIVES, PLANNER_NAMES, PROPAGATIONS, PlanConfig
 
 _EXPORTS = {
-    "planners.base": ("BasePlanner", "FallbackPolicy", "Planner", "PlanResult", "shift_plan", "zero_action"),
+    "planners.base": ("BasePlanner", "Decision", "Fallback", "FallbackPolicy", "Planner", "PlanResult", "shift_plan",
+                      "zero_action"),
     "planners.cem": ("CEMConfig", "CEMPlanner"),
     "planners.gradient": ("GradientConfig", "GradientPlanner"),
     "planners.mppi": ("MPPIConfig", "MPPIPlanner"),
-    "planners.objectives": ("Objective", "Params"),
+    "planners.objectives": ("ActionPolicy", "Objective", "Params"),
+    "planners.prior": ("PolicyPrior", "policy_rollout"),
     "planners.shooting": ("ShootingPlanner",),
     "planners.registry": ("PLANNERS", "SETTINGS", "make_planner", "resolved_settings", "settings_arguments"),
 }
@@ -33,4 +36,4 @@ def __getattr__(name: str) -> Any:
     return value
 
 
-__all__ = ["OBJECTIVES", "PLANNER_NAMES", "PROPAGATIONS", "PlanConfig", *sorted(_WHERE)]
+__all__ = ["MODES", "OBJECTIVES", "PLANNER_NAMES", "PROPAGATIONS", "PlanConfig", *sorted(_WHERE)]

@@ -12,7 +12,8 @@ import torch
 
 from planners.base import BasePlanner, PlanConfig, State
 from planners.noise import coloured_noise
-from planners.objectives import Objective, Params
+from planners.objectives import ActionPolicy, Objective, Params
+from planners.prior import make_prior
 from worldmodel.nn import variance
 
 
@@ -47,12 +48,15 @@ class CEMConfig:
 
 
 class CEMPlanner(BasePlanner):
+    """CEM; with a ``prior`` policy (and ``cfg.prior_share`` > 0) part of each round's samples are its rollouts."""
+
     def __init__(self, dynamics: torch.nn.Module, objective: Objective, action_low: torch.Tensor,
                  action_high: torch.Tensor, cfg: PlanConfig = PlanConfig(), cem: CEMConfig = CEMConfig(),
-                 **kwargs) -> None:
+                 prior: ActionPolicy | None = None, **kwargs) -> None:
         super().__init__(dynamics, objective, action_low, action_high, cfg, **kwargs)
         self.cem = cem
         self.elites = min(cem.elites, cfg.samples)
+        self.prior = make_prior(prior, dynamics, cfg, self.low, self.high)
 
     def _start(self, obs: torch.Tensor, warm_start: torch.Tensor | None) -> State:
         n, h = obs.shape[0], self.cfg.horizon
@@ -63,15 +67,18 @@ class CEMPlanner(BasePlanner):
     def _round(self, obs: torch.Tensor, params: Params, state: State) -> tuple[torch.Tensor, torch.Tensor]:
         n, (k, h), a = obs.shape[0], (self.cfg.samples, self.cfg.horizon), self.act_dim
         mean, std, alpha = state["mean"], state["std"], self.cem.alpha
-        # Sample candidates around the current distribution, inside the action box.
+        # Sample candidates around the current distribution; the prior's rollouts replace the last few.
         noise = coloured_noise((n, k, h, a), self.cem.noise_beta, self.generator, self.device)
         noise[:, 0] = 0  # the current mean competes too: it is often better than any sample
-        candidates = self._clamp(torch.addcmul(mean[:, None], std[:, None], noise, out=torch.empty_like(noise)))
+        candidates = torch.addcmul(mean[:, None], std[:, None], noise, out=torch.empty_like(noise))
+        if self.prior is not None:
+            self.prior.fill(candidates, obs, params, state, self.generator)
+        candidates = self._project(candidates, params)  # (N, K, H, A) inside each agent's bounds
         # Score them by simulated return.
         returns = self._score(obs, candidates, params)  # (N, K)
         # Refit the distribution to the elites, smoothed with the previous one.
         idx = returns.topk(self.elites, dim=1).indices  # (N, elites)
         elites = candidates.gather(1, idx[..., None, None].expand(-1, -1, h, a))  # (N, elites, H, A)
-        state["mean"] = alpha * mean + (1 - alpha) * elites.mean(1)
+        state["mean"] = self._project(alpha * mean + (1 - alpha) * elites.mean(1), params)  # (N, H, A)
         state["std"] = alpha * std + (1 - alpha) * variance(elites, 1).sqrt()
         return candidates, returns

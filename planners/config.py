@@ -23,6 +23,18 @@ DEFAULT_PLANNER = "cem"
 PROPAGATIONS = ("ts1", "tsinf", "expectation")
 """How uncertainty flows through the ensemble in a rollout (PETS); see ``planners.rollout``."""
 
+MODES = ("plan", "policy")
+"""How an agent's action is decided: 'plan' (the planner, the policy as its fallback and prior) or
+'policy' (the policy's action alone, shielded: no planning)."""
+
+SHIELD_HORIZON = 10
+"""Steps the shield checks ahead (``planners.shield.Shield``'s horizon) in the service and `wm eval`. It
+must cover the stopping distance at the speeds agents reach: a Nav2D controller driving straight at
+the zones on its way (8 agents, 8 episodes, 2 zones) entered them in 4 episodes (319 steps inside)
+with 5 steps, none with 10 or 15; unshielded, in all 8 (103 steps). Its cost beside the served planner
+(64 agents with 2 zones, one CPU thread, the default model): 11.2 ms a call unshielded, 14.0 ms with 5
+steps, 15.7 ms with 10."""
+
 OBJECTIVES = ("learned", "goal")
 """Objectives a caller may plan for: the model's learned reward, or Nav2D's goal reward (minus the
 distance to each agent's goal, computed from the observation)."""
@@ -58,6 +70,13 @@ class PlanConfig:
     """Cost per unit of ensemble disagreement, subtracted from every step's reward."""
     seed: int = 0
     """Seed of the planner's random stream."""
+    prior_share: float = 0.0
+    """Share of the K candidates that are a policy's rollouts through the model's mean (TD-MPC2's
+    policy prior), in [0, 1); used when the planner is given a policy as its prior. At least one
+    candidate stays the planner's own."""
+    prior_noise: float = 0.1
+    """Standard deviation of the noise on the prior's candidates (all but one), as a fraction of half
+    the action range."""
 
     def __post_init__(self) -> None:
         for name in ("horizon", "samples", "iterations", "particles"):
@@ -70,6 +89,18 @@ class PlanConfig:
             raise ValueError(f"budget_ms must be > 0 or None, got {self.budget_ms}")
         if self.disagreement_penalty < 0:
             raise ValueError(f"disagreement_penalty must be >= 0, got {self.disagreement_penalty}")
+        if not 0 <= self.prior_share < 1:
+            raise ValueError(f"prior_share must be in [0, 1), got {self.prior_share}")
+        if self.prior_noise < 0:
+            raise ValueError(f"prior_noise must be >= 0, got {self.prior_noise}")
+
+    @property
+    def prior_samples(self) -> int:
+        """How many of the K candidates a policy prior supplies: round(prior_share * K), at least 1 when
+        the share is positive, at most K - 1."""
+        if self.prior_share == 0:
+            return 0
+        return min(self.samples - 1, max(1, round(self.prior_share * self.samples)))
 
 
 # The PETS loop's own defaults (planners.mbrl, `wm mbrl`), kept apart from the fleet-serving ones.
@@ -101,6 +132,12 @@ class EvalConfig:
     """'learned' (the model's reward model) or 'goal' (Nav2D's true reward)."""
     no_fly_zones: int = 0
     """Nav2D zones per episode (0: off); their costs join the objective."""
+    mode: str = "plan"
+    """'plan', or 'policy': the policy's action alone, shielded (needs a policy)."""
+    shield: bool = True
+    """Check each action against the zones with the shield (Nav2D), as the service does."""
+    shield_horizon: int = SHIELD_HORIZON
+    """Steps the shield checks ahead."""
     seed: int = 0
     """Seeds the envs' resets (the planner's seed is ``plan.seed``)."""
     plan: PlanConfig = PlanConfig()
@@ -117,6 +154,10 @@ class EvalConfig:
             raise ValueError(f"agents and episodes must be >= 1, got {self.agents} and {self.episodes}")
         if self.no_fly_zones < 0:
             raise ValueError(f"no_fly_zones must be >= 0, got {self.no_fly_zones}")
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.shield_horizon < 1:
+            raise ValueError(f"shield_horizon must be >= 1, got {self.shield_horizon}")
 
 
 @dataclass(frozen=True)

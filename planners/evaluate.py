@@ -14,21 +14,25 @@ import torch
 from tqdm import tqdm
 
 from planners import OBJECTIVES, make_planner, shift_plan
-from planners.base import BasePlanner, PlanResult
+from planners.base import BasePlanner, Decision, PlanResult
 from planners.config import EvalConfig
-from planners.objectives import GOAL, ZONES, GoalReward, LearnedReward, NoFlyZones, Objective, Params
+from planners.objectives import (GOAL, ZONES, ActionPolicy, AgentBox, GoalReward, LearnedReward, NoFlyZones,
+                                 Objective, Params, SpeedLimit)
+from planners.rollout import is_recurrent
+from planners.shield import Shield
 from worldmodel.envs import NAV2D_ID, make_env
 from worldmodel.envs.nav2d import GOAL_DIMS
 from worldmodel.model import WorldModel
 
 
 def build_objective(model: WorldModel, objective: str = "learned", zones: bool = False) -> Objective:
-    """The planning objective for ``model``'s env, plus zone costs.
+    """The planning objective for ``model``'s env, plus the constraints' costs.
 
     Args:
         objective: 'learned' (the model's reward model) or 'goal' (Nav2D's reward: minus the distance
             to each agent's goal).
-        zones: add the cost of Nav2D's no-fly zones.
+        zones: add the costs of Nav2D's constraints: no-fly zones, each agent's position box and speed
+            limit (the last two cost nothing for agents without them).
     """
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
@@ -38,7 +42,7 @@ def build_objective(model: WorldModel, objective: str = "learned", zones: bool =
     if zones:
         if model.spec.env_id != NAV2D_ID:
             raise ValueError(f"no-fly zones exist in {NAV2D_ID} only, not {model.spec.env_id}")
-        terms.append(NoFlyZones())
+        terms += [NoFlyZones(), AgentBox(), SpeedLimit()]
     return Objective(terms)
 
 
@@ -65,9 +69,13 @@ class EvalResult:
     fallbacks: int
     """Agent-steps on which the fallback policy acted."""
     steps: int
-    plan_ms_mean: float
-    plan_ms_p99: float
-    plans_per_s: float
+    shield_interventions: int = 0
+    """Agent-steps on which the shield replaced the action about to be returned."""
+    predicted_violations: int = 0
+    """Agent-steps whose returned action was still predicted to violate a constraint (margin < 0)."""
+    plan_ms_mean: float = 0.0
+    plan_ms_p99: float = 0.0
+    plans_per_s: float = 0.0
     """Agent decisions per second of planning time."""
     returns: list[float] = field(default_factory=list)
 
@@ -99,7 +107,7 @@ class _Tally:
         self.agents, self.episodes = agents, episodes
         self.returns: list[float] = []
         self.successes: list[bool] = []
-        self.violations = self.violators = self.fallbacks = self.steps = 0
+        self.violations = self.violators = self.fallbacks = self.steps = self.shielded = self.predicted = 0
         self.plan_ms: list[float] = []
         self.ep_return, self.ep_violations = np.zeros(agents), np.zeros(agents, int)  # (N,) the current episodes'
         self.counting = np.arange(agents) < episodes  # (N,) whether each env's current episode is counted
@@ -115,6 +123,8 @@ class _Tally:
         live = ~reset & self.counting
         self.plan_ms.append(result.elapsed_ms)
         self.fallbacks += int(result.fallback.cpu().numpy()[live].sum())
+        self.shielded += int((result.decision.cpu().numpy() == Decision.SHIELDED)[live].sum())
+        self.predicted += int((result.margin.cpu().numpy() < 0)[live].sum())
         self.steps += int(live.sum())
         self.ep_return += np.where(live, rew, 0.0)
         self.ep_violations += np.asarray(infos.get("violation", np.zeros(self.agents, bool)), bool) & live
@@ -134,33 +144,44 @@ class _Tally:
             episodes=len(self.returns), mean_return=float(np.mean(self.returns)),
             success_rate=float(np.mean(self.successes)), violations=self.violations,
             episodes_with_violation=self.violators, fallbacks=self.fallbacks, steps=self.steps,
+            shield_interventions=self.shielded, predicted_violations=self.predicted,
             plan_ms_mean=float(ms.mean()), plan_ms_p99=float(np.percentile(ms, 99)),
             plans_per_s=float(self.agents * len(ms) / (ms.sum() / 1000)), returns=self.returns)
 
 
-def _planner(model: WorldModel, cfg: EvalConfig) -> BasePlanner:
-    """``cfg``'s planner on the model's dynamics, for ``cfg``'s objective (and zones, when there are any)."""
-    objective = build_objective(model, cfg.objective, zones=cfg.no_fly_zones > 0)
+def _planner(model: WorldModel, cfg: EvalConfig, policy: ActionPolicy | None) -> BasePlanner:
+    """``cfg``'s planner on the model's dynamics, for ``cfg``'s objective (and zones, when there are any):
+    ``policy`` its fallback and prior, a shield when ``cfg.shield`` and there are zones to keep out of."""
+    if cfg.mode == "policy" and policy is None:
+        raise ValueError("mode 'policy' needs a policy; the model has none (train one with `wm policy train`)")
+    zones = cfg.no_fly_zones > 0
+    objective = build_objective(model, cfg.objective, zones=zones)
     low, high = torch.tensor(model.spec.act_low), torch.tensor(model.spec.act_high)
-    return make_planner(cfg.planner, model.dynamics, objective, low, high, cfg.plan, settings=cfg.settings)
+    shield = (Shield(model.dynamics, cfg.shield_horizon) if cfg.shield and zones and not is_recurrent(model.dynamics)
+              else None)
+    return make_planner(cfg.planner, model.dynamics, objective, low, high, cfg.plan, fallback=policy,
+                        settings=cfg.settings, prior=policy, shield=shield)
 
 
 def closed_loop(model: WorldModel, cfg: EvalConfig, progress: bool = False,
-                on_step: Callable[[EvalStep], None] | None = None) -> EvalResult:
+                on_step: Callable[[EvalStep], None] | None = None, policy: ActionPolicy | None = None) -> EvalResult:
     """Run ``cfg.agents`` envs of the model's env in lockstep until ``cfg.episodes`` episodes have ended.
 
     Args:
         model: the world model to plan with (its device is used).
-        cfg: planner, agents N, episodes counted, objective, zones and seeds.
+        cfg: planner, agents N, episodes counted, objective, zones, mode, shield and seeds.
         progress: show a progress bar on stderr.
         on_step: called after each step with its ``EvalStep``.
+        policy: e.g. ``PolicyNet.act``: the fallback (the zero action when None), the prior when
+            ``cfg.plan.prior_share`` > 0, and what acts alone in mode 'policy'.
     """
     env_id, agents = model.spec.env_id, cfg.agents
     kwargs = {"num_no_fly_zones": cfg.no_fly_zones} if cfg.no_fly_zones else {}
     envs = gymnasium.vector.SyncVectorEnv([lambda: make_env(env_id, **kwargs) for _ in range(agents)])
-    plan = _planner(model, cfg)
+    plan = _planner(model, cfg, policy)
     tally = _Tally(agents, cfg.episodes)
     obs_np, infos = envs.reset(seed=cfg.seed)
+    decide = _decider(plan, cfg, model, env_id, obs_np, infos)
     warm_start: torch.Tensor | None = None
     reset = np.zeros(agents, bool)  # gymnasium's next-step autoreset: this step only resets these envs
     bar = tqdm(total=cfg.episodes, desc=f"eval {cfg.planner}", disable=not progress, unit="ep")
@@ -168,7 +189,7 @@ def closed_loop(model: WorldModel, cfg: EvalConfig, progress: bool = False,
         # Plan for all N agents in one call, each warm-started from its previous plan shifted by one step.
         obs = torch.as_tensor(obs_np, dtype=torch.float32, device=model.device)  # (N, S)
         params = agent_params(env_id, obs, infos)
-        result = plan.plan(obs, params, warm_start=warm_start)
+        result = decide(obs, params, warm_start)
         warm_start = shift_plan(result.plan)  # (N, H, A)
         if reset.any():  # these envs now show a new episode's first obs: plan it from scratch
             warm_start[torch.as_tensor(reset, device=model.device)] = plan.initial_plan(int(reset.sum()))
@@ -184,3 +205,15 @@ def closed_loop(model: WorldModel, cfg: EvalConfig, progress: bool = False,
     bar.close()
     envs.close()
     return tally.result()
+
+
+def _decider(plan: BasePlanner, cfg: EvalConfig, model: WorldModel, env_id: str, obs: np.ndarray,
+             infos: dict[str, Any]) -> Callable[[torch.Tensor, Params, torch.Tensor | None], PlanResult]:
+    """How each step decides: plan (after one untimed warm-up call when there is a budget, so that the
+    budget knows a round's duration), or the policy alone in mode 'policy'."""
+    if cfg.mode == "policy":
+        return lambda obs, params, warm_start: plan.act(obs, params)
+    if cfg.plan.budget_ms is not None:
+        first = torch.as_tensor(obs, dtype=torch.float32, device=model.device)
+        plan.plan(first, agent_params(env_id, first, infos), budget_ms=float("inf"))
+    return lambda obs, params, warm_start: plan.plan(obs, params, warm_start=warm_start)

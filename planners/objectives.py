@@ -8,7 +8,7 @@ over X and R, so one batched call serves agents with different goals.
 
 from __future__ import annotations
 
-from typing import Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
 import torch
 
@@ -17,10 +17,29 @@ from worldmodel.reward import FoldedReward, RewardModel
 Params = dict[str, torch.Tensor]
 """Per-agent objective parameters; each value has the agent axis N first."""
 
+ActionPolicy = Callable[[torch.Tensor, Params], torch.Tensor]
+"""An action for each agent: obs (N, S), params (per-agent goals and constraints) -> actions (N, A).
+What a planner's fallback, a planning prior and policy-only serving call (``planners.policy.PolicyNet.act``);
+spelled here, beside Params, so the shield, the prior and the base planner share one definition."""
+
 GOAL = "goal"
 """(N, G) goal position per agent, for GoalReward."""
 ZONES = "zones"
 """(N, Z, 3) circular no-fly zones per agent: centre x, y and radius (radius 0 pads unused slots)."""
+BOX = "box"
+"""(N, 2, 2) position box per agent, [[xlo, ylo], [xhi, yhi]]; +-inf where an agent has none."""
+MAX_SPEED = "max_speed"
+"""(N,) speed limit per agent (norm of the velocity dims); inf where an agent has none."""
+ACTION_LOW = "action_low"
+"""(N, A) per-agent lower action bound, within the model's action box (``constraints.project``)."""
+ACTION_HIGH = "action_high"
+"""(N, A) per-agent upper action bound, within the model's action box."""
+
+POS_DIMS = (0, 1)
+"""Nav2D's position dims in the observation (``worldmodel.envs.nav2d.POS_DIMS``, spelled here so the
+planners load without gymnasium); the default of every position term."""
+VEL_DIMS = (2, 3)
+"""Nav2D's velocity dims (``worldmodel.envs.nav2d.VEL_DIMS``); the default of every speed term."""
 
 
 class Term(Protocol):
@@ -69,7 +88,7 @@ class LearnedReward:
 class GoalReward:
     """Minus the distance from the reached position to each agent's goal (Nav2D's reward)."""
 
-    def __init__(self, pos_dims: Sequence[int] = (0, 1)) -> None:
+    def __init__(self, pos_dims: Sequence[int] = POS_DIMS) -> None:
         self.pos_dims = _dims(pos_dims)
 
     def __call__(self, obs: torch.Tensor, action: torch.Tensor, new_obs: torch.Tensor,
@@ -87,7 +106,7 @@ class NoFlyZones:
     step cost makes even a grazing entry expensive for sampling planners.
     """
 
-    def __init__(self, pos_dims: Sequence[int] = (0, 1), weight: float = 100.0, margin: float = 0.3) -> None:
+    def __init__(self, pos_dims: Sequence[int] = POS_DIMS, weight: float = 100.0, margin: float = 0.3) -> None:
         self.pos_dims, self.weight, self.margin = _dims(pos_dims), weight, margin
 
     def __call__(self, obs: torch.Tensor, action: torch.Tensor, new_obs: torch.Tensor,
@@ -100,6 +119,48 @@ class NoFlyZones:
         # Out of place: gradient MPC differentiates through the ReLU, whose backward reads its output.
         depth = torch.relu(radius + self.margin - dist) * (radius > 0)
         return -self.weight * (depth + (dist < radius)).sum(-1)
+
+
+class AgentBox:
+    """Cost of leaving each agent's position box ``params[BOX]``: ``weight`` per unit of distance
+    outside the box shrunk by ``margin``, plus ``weight`` for every step outside the box itself.
+
+    Shaped like ``NoFlyZones`` for the same reasons. Agents without a box (+-inf bounds, or no
+    ``BOX`` key at all) cost nothing, so one objective serves agents with and without one.
+    """
+
+    def __init__(self, pos_dims: Sequence[int] = POS_DIMS, weight: float = 100.0, margin: float = 0.3) -> None:
+        self.pos_dims, self.weight, self.margin = _dims(pos_dims), weight, margin
+
+    def __call__(self, obs: torch.Tensor, action: torch.Tensor, new_obs: torch.Tensor,
+                 params: Params) -> torch.Tensor:
+        box = params.get(BOX)
+        if box is None:
+            return new_obs.new_zeros(new_obs.shape[:-1])
+        pos = new_obs[..., self.pos_dims]  # (X, N, R, 2)
+        low, high = box[:, None, 0], box[:, None, 1]  # (N, 1, 2)
+        # relu(-inf) is 0: an absent side costs nothing.
+        depth = torch.relu(low + self.margin - pos) + torch.relu(pos - high + self.margin)
+        outside = ((pos < low) | (pos > high)).any(-1)
+        return -self.weight * (depth.sum(-1) + outside)
+
+
+class SpeedLimit:
+    """Cost of exceeding each agent's speed limit ``params[MAX_SPEED]``: ``weight`` per unit of speed
+    over (limit - ``margin``), plus ``weight`` for every step over the limit itself. Agents without a
+    limit (inf, or no ``MAX_SPEED`` key) cost nothing."""
+
+    def __init__(self, vel_dims: Sequence[int] = VEL_DIMS, weight: float = 100.0, margin: float = 0.1) -> None:
+        self.vel_dims, self.weight, self.margin = _dims(vel_dims), weight, margin
+
+    def __call__(self, obs: torch.Tensor, action: torch.Tensor, new_obs: torch.Tensor,
+                 params: Params) -> torch.Tensor:
+        limit = params.get(MAX_SPEED)
+        if limit is None:
+            return new_obs.new_zeros(new_obs.shape[:-1])
+        speed = torch.linalg.vector_norm(new_obs[..., self.vel_dims], dim=-1)  # (X, N, R)
+        limit = limit[:, None]  # (N, 1)
+        return -self.weight * (torch.relu(speed - limit + self.margin) + (speed > limit))
 
 
 class StateBox:

@@ -7,12 +7,12 @@ from typing import Any, Mapping
 
 import torch
 
-from planners.base import BasePlanner, FallbackPolicy
+from planners.base import BasePlanner
 from planners.cem import CEMConfig, CEMPlanner
 from planners.config import PLANNER_NAMES, PlanConfig
 from planners.gradient import GradientConfig, GradientPlanner
 from planners.mppi import MPPIConfig, MPPIPlanner
-from planners.objectives import Objective
+from planners.objectives import ActionPolicy, Objective
 from planners.shooting import ShootingPlanner
 from worldmodel.config import config_from_dict
 
@@ -33,12 +33,18 @@ SETTINGS: dict[str, tuple[str, type]] = {
 
 
 def make_planner(name: str, dynamics: torch.nn.Module, objective: Objective, action_low: torch.Tensor,
-                 action_high: torch.Tensor, cfg: PlanConfig, fallback: FallbackPolicy | None = None,
-                 settings: Mapping[str, Any] | None = None) -> BasePlanner:
+                 action_high: torch.Tensor, cfg: PlanConfig, fallback: ActionPolicy | None = None,
+                 settings: Mapping[str, Any] | None = None, **kwargs: Any) -> BasePlanner:
     """A planner by name; ``settings`` are fields of its own config (``CEMConfig`` for 'cem', ...),
-    defaults where absent."""
+    defaults where absent.
+
+    Args:
+        fallback: acts where the plan cannot (``fallback(obs, params)``); the zero action when None.
+        kwargs: ``prior`` (an ``ActionPolicy`` whose rollouts make ``cfg.prior_share`` of the candidates)
+            and ``shield`` (a ``planners.shield.Shield`` checking each action against the constraints).
+    """
     own = settings_arguments(name, settings)
-    return PLANNERS[name](dynamics, objective, action_low, action_high, cfg, fallback=fallback, **own)
+    return PLANNERS[name](dynamics, objective, action_low, action_high, cfg, fallback=fallback, **own, **kwargs)
 
 
 def settings_arguments(name: str, settings: Mapping[str, Any] | None) -> dict[str, Any]:

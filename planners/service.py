@@ -1,126 +1,90 @@
 """A served planner: a world model and planners ready to answer batches of agents, numpy in and out.
 
 This is the Ray-free core that the ensemble-worker actors and the Serve planner
-deployment host. One call plans for every agent in the batch; agents may ask for
-different objectives ('learned' reward or Nav2D's 'goal' reward), each kind
-planned in one batched call, and carry their own goals and no-fly zones.
+deployment host. One call decides for every agent in the batch; agents may ask for
+different objectives ('learned' reward or Nav2D's 'goal' reward) and modes ('plan', or
+'policy': the model's policy alone, shielded), each kind decided in one batched call, and
+carry their own goals and constraints. A model directory's policy, when it has one, is the
+planners' fallback (and their prior when ``PlanConfig.prior_share`` > 0); on Nav2D models a
+shield checks every answer against the request's constraints.
 
-Shapes: ``N`` agents, ``H`` horizon, ``S`` state, ``A`` action, ``Z`` zones.
+Shapes: ``N`` agents, ``H`` horizon, ``S`` state, ``A`` action, ``Z`` zones, ``M`` proposals.
+``ServiceConfig`` and ``PlanBatch`` live in ``planners.served`` and are importable from here too.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import time
-from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from planners import OBJECTIVES, PlanConfig, make_planner, resolved_settings, shift_plan
-from planners.base import BasePlanner, Fallback
-from planners.config import DEFAULT_PLANNER
+from planners import OBJECTIVES, make_planner
+from planners.base import BasePlanner, PlanResult
+from planners.config import MODES
 from planners.evaluate import build_objective
-from planners.objectives import GOAL, ZONES
+from planners.explain import Explanation, explain
+from planners.objectives import GOAL, ZONES, Params
+from planners.policy import PolicyNet
+from planners.policy_artifact import load_policy, policy_info
 from planners.rollout import HIDDEN, is_recurrent
-from worldmodel.config import config_from_dict
+from planners.served import PlanBatch, ServiceConfig, constraint_params, empty_batch, fill, one_row
+from planners.shield import Shield
+from worldmodel.artifact import load_model
 from worldmodel.envs import NAV2D_ID
 from worldmodel.envs.nav2d import GOAL_DIMS
 from worldmodel.model import WorldModel
 
-
-
-@dataclass(frozen=True)
-class ServiceConfig:
-    """How a served model plans: by default ``PlanConfig``'s and CEM's own defaults (one place each)."""
-
-    planner: str = DEFAULT_PLANNER
-    """'cem', 'mppi', 'gradient' or 'shooting'."""
-    plan: PlanConfig = PlanConfig()
-    """Planner settings shared by every planner."""
-    settings: dict[str, Any] | None = None
-    """The planner's own settings (``make_planner``); absent fields (or None) keep its config's defaults."""
-
-    @property
-    def planner_settings(self) -> dict[str, Any]:
-        """The planner's own settings, resolved: every field of its config, defaults filled in."""
-        return resolved_settings(self.planner, self.settings)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"planner": self.planner, "plan": dataclasses.asdict(self.plan), "settings": self.planner_settings}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ServiceConfig":
-        """From ``to_dict``'s form; missing keys keep their defaults, unknown keys are an error."""
-        unknown = sorted(set(data) - {"planner", "plan", "settings"})
-        if unknown:
-            raise ValueError(f"unknown planner service setting(s) {unknown}; known: planner, plan, settings")
-        plan = cls.plan if "plan" not in data else config_from_dict(PlanConfig, {**dataclasses.asdict(cls.plan),
-                                                                                  **data["plan"]})
-        settings = data.get("settings")
-        return cls(planner=data.get("planner", cls.planner), plan=plan,
-                   settings=None if settings is None else dict(settings))
-
-
-@dataclass(frozen=True)
-class PlanBatch:
-    """One served planner call's answer for N agents, numpy throughout (what crosses to the ingress).
-
-    Attributes:
-        actions: (N, A) the actions to take now.
-        warm_start: (N, H, A) the chosen plans shifted by one step: the next call's warm starts.
-        trajectory: (N, H+1, S) predicted mean states along the chosen plans, starting at obs.
-        disagreement: (N,) mean ensemble disagreement along each chosen plan.
-        fallback_reason: (N,) int8 ``planners.base.Fallback`` codes (0 where the plan acted).
-        expected_return: (N,) predicted return of each chosen plan.
-        hidden: (N, Hd) recurrent models' states after this step's observation and action, else None.
-        iterations: optimisation rounds completed (the fewest over the objective kinds planned).
-        elapsed_ms: wall time of the call.
-        model_version: the version that planned.
-    """
-
-    actions: np.ndarray
-    warm_start: np.ndarray
-    trajectory: np.ndarray
-    disagreement: np.ndarray
-    fallback_reason: np.ndarray
-    expected_return: np.ndarray
-    hidden: np.ndarray | None
-    iterations: int
-    elapsed_ms: float
-    model_version: str
-
-    @property
-    def fallback(self) -> np.ndarray:
-        """(N,) True where the fallback policy acted."""
-        return self.fallback_reason != Fallback.NONE
-
-    def reasons(self) -> list[str | None]:
-        """Per agent, why the fallback acted: 'deadline', 'uncertainty', 'error', or None."""
-        return [Fallback(int(code)).reason for code in self.fallback_reason]
+__all__ = ["FleetPlanner", "PlanBatch", "ServiceConfig"]
 
 
 class FleetPlanner:
-    """Plans batches of agents with one world model version.
+    """Decides for batches of agents with one world model version (and its policy, when it has one).
 
     Args:
         model: the world model (on the device to plan on).
         cfg: planner settings.
+        policy: the model's policy (``planners.policy_artifact.load_policy``): the planners' fallback, their
+            prior when ``cfg.plan.prior_share`` > 0, and what 'policy' mode serves. None: the zero action
+            falls back and 'policy' mode is refused.
+        policy_info: its policy.json (``policy_info``), reported by ``describe``.
     """
 
-    def __init__(self, model: WorldModel, cfg: ServiceConfig | None = None) -> None:
+    def __init__(self, model: WorldModel, cfg: ServiceConfig | None = None, policy: PolicyNet | None = None,
+                 policy_info: dict[str, Any] | None = None) -> None:
         self.model, self.cfg = model, cfg or ServiceConfig()
         self.zones = model.spec.env_id == NAV2D_ID
         self.recurrent = is_recurrent(model.dynamics)
         """A GRU model: each agent's hidden state comes in with its request and goes back updated."""
-        objectives = OBJECTIVES if self.zones else ("learned",)
-        low, high = torch.tensor(model.spec.act_low), torch.tensor(model.spec.act_high)
+        spec = model.spec
+        if policy is not None and (policy.obs_dim, policy.act_dim) != (spec.obs_dim, spec.act_dim):
+            raise ValueError(f"the policy's (S, A) = ({policy.obs_dim}, {policy.act_dim}) do not match model "
+                             f"{model.version}'s ({spec.obs_dim}, {spec.act_dim})")
+        self.policy = None if policy is None else policy.to(model.device).eval()
+        self.policy_info = policy_info if policy is not None else None
+        act = None if self.policy is None else self.policy.act
+        # The shield checks zones, boxes and speeds: Nav2D's constraints, on a feed-forward ensemble.
+        shield = (Shield(model.dynamics, self.cfg.shield_horizon) if self.zones and self.cfg.shield
+                  and not self.recurrent else None)
+        low, high = torch.tensor(spec.act_low), torch.tensor(spec.act_high)
         self.planners: dict[str, BasePlanner] = {
-            name: make_planner(self.cfg.planner, model.dynamics,
-                               build_objective(model, name, zones=self.zones),
-                               low, high, self.cfg.plan, settings=self.cfg.planner_settings)
-            for name in objectives}
+            name: make_planner(self.cfg.planner, model.dynamics, build_objective(model, name, zones=self.zones),
+                               low, high, self.cfg.plan, fallback=act, settings=self.cfg.planner_settings,
+                               prior=act, shield=shield)
+            for name in (OBJECTIVES if self.zones else ("learned",))}
+
+    @classmethod
+    def load(cls, model_dir: str | Path, cfg: ServiceConfig | None = None,
+             device: str | torch.device = "cpu") -> "FleetPlanner":
+        """The model of ``model_dir`` with its policy (when it has one), verified, on ``device``.
+
+        Raises:
+            ArtifactError: the model or its policy (``PolicyError``) is corrupted or does not fit.
+        """
+        model = load_model(model_dir, device=device)
+        return cls(model, cfg, load_policy(model_dir, device=device), policy_info(model_dir))
 
     @property
     def version(self) -> str:
@@ -138,13 +102,34 @@ class FleetPlanner:
     def horizon(self) -> int:
         return self.cfg.plan.horizon
 
+    @property
+    def fallback_source(self) -> str:
+        """Who the fallback is: 'policy' or 'zero'."""
+        return "zero" if self.policy is None else "policy"
+
     def describe(self) -> dict[str, Any]:
-        """What is served: version, env and sizes, objectives, planner, device (JSON-friendly)."""
+        """What is served: version, env and sizes, objectives, planner, policy, shield (its horizon, or None),
+        device (JSON-friendly)."""
         spec = self.model.spec
         return {"model_version": self.version, "env_id": spec.env_id, "obs_dim": self.obs_dim,
                 "act_dim": spec.act_dim, "objectives": list(self.objectives), "zones": self.zones,
                 "planner": self.cfg.planner, "planner_settings": self.cfg.planner_settings, "horizon": self.horizon,
-                "device": str(self.model.device)}
+                "prior_share": self.cfg.plan.prior_share, "policy": self._policy_summary(),
+                "modes": list(MODES) if self.policy is not None else ["plan"],
+                "shield": self._shield_horizon(), "device": str(self.model.device)}
+
+    def _shield_horizon(self) -> int | None:
+        """The steps the shield checks ahead, or None without a shield."""
+        shield = next(iter(self.planners.values())).shield
+        return None if shield is None else shield.horizon
+
+    def _policy_summary(self) -> dict[str, Any] | None:
+        """The served policy's version and lineage (from its policy.json), or None without one."""
+        if self.policy is None:
+            return None
+        info = self.policy_info or {}
+        return {"version": info.get("version"), "parent": info.get("parent"), "created": info.get("created"),
+                "model_version": info.get("model_version"), "config": self.policy.cfg.to_dict()}
 
     def warmup(self, sizes: tuple[int, ...] = (1, 8, 64)) -> None:
         """Plan once untimed at a few batch sizes, so the budget has round-time estimates."""
@@ -154,74 +139,86 @@ class FleetPlanner:
 
     @torch.no_grad()
     def plan(self, obs: np.ndarray, warm_start: np.ndarray | None = None, objectives: list[str] | None = None,
-             zones: np.ndarray | None = None, budget_ms: float | None = None,
-             hidden: np.ndarray | None = None) -> PlanBatch:
-        """Plan for N agents.
+             constraints: dict[str, np.ndarray] | None = None, budget_ms: float | None = None,
+             hidden: np.ndarray | None = None, modes: list[str] | None = None) -> PlanBatch:
+        """Decide for N agents.
 
         Args:
             obs: (N, S) current observations.
             warm_start: (N, H, A) warm starts (already shifted), NaN rows where an agent has none; any other
                 shape (plans of another horizon or model) is ignored: every agent starts cold.
             objectives: per agent, one of ``self.objectives`` (default all 'learned').
-            zones: (N, Z, 3) no-fly zones (x, y, radius; radius 0 pads), Nav2D only.
+            constraints: per-agent arrays by ``planners.objectives`` key (``planners.served.CONSTRAINT_DIMS``):
+                ``ZONES``, ``BOX`` and ``MAX_SPEED`` (Nav2D only) padded so that an agent without one is
+                unconstrained (radius 0, +-inf, inf), ``ACTION_LOW``/``ACTION_HIGH`` (+-inf: the model's box).
             budget_ms: hard time budget of the call (the config's when None).
             hidden: (N, Hd) recurrent models only: each agent's hidden state, NaN rows for a fresh one; any
                 other shape (another model's states) is ignored: every agent starts fresh.
+            modes: per agent, 'plan' (default) or 'policy' (the policy's action, shielded; no planning).
 
         Returns:
             the ``PlanBatch`` of the N agents, in order.
         """
         start = time.perf_counter()
         n, device = len(obs), self.model.device
-        objectives = objectives or ["learned"] * n
-        unknown = sorted(set(objectives) - set(self.planners))
-        if unknown:
-            raise ValueError(f"unknown objective {unknown[0]!r}; this model serves {', '.join(self.planners)}")
+        objectives, modes = objectives or ["learned"] * n, modes or ["plan"] * n
+        self._check(n, objectives, modes)
         obs_t = torch.as_tensor(np.asarray(obs, np.float32), device=device)
         if obs_t.dim() != 2 or obs_t.shape[1] != self.obs_dim:
             raise ValueError(f"obs must be (N, {self.obs_dim}), got {tuple(obs_t.shape)}")
         h, a = self.horizon, self.model.spec.act_dim
         if warm_start is not None and np.shape(warm_start) != (n, h, a):
             warm_start = None  # left by another horizon or model: no start for these plans
-        out = {"actions": np.zeros((n, a), np.float32), "warm_start": np.zeros((n, h, a), np.float32),
-               "trajectory": np.zeros((n, h + 1, self.obs_dim), np.float32),
-               "disagreement": np.zeros(n, np.float32), "fallback_reason": np.zeros(n, np.int8),
-               "expected_return": np.zeros(n, np.float32)}
+        out = empty_batch(n, h, self.obs_dim, a)
+        params = self._params(obs_t, constraints)
         h_all = self._hidden(obs_t, hidden)  # (N, Hd) or None
+        if h_all is not None:
+            params[HIDDEN] = h_all
         iterations = []
-        names = np.asarray(objectives)
-        for name, planner in self.planners.items():  # at most one call per objective kind
-            rows = np.flatnonzero(names == name)
-            if len(rows):
-                iterations.append(self._plan_rows(planner, rows, obs_t, warm_start, zones, h_all, budget_ms, out))
+        names, kinds = np.asarray(objectives), np.asarray(modes)
+        for name, planner in self.planners.items():  # at most one call per objective kind and mode
+            for mode in MODES:
+                rows = np.flatnonzero((names == name) & (kinds == mode))
+                if len(rows):
+                    result = self._decide_rows(planner, mode, rows, obs_t, params, warm_start, budget_ms)
+                    fill(out, rows, result)
+                    iterations += [result.iterations] if mode == "plan" else []
         next_hidden = None
         if h_all is not None:  # the state after observing obs and taking the chosen action
             actions_t = torch.as_tensor(out["actions"], device=device)
             next_hidden = self.model.dynamics.step(h_all, obs_t, actions_t)[0].cpu().numpy()
-        return PlanBatch(**out, hidden=next_hidden, iterations=min(iterations),
-                         elapsed_ms=(time.perf_counter() - start) * 1000, model_version=self.version)
+        return PlanBatch(**out, hidden=next_hidden, iterations=min(iterations, default=0),
+                         elapsed_ms=(time.perf_counter() - start) * 1000, model_version=self.version,
+                         fallback_source=self.fallback_source)
 
-    def _plan_rows(self, planner: BasePlanner, rows: np.ndarray, obs: torch.Tensor, warm_start: np.ndarray | None,
-                   zones: np.ndarray | None, hidden: torch.Tensor | None, budget_ms: float | None,
-                   out: dict[str, np.ndarray]) -> int:
-        """Plan the agents at ``rows`` (one objective kind) and fill their rows of ``out``; returns rounds run."""
+    def _check(self, n: int, objectives: list[str], modes: list[str]) -> None:
+        """Raise naming an objective or mode this model does not serve, or lists of the wrong length."""
+        if len(objectives) != n or len(modes) != n:
+            raise ValueError(f"objectives and modes must have one entry per agent ({n}), got "
+                             f"{len(objectives)} and {len(modes)}")
+        unknown = sorted(set(objectives) - set(self.planners))
+        if unknown:
+            raise ValueError(f"unknown objective {unknown[0]!r}; this model serves {', '.join(self.planners)}")
+        bad = sorted(set(modes) - set(MODES))
+        if bad:
+            raise ValueError(f"unknown mode {bad[0]!r}; choose one of {', '.join(MODES)}")
+        if "policy" in modes and self.policy is None:
+            raise ValueError(f"mode 'policy' needs a policy, and model {self.version} has none "
+                             "(train one with `wm policy train`)")
+
+    def _decide_rows(self, planner: BasePlanner, mode: str, rows: np.ndarray, obs: torch.Tensor, params: Params,
+                     warm_start: np.ndarray | None, budget_ms: float | None) -> PlanResult:
+        """Decide for the agents at ``rows`` (one objective kind, one mode)."""
         idx = torch.as_tensor(rows, device=obs.device)
+        mine = {k: v[idx] for k, v in params.items()}
+        if mode == "policy":
+            return planner.act(obs[idx], mine)
         start_plan = planner.initial_plan(len(rows))
         if warm_start is not None:
             w = torch.as_tensor(np.asarray(warm_start, np.float32)[rows], device=obs.device)
             have = ~torch.isnan(w).any(-1).any(-1)  # (n,)
             start_plan = torch.where(have[:, None, None], w, start_plan)
-        params = self._params(obs[idx], None if zones is None else zones[rows])
-        if hidden is not None:
-            params[HIDDEN] = hidden[idx]
-        result = planner.plan(obs[idx], params, warm_start=start_plan, budget_ms=budget_ms)
-        out["actions"][rows] = result.actions.cpu().numpy()
-        out["warm_start"][rows] = shift_plan(result.plan).cpu().numpy()
-        out["trajectory"][rows] = result.trajectory.cpu().numpy()
-        out["disagreement"][rows] = result.disagreement.mean(1).cpu().numpy()
-        out["fallback_reason"][rows] = result.fallback_reason.cpu().numpy()
-        out["expected_return"][rows] = result.expected_return.cpu().numpy()
-        return result.iterations
+        return planner.plan(obs[idx], mine, warm_start=start_plan, budget_ms=budget_ms)
 
     def _hidden(self, obs: torch.Tensor, hidden: np.ndarray | None) -> torch.Tensor | None:
         if not self.recurrent:
@@ -234,11 +231,41 @@ class FleetPlanner:
             return fresh
         return torch.where(torch.isnan(h).any(-1, keepdim=True), fresh, h)
 
-    def _params(self, obs: torch.Tensor, zones: np.ndarray | None) -> dict[str, torch.Tensor]:
-        if not self.zones:
-            return {}
-        z = np.zeros((len(obs), 1, 3), np.float32) if zones is None else np.asarray(zones, np.float32)
-        return {GOAL: obs[:, GOAL_DIMS], ZONES: torch.as_tensor(z, device=obs.device)}
+    def _params(self, obs: torch.Tensor, constraints: dict[str, np.ndarray] | None) -> Params:
+        """The N agents' objective parameters: Nav2D's goals (from obs) and zones (none: one empty slot),
+        and the constraints this model takes."""
+        params: Params = {}
+        if self.zones:
+            params[GOAL] = obs[:, GOAL_DIMS]
+            params[ZONES] = obs.new_zeros(len(obs), 1, 3)  # the zone cost needs the key; radius 0 costs nothing
+        return params | constraint_params(constraints, len(obs), obs.device, states=self.zones)
+
+    def explain(self, obs: np.ndarray, objective: str = "learned", constraints: dict[str, np.ndarray] | None = None,
+                warm_start: np.ndarray | None = None, proposals: np.ndarray | None = None,
+                alternatives: int = 3) -> Explanation:
+        """Why one agent's action: plan once with the served settings and explain it (``planners.explain``).
+
+        Args:
+            obs: (S,) the agent's observation; objective: one of ``self.objectives``.
+            constraints: as ``plan``'s, for this one agent: arrays with or without the leading N = 1.
+            warm_start: (H, A) its warm start, or None (NaN rows or another shape: none).
+            proposals: (M, A) actions held for H steps, or (M, H, A) sequences.
+            alternatives: how many of the planner's best other candidates to show.
+        """
+        self._check(1, [objective], ["plan"])
+        obs_t = torch.as_tensor(np.asarray(obs, np.float32), device=self.model.device).reshape(1, -1)
+        if obs_t.shape[1] != self.obs_dim:
+            raise ValueError(f"obs must be (S,) = ({self.obs_dim},), got {np.shape(obs)}")
+        rows = {k: one_row(k, v) for k, v in (constraints or {}).items()}
+        params = self._params(obs_t, rows)
+        h_all = self._hidden(obs_t, None)
+        if h_all is not None:
+            params[HIDDEN] = h_all
+        planner, start = self.planners[objective], None
+        if warm_start is not None and np.shape(warm_start) == (self.horizon, self.model.spec.act_dim) and \
+                not np.isnan(warm_start).any():
+            start = torch.as_tensor(np.asarray(warm_start, np.float32), device=obs_t.device)[None]
+        return explain(planner, obs_t, params, start, proposals, alternatives)
 
     def score(self, obs: np.ndarray, actions: np.ndarray, new_obs: np.ndarray) -> dict[str, Any]:
         """Prediction error of B logged transitions: per row, their mean, and the version that predicted."""
@@ -255,3 +282,4 @@ class FleetPlanner:
         else:
             mean, _ = self.model.dynamics(o, a).moments()  # (B, S) ensemble mean
         return (mean - n).norm(dim=-1).cpu().numpy()
+

@@ -4,11 +4,20 @@ from __future__ import annotations
 
 import torch
 
-from planners.base import BasePlanner, State
-from planners.objectives import Params
+from planners.base import BasePlanner, PlanConfig, State
+from planners.objectives import ActionPolicy, Objective, Params
+from planners.prior import make_prior
 
 
 class ShootingPlanner(BasePlanner):
+    """Random shooting; with a ``prior`` policy (and ``cfg.prior_share`` > 0) the last samples are its rollouts."""
+
+    def __init__(self, dynamics: torch.nn.Module, objective: Objective, action_low: torch.Tensor,
+                 action_high: torch.Tensor, cfg: PlanConfig = PlanConfig(), prior: ActionPolicy | None = None,
+                 **kwargs) -> None:
+        super().__init__(dynamics, objective, action_low, action_high, cfg, **kwargs)
+        self.prior = make_prior(prior, dynamics, cfg, self.low, self.high)
+
     def _start(self, obs: torch.Tensor, warm_start: torch.Tensor | None) -> State:
         return {"warm_start": warm_start}
 
@@ -19,4 +28,7 @@ class ShootingPlanner(BasePlanner):
         warm_start = state.pop("warm_start", None)
         if warm_start is not None:
             candidates[:, 0] = warm_start  # the shifted previous plan competes in the first round
+        if self.prior is not None:
+            self.prior.fill(candidates, obs, params, state, self.generator)
+        candidates = self._project(candidates, params)  # inside each agent's bounds
         return candidates, self._score(obs, candidates, params)

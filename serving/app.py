@@ -39,6 +39,7 @@ from actors.telemetry import LoggerStats
 from serving.config import BATCHING, AppConfig
 from serving.consumer_loop import BusStats
 from serving.engine import PlanEngine
+from serving.explain import ExplainRequest, ExplainResponse, check_explain
 from serving.front import JSON_TYPES, Refreshed, Unavailable, api, encode, error_responses, invalid_body
 from serving.metrics import serving_metrics
 from serving.planner_server import PlannerServer
@@ -166,6 +167,32 @@ class FleetIngress:
         self.metrics.latency.observe(time.monotonic() - start, tags={"route": "batch"})
         return Response(encode({"responses": [public_body(a) for a in answers]}), media_type="application/json")
 
+    @api.post("/v1/explain", response_model=ExplainResponse, responses=error_responses(400, 401, 404, 422, 503),
+              summary="Why an agent's action: the chosen plan and its counterfactuals, each predicted")
+    async def explain(self, body: ExplainRequest) -> Response:
+        """The chosen plan, the best alternatives the planner scored, the fallback's action and each proposal,
+        each with its predicted trajectory, return, disagreement and constraint margins (``serving.explain``).
+
+        For a served ``plan_id`` (kept 600 s, the agent's last 64), else for the agent's current state or a
+        given observation. Over the fleet bus, a plan request's ``explain`` field asks for the same body in
+        its reply (``explanation``).
+        """
+        try:
+            problem = check_explain(body, await self._spec.get())
+        except Unavailable as err:
+            raise HTTPException(503, str(err)) from err
+        if problem is not None:
+            raise HTTPException(422, problem)
+        try:
+            answer = await self.engine.explain(body)
+        except Exception as err:  # the planner deployment failed: retryable, named
+            logger.exception("explain failed")
+            raise HTTPException(503, f"explaining failed, retry: {type(err).__name__}: "
+                                     f"{' '.join(str(err).split())[:200]}") from err
+        if isinstance(answer, Rejected):
+            raise HTTPException(answer.status, answer.error)
+        return Response(encode(answer), media_type="application/json")
+
     @api.post("/v1/agents/{agent_id}/reset", response_model=ResetResponse, responses=error_responses(401, 422),
               summary="Forget an agent: its next request starts a new episode")
     async def reset(self, agent_id: Annotated[str, Path(pattern=AGENT_ID_PATTERN.pattern,
@@ -206,10 +233,11 @@ class FleetIngress:
         if self._telemetry is not None:
             self._telemetry.peek()  # keeps the logger's stats (and their gauges) fresh; never waits
         try:
-            return await self._batched((req, start))
+            answer = await self._batched((req, start))
         except Exception as err:
             logger.exception("plan batch failed")
             return Rejected(503, f"planning failed, retry: {type(err).__name__}: {' '.join(str(err).split())[:200]}")
+        return await self.engine.explained(req, answer)  # only this request waits for its explanation
 
     async def _check(self, req: PlanRequest, prefix: str) -> str | None:
         """What depends on the served model (``check_request``, the stream consumer's check too)."""
@@ -264,7 +292,7 @@ class FleetIngress:
         """The served model's spec; the app's OpenAPI schema then states its observation and action sizes."""
         spec = await self.planner.info.remote()
         app: FastAPI = self.app  # the replica's own copy of ``api`` (Serve's ASGIAppReplicaWrapper)
-        served = served_openapi(FastAPI.openapi(app), spec["obs_dim"], spec["act_dim"])
+        served = served_openapi(FastAPI.openapi(app), spec["obs_dim"], spec["act_dim"], spec.get("modes"))
         app.openapi = lambda: served  # type: ignore[method-assign]
         return spec
 

@@ -9,6 +9,8 @@ to the agent's reply stream ``BusNames.reply(agent_id)``: one field, ``v``, hold
     {"request_id": ..., "status": 409 | 422 | 503, "error": "<one line>"}  (a refusal)
 
 ``status`` keeps HTTP's meaning: a 4xx is final, a 503 may be retried with the same ``request_id``.
+A request with ``explain: true`` (or ``{"proposals": [...]}``) gets ``explanation`` in its answer: what
+``POST /v1/explain`` answers for that decision (``serving.explain``), the stream's way to ask why.
 A request without a ``request_id`` gets its stream entry id as one, so a re-delivered entry is answered
 from the agent's record, not planned twice. Reply streams hold the last ``REPLY_MAXLEN`` replies
 (approximately) and expire about ``REPLY_TTL_S`` after their last reply, so agents that leave leave nothing.

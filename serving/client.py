@@ -15,7 +15,10 @@ Both send the same bodies and handle failures the same way:
 - when the retries run out, the last failure is raised (``APIError`` for a 5xx answer,
   ``TransportError`` for no answer).
 
-Observations, actions and no-fly zones may be lists or numpy arrays; they are sent as lists of floats.
+Observations, actions, no-fly zones and proposals may be lists or numpy arrays; they are sent as lists of floats.
+
+``explain`` asks ``POST /v1/explain`` why an agent's action: for a served ``plan_id``, the agent's current
+state, or a given observation (``plan(..., explain=True)`` gets a decision's explanation in its answer).
 
 The same API over the fleet bus (Redis Streams) is ``serving.stream_client``'s ``StreamClient`` and
 ``AsyncStreamClient``, re-exported here.
@@ -28,13 +31,14 @@ import json
 from typing import Any, Callable
 
 import aiohttp
+import numpy as np
 import requests
 
 from serving.episodes import ArrayLike, EpisodeSteps, plan_body
 from serving.link import RETRY, APIError, ClientStats, FleetClientError, RetryPolicy, TransportError
 
 __all__ = ["APIError", "AsyncFleetClient", "AsyncStreamClient", "ClientStats", "EpisodeSteps", "FleetClient",
-           "FleetClientError", "RetryPolicy", "StreamClient", "TransportError", "plan_body"]
+           "FleetClientError", "RetryPolicy", "StreamClient", "TransportError", "explain_body", "plan_body"]
 
 
 def __getattr__(name: str) -> Any:
@@ -44,6 +48,30 @@ def __getattr__(name: str) -> Any:
 
         return getattr(stream_client, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def explain_body(agent_id: str, plan_id: str | None = None, observation: ArrayLike | None = None,
+                 objective: dict[str, Any] | None = None, proposals: Any | None = None) -> dict[str, Any]:
+    """The JSON body of ``POST /v1/explain``; ``proposals``: (M, A) actions or (M, H, A) sequences."""
+    body: dict[str, Any] = {"agent_id": agent_id}
+    if plan_id is not None:
+        body["plan_id"] = plan_id
+    if observation is not None:
+        body["observation"] = np.asarray(observation, np.float64).tolist()
+    if objective is not None:
+        body["objective"] = {k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in objective.items()}
+    if proposals is not None:
+        body["proposals"] = np.asarray(proposals, np.float64).tolist()
+    return body
+
+
+def _asked(body: dict[str, Any], mode: str, explain: bool) -> dict[str, Any]:
+    """A plan body with the request's ``mode`` and ``explain`` (only when not their defaults)."""
+    if mode != "plan":
+        body["mode"] = mode
+    if explain:
+        body["explain"] = True
+    return body
 
 
 class FleetClient:
@@ -69,18 +97,29 @@ class FleetClient:
     def plan(self, agent_id: str, observation: ArrayLike, *, reward: float | None = None, terminated: bool = False,
              truncated: bool = False, objective: dict[str, Any] | None = None, deadline_ms: float | None = None,
              return_trajectory: bool = False, request_id: str | None = None, t: int | None = None,
-             prev_action: ArrayLike | None = None) -> dict[str, Any]:
-        """The agent's next action: {"action": (A,), "model_version", "plan_id", "disagreement", "fallback",
-        "fallback_reason", ...}.
+             prev_action: ArrayLike | None = None, mode: str = "plan", explain: bool = False) -> dict[str, Any]:
+        """The agent's next action and why: {"action": (A,), "model_version", "plan_id", "disagreement",
+        "fallback", "fallback_reason", "decision", "shielded_constraint", "fallback_action_by", "margin", ...}.
 
         ``t`` defaults to the step after the agent's last call through this client (0 after a terminal one),
         ``prev_action`` to the action of its last answer; after a call that raised, pass ``prev_action`` (what
         the agent did instead). A call with the last call's ``request_id`` is a retry of that step.
+        ``mode='policy'``: the served policy's action, without planning; ``explain``: the answer carries
+        ``explanation`` (``explain``'s answer for this decision).
         """
-        body = self._steps.body(agent_id, observation, reward=reward, terminated=terminated, truncated=truncated,
-                                objective=objective, deadline_ms=deadline_ms, return_trajectory=return_trajectory,
-                                request_id=request_id, t=t, prev_action=prev_action)
+        body = _asked(self._steps.body(agent_id, observation, reward=reward, terminated=terminated,
+                                       truncated=truncated, objective=objective, deadline_ms=deadline_ms,
+                                       return_trajectory=return_trajectory, request_id=request_id, t=t,
+                                       prev_action=prev_action), mode, explain)
         return self._settled([body], lambda: [self._call("POST", "/v1/plan", body)])[0]
+
+    def explain(self, agent_id: str, plan_id: str | None = None, *, observation: ArrayLike | None = None,
+                objective: dict[str, Any] | None = None, proposals: Any | None = None) -> dict[str, Any]:
+        """Why the agent's action (``POST /v1/explain``): the decision ``plan_id`` (served in the last 600 s),
+        else the agent's current state or ``observation``; the chosen plan, the best alternatives, the fallback's
+        action and each of ``proposals`` ((M, A) actions or (M, H, A) sequences), each with its predicted
+        trajectory, return, disagreement and constraint margins."""
+        return self._call("POST", "/v1/explain", explain_body(agent_id, plan_id, observation, objective, proposals))
 
     def plan_batch(self, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Several agents in one call: ``plan`` keyword arguments as dicts; answers in the same order."""
@@ -155,12 +194,20 @@ class AsyncFleetClient:
     async def plan(self, agent_id: str, observation: ArrayLike, *, reward: float | None = None,
                    terminated: bool = False, truncated: bool = False, objective: dict[str, Any] | None = None,
                    deadline_ms: float | None = None, return_trajectory: bool = False, request_id: str | None = None,
-                   t: int | None = None, prev_action: ArrayLike | None = None) -> dict[str, Any]:
+                   t: int | None = None, prev_action: ArrayLike | None = None, mode: str = "plan",
+                   explain: bool = False) -> dict[str, Any]:
         """See ``FleetClient.plan``."""
-        body = self._steps.body(agent_id, observation, reward=reward, terminated=terminated, truncated=truncated,
-                                objective=objective, deadline_ms=deadline_ms, return_trajectory=return_trajectory,
-                                request_id=request_id, t=t, prev_action=prev_action)
+        body = _asked(self._steps.body(agent_id, observation, reward=reward, terminated=terminated,
+                                       truncated=truncated, objective=objective, deadline_ms=deadline_ms,
+                                       return_trajectory=return_trajectory, request_id=request_id, t=t,
+                                       prev_action=prev_action), mode, explain)
         return (await self._settled([body], "/v1/plan", body))[0]
+
+    async def explain(self, agent_id: str, plan_id: str | None = None, *, observation: ArrayLike | None = None,
+                      objective: dict[str, Any] | None = None, proposals: Any | None = None) -> dict[str, Any]:
+        """See ``FleetClient.explain``."""
+        return await self._call("POST", "/v1/explain",
+                                explain_body(agent_id, plan_id, observation, objective, proposals))
 
     async def plan_batch(self, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
         bodies = self._steps.batch(requests)

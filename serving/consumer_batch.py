@@ -6,7 +6,8 @@ A batch:
    path's ``serving.schema.check_request``);
 2. submits the good requests to the engine, each arrived at its entry id's millisecond (Redis's clock, so
    the time it queued in Redis counts against its deadline); the engine's cycles merge the batches in
-   flight into one planner call;
+   flight into one planner call; a request with ``explain`` gets its decision's explanation in its answer
+   (``serving.explain``: the bus's ``/v1/explain``), and the batch's replies wait for it;
 3. sends, in one pipeline, every reply (``XADD`` to the agent's reply stream, ``MAXLEN ~ REPLY_MAXLEN``,
    then ``EXPIRE REPLY_TTL_S``), and for each bad entry its dead letter (with the reason), a 422 reply
    when its agent can be read, and its ``XACK``;
@@ -27,6 +28,7 @@ Ray-free. Shapes: ``N`` entries in a batch.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -63,6 +65,8 @@ class Engine(Protocol):
     """Its ``EngineWrites``: ``writes.submitted`` numbers the writes submitted so far."""
 
     async def submit(self, requests: list[PlanRequest], arrived: list[float]) -> list[Answer]: ...
+
+    async def explained(self, req: PlanRequest, answer: Answer) -> Answer: ...
 
     async def settled(self, since: int | None = None) -> bool: ...
 
@@ -160,6 +164,11 @@ class BatchAnswerer:
                 planned = [Rejected(503, error)] * len(todo)
             for i, answer in zip(todo, planned):
                 answers[i] = answer
+        asked = [i for i in todo if good[i][1].proposals is not None]  # requests with `explain`
+        explained = await asyncio.gather(*(self.engine.explained(good[i][1], answers[i])  # type: ignore[arg-type]
+                                           for i in asked))
+        for i, answer in zip(asked, explained):
+            answers[i] = answer
         return answers  # type: ignore[return-value]
 
     def _reply(self, pipe: Any, agent_id: str, request_id: str, status: int, body: dict[str, Any]) -> None:

@@ -16,7 +16,8 @@ queued so far (see ``PlanEngine.submit``) and:
 5. writes the new records once and sends the closed transitions to the telemetry sink once
    (``serving.engine_writes``), both submitted before the answers go back and finished while they
    travel; ``settled`` says when they are durable;
-6. with a shadow version, has it plan the same batch in the background and compares (``serving.shadow``).
+6. with a shadow version, has it plan the same batch in the background and compares (``serving.shadow``);
+7. keeps each decision's inputs for ``/v1/explain`` (``serving.explain``: ``explain``, ``explained``).
 
 What each request becomes (its answer, its new record, the transition it closes) is worked out by
 the pure functions of ``serving.rows``; this module pays the calls and keeps the lease.
@@ -42,6 +43,7 @@ from serving import rows
 from serving.config import BATCHING
 from serving.engine_metrics import BatchMetrics
 from serving.engine_writes import EngineWrites
+from serving.explain import DecisionStore, Explainer, ExplainRequest, served
 from serving.metrics import ServingMetrics
 from serving.schema import PlanRequest
 from serving.shadow import ShadowComparison, ShadowStats
@@ -95,6 +97,9 @@ class PlanEngine:
         self._pass = asyncio.Lock()
         """Held by a pass from its read to its write's submission, and by a reset: a reset landing between
         them would be undone by the write."""
+        self.decisions = DecisionStore()
+        """The inputs of the decisions served here, for ``explain`` by ``plan_id``."""
+        self.explainer = Explainer(planner, self.decisions, self._read)
 
     async def submit(self, requests: list[PlanRequest], arrived: list[float]) -> list[Answer]:
         """Queue requests for the next cycle and wait for their answers (in order).
@@ -200,7 +205,16 @@ class PlanEngine:
         async with self._pass:  # that pass's write was submitted first: the shards apply the reset after it
             await self.writes.ordered()
             cached = self.cache.drop(agent_ids) if self.cache is not None else 0
+            self.decisions.forget(agent_ids)
             return max(await self.store.reset(agent_ids), cached)
+
+    async def explain(self, req: ExplainRequest) -> dict[str, Any] | Rejected:
+        """Why an agent's action (``serving.explain.Explainer.explain``): the explanation's body, or a 404."""
+        return await self.explainer.explain(req)
+
+    async def explained(self, req: PlanRequest, answer: Answer) -> Answer:
+        """``answer`` with the explanation its request asked for (``serving.explain.Explainer.explained``)."""
+        return await self.explainer.explained(req, answer) if isinstance(answer, PlanAnswer) else answer
 
     async def settled(self, since: int | None = None) -> bool:
         """Wait for every state write and telemetry call submitted so far; True when they succeeded (see
@@ -268,18 +282,21 @@ class PlanEngine:
         steps = [rows.continuation(req, rec) for req, rec in zip(requests, records)]
         self.unlogged.update(rows.unlogged(steps))
         # one planner call for the batch, warm-started only where the request continues its record's episode
-        inputs = (obs, rows.stacked(records, steps, "warm_start"), [(r.objective.name if r.objective else "learned")
-                  for r in requests], rows.zones(requests), self._budget_ms(requests, arrived),
-                  rows.stacked(records, steps, "hidden"))
+        goals, warm_start = rows.objectives(requests), rows.stacked(records, steps, "warm_start")
+        inputs = (obs, warm_start, [g.name if g is not None else "learned" for g in goals], rows.constraints(goals),
+                  self._budget_ms(requests, arrived), rows.stacked(records, steps, "hidden"),
+                  [r.mode for r in requests])
         batch: PlanBatch = await self.planner.plan.remote(*inputs)
-        # the answers and the records that the next requests will need
+        # the answers, the records that the next requests will need, and what explaining them needs
         answers = rows.answers(requests, batch)
-        records_out = rows.new_records(requests, records, steps, obs, batch, answers)
+        records_out = rows.new_records(requests, records, steps, obs, batch, answers, goals)
         transitions = rows.transitions(requests, records, steps, obs)
         # one telemetry call, then one state write, in the background
         self._write(records_out, transitions)
+        self.decisions.put(served(requests, answers, obs, warm_start, goals))
         self._observed.observe(batch, rows.prediction_errors(records, steps, obs),
-                               0 if transitions is None else len(transitions))
+                               0 if transitions is None else len(transitions),
+                               rows.observed_violations(records, steps, obs))
         if self.shadow is not None:  # in the background: the shadow version plans the same inputs
             self._spawn(self.shadow.compare(inputs, batch.actions, transitions))
         return answers

@@ -39,6 +39,7 @@ api = FastAPI(title="fleetwm fleet endpoint", version="1",
 OPEN_PATHS = frozenset({"/healthz"})
 """Routes that need no bearer token: the health probe."""
 ERRORS = {400: "The body could not be decoded.", 401: "Missing or wrong bearer token.",
+          404: "No such route, or (POST /v1/explain) the plan_id or the agent's current state is not known.",
           409: "The request_id was superseded by a later one.", 415: "The body is not JSON.",
           422: "The body or path is invalid; `error` names the field.",
           503: "Planning failed, or the served model's spec could not be fetched; retry."}

@@ -28,8 +28,16 @@ class ServingMetrics:
                                             boundaries=_BATCH)
         self.plans = metrics.Counter("fleetwm_plans_total", "Agent decisions planned.", tag_keys=("model_version",))
         self.fallbacks = metrics.Counter("fleetwm_fallbacks_total", "Decisions taken by the fallback policy, by "
-                                         "reason: 'deadline', 'uncertainty' or 'error'.",
-                                         tag_keys=("model_version", "reason"))
+                                         "reason ('deadline', 'uncertainty' or 'error') and by what gave its action "
+                                         "('policy' or 'zero').", tag_keys=("model_version", "reason", "by"))
+        self.shield = metrics.Counter("fleetwm_shield_interventions_total", "Actions the shield replaced, by the "
+                                      "constraint they were predicted to violate ('no_fly_zone', 'state_box', "
+                                      "'speed').", tag_keys=("model_version", "constraint"))
+        self.violations = metrics.Counter("fleetwm_violations_total", "Constraint violations: 'predicted' (an "
+                                          "answer's margin < 0 after the shield: no safe alternative) or "
+                                          "'observed' (an agent's next observation inside its previous request's "
+                                          "zones, outside its box or over its speed limit).",
+                                          tag_keys=("kind", "constraint"))
         self.replays = metrics.Counter("fleetwm_replays_total", "Retried requests answered from the first answer.")
         self.bad_requests = metrics.Counter("fleetwm_bad_requests_total", "Requests answered 4xx.",
                                             tag_keys=("status",))

@@ -33,18 +33,37 @@ class PlannerServer:
         self._lock = asyncio.Lock()
 
     async def plan(self, obs: np.ndarray, warm_start: np.ndarray | None, objectives: list[str],
-                   zones: np.ndarray | None, budget_ms: float | None, hidden: np.ndarray | None = None) -> PlanBatch:
-        """See ``FleetPlanner.plan``: (N, S) observations, (N, H, A) warm starts, ... for N agents."""
+                   constraints: dict[str, np.ndarray], budget_ms: float | None, hidden: np.ndarray | None = None,
+                   modes: list[str] | None = None) -> PlanBatch:
+        """See ``FleetPlanner.plan``: (N, S) observations, (N, H, A) warm starts, per agent its objective, its
+        constraints (``planners.objectives`` keys: ``ZONES`` (N, Z, 3), ``BOX``, ``MAX_SPEED``, ``ACTION_LOW``,
+        ``ACTION_HIGH``; ``serving.rows.constraints``) and its mode ('plan' or 'policy'), for N agents."""
         self._follow()
         async with self._lock:  # one batch at a time: planning uses every core it is given
-            return await asyncio.to_thread(self.worker.plan, obs, warm_start, objectives, zones, budget_ms, hidden)
+            return await asyncio.to_thread(self.worker.plan, obs, warm_start, objectives, constraints, budget_ms,
+                                           hidden, modes)
+
+    async def explain(self, obs: np.ndarray, objective: str, constraints: dict[str, np.ndarray],
+                      warm_start: np.ndarray | None, proposals: np.ndarray | None) -> dict[str, Any]:
+        """See ``FleetPlanner.explain``: one agent's (S,) observation, objective, constraints (one row of
+        ``plan``'s), (H, A) warm start and (M, A) or (M, H, A) proposals; the explanation's JSON body."""
+        self._follow()
+        async with self._lock:  # between batches: it plans with every core too
+            service = self.worker.service
+            explanation = await asyncio.to_thread(service.explain, obs, objective, constraints, warm_start, proposals)
+        return explanation.to_dict() | {"model_version": service.version}
 
     async def score(self, obs: np.ndarray, actions: np.ndarray, new_obs: np.ndarray) -> dict[str, Any]:
         return await asyncio.to_thread(self.worker.score, obs, actions, new_obs)
 
     async def info(self) -> dict[str, Any]:
+        """``FleetPlanner.describe()``, the action box (``act_low``, ``act_high``) and the stage it follows."""
         self._follow()
-        return self.worker.service.describe() | {"follows": self.model if self.following else None}
+        service = self.worker.service
+        spec = service.model.spec
+        return service.describe() | {"act_low": [float(x) for x in spec.act_low],
+                                     "act_high": [float(x) for x in spec.act_high],
+                                     "follows": self.model if self.following else None}
 
     def _follow(self) -> None:
         if self.following and self._poller is None:

@@ -2,9 +2,10 @@
 
 Given the batch's requests and their agents' records (None for an agent the server does not know),
 these functions decide which requests are retries (``answered``) and which close a transition
-(``continuation``), stack what the planner starts from (``stacked``, ``zones``), and turn the
-planner's answer into the answers, the new records and the logged transitions. Nothing here calls
-Ray or keeps state.
+(``continuation``), stack what the planner starts from (``stacked``) and the agents' constraints
+(``constraints``), turn the planner's answer into the answers (why each action: ``answers``), the new
+records and the logged transitions, and find the observations that broke the previous request's
+constraints (``observed_violations``). Nothing here calls Ray or keeps state.
 
 Shapes: ``N`` requests in the batch, ``S`` observation, ``A`` action, ``H`` horizon, ``Z`` zones.
 """
@@ -19,10 +20,14 @@ from dataclasses import dataclass
 from typing import cast
 
 import numpy as np
+import torch
 
-from actors.records import AgentRecord, PlanAnswer, Rejected, remember_request
+from actors.records import AgentObjective, AgentRecord, PlanAnswer, Rejected, remember_request
+from planners.base import Decision
+from planners.constraints import KINDS, Constraint, kind_margins
+from planners.objectives import ACTION_HIGH, ACTION_LOW, BOX, MAX_SPEED, ZONES
 from planners.service import PlanBatch
-from serving.schema import PlanRequest
+from serving.schema import Objective, PlanRequest
 from worldmodel.data import Transitions
 
 
@@ -108,36 +113,95 @@ def stacked(records: list[AgentRecord | None], steps: list[Continuation], name: 
                      for x in arrays])
 
 
-def zones(requests: list[PlanRequest]) -> np.ndarray | None:
-    """(N, Z, 3) each request's no-fly zones (x, y, r), padded with radius 0; None when no request has one."""
-    counts = [len(r.objective.no_fly_zones) if r.objective else 0 for r in requests]
-    if max(counts) == 0:
+def objectives(requests: list[PlanRequest]) -> list[AgentObjective | None]:
+    """Each request's objective as its agent's record keeps it (None: the learned reward, unconstrained)."""
+    return [agent_objective(r.objective) for r in requests]
+
+
+def agent_objective(objective: Objective | None) -> AgentObjective | None:
+    """API v1's ``Objective`` as plain tuples (``AgentObjective``); None stays None."""
+    if objective is None:
         return None
-    out = np.zeros((len(requests), max(counts), 3), np.float32)  # radius 0 pads
-    for i, r in enumerate(requests):
-        if counts[i]:
-            out[i, :counts[i]] = np.asarray(r.objective.no_fly_zones, np.float32)  # type: ignore[union-attr]
+    box, actions = objective.bounds, objective.action_bounds
+    return AgentObjective(name=objective.name, no_fly_zones=tuple(tuple(z) for z in objective.no_fly_zones),
+                          bounds=None if box is None else (tuple(box[0]), tuple(box[1])),
+                          max_speed=objective.max_speed,
+                          action_bounds=None if actions is None else (tuple(actions[0]), tuple(actions[1])))
+
+
+def constraints(objectives: list[AgentObjective | None]) -> dict[str, np.ndarray]:
+    """The N agents' constraints as the planner's params (``planners.objectives`` keys), numpy; a key only
+    when some agent has that constraint, the others padded so that they cost nothing.
+
+    ``ZONES`` (N, Z, 3) radius 0 pads; ``BOX`` (N, 2, 2) +-inf; ``MAX_SPEED`` (N,) inf; ``ACTION_LOW`` and
+    ``ACTION_HIGH`` (N, A) -inf and +inf (the model's box applies).
+    """
+    n, out = len(objectives), {}
+    given = [o if o is not None else AgentObjective() for o in objectives]
+    zone_counts = [len(o.no_fly_zones) for o in given]
+    if max(zone_counts, default=0):
+        zones = np.zeros((n, max(zone_counts), 3), np.float32)  # radius 0 pads
+        for i, o in enumerate(given):
+            if o.no_fly_zones:
+                zones[i, :zone_counts[i]] = o.no_fly_zones
+        out[ZONES] = zones
+    if any(o.bounds is not None for o in given):
+        box = np.tile(np.array([[-np.inf, -np.inf], [np.inf, np.inf]], np.float32), (n, 1, 1))
+        rows = [i for i, o in enumerate(given) if o.bounds is not None]
+        box[rows] = [given[i].bounds for i in rows]
+        out[BOX] = box
+    if any(o.max_speed is not None for o in given):
+        out[MAX_SPEED] = np.array([np.inf if o.max_speed is None else o.max_speed for o in given], np.float32)
+    bounded = [i for i, o in enumerate(given) if o.action_bounds is not None]
+    if bounded:
+        act_dim = len(given[bounded[0]].action_bounds[0])  # type: ignore[index]
+        low, high = np.full((n, act_dim), -np.inf, np.float32), np.full((n, act_dim), np.inf, np.float32)
+        low[bounded] = [given[i].action_bounds[0] for i in bounded]  # type: ignore[index]
+        high[bounded] = [given[i].action_bounds[1] for i in bounded]  # type: ignore[index]
+        out[ACTION_LOW], out[ACTION_HIGH] = low, high
     return out
 
 
 def answers(requests: list[PlanRequest], batch: PlanBatch) -> list[PlanAnswer]:
-    """Each request's answer from its row of the planner's batch (the trajectory only when asked for)."""
-    reasons = batch.reasons()
+    """Each request's answer from its row of the planner's batch (the trajectory only when asked for): the
+    action and why (``decision``, the fallback's reason and source, the shield's constraint, the margin)."""
+    reasons, by = batch.reasons(), batch.fallback_source
+    margins = [m if np.isfinite(m) else None for m in batch.margin.tolist()]
     return [PlanAnswer(action=batch.actions[i].tolist(), model_version=batch.model_version,
                        plan_id=uuid.uuid4().hex, disagreement=float(batch.disagreement[i]),
                        fallback=reasons[i] is not None, fallback_reason=reasons[i],
+                       decision=Decision(int(batch.decision[i])).label,
+                       shielded_constraint=Constraint(int(batch.shield[i])).reason,
+                       fallback_action_by=by if reasons[i] is not None else None, margin=margins[i],
                        trajectory=batch.trajectory[i].tolist() if req.return_trajectory else None)
             for i, req in enumerate(requests)]
 
 
+def observed_violations(records: list[AgentRecord | None], steps: list[Continuation],
+                        obs: np.ndarray) -> Counter[str]:
+    """Agents whose new observation violates the constraints their previous request gave, by constraint
+    ('no_fly_zone', 'state_box', 'speed'); ``obs``: (N, S). Only steps that continue their record's episode."""
+    rows = [i for i, (rec, step) in enumerate(zip(records, steps))
+            if step.same_episode and rec is not None and rec.objective is not None and rec.objective.constrained]
+    if not rows:
+        return Counter()
+    params = {k: torch.from_numpy(v) for k, v in constraints([records[i].objective for i in rows]).items()
+              if k in (ZONES, BOX, MAX_SPEED)}  # type: ignore[union-attr]
+    states = torch.from_numpy(np.ascontiguousarray(obs[rows], np.float32))[None, :, None]  # (1, n, 1, S)
+    violated = (kind_margins(states, params) < 0)[0, :, 0]  # (n, 3) in KINDS order
+    return Counter({kind.reason: int(count) for kind, count in zip(KINDS, violated.sum(0).tolist()) if count})
+
+
 def new_records(requests: list[PlanRequest], records: list[AgentRecord | None], steps: list[Continuation],
-                obs: np.ndarray, batch: PlanBatch, answered: list[PlanAnswer]) -> list[AgentRecord]:
+                obs: np.ndarray, batch: PlanBatch, answered: list[PlanAnswer],
+                goals: list[AgentObjective | None]) -> list[AgentRecord]:
     """Each agent's new record; after an episode's last observation it keeps no observation or plan.
 
     Args:
         requests, records, steps: the N requests, their agents' records and ``continuation`` of each.
         obs: (N, S) the requests' observations.
         batch: the planner's answer for them; ``answered``: the N answers built from it.
+        goals: the N requests' ``objectives``.
     """
     now, out = time.time(), []
     for i, (req, rec, step) in enumerate(zip(requests, records, steps)):
@@ -152,7 +216,7 @@ def new_records(requests: list[PlanRequest], records: list[AgentRecord | None], 
             record = dataclasses.replace(
                 record, obs=obs[i].copy(), action=batch.actions[i].copy(),
                 warm_start=batch.warm_start[i].copy(), predicted=batch.trajectory[i, 1].copy(),
-                hidden=None if batch.hidden is None else batch.hidden[i].copy())
+                hidden=None if batch.hidden is None else batch.hidden[i].copy(), objective=goals[i])
         out.append(record)
     return out
 

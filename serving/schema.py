@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 
 from worldmodel.data.writer import AGENT_ID_PATTERN
 
@@ -37,7 +37,16 @@ Finite = Annotated[float, Field(ge=-MAX_ABS_OBS, le=MAX_ABS_OBS, allow_inf_nan=F
 AGENT_ID_DESCRIPTION = "The agent's id: a letter or digit, then up to 127 letters, digits, . _ -"
 AgentId = Annotated[str, Field(pattern=AGENT_ID_PATTERN.pattern, description=AGENT_ID_DESCRIPTION)]
 """Checked as a whole string (pydantic's pattern), in the plan body and the reset path alike."""
-Zone = tuple[Finite, Finite, Annotated[float, Field(ge=0, le=MAX_ABS_OBS, allow_inf_nan=False)]]
+NonNegative = Annotated[float, Field(ge=0, le=MAX_ABS_OBS, allow_inf_nan=False)]
+Zone = tuple[Finite, Finite, NonNegative]
+Point = tuple[Finite, Finite]
+ActionVector = Annotated[list[Finite], Field(min_length=1, max_length=MAX_ACT_DIM)]
+MAX_PROPOSALS = 16
+"""Actions a caller may ask ``/v1/explain`` to compare, at most."""
+Proposal = ActionVector | Annotated[list[ActionVector], Field(min_length=1, max_length=1024)]
+"""An action to compare: (A,) held for the whole horizon, or an (H, A) sequence."""
+PLAN_ID_PATTERN = r"^[0-9a-f]{32}$"
+"""A served decision's ``plan_id``: 32 lowercase hex digits."""
 
 
 class Objective(BaseModel):
@@ -50,6 +59,55 @@ class Objective(BaseModel):
     no_fly_zones: list[Zone] = Field(
         default_factory=list, max_length=MAX_ZONES,
         description="Discs [x, y, r] the agent's position must stay out of (models with positions only).")
+    bounds: tuple[Point, Point] | None = Field(
+        default=None, description="[[xlo, ylo], [xhi, yhi]]: the box the agent's position must stay in (models with "
+                                  "positions only).")
+    max_speed: NonNegative | None = Field(
+        default=None, description="The agent's largest allowed speed (models with positions only).")
+    action_bounds: tuple[ActionVector, ActionVector] | None = Field(
+        default=None, description="[low, high]: this agent's action bounds, each the model's action size and inside "
+                                  "its action box; plans, the fallback and the shield keep to them.")
+
+    @field_validator("bounds")
+    @classmethod
+    def _box_ordered(cls, box: tuple[tuple[float, float], tuple[float, float]] | None) -> Any:
+        if box is not None and (box[0][0] > box[1][0] or box[0][1] > box[1][1]):
+            raise ValueError(f"the low corner {list(box[0])} must be <= the high corner {list(box[1])}")
+        return box
+
+    @field_validator("action_bounds")
+    @classmethod
+    def _actions_ordered(cls, bounds: tuple[list[float], list[float]] | None) -> Any:
+        if bounds is None:
+            return bounds
+        low, high = bounds
+        if len(low) != len(high):
+            raise ValueError(f"low has {len(low)} values and high {len(high)}; both must be the action size")
+        if any(lo > hi for lo, hi in zip(low, high)):
+            raise ValueError(f"low {low} must be <= high {high} in every dimension")
+        return bounds
+
+
+class ExplainOptions(BaseModel):
+    """What a plan request's ``explain`` asks besides the decision: actions to compare with it."""
+
+    model_config = ConfigDict(extra="forbid")
+    proposals: list[Proposal] = Field(
+        default_factory=list, max_length=MAX_PROPOSALS,
+        description="Actions to compare with the decision: each an action (held for the horizon) or an "
+                    "(H, A) sequence of the served horizon; all of one form.")
+
+    @field_validator("proposals")
+    @classmethod
+    def _one_form(cls, proposals: list[Any]) -> list[Any]:
+        return one_form(proposals)
+
+
+def one_form(proposals: list[Any]) -> list[Any]:
+    """``proposals`` when all are actions or all are sequences (they are stacked into one array)."""
+    if len({isinstance(p[0], list) for p in proposals}) > 1:
+        raise ValueError("give all as actions [a...] or all as sequences [[a...], ...], not both")
+    return proposals
 
 
 class PlanRequest(BaseModel):
@@ -85,6 +143,21 @@ class PlanRequest(BaseModel):
                     "id of the agent is refused with 409.")
     return_trajectory: StrictBool = Field(
         default=False, description="Include the plan's predicted trajectory in the answer.")
+    mode: Literal["plan", "policy"] = Field(
+        default="plan", description="'plan': planned through the model (the fallback and the shield act when "
+                                    "needed); 'policy': the served policy's action, shielded, without planning "
+                                    "(well under a millisecond; 422 when the served model has no policy).")
+    explain: StrictBool | ExplainOptions = Field(
+        default=False, description="Also explain this decision: the answer carries `explanation`, what "
+                                   "POST /v1/explain answers for its plan_id (the fleet bus's way to ask). An "
+                                   "object {\"proposals\": [...]} adds actions to compare.")
+
+    @property
+    def proposals(self) -> list[Any] | None:
+        """The actions to compare when an explanation is asked for (None: none asked for)."""
+        if isinstance(self.explain, ExplainOptions):
+            return self.explain.proposals
+        return [] if self.explain else None
 
 
 class PlanResponse(BaseModel):
@@ -99,10 +172,27 @@ class PlanResponse(BaseModel):
     fallback_reason: Literal["deadline", "uncertainty", "error"] | None = Field(
         description="Why the fallback acted: no planning round fit the deadline, the disagreement was over its "
                     "threshold, or planning failed; null when the plan acted.")
+    decision: Literal["planned", "fallback", "shielded", "policy"] = Field(
+        default="planned", description="Why this action: the plan's; the fallback's (see fallback_reason); the "
+                                       "shield's, replacing an action predicted to violate a constraint; or the "
+                                       "policy's (mode 'policy').")
+    shielded_constraint: Literal["no_fly_zone", "state_box", "speed"] | None = Field(
+        default=None, description="The constraint the replaced action was predicted to violate (decision "
+                                  "'shielded'); else null.")
+    fallback_action_by: Literal["policy", "zero"] | None = Field(
+        default=None, description="What gave the fallback's action: the served policy, or the zero action when "
+                                  "the model has none; null when the fallback did not act.")
+    margin: float | None = Field(
+        default=None, description="Worst predicted constraint margin of the action over the shield's horizon, "
+                                  "worst ensemble member (distance units; negative: a predicted violation); null "
+                                  "without constraints.")
     trajectory: list[list[float | None]] | None = Field(
         default=None, description="(H+1) x observation size: the predicted states along the plan; present only "
                                   "when the request asked for it.")
     replayed: bool = Field(default=False, description="A retry answered from the first answer, not planned again.")
+    explanation: dict[str, Any] | None = Field(
+        default=None, description="The decision's explanation (the body POST /v1/explain answers for its plan_id), "
+                                  "present only when the request asked for it.")
 
 
 class BatchRequest(BaseModel):
@@ -139,22 +229,24 @@ class ErrorBody(BaseModel):
 
 
 def public_body(answer: PlanAnswer) -> dict[str, Any]:
-    """An answer's JSON body (HTTP's and the fleet bus's): every field of ``PlanResponse``; ``trajectory``
-    only when it was asked for."""
+    """An answer's JSON body (HTTP's and the fleet bus's): every field of ``PlanResponse``; ``trajectory`` and
+    ``explanation`` only when they were asked for."""
     body = answer.to_dict()
-    if body["trajectory"] is None:
-        del body["trajectory"]
+    for optional in ("trajectory", "explanation"):
+        if body[optional] is None:
+            del body[optional]
     return body
 
 
 def check_request(req: PlanRequest, spec: dict[str, Any], prefix: str = "") -> str | None:
-    """What depends on the served model (observation and action sizes, objective, zones): the problem, if any.
+    """What depends on the served model (observation and action sizes, objective, constraints, mode): the
+    problem, if any.
 
     The one check of both transports (HTTP and the fleet bus), after the body's own validation.
 
     Args:
         spec: the planner deployment's ``info()`` (``model_version``, ``env_id``, ``obs_dim``, ``act_dim``,
-            ``objectives``, ``zones``).
+            ``act_low``, ``act_high``, ``objectives``, ``zones``, ``horizon``, ``modes``).
         prefix: put before the field's name (a batch item's place, e.g. ``"requests.3."``).
     """
     model = f"model {spec['model_version']} ({spec['env_id']})"
@@ -162,25 +254,64 @@ def check_request(req: PlanRequest, spec: dict[str, Any], prefix: str = "") -> s
         return f"{prefix}observation: has {len(req.observation)} values, {model} expects {spec['obs_dim']}"
     if req.prev_action is not None and len(req.prev_action) != spec["act_dim"]:
         return f"{prefix}prev_action: has {len(req.prev_action)} values, {model} expects {spec['act_dim']}"
-    if req.objective is not None:
-        if req.objective.name not in spec["objectives"]:
-            return f"{prefix}objective.name: {req.objective.name!r} is not served for {spec['env_id']}; " \
-                   f"choose one of {spec['objectives']}"
-        if req.objective.no_fly_zones and not spec["zones"]:
-            return f"{prefix}objective.no_fly_zones: {spec['env_id']} has no positions to keep out of zones"
+    if req.mode not in spec.get("modes", ["plan"]):
+        return f"{prefix}mode: {req.mode!r} needs a policy and {model} has none (train one: wm policy train)"
+    return check_objective(req.objective, spec, prefix) or check_proposals(req.proposals or [], spec,
+                                                                             f"{prefix}explain.")
+
+
+def check_objective(objective: Objective | None, spec: dict[str, Any], prefix: str) -> str | None:
+    """The objective's name, constraints and action bounds against the served model (``check_request``)."""
+    if objective is None:
+        return None
+    if objective.name not in spec["objectives"]:
+        return f"{prefix}objective.name: {objective.name!r} is not served for {spec['env_id']}; " \
+               f"choose one of {spec['objectives']}"
+    for name in ("no_fly_zones", "bounds", "max_speed"):
+        if getattr(objective, name) not in (None, []) and not spec["zones"]:
+            return f"{prefix}objective.{name}: {spec['env_id']} has no positions to constrain"
+    if objective.action_bounds is not None:
+        low, high = objective.action_bounds
+        if len(low) != spec["act_dim"]:
+            return f"{prefix}objective.action_bounds: has {len(low)} values per bound, model " \
+                   f"{spec['model_version']} expects {spec['act_dim']}"
+        box_low, box_high = spec["act_low"], spec["act_high"]
+        if any(lo < b for lo, b in zip(low, box_low)) or any(hi > b for hi, b in zip(high, box_high)):
+            return f"{prefix}objective.action_bounds: [{low}, {high}] is not inside the model's action box " \
+                   f"[{list(box_low)}, {list(box_high)}]"
     return None
 
 
-def served_openapi(schema: dict[str, Any], obs_dim: int, act_dim: int) -> dict[str, Any]:
-    """The app's OpenAPI ``schema`` with the served model's sizes stated: a copy, the input is left as is.
+def check_proposals(proposals: list[Any], spec: dict[str, Any], prefix: str) -> str | None:
+    """Each proposal an action of the model's size, or a sequence of the served horizon of them."""
+    for i, proposal in enumerate(proposals):
+        steps = proposal if isinstance(proposal[0], list) else [proposal]
+        if isinstance(proposal[0], list) and len(steps) != spec["horizon"]:
+            return f"{prefix}proposals.{i}: a sequence of {len(steps)} actions; the served horizon is {spec['horizon']}"
+        if any(len(a) != spec["act_dim"] for a in steps):
+            return f"{prefix}proposals.{i}: an action of the wrong size; model {spec['model_version']} " \
+                   f"expects {spec['act_dim']} values"
+    return None
 
-    ``PlanRequest.observation`` gets minItems = maxItems = ``obs_dim``, ``prev_action``'s array
-    ``act_dim``, and ``PlanResponse.action`` ``act_dim``.
+
+def served_openapi(schema: dict[str, Any], obs_dim: int, act_dim: int,
+                   modes: list[str] | None = None) -> dict[str, Any]:
+    """The app's OpenAPI ``schema`` with the served model's sizes and modes stated: a copy, the input is left
+    as is.
+
+    ``PlanRequest.observation`` and ``ExplainRequest.observation``'s array get minItems = maxItems =
+    ``obs_dim``, ``prev_action``'s array ``act_dim``, and ``PlanResponse.action`` ``act_dim``;
+    ``PlanRequest.mode`` lists ``modes`` (the served model's: 'policy' only with a policy) when given.
     """
     out = copy.deepcopy(schema)
     schemas = out.get("components", {}).get("schemas", {})
+    if modes is not None:
+        for name in ("PlanRequest", "PlanRequest-Input"):
+            mode = schemas.get(name, {}).get("properties", {}).get("mode")
+            if mode is not None:
+                mode["enum"] = list(modes)
     for model, field, size in (("PlanRequest", "observation", obs_dim), ("PlanRequest", "prev_action", act_dim),
-                               ("PlanResponse", "action", act_dim)):
+                               ("PlanResponse", "action", act_dim), ("ExplainRequest", "observation", obs_dim)):
         for name in (model, f"{model}-Input", f"{model}-Output"):  # FastAPI names a model by its use when they differ
             prop = schemas.get(name, {}).get("properties", {}).get(field)
             if prop is None:

@@ -47,7 +47,8 @@ def check_version(version: str) -> str:
     return version
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """The file's sha256, hex."""
     digest = hashlib.sha256()
     with path.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -55,7 +56,8 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _write_json(path: Path, data: Any) -> None:
+def write_json(path: Path, data: Any) -> None:
+    """``data`` as indented, key-sorted JSON with a final newline."""
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
@@ -74,11 +76,11 @@ def save_model(model: WorldModel, path: str | os.PathLike[str], overwrite: bool 
     try:
         for stem, module in model.modules().items():
             torch.save({k: v.detach().cpu() for k, v in module.state_dict().items()}, tmp / f"{stem}.pt")
-        _write_json(tmp / "config.json", {"spec": model.spec.to_dict(), "model": model.model_config.to_dict(),
+        write_json(tmp / "config.json", {"spec": model.spec.to_dict(), "model": model.model_config.to_dict(),
                                           "train": model.train_config.to_dict()})
-        _write_json(tmp / "metrics.json", model.metrics)
-        files = {p.name: _sha256(p) for p in sorted(tmp.iterdir())}
-        _write_json(tmp / MANIFEST, {
+        write_json(tmp / "metrics.json", model.metrics)
+        files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
+        write_json(tmp / MANIFEST, {
             "format": FORMAT,
             "version": model.version,
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -88,17 +90,23 @@ def save_model(model: WorldModel, path: str | os.PathLike[str], overwrite: bool 
         for p in tmp.iterdir():
             with p.open("rb") as f:
                 os.fsync(f.fileno())
-        if final.exists():
-            old = final.with_name(f".{final.name}.old")
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, final)
+        replace_dir(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
+
+
+def replace_dir(tmp: Path, final: Path) -> None:
+    """Put the finished directory ``tmp`` at ``final``: a rename, with any old directory moved aside first."""
+    if not final.exists():
+        os.replace(tmp, final)
+        return
+    old = final.with_name(f".{final.name}.old")
+    shutil.rmtree(old, ignore_errors=True)  # a leftover of a crash between the two renames
+    os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old)
 
 
 def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -126,14 +134,15 @@ def verify(path: str | os.PathLike[str]) -> dict[str, Any]:
         file = root / name
         if not file.is_file():
             raise ArtifactError(f"{file}: missing (listed in {MANIFEST})")
-        actual = _sha256(file)
+        actual = sha256_file(file)
         if actual != expected:
             raise ArtifactError(f"{file}: checksum mismatch (expected sha256 {expected[:12]}..., "
                                 f"got {actual[:12]}...): the file is corrupted or was changed")
     return manifest
 
 
-def _read_json(root: Path, name: str) -> Any:
+def read_json(root: Path, name: str) -> Any:
+    """``root / name`` parsed; ``ArtifactError`` naming the file when it is not JSON."""
     try:
         return json.loads((root / name).read_text())
     except json.JSONDecodeError as err:
@@ -148,7 +157,7 @@ def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu")
     """
     root = Path(path)
     manifest = verify(root)
-    config = _read_json(root, "config.json")
+    config = read_json(root, "config.json")
     try:
         spec = SpaceSpec.from_dict(config["spec"])
         model_cfg = config_from_dict(ModelConfig, config["model"])
@@ -169,5 +178,5 @@ def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu")
     model = WorldModel(spec, model_cfg, train_cfg, modules["dynamics"], modules["reward"],  # type: ignore[arg-type]
                        modules.get("termination"), version=manifest["version"],  # type: ignore[arg-type]
                        data_fingerprint=manifest.get("data_fingerprint", ""),
-                       metrics=_read_json(root, "metrics.json"))
+                       metrics=read_json(root, "metrics.json"))
     return model.to(device)

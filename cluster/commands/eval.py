@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cluster.commands.plan import add_plan_options, plan_config, planner_settings
-from planners.config import OBJECTIVES, EvalConfig
+from planners.config import MODES, OBJECTIVES, EvalConfig, PlanConfig
 from worldmodel.envs.nav2d import GOAL_DIMS, POS_DIMS
 
 if TYPE_CHECKING:
@@ -27,6 +27,15 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                    help="plan for the model's learned reward, or Nav2D's goal reward (default: %(default)s)")
     p.add_argument("--no-fly-zones", type=int, nargs="?", const=2, default=EvalConfig.no_fly_zones, metavar="Z",
                    help="Nav2D: Z zones per episode (2 when given without a number)")
+    p.add_argument("--mode", choices=MODES, default=EvalConfig.mode,
+                   help="plan, or act with the model's policy alone, shielded (default: %(default)s)")
+    p.add_argument("--no-policy", action="store_true",
+                   help="ignore the model's policy: the zero action falls back and nothing is its prior")
+    p.add_argument("--prior-share", type=float, default=PlanConfig.prior_share, metavar="F",
+                   help="share of each round's candidates that are the policy's rollouts (default: %(default)s)")
+    p.add_argument("--no-shield", action="store_true", help="do not check actions against the zones")
+    p.add_argument("--shield-horizon", type=int, default=EvalConfig.shield_horizon, metavar="HS",
+                   help="steps the shield checks ahead (default: %(default)s)")
     p.add_argument("--seed", type=int, default=EvalConfig.seed)
     p.add_argument("--device", default="auto")
     p.add_argument("--png", default=None, help="write agents' paths (Nav2D) and planning latency to this PNG")
@@ -72,18 +81,29 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
     from cluster.commands.report import plot_closed_loop
     from planners import resolved_settings
     from planners.evaluate import closed_loop
+    from planners.policy_artifact import load_policy, policy_info
     from worldmodel.artifact import load_model
     from worldmodel.device import resolve_device
     from worldmodel.envs import NAV2D_ID
 
     cfg = EvalConfig(planner=args.planner, agents=args.agents, episodes=args.episodes, objective=args.objective,
-                     no_fly_zones=args.no_fly_zones, seed=args.seed, plan=plan_config(args),
+                     no_fly_zones=args.no_fly_zones, mode=args.mode, shield=not args.no_shield,
+                     shield_horizon=args.shield_horizon, seed=args.seed,
+                     plan=dataclasses.replace(plan_config(args), prior_share=args.prior_share),
                      settings=planner_settings(args))
-    model = load_model(args.model, device=resolve_device(args.device))
+    device = resolve_device(args.device)
+    model = load_model(args.model, device=device)
+    policy = None if args.no_policy else load_policy(args.model, device=device)
+    if policy is None and (args.mode == "policy" or args.prior_share > 0):
+        why = "--no-policy was given" if args.no_policy else f"{args.model} has none (train one with `wm policy train`)"
+        raise ValueError(f"--mode policy and --prior-share need the model's policy, but {why}")
     recorder = _TrackRecorder(agents=min(args.agents, 8), nav2d=model.spec.env_id == NAV2D_ID)
-    res = closed_loop(model, cfg, progress=not args.json, on_step=recorder)
+    res = closed_loop(model, cfg, progress=not args.json, on_step=recorder,
+                      policy=None if policy is None else policy.act)
     out = {"command": "eval", "model": args.model, "env": model.spec.env_id, "planner": args.planner,
            "agents": args.agents, "objective": args.objective, "no_fly_zones": args.no_fly_zones,
+           "mode": args.mode, "shield": cfg.shield, "shield_horizon": cfg.shield_horizon,
+           "policy": (policy_info(args.model) or {}).get("version") if policy is not None else None,
            "seed": args.seed, "settings": dataclasses.asdict(cfg.plan),
            "planner_settings": resolved_settings(args.planner, cfg.settings),
            "device": str(model.device)}
@@ -94,7 +114,9 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
     out["_summary"] = [
         f"{args.planner} on {model.spec.env_id}: {res.episodes} episodes with {args.agents} agents",
         f"mean return {res.mean_return:.2f}, success {res.success_rate:.1%}, violations {res.violations} "
-        f"(in {res.episodes_with_violation} episodes), fallbacks {res.fallbacks}",
+        f"(in {res.episodes_with_violation} episodes), fallbacks {res.fallbacks} "
+        f"(to {'the policy' if policy is not None else 'the zero action'}), "
+        f"shield interventions {res.shield_interventions}",
         f"planning {res.plan_ms_mean:.1f} ms/step (p99 {res.plan_ms_p99:.1f}), {res.plans_per_s:.0f} plans/s",
     ]
     return out

@@ -1,6 +1,9 @@
-"""Closed-loop smoke runs at a tiny budget: learned Nav2D model, batched agents, real envs."""
+"""Closed-loop smoke runs at a tiny budget: learned Nav2D model, batched agents, real envs; the policy's uses
+(fallback, policy-only mode) and the shield on a model that is Nav2D's own physics."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import pytest
 
@@ -12,6 +15,9 @@ from worldmodel.envs import make_env, space_spec
 from worldmodel.envs.collect import collect
 from worldmodel.model import WorldModel
 from worldmodel.training import train_world_model
+
+from .test_explain import ToyPolicy
+from .test_explain import nav_model as toy_nav_model
 
 SMALL_PLAN = PlanConfig(horizon=20, samples=32, iterations=3)
 
@@ -62,7 +68,7 @@ def test_objective_choices_are_checked(nav_model: WorldModel) -> None:
     for name in ("imagined", "analytic"):  # 'goal' is the one name of Nav2D's goal reward
         with pytest.raises(ValueError, match="objective must be one of learned, goal"):
             build_objective(nav_model, name)
-    assert len(build_objective(nav_model, "goal", zones=True).terms) == 2
+    assert len(build_objective(nav_model, "goal", zones=True).terms) == 4  # goal, zones, box, speed
 
 
 def test_eval_config_checks_its_values_at_construction() -> None:
@@ -85,3 +91,30 @@ def test_each_step_reaches_on_step_as_a_typed_record(nav_model: WorldModel) -> N
     # An env resets on the step after its episode ended (gymnasium's next-step autoreset).
     for before, after in zip(steps, steps[1:]):
         assert (after.reset == before.ended).all()
+
+
+def test_with_a_budget_no_round_fits_the_policy_fallback_reaches_goals_and_zero_does_not() -> None:
+    # Nav2D's physics as the model and a proportional controller as the policy: every call falls back.
+    cfg = EvalConfig("cem", agents=8, episodes=8, objective="goal", plan=PlanConfig(horizon=5, samples=8,
+                                                                                   budget_ms=1e-6))
+    policy = ToyPolicy()
+    with_policy = closed_loop(toy_nav_model(), cfg, policy=policy.act)
+    assert with_policy.fallbacks == with_policy.steps and with_policy.success_rate == 1.0, with_policy
+    without = closed_loop(toy_nav_model(), dataclasses.replace(cfg, episodes=2))
+    assert without.fallbacks == without.steps and without.success_rate == 0.0, without
+
+
+def test_policy_only_mode_with_the_shield_keeps_out_of_the_zones_it_would_cross() -> None:
+    # The controller heads straight for the goal, through the zone Nav2D puts on the way; the shield stops
+    # it in front (where, in policy-only mode, it has no way around: success is not the point here).
+    cfg = EvalConfig("cem", agents=8, episodes=8, objective="goal", no_fly_zones=2, mode="policy",
+                     plan=PlanConfig(horizon=5, samples=8))
+    policy = ToyPolicy().act
+    shielded = closed_loop(toy_nav_model(), cfg, policy=policy)
+    unshielded = closed_loop(toy_nav_model(), dataclasses.replace(cfg, shield=False), policy=policy)
+    assert unshielded.violations > 0 and unshielded.shield_interventions == 0, unshielded
+    assert shielded.shield_interventions > 0 and shielded.violations <= unshielded.violations // 10, shielded
+    short = closed_loop(toy_nav_model(), dataclasses.replace(cfg, shield_horizon=1), policy=policy)
+    assert short.violations > shielded.violations  # one step ahead is too late to stop at speed
+    with pytest.raises(ValueError, match="mode 'policy' needs a policy"):
+        closed_loop(toy_nav_model(), cfg)

@@ -99,7 +99,7 @@ def test_high_disagreement_triggers_fallback_per_agent() -> None:
     calm = make_planner("cem", LinearEnsemble(spread=0.0), quadratic_objective(), LOW, HIGH, cfg)
     assert not calm.plan(x, {"goal": goal}).fallback.any()
     wild = make_planner("cem", LinearEnsemble(spread=2.0), quadratic_objective(), LOW, HIGH, cfg,
-                        fallback=lambda obs: torch.full((obs.shape[0], 2), 0.25))
+                        fallback=lambda obs, params: torch.full((obs.shape[0], 2), 0.25))
     result = wild.plan(x, {"goal": goal})
     assert result.fallback.all() and (result.actions == 0.25).all()
     assert (result.disagreement.mean(1) > 1e-3).all()

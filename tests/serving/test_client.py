@@ -104,6 +104,26 @@ def test_async_client_round_trips_and_shares_one_pool(tiny_app) -> None:
     assert len(batch) == 1 and not batch[0]["replayed"]
 
 
+@pytest.mark.slow
+def test_why_an_action_round_trips_through_both_clients(tiny_app) -> None:
+    with FleetClient(tiny_app, token=TOKEN, timeout_s=10) as client:
+        answer = client.plan("c-why", OBS, objective={"name": "goal", "max_speed": 2.0}, explain=True)
+        assert answer["explanation"]["plan_id"] == answer["plan_id"] and answer["decision"] in ("planned", "shielded")
+        body = client.explain("c-why", answer["plan_id"], proposals=np.array([[0.1, 0.2]]))
+        assert body["served"]["action"] == answer["action"] and len(body["proposals"]) == 1
+        with pytest.raises(APIError) as err:
+            client.explain("c-why", "0" * 32)
+        assert err.value.status == 404 and client.stats.retries == 0
+
+    async def go() -> dict[str, Any]:
+        async with AsyncFleetClient(tiny_app, token=TOKEN, timeout_s=10) as client:
+            return await client.explain("c-why", observation=OBS, objective={"name": "goal",
+                                                                             "no_fly_zones": np.array([[1, 1, 0.5]])})
+
+    given = asyncio.run(go())
+    assert given["plan_id"] is None and given["chosen"]["trajectory"][0] == pytest.approx(OBS.tolist())
+
+
 def test_closed_port_fails_after_the_retries_with_a_clear_error() -> None:
     url = f"http://127.0.0.1:{free_port()}"
     client = FleetClient(url, timeout_s=0.2, retries=2, backoff_s=0.01)

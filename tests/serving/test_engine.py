@@ -47,7 +47,8 @@ class FakePlanner:
         return PlanBatch(actions=np.full((n, N_ACT), 0.5, np.float32), warm_start=np.zeros((n, H, N_ACT), np.float32),
                          trajectory=np.repeat(obs[:, None], H + 1, 1), disagreement=np.zeros(n, np.float32),
                          fallback_reason=np.zeros(n, np.int8), expected_return=np.zeros(n, np.float32), hidden=None,
-                         iterations=1, elapsed_ms=1.0, model_version=self.version)
+                         iterations=1, elapsed_ms=1.0, model_version=self.version, decision=np.zeros(n, np.int8),
+                         shield=np.zeros(n, np.int8), margin=np.full(n, np.inf, np.float32), fallback_source="zero")
 
     def _score(self, obs: np.ndarray, actions: np.ndarray, new_obs: np.ndarray) -> dict[str, Any]:
         errors = np.full(len(obs), self.error)

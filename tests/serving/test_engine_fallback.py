@@ -44,8 +44,10 @@ def test_an_engine_past_its_deadline_answers_the_fallback_at_once_saying_why() -
     answers = run(engine, *requests)
     assert time.perf_counter() - start < 2.0
     assert [(a.fallback, a.fallback_reason) for a in answers] == [(True, "deadline")] * 2
+    # No policy in this model: the zero action acted, and the answer and the metric say so.
+    assert [(a.decision, a.fallback_action_by) for a in answers] == [("fallback", "zero")] * 2
     tags = [t for _, t in engine.metrics.fallbacks.calls]
-    assert tags == [{"model_version": "1.0.0", "reason": "deadline"}]
+    assert tags == [{"model_version": "1.0.0", "reason": "deadline", "by": "zero"}]
     relaxed = PlanEngine(_Served(_served_planner()), FakeStore(), None, None, Metrics(), 10_000.0)
     assert [a.fallback_reason for a in run(relaxed, *requests)] == [None, None]
 

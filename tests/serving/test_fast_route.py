@@ -37,6 +37,8 @@ def test_an_answer_has_every_field_and_non_finite_numbers_as_null() -> None:
                         fallback_reason=None)
     assert json.loads(encode(public_body(answer))) == {"action": [0.5], "model_version": "1.0.0", "plan_id": "p",
                                                    "disagreement": None, "fallback": False, "fallback_reason": None,
-                                                   "replayed": False}  # a trajectory only when asked for
+                                                   "decision": "planned", "shielded_constraint": None,
+                                                   "fallback_action_by": None, "margin": None,
+                                                   "replayed": False}  # a trajectory, an explanation: when asked
     asked = dataclasses.replace(answer, trajectory=[[float("inf"), 1.0]])
     assert json.loads(encode({"responses": [public_body(asked)]}))["responses"][0]["trajectory"] == [[None, 1.0]]

@@ -183,6 +183,21 @@ def test_bad_messages_are_dead_lettered_with_reasons_and_good_traffic_is_answere
     assert not {p["message_id"] for p in pending} & set(ids)  # acknowledged
 
 
+def test_a_plan_request_asking_why_gets_the_explanation_in_its_reply(app) -> None:
+    # The bus's /v1/explain: the same body, for the decision just served, in the agent's own reply.
+    agents = Agents(app["redis"])
+    agents.send({"agent_id": "bus-why", "observation": [0.1] * 6, "request_id": "w1",
+                 "explain": {"proposals": [[0.5, 0.5]]}})
+    reply = agents.reply("bus-why", "w1")
+    assert reply.ok and reply.body["decision"] == "planned", reply
+    explanation = reply.body["explanation"]
+    assert explanation["plan_id"] == reply.body["plan_id"] and explanation["served"]["action"] == reply.body["action"]
+    assert len(explanation["proposals"]) == 1 and len(explanation["chosen"]["trajectory"][0]) == 6
+    agents.send({"agent_id": "bus-why", "observation": [0.1] * 6, "request_id": "w2", "mode": "policy"})
+    refused = agents.reply("bus-why", "w2")
+    assert refused.status == 422 and refused.body["error"].startswith("mode: "), refused
+
+
 def _consumer_replicas() -> dict[str, Any]:
     """The StreamConsumer replicas' actors by consumer name (the replica id, after the last '#')."""
     names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)

@@ -1,0 +1,65 @@
+"""The safety page's fields and headline (``benchmarks/safety.py``'s result)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from benchmarks.docs_text import num, pct, table, verdict
+
+Json = dict[str, Any]
+_HEADERS = ["setting", "episodes", "success", "steps in zones", "episodes with one", "fallbacks / steps",
+            "shielded steps"]
+
+
+def _rows(rows: list[Json], extra: str | None = None) -> list[list[Any]]:
+    out = []
+    for r in rows:
+        row = [r["name"], num(r["episodes"], 0), pct(r["success_rate"], 2), num(r["violations"], 0),
+               num(r["episodes_with_violation"], 0), f"{num(r['fallbacks'], 0)} / {num(r['steps'], 0)}",
+               num(r["shield_interventions"], 0)]
+        if extra is not None:
+            row.append(num(r.get(extra), 0))
+        out.append(row)
+    return out
+
+
+def safety_fields(r: Json) -> dict[str, str]:
+    nav, pend, met = r["nav2d"], r["pendulum"], r["met"]
+    speed, policy = nav["inference"], nav["policy"]
+    prior = nav["prior"]
+    ratio = prior[1]["flops_per_action"] / prior[0]["flops_per_action"]
+    train = policy.get("train") or {}
+    return {
+        "fallback_table": table(_HEADERS, _rows(nav["fallback"])),
+        "prior_table": table(_HEADERS + ["FLOPs per action"], _rows(prior, "flops_per_action")),
+        "error_table": table(_HEADERS, _rows(nav["model_error"])),
+        "fallback_target": verdict(met["fallback"]), "prior_target": verdict(met["prior"]),
+        "error_target": verdict(met["model_error"]), "pendulum_target": verdict(met["pendulum"]),
+        "inference_target": verdict(met["inference"]), "flops_ratio": num(ratio, 2),
+        "pendulum_return": num(pend["mean_return"]), "pendulum_episodes": str(pend["episodes"]),
+        "policy_ms": num(speed["policy_ms_median"], 3), "policy_p99_ms": num(speed["policy_ms_p99"], 3),
+        "planner_ms": num(speed["planner_ms_median"], 1), "agents": num(speed["agents"], 0),
+        "train_minutes": num(policy["train_minutes"], 1), "policy_version": str(train.get("version", "-")),
+        "model_r2": num(policy.get("model_r2_min"), 4),
+        "small_r2": num(nav["model_error"][0].get("model_r2_min"), 4),
+        "real_policy": _evaluation(train.get("real")),
+    }
+
+
+def _evaluation(real: Json | None) -> str:
+    if not real:
+        return "not recorded"
+    return (f"{pct(real.get('success_rate'), 1)} success, {num(real.get('violations'), 0)} steps in zones over "
+            f"{num(real.get('episodes'), 0)} episodes")
+
+
+def safety_headline(r: Json) -> str:
+    nav, met = r["nav2d"], r["met"]
+    fb, prior, err = nav["fallback"], nav["prior"], nav["model_error"]
+    return (f"every call falling back: {pct(fb[0]['success_rate'])} success with the policy (zero action "
+            f"{pct(fb[2]['success_rate'])}), {fb[0]['violations']} steps in zones; policy prior at "
+            f"{num(prior[1]['flops_per_action'] / prior[0]['flops_per_action'], 2)}x the FLOPs: "
+            f"{pct(prior[1]['success_rate'], 2)} over {num(prior[1]['episodes'], 0)} episodes; model error: "
+            f"{err[0]['violations']} -> {err[1]['violations']} steps in zones with the shield; Pendulum policy "
+            f"{num(r['pendulum']['mean_return'])}; policy for 1,000 agents {num(nav['inference']['policy_ms_median'], 2)} ms"
+            f" ({sum(met.values())} of {len(met)} targets met)")

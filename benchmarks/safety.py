@@ -1,0 +1,218 @@
+"""Safety (issue 15): the policy learned inside the world model as fallback, prior and alone, and the shield.
+
+One run, on this machine, from logs collected here:
+
+1. **Fallback.** Nav2D, 2 no-fly zones, a planning budget so small that every call falls back: the
+   policy's action (shielded) against the zero action, over ``--fallback-episodes`` episodes.
+2. **Prior.** The served planner (CEM H30 K32 x1) against CEM with the policy's rollouts as a share of
+   fewer candidates, each over ``--prior-episodes`` episodes, with the planner's FLOPs per action.
+3. **Model error.** A model trained on a small share of the data (``--small-episodes`` episodes):
+   the planner without and with the shield, over ``--error-episodes`` episodes.
+4. **Pendulum.** `wm train` learns a model from 1,000 random env steps (`wm collect`, 5 episodes); `wm policy train` trains a policy
+   inside it only; the policy alone plays the real Pendulum-v1.
+5. **Inference.** The policy for 1,000 agents in one call on one core, against the served planner's
+   call for the same agents in the same run.
+
+Every model and policy is made by the `wm` commands a user runs, with their defaults (`wm collect`,
+`wm train`, `wm policy train`); the closed loops are `planners.evaluate.closed_loop`, what
+`wm eval` runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from benchmarks.common import record, wm
+from planners.config import EvalConfig, PlanConfig
+from planners.evaluate import EvalResult, closed_loop
+from planners.policy_artifact import load_policy
+from worldmodel.artifact import load_model
+from worldmodel.model import WorldModel
+
+TARGETS = {"fallback_success": 0.95, "fallback_violations": 0, "prior_success": 0.999, "prior_episodes": 5000,
+           "prior_flops_ratio": 0.5, "error_violations_unshielded": 50, "error_reduction": 10.0,
+           "error_episodes": 500, "pendulum_return": -200.0, "inference_ms": 1.0}
+SERVED = PlanConfig()
+"""The served planner (CEM H30 K32 x1): the prior row's reference."""
+PRIOR = dataclasses.replace(SERVED, samples=SERVED.samples // 2, prior_share=0.25)
+"""Half the served candidates, a quarter of them the policy's rollouts."""
+TINY_BUDGET_MS = 0.001
+"""A budget no planning round fits: every call falls back."""
+
+
+def say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _row(name: str, result: EvalResult, **extra: Any) -> dict[str, Any]:
+    out = {"name": name, "episodes": result.episodes, "success_rate": result.success_rate,
+           "violations": result.violations, "episodes_with_violation": result.episodes_with_violation,
+           "fallbacks": result.fallbacks, "steps": result.steps,
+           "shield_interventions": result.shield_interventions, "mean_return": result.mean_return,
+           "plan_ms_mean": result.plan_ms_mean} | extra
+    say(f"  {name}: {result.episodes} episodes, success {result.success_rate:.2%}, {result.violations} steps in "
+        f"zones, {result.fallbacks}/{result.steps} fallbacks, {result.shield_interventions} shielded")
+    return out
+
+
+def evaluate(model: WorldModel, policy: Any, episodes: int, seed: int, plan: PlanConfig = SERVED,
+             **options: Any) -> EvalResult:
+    """Nav2D with 2 zones, 100 agents in lockstep, the learned reward: ``closed_loop`` with ``options``."""
+    cfg = EvalConfig(agents=100, episodes=episodes, no_fly_zones=2, seed=seed, plan=plan, **options)
+    return closed_loop(model, cfg, policy=policy)
+
+
+def flops_per_action(model: WorldModel, plan: PlanConfig, policy: torch.nn.Module | None) -> float:
+    """Multiply-adds x 2 of the networks one planned action costs: every candidate's rollout (one member
+    per candidate, ts1), the learned reward on each step, the policy's rollouts for the prior (the policy
+    and the members' mean on each step) and the chosen plan's audit (every member)."""
+    dyn, rew = _mlp_flops(model.dynamics), _mlp_flops(model.reward) / max(1, model.model_config.ensemble_size)
+    members = model.model_config.ensemble_size
+    own = plan.samples - plan.prior_samples
+    rollouts = plan.iterations * plan.horizon * (own * (dyn / members + rew))
+    prior = 0.0
+    if plan.prior_samples and policy is not None:
+        prior = plan.iterations * plan.horizon * (_mlp_flops(policy) + dyn + plan.prior_samples * (dyn / members + rew))
+    audit = plan.horizon * dyn
+    return rollouts + prior + audit
+
+
+def _mlp_flops(module: torch.nn.Module) -> float:
+    """2 x the weights of every matrix in ``module`` (members included): one forward pass of one row each."""
+    return float(sum(2 * p.numel() for name, p in module.named_parameters() if p.dim() >= 2))
+
+
+def inference(policy: torch.nn.Module, model: WorldModel, agents: int = 1000, calls: int = 200) -> dict[str, Any]:
+    """Median wall time of one policy call for ``agents`` on one thread, and the served planner's for the same."""
+    from planners.service import FleetPlanner
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        rng = np.random.default_rng(0)
+        obs = torch.as_tensor(rng.uniform(-5, 5, (agents, model.spec.obs_dim)), dtype=torch.float32)
+        zones = torch.as_tensor(np.c_[rng.uniform(-5, 5, (agents, 2, 2)), np.ones((agents, 2, 1))],
+                                dtype=torch.float32)
+        params = {"zones": zones}
+        policy.act(obs, params)
+        times = []
+        for _ in range(calls):
+            start = time.perf_counter()
+            policy.act(obs, params)
+            times.append((time.perf_counter() - start) * 1000)
+        planner = FleetPlanner(model)
+        planner.plan(obs.numpy(), constraints={"zones": zones.numpy()})
+        plan_times = []
+        for _ in range(5):
+            start = time.perf_counter()
+            planner.plan(obs.numpy(), constraints={"zones": zones.numpy()})
+            plan_times.append((time.perf_counter() - start) * 1000)
+    finally:
+        torch.set_num_threads(threads)
+    return {"agents": agents, "threads": 1, "policy_ms_median": float(np.median(times)),
+            "policy_ms_p99": float(np.percentile(times, 99)), "planner_ms_median": float(np.median(plan_times))}
+
+
+def nav2d(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
+    logs = str(tmp / "logs")
+    say(f"collecting {args.collect_episodes} Nav2D episodes, training the default model and its policy")
+    wm("collect", "--env", "Nav2D-v0", "--episodes", str(args.collect_episodes), "--out", logs, "--seed", str(args.seed))
+    ours = wm("train", "--data", logs, "--out", str(tmp / "ours"))
+    start = time.perf_counter()
+    trained = wm("policy", "train", "--model", ours["model_dir"], "--data", logs, "--png", str(tmp / "curve.png"))
+    train_minutes = (time.perf_counter() - start) / 60
+    model = load_model(ours["model_dir"])
+    policy = load_policy(ours["model_dir"])
+    if policy is None:
+        raise RuntimeError(f"`wm policy train` left no policy in {ours['model_dir']}")
+    act = policy.act
+
+    say("1. every call falls back (budget %g ms)" % TINY_BUDGET_MS)
+    tiny = dataclasses.replace(SERVED, budget_ms=TINY_BUDGET_MS)
+    fallback = [_row("policy fallback, shield on", evaluate(model, act, args.fallback_episodes, args.seed, tiny)),
+                _row("policy fallback, shield off",
+                     evaluate(model, act, args.fallback_episodes, args.seed, tiny, shield=False)),
+                _row("zero action, shield on", evaluate(model, None, args.fallback_episodes, args.seed, tiny))]
+
+    say("2. the policy as the planner's prior")
+    prior = [_row("served: CEM H30 K32 x1", evaluate(model, None, args.prior_episodes, args.seed + 1, SERVED),
+                  flops_per_action=flops_per_action(model, SERVED, None)),
+             _row(f"CEM H30 K{PRIOR.samples} x1, {PRIOR.prior_samples} of them the policy's",
+                  evaluate(model, act, args.prior_episodes, args.seed + 1, PRIOR),
+                  flops_per_action=flops_per_action(model, PRIOR, policy))]
+
+    say(f"3. model error: a model from {args.small_episodes} episodes")
+    small_logs = str(tmp / "small-logs")
+    wm("collect", "--env", "Nav2D-v0", "--episodes", str(args.small_episodes), "--out", small_logs,
+       "--seed", str(args.seed + 7))
+    small = wm("train", "--data", small_logs, "--out", str(tmp / "small"))
+    weak = load_model(small["model_dir"])
+    error = [_row("small model, shield off", evaluate(weak, None, args.error_episodes, args.seed + 2, shield=False),
+                  model_r2_min=small["metrics"]["dynamics"]["r2_min"]),
+             _row("small model, shield on", evaluate(weak, None, args.error_episodes, args.seed + 2))]
+
+    say("5. policy inference for 1,000 agents on one core")
+    speed = inference(policy, model)
+    return {"policy": {"train": {k: trained.get(k) for k in ("version", "iterations", "env_steps", "wall_s",
+                                                             "evaluation") if k in trained},
+                       "train_minutes": train_minutes, "model_r2_min": ours["metrics"]["dynamics"]["r2_min"]},
+            "fallback": fallback, "prior": prior, "model_error": error, "inference": speed}
+
+
+def pendulum(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
+    say("4. Pendulum: a model from 1,000 random env steps, a policy trained inside it only")
+    logs = str(tmp / "pendulum-logs")
+    wm("collect", "--env", "Pendulum-v1", "--episodes", "5", "--out", logs, "--seed", str(args.seed))
+    model_dir = wm("train", "--data", logs, "--out", str(tmp / "pendulum"))["model_dir"]
+    trained = wm("policy", "train", "--model", model_dir, "--data", logs)
+    model, policy = load_model(model_dir), load_policy(model_dir)
+    result = closed_loop(model, EvalConfig(agents=args.pendulum_episodes, episodes=args.pendulum_episodes,
+                                           mode="policy", seed=args.seed + 3), policy=policy.act)
+    say(f"  policy alone on Pendulum-v1: mean return {result.mean_return:.1f} over {result.episodes} episodes")
+    return {"env_steps": 1000, "policy_train": {k: trained.get(k) for k in ("wall_s", "env_steps")},
+            "episodes": result.episodes, "mean_return": result.mean_return, "returns": result.returns}
+
+
+def met(r: dict[str, Any]) -> dict[str, bool]:
+    t, nav = TARGETS, r["nav2d"]
+    shielded, served_prior = nav["fallback"][0], nav["prior"]
+    unshielded, shielded_error = nav["model_error"]
+    return {
+        "fallback": shielded["success_rate"] >= t["fallback_success"] and shielded["violations"] == 0,
+        "prior": (served_prior[1]["success_rate"] >= t["prior_success"]
+                  and served_prior[1]["episodes"] >= t["prior_episodes"]
+                  and served_prior[1]["flops_per_action"] <= t["prior_flops_ratio"] * served_prior[0]["flops_per_action"]),
+        "model_error": (unshielded["violations"] >= t["error_violations_unshielded"]
+                        and unshielded["episodes"] >= t["error_episodes"]
+                        and shielded_error["violations"] * t["error_reduction"] <= unshielded["violations"]),
+        "pendulum": r["pendulum"]["mean_return"] >= t["pendulum_return"],
+        "inference": nav["inference"]["policy_ms_median"] < t["inference_ms"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--collect-episodes", type=int, default=100)
+    parser.add_argument("--fallback-episodes", type=int, default=500)
+    parser.add_argument("--prior-episodes", type=int, default=5000)
+    parser.add_argument("--small-episodes", type=int, default=3, help="episodes the model-error row's model learns from")
+    parser.add_argument("--error-episodes", type=int, default=500)
+    parser.add_argument("--pendulum-episodes", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--name", default="safety", help="results file name (smoke runs: another name)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        result = {"targets": TARGETS, "nav2d": nav2d(Path(tmp), args), "pendulum": pendulum(Path(tmp), args)}
+    record(args.name, result | {"met": met(result)})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,132 @@
+"""`wm policy train`: train a policy inside a world model with RLlib's PPO and save it beside the model.
+
+The policy (``planners.policy.PolicyNet``) lands in ``MODEL_DIR/policy/`` with its own checksum and
+version; serving and planning load it from there as the fallback, the planning prior and for
+policy-only answers. Imagined rollouts start from the observations of the logs given with ``--data``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from learners.settings import PolicySettings
+
+if TYPE_CHECKING:
+    from learners.policy_training import IterationStats, PolicyResult
+
+_DEFAULTS = PolicySettings()
+
+
+def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("policy", parents=[common], help="train a policy inside a world model (RLlib PPO)")
+    # Nested subparsers take the parent's class, so their argparse errors become UsageError too.
+    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True, parser_class=type(p))
+    a = actions.add_parser("train", parents=[common], description=__doc__.split("\n\n", 1)[0],
+                           help="train a policy on imagined rollouts and save it in the model directory")
+    a.add_argument("--model", required=True, metavar="VERSION_OR_DIR",
+                   help="model directory, or with --registry a version or stage")
+    a.add_argument("--registry", default=None, metavar="URI", help="model registry directory")
+    a.add_argument("--data", required=True, metavar="URI", help="trajectory logs of the model's env (the starts)")
+    a.add_argument("--iterations", type=int, default=None,
+                   help="PPO iterations (default: the env's preset, %d for most)" % _DEFAULTS.iterations)
+    a.add_argument("--num-envs", type=int, default=None, help="imagined rollouts stepped together "
+                   "(default: the env's preset, %d for most)" % _DEFAULTS.num_envs)
+    a.add_argument("--eval-episodes", type=int, default=None, help="episodes of the final evaluations "
+                   "(default: %d)" % _DEFAULTS.eval_episodes)
+    a.add_argument("--seed", type=int, default=None, help="(default: %d)" % _DEFAULTS.seed)
+    a.add_argument("--png", default=None, metavar="PATH",
+                   help="learning curve PNG (default: MODEL_DIR/policy/learning_curve.png)")
+    a.add_argument("--address", default=None, help="Ray cluster address (default: an embedded local Ray)")
+    a.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    a.set_defaults(handler=run_train)
+
+
+def model_dir(ref: str, registry: str | None) -> Path:
+    """The local directory of ``ref``: a directory, or with ``registry`` a version or stage in it.
+
+    Raises:
+        FileNotFoundError: no such directory; RegistryError: no such version or stage.
+        ValueError: a remote registry (its artifacts are downloaded copies; the policy would not reach it).
+    """
+    if registry is None:
+        path = Path(ref)
+        if not path.is_dir():
+            raise FileNotFoundError(f"--model {ref}: no such model directory (or pass --registry)")
+        return path
+    from worldmodel.registry import ModelRegistry
+
+    reg = ModelRegistry(registry)
+    if reg.remote:
+        raise ValueError(f"--registry {registry} is remote: the policy is written into the model's directory, "
+                         "so train it on a local registry (or a model directory) and upload that")
+    return reg.model_dir(ref)
+
+
+def run_train(args: argparse.Namespace) -> dict[str, Any]:
+    import ray
+
+    from cluster.runtime import init_ray
+    from learners.policy_training import check_logs, train_policy
+    from learners.settings import policy_settings
+    from worldmodel.artifact import load_model
+
+    # A bad model, logs or setting fails here, before Ray starts.
+    path = model_dir(args.model, args.registry)
+    env_id = load_model(path).spec.env_id
+    check_logs(args.data, env_id)
+    settings = policy_settings(env_id, iterations=args.iterations, num_envs=args.num_envs,
+                               eval_episodes=args.eval_episodes, seed=args.seed)
+    verbose = not args.quiet
+    start = time.perf_counter()
+    info = init_ray(args.address)
+    try:
+        result = train_policy(path, args.data, settings, progress=None if verbose else _silent)
+    finally:
+        if info.started:
+            ray.shutdown()
+    png = plot_curve(result, Path(args.png) if args.png else Path(result.path) / "learning_curve.png")
+    out: dict[str, Any] = {"command": "policy train", "model_dir": str(path), **result.to_dict(), "png": str(png),
+                           "seconds": round(time.perf_counter() - start, 2)}
+    out["_summary"] = _summary(result, png)
+    return out
+
+
+def _silent(stats: IterationStats) -> None:
+    pass
+
+
+def _evaluation_line(name: str, ev: dict[str, Any]) -> str:
+    success = "" if ev["success_rate"] is None else f", success {ev['success_rate']:.1%}"
+    return (f"{name}: {ev['episodes']} episodes, mean return {ev['mean_return']:.1f}{success}, "
+            f"{ev['violations']} zone violation steps in {ev['episodes_with_violation']} episodes")
+
+
+def _summary(result: PolicyResult, png: Path) -> list[str]:
+    return [f"wrote policy {result.version} for model {result.model_version} ({result.env_id}) to {result.path} "
+            f"in {result.seconds} s (PPO {result.train_seconds} s); curve in {png}",
+            _evaluation_line("imagined", vars(result.imagined)), _evaluation_line("real env", vars(result.real))]
+
+
+def plot_curve(result: PolicyResult, path: Path) -> Path:
+    """The learning curve (imagined return and success per iteration) with the final evaluations."""
+    from cluster.commands.report import plt, save_figure
+
+    steps = [c.env_steps for c in result.curve]
+    fig, (ret_ax, succ_ax) = plt.subplots(1, 2, figsize=(12, 4.5))
+    ret_ax.plot(steps, [c.mean_return for c in result.curve], color="C0", label="imagined episodes (PPO)")
+    ret_ax.axhline(result.imagined.mean_return, color="C0", ls="--", lw=0.8, label="imagined, mean action")
+    ret_ax.axhline(result.real.mean_return, color="C2", ls="--", lw=0.8, label="real env, mean action")
+    ret_ax.set(title="mean episode return", xlabel="imagined env steps")
+    ret_ax.legend()
+    if result.real.success_rate is not None:
+        succ_ax.plot(steps, [c.success for c in result.curve], color="C1", label="imagined episodes (PPO)")
+        succ_ax.axhline(result.real.success_rate, color="C2", ls="--", lw=0.8,
+                        label=f"real env, {result.settings.eval_zones} zones, mean action")
+        succ_ax.legend()
+    succ_ax.set(title="share of episodes reaching the goal", xlabel="imagined env steps", ylim=(0, 1.02))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return save_figure(fig, path, f"policy {result.version} for {result.env_id} model {result.model_version}")

@@ -1,0 +1,314 @@
+"""A policy trained inside a world model with RLlib's PPO, exported as a plain ``PolicyNet``.
+
+Imagined rollouts (``planners.imagined_env.ImaginedEnv``: starts from the logs, one random ensemble
+member per episode, the planners' objective as reward) are PPO's environment, handed to RLlib as one
+vector env (``VECTOR_ENTRY_POINT``) so each step of all rollouts is one batched model call. The
+RLModule's actor is the ``PolicyNet`` serving loads (``learners.policy_module``), so the trained
+actor is saved as it is into ``MODEL_DIR/policy/`` (``planners.policy_artifact.save_policy``).
+
+Shapes: ``B`` rollouts, ``S`` state, ``A`` action, ``F`` policy input features.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import sys
+import time
+import uuid
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import gymnasium as gym
+import numpy as np
+import ray
+import torch
+from ray.rllib.algorithms.ppo import PPOConfig
+from ray.rllib.core.rl_module.rl_module import RLModuleSpec
+from ray.tune.registry import register_env
+
+from learners.policy_module import PolicyModule, module_config
+from learners.settings import PolicySettings, policy_settings
+from planners.imagined_env import ImaginedEnv
+from planners.evaluate import agent_params
+from planners.policy import PolicyConfig, PolicyNet
+from planners.policy_artifact import policy_info, save_policy
+from worldmodel.artifact import load_model
+from worldmodel.data import read_env_id, read_transitions, require_log_files
+from worldmodel.envs import NAV2D_ID, make_env
+from worldmodel.model import WorldModel
+
+__all__ = ["IterationStats", "PolicyResult", "PolicySettings", "policy_settings", "train_policy"]
+
+SUCCESS = "success"
+"""The env runners' metric of imagined episodes that reached the goal (a share, per iteration)."""
+MAX_STARTS = 100_000
+"""Logged observations kept as starts (a uniform subsample of larger logs)."""
+
+
+@dataclass(frozen=True)
+class IterationStats:
+    """One PPO iteration of the learning curve."""
+
+    iteration: int
+    env_steps: int
+    """Imagined env steps sampled so far."""
+    mean_return: float | None
+    """Mean return of the imagined episodes that ended in this iteration (unscaled; None: none ended)."""
+    success: float | None
+    """Share of those episodes that reached the goal (None: none ended, or the env has no goal)."""
+    seconds: float
+    """Wall time since training started."""
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """The deterministic policy's first episode in each of ``episodes`` envs."""
+
+    episodes: int
+    mean_return: float
+    success_rate: float | None
+    """Share of episodes that reached the goal (None: the env has no goal)."""
+    violations: int
+    """Steps spent inside a no-fly zone, over all episodes."""
+    episodes_with_violation: int
+
+
+@dataclass(frozen=True)
+class PolicyResult:
+    """What ``train_policy`` did and how well the policy does."""
+
+    version: str
+    """The policy's own version (``policy.json``)."""
+    path: str
+    """Its directory, ``MODEL_DIR/policy``."""
+    model_version: str
+    env_id: str
+    settings: PolicySettings
+    curve: tuple[IterationStats, ...]
+    train_seconds: float
+    """Wall time of PPO alone."""
+    seconds: float
+    """Wall time of everything: reading starts, PPO, evaluation, saving."""
+    imagined: Evaluation
+    """The deterministic policy (the mean action) in the imagined env."""
+    real: Evaluation
+    """The deterministic policy in the real env (Nav2D: with ``settings.eval_zones`` zones)."""
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-friendly: everything but the path, as recorded in ``policy.json``."""
+        return {"env_id": self.env_id, "model_version": self.model_version, "settings": self.settings.to_dict(),
+                "curve": [vars(c) for c in self.curve], "train_seconds": self.train_seconds,
+                "imagined": vars(self.imagined), "real": vars(self.real)}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"version": self.version, "path": self.path, **self.summary(), "seconds": self.seconds}
+
+
+def read_starts(data_uri: str, env_id: str, seed: int) -> np.ndarray:
+    """The logged observations imagined rollouts start from: (B0, S) float32.
+
+    Raises:
+        FileNotFoundError: no logs under ``data_uri``.
+        ValueError: the logs were recorded in another env than the model's.
+    """
+    obs = read_transitions(data_uri, files=check_logs(data_uri, env_id)).obs
+    if len(obs) > MAX_STARTS:
+        obs = obs[np.random.default_rng(seed).choice(len(obs), MAX_STARTS, replace=False)]
+    return np.ascontiguousarray(obs, dtype=np.float32)
+
+
+def check_logs(data_uri: str, env_id: str) -> list[str]:
+    """The log files under ``data_uri`` (see ``read_starts`` for what is checked)."""
+    files = require_log_files(data_uri)[2]
+    logged = read_env_id(data_uri, files=files)
+    if logged and logged != env_id:
+        raise ValueError(f"the logs under {data_uri} are from {logged}; the model was trained on {env_id}")
+    return files
+
+
+class _EnvCreator:
+    """RLlib's env creator: ``config["num_envs"]`` imagined rollouts as one ImaginedEnv (picklable, so
+    remote env runners build their own from the model directory)."""
+
+    def __init__(self, model_dir: str, starts: np.ndarray, settings: PolicySettings) -> None:
+        self.model_dir, self.starts, self.settings = model_dir, starts, settings
+
+    def __call__(self, config: dict[str, Any]) -> gym.vector.VectorEnv:
+        s = self.settings
+        env = imagined_env(load_model(self.model_dir), self.starts, config["num_envs"], s,
+                           seed=s.seed + int(getattr(config, "worker_index", 0)))
+        # PPO sees scaled rewards so the critic fits values of order one.
+        self.transform = RewardTransform(s.reward_scale)
+        return gym.wrappers.vector.TransformReward(env, self.transform)
+
+
+class RewardTransform:
+    """What PPO sees of each step's reward: times ``scale``."""
+
+    def __init__(self, scale: float) -> None:
+        self.scale = scale
+
+    def __call__(self, reward: np.ndarray) -> np.ndarray:
+        return reward * self.scale
+
+
+def imagined_env(model: WorldModel, starts: np.ndarray, num_envs: int, settings: PolicySettings,
+                 seed: int) -> ImaginedEnv:
+    """``num_envs`` imagined rollouts of ``model`` from ``starts`` as ``settings`` describe them."""
+    kwargs: dict[str, Any] = {"zones": settings.zones} if model.spec.env_id == NAV2D_ID else {}
+    return ImaginedEnv(model, starts, num_envs, objective="goal" if model.spec.env_id == NAV2D_ID else "learned",
+                       horizon=settings.horizon, seed=seed, **kwargs)
+
+
+def _count_success(episode: Any, metrics_logger: Any, *, window: int, **_: Any) -> None:
+    """on_episode_end: log whether the imagined episode reached the goal (its last info's ``is_success``),
+    averaged over the last ``window`` episodes as RLlib averages their returns."""
+    info = episode.get_infos(-1)
+    if "is_success" in info:
+        metrics_logger.log_value(SUCCESS, float(info["is_success"]), reduce="mean", window=window)
+
+
+def ppo_config(creator: _EnvCreator, actor: PolicyNet, settings: PolicySettings) -> PPOConfig:
+    """PPO on the new API stack over one local vector env of imagined rollouts, with ``PolicyModule``."""
+    s = settings
+    spec = RLModuleSpec(module_class=PolicyModule, model_config=module_config(
+        actor, log_std_init=s.log_std_init, critic_hidden=s.hidden))
+    # Registered under a name of its own: RLlib takes a registered name (or an env class) for a creator.
+    name = f"fleetwm-imagined-{uuid.uuid4().hex[:8]}"
+    register_env(name, creator)
+    return (PPOConfig()
+            .environment(env=name, normalize_actions=False, clip_actions=True)
+            .env_runners(num_env_runners=0, num_envs_per_env_runner=s.num_envs,
+                         gym_env_vectorize_mode=gym.VectorizeMode.VECTOR_ENTRY_POINT,
+                         rollout_fragment_length=s.steps_per_env)
+            .learners(num_learners=0)
+            .training(lr=s.lr, gamma=s.gamma, lambda_=s.gae_lambda, clip_param=s.clip, entropy_coeff=s.entropy,
+                      train_batch_size_per_learner=s.batch_rows, minibatch_size=min(s.minibatch, s.batch_rows), num_epochs=s.epochs,
+                      use_kl_loss=False, vf_clip_param=math.inf, grad_clip=0.5)
+            .rl_module(rl_module_spec=spec)
+            .callbacks(on_episode_end=functools.partial(_count_success, window=s.num_envs))
+            .debugging(seed=s.seed, log_level="ERROR")
+            .reporting(metrics_num_episodes_for_smoothing=s.num_envs))
+
+
+def train_policy(model_dir: str | os.PathLike[str], data_uri: str, settings: PolicySettings | None = None,
+                 progress: Callable[[IterationStats], None] | None = None) -> PolicyResult:
+    """Train a policy inside the model at ``model_dir`` with PPO, score it, save it in ``MODEL_DIR/policy``.
+
+    Args:
+        model_dir: a world model's artifact directory (a registry's version directory included).
+        data_uri: trajectory logs of the model's env; imagined rollouts start from their observations.
+        settings: PPO and evaluation settings (default: the preset for the model's env).
+        progress: called after every iteration (default: a line on stderr).
+
+    Raises:
+        ArtifactError: ``model_dir`` is not a valid model; FileNotFoundError: no logs;
+        ValueError: logs of another env.
+    """
+    start = time.perf_counter()
+    model = load_model(model_dir)
+    settings = settings or policy_settings(model.spec.env_id)
+    starts = read_starts(data_uri, model.spec.env_id, settings.seed)
+    torch.manual_seed(settings.seed)
+    actor = initial_actor(model, starts, settings)
+    _ensure_ray()
+    algo = ppo_config(_EnvCreator(str(model_dir), starts, settings), actor, settings).build_algo()
+    try:
+        curve = _train(algo, settings, progress or _print_progress)
+        actor.load_state_dict(algo.get_module().actor.state_dict())
+    finally:
+        algo.stop()
+    train_seconds = round(time.perf_counter() - start, 2)
+    imagined = evaluate_imagined(model, starts, actor, settings)
+    real = evaluate_real(actor, model.spec.env_id, settings)
+    partial = PolicyResult(version="", path="", model_version=model.version, env_id=model.spec.env_id,
+                           settings=settings, curve=curve, train_seconds=train_seconds, seconds=0.0,
+                           imagined=imagined, real=real)
+    path = save_policy(model_dir, actor, partial.summary())
+    version = (policy_info(model_dir) or {})["version"]
+    return replace(partial, version=version, path=str(path), seconds=round(time.perf_counter() - start, 2))
+
+
+def initial_actor(model: WorldModel, starts: np.ndarray, settings: PolicySettings) -> PolicyNet:
+    """An untrained PolicyNet whose input normalisation fits the features of imagined episodes' starts."""
+    spec = model.spec
+    actor = PolicyNet(spec.obs_dim, spec.act_dim, spec.act_low, spec.act_high,
+                      PolicyConfig(hidden=settings.hidden, layers=settings.layers), zones=spec.env_id == NAV2D_ID)
+    actor.set_normalisation(*imagined_env(model, starts, 1, settings, seed=settings.seed).feature_stats())
+    return actor
+
+
+def _ensure_ray() -> None:
+    """RLlib needs Ray: join the one this process is connected to, or start a local one."""
+    if not ray.is_initialized():
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local Ray of this process, as the tests run it
+        ray.init(address="local", include_dashboard=False, log_to_driver=False)
+
+
+def _train(algo: Any, settings: PolicySettings, progress: Callable[[IterationStats], None]) -> tuple[IterationStats, ...]:
+    """``settings.iterations`` PPO iterations; the learning curve."""
+    curve, start = [], time.perf_counter()
+    for i in range(1, settings.iterations + 1):
+        runners = algo.train()["env_runners"]
+        mean_return = runners.get("episode_return_mean")
+        stats = IterationStats(
+            iteration=i, env_steps=int(runners.get("num_env_steps_sampled_lifetime", 0)),
+            mean_return=None if mean_return is None or math.isnan(mean_return) else mean_return / settings.reward_scale,
+            success=runners.get(SUCCESS), seconds=round(time.perf_counter() - start, 2))
+        curve.append(stats)
+        progress(stats)
+    return tuple(curve)
+
+
+def _print_progress(stats: IterationStats) -> None:
+    ret = "-" if stats.mean_return is None else f"{stats.mean_return:.1f}"
+    success = "" if stats.success is None else f", success {stats.success:.1%}"
+    print(f"policy: iteration {stats.iteration}: {stats.env_steps} imagined steps, return {ret}{success}, "
+          f"{stats.seconds:.0f} s", file=sys.stderr, flush=True)
+
+
+def evaluate_imagined(model: WorldModel, starts: np.ndarray, actor: PolicyNet, settings: PolicySettings) -> Evaluation:
+    """The mean action's first episode in each of ``settings.eval_episodes`` imagined rollouts."""
+    env = imagined_env(model, starts, settings.eval_episodes, settings, seed=settings.seed + 1)
+    act = lambda features, infos: actor(torch.as_tensor(features)).numpy()  # noqa: E731
+    with torch.no_grad():
+        return _first_episodes(env, act, settings.seed + 1, model.spec.env_id == NAV2D_ID)
+
+
+def evaluate_real(actor: PolicyNet, env_id: str, settings: PolicySettings) -> Evaluation:
+    """The mean action's first episode in each of ``settings.eval_episodes`` real envs (Nav2D: with
+    ``settings.eval_zones`` no-fly zones, which the policy sees as a planner would)."""
+    kwargs = {"num_no_fly_zones": settings.eval_zones} if env_id == NAV2D_ID else {}
+    env = gym.vector.SyncVectorEnv([lambda: make_env(env_id, **kwargs) for _ in range(settings.eval_episodes)])
+
+    def act(obs_np: np.ndarray, infos: dict[str, Any]) -> np.ndarray:
+        obs = torch.as_tensor(obs_np, dtype=torch.float32)
+        return actor.act(obs, agent_params(env_id, obs, infos)).numpy()
+
+    try:
+        return _first_episodes(env, act, settings.seed + 2, env_id == NAV2D_ID)
+    finally:
+        env.close()
+
+
+def _first_episodes(env: gym.vector.VectorEnv, act: Callable[[np.ndarray, dict[str, Any]], np.ndarray], seed: int,
+                    has_goal: bool) -> Evaluation:
+    """Step every env of ``env`` with ``act`` until each has ended its first episode; their statistics."""
+    n = env.num_envs
+    obs, infos = env.reset(seed=seed)
+    ret, violations = np.zeros(n), np.zeros(n, int)  # (B,)
+    done, success = np.zeros(n, bool), np.zeros(n, bool)
+    while not done.all():
+        obs, rew, term, trunc, infos = env.step(act(obs, infos))
+        live = ~done  # each env counts until its first episode ends (the next step would reset it)
+        ret += np.where(live, rew, 0.0)
+        violations += np.asarray(infos.get("violation", np.zeros(n, bool)), bool) & live
+        ended = (np.asarray(term) | np.asarray(trunc)) & live
+        success |= ended & np.asarray(infos.get("is_success", np.zeros(n, bool)), bool)
+        done |= ended
+    return Evaluation(episodes=n, mean_return=round(float(ret.mean()), 3),
+                      success_rate=round(float(success.mean()), 4) if has_goal else None,
+                      violations=int(violations.sum()), episodes_with_violation=int((violations > 0).sum()))
