@@ -175,7 +175,7 @@ def ppo_config(creator: _EnvCreator, actor: PolicyNet, settings: PolicySettings)
     """PPO on the new API stack over one local vector env of imagined rollouts, with ``PolicyModule``."""
     s = settings
     spec = RLModuleSpec(module_class=PolicyModule, model_config=module_config(
-        actor, log_std_init=s.log_std_init, critic_hidden=s.hidden))
+        actor, log_std_init=s.log_std_init, critic_hidden=s.critic_hidden))
     # Registered under a name of its own: RLlib takes a registered name (or an env class) for a creator.
     name = f"fleetwm-imagined-{uuid.uuid4().hex[:8]}"
     register_env(name, creator)

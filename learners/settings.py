@@ -57,7 +57,9 @@ class PolicySettings:
     log_std_init: float = -0.5
     """Exploration's starting log-std, per action dimension (the log-std is learned from there)."""
     hidden: int = 64
-    """Width of the policy's hidden layers (``PolicyConfig.hidden``; the critic has the same)."""
+    """Width of the policy's hidden layers (``PolicyConfig.hidden``)."""
+    critic_hidden: int = 64
+    """Width of the critic's two hidden layers (training only: the critic is not exported)."""
     layers: int = 2
     """Hidden layers of the policy (``PolicyConfig.layers``)."""
     zones: tuple[int, int] = (0, POLICY_ZONES_MAX)
@@ -70,7 +72,7 @@ class PolicySettings:
     """Seeds the imagined env, PPO and the evaluations."""
 
     def __post_init__(self) -> None:
-        positive = ("iterations", "num_envs", "steps_per_env", "horizon", "minibatch", "epochs", "hidden",
+        positive = ("iterations", "num_envs", "steps_per_env", "horizon", "minibatch", "epochs", "hidden", "critic_hidden",
                     "layers", "eval_episodes")
         for name in positive:
             value = getattr(self, name)

@@ -120,7 +120,7 @@ def test_a_killed_consumer_replicas_requests_are_claimed_and_answered_within_the
                 break
         result = fleet.wait()
     assert stolen, "no fleet request was read under the killed replica's name"
-    assert result.errors == 0 and result.requests >= AGENTS * 30, result
+    assert result.errors == 0 and result.requests >= AGENTS * 25, result  # half the rate, the kill included
     # the bound: claimed once idle for CLAIM_MS, then answered within a cycle (claims run every
     # CLAIM_MS / 2, so a claim may come CLAIM_MS / 2 later: CYCLE_S is generous enough for both)
     bound_ms = (CLAIM_MS / 1000 + CYCLE_S) * 1000
@@ -193,7 +193,7 @@ def test_a_flood_of_bad_messages_is_dead_lettered_and_good_traffic_is_answered(a
         added.update({i: (kind, reason) for i, (_, kind, reason) in zip(ids, bad[start:start + 500])})
         time.sleep(0.4)
     result = fleet.wait()
-    assert result.errors == 0 and result.requests >= AGENTS * 30, result
+    assert result.errors == 0 and result.requests >= AGENTS * 25, result  # half the rate, the kill included
     letters: list[tuple[bytes, str]] = []
     deadline = time.monotonic() + 30
     while len(letters) < len(added) and time.monotonic() < deadline:
