@@ -29,15 +29,14 @@ from ray.rllib.algorithms.ppo import PPOConfig
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 from ray.tune.registry import register_env
 
+from learners.policy_env import EnvCreator, Evaluation, evaluate_imagined, evaluate_real, imagined_env
 from learners.policy_module import PolicyModule, module_config
 from learners.settings import PolicySettings, policy_settings
-from planners.imagined_env import ImaginedEnv
-from planners.evaluate import agent_params
 from planners.policy import PolicyConfig, PolicyNet
 from planners.policy_artifact import policy_info, save_policy
 from worldmodel.artifact import load_model
 from worldmodel.data import read_env_id, read_transitions, require_log_files
-from worldmodel.envs import NAV2D_ID, make_env
+from worldmodel.envs import NAV2D_ID
 from worldmodel.model import WorldModel
 
 __all__ = ["IterationStats", "PolicyResult", "PolicySettings", "policy_settings", "train_policy"]
@@ -56,24 +55,12 @@ class IterationStats:
     env_steps: int
     """Imagined env steps sampled so far."""
     mean_return: float | None
-    """Mean return of the imagined episodes that ended in this iteration (unscaled; None: none ended)."""
+    """Mean return of the last imagined episodes, under PPO's reward (``PolicySettings.zone_weight``) without
+    its ``reward_scale`` (None: none has ended yet)."""
     success: float | None
     """Share of those episodes that reached the goal (None: none ended, or the env has no goal)."""
     seconds: float
     """Wall time since training started."""
-
-
-@dataclass(frozen=True)
-class Evaluation:
-    """The deterministic policy's first episode in each of ``episodes`` envs."""
-
-    episodes: int
-    mean_return: float
-    success_rate: float | None
-    """Share of episodes that reached the goal (None: the env has no goal)."""
-    violations: int
-    """Steps spent inside a no-fly zone, over all episodes."""
-    episodes_with_violation: int
 
 
 @dataclass(frozen=True)
@@ -129,40 +116,6 @@ def check_logs(data_uri: str, env_id: str) -> list[str]:
     return files
 
 
-class _EnvCreator:
-    """RLlib's env creator: ``config["num_envs"]`` imagined rollouts as one ImaginedEnv (picklable, so
-    remote env runners build their own from the model directory)."""
-
-    def __init__(self, model_dir: str, starts: np.ndarray, settings: PolicySettings) -> None:
-        self.model_dir, self.starts, self.settings = model_dir, starts, settings
-
-    def __call__(self, config: dict[str, Any]) -> gym.vector.VectorEnv:
-        s = self.settings
-        env = imagined_env(load_model(self.model_dir), self.starts, config["num_envs"], s,
-                           seed=s.seed + int(getattr(config, "worker_index", 0)))
-        # PPO sees scaled rewards so the critic fits values of order one.
-        self.transform = RewardTransform(s.reward_scale)
-        return gym.wrappers.vector.TransformReward(env, self.transform)
-
-
-class RewardTransform:
-    """What PPO sees of each step's reward: times ``scale``."""
-
-    def __init__(self, scale: float) -> None:
-        self.scale = scale
-
-    def __call__(self, reward: np.ndarray) -> np.ndarray:
-        return reward * self.scale
-
-
-def imagined_env(model: WorldModel, starts: np.ndarray, num_envs: int, settings: PolicySettings,
-                 seed: int) -> ImaginedEnv:
-    """``num_envs`` imagined rollouts of ``model`` from ``starts`` as ``settings`` describe them."""
-    kwargs: dict[str, Any] = {"zones": settings.zones} if model.spec.env_id == NAV2D_ID else {}
-    return ImaginedEnv(model, starts, num_envs, objective="goal" if model.spec.env_id == NAV2D_ID else "learned",
-                       horizon=settings.horizon, seed=seed, **kwargs)
-
-
 def _count_success(episode: Any, metrics_logger: Any, *, window: int, **_: Any) -> None:
     """on_episode_end: log whether the imagined episode reached the goal (its last info's ``is_success``),
     averaged over the last ``window`` episodes as RLlib averages their returns."""
@@ -171,12 +124,14 @@ def _count_success(episode: Any, metrics_logger: Any, *, window: int, **_: Any) 
         metrics_logger.log_value(SUCCESS, float(info["is_success"]), reduce="mean", window=window)
 
 
-def ppo_config(creator: _EnvCreator, actor: PolicyNet, settings: PolicySettings) -> PPOConfig:
+def ppo_config(creator: EnvCreator, actor: PolicyNet, settings: PolicySettings) -> PPOConfig:
     """PPO on the new API stack over one local vector env of imagined rollouts, with ``PolicyModule``."""
     s = settings
     spec = RLModuleSpec(module_class=PolicyModule, model_config=module_config(
         actor, log_std_init=s.log_std_init, critic_hidden=s.critic_hidden))
-    # Registered under a name of its own: RLlib takes a registered name (or an env class) for a creator.
+    # Nav2D (the one env with a goal) counts successes; a creator is registered under a name of its own:
+    # RLlib takes a registered name (or an env class) for one.
+    callbacks = {"on_episode_end": functools.partial(_count_success, window=s.num_envs)} if actor.zones else {}
     name = f"fleetwm-imagined-{uuid.uuid4().hex[:8]}"
     register_env(name, creator)
     return (PPOConfig()
@@ -186,10 +141,10 @@ def ppo_config(creator: _EnvCreator, actor: PolicyNet, settings: PolicySettings)
                          rollout_fragment_length=s.steps_per_env)
             .learners(num_learners=0)
             .training(lr=s.lr, gamma=s.gamma, lambda_=s.gae_lambda, clip_param=s.clip, entropy_coeff=s.entropy,
-                      train_batch_size_per_learner=s.batch_rows, minibatch_size=min(s.minibatch, s.batch_rows), num_epochs=s.epochs,
-                      use_kl_loss=False, vf_clip_param=math.inf, grad_clip=0.5)
+                      train_batch_size_per_learner=s.batch_rows, minibatch_size=min(s.minibatch, s.batch_rows),
+                      num_epochs=s.epochs, use_kl_loss=False, vf_clip_param=math.inf, grad_clip=0.5)
             .rl_module(rl_module_spec=spec)
-            .callbacks(on_episode_end=functools.partial(_count_success, window=s.num_envs))
+            .callbacks(**callbacks)
             .debugging(seed=s.seed, log_level="ERROR")
             .reporting(metrics_num_episodes_for_smoothing=s.num_envs))
 
@@ -215,7 +170,7 @@ def train_policy(model_dir: str | os.PathLike[str], data_uri: str, settings: Pol
     torch.manual_seed(settings.seed)
     actor = initial_actor(model, starts, settings)
     _ensure_ray()
-    algo = ppo_config(_EnvCreator(str(model_dir), starts, settings), actor, settings).build_algo()
+    algo = ppo_config(EnvCreator(str(model_dir), starts, settings), actor, settings).build_algo()
     try:
         curve = _train(algo, settings, progress or _print_progress)
         actor.load_state_dict(algo.get_module().actor.state_dict())
@@ -268,47 +223,3 @@ def _print_progress(stats: IterationStats) -> None:
     success = "" if stats.success is None else f", success {stats.success:.1%}"
     print(f"policy: iteration {stats.iteration}: {stats.env_steps} imagined steps, return {ret}{success}, "
           f"{stats.seconds:.0f} s", file=sys.stderr, flush=True)
-
-
-def evaluate_imagined(model: WorldModel, starts: np.ndarray, actor: PolicyNet, settings: PolicySettings) -> Evaluation:
-    """The mean action's first episode in each of ``settings.eval_episodes`` imagined rollouts."""
-    env = imagined_env(model, starts, settings.eval_episodes, settings, seed=settings.seed + 1)
-    act = lambda features, infos: actor(torch.as_tensor(features)).numpy()  # noqa: E731
-    with torch.no_grad():
-        return _first_episodes(env, act, settings.seed + 1, model.spec.env_id == NAV2D_ID)
-
-
-def evaluate_real(actor: PolicyNet, env_id: str, settings: PolicySettings) -> Evaluation:
-    """The mean action's first episode in each of ``settings.eval_episodes`` real envs (Nav2D: with
-    ``settings.eval_zones`` no-fly zones, which the policy sees as a planner would)."""
-    kwargs = {"num_no_fly_zones": settings.eval_zones} if env_id == NAV2D_ID else {}
-    env = gym.vector.SyncVectorEnv([lambda: make_env(env_id, **kwargs) for _ in range(settings.eval_episodes)])
-
-    def act(obs_np: np.ndarray, infos: dict[str, Any]) -> np.ndarray:
-        obs = torch.as_tensor(obs_np, dtype=torch.float32)
-        return actor.act(obs, agent_params(env_id, obs, infos)).numpy()
-
-    try:
-        return _first_episodes(env, act, settings.seed + 2, env_id == NAV2D_ID)
-    finally:
-        env.close()
-
-
-def _first_episodes(env: gym.vector.VectorEnv, act: Callable[[np.ndarray, dict[str, Any]], np.ndarray], seed: int,
-                    has_goal: bool) -> Evaluation:
-    """Step every env of ``env`` with ``act`` until each has ended its first episode; their statistics."""
-    n = env.num_envs
-    obs, infos = env.reset(seed=seed)
-    ret, violations = np.zeros(n), np.zeros(n, int)  # (B,)
-    done, success = np.zeros(n, bool), np.zeros(n, bool)
-    while not done.all():
-        obs, rew, term, trunc, infos = env.step(act(obs, infos))
-        live = ~done  # each env counts until its first episode ends (the next step would reset it)
-        ret += np.where(live, rew, 0.0)
-        violations += np.asarray(infos.get("violation", np.zeros(n, bool)), bool) & live
-        ended = (np.asarray(term) | np.asarray(trunc)) & live
-        success |= ended & np.asarray(infos.get("is_success", np.zeros(n, bool)), bool)
-        done |= ended
-    return Evaluation(episodes=n, mean_return=round(float(ret.mean()), 3),
-                      success_rate=round(float(success.mean()), 4) if has_goal else None,
-                      violations=int(violations.sum()), episodes_with_violation=int((violations > 0).sum()))

@@ -117,8 +117,9 @@ def plot_curve(result: PolicyResult, path: Path) -> Path:
 
     steps = [c.env_steps for c in result.curve]
     fig, (ret_ax, succ_ax) = plt.subplots(1, 2, figsize=(12, 4.5))
-    ret_ax.plot(steps, [c.mean_return for c in result.curve], color="C0", label="imagined episodes (PPO)")
-    ret_ax.axhline(result.imagined.mean_return, color="C0", ls="--", lw=0.8, label="imagined, mean action")
+    ret_ax.plot(steps, [c.mean_return for c in result.curve], color="C0", label="imagined episodes, PPO's reward")
+    ret_ax.axhline(result.imagined.mean_return, color="C0", ls="--", lw=0.8,
+                   label="imagined, mean action, planners' objective")
     ret_ax.axhline(result.real.mean_return, color="C2", ls="--", lw=0.8, label="real env, mean action")
     ret_ax.set(title="mean episode return", xlabel="imagined env steps")
     ret_ax.legend()

@@ -14,7 +14,8 @@ from ray.rllib.core.columns import Columns
 
 from learners.learner import Learner
 from learners.policy_module import PolicyModule
-from learners.policy_training import _EnvCreator, initial_actor, ppo_config, read_starts, train_policy
+from learners.policy_env import EnvCreator, PPOReward, SupportClamp, on_support
+from learners.policy_training import initial_actor, ppo_config, read_starts, train_policy
 from learners.settings import POLICY_PRESETS, POLICY_ZONES_MAX, PolicySettings, policy_settings
 from planners.objectives import GOAL, ZONES
 from planners.policy import POLICY_ZONES
@@ -58,12 +59,59 @@ def test_settings_validate_and_presets_differ_only_where_tuned() -> None:
     assert set(POLICY_PRESETS) >= {"Nav2D-v0", "Pendulum-v1"}
 
 
+class _FixedEnv(gym.vector.VectorEnv):
+    """Two envs at known positions, goal at the origin; a fixed reward per step and an end at step 2."""
+
+    def __init__(self, reward: np.ndarray) -> None:
+        self.num_envs, self.reward, self.t = 2, reward, 0
+        self.single_observation_space = gym.spaces.Box(-np.inf, np.inf, (6,), np.float32)
+        self.single_action_space = gym.spaces.Box(-1, 1, (2,), np.float32)
+
+    def reset(self, **kwargs):
+        self.t = 0
+        return np.zeros((2, 6), np.float32), {}
+
+    def step(self, actions):
+        self.t += 1
+        obs = np.array([[3, 4, 0, 0, 0, 0], [0, 1, 0, 0, 0, 0]], np.float32)  # 5 and 1 from the goal
+        ended = np.full(2, self.t == 2)
+        return obs, self.reward.copy(), ended, np.zeros(2, bool), {}
+
+
+def test_ppo_reward_weighs_the_zone_cost_and_keeps_autoreset_steps_at_zero() -> None:
+    env = PPOReward(_FixedEnv(np.array([-5.0, -101.0], np.float32)), scale=0.5, zone_weight=0.1, nav=True)
+    env.reset()
+    _, reward, *_ = env.step(np.zeros((2, 2)))
+    # goal terms -5 and -1; zone costs 0 and -100 weighed by 0.1; then scaled by 0.5
+    np.testing.assert_allclose(reward, [-2.5, 0.5 * (-1 - 10)])
+    env.step(np.zeros((2, 2)))  # both episodes end here
+    _, reward, *_ = env.step(np.zeros((2, 2)))  # the autoreset step
+    np.testing.assert_allclose(reward, [0.0, 0.0])
+    plain = PPOReward(_FixedEnv(np.array([-5.0, -101.0], np.float32)), scale=0.5, zone_weight=0.1, nav=False)
+    plain.reset()
+    np.testing.assert_allclose(plain.step(np.zeros((2, 2)))[1], [-2.5, -50.5])
+
+
+def test_imagined_states_stay_on_the_logged_support(nav) -> None:
+    from worldmodel.artifact import load_model
+
+    model = load_model(nav["model"])
+    starts = read_starts(nav["logs"], "Nav2D-v0", 0)
+    clamped = on_support(model, starts)
+    assert isinstance(clamped.dynamics, SupportClamp) and clamped.reward is model.reward
+    far = torch.tensor([[40.0, -40.0, 9.0, -9.0, 1.0, 1.0]])
+    mean = clamped.dynamics(far, torch.ones(1, 2)).mean  # (E, 1, S)
+    span = starts.max(0) - starts.min(0)
+    assert (mean <= torch.as_tensor(starts.max(0) + 0.1 * span) + 1e-5).all()
+    assert (mean >= torch.as_tensor(starts.min(0) - 0.1 * span) - 1e-5).all()
+
+
 def test_the_module_is_the_policy_net_plus_a_gaussian_and_a_critic(nav) -> None:
     from worldmodel.artifact import load_model
 
     model = load_model(nav["model"])
     actor = initial_actor(model, read_starts(nav["logs"], "Nav2D-v0", 0), TINY)
-    spec = ppo_config(_EnvCreator(nav["model"], np.zeros((1, 6), np.float32), TINY), actor, TINY).rl_module_spec
+    spec = ppo_config(EnvCreator(nav["model"], np.zeros((1, 6), np.float32), TINY), actor, TINY).rl_module_spec
     f = actor.feature_dim
     space = gym.spaces.Box(-np.inf, np.inf, (f,), np.float32)
     module = PolicyModule(observation_space=space, action_space=gym.spaces.Box(-1, 1, (2,), np.float32),
@@ -90,7 +138,7 @@ def test_the_exported_policy_acts_as_the_modules_mean(ray_local, nav, tmp_path) 
     model = load_model(nav["model"])
     starts = read_starts(nav["logs"], "Nav2D-v0", 0)
     actor = initial_actor(model, starts, TINY)
-    algo = ppo_config(_EnvCreator(nav["model"], starts, TINY), actor, TINY).build_algo()
+    algo = ppo_config(EnvCreator(nav["model"], starts, TINY), actor, TINY).build_algo()
     try:
         algo.train()
         module = algo.get_module()
