@@ -9,6 +9,8 @@ strings (one field, so a consumer parses one value per entry, not eleven):
     floats  <f4 * (2S + A + 1)>  obs (S), actions (A), new_obs (S), reward
     strings agent_id, eps_id, model_version
 
+The served path has lone agents only, so the codec carries no ``scene``: decoded rows have scene "".
+
 Trimming (``trim_acknowledged``): producers never trim (``MAXLEN`` on ``XADD`` would drop entries no logger
 has read yet). The ingest consumer trims with ``XTRIM MINID ~ floor`` after each flush, where the floor is,
 over every consumer group of the stream, the oldest pending entry (or, with none pending, the group's last
@@ -168,7 +170,8 @@ def _batch(values: np.ndarray, headers: np.ndarray, strings: list[tuple[str, str
                        new_obs=values[:, s + a:2 * s + a], terminateds=(flags & _TERMINATED) > 0,
                        truncateds=(flags & _TRUNCATED) > 0, eps_id=eps, agent_id=agent,
                        t=headers[:, 4].astype(np.int32), model_version=version,
-                       timestamp=headers[:, 5].astype("datetime64[us]"))
+                       timestamp=headers[:, 5].astype("datetime64[us]"),
+                       scene=np.full(len(values), "", dtype=object))  # codec version 1 carries no scene
 
 
 def dead_letter(pipe: Any, source: str, bad: list[BadEntry], stream: str = TELEMETRY_DEAD_LETTERS) -> None:

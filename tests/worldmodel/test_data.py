@@ -274,7 +274,7 @@ def test_timestamp_is_stored_as_int64_microseconds_utc(tmp_path):
     path = TrajectoryWriter(str(tmp_path)).write(tr)[0]
     schema = pq.read_schema(path)
     assert schema.field(sc.TIMESTAMP).type == pa.int64()
-    assert schema.metadata[sc.META_SCHEMA_VERSION] == sc.SCHEMA_VERSION.encode() == b"2"
+    assert schema.metadata[sc.META_SCHEMA_VERSION] == sc.SCHEMA_VERSION.encode() == b"3"
     table = pq.read_table(path)
     part = Transitions.from_table(table)
     np.testing.assert_array_equal(table.column(sc.TIMESTAMP).to_numpy(), part.timestamp.astype(np.int64))
@@ -285,7 +285,7 @@ def test_schema_version_1_files_are_still_read(tmp_path):
     old, new = make_transitions(30, seed=18), make_transitions(30, seed=19)
     table = old.to_table()
     legacy = pa.array(old.timestamp, sc.LEGACY_TIMESTAMP_TYPE)  # how version 1 stored the time
-    table = with_column(table, sc.TIMESTAMP, legacy)
+    table = with_column(table, sc.TIMESTAMP, legacy).drop_columns([sc.SCENE])  # version 1 had no scene
     write_bad(tmp_path, table.replace_schema_metadata({**table.schema.metadata, sc.META_SCHEMA_VERSION: b"1"}))
     write_transitions(str(tmp_path), new)
     assert_equal(read_transitions(str(tmp_path)), sorted_rows(Transitions.concat([old, new])))

@@ -32,6 +32,7 @@ class Transitions:
         t: (B,) int32 step index within the episode.
         model_version: (B,) str model version that acted ("" when none).
         timestamp: (B,) datetime64[us] UTC wall-clock time of the step.
+        scene: (B,) str shared world episode ("" for a lone agent); equal (scene, t) is one tick of a floor.
     """
 
     obs: np.ndarray
@@ -45,6 +46,7 @@ class Transitions:
     t: np.ndarray
     model_version: np.ndarray
     timestamp: np.ndarray
+    scene: np.ndarray
 
     def __post_init__(self) -> None:
         b = len(self.obs)
@@ -71,8 +73,9 @@ class Transitions:
         t: np.ndarray,
         model_version: Sequence[str] | np.ndarray | str = "",
         timestamp: np.ndarray | None = None,
+        scene: Sequence[str] | np.ndarray | str = "",
     ) -> "Transitions":
-        """Coerce dtypes and broadcast scalar agent_id / model_version / timestamp (now) to B rows."""
+        """Coerce dtypes and broadcast scalar agent_id / model_version / scene / timestamp (now) to B rows."""
         obs = np.asarray(obs, dtype=np.float32)
         b = len(obs)
 
@@ -104,6 +107,7 @@ class Transitions:
             t=column("t", t, np.int32, (b,)),
             model_version=strings(model_version),
             timestamp=column("timestamp", timestamp, "datetime64[us]", (b,)),
+            scene=strings(scene),
         )
 
     def __len__(self) -> int:
@@ -148,12 +152,14 @@ class Transitions:
             sc.T: pa.array(self.t, pa.int32()),
             sc.MODEL_VERSION: pa.array(self.model_version.tolist(), pa.string()),
             sc.TIMESTAMP: pa.array(self.timestamp.astype(np.int64), sc.TIMESTAMP_TYPE),  # microseconds, UTC
+            sc.SCENE: pa.array(self.scene.tolist(), pa.string()),
         }
         return pa.Table.from_arrays([columns[name] for name in schema.names], schema=schema)
 
     @classmethod
     def from_table(cls, table: pa.Table) -> "Transitions":
-        """Inverse of ``to_table``; the table must already match the log schema (version 1 or 2)."""
+        """Inverse of ``to_table``; the table must hold the log schema's columns (``TIMESTAMP`` as any version
+        stores it; ``reader.fill_added_columns`` gives an older version's table its ``SCENE``)."""
 
         def vectors(name: str) -> np.ndarray:
             col = table.column(name).combine_chunks()
@@ -175,6 +181,7 @@ class Transitions:
             t=plain(sc.T).astype(np.int32),
             model_version=plain(sc.MODEL_VERSION).astype(object),
             timestamp=timestamp_micros(table.column(sc.TIMESTAMP)).astype("datetime64[us]"),
+            scene=plain(sc.SCENE).astype(object),
         )
 
 

@@ -21,8 +21,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from worldmodel.data import schema as sc
-from worldmodel.data.reader import (COMPACT_PREFIX, META_REPLACES, check_log_files, list_log_files, read_env_id,
-                                    replaced_files)
+from worldmodel.data.reader import (COMPACT_PREFIX, META_REPLACES, check_log_files, fill_added_columns,
+                                    list_log_files, read_env_id, replaced_files)
 from worldmodel.data.writer import COMPRESSION, _write_local_atomic, is_local, publish_bytes, resolve_root
 
 DAY_PATTERN = re.compile(r"^\d{4}-\d{2}-\d{2}$")
@@ -91,10 +91,11 @@ def _write_merged(fs: pafs.FileSystem, output: str, schema: pa.Schema, fragments
     def write(sink: object) -> None:
         with pq.ParquetWriter(sink, schema, compression=COMPRESSION) as out:
             for fragment in fragments:
-                # Scanning with the expected schema converts version 1 timestamps and Parquet's list names.
+                # Scanning with the expected schema converts version 1 timestamps and Parquet's list names;
+                # columns an older version lacks come back null and take the value older rows read as.
                 table = ds.FileSystemDataset([fragment], schema=schema, format=ds.ParquetFileFormat(),
                                              filesystem=fs).to_table(columns=list(sc.COLUMNS))
-                out.write_table(table.cast(schema))
+                out.write_table(fill_added_columns(table).cast(schema))
 
     if is_local(fs):
         _write_local_atomic(output, write)

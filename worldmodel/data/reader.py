@@ -121,7 +121,8 @@ def read_transitions(root: str, filesystem: pafs.FileSystem | None = None, *,
     fragments, obs_dim, act_dim = check_log_files(files, fs)
     expected = sc.trajectory_schema(obs_dim, act_dim)
     # Scanning with the expected schema drops unknown extra columns, renames the list child field
-    # ("element" in Parquet) back to Arrow's "item" and casts version 1's timestamps to int64 microseconds.
+    # ("element" in Parquet) back to Arrow's "item", casts version 1's timestamps to int64 microseconds
+    # and reads a column an older version lacks as nulls (``transitions_from_table`` fills them).
     dataset = ds.FileSystemDataset(fragments, schema=expected, format=ds.ParquetFileFormat(), filesystem=fs)
     return transitions_from_table(dataset.to_table(columns=list(sc.COLUMNS)), root)
 
@@ -142,15 +143,32 @@ def check_log_files(files: list[str], filesystem: pafs.FileSystem) -> tuple[list
 def transitions_from_table(table: pa.Table, where: str) -> Transitions:
     """A table of the schema's columns as Transitions sorted by (agent_id, eps_id, t, timestamp).
 
+    Columns older schema versions lack may be missing or null: they read as ``sc.ADDED_COLUMNS`` says.
+
     Raises:
         SchemaError: a column has null values (``where`` names the logs in the message).
     """
+    table = fill_added_columns(table)
     for name in sc.COLUMNS:
         nulls = table.column(name).null_count
         if nulls:
             raise SchemaError(f"{where}: column {name!r} has {nulls} null values, expected none")
     keys = [sc.AGENT_ID, sc.EPS_ID, sc.T, sc.TIMESTAMP]
     return Transitions.from_table(table.take(pc.sort_indices(table, sort_keys=[(k, "ascending") for k in keys])))
+
+
+def fill_added_columns(table: pa.Table) -> pa.Table:
+    """``table`` with each column of ``sc.ADDED_COLUMNS`` present and its nulls (rows of files from before the
+    column existed, scanned with the current schema) replaced by the value older rows read as."""
+    reference = sc.trajectory_schema(1, 1)
+    for name, (_, default) in sc.ADDED_COLUMNS.items():
+        index = table.schema.get_field_index(name)
+        if index < 0:
+            field = reference.field(name)
+            table = table.append_column(field, pa.array([default] * table.num_rows, field.type))
+        elif table.column(index).null_count:
+            table = table.set_column(index, table.schema.field(index), pc.fill_null(table.column(index), default))
+    return table
 
 
 def _check_schemas(files: list[str], fragments: list[ds.ParquetFileFragment]) -> tuple[int, int]:
@@ -204,7 +222,7 @@ def _check_fields(path: str, physical: pa.Schema, version: str, known: dict[str,
     # Any positive sizes will do: only the scalar types are compared against this.
     reference = sc.trajectory_schema(1, 1)
     sizes = {}
-    for name in sc.COLUMNS:
+    for name in sc.stored_columns(version):
         index = physical.get_field_index(name)
         if index < 0:
             raise SchemaError(f"{path}: missing column {name!r}")

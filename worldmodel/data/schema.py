@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = "2"
+SCHEMA_VERSION = "3"
 """Bumped on any incompatible change; written into every file's metadata."""
 
-READABLE_VERSIONS = ("1", "2")
-"""Schema versions the reader accepts. Version 1 differs only in the storage of ``TIMESTAMP``."""
+READABLE_VERSIONS = ("1", "2", "3")
+"""Schema versions the reader accepts. Version 1 stores ``TIMESTAMP`` differently; versions 1-2 lack ``SCENE``."""
 
 # Metadata keys stored in each Parquet file's schema.
 META_SCHEMA_VERSION = b"fleetwm.schema_version"
@@ -56,9 +56,24 @@ TIMESTAMP_TYPE = pa.int64()
 """Arrow type of ``TIMESTAMP`` in schema version 2."""
 LEGACY_TIMESTAMP_TYPE = pa.timestamp("us", tz="UTC")
 """Arrow type of ``TIMESTAMP`` in schema version 1 files, read and converted to ``TIMESTAMP_TYPE``."""
+SCENE = "scene"
+"""The shared world episode (a warehouse floor's) the transition belongs to: string, "" for a lone agent.
+
+Agents on one floor share it, and rows with equal (scene, t) are one tick of that floor, so a learner can
+rebuild who was near whom.
+"""
 
 VECTOR_COLUMNS = (OBS, ACTIONS, NEW_OBS)
-COLUMNS = (OBS, ACTIONS, REWARDS, NEW_OBS, TERMINATEDS, TRUNCATEDS, EPS_ID, AGENT_ID, T, MODEL_VERSION, TIMESTAMP)
+COLUMNS = (OBS, ACTIONS, REWARDS, NEW_OBS, TERMINATEDS, TRUNCATEDS, EPS_ID, AGENT_ID, T, MODEL_VERSION, TIMESTAMP,
+           SCENE)
+
+ADDED_COLUMNS = {SCENE: ("3", "")}
+"""Columns later schema versions added: name -> (first version storing it, the value older files' rows read as)."""
+
+
+def stored_columns(version: str) -> tuple[str, ...]:
+    """The columns a file of schema ``version`` (one of ``READABLE_VERSIONS``) stores."""
+    return tuple(name for name in COLUMNS if int(version) >= int(ADDED_COLUMNS.get(name, ("1", None))[0]))
 
 
 def trajectory_schema(obs_dim: int, act_dim: int, env_id: str = "") -> pa.Schema:
@@ -79,6 +94,7 @@ def trajectory_schema(obs_dim: int, act_dim: int, env_id: str = "") -> pa.Schema
         pa.field(T, pa.int32(), nullable=False),
         pa.field(MODEL_VERSION, pa.string(), nullable=False),
         pa.field(TIMESTAMP, TIMESTAMP_TYPE, nullable=False),
+        pa.field(SCENE, pa.string(), nullable=False),
     ]
     metadata = {
         META_SCHEMA_VERSION: SCHEMA_VERSION.encode(),

@@ -16,6 +16,7 @@ import numpy as np
 from gymnasium.envs.registration import parse_env_id
 
 from worldmodel.envs.nav2d import MAX_EPISODE_STEPS, Nav2DEnv
+from worldmodel.envs.warehouse import EPISODE_STEPS, WAREHOUSE_ID
 
 NAV2D_ID = "Nav2D-v0"
 """Gymnasium id of the Nav2D point-mass environment."""
@@ -28,6 +29,13 @@ def register_envs() -> None:
             id=NAV2D_ID,
             entry_point="worldmodel.envs.nav2d:Nav2DEnv",
             max_episode_steps=MAX_EPISODE_STEPS,
+        )
+    if WAREHOUSE_ID not in gymnasium.registry:
+        gymnasium.register(
+            id=WAREHOUSE_ID,
+            entry_point="worldmodel.envs.warehouse:WarehouseEnv",
+            vector_entry_point="worldmodel.envs.warehouse:WarehouseVectorEnv",
+            max_episode_steps=EPISODE_STEPS,
         )
 
 
@@ -139,4 +147,4 @@ def make_env(env_id: str, **kwargs: Any) -> gymnasium.Env:
     return env
 
 
-__all__ = ["NAV2D_ID", "Nav2DEnv", "SpaceSpec", "make_env", "register_envs", "space_spec"]
+__all__ = ["NAV2D_ID", "WAREHOUSE_ID", "Nav2DEnv", "SpaceSpec", "make_env", "register_envs", "space_spec"]
