@@ -37,6 +37,7 @@ def safety_fields(r: Json) -> dict[str, str]:
         "error_target": verdict(met["model_error"]), "pendulum_target": verdict(met["pendulum"]),
         "inference_target": verdict(met["inference"]), "flops_ratio": num(ratio, 2),
         "pendulum_return": num(pend["mean_return"]), "pendulum_episodes": str(pend["episodes"]),
+        "pendulum_steps": f"{pend['env_steps']:,}", "pendulum_mpc": num(pend["mpc_eval_mean_return"]),
         "policy_ms": num(speed["policy_ms_median"], 3), "policy_p99_ms": num(speed["policy_ms_p99"], 3),
         "planner_ms": num(speed["planner_ms_median"], 1), "agents": num(speed["agents"], 0),
         "train_minutes": num(policy["train_minutes"], 1), "policy_version": str(train.get("version", "-")),

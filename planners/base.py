@@ -19,7 +19,7 @@ from typing import Any, Protocol
 import torch
 
 from planners.config import PlanConfig
-from planners.constraints import constrained, project
+from planners.constraints import Constraint, constrained, project
 from planners.objectives import ActionPolicy, Objective, Params
 from planners.rollout import make_rollout
 from planners.shield import Shield, first_steps
@@ -241,9 +241,11 @@ class BasePlanner:
         # alternatives (most pass, so a shielded call costs about one more Hs-step check).
         shield, hs = self.shield, self.shield.horizon
         chosen = obs.new_empty(n, hs, self.act_dim) if best is None else first_steps(best, hs).clone()  # (N, Hs, A)
-        if bool(fell.any()):
+        if bool(fell.any()):  # the fallback slides around zones in its way (a barrier on its own actions)
             rows = fell.nonzero()[:, 0]
-            chosen[rows] = shield.rollout(obs[rows], self.fallback_policy, _rows(params, rows), self.low, self.high)
+            chosen[rows], bent = shield.slide(obs[rows], self.fallback_policy, _rows(params, rows), self.low, self.high)
+            code[rows[bent]] = Constraint.NO_FLY_ZONE
+            decision[rows[bent]] = Decision.SHIELDED
         _, worst, _ = shield.check(obs, chosen[:, None], params)  # (N, 1)
         actions, margin = chosen[:, 0].clone(), worst[:, 0].clone()
         unsafe = ~(margin >= shield.cfg.clearance)  # NaN margins (a diverging model) are unsafe
@@ -255,7 +257,8 @@ class BasePlanner:
             top = self.top_candidates(shield.cfg.candidates)
             verdict = shield.guard(obs[rows], chosen[rows], sub, self.low, self.high, extra,
                                    None if top is None else top[0][rows])
-            actions[rows], code[rows], margin[rows] = verdict.actions, verdict.constraint, verdict.margin
+            actions[rows], margin[rows] = verdict.actions, verdict.margin
+            code[rows] = torch.where(verdict.shielded, verdict.constraint, code[rows])
             decision[rows[verdict.shielded]] = Decision.SHIELDED
         return actions, code, margin
 

@@ -80,11 +80,14 @@ def kind_margins(states: torch.Tensor, params: Params, pos_dims: Sequence[int] =
 
 
 def margins(traj: torch.Tensor, params: Params, pos_dims: Sequence[int] = POS_DIMS,
-            vel_dims: Sequence[int] | None = VEL_DIMS) -> tuple[torch.Tensor, torch.Tensor]:
+            vel_dims: Sequence[int] | None = VEL_DIMS,
+            slack: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The worst margin of each sequence over members, steps and constraint kinds, and its kind.
 
     Args:
         traj: (E, N, M, H, S) predicted states (E members, or 1 for a single trajectory).
+        slack: (N, M, H) distance taken off the position constraints' margins (zones and box) at each
+            step: the shield's allowance for the members' disagreement.
 
     Returns:
         ((N, M) worst margin, +inf without constraints; (N, M) int8 ``Constraint`` of that margin,
@@ -92,6 +95,9 @@ def margins(traj: torch.Tensor, params: Params, pos_dims: Sequence[int] = POS_DI
     """
     e, n, m, h, s = traj.shape
     per_kind = kind_margins(traj.reshape(e, n, m * h, s), params, pos_dims, vel_dims)  # (E, N, M*H, 3)
+    if slack is not None:
+        positional = torch.tensor([1.0, 1.0, 0.0], device=traj.device)  # zones and box, not speed
+        per_kind = per_kind - slack.reshape(1, n, m * h, 1) * positional
     per_kind = per_kind.view(e, n, m, h, len(KINDS)).permute(1, 2, 4, 0, 3).flatten(3)  # (N, M, 3, E*H)
     worst, kind = per_kind.amin(-1).min(-1)  # (N, M)
     code = torch.where(torch.isinf(worst) & (worst > 0), 0, kind + 1).to(torch.int8)

@@ -31,6 +31,16 @@ class ShieldConfig:
     """The planner's best candidates of its last round offered as alternatives (their first Hs steps)."""
     clearance: float = 0.0
     """A sequence is safe when its worst predicted margin is at least this (model units: distance, speed)."""
+    spread: float = 2.0
+    """The members' disagreement on the position (the std over members of the predicted positions, norm
+    over axes), times this, is taken off every position margin: where the model is unsure the shield
+    keeps further away, and where members agree it costs nothing."""
+    approach: float = 1.0
+    """The sliding alternative closes on a zone's edge at most this fast per unit of distance to it (Nav2D:
+    1/s), so it slows down as it nears the edge and then moves along it."""
+    standoff: float = 0.5
+    """...at this distance from the edge (model units): clear of the objectives' zone margin (0.3) and of
+    the members' spread, so the slide stays both cheap and safe."""
     brake_gain: float = 10.0
     """The braking alternative's action: -brake_gain * velocity, clamped into the bounds. Nav2D's 10
     (1 / DT) stops within one step whenever the action box allows, full braking otherwise."""
@@ -40,6 +50,12 @@ class ShieldConfig:
             raise ValueError(f"candidates must be an integer >= 0, got {self.candidates!r}")
         if self.clearance < 0:
             raise ValueError(f"clearance must be >= 0, got {self.clearance}")
+        if self.spread < 0:
+            raise ValueError(f"spread must be >= 0, got {self.spread}")
+        if self.standoff < 0:
+            raise ValueError(f"standoff must be >= 0, got {self.standoff}")
+        if self.approach <= 0:
+            raise ValueError(f"approach must be > 0, got {self.approach}")
         if self.brake_gain <= 0:
             raise ValueError(f"brake_gain must be > 0, got {self.brake_gain}")
 
@@ -104,7 +120,11 @@ class Shield:
             state = model.mean(state, acts[:, t])  # (E, R, S)
             states.append(state)
         traj = torch.stack(states, 2).view(len(state), n, m, hs, -1)  # (E, N, M, Hs, S)
-        worst, kind = margins(traj, params, self.pos_dims, self.vel_dims)
+        slack = None
+        if self.cfg.spread and len(traj) > 1:
+            spread = traj[..., list(self.pos_dims)].std(0, unbiased=False)  # (N, M, Hs, 2)
+            slack = self.cfg.spread * torch.linalg.vector_norm(spread, dim=-1)  # (N, M, Hs)
+        worst, kind = margins(traj, params, self.pos_dims, self.vel_dims, slack)
         return traj, worst, kind
 
     @torch.no_grad()
@@ -183,6 +203,46 @@ class Shield:
             return project(obs.new_zeros(len(obs), self.horizon, a), params, low, high)
         vel, gain = _dims(self.vel_dims), self.cfg.brake_gain
         return self.rollout(obs, lambda s, p: -gain * s[..., vel], params, low, high)
+
+    def slide(self, obs: torch.Tensor, policy: ActionPolicy, params: Params, low: torch.Tensor,
+              high: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, Hs, A): ``policy``'s actions, closed loop, with the normal component towards the nearest zone
+        raised where needed so the agent closes on its edge at most ``approach`` x the distance (a control
+        barrier's condition), and as much added along the edge: the policy's way to the goal, sliding
+        around the zones in it. The policy's own
+        rollout for models whose actions do not act on the position's axes, or without zones.
+
+        Returns:
+            ((N, Hs, A) the sequence, (N,) bool: whether the first action differs from the policy's).
+        """
+        a = low.shape[-1]
+        zones = params.get(ZONES)
+        if zones is None or not zones.shape[1] or self.vel_dims is None or len(self.pos_dims) != a:
+            return self.rollout(obs, policy, params, low, high), obs.new_zeros(len(obs), dtype=torch.bool)
+        pos, vel, gain, rate = _dims(self.pos_dims), _dims(self.vel_dims), self.cfg.brake_gain, self.cfg.approach
+        standoff, first = self.cfg.standoff, []
+
+        def barred(state: torch.Tensor, p: Params) -> torch.Tensor:
+            action = policy(state, p)  # (N, A)
+            offset = state[:, None, pos] - p[ZONES][..., :2]  # (N, Z, 2)
+            dist = torch.linalg.vector_norm(offset, dim=-1)  # (N, Z)
+            edge = torch.where(p[ZONES][..., 2] > 0, dist - p[ZONES][..., 2], torch.inf)
+            near = edge.argmin(1)[:, None]  # (N, 1)
+            normal = (offset / dist[..., None].clamp_min(1e-6)).gather(1, near[..., None].expand(-1, 1, 2))[:, 0]
+            gap = (edge.gather(1, near)[:, 0] - standoff).clamp_min(0)  # (N,) inf for agents without zones
+            closing = (state[:, vel] * normal).sum(-1)  # (N,) outward speed, negative while approaching
+            needed = gain * (-rate * gap - closing)  # (N,) outward acceleration that keeps the condition
+            own = (action * normal).sum(-1)
+            raise_by = torch.nan_to_num((needed - own).clamp_min(0), posinf=0.0)[:, None]  # (N, 1)
+            # As much again along the edge, the way the agent already moves there (else the way the policy
+            # leans), so a blocked push turns into going around rather than stopping, or dithering, at the edge.
+            tangent = torch.stack([-normal[:, 1], normal[:, 0]], -1)  # (N, 2)
+            along = gain * (state[:, vel] * tangent).sum(-1, keepdim=True) + (action * tangent).sum(-1, keepdim=True)
+            lean = torch.where(along < 0, -1.0, 1.0)
+            first.append(raise_by[:, 0] > 0)
+            return action + raise_by * (normal + lean * tangent)
+
+        return self.rollout(obs, barred, params, low, high), first[0]
 
     def escape(self, obs: torch.Tensor, params: Params, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
         """(N, Hs, A): full acceleration straight away from the nearest zone's centre (by its edge), the way

@@ -104,17 +104,16 @@ def test_with_a_budget_no_round_fits_the_policy_fallback_reaches_goals_and_zero_
     assert without.fallbacks == without.steps and without.success_rate == 0.0, without
 
 
-def test_policy_only_mode_with_the_shield_keeps_out_of_the_zones_it_would_cross() -> None:
-    # The controller heads straight for the goal, through the zone Nav2D puts on the way; the shield stops
-    # it in front (where, in policy-only mode, it has no way around: success is not the point here).
+def test_policy_only_mode_with_the_shield_slides_around_the_zones_it_would_cross() -> None:
+    # The controller heads straight for the goal, through the zone Nav2D puts on the way; shielded, it
+    # closes on the zone ever slower and goes around it to the goal.
     cfg = EvalConfig("cem", agents=8, episodes=8, objective="goal", no_fly_zones=2, mode="policy",
                      plan=PlanConfig(horizon=5, samples=8))
     policy = ToyPolicy().act
     shielded = closed_loop(toy_nav_model(), cfg, policy=policy)
     unshielded = closed_loop(toy_nav_model(), dataclasses.replace(cfg, shield=False), policy=policy)
     assert unshielded.violations > 0 and unshielded.shield_interventions == 0, unshielded
-    assert shielded.shield_interventions > 0 and shielded.violations <= unshielded.violations // 10, shielded
-    short = closed_loop(toy_nav_model(), dataclasses.replace(cfg, shield_horizon=1), policy=policy)
-    assert short.violations > shielded.violations  # one step ahead is too late to stop at speed
+    assert shielded.shield_interventions > 0 and shielded.violations == 0, shielded
+    assert shielded.success_rate == 1.0, shielded
     with pytest.raises(ValueError, match="mode 'policy' needs a policy"):
         closed_loop(toy_nav_model(), cfg)

@@ -69,11 +69,26 @@ def test_a_safe_action_passes_untouched() -> None:
 
 def test_one_disagreeing_member_predicting_the_violation_triggers_the_shield() -> None:
     # Members 0 and 1 keep the agent at rest; member 2 drifts 0.5 in x per step, into the zone by step 3.
-    shield = _shield(PointMass(drift=(0.0, 0.0, 0.5)))
+    shield = _shield(PointMass(drift=(0.0, 0.0, 0.5)), spread=0.0)
     result = shield.apply(ORIGIN, _held(STILL)[:, 0], _held(LEFT), ZONE)
     assert result.shielded.tolist() == [True] and result.actions.tolist() == [list(LEFT)]
     _, worst, _ = shield.check(ORIGIN, _held(STILL), ZONE)
     assert worst.item() == pytest.approx(1.5 - 1.5 - 0.5)  # the worst member ends at the zone's centre
+
+
+def test_the_members_spread_is_taken_off_the_margin() -> None:
+    # Member 2 drifts 0.2 per step: at step 3 the members sit at x = 0, 0, 0.6, all 0.4 or more outside
+    # the zone's edge, with a population std of sqrt(0.08) = 0.283 in x.
+    unsure = PointMass(drift=(0.0, 0.0, 0.2))
+    still, left = _held(STILL)[:, 0], _held(LEFT)
+    assert not _shield(unsure, spread=0.0).apply(ORIGIN, still, left, ZONE).shielded.item()
+    shielded = _shield(unsure, spread=2.0).apply(ORIGIN, still, left, ZONE)
+    assert shielded.shielded.item() and shielded.actions.tolist() == [list(LEFT)]
+    _, worst, _ = _shield(unsure, spread=2.0).check(ORIGIN, _held(STILL), ZONE)
+    assert worst.item() == pytest.approx(1.5 - 0.6 - 0.5 - 2 * 0.08**0.5, abs=1e-5)
+    # Members that agree lose nothing to it.
+    _, agreed, _ = _shield(spread=2.0).check(ORIGIN, _held(STILL), ZONE)
+    assert agreed.item() == pytest.approx(1.5 - 0.5)
 
 
 def test_box_and_speed_limits_are_shielded_with_their_codes() -> None:
@@ -117,6 +132,8 @@ def test_braking_opposes_the_velocity_and_the_settings_are_checked() -> None:
     assert brake[0, 0].tolist() == [-1.0, 1.0]  # -10 v, clamped into the box
     with pytest.raises(ValueError, match="clearance must be >= 0, got -1"):
         ShieldConfig(clearance=-1.0)
+    with pytest.raises(ValueError, match="spread must be >= 0, got -1"):
+        ShieldConfig(spread=-1.0)
     with pytest.raises(ValueError, match="horizon must be an integer >= 1, got 0"):
         Shield(PointMass(), horizon=0)
 
@@ -131,3 +148,25 @@ def test_an_agent_inside_a_zone_escapes_rather_than_brakes() -> None:
     verdict = shield.guard(obs, chosen, params, LOW, HIGH, [])
     assert verdict.shielded.item() and verdict.actions[0, 0].item() > 0.5  # accelerating along +x, away
     assert abs(verdict.actions[0, 1].item()) < 1e-6
+
+
+def test_sliding_keeps_a_policy_heading_into_a_zone_outside_it_and_moving_on() -> None:
+    """A policy driving straight at a goal behind a zone: its own rollout enters the zone, the sliding
+    rollout closes on the edge ever slower and moves along it, towards the goal."""
+    shield = Shield(PointMass(), horizon=10, objective=Objective([GoalReward()]), cfg=ShieldConfig(brake_gain=1 / DT))
+    goal = torch.tensor([[3.0, 0.3]])
+    params = {ZONES: torch.tensor([[[1.5, 0.0, 0.5]]]), GOAL: goal}
+
+    def seek(state: torch.Tensor, p: dict) -> torch.Tensor:
+        return (p[GOAL] - state[:, :2] - state[:, 2:]).clamp(-1, 1)
+
+    straight = shield.rollout(ORIGIN, seek, params, LOW, HIGH)
+    sliding, bent = shield.slide(ORIGIN, seek, params, LOW, HIGH)
+    assert not bent.item()  # 1.0 from the edge at rest: the first action is the policy's own
+    _, worst, _ = shield.check(ORIGIN, torch.stack([straight, sliding], 1), params)  # (1, 2)
+    assert worst[0, 0] < 0 <= worst[0, 1]
+    traj, _, _ = shield.check(ORIGIN, sliding[:, None], params)  # (E, 1, 1, Hs, S)
+    assert traj[0, 0, 0, -1, 0] > 1.0  # past the zone's near edge, around it
+    zoneless = {GOAL: goal}
+    alone, bent = shield.slide(ORIGIN, seek, zoneless, LOW, HIGH)
+    assert torch.equal(alone, shield.rollout(ORIGIN, seek, zoneless, LOW, HIGH)) and not bent.any()
