@@ -66,7 +66,7 @@ def imagined_env(model: WorldModel, starts: np.ndarray, num_envs: int, settings:
     nav = model.spec.env_id == NAV2D_ID
     kwargs: dict[str, Any] = {"zones": settings.zones} if nav else {}
     return ImaginedEnv(on_support(model, starts), starts, num_envs, objective="goal" if nav else "learned",
-                       horizon=settings.horizon, seed=seed, **kwargs)
+                       horizon=settings.horizon, seed=seed, uncertainty_penalty=settings.uncertainty_penalty, **kwargs)
 
 
 class PPOReward(gym.vector.VectorWrapper):

@@ -54,6 +54,8 @@ class PolicySettings:
     """Passes over each iteration's batch."""
     reward_scale: float = 0.01
     """Rewards are multiplied by this for PPO only (the critic fits O(1) values); curves report them unscaled."""
+    uncertainty_penalty: float = 0.0
+    """Each imagined step's reward loses this times the members' disagreement on the next state (MOPO)."""
     zone_weight: float = 1.0
     """Nav2D: PPO's reward is the goal reward plus this times the no-fly-zone cost (1: the planners' objective).
     Evaluations always score the planners' objective."""
@@ -87,6 +89,8 @@ class PolicySettings:
         for name in ("lr", "clip", "reward_scale", "zone_weight"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"PolicySettings.{name} must be > 0, got {getattr(self, name)!r}")
+        if not self.uncertainty_penalty >= 0:
+            raise ValueError(f"PolicySettings.uncertainty_penalty must be >= 0, got {self.uncertainty_penalty!r}")
         if not self.entropy >= 0:
             raise ValueError(f"PolicySettings.entropy must be >= 0, got {self.entropy!r}")
         low, high = self.zones

@@ -50,7 +50,8 @@ class ImaginedEnv(gym.vector.VectorEnv):
     metadata = {"autoreset_mode": AutoresetMode.NEXT_STEP, "render_modes": []}
 
     def __init__(self, model: WorldModel, starts: np.ndarray, num_envs: int, objective: str | None = None,
-                 zones: tuple[int, int] | None = None, horizon: int = 200, seed: int = 0) -> None:
+                 zones: tuple[int, int] | None = None, horizon: int = 200, seed: int = 0,
+                 uncertainty_penalty: float = 0.0) -> None:
         """Args:
             model: the world model (its device is used); an MLP ensemble or MLP dynamics model.
             starts: (B0, S) logged observations episodes start from (Nav2D: goals are redrawn).
@@ -60,13 +61,19 @@ class ImaginedEnv(gym.vector.VectorEnv):
             zones: (least, most) no-fly zones drawn per episode, Nav2D only; default (0, POLICY_ZONES).
             horizon: steps before an episode is truncated.
             seed: seeds starts, goals, zones, members and dynamics noise (``reset(seed=...)`` reseeds).
+            uncertainty_penalty: each step's reward loses this times the members' disagreement on the
+                next state (the norm of the std of their means, MOPO's penalty), so a policy does not
+                learn to exploit where the model is unsure.
         """
+        if uncertainty_penalty < 0:
+            raise ValueError(f"uncertainty_penalty must be >= 0, got {uncertainty_penalty}")
         if isinstance(model.dynamics, RecurrentDynamics):
             raise ValueError("ImaginedEnv steps MLP dynamics models; a GRU model needs its hidden state carried")
         self.nav = model.spec.env_id == NAV2D_ID
         zones = zones if zones is not None else ((0, POLICY_ZONES) if self.nav else (0, 0))
         _check_args(model, starts, num_envs, zones, horizon, self.nav)
         self.model, self.num_envs, self.horizon, self.zone_counts = model, int(num_envs), int(horizon), zones
+        self.uncertainty_penalty = float(uncertainty_penalty)
         self.objective_name = objective or ("goal" if self.nav else "learned")
         self.objective = build_objective(model, self.objective_name, zones=self.nav).prepared()
         # Whether observations carry zone features: the ``zones`` flag of the PolicyNet trained on them.
@@ -138,10 +145,10 @@ class ImaginedEnv(gym.vector.VectorEnv):
                              f"got shape {tuple(act.shape)}")
         act = torch.minimum(torch.maximum(act, self.low), self.high)
         # Imagine the transition of every env, as if none were resetting (one batched program).
-        new = self._predict(self._state, act)  # (N, S)
+        new, disagreement = self._predict(self._state, act)  # (N, S), (N,)
         params = self.params
         reward = self.objective(self._state[None, :, None], act[None, :, None], new[None, :, None],
-                                params)[0, :, 0]  # (N,)
+                                params)[0, :, 0] - self.uncertainty_penalty * disagreement  # (N,)
         success, terminated = self._terminal(self._state, act, new)
         violation = self._inside_zone(new)
         # A diverging model ends the episode where it was, rather than feed NaNs to the learner.
@@ -227,8 +234,9 @@ class ImaginedEnv(gym.vector.VectorEnv):
         zones = torch.cat([centres, radius[..., None]], -1) * (radius > 0)[..., None]  # pads all zero
         return goal, zones
 
-    def _predict(self, state: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
-        """A draw of each env's next state from its episode's member: (N, S), (N, A) -> (N, S)."""
+    def _predict(self, state: torch.Tensor, act: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A draw of each env's next state from its episode's member, and the members' disagreement on it:
+        (N, S), (N, A) -> ((N, S), (N,))."""
         pred = self.model.dynamics(state, act)  # mean, var: (E, N, S)
         rows = torch.arange(len(state), device=state.device)
         mean, var = pred.mean[self._member, rows], pred.var[self._member, rows] * pred.scale  # (N, S)
@@ -236,7 +244,7 @@ class ImaginedEnv(gym.vector.VectorEnv):
         new = mean + var.clamp_min(0).sqrt() * noise
         if self.nav:  # the goal is the task's, not the dynamics': keep it exact
             new[:, GOAL_DIMS] = self._goal
-        return new
+        return new, torch.linalg.vector_norm(pred.mean.std(0, unbiased=False), dim=-1)
 
     def _terminal(self, state: torch.Tensor, act: torch.Tensor,
                   new: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -9,8 +9,10 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-DYNAMICS_KINDS = ("ensemble", "mlp", "gru")
+DYNAMICS_KINDS = ("ensemble", "mlp", "gru", "fleet")
 """Dynamics models ``ModelConfig.dynamics`` may name."""
+FLEET_HEADS = 4
+"""Attention heads of the 'fleet' dynamics (``worldmodel.fleet_dynamics``); its hidden width is a multiple."""
 ACTIVATIONS = ("relu", "silu", "hardswish")
 """Hidden activations ``ModelConfig.activation`` may name (``worldmodel.nn.ACTIVATIONS`` builds them)."""
 
@@ -43,7 +45,8 @@ class ModelConfig:
     """
 
     dynamics: str = "ensemble"
-    """'ensemble' (PETS probabilistic ensemble), 'mlp' (the article's deterministic MLP) or 'gru' (recurrent)."""
+    """'ensemble' (PETS probabilistic ensemble), 'mlp' (the article's deterministic MLP), 'gru' (recurrent) or
+    'fleet' (attention over neighbours, for fleet envs; ``default_dynamics`` picks it for their logs)."""
     ensemble_size: int = 5
     """Members E of the dynamics ensemble ('mlp' may use several independent nets; 'gru' uses 1)."""
     hidden: int = 64
@@ -67,9 +70,19 @@ class ModelConfig:
                f"activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
         _check(self.dynamics != "gru" or self.ensemble_size == 1,
                f"the gru dynamics has one member; got ensemble_size={self.ensemble_size}")
+        _check(self.dynamics != "fleet" or self.hidden % FLEET_HEADS == 0,
+               f"the fleet dynamics' hidden must be a multiple of its {FLEET_HEADS} heads, got {self.hidden}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def default_dynamics(env_id: str | None) -> str:
+    """The dynamics kind trained on ``env_id``'s logs unless the user names one: 'fleet' for fleet envs
+    (their robots push each other), else ``ModelConfig``'s default."""
+    from worldmodel.envs.warehouse import WAREHOUSE_ID  # here: the env module imports numpy and torch
+
+    return "fleet" if env_id == WAREHOUSE_ID else ModelConfig.dynamics
 
 
 @dataclass(frozen=True)

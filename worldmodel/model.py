@@ -11,6 +11,8 @@ from torch import nn
 from worldmodel.config import ModelConfig, TrainConfig
 from worldmodel.dynamics import DeterministicDynamics, ProbabilisticEnsemble
 from worldmodel.envs import SpaceSpec
+from worldmodel.fleet_data import layout_for
+from worldmodel.fleet_dynamics import FleetEnsemble
 from worldmodel.recurrent import RecurrentDynamics
 from worldmodel.reward import RewardModel, TerminationModel
 
@@ -22,6 +24,11 @@ def build_dynamics(spec: SpaceSpec, cfg: ModelConfig) -> nn.Module:
         return ProbabilisticEnsemble(s, a, cfg.ensemble_size, cfg.hidden, cfg.layers, cfg.activation)
     if cfg.dynamics == "mlp":
         return DeterministicDynamics(s, a, cfg.ensemble_size, cfg.hidden, cfg.layers, cfg.activation)
+    if cfg.dynamics == "fleet":
+        layout = layout_for(spec.env_id)
+        if layout.obs_dim != s:
+            raise ValueError(f"{spec.env_id}'s fleet layout spans {layout.obs_dim} observation dims, the spec has {s}")
+        return FleetEnsemble(layout, a, cfg.ensemble_size, cfg.hidden, cfg.layers, cfg.activation)
     return RecurrentDynamics(s, a, cfg.hidden)
 
 
@@ -42,7 +49,7 @@ class WorldModel:
         spec: observation/action sizes and action bounds of the environment.
         model_config: the networks' architecture.
         train_config: how they were fitted.
-        dynamics: next-state model (ensemble, MLP or GRU).
+        dynamics: next-state model (ensemble, MLP, GRU, or the fleet model of the physical state alone).
         reward: reward model r(s, a, s').
         termination: p(terminal | s, a, s'), or None when the data had no terminal states.
         version: semantic version, "MAJOR.MINOR.PATCH".

@@ -1,11 +1,12 @@
 """Training a world model from logged transitions: split, fit, calibrate, evaluate.
 
 Episodes, not rows, are split into train / validation / test, so no test
-transition has a neighbour from the same episode in training. Validation data
+transition has a neighbour from the same episode in training; fleet logs are split
+by floor episode (scene), so robots that shared a floor stay on one side. Validation data
 drives early stopping and variance calibration; the reported metrics come from
 the test episodes alone.
 
-Shapes: ``B`` rows, ``W`` sequence windows, ``L`` window length, ``S`` state, ``A`` action.
+Shapes: ``B`` rows, ``W`` sequence windows, ``L`` window length, ``S`` state, ``A`` action, ``M`` slots.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from worldmodel.device import resolve_device
 from worldmodel.dynamics import Prediction
 from worldmodel.envs import SpaceSpec
 from worldmodel.fit import FitResult, fit
+from worldmodel.fleet_data import layout_for, neighbour_actions
+from worldmodel.fleet_dynamics import FleetEnsemble
 from worldmodel.metrics import classification_metrics, fmt_metric, regression_metrics
 from worldmodel.model import WorldModel, build_dynamics, build_reward, build_termination
 from worldmodel.recurrent import RecurrentDynamics
@@ -49,17 +52,26 @@ class Split:
 
 
 def split_by_episode(data: Transitions, val_fraction: float, test_fraction: float, seed: int) -> Split:
-    """Assign whole episodes to train / validation / test at random (seeded)."""
-    episodes = np.unique(data.eps_id.astype(str))
+    """Assign whole episodes to train / validation / test at random (seeded); see ``split_masks``."""
+    return Split(*(data.select(mask) for mask in split_masks(data, val_fraction, test_fraction, seed)))
+
+
+def split_masks(data: Transitions, val_fraction: float, test_fraction: float,
+                seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Train, validation and test rows as (B,) bool masks: whole episodes, or whole floor episodes
+    (``scene``) when every row has one and there are at least 3."""
+    scenes = data.scene.astype(str)
+    by_scene = len(data) > 0 and (scenes != "").all() and len(np.unique(scenes)) >= 3
+    eps = scenes if by_scene else data.eps_id.astype(str)
+    episodes = np.unique(eps)
     if len(episodes) < 3:
         raise ValueError(f"need at least 3 episodes to split train/validation/test, got {len(episodes)}")
     order = np.random.default_rng(seed).permutation(episodes)
     n_test = max(1, round(test_fraction * len(order)))
     n_val = max(1, round(val_fraction * len(order)))
-    eps = data.eps_id.astype(str)
     test = np.isin(eps, order[:n_test])
     val = np.isin(eps, order[n_test:n_test + n_val])
-    return Split(data.select(~(test | val)), data.select(val), data.select(test))
+    return ~(test | val), val, test
 
 
 def chunk_episodes(data: Transitions, length: int = CHUNK_STEPS, min_episodes: int = MIN_EPISODES) -> Transitions:
@@ -192,10 +204,12 @@ class _Stage:
 
 
 @torch.no_grad()
-def predict_rows(model: torch.nn.Module, obs: torch.Tensor, actions: torch.Tensor) -> Prediction:
-    """One-step predictions for rows (B, *) or, for a recurrent model, windows (W, L, *) -> rows (W*L, S)."""
+def predict_rows(model: torch.nn.Module, obs: torch.Tensor, actions: torch.Tensor,
+                 *extra: torch.Tensor) -> Prediction:
+    """One-step predictions for rows (B, *) or, for a recurrent model, windows (W, L, *) -> rows (W*L, S);
+    ``extra`` inputs go to the model after the actions (a ``FleetEnsemble``'s neighbour actions (B, M, A))."""
     if not isinstance(model, RecurrentDynamics):
-        return model(obs, actions)
+        return model(obs, actions, *extra)
     h = model.initial_state(obs.shape[0])
     means, variances = [], []
     for t in range(obs.shape[1]):
@@ -205,24 +219,37 @@ def predict_rows(model: torch.nn.Module, obs: torch.Tensor, actions: torch.Tenso
     return Prediction(torch.stack(means, 2).flatten(1, 2), torch.stack(variances, 2).flatten(1, 2))
 
 
+def predicted_dims(model: torch.nn.Module) -> slice:
+    """The observation dims a dynamics model predicts: the physical state for a ``FleetEnsemble``, else all."""
+    return model.layout.phys if isinstance(model, FleetEnsemble) else slice(0, model.obs_dim)
 
-def _dynamics_stage(spec: SpaceSpec, model_cfg: ModelConfig, split: Split, fitting: _Fitting) -> _Stage:
-    """Fit the dynamics, calibrate its variance on validation, and score it on test (R^2 of the new obs)."""
+
+def _dynamics_stage(spec: SpaceSpec, model_cfg: ModelConfig, split: Split, fitting: _Fitting,
+                    neighbours: dict[str, np.ndarray] | None) -> _Stage:
+    """Fit the dynamics, calibrate its variance on validation, and score it on test (R^2 of the new obs, on
+    the dims it predicts: ``metrics["dims"]``). ``neighbours``: each split's neighbour actions (B, M, A),
+    for a fleet model."""
     dynamics = build_dynamics(spec, model_cfg).to(fitting.device)
     parts = {name: tensors(getattr(split, name), fitting.device) for name in ("train", "val", "test")}
+    cols: tuple[str, ...] = ("obs", "actions", "new_obs")
     if isinstance(dynamics, RecurrentDynamics):  # a recurrent model reads sequence windows (W, L, *)
         parts = {name: gather_windows(getattr(split, name), part, fitting.cfg.seq_len, f"the {name} split")
                  for name, part in parts.items()}
-    result = fitting.fit(dynamics, "dynamics", ("obs", "actions", "new_obs"), parts["train"], parts["val"])
-    val, test = parts["val"], parts["test"]
-    flat = lambda x: x.reshape(-1, x.shape[-1])  # noqa: E731  (W, L, S) windows -> (W*L, S) rows
+    if isinstance(dynamics, FleetEnsemble):  # reads what the robot in each slot did at the same tick
+        assert neighbours is not None
+        for name, part in parts.items():
+            part["neighbour_actions"] = torch.as_tensor(neighbours[name], device=fitting.device)
+        cols = ("obs", "actions", "neighbour_actions", "new_obs")
+    result = fitting.fit(dynamics, "dynamics", cols, parts["train"], parts["val"])
+    val, test, dims = parts["val"], parts["test"], predicted_dims(dynamics)
+    inputs = lambda part: [part[c] for c in cols[:-1]]  # noqa: E731
+    flat = lambda x: x.reshape(-1, x.shape[-1])[:, dims]  # noqa: E731  (W, L, S) windows -> (W*L, D) rows
     has_variance = dynamics.probabilistic or dynamics.members > 1
     if has_variance:
-        dynamics.var_scale.copy_(fit_var_scale(predict_rows(dynamics, val["obs"], val["actions"]),
-                                               flat(val["new_obs"])))
-    mean, var = predict_rows(dynamics, test["obs"], test["actions"]).moments()
+        dynamics.var_scale.copy_(fit_var_scale(predict_rows(dynamics, *inputs(val)), flat(val["new_obs"])))
+    mean, var = predict_rows(dynamics, *inputs(test)).moments()
     metrics = regression_metrics(mean, flat(test["new_obs"]), var if has_variance else None, base=flat(test["obs"]))
-    return _Stage(dynamics, result, metrics)
+    return _Stage(dynamics, result, metrics | {"dims": list(range(spec.obs_dim))[dims]})
 
 
 def _reward_stage(spec: SpaceSpec, model_cfg: ModelConfig, rows: dict[str, dict[str, torch.Tensor]],
@@ -287,10 +314,15 @@ def train_world_model(
     fitting = _Fitting(train_cfg, device, progress, None if checkpoint_dir is None else Path(checkpoint_dir), on_epoch)
     # One seed, then the stages in a fixed order: each draws its initial weights and batches from the same stream.
     torch.manual_seed(train_cfg.seed)
-    split = split_by_episode(data, train_cfg.val_fraction, train_cfg.test_fraction, train_cfg.seed)
+    masks = split_masks(data, train_cfg.val_fraction, train_cfg.test_fraction, train_cfg.seed)
+    split = Split(*(data.select(mask) for mask in masks))
     log(f"split {len(data)} transitions into {len(split.train)} train / {len(split.val)} val / "
         f"{len(split.test)} test rows by episode; training on {device}")
-    dynamics = _dynamics_stage(spec, model_cfg, split, fitting)
+    neighbours = None
+    if model_cfg.dynamics == "fleet":  # matched on the whole floor before the split separates robots
+        actions = neighbour_actions(data, layout_for(spec.env_id))  # (B, M, A)
+        neighbours = {name: actions[mask] for name, mask in zip(("train", "val", "test"), masks)}
+    dynamics = _dynamics_stage(spec, model_cfg, split, fitting, neighbours)
     log(dynamics.line("dynamics", "R^2 min", "r2_min"))
     rows = {name: tensors(getattr(split, name), device) for name in ("train", "val", "test")}
     reward = _reward_stage(spec, model_cfg, rows, fitting)

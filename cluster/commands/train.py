@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from worldmodel.config import ACTIVATIONS, DYNAMICS_KINDS, ModelConfig, TrainConfig
+from worldmodel.config import ACTIVATIONS, DYNAMICS_KINDS, ModelConfig, TrainConfig, default_dynamics
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -16,7 +16,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--data", required=True, help="log directory or URI")
     p.add_argument("--out", required=True, help="model directory to write")
     p.add_argument("--env", default=None, help="gymnasium id (default: the one recorded in the logs)")
-    add_model_options(p)
+    add_model_options(p, dynamics_by_env=True)
     p.add_argument("--device", default=TrainConfig.device, help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--version", default="0.1.0", help="semantic version of the artifact")
     p.add_argument("--force", action="store_true", help="replace an existing model directory")
@@ -25,11 +25,16 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
 
 def add_model_options(p: argparse.ArgumentParser, model: ModelConfig = ModelConfig(),
-                      train: TrainConfig = TrainConfig()) -> None:
+                      train: TrainConfig = TrainConfig(), dynamics_by_env: bool = False) -> None:
     """Architecture and fitting options shared by `wm train`, `wm learn` and `wm mbrl`, defaulting to
     ``model``'s and ``train``'s fields (``ModelConfig()``'s and ``TrainConfig()``'s unless a command
-    has its own)."""
-    p.add_argument("--dynamics", choices=DYNAMICS_KINDS, default=model.dynamics)
+    has its own); with ``dynamics_by_env`` no ``--dynamics`` means the env's default kind (None here,
+    resolved by ``configs_from_args`` once the env is known)."""
+    if dynamics_by_env:
+        p.add_argument("--dynamics", choices=DYNAMICS_KINDS, default=None,
+                       help=f"(default: fleet for fleet envs' logs, else {model.dynamics})")
+    else:
+        p.add_argument("--dynamics", choices=DYNAMICS_KINDS, default=model.dynamics)
     p.add_argument("--ensemble-size", type=int, default=model.ensemble_size, help="(default: %(default)s)")
     p.add_argument("--hidden", type=int, default=model.hidden, help="dynamics width (default: %(default)s)")
     p.add_argument("--layers", type=int, default=model.layers, help="dynamics depth (default: %(default)s)")
@@ -43,10 +48,13 @@ def add_model_options(p: argparse.ArgumentParser, model: ModelConfig = ModelConf
     p.add_argument("--seed", type=int, default=train.seed)
 
 
-def configs_from_args(args: argparse.Namespace, device: str = TrainConfig.device) -> tuple[ModelConfig, TrainConfig]:
+def configs_from_args(args: argparse.Namespace, device: str = TrainConfig.device,
+                      env_id: str | None = None) -> tuple[ModelConfig, TrainConfig]:
     """The model and training configs the options of ``add_model_options`` describe (the reward nets
-    take the dynamics' size unless their own options are given, as in ``ModelConfig``'s defaults)."""
-    model_cfg = ModelConfig(dynamics=args.dynamics, ensemble_size=1 if args.dynamics == "gru" else
+    take the dynamics' size unless their own options are given, as in ``ModelConfig``'s defaults; no
+    ``--dynamics`` means ``env_id``'s default kind)."""
+    dynamics = args.dynamics or default_dynamics(env_id)
+    model_cfg = ModelConfig(dynamics=dynamics, ensemble_size=1 if dynamics == "gru" else
                             args.ensemble_size, hidden=args.hidden, layers=args.layers,
                             reward_hidden=args.reward_hidden or args.hidden,
                             reward_layers=args.reward_layers or args.layers, activation=args.activation)
@@ -72,7 +80,7 @@ def run_train(args: argparse.Namespace) -> dict[str, Any]:
     if not env_id:
         raise ValueError(f"the logs under {args.data} record no env id; pass --env")
     spec = space_spec(make_env(env_id), env_id)
-    model_cfg, train_cfg = configs_from_args(args, device=args.device)
+    model_cfg, train_cfg = configs_from_args(args, device=args.device, env_id=env_id)
     data = read_transitions(args.data, files=files)
     verbose = not (args.json or args.quiet)
     log = (lambda m: print(m, file=sys.stderr)) if verbose else (lambda m: None)

@@ -154,6 +154,22 @@ def test_each_episode_follows_one_member():
     assert len(members[0].unique()) > 1
 
 
+def test_the_uncertainty_penalty_takes_the_members_disagreement_off_the_reward():
+    model = nav_model(members=4, spread=0.5)
+    plain, penalised = (nav_env(32, model=model, uncertainty_penalty=p) for p in (0.0, 3.0))
+    actions = np.ones((32, 2), np.float32)
+    for env in (plain, penalised):
+        env.reset(seed=2)
+    before = penalised.states
+    rewards = [env.step(actions)[1] for env in (plain, penalised)]
+    means = model.dynamics(before, torch.as_tensor(actions)).mean  # (E, N, S): the members' accelerations differ
+    disagreement = torch.linalg.vector_norm(means.std(0, unbiased=False), dim=-1).numpy()
+    assert (disagreement > 0).all()
+    np.testing.assert_allclose(rewards[1], rewards[0] - 3.0 * disagreement, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="uncertainty_penalty must be >= 0, got -1"):
+        nav_env(4, uncertainty_penalty=-1.0)
+
+
 def drive_to_goal(env: ImaginedEnv) -> np.ndarray:
     """A PD controller towards each env's goal: (N, A)."""
     state = env.states

@@ -1,0 +1,92 @@
+"""The joint fleet rollout: the exact model reproduces the floor, and batching candidates is exact."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from planners.fleet_rollout import ExactFleetModel, FleetRollout, FloorState
+from planners.warehouse_costs import WarehouseCosts
+from worldmodel.dynamics import Prediction
+from worldmodel.envs.warehouse import PHYS_DIMS, WarehouseFloor
+from worldmodel.envs.warehouse_layout import layout_for
+from worldmodel.fleet_data import warehouse_layout
+from worldmodel.fleet_dynamics import FleetEnsemble
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Small batched ops: on the shared 2-core machine a second torch thread only waits for the first."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+LAYOUT = layout_for(10)
+# Six robots: a head-on pair and a third touching them, a glancing pair, one driving into the left wall.
+POS = np.array([[1.0, 1.5], [1.55, 1.5], [1.3, 2.0], [5.0, 1.5], [5.5, 1.6], [0.35, 4.0]])
+VEL = np.array([[1.0, 0.0], [-1.0, 0.0], [0.0, -1.0], [1.0, 0.2], [-1.2, 0.0], [-1.0, 0.0]])
+
+
+def crowded_floor() -> tuple[WarehouseFloor, np.ndarray, dict]:
+    floor = WarehouseFloor(len(POS), 0, LAYOUT, seed=0, action_noise=0.0)
+    obs, info = floor.reset(options={"robots_pos": POS, "robots_vel": VEL})
+    return floor, obs, info
+
+
+def test_the_exact_model_steps_every_robot_as_the_floor_does() -> None:
+    floor, obs, info = crowded_floor()
+    rng, model = np.random.default_rng(0), ExactFleetModel(LAYOUT)
+    touched = 0
+    for _ in range(4):
+        actions = rng.uniform(-1, 1, (len(POS), 2))
+        new_obs, _, _, _, new_info = floor.step(actions)
+        slot = torch.as_tensor(info["slot_index"])
+        act = torch.tensor(actions, dtype=torch.float32)
+        neighbours = torch.cat([act, torch.zeros(1, 2)])[torch.where(slot < 0, len(POS), slot)]  # (N, M, A)
+        predicted = model(torch.tensor(obs), act, neighbours).mean[0]
+        np.testing.assert_allclose(predicted.numpy(), new_obs[:, PHYS_DIMS], atol=1e-5)
+        touched += new_info["collisions"].sum() + new_info["shelf_collisions"].sum()
+        obs, info = new_obs, new_info
+    assert touched >= 6  # the case covers contacts between robots and with a wall
+
+
+class Deterministic(torch.nn.Module):
+    """A fleet model's means with no variance: rollouts that draw no randomness."""
+
+    def __init__(self, model: FleetEnsemble) -> None:
+        super().__init__()
+        self.model, self.members = model, model.members
+
+    def forward(self, obs, action, neighbour_actions) -> Prediction:
+        mean = self.model(obs, action, neighbour_actions).mean
+        return Prediction(mean, torch.zeros_like(mean))
+
+
+def test_a_joint_rollout_of_k_candidates_equals_k_single_candidate_rollouts() -> None:
+    torch.manual_seed(0)
+    _, obs, info = crowded_floor()
+    costs = WarehouseCosts(LAYOUT, cell=0.5)
+    state = FloorState.from_floor(obs, info, costs)
+    actions = torch.rand(5, len(POS), 6, 2) * 2 - 1  # (K, N, H, A)
+    learned = Deterministic(FleetEnsemble(warehouse_layout(), 2, members=1, hidden=16).eval())
+    for model in (ExactFleetModel(LAYOUT, members=1), learned):
+        rollout = FleetRollout(model, costs)
+        returns, paths = rollout.run(state, actions)
+        assert returns.shape == (5, len(POS)) and paths.shape == (5, len(POS), 7, 2)
+        for k in range(5):
+            alone, path = rollout.run(state, actions[k:k + 1])
+            torch.testing.assert_close(alone[0], returns[k], rtol=1e-5, atol=1e-4)
+            torch.testing.assert_close(path[0], paths[k], rtol=1e-5, atol=1e-5)
+
+
+def test_candidates_follow_members_round_robin_and_every_member_is_used() -> None:
+    _, obs, info = crowded_floor()
+    costs = WarehouseCosts(LAYOUT, cell=0.5)
+    state = FloorState.from_floor(obs, info, costs)
+    model = FleetEnsemble(warehouse_layout(), 2, members=3, hidden=16).eval()
+    actions = torch.zeros(4, len(POS), 3, 2)
+    returns, paths = FleetRollout(model, costs).run(state, actions, torch.Generator().manual_seed(0))
+    assert returns.shape == (4, len(POS)) and torch.isfinite(returns).all()
+    assert not torch.allclose(paths[0], paths[1])  # same actions, different members (and draws)
