@@ -30,7 +30,8 @@ from worldmodel.envs.fleet_collect import collect_fleet
 from worldmodel.envs.warehouse import PHYS_DIMS, ROBOT_RADIUS, WAREHOUSE_ID
 from worldmodel.fleet_data import neighbour_actions, warehouse_layout
 from worldmodel.model import WorldModel
-from worldmodel.training import predict_rows, split_masks, train_world_model
+from worldmodel.splits import split_masks
+from worldmodel.training import predict_rows, train_world_model
 
 NEAR = 4 * ROBOT_RADIUS
 """Centre distance below which a robot counts as near another agent (in contact or one body length away)."""

@@ -10,7 +10,7 @@ without adding to its data (one episode's return depends strongly on where it st
 Small data sets: ``train_world_model`` splits whole episodes into train /
 validation / test, which needs several episodes, while MBRL starts from one. With
 few episodes each is cut into time-contiguous chunks that are split as if they were
-episodes (``worldmodel.training.chunk_episodes``).
+episodes (``worldmodel.splits.chunk_episodes``).
 
 Shapes: ``S`` state, ``A`` action, ``H`` horizon, ``B`` transitions.
 """
@@ -36,7 +36,8 @@ from worldmodel.data import TrajectoryWriter, Transitions
 from worldmodel.envs import make_env, space_spec
 from worldmodel.envs.collect import collect
 from worldmodel.model import WorldModel
-from worldmodel.training import CHUNK_STEPS, chunk_episodes, train_world_model
+from worldmodel.splits import CHUNK_STEPS, chunk_episodes
+from worldmodel.training import train_world_model
 
 AGENT_ID = "mbrl-0000"
 """Agent id of every logged row."""

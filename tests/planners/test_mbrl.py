@@ -17,7 +17,7 @@ from planners.mbrl import MBRLResult, run_mbrl
 from worldmodel.config import ModelConfig, TrainConfig
 from worldmodel.data import read_transitions
 from worldmodel.envs.collect import collect
-from worldmodel.training import CHUNK_STEPS, MIN_EPISODES, chunk_episodes, split_by_episode
+from worldmodel.splits import CHUNK_STEPS, MIN_EPISODES, chunk_episodes, split_by_episode
 
 from .survival_env import FULL_ID as SURVIVAL, MAX_STEPS
 

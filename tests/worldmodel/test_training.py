@@ -9,7 +9,8 @@ from worldmodel.config import ModelConfig, TrainConfig
 from worldmodel.data.batch import Transitions
 from worldmodel.envs import make_env, space_spec
 from worldmodel.metrics import fmt_metric, regression_metrics
-from worldmodel.training import sequence_windows, split_by_episode, train_world_model
+from worldmodel.splits import split_by_episode
+from worldmodel.training import sequence_windows, train_world_model
 
 from .conftest import TINY_MODEL
 
