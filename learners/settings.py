@@ -122,8 +122,9 @@ POLICY_PRESETS: dict[str, PolicySettings] = {
     # and never learns the way around (14% of real episodes reach the goal, weight annealed 0.1 -> 1);
     # at 0.1 it reaches the goal and cuts through zones, which the planner's shield is there to stop.
     NAV2D_ID: PolicySettings(iterations=120, zone_weight=0.1, entropy=0.01, lr=3e-4, epochs=10, minibatch=1024),
-    # Pendulum's reward is dense and its horizon short: a smaller discount learns it in a fraction of the steps.
-    PENDULUM_ID: PolicySettings(iterations=60, gamma=0.95, lr=1e-3, epochs=10, minibatch=1024, reward_scale=0.1,
+    # Pendulum's reward is dense; swinging up from hanging takes a long view: with PETS' 1,000 steps the
+    # policy alone scored -339 at a discount of 0.95 and -220 at 0.99 (-264 with 120 iterations).
+    PENDULUM_ID: PolicySettings(iterations=60, gamma=0.99, lr=1e-3, epochs=10, minibatch=1024, reward_scale=0.1,
                                 zones=(0, 0)),
 }
 """Each env's tuned defaults (``policy_settings`` falls back to ``PolicySettings()`` for the rest)."""
