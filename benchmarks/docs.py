@@ -26,6 +26,7 @@ from benchmarks.docs_pages import (defaults_fields, defaults_headline, fleet_bus
                                    throughput_headline)
 from benchmarks.docs_safety import safety_fields, safety_headline
 from benchmarks.docs_text import machine_facts, table
+from benchmarks.docs_warehouse import warehouse_fields, warehouse_headline
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -77,6 +78,8 @@ PAGES = (
          "python -m benchmarks.fleet_bus", fleet_bus_fields, fleet_bus_headline),
     Page("safety", "Safety: policy fallback, prior and shield", "safety.json", "python -m benchmarks.safety",
          safety_fields, safety_headline),
+    Page("warehouse", "Warehouse: coordinated planning of a fleet that interacts", "warehouse.json",
+         "python -m benchmarks.warehouse", warehouse_fields, warehouse_headline),
     Page("gpu", "GPU check", "gpu_check/gpu_check.json", "bash benchmarks/gpu_check.sh", gpu_fields, gpu_headline),
 )
 

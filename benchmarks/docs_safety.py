@@ -11,14 +11,19 @@ _HEADERS = ["setting", "episodes", "success", "steps in zones", "episodes with o
             "shielded steps"]
 
 
-def _rows(rows: list[Json], extra: str | None = None) -> list[list[Any]]:
+def _shielded_counts(rows: list[Json]) -> str:
+    """'unshielded -> shielded' steps in zones per model of the model-error rows (off and on alternate)."""
+    return " / ".join(f"{off['violations']} -> {on['violations']}" for off, on in zip(rows[::2], rows[1::2]))
+
+
+def _rows(rows: list[Json], extra: str | None = None, digits: int = 0) -> list[list[Any]]:
     out = []
     for r in rows:
         row = [r["name"], num(r["episodes"], 0), pct(r["success_rate"], 2), num(r["violations"], 0),
                num(r["episodes_with_violation"], 0), f"{num(r['fallbacks'], 0)} / {num(r['steps'], 0)}",
                num(r["shield_interventions"], 0)]
         if extra is not None:
-            row.append(num(r.get(extra), 0))
+            row.append(num(r.get(extra), digits))
         out.append(row)
     return out
 
@@ -32,7 +37,7 @@ def safety_fields(r: Json) -> dict[str, str]:
     return {
         "fallback_table": table(_HEADERS, _rows(nav["fallback"])),
         "prior_table": table(_HEADERS + ["FLOPs per action"], _rows(prior, "flops_per_action")),
-        "error_table": table(_HEADERS, _rows(nav["model_error"])),
+        "error_table": table(_HEADERS + ["model R^2 min"], _rows(nav["model_error"], "model_r2_min", 3)),
         "fallback_target": verdict(met["fallback"]), "prior_target": verdict(met["prior"]),
         "error_target": verdict(met["model_error"]), "pendulum_target": verdict(met["pendulum"]),
         "inference_target": verdict(met["inference"]), "flops_ratio": num(ratio, 2),
@@ -42,7 +47,6 @@ def safety_fields(r: Json) -> dict[str, str]:
         "planner_ms": num(speed["planner_ms_median"], 1), "agents": num(speed["agents"], 0),
         "train_minutes": num(policy["train_minutes"], 1), "policy_version": str(train.get("version", "-")),
         "model_r2": num(policy.get("model_r2_min"), 4),
-        "small_r2": num(nav["model_error"][0].get("model_r2_min"), 4),
         "real_policy": _evaluation(train.get("real")),
     }
 
@@ -61,6 +65,6 @@ def safety_headline(r: Json) -> str:
             f"{pct(fb[2]['success_rate'])}), {fb[0]['violations']} steps in zones; policy prior at "
             f"{num(prior[1]['flops_per_action'] / prior[0]['flops_per_action'], 2)}x the FLOPs: "
             f"{pct(prior[1]['success_rate'], 2)} over {num(prior[1]['episodes'], 0)} episodes; model error: "
-            f"{err[0]['violations']} -> {err[1]['violations']} steps in zones with the shield; Pendulum policy "
+            f"{_shielded_counts(err)} steps in zones with the shield; Pendulum policy "
             f"{num(r['pendulum']['mean_return'])}; policy for 1,000 agents {num(nav['inference']['policy_ms_median'], 2)} ms"
             f" ({sum(met.values())} of {len(met)} targets met)")

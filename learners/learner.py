@@ -26,8 +26,8 @@ from ray.actor import ActorHandle
 from actors.common import NAMESPACE, gpus_per_worker
 from learners.retrain import read_held_out, register_candidate, registered_run, run_id_for
 from learners.settings import DEFAULT_TRAIN_POLICY
-from worldmodel.config import ModelConfig, TrainConfig, config_from_dict
-from worldmodel.data import data_fingerprint
+from worldmodel.config import ModelConfig, TrainConfig, config_from_dict, default_dynamics
+from worldmodel.data import data_fingerprint, read_env_id
 from worldmodel.data.reader import require_log_files
 from worldmodel.registry import ModelRegistry, VersionInfo
 from worldmodel.training import FITS, train_world_model
@@ -36,6 +36,15 @@ from worldmodel.training import FITS, train_world_model
 def _log(message: str) -> None:
     # Ray sends a worker's stderr to its log file, and to the driver when it streams logs.
     print(f"learner: {message}", file=sys.stderr, flush=True)
+
+
+def model_config_for(model_cfg: dict[str, Any] | None, env_id: str | None) -> ModelConfig:
+    """``model_cfg``'s fields over ``ModelConfig``'s defaults; with no ``dynamics`` (or None), the kind
+    ``env_id``'s logs train by default (``default_dynamics``: the fleet model for a fleet env's logs)."""
+    fields = dict(model_cfg or {})
+    if fields.get("dynamics") is None:
+        fields["dynamics"] = default_dynamics(env_id)
+    return config_from_dict(ModelConfig, fields)
 
 
 class Learner:
@@ -67,7 +76,8 @@ class Learner:
         Args:
             data_uri: the trajectory log tree.
             registry_uri: the model registry.
-            model_cfg / train_cfg: ``ModelConfig`` / ``TrainConfig`` fields (defaults for the rest).
+            model_cfg / train_cfg: ``ModelConfig`` / ``TrainConfig`` fields (defaults for the rest; no
+                ``dynamics``: the logs' env's default kind, ``model_config_for``).
             holdout_fraction: share of the most recent episodes held out for the comparison.
             promote: move the candidate to production when its holdout score beats production's.
             run_id: the checkpoint's name (default: a hash of the data fingerprint and settings).
@@ -81,9 +91,9 @@ class Learner:
             its version, path, evaluations and seconds), seconds.
         """
         start = time.perf_counter()
-        mcfg = config_from_dict(ModelConfig, model_cfg or {})
-        tcfg = config_from_dict(TrainConfig, train_cfg or {})
         _, _, files = require_log_files(data_uri)  # listed once: a log tree can be large, or remote
+        mcfg = model_config_for(model_cfg, read_env_id(data_uri, files=files))
+        tcfg = config_from_dict(TrainConfig, train_cfg or {})
         fingerprint = data_fingerprint(data_uri, files=files)
         run_id = run_id or run_id_for(fingerprint, mcfg, tcfg, holdout_fraction)
         registry = ModelRegistry(registry_uri)

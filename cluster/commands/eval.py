@@ -9,17 +9,21 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from cluster.commands.eval_warehouse import add_warehouse_options, check_lone_agent_args, env_plan_defaults
 from cluster.commands.plan import add_plan_options, plan_config, planner_settings
 from planners.config import MODES, OBJECTIVES, EvalConfig, PlanConfig
 from worldmodel.envs.nav2d import GOAL_DIMS, POS_DIMS
 
 if TYPE_CHECKING:
     from planners.evaluate import EvalStep
+    from worldmodel.model import WorldModel
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser("eval", parents=[common])
+    # "resolve": ``env_plan_defaults`` adds --planner again, with the fleet planners among its choices.
+    p = sub.add_parser("eval", parents=[common], conflict_handler="resolve")
     p.add_argument("--model", required=True, help="model directory")
+    p.add_argument("--env", default=None, help="the env to evaluate on (default: the model's; it must be that one)")
     p.add_argument("--agents", type=int, default=EvalConfig.agents,
                    help="envs stepped and planned together (default: %(default)s)")
     p.add_argument("--episodes", type=int, default=EvalConfig.episodes, help="episodes counted (default: %(default)s)")
@@ -38,8 +42,11 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                    help="steps the shield checks ahead (default: %(default)s)")
     p.add_argument("--seed", type=int, default=EvalConfig.seed)
     p.add_argument("--device", default="auto")
-    p.add_argument("--png", default=None, help="write agents' paths (Nav2D) and planning latency to this PNG")
+    p.add_argument("--png", default=None,
+                   help="write agents' paths (Nav2D) and planning latency, or the floor (Warehouse-v0), to this PNG")
     add_plan_options(p)
+    env_plan_defaults(p)
+    add_warehouse_options(p)
     p.set_defaults(handler=run_eval)
 
 
@@ -78,12 +85,27 @@ class _TrackRecorder:
 
 
 def run_eval(args: argparse.Namespace) -> dict[str, Any]:
+    from cluster.commands.eval_warehouse import run_warehouse
+    from worldmodel.artifact import load_model
+    from worldmodel.device import resolve_device
+    from worldmodel.envs import WAREHOUSE_ID
+
+    model = load_model(args.model, device=resolve_device(args.device))
+    env_id = model.spec.env_id
+    if args.env is not None and args.env != env_id:
+        raise ValueError(f"--env {args.env}: {args.model} is a model of {env_id or 'an unnamed env'}")
+    if env_id == WAREHOUSE_ID:
+        return run_warehouse(args, model)
+    check_lone_agent_args(args, env_id)
+    return _run_lone_agents(args, model)
+
+
+def _run_lone_agents(args: argparse.Namespace, model: WorldModel) -> dict[str, Any]:
+    """N lone agents in lockstep, planned for in one call per step."""
     from cluster.commands.report import plot_closed_loop
     from planners import resolved_settings
     from planners.evaluate import closed_loop
     from planners.policy_artifact import load_policy, policy_info
-    from worldmodel.artifact import load_model
-    from worldmodel.device import resolve_device
     from worldmodel.envs import NAV2D_ID
 
     cfg = EvalConfig(planner=args.planner, agents=args.agents, episodes=args.episodes, objective=args.objective,
@@ -91,9 +113,7 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
                      shield_horizon=args.shield_horizon, seed=args.seed,
                      plan=dataclasses.replace(plan_config(args), prior_share=args.prior_share),
                      settings=planner_settings(args))
-    device = resolve_device(args.device)
-    model = load_model(args.model, device=device)
-    policy = None if args.no_policy else load_policy(args.model, device=device)
+    policy = None if args.no_policy else load_policy(args.model, device=model.device)
     if policy is None and (args.mode == "policy" or args.prior_share > 0):
         why = "--no-policy was given" if args.no_policy else f"{args.model} has none (train one with `wm policy train`)"
         raise ValueError(f"--mode policy and --prior-share need the model's policy, but {why}")

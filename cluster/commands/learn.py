@@ -24,7 +24,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--checkpoint-root", default=DEFAULT_CHECKPOINT_ROOT,
                    help="training checkpoints, on the learner's node (a shared mount on a multi-node cluster)")
     p.add_argument("--holdout-fraction", type=float, default=0.2, help="share of the newest episodes held out")
-    add_model_options(p)
+    add_model_options(p, dynamics_by_env=True)
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(handler=run_learn)
 
@@ -33,7 +33,10 @@ def _configs(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
     """The learner's config dicts, validated here so a typo fails before Ray starts."""
     # The device is 'auto' (wm learn has no --device): the learner trains on whatever its actor was given.
     model, train = configs_from_args(args)
-    return model.to_dict(), train.to_dict()
+    fields = model.to_dict()
+    if args.dynamics is None:  # the learner picks the kind for the env its logs record
+        del fields["dynamics"]
+    return fields, train.to_dict()
 
 
 def run_learn(args: argparse.Namespace) -> dict[str, Any]:

@@ -23,6 +23,7 @@ import actors.telemetry_config
 from actors.telemetry import FlushResult, LoggerConfig, LoggerStats, TelemetryLogger
 from tests.ray_fixtures import ray_local  # noqa: F401
 from worldmodel.data import Transitions, read_transitions
+from worldmodel.data.schema import COLUMNS
 
 S, A = 6, 2
 
@@ -243,8 +244,7 @@ def test_ray_data_and_rllib_bc_read_the_logs_as_written(ray_local, tmp_path) -> 
     root = _served_logs(tmp_path, episodes=5)
     rows = ray.data.read_parquet(root).take_all()  # the run ledger beside the logs is not read
     assert len(rows) == 100 and isinstance(rows[0]["timestamp"], (int, np.integer))
-    assert sorted(rows[0]) == sorted(["obs", "actions", "rewards", "new_obs", "terminateds", "truncateds", "eps_id",
-                                      "agent_id", "t", "model_version", "timestamp"])
+    assert sorted(rows[0]) == sorted(COLUMNS)
     # RLlib's offline pipeline turns every column it does not know into a tensor: no column selection here.
     config = (BCConfig()
               .environment(observation_space=gym.spaces.Box(-np.inf, np.inf, (S,), np.float32),
