@@ -1,11 +1,12 @@
 """Joint rollouts of a warehouse fleet: K candidate plans for all N robots of a floor, stepped together.
 
-Each step rebuilds every robot's observation with ``warehouse_features.observe`` from the joint
-predicted positions (and the humans' constant-velocity predictions), gathers each slot's neighbour
-action from the slot robot's own candidate action at that step, and asks the multi-agent model for
-every robot's next physical state: candidate k follows member k mod E (TS-1). Costs per robot and
-step come from the joint predicted positions. One batched program: (K, N, ...) tensors, a loop over
-the H steps only.
+Each step rebuilds every robot's observation with ``warehouse_features.observe_nearby`` (``observe``
+over the agents and shelves near the robot when the plan starts) from the joint predicted positions
+(and the humans' constant-velocity predictions), gathers each slot's neighbour action from the slot
+robot's own candidate action at that step, and asks the multi-agent model for every robot's next
+physical state: candidate k follows member k mod E (TS-1). Costs per robot and step come from the
+joint predicted positions, the pair distances shared with the observation's. One batched program:
+(K, N, ...) tensors, a loop over the H steps only.
 
 Shapes: ``K`` candidates, ``N`` robots, ``U`` humans, ``O = N + U`` sensed agents, ``H`` horizon,
 ``E`` members, ``M`` slots, ``S`` observation, ``P`` physical state, ``A`` action.
@@ -25,7 +26,16 @@ from worldmodel.envs.warehouse import (ACCEL, DT, KIND_HUMAN, KIND_NONE, KIND_RO
                                        OBS_DIM, PHYS_DIMS, POS_DIMS, ROBOT_RADIUS, SLOT_KIND, SLOT_POS, SLOT_SIZE,
                                        SLOT_VEL, TASK_DIMS, VEL_DIMS)
 from worldmodel.envs.warehouse_layout import Layout
-from worldmodel.envs.warehouse_features import observe
+from worldmodel.envs.warehouse_features import Sensed, nearby, observe_nearby
+
+
+NEARBY_OTHERS = 16
+"""C, the agents per robot a rollout measures (``warehouse_features.Nearby``). Measured against every agent:
+on a floor of 200 robots in traffic, 30 candidates of 1.5 s plans through a trained fleet model gave the
+same paths with 16 (12 changed 0.9% of the robots' returns, 8 6.7%); the features' test moves 80 robots
+by up to 0.75 m and finds the same slots from 12 up."""
+NEARBY_RECTS = 6
+"""Q, the shelves and walls per robot a rollout measures (4 gave the same paths and slots in both checks)."""
 
 
 class FleetDynamics(Protocol):
@@ -86,6 +96,17 @@ def from_member(x: torch.Tensor, k: int) -> torch.Tensor:
     return x.reshape(e, k // e, -1, *x.shape[2:]).transpose(0, 1).reshape(k, -1, *x.shape[2:])
 
 
+def member_major(x: torch.Tensor, members: int) -> torch.Tensor:
+    """Candidates (K, ...) reordered member by member (candidate k to member k mod E), so that a
+    (E, K/E * ..., ...) view of the result is ``by_member``'s without a copy per step."""
+    return x.unflatten(0, (-1, members)).transpose(0, 1).flatten(0, 1)
+
+
+def candidate_major(x: torch.Tensor, members: int) -> torch.Tensor:
+    """Inverse of ``member_major``: (K, ...) back in candidate order."""
+    return x.unflatten(0, (members, -1)).transpose(0, 1).flatten(0, 1)
+
+
 def padded(actions: torch.Tensor, members: int) -> torch.Tensor:
     """(K, ...) candidates padded with repeats of the first ones to a multiple of ``members``."""
     pad = (-actions.shape[0]) % members
@@ -99,10 +120,18 @@ def ts1_sample(pred: Prediction, noise: torch.Tensor) -> torch.Tensor:
 
 
 class FleetRollout:
-    """Scores joint candidates (K, N, H, A) from a ``FloorState`` through a multi-agent model."""
+    """Scores joint candidates (K, N, H, A) from a ``FloorState`` through a multi-agent model.
 
-    def __init__(self, dynamics: FleetDynamics, costs: WarehouseCosts) -> None:
+    Each call first picks every robot's ``others`` nearest agents and ``rects`` nearest shelves and walls
+    (``warehouse_features.nearby``); its steps measure only those, and share the pair distances
+    between the observations' slots and the proximity costs. With both at least the floor's agents and
+    rectangles the rollout is ``observe``'s exactly.
+    """
+
+    def __init__(self, dynamics: FleetDynamics, costs: WarehouseCosts, others: int = NEARBY_OTHERS,
+                 rects: int = NEARBY_RECTS) -> None:
         self.dynamics, self.costs, self.members = dynamics, costs, int(dynamics.members)
+        self.others, self.rects = others, rects
 
     @torch.no_grad()
     def returns(self, state: FloorState, actions: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -114,36 +143,37 @@ class FleetRollout:
             generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (K, N) and the predicted positions (K, N, H+1, 2) of every robot in every candidate."""
         k, n, h, a = actions.shape
-        acts = padded(actions, self.members)  # (Kp, N, H, A)
-        kp, u, e = acts.shape[0], len(state.humans_pos), self.members
-        pos = state.obs[:, POS_DIMS].expand(kp, n, 2)
-        vel = state.obs[:, VEL_DIMS].expand(kp, n, 2)
+        e, u, p = self.members, len(state.humans_pos), PHYS_DIMS.stop - PHYS_DIMS.start
+        acts = member_major(padded(actions, e), e)  # (Kp, N, H, A), member 0's candidates first
+        kp = acts.shape[0]
+        pos, vel = state.obs[:, POS_DIMS].expand(kp, n, 2), state.obs[:, VEL_DIMS].expand(kp, n, 2)
         task = state.obs[:, TASK_DIMS]
-        kinds = torch.cat([torch.full((n,), KIND_ROBOT), torch.full((u,), KIND_HUMAN)])  # (O,)
-        noise = torch.randn(h, e, kp // e * n, PHYS_DIMS.stop - PHYS_DIMS.start, generator=generator, device=pos.device)
-        total, path = pos.new_zeros(kp, n), [pos]
+        kinds = torch.cat([torch.full((n,), KIND_ROBOT), torch.full((u,), KIND_HUMAN)]).to(pos.device)  # (O,)
+        near = nearby(state.obs[:, POS_DIMS], torch.cat([state.obs[:, POS_DIMS], state.humans_pos]), self.costs.layout,
+                      self.others, self.rects)
+
+        def sense(t: int, pos: torch.Tensor, vel: torch.Tensor) -> Sensed:  # every robot of every candidate at tick t
+            return observe_nearby(pos, vel, task, torch.cat([pos, state.humans_at(t).expand(kp, u, 2)], 1),
+                                  torch.cat([vel, state.humans_vel.expand(kp, u, 2)], 1), kinds, near)
+
+        noise = torch.randn(h, e, kp // e * n, p, generator=generator, device=pos.device)
+        total, path, sensed = pos.new_zeros(kp, n), [pos], sense(0, pos, vel)
         none = pos.new_zeros(kp, u + 1, a)  # humans and empty slots act with zeros
         for t in range(h):  # the horizon: every robot of every candidate at once
-            humans = state.humans_at(t).expand(kp, u, 2)
-            obs, slot = observe(pos, vel, task, torch.cat([pos, humans], 1),
-                                torch.cat([vel, state.humans_vel.expand(kp, u, 2)], 1), kinds, self.costs.layout)
             act = acts[:, :, t]  # (Kp, N, A)
+            slot = torch.where(sensed.slot_index < 0, n + u, sensed.slot_index).flatten(1)  # (Kp, N*M)
             others = torch.cat([act, none], 1)  # (Kp, O + 1, A): the last row stands for empty slots
-            slot = torch.where(slot < 0, n + u, slot).flatten(1)  # (Kp, N*M)
-            neighbours = others.gather(1, slot[..., None].expand(-1, -1, a)).view(kp, n, -1, a)  # (Kp, N, M, A)
-            pred = self.dynamics(by_member(obs, e), by_member(act, e), by_member(neighbours, e))  # (E, Kp/E*N, P)
-            nxt = from_member(ts1_sample(pred, noise[t]), kp)  # (Kp, N, P)
+            neighbours = others.gather(1, slot[..., None].expand(-1, -1, a))  # (Kp, N*M, A)
+            pred = self.dynamics(sensed.obs.view(e, -1, OBS_DIM), act.reshape(e, -1, a),
+                                 neighbours.view(e, -1, NEIGHBOURS, a))  # (E, Kp/E*N, P)
+            nxt = ts1_sample(pred, noise[t]).view(kp, n, p)
             pos, vel = nxt[..., :2], nxt[..., 2:4]
-            total += self.step_reward(pos, state.humans_at(t + 1), state.target)
+            sensed = sense(t + 1, pos, vel)  # the next step's observation; its distances cost this step
+            total += (self.costs.progress(pos, state.target) + self.costs.shelf_gaps(sensed.rect_gap)
+                      + self.costs.agents(sensed.others_dist))
             path.append(pos)
-        return total[:k], torch.stack(path, 2)[:k]
-
-    def step_reward(self, pos: torch.Tensor, humans: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Each robot's reward for being at ``pos`` (K, N, 2) beside the others and ``humans`` (U, 2): (K, N)."""
-        n = pos.shape[1]
-        gap = torch.cdist(pos, torch.cat([pos, humans.expand(pos.shape[0], -1, 2)], 1))  # (K, N, O)
-        gap[:, torch.arange(n), torch.arange(n)] = float("inf")  # a robot is not its own neighbour
-        return self.costs.progress(pos, target) + self.costs.shelves(pos) + self.costs.agents(gap)
+        order = candidate_major(torch.arange(kp, device=pos.device), e)[:k]  # each input candidate's row
+        return total[order], torch.stack(path, 2)[order]
 
 
 class AgentAsFleet(torch.nn.Module):

@@ -261,6 +261,10 @@ class WarehouseCosts:
         # x and y apart: two (..., R) tensors are cheaper than one (..., R, 2) and its norm.
         x, y = pos[..., 0:1], pos[..., 1:2]
         gap = torch.hypot(x.clamp(self.rects[:, 0], self.rects[:, 2]) - x, y.clamp(self.rects[:, 1], self.rects[:, 3]) - y)
+        return self.shelf_gaps(gap)
+
+    def shelf_gaps(self, gap: torch.Tensor) -> torch.Tensor:
+        """Minus the proximity cost of centre-to-rectangle distances ``gap`` (..., R) to shelves and walls: (...)."""
         return self._proximity(gap, ROBOT_RADIUS)
 
     def agents(self, dist: torch.Tensor) -> torch.Tensor:

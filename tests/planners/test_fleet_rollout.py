@@ -9,7 +9,7 @@ import torch
 from planners.fleet_rollout import ExactFleetModel, FleetRollout, FloorState
 from planners.warehouse_costs import WarehouseCosts
 from worldmodel.dynamics import Prediction
-from worldmodel.envs.warehouse import PHYS_DIMS, WarehouseFloor
+from worldmodel.envs.warehouse import PHYS_DIMS, POS_DIMS, TASK_DIMS, WarehouseFloor
 from worldmodel.envs.warehouse_layout import layout_for
 from worldmodel.fleet_data import warehouse_layout
 from worldmodel.fleet_dynamics import FleetEnsemble
@@ -90,3 +90,20 @@ def test_candidates_follow_members_round_robin_and_every_member_is_used() -> Non
     returns, paths = FleetRollout(model, costs).run(state, actions, torch.Generator().manual_seed(0))
     assert returns.shape == (4, len(POS)) and torch.isfinite(returns).all()
     assert not torch.allclose(paths[0], paths[1])  # same actions, different members (and draws)
+
+
+def test_measuring_only_the_agents_and_shelves_near_each_robot_changes_nothing_on_a_busy_floor() -> None:
+    # 60 robots and 6 humans after 30 ticks of traffic; plans of a second at up to full speed.
+    floor = WarehouseFloor(60, 6, seed=2)
+    obs, info = floor.reset(seed=2)
+    for _ in range(30):
+        obs, *_, info = floor.step(np.clip(obs[:, TASK_DIMS] - obs[:, POS_DIMS], -1, 1))
+    costs = WarehouseCosts(floor.layout, cell=0.5)
+    state = FloorState.from_floor(obs, info, costs)
+    actions = torch.rand(4, 60, 10, 2, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    model = ExactFleetModel(floor.layout)
+    near, near_paths = FleetRollout(model, costs).run(state, actions)
+    every, every_paths = FleetRollout(model, costs, others=10_000, rects=10_000).run(state, actions)
+    torch.testing.assert_close(near_paths, every_paths, rtol=0, atol=0)
+    torch.testing.assert_close(near, every, rtol=1e-6, atol=1e-4)
+    assert (near < 0).all()  # the costs were charged

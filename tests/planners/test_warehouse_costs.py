@@ -74,3 +74,12 @@ def test_proximity_costs_charge_contact_and_the_margin_only() -> None:
     assert costs.progress(torch.tensor([[8.0, 5.0]]), costs.targets(TARGET)).item() == pytest.approx(-0.1, abs=0.01)
     with pytest.raises(ValueError, match="margin"):
         CostWeights(margin=-1.0)
+
+
+def test_the_shelf_cost_of_distances_is_the_shelf_cost_of_positions() -> None:
+    costs = WarehouseCosts(BLOCK, cell=0.5)
+    pos = torch.tensor([[0.2, 5.0], [3.8, 5.0], [6.3, 1.9], [2.0, 2.0]])
+    gap = torch.hypot(pos[:, :1].clamp(costs.rects[:, 0], costs.rects[:, 2]) - pos[:, :1],
+                      pos[:, 1:].clamp(costs.rects[:, 1], costs.rects[:, 3]) - pos[:, 1:])  # (4, R)
+    torch.testing.assert_close(costs.shelf_gaps(gap), costs.shelves(pos))
+    assert costs.shelf_gaps(gap)[-1] == 0 and (costs.shelf_gaps(gap)[:3] < 0).all()
