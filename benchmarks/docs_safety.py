@@ -43,6 +43,8 @@ def safety_fields(r: Json) -> dict[str, str]:
         "inference_target": verdict(met["inference"]), "flops_ratio": num(ratio, 2),
         "pendulum_return": num(pend["mean_return"]), "pendulum_episodes": str(pend["episodes"]),
         "pendulum_steps": f"{pend['env_steps']:,}", "pendulum_mpc": num(pend["mpc_eval_mean_return"]),
+        "pendulum_train_return": num(pend["policy_train"]["real"]["mean_return"]),
+        "pendulum_imagined": num(pend["policy_train"]["imagined"]["mean_return"]),
         "policy_ms": num(speed["policy_ms_median"], 3), "policy_p99_ms": num(speed["policy_ms_p99"], 3),
         "planner_ms": num(speed["planner_ms_median"], 1), "agents": num(speed["agents"], 0),
         "train_minutes": num(policy["train_minutes"], 1), "policy_version": str(train.get("version", "-")),
@@ -66,5 +68,5 @@ def safety_headline(r: Json) -> str:
             f"{num(prior[1]['flops_per_action'] / prior[0]['flops_per_action'], 2)}x the FLOPs: "
             f"{pct(prior[1]['success_rate'], 2)} over {num(prior[1]['episodes'], 0)} episodes; model error: "
             f"{_shielded_counts(err)} steps in zones with the shield; Pendulum policy "
-            f"{num(r['pendulum']['mean_return'])}; policy for 1,000 agents {num(nav['inference']['policy_ms_median'], 2)} ms"
+            f"{num(r['pendulum']['mean_return'])} (200 episodes: {num(r['pendulum']['policy_train']['real']['mean_return'])}); policy for 1,000 agents {num(nav['inference']['policy_ms_median'], 2)} ms"
             f" ({sum(met.values())} of {len(met)} targets met)")

@@ -214,7 +214,9 @@ def met(r: dict[str, Any]) -> dict[str, bool]:
         "model_error": any(off["violations"] >= t["error_violations_unshielded"] and off["episodes"] >= t["error_episodes"]
                            and on["violations"] * t["error_reduction"] <= off["violations"]
                            for off, on in zip(nav["model_error"][::2], nav["model_error"][1::2])),
-        "pendulum": r["pendulum"]["mean_return"] >= t["pendulum_return"],
+        # Both evaluations of the one policy: this run's and `wm policy train`'s own (200 episodes).
+        "pendulum": min(r["pendulum"]["mean_return"],
+                        r["pendulum"]["policy_train"]["real"]["mean_return"]) >= t["pendulum_return"],
         "inference": nav["inference"]["policy_ms_median"] < t["inference_ms"],
     }
 
@@ -227,7 +229,7 @@ def main() -> None:
     parser.add_argument("--small-episodes", type=lambda v: [int(x) for x in v.split(",")], default=[4, 5],
                         help="episodes each model-error model learns from, comma-separated (default: 4,5)")
     parser.add_argument("--error-episodes", type=int, default=500)
-    parser.add_argument("--pendulum-episodes", type=int, default=20)
+    parser.add_argument("--pendulum-episodes", type=int, default=200)
     parser.add_argument("--policy-iterations", type=int, default=None, help="smoke runs only (default: wm's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--name", default="safety", help="results file name (smoke runs: another name)")
