@@ -41,6 +41,7 @@ def safety_fields(r: Json) -> dict[str, str]:
         "fallback_target": verdict(met["fallback"]), "prior_target": verdict(met["prior"]),
         "error_target": verdict(met["model_error"]), "pendulum_target": verdict(met["pendulum"]),
         "inference_target": verdict(met["inference"]), "flops_ratio": num(ratio, 2),
+        "target": f"{sum(met.values())} of {len(met)} met",
         "pendulum_return": num(pend["mean_return"]), "pendulum_episodes": str(pend["episodes"]),
         "pendulum_steps": f"{pend['env_steps']:,}", "pendulum_mpc": num(pend["mpc_eval_mean_return"]),
         "pendulum_train_return": num(pend["policy_train"]["real"]["mean_return"]),
