@@ -16,15 +16,13 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from planners.policy import POLICY_ZONES, PolicyConfig, PolicyNet
-from worldmodel.artifact import ArtifactError, read_json, read_manifest, replace_dir, sha256_file, write_json
+from worldmodel.artifact import ArtifactError, read_json, read_manifest, sha256_file, staged_dir, write_json
 
 FORMAT = "fleetwm.policy/1"
 POLICY_DIR = "policy"
@@ -66,8 +64,7 @@ def save_policy(model_dir: str | os.PathLike[str], policy: PolicyNet, summary: d
     config = policy.cfg.to_dict()
     version = _next_version(previous, config)
     final = root / POLICY_DIR
-    tmp = Path(tempfile.mkdtemp(prefix=f".{POLICY_DIR}.", dir=root))
-    try:
+    with staged_dir(final) as tmp:
         torch.save({k: v.detach().cpu() for k, v in policy.state_dict().items()}, tmp / WEIGHTS)
         write_json(tmp / INFO, {
             "format": FORMAT, "version": version, "parent": previous["version"] if previous else None,
@@ -78,13 +75,6 @@ def save_policy(model_dir: str | os.PathLike[str], policy: PolicyNet, summary: d
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "sha256": sha256_file(tmp / WEIGHTS), "summary": summary_json,
         })
-        for p in tmp.iterdir():
-            with p.open("rb") as f:
-                os.fsync(f.fileno())
-        replace_dir(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return final
 
 

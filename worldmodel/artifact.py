@@ -16,6 +16,7 @@ every checksum before reading a byte of weights, and any mismatch is an
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import json
@@ -24,7 +25,7 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -72,8 +73,7 @@ def save_model(model: WorldModel, path: str | os.PathLike[str], overwrite: bool 
     if final.exists() and not overwrite:
         raise FileExistsError(f"{final} already exists; pass overwrite=True (--force) to replace it")
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-    try:
+    with staged_dir(final) as tmp:
         for stem, module in model.modules().items():
             torch.save({k: v.detach().cpu() for k, v in module.state_dict().items()}, tmp / f"{stem}.pt")
         write_json(tmp / "config.json", {"spec": model.spec.to_dict(), "model": model.model_config.to_dict(),
@@ -87,6 +87,16 @@ def save_model(model: WorldModel, path: str | os.PathLike[str], overwrite: bool 
             "data_fingerprint": model.data_fingerprint,
             "files": files,
         })
+    return final
+
+
+@contextlib.contextmanager
+def staged_dir(final: Path) -> Iterator[Path]:
+    """A fresh directory beside ``final`` to write into; when the block ends it is synced to disk and put at
+    ``final`` (``replace_dir``), or removed if the block raised, so ``final`` is never half-written."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    try:
+        yield tmp
         for p in tmp.iterdir():
             with p.open("rb") as f:
                 os.fsync(f.fileno())
@@ -94,7 +104,6 @@ def save_model(model: WorldModel, path: str | os.PathLike[str], overwrite: bool 
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return final
 
 
 def replace_dir(tmp: Path, final: Path) -> None:
