@@ -5,26 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 from PIL import Image
 
 from cluster.cli import build_parser, main
 from cluster.commands.eval_warehouse import check_lone_agent_args
 from planners.fleet_cem import FLEET_CEM, FleetPlanConfig
 
+from tests.thread_fixtures import one_thread  # noqa: F401  (autouse: one torch thread)
+
 from .helpers import run_json
 
 TINY = ["--epochs", "2", "--hidden", "16", "--ensemble-size", "2"]
 FLOOR = ["--robots", "4", "--ticks", "12", "--horizon", "4", "--samples", "8"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small batched ops: on a shared 2-core machine a second torch thread only waits for the first."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

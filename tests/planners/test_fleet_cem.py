@@ -13,13 +13,7 @@ from planners.warehouse_costs import WarehouseCosts
 from worldmodel.envs.warehouse import POS_DIMS, WarehouseFloor
 from worldmodel.envs.warehouse_layout import Layout
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small batched ops: on the shared 2-core machine a second torch thread only waits for the first."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from tests.thread_fixtures import one_thread  # noqa: F401  (autouse: one torch thread)
 
 
 # A 2 m aisle between two long shelves (free centres y in [2.3, 3.7]); its ends are the two targets.

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 
 from planners.fleet_rollout import ExactFleetModel, FleetRollout, FloorState
@@ -14,13 +13,7 @@ from worldmodel.envs.warehouse_layout import layout_for
 from worldmodel.fleet_data import warehouse_layout
 from worldmodel.fleet_dynamics import FleetEnsemble
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small batched ops: on the shared 2-core machine a second torch thread only waits for the first."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from tests.thread_fixtures import one_thread  # noqa: F401  (autouse: one torch thread)
 
 
 LAYOUT = layout_for(10)

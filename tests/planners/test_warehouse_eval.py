@@ -18,13 +18,7 @@ from worldmodel.fit import fit
 from worldmodel.fleet_data import neighbour_actions, warehouse_layout
 from worldmodel.fleet_dynamics import FleetEnsemble
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small batched ops: on the shared 2-core machine a second torch thread only waits for the first."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from tests.thread_fixtures import one_thread  # noqa: F401  (autouse: one torch thread)
 
 
 SMALL = FleetPlanConfig(horizon=10, samples=16)
