@@ -209,8 +209,8 @@ class Shield:
         """(N, Hs, A): ``policy``'s actions, closed loop, with the normal component towards the nearest zone
         raised where needed so the agent closes on its edge at most ``approach`` x the distance (a control
         barrier's condition), and as much added along the edge: the policy's way to the goal, sliding
-        around the zones in it. The policy's own
-        rollout for models whose actions do not act on the position's axes, or without zones.
+        around the zones in it. The policy's own rollout for models whose actions do not act on the
+        position's axes, or without zones.
 
         Returns:
             ((N, Hs, A) the sequence, (N,) bool: whether the first action differs from the policy's).
@@ -224,12 +224,8 @@ class Shield:
 
         def barred(state: torch.Tensor, p: Params) -> torch.Tensor:
             action = policy(state, p)  # (N, A)
-            offset = state[:, None, pos] - p[ZONES][..., :2]  # (N, Z, 2)
-            dist = torch.linalg.vector_norm(offset, dim=-1)  # (N, Z)
-            edge = torch.where(p[ZONES][..., 2] > 0, dist - p[ZONES][..., 2], torch.inf)
-            near = edge.argmin(1)[:, None]  # (N, 1)
-            normal = (offset / dist[..., None].clamp_min(1e-6)).gather(1, near[..., None].expand(-1, 1, 2))[:, 0]
-            gap = (edge.gather(1, near)[:, 0] - standoff).clamp_min(0)  # (N,) inf for agents without zones
+            normal, edge = _nearest_zone(state[:, pos], p[ZONES])
+            gap = (edge - standoff).clamp_min(0)  # (N,) inf for agents without zones
             closing = (state[:, vel] * normal).sum(-1)  # (N,) outward speed, negative while approaching
             needed = gain * (-rate * gap - closing)  # (N,) outward acceleration that keeps the condition
             own = (action * normal).sum(-1)
@@ -255,13 +251,20 @@ class Shield:
         pos, gain = _dims(self.pos_dims), self.cfg.brake_gain
 
         def away(state: torch.Tensor, p: Params) -> torch.Tensor:
-            offset = state[:, None, pos] - p[ZONES][..., :2]  # (N, Z, 2)
-            edge = torch.linalg.vector_norm(offset, dim=-1) - p[ZONES][..., 2]  # (N, Z)
-            edge = torch.where(p[ZONES][..., 2] > 0, edge, torch.inf)
-            nearest = offset.gather(1, edge.argmin(1)[:, None, None].expand(-1, 1, offset.shape[-1]))[:, 0]
-            return gain * nearest / torch.linalg.vector_norm(nearest, dim=-1, keepdim=True).clamp_min(1e-6)
+            return gain * _nearest_zone(state[:, pos], p[ZONES])[0]
 
         return self.rollout(obs, away, params, low, high)
+
+
+def _nearest_zone(position: torch.Tensor, zones: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each agent's nearest zone by its edge: position (N, 2), zones (N, Z, 3) -> ((N, 2) unit vector from
+    that zone's centre to the agent, (N,) distance to its edge, +inf where the agent has no zone)."""
+    offset = position[:, None] - zones[..., :2]  # (N, Z, 2)
+    dist = torch.linalg.vector_norm(offset, dim=-1)  # (N, Z)
+    edge = torch.where(zones[..., 2] > 0, dist - zones[..., 2], torch.inf)
+    near = edge.argmin(1)[:, None]  # (N, 1)
+    normal = (offset / dist[..., None].clamp_min(1e-6)).gather(1, near[..., None].expand(-1, 1, 2))[:, 0]
+    return normal, edge.gather(1, near)[:, 0]
 
 
 def first_steps(seqs: torch.Tensor, hs: int) -> torch.Tensor:
