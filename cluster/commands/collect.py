@@ -7,19 +7,24 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from worldmodel.envs.warehouse import DEFAULT_ROBOTS
+
 DEFAULT_EPISODES = 100
 """Episodes collected when ``--episodes`` is not given: the data the README's Nav2D models learn from."""
 DEFAULT_FLOOR_EPISODES = 10
 """Warehouse-v0's floor episodes when ``--episodes`` is not given: 300,000 transitions at 50 robots."""
-DEFAULT_ROBOTS = 50
-"""Warehouse-v0's robots on the floor when ``--robots`` is not given (the issue's benchmark floor)."""
 GIF_FRAMES = 150
 """Most frames in a ``--gif``: longer episodes show every k-th tick, still in real time."""
+PNG_FRAMES = 8
+"""Frames in a camera env's ``--png``: spread evenly over the first episode."""
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("collect", parents=[common])
-    p.add_argument("--env", required=True, help="gymnasium id, e.g. Nav2D-v0, Warehouse-v0 or Pendulum-v1")
+    p.add_argument("--env", required=True, help="gymnasium id, e.g. Nav2D-v0, PixelNav2D-v0 (camera frames, "
+                                                "logged as image logs), Warehouse-v0 or Pendulum-v1")
     p.add_argument("--episodes", type=int, default=None,
                    help=f"episodes to collect; Warehouse-v0: floor episodes of every robot (default: "
                         f"{DEFAULT_EPISODES}, Warehouse-v0 {DEFAULT_FLOOR_EPISODES})")
@@ -28,18 +33,25 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--agent-id", default="agent-0000", help="agent id written with every row (Warehouse-v0: "
                                                             "robot-0000, robot-0001, ...)")
-    p.add_argument("--no-fly-zones", type=int, default=0, metavar="Z", help="Nav2D only: zones per episode")
+    p.add_argument("--no-fly-zones", type=int, default=None, metavar="Z",
+                   help="Nav2D and PixelNav2D only: zones per episode (default: the env's, 0 and 2)")
     p.add_argument("--robots", type=int, default=None, help=f"Warehouse-v0 only: robots on the floor "
                                                             f"(default: {DEFAULT_ROBOTS})")
     p.add_argument("--steps", type=int, default=None, help="Warehouse-v0 only: ticks per floor episode "
                                                            "(default: a whole floor episode)")
-    p.add_argument("--png", default=None, help="Warehouse-v0 only: draw the first floor episode's paths and contacts")
+    p.add_argument("--png", default=None, help="Warehouse-v0: draw the first floor episode's paths and contacts; "
+                                               f"camera envs: {PNG_FRAMES} frames of the first episode")
     p.add_argument("--gif", default=None, help="Warehouse-v0 only: animate the first floor episode")
+    p.add_argument("--proprio", action="store_true", default=None,
+                   help="camera envs only: observe the velocity beside the frame (a Dict observation)")
+    p.add_argument("--occlusion", type=float, default=None, metavar="P",
+                   help="camera envs only: chance per frame of a blanked patch (default: the env's, 0)")
     p.set_defaults(handler=run_collect)
 
 
 def run_collect(args: argparse.Namespace) -> dict[str, Any]:
     from worldmodel.data import TrajectoryWriter
+    from worldmodel.data.images import ImageTransitions
     from worldmodel.envs import WAREHOUSE_ID
 
     warehouse = args.env == WAREHOUSE_ID
@@ -53,12 +65,13 @@ def run_collect(args: argparse.Namespace) -> dict[str, Any]:
     else:
         data, result = _collect_agents(args, episodes)
     files = TrajectoryWriter(args.out, env_id=args.env).write(data)
-    ends = data.terminateds | data.truncateds
+    rows = data.rows if isinstance(data, ImageTransitions) else data
+    ends = rows.terminateds | rows.truncateds
     result = {
         "command": "collect", "env": args.env, "policy": result.pop("policy"), "seed": args.seed,
         "episodes": episodes, "transitions": len(data), "files": len(files), "out": args.out,
-        "mean_return": float(data.rewards.sum() / max(ends.sum(), 1)),
-        "terminated_episodes": int(data.terminateds.sum()), **result,
+        "mean_return": float(rows.rewards.sum() / max(ends.sum(), 1)),
+        "terminated_episodes": int(rows.terminateds.sum()), **result,
         "seconds": round(time.perf_counter() - start, 3),
     }
     what = f"{episodes} floor episodes of {result['robots']} robots" if warehouse else f"{episodes} episodes"
@@ -70,16 +83,52 @@ def run_collect(args: argparse.Namespace) -> dict[str, Any]:
 
 def _collect_agents(args: argparse.Namespace, episodes: int) -> tuple[Any, dict[str, Any]]:
     """Lone agents in N lockstepped copies of a gymnasium env."""
+    from worldmodel.data.images import ImageTransitions
     from worldmodel.envs.collect import collect
 
-    for flag, value in (("--robots", args.robots), ("--steps", args.steps), ("--png", args.png), ("--gif", args.gif)):
+    for flag, value in (("--robots", args.robots), ("--steps", args.steps), ("--gif", args.gif)):
         if value is not None:
             raise ValueError(f"{flag} is for Warehouse-v0 only, got it with --env {args.env}")
     policy = args.policy or "random"
-    env_kwargs = {"num_no_fly_zones": args.no_fly_zones} if args.no_fly_zones else None
+    env_kwargs = {"num_no_fly_zones": args.no_fly_zones} if args.no_fly_zones is not None else {}
+    env_kwargs.update(_camera_options(args))
     data = collect(args.env, episodes, seed=args.seed, policy=policy, agent_id=args.agent_id,
-                   env_kwargs=env_kwargs, progress=not args.json)
-    return data, {"policy": policy}
+                   env_kwargs=env_kwargs or None, progress=not args.json)
+    extra: dict[str, Any] = {"policy": policy}
+    if isinstance(data, ImageTransitions):
+        extra["image_shape"] = list(data.image_shape)
+        extra["_lines"] = ["frames {}x{}x{} logged as image logs".format(*data.image_shape)]
+        if args.png:
+            extra["png"] = str(_frames_png(data, Path(args.png)))
+    return data, extra
+
+
+def _camera_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The camera env's constructor options the flags set; ValueError when a camera flag meets an env without
+    camera frames."""
+    from worldmodel.envs import make_env, space_spec
+
+    flags = {"--png": args.png, "--proprio": args.proprio, "--occlusion": args.occlusion}
+    given = [flag for flag, value in flags.items() if value is not None]
+    if given and space_spec(make_env(args.env), args.env).image_shape is None:
+        only = "Warehouse-v0 only (or an env that observes camera frames)" if given[0] == "--png" else \
+            "envs that observe camera frames only"
+        raise ValueError(f"{given[0]} is for {only}, got it with --env {args.env}")
+    options = {"proprio": args.proprio, "occlusion_prob": args.occlusion}
+    return {name: value for name, value in options.items() if value is not None}
+
+
+def _frames_png(data: Any, path: Path) -> Path:
+    """``PNG_FRAMES`` frames spread over the first episode of ``data`` (ImageTransitions), in one PNG."""
+    from PIL import Image
+
+    from worldmodel.envs.camera_render import contact_sheet
+
+    first = data.rows.eps_id == data.rows.eps_id[0]  # rows are grouped by episode, first episode first
+    picked = np.linspace(0, int(first.sum()) - 1, num=min(PNG_FRAMES, int(first.sum()))).round().astype(int)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(contact_sheet(data.obs_image[picked])).save(path, format="PNG")
+    return path
 
 
 def _collect_floor(args: argparse.Namespace, episodes: int) -> tuple[Any, dict[str, Any]]:
@@ -90,6 +139,9 @@ def _collect_floor(args: argparse.Namespace, episodes: int) -> tuple[Any, dict[s
 
     if args.no_fly_zones:
         raise ValueError(f"--no-fly-zones is for Nav2D only, got it with --env {args.env}")
+    for flag, value in (("--proprio", args.proprio), ("--occlusion", args.occlusion)):
+        if value is not None:
+            raise ValueError(f"{flag} is for envs that observe camera frames only, got it with --env {args.env}")
     robots = args.robots if args.robots is not None else DEFAULT_ROBOTS
     policy = args.policy or "task"
     parts, extra = [], {"policy": policy, "robots": robots}

@@ -127,8 +127,13 @@ def read_transitions(root: str, filesystem: pafs.FileSystem | None = None, *,
     return transitions_from_table(dataset.to_table(columns=list(sc.COLUMNS)), root)
 
 
-def check_log_files(files: list[str], filesystem: pafs.FileSystem) -> tuple[list[ds.ParquetFileFragment], int, int]:
+def check_log_files(files: list[str], filesystem: pafs.FileSystem, *,
+                    frames: bool = False) -> tuple[list[ds.ParquetFileFragment], int, int]:
     """Check every file's schema (footers only, no data read); returns its fragments and the shared (S, A).
+
+    ``frames``: the caller reads camera frames (``worldmodel.data.images``), so accept files that hold them,
+    with S = 0 for those without ``OBS`` and ``NEW_OBS``; otherwise such files are refused, so that nothing
+    drops the frames of an image log unawares.
 
     Raises:
         SchemaError: a file is not Parquet or does not match the trajectory schema, naming the file.
@@ -136,7 +141,7 @@ def check_log_files(files: list[str], filesystem: pafs.FileSystem) -> tuple[list
     fmt = ds.ParquetFileFormat()
     # Fragments cache the footer they read for the check, so a scan of them does not re-read it.
     fragments = [fmt.make_fragment(path, filesystem=filesystem) for path in files]
-    obs_dim, act_dim = _check_schemas(files, fragments)
+    obs_dim, act_dim = _check_schemas(files, fragments, frames)
     return fragments, obs_dim, act_dim
 
 
@@ -148,13 +153,19 @@ def transitions_from_table(table: pa.Table, where: str) -> Transitions:
     Raises:
         SchemaError: a column has null values (``where`` names the logs in the message).
     """
+    return Transitions.from_table(sorted_log_table(table, where))
+
+
+def sorted_log_table(table: pa.Table, where: str) -> pa.Table:
+    """``table`` with ``sc.ADDED_COLUMNS`` filled, checked to hold no nulls (else SchemaError naming ``where``),
+    sorted by (agent_id, eps_id, t, timestamp): the rows in the order every reader returns them."""
     table = fill_added_columns(table)
-    for name in sc.COLUMNS:
+    for name in table.column_names:
         nulls = table.column(name).null_count
         if nulls:
             raise SchemaError(f"{where}: column {name!r} has {nulls} null values, expected none")
     keys = [sc.AGENT_ID, sc.EPS_ID, sc.T, sc.TIMESTAMP]
-    return Transitions.from_table(table.take(pc.sort_indices(table, sort_keys=[(k, "ascending") for k in keys])))
+    return table.take(pc.sort_indices(table, sort_keys=[(k, "ascending") for k in keys]))
 
 
 def fill_added_columns(table: pa.Table) -> pa.Table:
@@ -171,7 +182,7 @@ def fill_added_columns(table: pa.Table) -> pa.Table:
     return table
 
 
-def _check_schemas(files: list[str], fragments: list[ds.ParquetFileFragment]) -> tuple[int, int]:
+def _check_schemas(files: list[str], fragments: list[ds.ParquetFileFragment], frames: bool) -> tuple[int, int]:
     """Check every file against the trajectory schema; returns (S, A) shared by all files."""
     dims: dict[str, tuple[int, str]] = {}  # column -> (size, first file that set it)
     for path, fragment in zip(files, fragments):
@@ -180,7 +191,7 @@ def _check_schemas(files: list[str], fragments: list[ds.ParquetFileFragment]) ->
         except (pa.ArrowInvalid, OSError) as e:
             raise SchemaError(f"{path}: not a Parquet file ({e})") from e
         version = _check_version(path, physical)
-        sizes = _check_fields(path, physical, version, {name: size for name, (size, _) in dims.items()})
+        sizes = _check_fields(path, physical, version, {name: size for name, (size, _) in dims.items()}, frames)
         if sizes[sc.NEW_OBS] != sizes[sc.OBS]:
             raise SchemaError(
                 f"{path}: column {sc.NEW_OBS!r} has {sizes[sc.NEW_OBS]} values per row, "
@@ -213,17 +224,25 @@ def _check_version(path: str, physical: pa.Schema) -> str:
     return version.decode()
 
 
-def _check_fields(path: str, physical: pa.Schema, version: str, known: dict[str, int]) -> dict[str, int]:
+def _check_fields(path: str, physical: pa.Schema, version: str, known: dict[str, int],
+                  frames: bool) -> dict[str, int]:
     """Check names and types of the known columns (as schema ``version`` stores them); returns list sizes
-    of the vector columns.
+    of the vector columns (0 for ``OBS`` and ``NEW_OBS`` of a file of camera frames alone).
 
     ``known`` holds the sizes of obs and actions set by earlier files, for the message.
     """
     # Any positive sizes will do: only the scalar types are compared against this.
     reference = sc.trajectory_schema(1, 1)
     sizes = {}
+    if version == sc.IMAGE_SCHEMA_VERSION and not frames:
+        raise SchemaError(f"{path}: holds camera frames (schema version {version}); "
+                          f"read it with worldmodel.data.images.read_image_transitions")
+    bare = (physical.metadata or {}).get(sc.META_OBS_DIM) == b"0"  # frames alone: no vector observation
     for name in sc.stored_columns(version):
         index = physical.get_field_index(name)
+        if bare and name in (sc.OBS, sc.NEW_OBS):
+            sizes[name] = 0
+            continue
         if index < 0:
             raise SchemaError(f"{path}: missing column {name!r}")
         actual = physical.field(index).type

@@ -12,10 +12,15 @@ from __future__ import annotations
 import pyarrow as pa
 
 SCHEMA_VERSION = "3"
-"""Bumped on any incompatible change; written into every file's metadata."""
+"""Bumped on any incompatible change; written into the metadata of every file without camera frames."""
 
-READABLE_VERSIONS = ("1", "2", "3")
-"""Schema versions the reader accepts. Version 1 stores ``TIMESTAMP`` differently; versions 1-2 lack ``SCENE``."""
+IMAGE_SCHEMA_VERSION = "4"
+"""Version 3 plus camera frames (``worldmodel.data.images``), written into files that hold them. Files without
+frames keep version 3, so a fleetwm that predates frames still reads them and refuses only the frames."""
+
+READABLE_VERSIONS = ("1", "2", "3", "4")
+"""Schema versions the reader accepts. Version 1 stores ``TIMESTAMP`` differently; versions 1-2 lack ``SCENE``;
+version 4 adds the frame columns and may lack ``OBS`` and ``NEW_OBS`` (frames alone, ``META_OBS_DIM`` "0")."""
 
 # Metadata keys stored in each Parquet file's schema.
 META_SCHEMA_VERSION = b"fleetwm.schema_version"

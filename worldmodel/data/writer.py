@@ -16,7 +16,7 @@ import os
 import re
 import uuid
 from dataclasses import dataclass
-from typing import BinaryIO, Callable
+from typing import TYPE_CHECKING, BinaryIO, Callable, Union
 
 import numpy as np
 import pyarrow as pa
@@ -24,6 +24,12 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from worldmodel.data.batch import Transitions
+
+if TYPE_CHECKING:  # images.py imports this module
+    from worldmodel.data.images import ImageTransitions
+
+LogRows = Union[Transitions, "ImageTransitions"]
+"""What the writer writes: vector transitions, or transitions with camera frames (an image log)."""
 
 AGENT_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 """Agent ids become directory names: no separators, no leading dot or underscore (hidden to readers)."""
@@ -77,7 +83,7 @@ def check_agent_id(agent_id: object) -> str:
 
 
 class TrajectoryWriter:
-    """Appends Transitions to a log tree, one Parquet file per (UTC date, agent) per call."""
+    """Appends Transitions (or ImageTransitions) to a log tree, one Parquet file per (UTC date, agent) per call."""
 
     def __init__(self, root: str, env_id: str = "", filesystem: pafs.FileSystem | None = None) -> None:
         """
@@ -90,7 +96,7 @@ class TrajectoryWriter:
         self.env_id = env_id
         self._local = is_local(self.filesystem)
 
-    def write(self, transitions: Transitions) -> list[str]:
+    def write(self, transitions: LogRows) -> list[str]:
         """Append B transitions; rows are grouped by (UTC date of timestamp, agent_id).
 
         Each file is published atomically, but a write of several groups is not: if
@@ -105,7 +111,7 @@ class TrajectoryWriter:
         """
         return [self.write_file(planned) for planned in self.plan(transitions)]
 
-    def plan(self, transitions: Transitions) -> list[PlannedFile]:
+    def plan(self, transitions: LogRows) -> list[PlannedFile]:
         """The files ``write`` would write for these B rows, with their final paths; nothing is written.
 
         Raises:
@@ -133,7 +139,7 @@ class TrajectoryWriter:
             planned.append(PlannedFile(f"{self.root}/{day}/{agent_id}/{_file_name()}", rows))
         return planned
 
-    def plan_by_day(self, transitions: Transitions) -> list[PlannedFile]:
+    def plan_by_day(self, transitions: LogRows) -> list[PlannedFile]:
         """The fleet layout's files for these B rows: one per UTC date, ``<root>/<YYYY-MM-DD>/part-*.parquet``,
         with the agent a column (at 100 agents and a 10 s flush, one file per agent would be 864,000 a day).
 
@@ -166,10 +172,10 @@ class PlannedFile:
     """One log file to write: its final path (within the writer's filesystem) and its rows."""
 
     path: str
-    rows: Transitions
+    rows: LogRows
 
 
-def _check_timestamps(transitions: Transitions) -> None:
+def _check_timestamps(transitions: LogRows) -> None:
     if np.isnat(transitions.timestamp).any():
         bad = int(np.flatnonzero(np.isnat(transitions.timestamp))[0])
         raise ValueError(f"timestamp of row {bad} is NaT; every row needs a UTC time to pick its date directory")

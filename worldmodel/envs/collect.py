@@ -2,9 +2,11 @@
 
 This is the first data a world model trains on, so it must be exact: every row is a real
 transition ``obs --action--> new_obs``, the last row of an episode carries the episode's true
-final observation, and the same seed gives the same episodes.
+final observation, and the same seed gives the same episodes. Envs that observe camera frames
+(alone or in a ``Dict`` with a vector) give ``ImageTransitions``: the frames beside the vector rows.
 
-Dimensions: ``N`` env copies, ``S`` observation size, ``A`` action size, ``B`` transitions.
+Dimensions: ``N`` env copies, ``S`` observation (vector part) size, ``A`` action size, ``B`` transitions,
+``H, W, C`` frame shape.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import datetime
 import functools
 import sys
-from typing import Any, Callable
+from typing import Any, Callable, Union
 
 import gymnasium
 import numpy as np
@@ -20,10 +22,13 @@ from gymnasium.vector import AutoresetMode, SyncVectorEnv
 from tqdm import tqdm
 
 from worldmodel.data.batch import Transitions
-from worldmodel.envs import make_env
+from worldmodel.data.images import NEW_OBS_IMAGE, OBS_IMAGE, ImageTransitions
+from worldmodel.envs import IMAGE_KEY, PROPRIO_KEY, make_env
 
-Policy = Callable[[np.ndarray], np.ndarray]
-"""Maps observations (N, S) to actions (N, A)."""
+Observation = Union[np.ndarray, dict[str, np.ndarray]]
+"""A batch of N observations: (N, S) vectors, (N, H, W, C) frames, or a dict of both by key."""
+Policy = Callable[[Observation], np.ndarray]
+"""Maps observations of N copies to actions (N, A)."""
 
 
 def _random_policy(env_id: str, space: gymnasium.spaces.Box, rng: np.random.Generator) -> Policy:
@@ -32,8 +37,9 @@ def _random_policy(env_id: str, space: gymnasium.spaces.Box, rng: np.random.Gene
     if not (np.all(np.isfinite(low)) and np.all(np.isfinite(high))):
         raise ValueError(f"policy 'random' needs a bounded action space; env {env_id} has {space}")
 
-    def act(obs: np.ndarray) -> np.ndarray:
-        return rng.uniform(low, high, size=(len(obs), low.size)).astype(np.float32)
+    def act(obs: Observation) -> np.ndarray:
+        n = len(obs[IMAGE_KEY]) if isinstance(obs, dict) else len(obs)
+        return rng.uniform(low, high, size=(n, low.size)).astype(np.float32)
 
     return act
 
@@ -54,7 +60,7 @@ def collect(
     env_kwargs: dict[str, Any] | None = None,
     num_envs: int = 8,
     progress: bool = False,
-) -> Transitions:
+) -> Transitions | ImageTransitions:
     """Run ``policy`` until exactly ``episodes`` episodes have ended and return their steps.
 
     Episodes still running when the count is reached, and any finishing in the same step
@@ -64,17 +70,18 @@ def collect(
     ``truncateds`` set.
 
     Args:
-        env_id: a gymnasium id with 1-D Box spaces (see ``make_env``).
+        env_id: a gymnasium id whose spaces ``make_env`` accepts.
         episodes: number of whole episodes to return, >= 1.
         seed: >= 0; fixes env resets and actions, so equal arguments give equal data.
-        policy: one of ``POLICIES``, or a callable mapping observations (N, S) to actions (N, A).
+        policy: one of ``POLICIES``, or a callable mapping N observations to actions (N, A).
         agent_id: written into every row and into the episode ids.
         env_kwargs: passed to ``make_env`` for every copy.
         num_envs: copies stepped in lockstep (capped at ``episodes``); results depend on it.
         progress: show a tqdm bar of finished episodes on stderr.
 
     Returns:
-        Transitions with B rows, grouped by episode, ``model_version`` "".
+        Transitions with B rows, grouped by episode, ``model_version`` ""; ImageTransitions (those rows, their
+        frames beside them) when the env observes camera frames.
     """
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
@@ -124,10 +131,10 @@ def _run(
             now = np.datetime64(datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None), "us")
             records.append(
                 {
-                    "obs": obs,
+                    **_parts(obs, "obs", OBS_IMAGE),
                     "actions": actions,
                     "rewards": rewards,
-                    "new_obs": new_obs,
+                    **_parts(new_obs, "new_obs", NEW_OBS_IMAGE),
                     "terminateds": terminateds,
                     "truncateds": truncateds,
                     "logged": logged,
@@ -148,7 +155,18 @@ def _run(
     return {name: np.concatenate([r[name] for r in records]) for name in records[0]}
 
 
-def _episodes(steps: dict[str, np.ndarray], episodes: int, agent_id: str, seed: int) -> Transitions:
+def _parts(obs: Observation, vector: str, image: str) -> dict[str, np.ndarray]:
+    """A batch of observations as flat arrays: the vector part under ``vector`` ((N, 0) when there is none),
+    the frames (N, H, W, C), if any, under ``image``."""
+    if isinstance(obs, dict):
+        return {vector: obs[PROPRIO_KEY], image: obs[IMAGE_KEY]}
+    if obs.ndim == 4:
+        return {vector: np.zeros((len(obs), 0), np.float32), image: obs}
+    return {vector: obs}
+
+
+def _episodes(steps: dict[str, np.ndarray], episodes: int, agent_id: str, seed: int
+              ) -> Transitions | ImageTransitions:
     """Keep the first ``episodes`` episodes to end, numbered in that order, rows grouped by episode."""
     logged, key = steps["logged"], steps["key"]
     ended_keys = key[logged & (steps["terminateds"] | steps["truncateds"])]  # in (step, copy) order
@@ -160,7 +178,7 @@ def _episodes(steps: dict[str, np.ndarray], episodes: int, agent_id: str, seed: 
     keep = keep[np.lexsort((steps["t"][keep], order[pos[keep]]))]  # by episode, then t
     index = order[pos[keep]]  # episode number of each kept row
     names = np.array([f"{agent_id}-{seed}-{i}" for i in range(episodes)], dtype=object)
-    return Transitions.build(
+    rows = Transitions.build(
         obs=steps["obs"][keep],
         actions=steps["actions"][keep],
         rewards=steps["rewards"][keep],
@@ -173,3 +191,6 @@ def _episodes(steps: dict[str, np.ndarray], episodes: int, agent_id: str, seed: 
         model_version="",
         timestamp=steps["time"][keep],
     )
+    if OBS_IMAGE not in steps:
+        return rows
+    return ImageTransitions(rows, steps[OBS_IMAGE][keep], steps[NEW_OBS_IMAGE][keep])

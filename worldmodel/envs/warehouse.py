@@ -27,6 +27,8 @@ from worldmodel.envs.warehouse_layout import Layout, draw_crossings, draw_starts
 
 WAREHOUSE_ID = "Warehouse-v0"
 """Gymnasium id of the warehouse floor."""
+DEFAULT_ROBOTS = 50
+"""N, the robots on a floor when nobody says: the issue's 50-robot floor (`wm collect`, `wm eval`, `wm serve`)."""
 DT = 0.1
 """Step, seconds (10 Hz)."""
 ROBOT_RADIUS = 0.3
@@ -96,7 +98,7 @@ class WarehouseFloor:
 
     def __init__(
         self,
-        robots: int = 50,
+        robots: int = DEFAULT_ROBOTS,
         humans: int | None = None,
         layout: Layout | None = None,
         seed: int | None = None,
