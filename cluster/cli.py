@@ -39,7 +39,7 @@ COMMANDS: dict[str, str] = {
     "eval": "run N envs in lockstep, planning for all in one call",
     "bench": "measure throughput (`wm bench plan`: plans/s for N agents per call)",
     "mbrl": "model-based RL (PETS): train a model, plan, repeat",
-    "models": "list, inspect, promote and roll back registered models",
+    "models": "list, inspect, promote, roll back, register and evaluate models",
     "learn": "retrain from logs on a learner actor, compare with production, register",
     "policy": "train a policy inside a world model with RLlib PPO (`wm policy train`), saved beside it",
     "tune": "sweep world-model settings with Ray Tune, scored on the newest episodes",

@@ -1,11 +1,15 @@
-"""`wm models list|show|promote|rollback`: the versions in a model registry and their stages."""
+"""`wm models list|show|promote|rollback|register|evaluate`: the versions in a model registry, their stages,
+putting a `wm train` artifact into a registry, and scoring any version on any logs."""
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cluster.commands.models_evaluate import add_evaluate_options
 from worldmodel.stages import PROMOTABLE
 
 if TYPE_CHECKING:
@@ -34,6 +38,18 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
     a = actions.add_parser("rollback", parents=[common, registry], help="return production to its previous version")
     a.set_defaults(handler=run_rollback)
+
+    a = actions.add_parser("register", parents=[common, registry],
+                           help="put a `wm train` model directory into the registry (verified first)")
+    a.add_argument("model_dir", metavar="DIR")
+    a.add_argument("--stage", choices=("candidate", *PROMOTABLE), default="candidate",
+                   help="production and shadow follow `promote`'s rules (default: %(default)s)")
+    a.add_argument("--parent", default=None, metavar="VERSION", help="the registered version it was trained to replace")
+    a.set_defaults(handler=run_register)
+
+    a = actions.add_parser("evaluate", parents=[common],
+                           help="score a version or model directory on logs: error and calibration by horizon")
+    add_evaluate_options(a)
 
 
 def _registry(args: argparse.Namespace) -> ModelRegistry:
@@ -94,3 +110,35 @@ def run_rollback(args: argparse.Namespace) -> dict[str, Any]:
                               "stage": info.stage, "archived": previous}
     result["_summary"] = [f"{args.registry}: production rolled back from {previous} to {info.version}"]
     return result
+
+
+def run_register(args: argparse.Namespace) -> dict[str, Any]:
+    from worldmodel.artifact import check_version, load_model, read_manifest
+    from worldmodel.registry_store import RegistryError
+
+    model = load_model(args.model_dir)  # format, every file's checksum, the config, weights that fit it
+    manifest = read_manifest(args.model_dir)
+    try:
+        check_version(manifest["version"])
+    except ValueError as err:
+        raise ValueError(f"{args.model_dir}: manifest {err}") from None
+    registry = _registry(args)
+    digest = _digest(manifest)
+    same = [v.version for v in registry.versions() if v.lineage.get("artifact_digest") == digest]
+    if same:
+        raise RegistryError(f"{args.model_dir} is already registered in {args.registry} as version {same[0]}")
+    lineage = {"source": str(Path(args.model_dir).absolute()), "artifact_version": manifest["version"],
+               "artifact_created": manifest.get("created"), "artifact_digest": digest}
+    info = registry.register(model, parent=args.parent, lineage=lineage, stage=args.stage)
+    result: dict[str, Any] = {"command": "models register", "registry": args.registry, "version": info.version,
+                              "stage": info.stage, "parent": info.parent, "artifact_version": manifest["version"],
+                              "artifact_digest": digest, "data_fingerprint": info.data_fingerprint}
+    result["_summary"] = [f"{args.registry}: {args.model_dir} (artifact {manifest['version']}) registered as "
+                          f"{info.version} ({info.stage}), parent {info.parent or '-'}"]
+    return result
+
+
+def _digest(manifest: dict[str, Any]) -> str:
+    """The artifact's identity: its files' checksums (the version and creation time it was saved with aside)."""
+    files = "".join(f"{name}\0{sha}\n" for name, sha in sorted(manifest["files"].items()))
+    return "sha256:" + hashlib.sha256(files.encode()).hexdigest()
