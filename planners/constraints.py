@@ -35,10 +35,14 @@ class Constraint(IntEnum):
     """The agent's position box (``BOX``)."""
     SPEED = 3
     """The agent's speed limit (``MAX_SPEED``)."""
+    AGENT_CONTACT = 4
+    """Warehouse: contact with another robot or a human (``planners.fleet_shield``)."""
+    SHELF = 5
+    """Warehouse: contact with a shelf or wall (``planners.fleet_shield``)."""
 
     @property
     def reason(self) -> str | None:
-        """The API's name for it: 'no_fly_zone', 'state_box', 'speed', or None."""
+        """The API's name for it: 'no_fly_zone', 'state_box', 'speed', 'agent_contact', 'shelf', or None."""
         return None if self is Constraint.NONE else self.name.lower()
 
 

@@ -119,6 +119,20 @@ def ts1_sample(pred: Prediction, noise: torch.Tensor) -> torch.Tensor:
     return pred.mean + var.clamp_min(0).sqrt() * noise
 
 
+@dataclass(frozen=True)
+class RolloutTrace:
+    """What a joint rollout predicts for every candidate, robot and step (``FleetRollout.trace``)."""
+
+    returns: torch.Tensor
+    """(K, N) each robot's own predicted return."""
+    paths: torch.Tensor
+    """(K, N, H+1, 2) the predicted positions, now first."""
+    agent_dist: torch.Tensor
+    """(K, N, H) centre distance to the nearest measured agent after each step (inf: none in range)."""
+    shelf_gap: torch.Tensor
+    """(K, N, H) centre distance to the nearest measured shelf or wall after each step."""
+
+
 class FleetRollout:
     """Scores joint candidates (K, N, H, A) from a ``FloorState`` through a multi-agent model.
 
@@ -142,6 +156,13 @@ class FleetRollout:
     def run(self, state: FloorState, actions: torch.Tensor,
             generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (K, N) and the predicted positions (K, N, H+1, 2) of every robot in every candidate."""
+        trace = self.trace(state, actions, generator)
+        return trace.returns, trace.paths
+
+    @torch.no_grad()
+    def trace(self, state: FloorState, actions: torch.Tensor, generator: torch.Generator | None = None,
+              sample: bool = True) -> RolloutTrace:
+        """``run`` with the clearances of every step; ``sample`` False follows each member's mean (no noise)."""
         k, n, h, a = actions.shape
         e, u, p = self.members, len(state.humans_pos), PHYS_DIMS.stop - PHYS_DIMS.start
         acts = member_major(padded(actions, e), e)  # (Kp, N, H, A), member 0's candidates first
@@ -156,8 +177,10 @@ class FleetRollout:
             return observe_nearby(pos, vel, task, torch.cat([pos, state.humans_at(t).expand(kp, u, 2)], 1),
                                   torch.cat([vel, state.humans_vel.expand(kp, u, 2)], 1), kinds, near)
 
-        noise = torch.randn(h, e, kp // e * n, p, generator=generator, device=pos.device)
+        shape = (h, e, kp // e * n, p)
+        noise = torch.randn(shape, generator=generator, device=pos.device) if sample else pos.new_zeros(shape)
         total, path, sensed = pos.new_zeros(kp, n), [pos], sense(0, pos, vel)
+        agent_dist, shelf_gap = [], []
         none = pos.new_zeros(kp, u + 1, a)  # humans and empty slots act with zeros
         for t in range(h):  # the horizon: every robot of every candidate at once
             act = acts[:, :, t]  # (Kp, N, A)
@@ -172,8 +195,11 @@ class FleetRollout:
             total += (self.costs.progress(pos, state.target) + self.costs.shelf_gaps(sensed.rect_gap)
                       + self.costs.agents(sensed.others_dist))
             path.append(pos)
+            agent_dist.append(sensed.others_dist.amin(-1))  # (Kp, N)
+            shelf_gap.append(sensed.rect_gap.amin(-1))
         order = candidate_major(torch.arange(kp, device=pos.device), e)[:k]  # each input candidate's row
-        return total[order], torch.stack(path, 2)[order]
+        return RolloutTrace(total[order], torch.stack(path, 2)[order], torch.stack(agent_dist, 2)[order],
+                            torch.stack(shelf_gap, 2)[order])
 
 
 class AgentAsFleet(torch.nn.Module):

@@ -4,8 +4,10 @@ The progress term is the geodesic (aisle) distance, not the straight line: a rob
 behind a shelf block must see that going around it is progress. ``DistanceFields`` holds, for every
 target point, the shortest-path distance from every cell of a grid over the floor (computed once
 per layout, by Gauss-Seidel sweeps of a 32-neighbour stencil over all targets at once), looked up
-bilinearly. The proximity terms charge pairs of agents closer than two radii plus a margin, and
-agents closer to a shelf or wall than one radius plus a margin.
+bilinearly. The fields keep to the right in the aisles between shelf columns (a move against its half
+of the aisle costs more), so robots meeting head-on are already on opposite sides. The proximity
+terms charge pairs of agents closer than two radii plus a margin, and agents closer to a shelf or
+wall than one radius plus a margin.
 
 Shapes: ``T`` target points, ``GY`` x ``GX`` grid cells, ``N`` robots, ``K`` candidates, ``O`` other
 agents, ``R`` shelves and walls; ``...`` any leading dims.
@@ -61,16 +63,19 @@ class DistanceFields:
     """
 
     def __init__(self, layout: Layout, clearance: float = ROBOT_RADIUS, cell: float = 0.25,
-                 device: torch.device | str = "cpu") -> None:
-        if not cell > 0 or not clearance >= 0:
-            raise ValueError(f"cell must be > 0 and clearance >= 0, got cell={cell}, clearance={clearance}")
+                 device: torch.device | str = "cpu", lane_penalty: float = 0.0) -> None:
+        if not cell > 0 or not clearance >= 0 or not lane_penalty >= 0:
+            raise ValueError(f"cell must be > 0, clearance and lane_penalty >= 0, got cell={cell}, "
+                             f"clearance={clearance}, lane_penalty={lane_penalty}")
         self.layout, self.cell, self.device = layout, float(cell), torch.device(device)
+        self.lane_penalty = float(lane_penalty)
         self.shape = (max(2, math.ceil(layout.height / cell)), max(2, math.ceil(layout.width / cell)))  # (GY, GX)
         gy, gx = self.shape
         xs, ys = (np.arange(gx) + 0.5) * cell, (np.arange(gy) + 0.5) * cell
         centres = np.stack(np.meshgrid(xs, ys), axis=-1)  # (GY, GX, 2)
         gap = np.linalg.norm(centres[..., None, :] - nearest_on_rects(centres, layout.obstacles), axis=-1).min(-1)
         self.free = gap >= clearance  # (GY, GX)
+        self.lanes = aisle_lanes(layout, centres)  # (GY, GX)
         self._moves = self._move_costs()
         self._layers = self._blocked_layers()
         self.points = torch.empty(0, 2, device=self.device)
@@ -79,7 +84,9 @@ class DistanceFields:
 
     def _move_costs(self) -> list[tuple[int, int, torch.Tensor]]:
         """Per move (dy, dx) of the stencil: the cost of arriving at each cell by it, (GY, GX), inf where
-        the move leaves or enters a blocked cell or crosses one."""
+        the move leaves or enters a blocked cell or crosses one, (1 + ``lane_penalty``) times its length
+        where it takes a robot against the cell's lane. The fields grow outwards from the target, so a
+        robot following one travels each move backwards: (-dy, -dx)."""
         gy, gx = self.shape
         r = _REACH
         pad = np.pad(self.free, r, constant_values=False)  # off the grid counts as blocked
@@ -89,7 +96,8 @@ class DistanceFields:
             ok = self.free & at(-dy, -dx)
             for oy, ox in _crossed(dy, dx):
                 ok = ok & at(oy, ox)
-            cost = np.where(ok, self.cell * math.hypot(dy, dx), np.inf)
+            against = (self.lanes != 0) & (np.sign(-dy) == -self.lanes) if dy else np.zeros_like(ok)
+            cost = np.where(ok, self.cell * math.hypot(dy, dx) * np.where(against, 1 + self.lane_penalty, 1), np.inf)
             moves.append((dy, dx, torch.tensor(cost, dtype=torch.float32, device=self.device)))
         return moves
 
@@ -220,21 +228,41 @@ def _shifted(line: torch.Tensor, across: int) -> torch.Tensor:
     return out
 
 
+def aisle_lanes(layout: Layout, centres: np.ndarray) -> np.ndarray:
+    """Keep-right lanes of the aisles between shelf columns at ``centres`` (..., 2): +1 where robots travel up
+    (+y: the aisle's right half, x beyond its middle), -1 where they travel down, 0 outside those aisles (the
+    cross aisles and the staging area stay two-way)."""
+    x, y, sh = centres[..., 0:1], centres[..., 1:2], layout.shelves  # (..., 1), (R, 4)
+    rows = (y >= sh[:, 1]) & (y <= sh[:, 3])  # (..., R): shelves level with the point
+    left = np.where(rows & (sh[:, 2] <= x), sh[:, 2], 0.0).max(-1)  # the aisle's edges, walls included
+    right = np.where(rows & (sh[:, 0] >= x), sh[:, 0], layout.width).min(-1)
+    aisle = rows.any(-1) & ~(rows & (x > sh[:, 0]) & (x < sh[:, 2])).any(-1)
+    return np.where(aisle, np.where(x[..., 0] > (left + right) / 2, 1, -1), 0)
+
+
 @dataclass(frozen=True)
 class CostWeights:
     """Weights of the warehouse planning costs (rewards are their negatives)."""
 
-    progress: float = DISTANCE_COST
-    """Per metre of aisle distance from a robot to its target, per step (the env's distance cost)."""
+    progress: float = 3 * DISTANCE_COST
+    """Per metre of aisle distance from a robot to its target, per step: 3x the env's distance cost. At the
+    env's own (0.1), 1 cm inside the margin cost as much as 2 m of distance, and a robot behind another
+    herded it back down the aisle; with 0.3 and ``margin`` 0.1 the coordinated planner delivered 52 -> 65
+    per floor episode (mean over floor seeds 0-2, 50 robots, 600 ticks), collisions 4x to 5x below
+    constant-velocity planning's still."""
     contact: float = 10.0
     """Per predicted contact (another agent within two radii, or a shelf or wall within one), per step."""
     proximity: float = 20.0
     """Per metre inside the margin around a contact, per step: a slope that keeps plans clear."""
-    margin: float = 0.15
+    margin: float = 0.1
     """Metres beyond contact that agents keep between each other and from shelves."""
+    lane_penalty: float = 3.0
+    """Aisle distance against a lane costs (1 + this) per metre (``aisle_lanes``): measured with ``progress``
+    0.3 and ``margin`` 0.1, 0 -> 3 kept deliveries (62/70/64 -> 61/67/68 over floor seeds 0-2) and cut shelf
+    collisions from 5/1/4 to 1/1/1."""
 
     def __post_init__(self) -> None:
-        for name in ("progress", "contact", "proximity", "margin"):
+        for name in ("progress", "contact", "proximity", "margin", "lane_penalty"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
@@ -245,7 +273,7 @@ class WarehouseCosts:
     def __init__(self, layout: Layout, weights: CostWeights = CostWeights(), cell: float = 0.25,
                  device: torch.device | str = "cpu") -> None:
         self.layout, self.weights = layout, weights
-        self.fields = DistanceFields(layout, ROBOT_RADIUS, cell, device)
+        self.fields = DistanceFields(layout, ROBOT_RADIUS, cell, device, weights.lane_penalty)
         self.rects = torch.tensor(layout.obstacles, dtype=torch.float32, device=device)  # (R, 4)
 
     def targets(self, task: torch.Tensor) -> torch.Tensor:

@@ -3,7 +3,8 @@
 `wm eval` dispatches here when the model was trained on Warehouse-v0. The coordinated planner rolls
 all robots out jointly through a fleet model; the baselines plan each robot through a per-agent model
 (``planners.fleet_baselines``). With ``--baseline-model`` both baselines run after the coordinated
-planner, on the same floor, seed and tasks.
+planner, on the same floor, seed and tasks. The coordinated planner's plans go through the fleet shield
+(``planners.fleet_shield``) unless ``--no-shield``; the baselines run as they are.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
 
     from planners.fleet_cem import FleetCEM, FleetPlan, FleetPlanConfig
     from planners.fleet_rollout import FloorState
+    from planners.fleet_shield import FleetShield
     from planners.warehouse_costs import WarehouseCosts
     from planners.warehouse_eval import FleetEvalResult
     from worldmodel.envs.warehouse import WarehouseFloor
@@ -50,6 +52,8 @@ class UnsetName(str):
 
 _ENV_DEPENDENT = ("horizon", "samples", "iterations")
 """Planner options whose defaults differ by env: ``PlanConfig``'s for lone agents, ``FleetPlanConfig``'s on a floor."""
+_SHIELD_HORIZON = "shield_horizon"
+"""`--shield-horizon`, whose default differs the same way (``EvalConfig``'s, ``FleetShieldConfig``'s)."""
 
 
 def env_plan_defaults(p: argparse.ArgumentParser) -> None:
@@ -58,6 +62,7 @@ def env_plan_defaults(p: argparse.ArgumentParser) -> None:
     p.add_argument("--planner", choices=[*PLANNER_NAMES, *FLEET_PLANNERS], default=UnsetName(DEFAULT_PLANNER),
                    help=f"(default: %(default)s; Warehouse-v0: {COORDINATED})")
     p.set_defaults(**{name: Unset(getattr(DEFAULTS, name)) for name in _ENV_DEPENDENT})
+    p.set_defaults(**{_SHIELD_HORIZON: Unset(EvalConfig.shield_horizon)})
 
 
 def add_warehouse_options(p: argparse.ArgumentParser) -> None:
@@ -125,9 +130,29 @@ def run_warehouse(args: argparse.Namespace, model: WorldModel) -> dict[str, Any]
     if not args.json:
         print(f"distance fields of the {floor.layout.width:g} x {floor.layout.height:g} m floor", file=sys.stderr)
     costs = WarehouseCosts(floor.layout, device=model.device)
-    results = {name: _run(name, fleet_planner(name, m, costs, cfg), floor, costs, ticks, args.seed, not args.json)
+    shield = _shield(args, runs[0], costs, cfg.horizon)
+    results = {name: _run(name, fleet_planner(name, m, costs, cfg), floor, costs, ticks, args.seed, not args.json,
+                          shield if name == runs[0][0] else None)
                for name, m in runs}
-    return _result(args, model, cfg, floor, results)
+    return _result(args, model, cfg, floor, results, shield)
+
+
+def _shield(args: argparse.Namespace, run: tuple[str, WorldModel], costs: WarehouseCosts,
+            plan_horizon: int) -> FleetShield | None:
+    """The fleet shield over the first run's plans: on for the coordinated planner unless --no-shield. It checks
+    ``FleetShieldConfig``'s horizon, or --shield-horizon, at most the plan's ``plan_horizon`` steps."""
+    from planners.fleet_shield import FleetShield, FleetShieldConfig
+
+    name, model = run
+    if args.no_shield or name != COORDINATED:
+        return None
+    given = getattr(args, _SHIELD_HORIZON)
+    if isinstance(given, Unset):
+        return FleetShield(model.dynamics, costs,
+                           FleetShieldConfig(horizon=min(FleetShieldConfig.horizon, plan_horizon)))
+    if not 1 <= given <= plan_horizon:
+        raise ValueError(f"--shield-horizon must be between 1 and the plan's --horizon {plan_horizon}, got {given}")
+    return FleetShield(model.dynamics, costs, FleetShieldConfig(horizon=int(given)))
 
 
 def _runs(args: argparse.Namespace, model: WorldModel) -> list[tuple[str, WorldModel]]:
@@ -148,19 +173,22 @@ def _runs(args: argparse.Namespace, model: WorldModel) -> list[tuple[str, WorldM
 
 
 def _result(args: argparse.Namespace, model: WorldModel, cfg: FleetPlanConfig, floor: WarehouseFloor,
-            results: dict[str, FleetEvalResult]) -> dict[str, Any]:
-    """The command's JSON: the first run's summary at the top, the baselines' under ``baselines``."""
+            results: dict[str, FleetEvalResult], shield: FleetShield | None) -> dict[str, Any]:
+    """The command's JSON: the first run's summary at the top, the baselines' under ``baselines``; ``shield``: the
+    first run's shield settings (None: unshielded)."""
     from planners.fleet_cem import FLEET_CEM
     from worldmodel.envs.warehouse import WAREHOUSE_ID
 
     (planner, first), *rest = results.items()
     out = {"command": "eval", "model": args.model, "env": WAREHOUSE_ID, "planner": planner, "robots": floor.robots,
            "humans": floor.humans, "ticks": first.ticks, "seed": args.seed, "settings": dataclasses.asdict(cfg),
-           "cem": dataclasses.asdict(FLEET_CEM), "device": str(model.device), **_row(first),
+           "cem": dataclasses.asdict(FLEET_CEM), "device": str(model.device),
+           "shield": None if shield is None else dataclasses.asdict(shield.cfg), **_row(first),
            "baseline_model": args.baseline_model, "baselines": {name: _row(r) for name, r in rest}}
     out |= _draw(floor.layout, first, args, f"{planner}: {floor.robots} robots, {first.ticks} ticks, seed {args.seed}")
     out["_summary"] = [f"{WAREHOUSE_ID}: {floor.robots} robots and {floor.humans} humans, {first.ticks} ticks at "
-                       f"10 Hz, horizon {cfg.horizon}, {cfg.samples} joint samples",
+                       f"10 Hz, horizon {cfg.horizon}, {cfg.samples} joint samples, "
+                       + ("unshielded" if shield is None else f"shield horizon {shield.cfg.horizon}"),
                        *(_line(name, r) for name, r in results.items()),
                        *(f"{key}: {out[key]}" for key in ("png", "gif") if key in out)]
     return out
@@ -200,14 +228,14 @@ class _Ticking:
 
 
 def _run(name: str, planner: FleetCEM, floor: WarehouseFloor, costs: WarehouseCosts, ticks: int, seed: int,
-         progress: bool) -> FleetEvalResult:
+         progress: bool, shield: FleetShield | None) -> FleetEvalResult:
     from tqdm import tqdm
 
     from planners.warehouse_eval import run_floor
 
     with tqdm(total=ticks + 1, desc=f"{name}, {floor.robots} robots", unit="tick", file=sys.stderr,
               disable=not progress) as bar:  # + 1: the untimed warm-up call
-        return run_floor(_Ticking(planner, bar.update), floor, costs, ticks, seed=seed)
+        return run_floor(_Ticking(planner, bar.update), floor, costs, ticks, seed=seed, shield=shield)
 
 
 def _row(result: FleetEvalResult) -> dict[str, Any]:
@@ -217,7 +245,9 @@ def _row(result: FleetEvalResult) -> dict[str, Any]:
 def _line(name: str, r: FleetEvalResult) -> str:
     return (f"{name}: {r.collisions_per_robot_hour:.1f} collisions per robot-hour, {r.shelf_collisions} shelf "
             f"collisions, {r.deliveries_per_hour:.0f} deliveries per hour, planning {r.plan_ms:.1f} ms per tick "
-            f"(p95 {r.plan_ms_p95:.1f})")
+            f"(p95 {r.plan_ms_p95:.1f})" + (f", shielded robot-ticks {r.shielded_agent_contact} for agent contact and "
+                                             f"{r.shielded_shelf} for shelves ({r.shield_ms:.1f} ms per tick)"
+                                             if r.shield_ms else ""))
 
 
 def _draw(layout: Layout, result: FleetEvalResult, args: argparse.Namespace, title: str) -> dict[str, str]:

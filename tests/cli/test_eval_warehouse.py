@@ -10,26 +10,20 @@ from PIL import Image
 from cluster.cli import build_parser, main
 from cluster.commands.eval_warehouse import check_lone_agent_args
 from planners.fleet_cem import FLEET_CEM, FleetPlanConfig
+from planners.fleet_shield import FleetShieldConfig
 
 from tests.thread_fixtures import one_thread  # noqa: F401  (autouse: one torch thread)
+from tests.warehouse_fixtures import warehouse_models  # noqa: F401
 
 from .helpers import run_json
 
-TINY = ["--epochs", "2", "--hidden", "16", "--ensemble-size", "2"]
 FLOOR = ["--robots", "4", "--ticks", "12", "--horizon", "4", "--samples", "8"]
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """A fleet model and a per-agent model, each `wm train`ed for seconds on the same short `wm collect`."""
-    root = tmp_path_factory.mktemp("warehouse")
-    logs = str(root / "logs")
-    assert main(["collect", "--env", "Warehouse-v0", "--robots", "4", "--episodes", "3", "--steps", "40",
-                 "--out", logs, "--json"]) == 0
-    out = {"fleet": str(root / "fleet"), "agent": str(root / "agent")}
-    assert main(["train", "--data", logs, "--out", out["fleet"], *TINY, "--json"]) == 0  # fleet: the env's default
-    assert main(["train", "--data", logs, "--out", out["agent"], "--dynamics", "ensemble", *TINY, "--json"]) == 0
-    return out
+def models(warehouse_models: dict[str, str]) -> dict[str, str]:  # noqa: F811
+    """A fleet model and a per-agent model ('agent'), `wm train`ed for seconds on the same short `wm collect`."""
+    return warehouse_models
 
 
 def test_coordinated_and_both_baselines_run_on_one_floor_and_draw_it(capsys: pytest.CaptureFixture[str],
@@ -85,3 +79,26 @@ def test_floor_options_are_refused_for_lone_agent_models() -> None:
     argv = ["eval", "--model", "m", "--planner", "coordinated"]
     with pytest.raises(ValueError, match="--planner coordinated is for Warehouse-v0"):
         check_lone_agent_args(build_parser(argv).parse_args(argv), "Nav2D-v0")
+
+
+def test_the_coordinated_planner_is_shielded_unless_no_shield_and_the_baselines_never(
+        capsys: pytest.CaptureFixture[str], models: dict[str, str]) -> None:
+    code, out, _ = run_json(capsys, "eval", "--model", models["fleet"], *FLOOR, "--baseline-model", models["agent"])
+    assert code == 0, out
+    assert out["shield"]["horizon"] == 4  # the shield's default, 5, at most the plan's --horizon 4
+    assert out["shield"]["shelf_clearance"] == FleetShieldConfig.shelf_clearance
+    assert out["shield_ms"] > 0 and out["shielded_agent_contact"] >= 0 and out["shielded_shelf"] >= 0
+    assert all(row["shield_ms"] == 0 for row in out["baselines"].values())
+    code, out, _ = run_json(capsys, "eval", "--model", models["fleet"], *FLOOR, "--no-shield", "--ticks", "2")
+    assert code == 0, out
+    assert out["shield"] is None and out["shield_ms"] == 0 and out["shielded_shelf"] == 0
+    code, out, _ = run_json(capsys, "eval", "--model", models["fleet"], *FLOOR, "--shield-horizon", "2", "--ticks", "2")
+    assert code == 0, out
+    assert out["shield"]["horizon"] == 2
+
+
+def test_a_shield_horizon_beyond_the_plan_is_a_one_line_error(capsys: pytest.CaptureFixture[str],
+                                                              models: dict[str, str]) -> None:
+    assert main(["eval", "--model", models["fleet"], *FLOOR, "--shield-horizon", "9"]) != 0
+    err = capsys.readouterr().err
+    assert "--shield-horizon must be between 1 and the plan's --horizon 4, got 9" in err and "Traceback" not in err

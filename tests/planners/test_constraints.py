@@ -38,7 +38,7 @@ def test_margins_take_the_worst_member_step_and_kind() -> None:
     assert kind.dtype == torch.int8 and kind.tolist() == [[Constraint.NO_FLY_ZONE, Constraint.NO_FLY_ZONE]]
     worst, kind = margins(traj, {})
     assert (worst == INF).all() and (kind == Constraint.NONE).all()
-    assert [c.reason for c in Constraint] == [None, "no_fly_zone", "state_box", "speed"]
+    assert [c.reason for c in Constraint] == [None, "no_fly_zone", "state_box", "speed", "agent_contact", "shelf"]
 
 
 def test_project_keeps_every_sample_inside_each_agents_bounds_within_the_box() -> None:

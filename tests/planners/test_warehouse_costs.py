@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
-from planners.warehouse_costs import CostWeights, DistanceFields, WarehouseCosts
+from planners.warehouse_costs import CostWeights, DistanceFields, WarehouseCosts, aisle_lanes
 from worldmodel.envs.warehouse import ROBOT_RADIUS
 from worldmodel.envs.warehouse_layout import Layout
 
@@ -71,7 +72,8 @@ def test_proximity_costs_charge_contact_and_the_margin_only() -> None:
     assert costs.agents(dist).item() == pytest.approx(-(10 + 20 * 0.3) - 20 * 0.1)
     near_wall = torch.tensor([[0.2, 5.0], [0.6, 5.0], [1.5, 5.0]])  # the left wall is x = 0
     assert costs.shelves(near_wall).tolist() == pytest.approx([-(10 + 20 * 0.3), 0.0, 0.0], abs=1e-5)
-    assert costs.progress(torch.tensor([[8.0, 5.0]]), costs.targets(TARGET)).item() == pytest.approx(-0.1, abs=0.01)
+    progress = costs.progress(torch.tensor([[8.0, 5.0]]), costs.targets(TARGET)).item()  # 1 m from the target
+    assert progress == pytest.approx(-CostWeights().progress, rel=0.1)
     with pytest.raises(ValueError, match="margin"):
         CostWeights(margin=-1.0)
 
@@ -83,3 +85,19 @@ def test_the_shelf_cost_of_distances_is_the_shelf_cost_of_positions() -> None:
                       pos[:, 1:].clamp(costs.rects[:, 1], costs.rects[:, 3]) - pos[:, 1:])  # (4, R)
     torch.testing.assert_close(costs.shelf_gaps(gap), costs.shelves(pos))
     assert costs.shelf_gaps(gap)[-1] == 0 and (costs.shelf_gaps(gap)[:3] < 0).all()
+
+
+def test_aisles_between_shelf_columns_keep_right() -> None:
+    # The aisle between the left wall and the block spans x in [0, 4] over the block's height.
+    points = np.array([[1.0, 5.0], [3.0, 5.0], [5.0, 5.0], [3.0, 9.0], [8.0, 5.0]])
+    assert aisle_lanes(BLOCK, points).tolist() == [-1, 1, 0, 0, -1]  # down, up, shelf, cross aisle, right aisle
+
+
+def test_a_lane_makes_travel_against_it_longer_and_leaves_travel_with_it_alone() -> None:
+    plain, lanes = DistanceFields(BLOCK, ROBOT_RADIUS, 0.25), DistanceFields(BLOCK, ROBOT_RADIUS, 0.25, lane_penalty=3.0)
+    up = torch.tensor([[3.0, 9.5], [1.0, 9.5]])  # targets above the aisle, on its up and its down side
+    start = torch.tensor([[3.0, 3.0], [1.0, 3.0]])
+    free = plain.lookup(start, plain.index(up))
+    kept = lanes.lookup(start, lanes.index(up))
+    assert kept[0] == pytest.approx(free[0].item(), rel=0.02)  # up the right half: as without lanes
+    assert free[1] + 0.5 < kept[1] < 2 * free[1]  # up the left half: it crosses over to the right half first
