@@ -2,7 +2,7 @@
 
 A worker loads a version (and its policy, when it has one) from the registry or a model directory onto its GPU
 when the cluster has one (the actor then asks Ray for ``num_gpus=1``), else the
-CPU, and hosts the Ray-free ``FleetPlanner``. It answers three kinds of batched
+CPU, and hosts the Ray-free ``FleetPlanner`` (a ``WarehousePlanner`` for a warehouse fleet model). It answers three kinds of batched
 calls: plan, score logged transitions (prediction error) and switch version.
 Calls run on a small thread pool, so a switch loads the new version beside the
 old one while plans keep being answered; each call plans with the version that
@@ -18,7 +18,8 @@ import numpy as np
 import ray
 
 from actors.common import gpus_per_worker
-from planners.service import FleetPlanner, PlanBatch, ServiceConfig
+from planners.service import FleetPlanner, PlanBatch, ServiceConfig, load_planner
+from planners.warehouse_service import WarehousePlanner
 from worldmodel.device import resolve_device
 from worldmodel.registry import ModelRegistry
 
@@ -31,22 +32,23 @@ class EnsembleWorker:
         self.registry_uri, self.cfg, self.device = registry_uri, cfg or ServiceConfig(), device
         self.service = self._load(model)
 
-    def _load(self, model: str) -> FleetPlanner:
+    def _load(self, model: str) -> FleetPlanner | WarehousePlanner:
         """``model`` by registry reference ('production', '1.2.0', ...) with a registry, else by directory;
         planners built and warmed up."""
         model_dir = ModelRegistry(self.registry_uri).model_dir(model) if self.registry_uri else model
-        service = FleetPlanner.load(model_dir, self.cfg, device=resolve_device(self.device))
+        service = load_planner(model_dir, self.cfg, device=resolve_device(self.device))
         service.warmup()
         return service
 
     def plan(self, obs: np.ndarray, warm_start: np.ndarray | None = None, objectives: list[str] | None = None,
              constraints: dict[str, np.ndarray] | None = None, budget_ms: float | None = None,
-             hidden: np.ndarray | None = None, modes: list[str] | None = None) -> PlanBatch:
+             hidden: np.ndarray | None = None, modes: list[str] | None = None,
+             sites: list[str | None] | None = None) -> PlanBatch:
         """See ``FleetPlanner.plan``; the answer names the version that planned it."""
         service = self.service  # the version current when the call started answers it
         if hidden is not None and not (service.recurrent and hidden.shape[-1] == service.model.dynamics.hidden):
             hidden = None  # states from another version (after a switch, or production's for a shadow): start fresh
-        return service.plan(obs, warm_start, objectives, constraints, budget_ms, hidden, modes)
+        return service.plan(obs, warm_start, objectives, constraints, budget_ms, hidden, modes, sites)
 
     def score(self, obs: np.ndarray, actions: np.ndarray, new_obs: np.ndarray) -> dict[str, Any]:
         """Prediction error of logged transitions (B rows): per row and its mean."""

@@ -4,12 +4,14 @@ dead-lettering and the trimming policy.
 A telemetry entry is one transition in one field, ``v``: a fixed header, then float32 values, then UTF-8
 strings (one field, so a consumer parses one value per entry, not eleven):
 
-    header  <B H H B i q H H H>  codec version, S, A, flags (1 terminated, 2 truncated), t,
-                                 timestamp (int64 microseconds, UTC), bytes of agent_id, eps_id, model_version
-    floats  <f4 * (2S + A + 1)>  obs (S), actions (A), new_obs (S), reward
-    strings agent_id, eps_id, model_version
+    header  <B H H B i q H H H H>  codec version, S, A, flags (1 terminated, 2 truncated), t,
+                                   timestamp (int64 microseconds, UTC), bytes of agent_id, eps_id,
+                                   model_version, scene
+    floats  <f4 * (2S + A + 1)>    obs (S), actions (A), new_obs (S), reward
+    strings agent_id, eps_id, model_version, scene
 
-The served path has lone agents only, so the codec carries no ``scene``: decoded rows have scene "".
+The scene is a warehouse robot's site ("" for lone agents). Entries of codec version 1 (no scene: its header
+has one length fewer) decode with scene "".
 
 Trimming (``trim_acknowledged``): producers never trim (``MAXLEN`` on ``XADD`` would drop entries no logger
 has read yet). The ingest consumer trims with ``XTRIM MINID ~ floor`` after each flush, where the floor is,
@@ -41,8 +43,10 @@ DEAD_LETTER_MAXLEN = 100_000
 """Dead letters kept (approximately): they are for inspection, not replay."""
 
 FIELD = b"v"
-CODEC_VERSION = 1
-_HEADER = struct.Struct("<BHHBiqHHH")
+CODEC_VERSION = 2
+_HEADERS = {1: struct.Struct("<BHHBiqHHH"), 2: struct.Struct("<BHHBiqHHHH")}
+"""Each readable codec version's header; ``CODEC_VERSION``'s is written."""
+_HEADER = _HEADERS[CODEC_VERSION]
 _TERMINATED, _TRUNCATED = 1, 2
 
 
@@ -54,8 +58,8 @@ def encode_transitions(batch: Transitions) -> list[bytes]:
     micros = batch.timestamp.astype("datetime64[us]").astype(np.int64)
     s, a = batch.obs_dim, batch.act_dim
     payloads = []
-    for i, (agent, eps, version) in enumerate(zip(batch.agent_id, batch.eps_id, batch.model_version)):
-        strings = [str(agent).encode(), str(eps).encode(), str(version).encode()]
+    for i, row in enumerate(zip(batch.agent_id, batch.eps_id, batch.model_version, batch.scene)):
+        strings = [str(x).encode() for x in row]
         header = _HEADER.pack(CODEC_VERSION, s, a, int(flags[i]), int(batch.t[i]), int(micros[i]),
                               *(len(x) for x in strings))
         payloads.append(b"".join([header, floats[i].tobytes(), *strings]))
@@ -116,9 +120,10 @@ def decode_entries(entries: Iterable[tuple[bytes, dict[bytes, bytes]]], dims: tu
             continue
         dims = dims or (head[1], head[2])
         ids.append(entry_id)
-        headers.append(head)
+        headers.append(head[:6])
         strings.append(row_strings)
-        floats.append(raw[_HEADER.size:_HEADER.size + 4 * (2 * dims[0] + dims[1] + 1)])
+        start = _HEADERS[head[0]].size
+        floats.append(raw[start:start + 4 * (2 * dims[0] + dims[1] + 1)])
     if not ids:
         return Decoded([], None, bad, dims)
     values = np.frombuffer(b"".join(floats), dtype="<f4").reshape(len(ids), -1)  # (B, 2S + A + 1)
@@ -134,44 +139,46 @@ def decode_entries(entries: Iterable[tuple[bytes, dict[bytes, bytes]]], dims: tu
     return Decoded(ids, _batch(values, np.array(headers, dtype=np.int64), strings, dims), bad, dims)
 
 
-def _parse(raw: object, dims: tuple[int, int] | None) -> tuple[tuple[int, ...], tuple[str, str, str]]:
-    """One payload's header and strings, or ValueError naming what is wrong."""
-    if not isinstance(raw, bytes) or len(raw) < _HEADER.size:
-        raise ValueError(f"entry has no {FIELD.decode()!r} field of at least {_HEADER.size} bytes")
-    head = _HEADER.unpack_from(raw)
-    version, s, a, _, t, _, *lengths = head
-    if version != CODEC_VERSION:
-        raise ValueError(f"codec version {version}, expected {CODEC_VERSION}")
+def _parse(raw: object, dims: tuple[int, int] | None) -> tuple[tuple[int, ...], tuple[str, ...]]:
+    """One payload's header and strings (agent_id, eps_id, model_version, scene), or ValueError naming what is
+    wrong."""
+    if not isinstance(raw, bytes) or not raw or raw[0] not in _HEADERS:
+        got = raw[0] if isinstance(raw, bytes) and raw else None
+        raise ValueError(f"entry has no {FIELD.decode()!r} field of a known codec version ({sorted(_HEADERS)}), "
+                         f"got version {got}")
+    layout = _HEADERS[raw[0]]
+    if len(raw) < layout.size:
+        raise ValueError(f"entry has no {FIELD.decode()!r} field of at least {layout.size} bytes")
+    head = layout.unpack_from(raw)
+    _, s, a, _, t, _, *lengths = head
     if dims is not None and (s, a) != dims:
         raise ValueError(f"(S, A) = ({s}, {a}), expected {dims}")
     if s < 1 or a < 1 or t < 0:
         raise ValueError(f"S={s}, A={a}, t={t}: expected S >= 1, A >= 1, t >= 0")
-    start = _HEADER.size + 4 * (2 * s + a + 1)
+    start = layout.size + 4 * (2 * s + a + 1)
     if len(raw) != start + sum(lengths):
         raise ValueError(f"payload has {len(raw)} bytes, expected {start + sum(lengths)} for S={s}, A={a}")
+    ends = np.cumsum([start, *lengths]).tolist()
     try:
-        agent = raw[start:start + lengths[0]].decode()
-        eps = raw[start + lengths[0]:start + lengths[0] + lengths[1]].decode()
-        version_id = raw[start + lengths[0] + lengths[1]:].decode()
+        strings = tuple(raw[lo:hi].decode() for lo, hi in zip(ends[:-1], ends[1:]))
     except UnicodeDecodeError as e:
         raise ValueError(f"a string is not UTF-8 ({e.reason})") from None
-    if not agent or not eps:
+    if not strings[0] or not strings[1]:
         raise ValueError("agent_id and eps_id must not be empty")
-    return head, (agent, eps, version_id)
+    return head, strings + ("",) * (4 - len(strings))  # version 1: no scene
 
 
-def _batch(values: np.ndarray, headers: np.ndarray, strings: list[tuple[str, str, str]],
+def _batch(values: np.ndarray, headers: np.ndarray, strings: list[tuple[str, ...]],
            dims: tuple[int, int]) -> Transitions:
-    """Transitions from (B, 2S + A + 1) floats, (B, 9) headers and B string triples."""
+    """Transitions from (B, 2S + A + 1) floats, (B, 6) headers (up to the timestamp) and B string quadruples."""
     s, a = dims
-    agent, eps, version = (np.array(column, dtype=object) for column in zip(*strings))
+    agent, eps, version, scene = (np.array(column, dtype=object) for column in zip(*strings))
     flags = headers[:, 3]
     return Transitions(obs=values[:, :s], actions=values[:, s:s + a], rewards=values[:, -1].copy(),
                        new_obs=values[:, s + a:2 * s + a], terminateds=(flags & _TERMINATED) > 0,
                        truncateds=(flags & _TRUNCATED) > 0, eps_id=eps, agent_id=agent,
                        t=headers[:, 4].astype(np.int32), model_version=version,
-                       timestamp=headers[:, 5].astype("datetime64[us]"),
-                       scene=np.full(len(values), "", dtype=object))  # codec version 1 carries no scene
+                       timestamp=headers[:, 5].astype("datetime64[us]"), scene=scene)
 
 
 def dead_letter(pipe: Any, source: str, bad: list[BadEntry], stream: str = TELEMETRY_DEAD_LETTERS) -> None:

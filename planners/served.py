@@ -18,8 +18,10 @@ import torch
 from planners import PlanConfig, resolved_settings, shift_plan
 from planners.base import Fallback, PlanResult
 from planners.config import DEFAULT_PLANNER, SHIELD_HORIZON
+from planners.config import FleetPlanConfig
 from planners.objectives import ACTION_HIGH, ACTION_LOW, BOX, MAX_SPEED, ZONES, Params
 from worldmodel.config import config_from_dict
+from worldmodel.envs.warehouse import DEFAULT_ROBOTS
 
 CONSTRAINT_DIMS = {ZONES: 3, BOX: 3, MAX_SPEED: 1, ACTION_LOW: 2, ACTION_HIGH: 2}
 """The constraints ``FleetPlanner.plan`` takes (``planners.objectives`` keys) and their arrays' ndim with
@@ -44,6 +46,10 @@ class ServiceConfig:
     request without constraints passes it unchanged, at the cost of a few short rollouts per batch."""
     shield_horizon: int = SHIELD_HORIZON
     """Steps the shield checks ahead (see ``planners.config.SHIELD_HORIZON``)."""
+    fleet: FleetPlanConfig = FleetPlanConfig()
+    """Warehouse fleet models: the floor planner's settings (``plan`` is the lone agents')."""
+    floor_robots: int = DEFAULT_ROBOTS
+    """Warehouse fleet models: the served floor is ``layout_for(floor_robots)``."""
 
     @property
     def planner_settings(self) -> dict[str, Any]:
@@ -52,28 +58,33 @@ class ServiceConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return {"planner": self.planner, "plan": dataclasses.asdict(self.plan), "settings": self.planner_settings,
-                "shield": self.shield, "shield_horizon": self.shield_horizon}
+                "shield": self.shield, "shield_horizon": self.shield_horizon, "fleet": dataclasses.asdict(self.fleet),
+                "floor_robots": self.floor_robots}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ServiceConfig":
         """From ``to_dict``'s form; missing keys keep their defaults, unknown keys are an error."""
-        known = ("planner", "plan", "settings", "shield", "shield_horizon")
+        known = ("planner", "plan", "settings", "shield", "shield_horizon", "fleet", "floor_robots")
         unknown = sorted(set(data) - set(known))
         if unknown:
             raise ValueError(f"unknown planner service setting(s) {unknown}; known: {', '.join(known)}")
         plan = cls.plan if "plan" not in data else config_from_dict(PlanConfig, {**dataclasses.asdict(cls.plan),
                                                                                   **data["plan"]})
+        fleet = config_from_dict(FleetPlanConfig, {**dataclasses.asdict(cls.fleet), **data.get("fleet", {})})
         settings, shield = data.get("settings"), data.get("shield", cls.shield)
         if not isinstance(shield, bool):
             raise ValueError(f"shield must be true or false, got {shield!r}")
         return cls(planner=data.get("planner", cls.planner), plan=plan,
                    settings=None if settings is None else dict(settings), shield=shield,
-                   shield_horizon=data.get("shield_horizon", cls.shield_horizon))
+                   shield_horizon=data.get("shield_horizon", cls.shield_horizon), fleet=fleet,
+                   floor_robots=data.get("floor_robots", cls.floor_robots))
 
     def __post_init__(self) -> None:
         if not isinstance(self.shield_horizon, int) or isinstance(self.shield_horizon, bool) or \
                 self.shield_horizon < 1:
             raise ValueError(f"shield_horizon must be an integer >= 1, got {self.shield_horizon!r}")
+        if not isinstance(self.floor_robots, int) or isinstance(self.floor_robots, bool) or self.floor_robots < 1:
+            raise ValueError(f"floor_robots must be an integer >= 1, got {self.floor_robots!r}")
 
 
 @dataclass(frozen=True)
@@ -96,7 +107,8 @@ class PlanBatch:
             violating (0 where it did not act).
         margin: (N,) worst predicted constraint margin of the answered action over the shield's horizon
             (+inf without a shield or without constraints; negative: a predicted violation).
-        fallback_source: who the fallback is: 'policy' (the model's policy) or 'zero' (the zero action).
+        fallback_source: who the fallback is: 'policy' (the model's policy), 'zero' (the zero action) or 'brake'
+            (a warehouse robot without a policy stops).
 
     Policy-mode rows (``Decision.POLICY``) predict nothing beyond the shield's check: their warm start
     holds the action, their trajectory holds the observation, their disagreement is 0.

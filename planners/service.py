@@ -32,12 +32,13 @@ from planners.policy_artifact import load_policy, policy_info
 from planners.rollout import HIDDEN, is_recurrent
 from planners.served import PlanBatch, ServiceConfig, constraint_params, empty_batch, fill, one_row
 from planners.shield import Shield
+from planners.warehouse_service import WarehousePlanner, is_fleet_model
 from worldmodel.artifact import load_model
 from worldmodel.envs import NAV2D_ID
 from worldmodel.envs.nav2d import GOAL_DIMS
 from worldmodel.model import WorldModel
 
-__all__ = ["FleetPlanner", "PlanBatch", "ServiceConfig"]
+__all__ = ["FleetPlanner", "PlanBatch", "ServiceConfig", "load_planner"]
 
 
 class FleetPlanner:
@@ -112,7 +113,7 @@ class FleetPlanner:
         device (JSON-friendly)."""
         spec = self.model.spec
         return {"model_version": self.version, "env_id": spec.env_id, "obs_dim": self.obs_dim,
-                "act_dim": spec.act_dim, "objectives": list(self.objectives), "zones": self.zones,
+                "act_dim": spec.act_dim, "objectives": list(self.objectives), "zones": self.zones, "sites": False,
                 "planner": self.cfg.planner, "planner_settings": self.cfg.planner_settings, "horizon": self.horizon,
                 "prior_share": self.cfg.plan.prior_share, "policy": self._policy_summary(),
                 "modes": list(MODES) if self.policy is not None else ["plan"],
@@ -140,7 +141,8 @@ class FleetPlanner:
     @torch.no_grad()
     def plan(self, obs: np.ndarray, warm_start: np.ndarray | None = None, objectives: list[str] | None = None,
              constraints: dict[str, np.ndarray] | None = None, budget_ms: float | None = None,
-             hidden: np.ndarray | None = None, modes: list[str] | None = None) -> PlanBatch:
+             hidden: np.ndarray | None = None, modes: list[str] | None = None,
+             sites: list[str | None] | None = None) -> PlanBatch:
         """Decide for N agents.
 
         Args:
@@ -155,6 +157,7 @@ class FleetPlanner:
             hidden: (N, Hd) recurrent models only: each agent's hidden state, NaN rows for a fresh one; any
                 other shape (another model's states) is ignored: every agent starts fresh.
             modes: per agent, 'plan' (default) or 'policy' (the policy's action, shielded; no planning).
+            sites: lone agents have none (all None): sites are the warehouse's (``WarehousePlanner``).
 
         Returns:
             the ``PlanBatch`` of the N agents, in order.
@@ -163,6 +166,8 @@ class FleetPlanner:
         n, device = len(obs), self.model.device
         objectives, modes = objectives or ["learned"] * n, modes or ["plan"] * n
         self._check(n, objectives, modes)
+        if any(site is not None for site in sites or []):
+            raise ValueError(f"site is for Warehouse-v0 models; model {self.version} plans each agent alone")
         obs_t = torch.as_tensor(np.asarray(obs, np.float32), device=device)
         if obs_t.dim() != 2 or obs_t.shape[1] != self.obs_dim:
             raise ValueError(f"obs must be (N, {self.obs_dim}), got {tuple(obs_t.shape)}")
@@ -283,3 +288,18 @@ class FleetPlanner:
             mean, _ = self.model.dynamics(o, a).moments()  # (B, S) ensemble mean
         return (mean - n).norm(dim=-1).cpu().numpy()
 
+
+
+def load_planner(model_dir: str | Path, cfg: ServiceConfig | None = None,
+                 device: str | torch.device = "cpu") -> "FleetPlanner | WarehousePlanner":
+    """The served planner of ``model_dir``: a ``WarehousePlanner`` for a Warehouse-v0 fleet model (its robots
+    planned jointly by site), else a ``FleetPlanner``.
+
+    Raises:
+        ArtifactError: the model or its policy is corrupted or does not fit.
+    """
+    model = load_model(model_dir, device=device)
+    policy = load_policy(model_dir, device=device)
+    if is_fleet_model(model):
+        return WarehousePlanner(model, cfg, policy)
+    return FleetPlanner(model, cfg, policy, policy_info(model_dir))

@@ -292,7 +292,8 @@ class FleetIngress:
         """The served model's spec; the app's OpenAPI schema then states its observation and action sizes."""
         spec = await self.planner.info.remote()
         app: FastAPI = self.app  # the replica's own copy of ``api`` (Serve's ASGIAppReplicaWrapper)
-        served = served_openapi(FastAPI.openapi(app), spec["obs_dim"], spec["act_dim"], spec.get("modes"))
+        served = served_openapi(FastAPI.openapi(app), spec["obs_dim"], spec["act_dim"], spec.get("modes"),
+                                spec.get("sites", False))
         app.openapi = lambda: served  # type: ignore[method-assign]
         return spec
 

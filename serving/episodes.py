@@ -22,7 +22,7 @@ ArrayLike = Sequence[float] | np.ndarray
 def plan_body(agent_id: str, observation: ArrayLike, *, reward: float | None = None, terminated: bool = False,
               truncated: bool = False, objective: dict[str, Any] | None = None, deadline_ms: float | None = None,
               return_trajectory: bool = False, request_id: str | None = None, t: int | None = None,
-              prev_action: ArrayLike | None = None) -> dict[str, Any]:
+              prev_action: ArrayLike | None = None, site: str | None = None) -> dict[str, Any]:
     """The JSON body of one plan request, with a fresh ``request_id`` (uuid4 hex) when none is given.
 
     Args:
@@ -30,6 +30,7 @@ def plan_body(agent_id: str, observation: ArrayLike, *, reward: float | None = N
         objective: {"name": "learned" | "goal", "no_fly_zones": (Z, 3) list or array}; None: the server's default.
         t: step index of ``observation`` in the agent's episode (0 at its first observation).
         prev_action: (A,) the action the agent executed after its previous observation.
+        site: a warehouse robot's floor (robots of one site are planned jointly).
     """
     body: dict[str, Any] = {"agent_id": agent_id, "observation": _vector("observation", observation, "S"),
                             "request_id": request_id or uuid.uuid4().hex}
@@ -49,6 +50,8 @@ def plan_body(agent_id: str, observation: ArrayLike, *, reward: float | None = N
         body["objective"] = _objective(objective)
     if deadline_ms is not None:
         body["deadline_ms"] = float(deadline_ms)
+    if site is not None:
+        body["site"] = site
     if return_trajectory:
         body["return_trajectory"] = True
     return body

@@ -59,7 +59,7 @@ def run_loop(coro: Coroutine[Any, Any, T]) -> T:
 
 
 @dataclass
-class _Tally:
+class Tally:
     """Counters every agent adds to (one event loop, so no locks)."""
 
     start: float
@@ -176,11 +176,11 @@ async def drive_fleet(config: FleetConfig, progress: Callable[[str], None] | Non
     prefix = config.agent_prefix if config.agent_prefix is not None else f"fleet-{uuid.uuid4().hex[:8]}-"
     env_kwargs = {"num_no_fly_zones": config.no_fly_zones} if config.no_fly_zones else {}
     keep = 0 if trace is None or config.env_id != NAV2D_ID else trace.track_agents
-    async with _lines(config) as (sends, stats):
+    async with agent_lines(config) as (sends, stats):
         agents = [_Agent(f"{prefix}{i:04d}", make_env(config.env_id, **env_kwargs), send,
                          _Track() if i < keep else None) for i, send in enumerate(sends)]
-        tally = _Tally(start=time.perf_counter())
-        reporter = asyncio.create_task(_report(tally, config.seconds, progress)) if progress else None
+        tally = Tally(start=time.perf_counter())
+        reporter = asyncio.create_task(report_progress(tally, config.seconds, progress)) if progress else None
         try:
             async with asyncio.TaskGroup() as group:
                 for i, agent in enumerate(agents):
@@ -200,7 +200,7 @@ async def drive_fleet(config: FleetConfig, progress: Callable[[str], None] | Non
 
 
 @contextlib.asynccontextmanager
-async def _lines(config: FleetConfig) -> AsyncIterator[tuple[list[Send], ClientStats]]:
+async def agent_lines(config: FleetConfig) -> AsyncIterator[tuple[list[Send], ClientStats]]:
     """Each agent's line to the endpoint, and the stats counting their calls: over HTTP an ``AgentLink`` per
     agent; over the bus one ``AsyncStreamClient`` for them all (one process, two connections)."""
     if config.transport == "redis":
@@ -220,7 +220,7 @@ async def _lines(config: FleetConfig) -> AsyncIterator[tuple[list[Send], ClientS
             link.close()
 
 
-async def _drive_agent(config: FleetConfig, tally: _Tally, agent: _Agent, i: int) -> None:
+async def _drive_agent(config: FleetConfig, tally: Tally, agent: _Agent, i: int) -> None:
     """Agent i's loop: each tick it sends its observation and acts on the answer, until the run is over."""
     ep = agent.start(config.objective, seed=config.seed + i)
     zero = np.zeros(agent.env.action_space.shape, np.float32)
@@ -257,7 +257,7 @@ async def _drive_agent(config: FleetConfig, tally: _Tally, agent: _Agent, i: int
             tick += missed * config.period_s
 
 
-def _step(agent: _Agent, ep: _Episode, action: np.ndarray, tally: _Tally) -> _Episode:
+def _step(agent: _Agent, ep: _Episode, action: np.ndarray, tally: Tally) -> _Episode:
     """The agent executes ``action`` (A,): the episode one step on, with the action it will report."""
     obs, reward, terminated, truncated, info = agent.env.step(action)
     violated = bool(info.get("violation", False))
@@ -291,7 +291,7 @@ def latency_summary(latency_ms: list[float]) -> dict[str, float]:
     return {"p50": float(p50), "p95": float(p95), "p99": float(p99), "mean": float(ms.mean()), "max": float(ms.max())}
 
 
-async def _report(t: _Tally, seconds: float, progress: Callable[[str], None]) -> None:
+async def report_progress(t: Tally, seconds: float, progress: Callable[[str], None]) -> None:
     """Every few seconds, a progress line: requests, rate, recent p99, episodes, errors."""
     seen = 0
     while True:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from planners.config import OBJECTIVES
 from serving.link import HTTP_SCHEMES, REDIS_SCHEMES, RETRY
 from worldmodel.envs import NAV2D_ID
+from worldmodel.envs.warehouse import WAREHOUSE_ID
 
 if TYPE_CHECKING:
     import numpy as np
@@ -62,6 +63,9 @@ class FleetConfig:
     """The fleet bus, e.g. 'redis://127.0.0.1:6379/0'; required with transport 'redis', unused otherwise."""
     bus_prefix: str = "fleetwm"
     """Name prefix of the bus's streams: the serving app's ``AppConfig.bus_prefix``."""
+    batch: bool = False
+    """Warehouse-v0 over HTTP: each tick's robots as one ``POST /v1/plan/batch``; False: one request per robot
+    (the engine plans a site's robots that arrive together jointly either way)."""
 
     def __post_init__(self) -> None:
         checks = [
@@ -76,6 +80,8 @@ class FleetConfig:
             (self.deadline_ms is None or self.deadline_ms > 0, f"deadline_ms must be > 0, got {self.deadline_ms}"),
             (self.timeout_s > 0, f"timeout_s must be > 0, got {self.timeout_s}"),
             (self.retries >= 0, f"retries must be >= 0, got {self.retries}"),
+            (not self.batch or (self.env_id == WAREHOUSE_ID and self.transport == "http"),
+             f"batch sends a {WAREHOUSE_ID} floor's tick over http; got {self.env_id} over {self.transport}"),
         ]
         wrong = [message for ok, message in checks if not ok]
         if wrong:
@@ -145,6 +151,24 @@ class FleetResult:
     """HTTP retries the client made (a retry that then succeeded is not an error)."""
     model_versions: list[str]
     """Model versions that answered."""
+    floor: FloorCounts | None = None
+    """Warehouse-v0: what the floor counted (None for lone agents)."""
+
+
+@dataclass(frozen=True)
+class FloorCounts:
+    """What a warehouse floor driven through the endpoint counted (``planners.warehouse_eval``'s measures)."""
+
+    ticks: int
+    """Floor steps of 1 / hz seconds taken within the run."""
+    collisions_per_robot_hour: float
+    """Robot-robot and robot-human contacts per robot and hour of floor time."""
+    shelf_collisions: int
+    """Shelf and wall contacts, all robots."""
+    deliveries_per_hour: float
+    """The floor's throughput."""
+    shielded: int
+    """Answers whose action the server's shield replaced."""
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """The planner deployment of the fleet endpoint: an ``EnsembleWorker`` that follows a registry stage.
 
-It hosts the Ray-free ``FleetPlanner`` on a GPU when the cluster has one. Serving a registry stage
+It hosts the Ray-free ``FleetPlanner`` (or ``WarehousePlanner``) on a GPU when the cluster has one. Serving a registry stage
 ('production', 'shadow'), it polls the registry and switches versions between two batches, without
 dropping a request. ``serving.app.build`` deploys it as the planner and, optionally, as the shadow.
 
@@ -34,14 +34,15 @@ class PlannerServer:
 
     async def plan(self, obs: np.ndarray, warm_start: np.ndarray | None, objectives: list[str],
                    constraints: dict[str, np.ndarray], budget_ms: float | None, hidden: np.ndarray | None = None,
-                   modes: list[str] | None = None) -> PlanBatch:
+                   modes: list[str] | None = None, sites: list[str | None] | None = None) -> PlanBatch:
         """See ``FleetPlanner.plan``: (N, S) observations, (N, H, A) warm starts, per agent its objective, its
         constraints (``planners.objectives`` keys: ``ZONES`` (N, Z, 3), ``BOX``, ``MAX_SPEED``, ``ACTION_LOW``,
-        ``ACTION_HIGH``; ``serving.rows.constraints``) and its mode ('plan' or 'policy'), for N agents."""
+        ``ACTION_HIGH``; ``serving.rows.constraints``), its mode ('plan' or 'policy') and its site (warehouse
+        robots: those of one site are planned jointly), for N agents."""
         self._follow()
         async with self._lock:  # one batch at a time: planning uses every core it is given
             return await asyncio.to_thread(self.worker.plan, obs, warm_start, objectives, constraints, budget_ms,
-                                           hidden, modes)
+                                           hidden, modes, sites)
 
     async def explain(self, obs: np.ndarray, objective: str, constraints: dict[str, np.ndarray],
                       warm_start: np.ndarray | None, proposals: np.ndarray | None) -> dict[str, Any]:

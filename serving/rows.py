@@ -223,7 +223,9 @@ def new_records(requests: list[PlanRequest], records: list[AgentRecord | None], 
 
 def transitions(requests: list[PlanRequest], records: list[AgentRecord | None], steps: list[Continuation],
                 obs: np.ndarray) -> Transitions | None:
-    """The transitions these requests close, in the log schema (None when none closes); ``obs``: (N, S)."""
+    """The transitions these requests close, in the log schema (None when none closes); ``obs``: (N, S).
+
+    A warehouse robot's rows carry its site as their ``scene``, so the learners rebuild each tick of a site."""
     closing = [i for i, step in enumerate(steps) if step.action is not None]
     if not closing:
         return None
@@ -239,12 +241,15 @@ def transitions(requests: list[PlanRequest], records: list[AgentRecord | None], 
         terminateds=np.array([requests[i].terminated for i in closing]),
         truncateds=np.array([requests[i].truncated for i in closing]),
         eps_id=[r.eps_id for r in prev], agent_id=[r.agent_id for r in prev],
-        t=np.array([r.t for r in prev]), model_version=versions)
+        t=np.array([r.t for r in prev]), model_version=versions,
+        scene=[requests[i].site or "" for i in closing])  # a warehouse tick is (site, t): who was near whom
 
 
 def prediction_errors(records: list[AgentRecord | None], steps: list[Continuation],
                       obs: np.ndarray) -> list[tuple[str, float]]:
-    """(model version, one-step prediction error) of each agent whose step continues its episode; ``obs``: (N, S)."""
-    return [(rec.model_version, float(np.linalg.norm(obs[i] - rec.predicted)))
+    """(model version, one-step prediction error) of each agent whose step continues its episode; ``obs``: (N, S).
+
+    Dims the model did not predict (NaN in ``predicted``: a warehouse robot's slots and task) are not scored."""
+    return [(rec.model_version, float(np.sqrt(np.nansum((obs[i] - rec.predicted) ** 2))))
             for i, (rec, step) in enumerate(zip(records, steps))
             if step.same_episode and rec is not None and rec.predicted is not None]

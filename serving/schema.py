@@ -47,6 +47,9 @@ Proposal = ActionVector | Annotated[list[ActionVector], Field(min_length=1, max_
 """An action to compare: (A,) held for the whole horizon, or an (H, A) sequence."""
 PLAN_ID_PATTERN = r"^[0-9a-f]{32}$"
 """A served decision's ``plan_id``: 32 lowercase hex digits."""
+SITE_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
+"""A site (warehouse floor) name: letters, digits and . _ : -."""
+"""A served decision's ``plan_id``: 32 lowercase hex digits."""
 
 
 class Objective(BaseModel):
@@ -147,6 +150,11 @@ class PlanRequest(BaseModel):
         default="plan", description="'plan': planned through the model (the fallback and the shield act when "
                                     "needed); 'policy': the served policy's action, shielded, without planning "
                                     "(well under a millisecond; 422 when the served model has no policy).")
+    site: str | None = Field(
+        default=None, pattern=SITE_PATTERN,
+        description="Warehouse-v0: the floor the robot is on. The robots of one site that arrive together (one "
+                    "batch, or requests of one tick) are planned jointly; absent: the default site. Lone-agent "
+                    "models take none.")
     explain: StrictBool | ExplainOptions = Field(
         default=False, description="Also explain this decision: the answer carries `explanation`, what "
                                    "POST /v1/explain answers for its plan_id (the fleet bus's way to ask). An "
@@ -176,12 +184,13 @@ class PlanResponse(BaseModel):
         default="planned", description="Why this action: the plan's; the fallback's (see fallback_reason); the "
                                        "shield's, replacing an action predicted to violate a constraint; or the "
                                        "policy's (mode 'policy').")
-    shielded_constraint: Literal["no_fly_zone", "state_box", "speed"] | None = Field(
+    shielded_constraint: Literal["no_fly_zone", "state_box", "speed", "agent_contact", "shelf"] | None = Field(
         default=None, description="The constraint the replaced action was predicted to violate (decision "
                                   "'shielded'); else null.")
-    fallback_action_by: Literal["policy", "zero"] | None = Field(
+    fallback_action_by: Literal["policy", "zero", "brake"] | None = Field(
         default=None, description="What gave the fallback's action: the served policy, or the zero action when "
-                                  "the model has none; null when the fallback did not act.")
+                                  "the model has none (a warehouse robot brakes instead); null when the fallback "
+                                  "did not act.")
     margin: float | None = Field(
         default=None, description="Worst predicted constraint margin of the action over the shield's horizon, "
                                   "worst ensemble member (distance units; negative: a predicted violation); null "
@@ -254,6 +263,8 @@ def check_request(req: PlanRequest, spec: dict[str, Any], prefix: str = "") -> s
         return f"{prefix}observation: has {len(req.observation)} values, {model} expects {spec['obs_dim']}"
     if req.prev_action is not None and len(req.prev_action) != spec["act_dim"]:
         return f"{prefix}prev_action: has {len(req.prev_action)} values, {model} expects {spec['act_dim']}"
+    if req.site is not None and not spec.get("sites", False):
+        return f"{prefix}site: {model} plans each agent alone; sites are for Warehouse-v0 fleet models"
     if req.mode not in spec.get("modes", ["plan"]):
         return f"{prefix}mode: {req.mode!r} needs a policy and {model} has none (train one: wm policy train)"
     return check_objective(req.objective, spec, prefix) or check_proposals(req.proposals or [], spec,
@@ -295,16 +306,20 @@ def check_proposals(proposals: list[Any], spec: dict[str, Any], prefix: str) -> 
 
 
 def served_openapi(schema: dict[str, Any], obs_dim: int, act_dim: int,
-                   modes: list[str] | None = None) -> dict[str, Any]:
+                   modes: list[str] | None = None, sites: bool = True) -> dict[str, Any]:
     """The app's OpenAPI ``schema`` with the served model's sizes and modes stated: a copy, the input is left
     as is.
 
     ``PlanRequest.observation`` and ``ExplainRequest.observation``'s array get minItems = maxItems =
     ``obs_dim``, ``prev_action``'s array ``act_dim``, and ``PlanResponse.action`` ``act_dim``;
-    ``PlanRequest.mode`` lists ``modes`` (the served model's: 'policy' only with a policy) when given.
+    ``PlanRequest.mode`` lists ``modes`` (the served model's: 'policy' only with a policy) when given;
+    ``PlanRequest.site`` is left out when the model plans each agent alone (``sites`` False).
     """
     out = copy.deepcopy(schema)
     schemas = out.get("components", {}).get("schemas", {})
+    if not sites:
+        for name in ("PlanRequest", "PlanRequest-Input"):
+            schemas.get(name, {}).get("properties", {}).pop("site", None)
     if modes is not None:
         for name in ("PlanRequest", "PlanRequest-Input"):
             mode = schemas.get(name, {}).get("properties", {}).get("mode")

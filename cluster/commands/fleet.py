@@ -20,7 +20,7 @@ _DEFAULTS = {f.name: f.default for f in dataclasses.fields(FleetConfig)}
 
 # FleetConfig's fields set from the flag of the same name (--env sets env_id, --redis redis_url).
 _FLAGS = ("url", "agents", "hz", "seconds", "no_fly_zones", "objective", "deadline_ms", "timeout_s", "retries",
-          "seed", "transport", "bus_prefix")
+          "seed", "transport", "bus_prefix", "batch")
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -33,7 +33,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--redis", default=None, metavar="URL",
                    help="the fleet bus (`wm serve --redis`'s), e.g. redis://127.0.0.1:6379/0, with --transport redis")
     p.add_argument("--bus-prefix", default=d["bus_prefix"], help="name prefix of the bus's streams (the app's)")
-    p.add_argument("--agents", type=int, default=d["agents"], help="N agents, each stepping its own env")
+    p.add_argument("--agents", type=int, default=d["agents"],
+                   help="N agents, each stepping its own env (Warehouse-v0: N robots on one floor, one site)")
     p.add_argument("--hz", type=float, default=d["hz"], help="each agent's control rate")
     p.add_argument("--seconds", type=float, default=d["seconds"], help="how long to drive")
     p.add_argument("--env", default=d["env_id"], help="gymnasium id of the agents' env")
@@ -47,6 +48,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--timeout-s", type=float, default=d["timeout_s"], help="per-attempt timeout of each request")
     p.add_argument("--retries", type=int, default=d["retries"],
                    help="retries after a connection error, timeout or 5xx (a 4xx is final)")
+    p.add_argument("--batch", action="store_true",
+                   help="Warehouse-v0 over HTTP: each tick's robots as one POST /v1/plan/batch")
     p.add_argument("--png", default=None, help="write latency over time, its histogram and a few agents' paths")
     p.add_argument("--seed", type=int, default=d["seed"])
     p.set_defaults(handler=run_fleet)
@@ -55,6 +58,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 def run_fleet(args: argparse.Namespace) -> dict[str, Any]:
     from serving.config import TOKEN_ENV  # serving.config loads Ray: only when the command runs
     from serving.fleet import drive_fleet, run_loop
+    from serving.warehouse_fleet import drive_floor
+    from worldmodel.envs.warehouse import WAREHOUSE_ID
 
     if args.redis is not None and args.transport != "redis":
         raise ValueError(f"--redis {args.redis} drives nothing over --transport {args.transport}: "
@@ -64,7 +69,12 @@ def run_fleet(args: argparse.Namespace) -> dict[str, Any]:
     say = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     trace = FleetTrace() if args.png else None
     say(f"wm fleet: {config.agents} agents at {config.hz:g} Hz for {config.seconds:g} s through {config.target}")
-    result = run_loop(drive_fleet(config, progress=say, trace=trace))
+    if config.env_id == WAREHOUSE_ID:
+        if trace is not None:
+            raise ValueError(f"--png draws lone agents' paths; for {WAREHOUSE_ID} floors use `wm eval --png`")
+        result = run_loop(drive_floor(config, progress=say))
+    else:
+        result = run_loop(drive_fleet(config, progress=say, trace=trace))
     out = {"command": "fleet", "transport": config.transport, "url": config.url, "redis": config.redis_url,
            "env": config.env_id, "objective": config.objective, "no_fly_zones": config.no_fly_zones,
            "deadline_ms": config.deadline_ms} | dataclasses.asdict(result)
@@ -89,4 +99,14 @@ def _summary(result: FleetResult, config: FleetConfig) -> list[str]:
         f"closed loop: {result.episodes} episodes, success {result.success_rate:.1%}, {result.violations} steps "
         f"in no-fly zones, {result.fallbacks} fallbacks" + (f" ({reasons})" if reasons else ""),
         f"errors: {errors}; {result.retries} retries; model versions {', '.join(result.model_versions) or '-'}",
-    ]
+    ] + _floor_summary(result)
+
+
+def _floor_summary(result: FleetResult) -> list[str]:
+    """Warehouse-v0: what the floor counted."""
+    f = result.floor
+    if f is None:
+        return []
+    return [f"floor: {f.ticks} ticks, {f.collisions_per_robot_hour:.1f} collisions per robot-hour, "
+            f"{f.shelf_collisions} shelf collisions, {f.deliveries_per_hour:.0f} deliveries per hour, "
+            f"{f.shielded} shielded answers"]

@@ -43,11 +43,14 @@ from typing import TYPE_CHECKING, Any
 
 from cluster.commands.plan import add_planner_setting_option, planner_settings
 from planners.config import DEFAULT_PLANNER, PLANNER_NAMES, PlanConfig
+from planners.config import FleetPlanConfig
+from worldmodel.envs.warehouse import DEFAULT_ROBOTS
 
 if TYPE_CHECKING:
     from actors.redis_server import BusServer
 
 PLAN = PlanConfig()  # the served planner settings' defaults (planners.config: one place)
+FLEET = FleetPlanConfig()  # a warehouse floor's (planners.config)
 REDIS_LOCAL, REDIS_NONE = "local", "none"
 DEFAULT_REDIS = REDIS_LOCAL
 """`wm serve` and `wm demo` run the fleet bus on a redis-server of their own unless told otherwise."""
@@ -77,10 +80,14 @@ def add_serve_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--proxy", default="haproxy",
                    help="Serve's HTTP proxy: haproxy (default, fast) or python (Serve's Python proxy)")
     p.add_argument("--planner", choices=PLANNER_NAMES, default=DEFAULT_PLANNER, help="(default: %(default)s)")
-    p.add_argument("--horizon", type=int, default=PLAN.horizon, help="(default: %(default)s)")
-    p.add_argument("--samples", type=int, default=PLAN.samples, help="(default: %(default)s)")
-    p.add_argument("--iterations", type=int, default=PLAN.iterations,
-                   help="CEM rounds per request (default: %(default)s; 1 suffices with warm starts)")
+    p.add_argument("--horizon", type=int, default=None,
+                   help=f"(default: {PLAN.horizon}; Warehouse-v0 floors: {FLEET.horizon})")
+    p.add_argument("--samples", type=int, default=None,
+                   help=f"(default: {PLAN.samples}; Warehouse-v0 floors: {FLEET.samples})")
+    p.add_argument("--iterations", type=int, default=None,
+                   help=f"CEM rounds per request (default: {PLAN.iterations}; 1 suffices with warm starts)")
+    p.add_argument("--robots", type=int, default=None,
+                   help=f"Warehouse-v0: the served floor is the one sized for N robots (default: {DEFAULT_ROBOTS})")
     add_planner_setting_option(p)
     p.add_argument("--deadline-ms", type=float, default=None,
                    help="deadline for requests that give none, from the request's arrival (default: the app's)")
@@ -191,12 +198,18 @@ def app_kwargs(args: argparse.Namespace, snapshot_uri: str | None) -> dict[str, 
     return {"model": args.model if args.registry else os.path.abspath(args.model), "registry_uri": args.registry,
             "shadow": args.shadow, "log_uri": args.log_dir, "host": args.host, "port": args.port,
             "state": StateConfig(snapshot_uri=snapshot_uri),
-            "service": {"planner": args.planner, "plan": {"horizon": args.horizon, "samples": args.samples,
-                                                     "iterations": args.iterations},
-                        # None keeps the planner's own defaults (its config in planners/).
-                        "settings": planner_settings(args) if args.planner_opt else None},
+            "service": service_settings(args),
             "default_deadline_ms": args.deadline_ms, "access_log": args.access_log, "batching": batching,
             "consumer_replicas": args.consumer_replicas}
+
+
+def service_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The planner service's settings (``planners.served.ServiceConfig.from_dict``) from the flags given; a
+    flag not given keeps the served planner's own default: lone agents' ``PlanConfig``, floors' ``FleetPlanConfig``."""
+    given = {k: getattr(args, k) for k in ("horizon", "samples", "iterations") if getattr(args, k) is not None}
+    service: dict[str, Any] = {"planner": args.planner, "plan": given, "fleet": given,
+                               "settings": planner_settings(args) if args.planner_opt else None}
+    return service | ({"floor_robots": args.robots} if args.robots is not None else {})
 
 
 def check_locations(args: argparse.Namespace, snapshot_uri: str | None) -> None:

@@ -47,14 +47,28 @@ def test_bad_entries_are_named_and_good_ones_kept():
         terminateds=[False], truncateds=[False], eps_id=["e"], agent_id="a", t=[0]))
     entries = [(b"1-0", {streams.FIELD: good[0]}), (b"1-1", {b"other": b"x"}), (b"1-2", {streams.FIELD: good[1][:-3]}),
                (b"1-3", {streams.FIELD: nan[0]}), (b"1-4", {streams.FIELD: other_dims[0]}),
-               (b"1-5", {streams.FIELD: b"\x02" + good[2][1:]}), (b"1-6", {streams.FIELD: good[3]})]
+               (b"1-5", {streams.FIELD: b"\x09" + good[2][1:]}), (b"1-6", {streams.FIELD: good[3]})]
     decoded = streams.decode_entries(entries, None)
     assert decoded.ids == [b"1-0", b"1-6"]
     reasons = {bad.entry_id: bad.reason for bad in decoded.bad}
     assert set(reasons) == {b"1-1", b"1-2", b"1-3", b"1-4", b"1-5"}
     assert "no 'v' field" in reasons[b"1-1"] and "bytes, expected" in reasons[b"1-2"]
     assert "non-finite" in reasons[b"1-3"] and "expected (6, 2)" in reasons[b"1-4"]
-    assert "codec version 2" in reasons[b"1-5"]
+    assert "got version 9" in reasons[b"1-5"]
+
+
+def test_a_site_travels_as_the_scene_and_version_1_entries_read_without_one():
+    batch = dataclasses.replace(make_batch(3), scene=np.array(["site-a", "", "site-b"], dtype=object))
+    decoded = streams.decode_entries([(b"1-0", {streams.FIELD: p}) for p in streams.encode_transitions(batch)], None)
+    assert decoded.batch is not None and decoded.batch.scene.tolist() == ["site-a", "", "site-b"]
+    old = streams._HEADERS[1]  # a version 1 entry: its header without the scene's length, no scene bytes
+    new = streams.encode_transitions(batch)[0]
+    head = list(streams._HEADER.unpack_from(new))
+    body = new[streams._HEADER.size:len(new) - head[-1]]
+    v1 = old.pack(1, *head[1:-1]) + body
+    decoded = streams.decode_entries([(b"1-0", {streams.FIELD: v1})], None)
+    assert decoded.bad == [] and decoded.batch is not None and decoded.batch.scene.tolist() == [""]
+    np.testing.assert_array_equal(decoded.batch.obs, batch.obs[:1])
 
 
 def test_append_sends_a_batch_in_order_and_reads_back(redis_client):

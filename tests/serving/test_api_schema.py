@@ -79,6 +79,9 @@ def test_served_openapi_states_the_models_sizes_and_leaves_its_input_alone() -> 
     assert action["minItems"] == action["maxItems"] == 2
     explain = served["components"]["schemas"]["ExplainRequest"]["properties"]["observation"]["anyOf"]
     assert [(b["minItems"], b["maxItems"]) for b in explain if b.get("type") == "array"] == [(6, 6)]
+    assert "site" in props  # a warehouse fleet model's robots name their site
+    lone = served_openapi(base, obs_dim=6, act_dim=2, sites=False)
+    assert "site" not in lone["components"]["schemas"]["PlanRequest"]["properties"]
 
 
 def test_the_schema_states_every_check_the_server_makes_on_its_own() -> None:
