@@ -12,7 +12,7 @@ queued so far (see ``PlanEngine.submit``) and:
    server knows both ends and the client reports the action it took (``prev_action``); the others are
    counted by reason (``stats()['unlogged']``);
 4. plans every agent in one call to the planner deployment, warm-started from its record when the
-   request continues the record's episode;
+   request continues the record's episode (warehouse robots of one site jointly: ``site``);
 5. writes the new records once and sends the closed transitions to the telemetry sink once
    (``serving.engine_writes``), both submitted before the answers go back and finished while they
    travel; ``settled`` says when they are durable;
@@ -285,7 +285,7 @@ class PlanEngine:
         goals, warm_start = rows.objectives(requests), rows.stacked(records, steps, "warm_start")
         inputs = (obs, warm_start, [g.name if g is not None else "learned" for g in goals], rows.constraints(goals),
                   self._budget_ms(requests, arrived), rows.stacked(records, steps, "hidden"),
-                  [r.mode for r in requests])
+                  [r.mode for r in requests], [r.site for r in requests])
         batch: PlanBatch = await self.planner.plan.remote(*inputs)
         # the answers, the records that the next requests will need, and what explaining them needs
         answers = rows.answers(requests, batch)
@@ -294,9 +294,7 @@ class PlanEngine:
         # one telemetry call, then one state write, in the background
         self._write(records_out, transitions)
         self.decisions.put(served(requests, answers, obs, warm_start, goals))
-        self._observed.observe(batch, rows.prediction_errors(records, steps, obs),
-                               0 if transitions is None else len(transitions),
-                               rows.observed_violations(records, steps, obs))
+        self._observed.observe_batch(batch, records, steps, obs, transitions)
         if self.shadow is not None:  # in the background: the shadow version plans the same inputs
             self._spawn(self.shadow.compare(inputs, batch.actions, transitions))
         return answers

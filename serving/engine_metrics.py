@@ -1,14 +1,21 @@
-"""The metrics of each planned batch, as the engine exports them (``serving.metrics`` names them)."""
+"""The metrics of each planned batch, as the engine exports them (``serving.metrics`` names them).
+
+Shapes: ``N`` requests in the batch, ``S`` observation, ``B`` transitions the batch closes.
+"""
 
 from __future__ import annotations
 
 from collections import Counter
+from typing import Sequence
 
 import numpy as np
 
+from actors.records import AgentRecord
 from planners.constraints import Constraint
 from planners.service import PlanBatch
-from serving.metrics import ServingMetrics
+from serving import rows
+from serving.metrics import NO_VERSION, ServingMetrics
+from worldmodel.data import Transitions
 
 
 class BatchMetrics:
@@ -18,16 +25,33 @@ class BatchMetrics:
         self.metrics = metrics
         self.served_version: str | None = None
 
-    def observe(self, batch: PlanBatch, errors: list[tuple[str, float]], logged: int,
-                observed: Counter[str] | None = None) -> None:
-        """One planned batch: its N plans, fallbacks by reason and source, shield interventions by constraint,
-        predicted violations, the ensemble's disagreement, the served version, the prediction errors of the
-        transitions it closed (``(version, error)`` per transition), how many it logged, and the violations
-        ``observed`` in its observations by constraint (``rows.observed_violations``)."""
+    def observe_batch(self, batch: PlanBatch, records: Sequence[AgentRecord | None], steps: Sequence[rows.Continuation],
+                      obs: np.ndarray, transitions: Transitions | None) -> None:
+        """One planned batch from what the engine holds: ``records`` and ``steps`` (``rows.continuation``) of its
+        N requests, their (N, S) observations and the transitions they closed: its plans, fallbacks by reason and
+        source, shield interventions by constraint, predicted violations, the ensemble's disagreement, the served
+        version, the closed transitions' prediction errors and MSE and reward per version, how many it logged,
+        and the violations observed in its observations, counted for the version that answered the agent."""
+        records, steps = list(records), list(steps)
+        self._planned(batch)
+        self._errors(rows.prediction_errors(records, steps, obs))
+        for version, mse in prediction_mse(records, steps, obs).items():
+            self.metrics.prediction_mse.observe(mse, tags={"model_version": version})
+        versions = {r.model_version for r in records if r is not None}
+        for version in sorted(versions):  # a batch holds one or two versions (around a switch)
+            mine = [r if r is not None and r.model_version == version else None for r in records]
+            self._observed(version, rows.observed_violations(mine, steps, obs))
+        if transitions is not None:
+            self._rewards(transitions)
+            self.metrics.logged.inc(len(transitions))
+
+    def _planned(self, batch: PlanBatch) -> None:
+        """What the planner call did: plans, its latency, fallbacks, the shield, predicted violations, version."""
         m, version = self.metrics, batch.model_version
         tags = {"model_version": version}
         m.batch_size.observe(len(batch.actions))
         m.plans.inc(len(batch.actions), tags=tags)
+        m.planning_latency.observe(batch.elapsed_ms / 1000, tags=tags)
         reasons, counts = np.unique([r for r in batch.reasons() if r is not None], return_counts=True)
         for reason, count in zip(reasons.tolist(), counts.tolist()):
             m.fallbacks.inc(count, tags={"model_version": version, "reason": reason, "by": batch.fallback_source})
@@ -37,19 +61,64 @@ class BatchMetrics:
         # A predicted violation left after the shield is of the constraint the shield could not keep.
         codes, counts = np.unique(batch.shield[batch.margin < 0], return_counts=True)
         for code, count in zip(codes.tolist(), counts.tolist()):
-            m.violations.inc(count, tags={"kind": "predicted", "constraint": Constraint(code).reason or "unknown"})
-        for constraint, count in (observed or {}).items():
-            m.violations.inc(count, tags={"kind": "observed", "constraint": constraint})
+            m.violations.inc(count, tags={"kind": "predicted", "constraint": Constraint(code).reason or "unknown",
+                                          "model_version": version})
         m.disagreement.set(float(np.mean(batch.disagreement)), tags=tags)
         if version != self.served_version:  # the gauge names the served version; the old one drops to 0
             if self.served_version is not None:
                 m.version.set(0, tags={"model_version": self.served_version, "role": "production"})
-            m.version.set(1, tags={"model_version": version, "role": "production"})
             self.served_version = version
+        # Set every batch: Ray's metrics agent stops exporting a gauge that is not set again for a while.
+        m.version.set(1, tags={"model_version": version, "role": "production"})
+
+    def _errors(self, errors: list[tuple[str, float]]) -> None:
+        """One observation per version of the mean prediction error, as the shadow's."""
         by_version: dict[str, list[float]] = {}
-        for v, e in errors:  # one observation per batch and version, as the shadow's
+        for v, e in errors:
             by_version.setdefault(v, []).append(e)
         for v, es in by_version.items():
-            m.prediction_error.observe(sum(es) / len(es), tags={"model_version": v, "role": "production"})
-        if logged:
-            m.logged.inc(logged)
+            self.metrics.prediction_error.observe(sum(es) / len(es), tags={"model_version": v, "role": "production"})
+
+    def _rewards(self, transitions: Transitions) -> None:
+        """The transitions' steps and their rewards' positive and negative parts, per version that acted."""
+        m = self.metrics
+        for version, (steps, gained, lost) in reward_totals(transitions).items():
+            tags = {"model_version": version}
+            m.reward_steps.inc(steps, tags=tags)
+            if gained > 0:  # a Ray counter takes only positive increments
+                m.reward_gained.inc(gained, tags=tags)
+            if lost > 0:
+                m.reward_lost.inc(lost, tags=tags)
+
+    def _observed(self, version: str, observed: Counter[str]) -> None:
+        for constraint, count in observed.items():
+            self.metrics.violations.inc(count, tags={"kind": "observed", "constraint": constraint,
+                                                     "model_version": version})
+
+
+def prediction_mse(records: Sequence[AgentRecord | None], steps: Sequence[rows.Continuation],
+                   obs: np.ndarray) -> dict[str, float]:
+    """Per model version, the mean over its scored agents of the one-step prediction MSE (the mean over the
+    dims the model predicted, NaN in ``predicted`` left out) of agents whose step continues their episode;
+    ``obs``: (N, S). Versions with no scored agent are absent."""
+    scored = [i for i, (rec, step) in enumerate(zip(records, steps))
+              if step.same_episode and rec is not None and rec.predicted is not None
+              and np.isfinite(rec.predicted).any()]
+    if not scored:
+        return {}
+    predicted = np.stack([records[i].predicted for i in scored])  # type: ignore[union-attr]  # (n, S)
+    mse = np.nanmean((obs[scored] - predicted) ** 2, axis=1)  # (n,)
+    versions = np.array([records[i].model_version for i in scored])  # type: ignore[union-attr]
+    return {str(v): float(mse[versions == v].mean()) for v in np.unique(versions)}
+
+
+def reward_totals(transitions: Transitions) -> dict[str, tuple[int, float, float]]:
+    """Per version that acted (``NO_VERSION`` for the client's own actions): its steps among the B transitions,
+    the sum of their positive rewards and the sum of minus their negative ones."""
+    versions = np.where(transitions.model_version == "", NO_VERSION, transitions.model_version)
+    rewards = np.asarray(transitions.rewards, np.float64)
+    out = {}
+    for v in np.unique(versions):  # one or two versions
+        mine = rewards[versions == v]
+        out[str(v)] = (len(mine), float(mine.clip(min=0).sum()), float(-mine.clip(max=0).sum()))
+    return out

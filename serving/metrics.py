@@ -16,6 +16,9 @@ if TYPE_CHECKING:
 _LATENCY_S = [0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.5, 1.0, 2.5]
 _BATCH = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024]
 _ERROR = [0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0]
+_MSE = [0.001, 0.01, 0.03, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0]
+NO_VERSION = "none"
+"""The ``model_version`` tag of a reward earned by an action of the client's own (no model's answer)."""
 
 
 class ServingMetrics:
@@ -36,8 +39,8 @@ class ServingMetrics:
         self.violations = metrics.Counter("fleetwm_violations_total", "Constraint violations: 'predicted' (an "
                                           "answer's margin < 0 after the shield: no safe alternative) or "
                                           "'observed' (an agent's next observation inside its previous request's "
-                                          "zones, outside its box or over its speed limit).",
-                                          tag_keys=("kind", "constraint"))
+                                          "zones, outside its box or over its speed limit), by the version that "
+                                          "answered.", tag_keys=("kind", "constraint", "model_version"))
         self.replays = metrics.Counter("fleetwm_replays_total", "Retried requests answered from the first answer.")
         self.bad_requests = metrics.Counter("fleetwm_bad_requests_total", "Requests answered 4xx.",
                                             tag_keys=("status",))
@@ -51,6 +54,23 @@ class ServingMetrics:
                                                   "One-step prediction error on served transitions, mean per batch "
                                                   "(production's and the shadow's alike).",
                                                   boundaries=_ERROR, tag_keys=("model_version", "role"))
+        self.planning_latency = metrics.Histogram("fleetwm_planning_latency_seconds",
+                                                  "Wall time of one planner call for a whole batch, as the planner "
+                                                  "deployment measures it (s).", boundaries=_LATENCY_S,
+                                                  tag_keys=("model_version",))
+        self.prediction_mse = metrics.Histogram("fleetwm_prediction_mse",
+                                                "One-step dynamics prediction MSE (mean over the predicted dims) "
+                                                "of served transitions, mean per batch and version.",
+                                                boundaries=_MSE, tag_keys=("model_version",))
+        # A histogram's sum of rewards can fall, which Prometheus's rate() reads as a counter reset: the rewards'
+        # positive and negative parts are two counters, and their rates over the steps' give the mean.
+        self.reward_steps = metrics.Counter("fleetwm_reward_steps_total", "Served steps whose reward the agents "
+                                            f"reported, by the version that acted ('{NO_VERSION}': the client's "
+                                            "own action).", tag_keys=("model_version",))
+        self.reward_gained = metrics.Counter("fleetwm_reward_gained_total", "Sum of the positive rewards of "
+                                             "those steps.", tag_keys=("model_version",))
+        self.reward_lost = metrics.Counter("fleetwm_reward_lost_total", "Sum of minus the negative rewards of "
+                                           "those steps.", tag_keys=("model_version",))
         self.shadow_action_diff = metrics.Gauge("fleetwm_shadow_action_difference",
                                                 "Mean |shadow action - production action| of the last batch.")
         self.telemetry_buffered = metrics.Gauge("fleetwm_telemetry_buffered_rows",

@@ -238,5 +238,6 @@ def test_shield_interventions_and_predicted_and_observed_violations_are_counted(
     run(engine, PlanRequest(agent_id="a", observation=[0, 0, 2.0, 0, 5, 5], objective=limit))  # went over it
     assert [tags for _, tags in metrics.shield.calls] == [{"model_version": "1.0.0", "constraint": "speed"}] * 2
     assert [(n, tags) for n, tags in metrics.violations.calls] == [
-        (1, {"kind": "predicted", "constraint": "speed"}), (1, {"kind": "predicted", "constraint": "speed"}),
-        (1, {"kind": "observed", "constraint": "speed"})]
+        (1, {"kind": "predicted", "constraint": "speed", "model_version": "1.0.0"}),
+        (1, {"kind": "predicted", "constraint": "speed", "model_version": "1.0.0"}),
+        (1, {"kind": "observed", "constraint": "speed", "model_version": "1.0.0"})]
