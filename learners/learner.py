@@ -127,8 +127,7 @@ class Learner:
         """Train a policy in ``version`` (PPO in its imagined rollouts from ``data_uri``), or report the one
         it has (a retried call after the policy was saved)."""
         # Imported here: RLlib takes seconds to import, which a learner that trains no policy never pays.
-        from learners.policy_training import train_policy
-        from learners.settings import policy_settings
+        from learners.policy_training import policy_preset, train_policy
         from planners.policy_artifact import policy_info
         from worldmodel.artifact import load_model
 
@@ -138,7 +137,7 @@ class Learner:
             _log(f"{version} has policy {existing['version']} already")
             return {"version": existing["version"], "path": str(model_dir / "policy"), "existing": True,
                     **{k: existing["summary"].get(k) for k in ("imagined", "real", "train_seconds")}}
-        settings = policy_settings(load_model(model_dir).spec.env_id, **(policy_cfg or {}))
+        settings = policy_preset(load_model(model_dir), **(policy_cfg or {}))  # a fleet model's floors, or its env's
         _log(f"training a policy in {version} ({settings.iterations} PPO iterations)")
         result = train_policy(model_dir, data_uri, settings,
                               progress=lambda s: _log(f"policy iteration {s.iteration}: return {s.mean_return}, "

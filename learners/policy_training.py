@@ -6,6 +6,12 @@ vector env (``VECTOR_ENTRY_POINT``) so each step of all rollouts is one batched 
 RLModule's actor is the ``PolicyNet`` serving loads (``learners.policy_module``), so the trained
 actor is saved as it is into ``MODEL_DIR/policy/`` (``planners.policy_artifact.save_policy``).
 
+A Warehouse-v0 fleet model trains in ``planners.fleet_imagined_env.FleetImaginedEnv``: whole logged floor
+ticks as starts, every robot a sub-env, each floor stepped jointly through the multi-agent model, the
+planner's ``WarehouseCosts`` as reward. The policy is the same ``PolicyNet`` over a robot's observation,
+whose neighbour slots are its view of the neighbours; ``PolicySettings.num_envs`` counts floors there
+(``FLEET_PRESET``), and the real-env score is a real floor driven by the policy alone.
+
 Shapes: ``B`` rollouts, ``S`` state, ``A`` action, ``F`` policy input features.
 """
 
@@ -29,22 +35,40 @@ from ray.rllib.algorithms.ppo import PPOConfig
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 from ray.tune.registry import register_env
 
-from learners.policy_env import EnvCreator, Evaluation, evaluate_imagined, evaluate_real, imagined_env
+from learners.policy_env import (EnvCreator, Evaluation, Starts, env_count, evaluate_floor, evaluate_imagined,
+                                 evaluate_real, imagined_env)
 from learners.policy_module import PolicyModule, module_config
 from learners.settings import PolicySettings, policy_settings
+from planners.fleet_imagined_env import FloorTicks
 from planners.policy import PolicyConfig, PolicyNet
 from planners.policy_artifact import policy_info, save_policy
+from planners.warehouse_service import is_fleet_model
 from worldmodel.artifact import load_model
 from worldmodel.data import read_env_id, read_transitions, require_log_files
 from worldmodel.envs import NAV2D_ID
+from worldmodel.envs.warehouse import WAREHOUSE_ID
 from worldmodel.model import WorldModel
 
-__all__ = ["IterationStats", "PolicyResult", "PolicySettings", "policy_settings", "train_policy"]
+__all__ = ["FLEET_PRESET", "IterationStats", "PolicyResult", "PolicySettings", "policy_preset", "policy_settings",
+           "train_policy"]
 
 SUCCESS = "success"
 """The env runners' metric of imagined episodes that reached the goal (a share, per iteration)."""
 MAX_STARTS = 100_000
-"""Logged observations kept as starts (a uniform subsample of larger logs)."""
+"""Logged observations kept as starts (a uniform subsample of larger logs; floor ticks: their rows)."""
+FLEET_PRESET = PolicySettings(iterations=200, num_envs=4, steps_per_env=64, horizon=128, reward_scale=0.1,
+                              zone_weight=0.1, zones=(0, 0), eval_episodes=200)
+"""Warehouse-v0 with a fleet model: ``num_envs`` floors of the logs' N robots (4 x 50: 12,800 rows per
+iteration), episodes of 12.8 s. ``zone_weight`` weighs the agent and shelf proximity costs in PPO's reward
+(``FleetPPOReward``): at 1 (and 0.3, 0.2) PPO learned to hold robots back and none delivered on a real
+floor; at 0.1 they go to their tasks. About 6-8 minutes on the 2-core dev VM."""
+
+
+def policy_preset(model: WorldModel, **overrides: Any) -> PolicySettings:
+    """The preset for ``model`` (``FLEET_PRESET`` for a fleet model, else its env's) with ``overrides``."""
+    if is_fleet_model(model):
+        return FLEET_PRESET.with_overrides(**overrides)
+    return policy_settings(model.spec.env_id, **overrides)
 
 
 @dataclass(frozen=True)
@@ -107,6 +131,18 @@ def read_starts(data_uri: str, env_id: str, seed: int) -> np.ndarray:
     return np.ascontiguousarray(obs, dtype=np.float32)
 
 
+def read_floor_ticks(data_uri: str, seed: int) -> FloorTicks:
+    """The logged floor ticks imagined fleet rollouts start from (a uniform subsample of at most
+    ``MAX_STARTS`` rows' worth of ticks). Raises as ``read_starts``; ValueError for logs without floors."""
+    data = read_transitions(data_uri, files=check_logs(data_uri, WAREHOUSE_ID))
+    ticks = FloorTicks.from_rows(data.obs, data.scene, data.t)
+    most = max(1, MAX_STARTS // ticks.robots)
+    if len(ticks.obs) > most:
+        keep = torch.from_numpy(np.sort(np.random.default_rng(seed).choice(len(ticks.obs), most, replace=False)))
+        ticks = FloorTicks(ticks.obs[keep], ticks.humans_pos[keep], ticks.humans_vel[keep])
+    return ticks
+
+
 def check_logs(data_uri: str, env_id: str) -> list[str]:
     """The log files under ``data_uri`` (see ``read_starts`` for what is checked)."""
     files = require_log_files(data_uri)[2]
@@ -124,9 +160,11 @@ def _count_success(episode: Any, metrics_logger: Any, *, window: int, **_: Any) 
         metrics_logger.log_value(SUCCESS, float(info["is_success"]), reduce="mean", window=window)
 
 
-def ppo_config(creator: EnvCreator, actor: PolicyNet, settings: PolicySettings) -> PPOConfig:
-    """PPO on the new API stack over one local vector env of imagined rollouts, with ``PolicyModule``."""
-    s = settings
+def ppo_config(creator: EnvCreator, actor: PolicyNet, settings: PolicySettings, envs: int | None = None) -> PPOConfig:
+    """PPO on the new API stack over one local vector env of ``envs`` imagined rollouts (default
+    ``settings.num_envs``), with ``PolicyModule``."""
+    s, envs = settings, envs or settings.num_envs
+    rows = envs * s.steps_per_env
     spec = RLModuleSpec(module_class=PolicyModule, model_config=module_config(
         actor, log_std_init=s.log_std_init, critic_hidden=s.critic_hidden))
     # Nav2D (the one env with a goal) counts successes; a creator is registered under a name of its own:
@@ -136,17 +174,17 @@ def ppo_config(creator: EnvCreator, actor: PolicyNet, settings: PolicySettings) 
     register_env(name, creator)
     return (PPOConfig()
             .environment(env=name, normalize_actions=False, clip_actions=True)
-            .env_runners(num_env_runners=0, num_envs_per_env_runner=s.num_envs,
+            .env_runners(num_env_runners=0, num_envs_per_env_runner=envs,
                          gym_env_vectorize_mode=gym.VectorizeMode.VECTOR_ENTRY_POINT,
                          rollout_fragment_length=s.steps_per_env)
             .learners(num_learners=0)
             .training(lr=s.lr, gamma=s.gamma, lambda_=s.gae_lambda, clip_param=s.clip, entropy_coeff=s.entropy,
-                      train_batch_size_per_learner=s.batch_rows, minibatch_size=min(s.minibatch, s.batch_rows),
+                      train_batch_size_per_learner=rows, minibatch_size=min(s.minibatch, rows),
                       num_epochs=s.epochs, use_kl_loss=False, vf_clip_param=math.inf, grad_clip=0.5)
             .rl_module(rl_module_spec=spec)
             .callbacks(**callbacks)
             .debugging(seed=s.seed, log_level="ERROR")
-            .reporting(metrics_num_episodes_for_smoothing=s.num_envs))
+            .reporting(metrics_num_episodes_for_smoothing=envs))
 
 
 def train_policy(model_dir: str | os.PathLike[str], data_uri: str, settings: PolicySettings | None = None,
@@ -156,21 +194,24 @@ def train_policy(model_dir: str | os.PathLike[str], data_uri: str, settings: Pol
     Args:
         model_dir: a world model's artifact directory (a registry's version directory included).
         data_uri: trajectory logs of the model's env; imagined rollouts start from their observations.
-        settings: PPO and evaluation settings (default: the preset for the model's env).
+        settings: PPO and evaluation settings (default: ``policy_preset`` of the model).
         progress: called after every iteration (default: a line on stderr).
 
     Raises:
         ArtifactError: ``model_dir`` is not a valid model; FileNotFoundError: no logs;
-        ValueError: logs of another env.
+        ValueError: logs of another env (a fleet model: or without whole floor ticks).
     """
     start = time.perf_counter()
     model = load_model(model_dir)
-    settings = settings or policy_settings(model.spec.env_id)
-    starts = read_starts(data_uri, model.spec.env_id, settings.seed)
+    settings = settings or policy_preset(model)
+    fleet = is_fleet_model(model)
+    seed = settings.seed
+    starts = read_floor_ticks(data_uri, seed) if fleet else read_starts(data_uri, model.spec.env_id, seed)
     torch.manual_seed(settings.seed)
     actor = initial_actor(model, starts, settings)
     _ensure_ray()
-    algo = ppo_config(EnvCreator(str(model_dir), starts, settings), actor, settings).build_algo()
+    envs = env_count(starts, settings.num_envs)
+    algo = ppo_config(EnvCreator(str(model_dir), starts, settings), actor, settings, envs).build_algo()
     try:
         curve = _train(algo, settings, progress or _print_progress)
         actor.load_state_dict(algo.get_module().actor.state_dict())
@@ -178,7 +219,10 @@ def train_policy(model_dir: str | os.PathLike[str], data_uri: str, settings: Pol
         algo.stop()
     train_seconds = round(time.perf_counter() - start, 2)
     imagined = evaluate_imagined(model, starts, actor, settings)
-    real = evaluate_real(actor, model.spec.env_id, settings)
+    if fleet:
+        real = evaluate_floor(actor, starts.robots, settings)
+    else:
+        real = evaluate_real(actor, model.spec.env_id, settings)
     partial = PolicyResult(version="", path="", model_version=model.version, env_id=model.spec.env_id,
                            settings=settings, curve=curve, train_seconds=train_seconds, seconds=0.0,
                            imagined=imagined, real=real)
@@ -187,12 +231,13 @@ def train_policy(model_dir: str | os.PathLike[str], data_uri: str, settings: Pol
     return replace(partial, version=version, path=str(path), seconds=round(time.perf_counter() - start, 2))
 
 
-def initial_actor(model: WorldModel, starts: np.ndarray, settings: PolicySettings) -> PolicyNet:
+def initial_actor(model: WorldModel, starts: Starts, settings: PolicySettings) -> PolicyNet:
     """An untrained PolicyNet whose input normalisation fits the features of imagined episodes' starts."""
     spec = model.spec
     actor = PolicyNet(spec.obs_dim, spec.act_dim, spec.act_low, spec.act_high,
                       PolicyConfig(hidden=settings.hidden, layers=settings.layers), zones=spec.env_id == NAV2D_ID)
-    actor.set_normalisation(*imagined_env(model, starts, 1, settings, seed=settings.seed).feature_stats())
+    env = imagined_env(model, starts, env_count(starts, 1), settings, seed=settings.seed)
+    actor.set_normalisation(*env.feature_stats())
     return actor
 
 
@@ -211,11 +256,17 @@ def _train(algo: Any, settings: PolicySettings, progress: Callable[[IterationSta
         mean_return = runners.get("episode_return_mean")
         stats = IterationStats(
             iteration=i, env_steps=int(runners.get("num_env_steps_sampled_lifetime", 0)),
-            mean_return=None if mean_return is None or math.isnan(mean_return) else mean_return / settings.reward_scale,
-            success=runners.get(SUCCESS), seconds=round(time.perf_counter() - start, 2))
+            mean_return=None if mean_return is None or math.isnan(mean_return)
+            else float(mean_return) / settings.reward_scale,
+            success=_float(runners.get(SUCCESS)), seconds=round(time.perf_counter() - start, 2))
         curve.append(stats)
         progress(stats)
     return tuple(curve)
+
+
+def _float(value: Any) -> float | None:
+    """A metric as a plain float (RLlib may hand numpy scalars, which JSON does not take)."""
+    return None if value is None else float(value)
 
 
 def _print_progress(stats: IterationStats) -> None:

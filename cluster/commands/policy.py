@@ -2,12 +2,14 @@
 
 The policy (``planners.policy.PolicyNet``) lands in ``MODEL_DIR/policy/`` with its own checksum and
 version; serving and planning load it from there as the fallback, the planning prior and for
-policy-only answers. Imagined rollouts start from the observations of the logs given with ``--data``.
+policy-only answers. Imagined rollouts start from the observations of the logs given with ``--data``
+(a Warehouse-v0 fleet model: from their whole floor ticks, every robot of a floor stepped jointly).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
@@ -33,8 +35,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     a.add_argument("--data", required=True, metavar="URI", help="trajectory logs of the model's env (the starts)")
     a.add_argument("--iterations", type=int, default=None,
                    help="PPO iterations (default: the env's preset, %d for most)" % _DEFAULTS.iterations)
-    a.add_argument("--num-envs", type=int, default=None, help="imagined rollouts stepped together "
-                   "(default: the env's preset, %d for most)" % _DEFAULTS.num_envs)
+    a.add_argument("--num-envs", type=int, default=None, help="imagined rollouts stepped together; floors of "
+                   "robots for a fleet model (default: the model's preset, %d for most)" % _DEFAULTS.num_envs)
     a.add_argument("--eval-episodes", type=int, default=None, help="episodes of the final evaluations "
                    "(default: %d)" % _DEFAULTS.eval_episodes)
     a.add_argument("--seed", type=int, default=None, help="(default: %d)" % _DEFAULTS.seed)
@@ -70,16 +72,15 @@ def run_train(args: argparse.Namespace) -> dict[str, Any]:
     import ray
 
     from cluster.runtime import init_ray
-    from learners.policy_training import check_logs, train_policy
-    from learners.settings import policy_settings
+    from learners.policy_training import check_logs, policy_preset, train_policy
     from worldmodel.artifact import load_model
 
     # A bad model, logs or setting fails here, before Ray starts.
     path = model_dir(args.model, args.registry)
-    env_id = load_model(path).spec.env_id
-    check_logs(args.data, env_id)
-    settings = policy_settings(env_id, iterations=args.iterations, num_envs=args.num_envs,
-                               eval_episodes=args.eval_episodes, seed=args.seed)
+    model = load_model(path)
+    check_logs(args.data, model.spec.env_id)
+    settings = policy_preset(model, iterations=args.iterations, num_envs=args.num_envs,
+                             eval_episodes=args.eval_episodes, seed=args.seed)
     verbose = not args.quiet
     start = time.perf_counter()
     info = init_ray(args.address)
@@ -99,16 +100,20 @@ def _silent(stats: IterationStats) -> None:
     pass
 
 
-def _evaluation_line(name: str, ev: dict[str, Any]) -> str:
+def _evaluation_line(name: str, ev: dict[str, Any], violation: str) -> str:
     success = "" if ev["success_rate"] is None else f", success {ev['success_rate']:.1%}"
     return (f"{name}: {ev['episodes']} episodes, mean return {ev['mean_return']:.1f}{success}, "
-            f"{ev['violations']} zone violation steps in {ev['episodes_with_violation']} episodes")
+            f"{ev['violations']} {violation} steps in {ev['episodes_with_violation']} episodes")
 
 
 def _summary(result: PolicyResult, png: Path) -> list[str]:
+    from worldmodel.envs.warehouse import WAREHOUSE_ID
+
+    violation = "contact" if result.env_id == WAREHOUSE_ID else "zone violation"
     return [f"wrote policy {result.version} for model {result.model_version} ({result.env_id}) to {result.path} "
             f"in {result.seconds} s (PPO {result.train_seconds} s); curve in {png}",
-            _evaluation_line("imagined", vars(result.imagined)), _evaluation_line("real env", vars(result.real))]
+            _evaluation_line("imagined", vars(result.imagined), violation),
+            _evaluation_line("real floor (robots)" if violation == "contact" else "real env", vars(result.real), violation)]
 
 
 def plot_curve(result: PolicyResult, path: Path) -> Path:
@@ -117,7 +122,9 @@ def plot_curve(result: PolicyResult, path: Path) -> Path:
 
     steps = [c.env_steps for c in result.curve]
     fig, (ret_ax, succ_ax) = plt.subplots(1, 2, figsize=(12, 4.5))
-    ret_ax.plot(steps, [c.mean_return for c in result.curve], color="C0", label="imagined episodes, PPO's reward")
+    # Iterations in which no imagined episode ended have no return (None): gaps, bridged by markers.
+    returns = [math.nan if c.mean_return is None else c.mean_return for c in result.curve]
+    ret_ax.plot(steps, returns, color="C0", marker=".", label="imagined episodes, PPO's reward")
     ret_ax.axhline(result.imagined.mean_return, color="C0", ls="--", lw=0.8,
                    label="imagined, mean action, planners' objective")
     ret_ax.axhline(result.real.mean_return, color="C2", ls="--", lw=0.8, label="real env, mean action")

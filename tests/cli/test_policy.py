@@ -5,11 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from cluster.cli import main
 from planners.policy_artifact import load_policy
 from tests.cli.helpers import run_json
 from tests.ray_fixtures import ray_local  # noqa: F401
+from tests.warehouse_fixtures import warehouse_models  # noqa: F401
 from worldmodel.artifact import save_model
 from worldmodel.config import ModelConfig, TrainConfig
 from worldmodel.data import write_transitions
@@ -72,3 +74,19 @@ def test_bad_input_is_a_one_line_error(nav, tmp_path, capsys, args: list[str], m
     code, out, err = run_json(capsys, "policy", "train", *[names.get(a, a) for a in args])
     assert code == 1 and message in out["error"], out
     assert len(err.strip().splitlines()) == 1  # one line, no traceback
+
+
+def test_policy_train_on_a_fleet_model_trains_robots_of_floors(ray_local, warehouse_models,  # noqa: F811
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """One PPO iteration in the tiny warehouse fleet model: one floor of the logs' 4 robots, scored on a real floor."""
+    fleet = warehouse_models["fleet"]
+    logs = str(Path(fleet).parent / "logs")
+    code, out, err = run_json(capsys, "policy", "train", "--model", fleet, "--data", logs, *TINY[:2],
+                              "--num-envs", "1", "--eval-episodes", "4")
+    assert code == 0, err
+    assert out["env_id"] == "Warehouse-v0" and out["settings"]["num_envs"] == 1 and len(out["curve"]) == 1
+    assert out["curve"][0]["env_steps"] == 4 * out["settings"]["steps_per_env"]  # one floor of 4 robots
+    assert out["imagined"]["episodes"] == 4 and out["real"]["episodes"] == 4  # robots
+    policy = load_policy(fleet)
+    assert policy is not None and not policy.zones
+    assert policy.act(torch.zeros(7, 28)).shape == (7, 2)  # the fallback's API: (N, S) -> (N, A)

@@ -195,3 +195,36 @@ def test_the_learner_hook_trains_a_policy_once_per_version(ray_local, nav, tmp_p
     again = Learner._policy(registry, version, nav["logs"], tiny)  # a retried call: the policy is there
     assert again["existing"] and again["version"] == "1.0.0"
     assert load_policy(registry.model_dir(version)) is not None
+
+
+def test_the_fleet_reward_is_the_costs_plus_a_progress_potential() -> None:
+    """PPO's fleet reward: the env's (the planner's costs, its proximity terms weighed) + gamma Phi(s') - Phi(s),
+    Phi = -w / (1 - gamma) x the aisle distance, + a bonus per arrival; 0 on the autoreset step."""
+    from learners.policy_env import FleetPPOReward
+    from planners.fleet_imagined_env import AISLE_DISTANCE, FleetImaginedEnv, FloorTicks
+    from planners.fleet_rollout import ExactFleetModel
+    from planners.warehouse_costs import WarehouseCosts
+    from worldmodel.envs.warehouse import WarehouseFloor
+
+    floor = WarehouseFloor(4, humans=0, action_noise=0.0)
+    task = floor.reset(seed=0)[0][2, 4:6]  # robot 2 starts on its task point
+    obs, _ = floor.reset(seed=0, options={"robots_pos": [[3.75, 6.0], [4.3, 6.0], task, [7.0, 10.0]]})
+    ticks = FloorTicks.from_rows(obs, np.full(4, "floor-0"), np.zeros(4, np.int64))
+
+    def env() -> FleetImaginedEnv:
+        return FleetImaginedEnv(ExactFleetModel(floor.layout), WarehouseCosts(floor.layout), ticks, 1, horizon=2)
+
+    plain, shaped = env(), FleetPPOReward(env(), scale=0.5, gamma=0.9, proximity=0.25, arrival=3.0)
+    before = plain.reset(seed=0)[1][AISLE_DISTANCE]
+    shaped.reset(seed=0)
+    act = np.full((4, 2), 0.7, np.float32)
+    _, reward, _, _, infos = plain.step(act)
+    w, after = plain.costs.weights.progress, infos[AISLE_DISTANCE]
+    near = reward + w * after  # the proximity costs
+    assert (near < 0).any()  # robots 0 and 1 start in contact
+    assert infos["is_success"].tolist() == [False, False, True, False]
+    arrived = 3.0 * infos["is_success"]
+    expected = 0.5 * (-w * after + 0.25 * near + w / (1 - 0.9) * (before - 0.9 * after) + arrived)
+    np.testing.assert_allclose(shaped.step(act)[1], expected, rtol=1e-5, atol=1e-6)
+    assert shaped.step(act)[3].all()  # truncated together
+    np.testing.assert_array_equal(shaped.step(act)[1], np.zeros(4))  # the autoreset step
