@@ -1,0 +1,175 @@
+"""Planning from pixels: N PixelNav2D agents in closed loop through the latent world model.
+
+Each step every running agent's last frames are encoded at once (one encoder call), the planner
+(CEM, ``planners.cem``, unchanged) searches action sequences for all agents in one batched rollout of
+the latent ensemble (``worldmodel.latent.LatentDynamics``), scored by the model's heads:
+- ``LatentReward``: the learned reward (minus the distance to the goal drawn in the image);
+- ``LatentBreach``: minus ``weight`` times the predicted chance of a geofence breach, so zones are
+  avoided by what the model learned from the logged breach flag, never from positions.
+The true state in ``info`` only counts successes and zone steps.
+
+Dimensions: ``N`` agents, ``K`` candidates, ``H`` horizon, ``E`` members, ``F`` stacked frames,
+``Z`` latent, ``A`` action, ``X`` leading axis of an objective's input, ``R`` rollouts per agent.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from planners.base import PlanResult, shift_plan
+from planners.cem import CEMConfig, CEMPlanner
+from planners.config import PlanConfig
+from planners.objectives import Objective, Params
+from worldmodel.envs.camera import PixelNav2DEnv
+from worldmodel.latent import LatentDynamics, LatentWorldModel
+
+LATENT_PLAN = PlanConfig(horizon=30, samples=32, iterations=1)
+"""The served setting (``PlanConfig``'s defaults): one warm-started CEM round over a 3-second horizon."""
+
+
+class LatentReward:
+    """The model's reward head on each reached latent: (X, N, R, Z) -> (X, N, R)."""
+
+    def __init__(self, model: LatentWorldModel) -> None:
+        self.model = model
+
+    def __call__(self, obs: torch.Tensor, action: torch.Tensor, new_obs: torch.Tensor, params: Params) -> torch.Tensor:
+        return self.model.reward(new_obs)
+
+
+class LatentBreach:
+    """Minus ``weight`` times the predicted chance of a geofence breach at each reached latent:
+    (X, N, R, Z) -> (X, N, R). A breach costs more than any distance saved by it (rewards are -20..0)."""
+
+    def __init__(self, model: LatentWorldModel, weight: float = 100.0) -> None:
+        if not weight >= 0:
+            raise ValueError(f"weight must be >= 0, got {weight}")
+        self.model, self.weight = model, weight
+
+    def __call__(self, obs: torch.Tensor, action: torch.Tensor, new_obs: torch.Tensor, params: Params) -> torch.Tensor:
+        return -self.weight * torch.sigmoid(self.model.breach_logit(new_obs))
+
+
+def latent_planner(model: LatentWorldModel, plan: PlanConfig = LATENT_PLAN, cem: CEMConfig = CEMConfig(),
+                   breach_weight: float = 100.0) -> CEMPlanner:
+    """CEM over the latent ensemble, scored by the reward and breach heads; actions in [-1, 1]^A."""
+    a = model.cfg.act_dim
+    terms = [LatentReward(model)] + ([LatentBreach(model, breach_weight)] if breach_weight else [])
+    return CEMPlanner(LatentDynamics(model), Objective(terms), -torch.ones(a), torch.ones(a), plan, cem)
+
+
+@dataclass(frozen=True)
+class LatentEvalConfig:
+    """A closed-loop evaluation: ``episodes`` episodes, ``agents`` at a time, on seeded PixelNav2D."""
+
+    episodes: int = 100
+    """Episodes in all (a multiple of ``agents`` is fastest)."""
+    agents: int = 50
+    """N, agents planned for together."""
+    steps: int = 200
+    """Step limit of an episode (PixelNav2D's registration)."""
+    seed: int = 10_000
+    """Seed of the first episode; episode i resets with seed + i (away from training data's seeds)."""
+    plan: PlanConfig = LATENT_PLAN
+    """Planner settings."""
+    breach_weight: float = 100.0
+    """Cost of a predicted breach (``LatentBreach``); 0 plans for the reward alone."""
+    env: dict[str, Any] = field(default_factory=dict)
+    """PixelNav2DEnv options (its defaults: 2 zones, camera noise std 8)."""
+
+    def __post_init__(self) -> None:
+        if self.episodes < 1 or self.agents < 1 or self.steps < 1:
+            raise ValueError(f"episodes, agents and steps must be >= 1, got {self.episodes}, {self.agents}, "
+                             f"{self.steps}")
+
+
+@dataclass(frozen=True)
+class LatentEvalResult:
+    """Closed-loop outcome. Arrays have one entry per episode."""
+
+    success: np.ndarray
+    """(episodes,) bool, reached the goal within the step limit."""
+    zone_steps: np.ndarray
+    """(episodes,) int, steps that ended inside a no-fly zone."""
+    steps: np.ndarray
+    """(episodes,) int, steps taken."""
+    ms_per_step: float
+    """Wall time of one closed-loop step for all running agents (encode, plan, env), averaged."""
+
+    @property
+    def success_rate(self) -> float:
+        return float(self.success.mean())
+
+    @property
+    def violation_episodes(self) -> int:
+        return int((self.zone_steps > 0).sum())
+
+    def summary(self) -> str:
+        return (f"{len(self.success)} episodes: success {self.success_rate:.1%}, zone steps "
+                f"{int(self.zone_steps.sum())} in {self.violation_episodes} episodes, mean steps {self.steps.mean():.1f}, "
+                f"{self.ms_per_step:.0f} ms/step")
+
+
+def run_latent(model: LatentWorldModel, cfg: LatentEvalConfig = LatentEvalConfig()) -> LatentEvalResult:
+    """Run ``cfg.episodes`` episodes, ``cfg.agents`` at a time, planning through ``model``."""
+    model.eval()
+    planner = latent_planner(model, cfg.plan, breach_weight=cfg.breach_weight)
+    parts, seconds, calls = [], 0.0, 0
+    for first in range(0, cfg.episodes, cfg.agents):
+        seeds = range(cfg.seed + first, cfg.seed + min(first + cfg.agents, cfg.episodes))
+        outcome, wall, steps = _run_group(model, planner, cfg, list(seeds))
+        parts.append(outcome)
+        seconds, calls = seconds + wall, calls + steps
+    success, zone_steps, steps = (np.concatenate(x) for x in zip(*parts))
+    return LatentEvalResult(success, zone_steps, steps, 1000 * seconds / max(calls, 1))
+
+
+@torch.no_grad()
+def _run_group(model: LatentWorldModel, planner: CEMPlanner, cfg: LatentEvalConfig,
+               seeds: list[int]) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], float, int]:
+    """One batch of agents to the end: ((success, zone steps, steps) per agent, wall seconds, steps run)."""
+    n, f = len(seeds), model.cfg.frames
+    envs = [PixelNav2DEnv(**cfg.env) for _ in seeds]
+    first = np.stack([env.reset(seed=s)[0] for env, s in zip(envs, seeds)])  # (N, H, W, C)
+    stacks = np.repeat(first[:, None], f, axis=1)  # (N, F, H, W, C): at rest before the first step
+    plans = planner.initial_plan(n)  # (N, H, A)
+    running = np.ones(n, bool)
+    success, zone_steps, steps = np.zeros(n, bool), np.zeros(n, np.int64), np.zeros(n, np.int64)
+    start, t = time.perf_counter(), 0
+    while running.any() and t < cfg.steps:
+        rows = np.flatnonzero(running)
+        z = model.encode(torch.from_numpy(stacks[rows]))  # (N', Z): every running agent in one call
+        result: PlanResult = planner.plan(z, warm_start=plans[rows])
+        plans[rows] = shift_plan(result.plan)
+        actions = result.actions.numpy()  # (N', A)
+        for i, action in zip(rows, actions):  # the envs step one by one; the model saw them together
+            frame, _, done, _, info = envs[i].step(action)
+            stacks[i] = np.concatenate([stacks[i, 1:], frame[None]])
+            steps[i] += 1
+            zone_steps[i] += bool(info["violation"])
+            success[i] |= bool(info["is_success"])
+            running[i] = not done
+        t += 1
+    return (success, zone_steps, steps), time.perf_counter() - start, t
+
+
+def position_probe(model: LatentWorldModel, stacks: np.ndarray, positions: np.ndarray,
+                   train_share: float = 0.8) -> tuple[float, float]:
+    """Diagnostics only: a linear least-squares readout of position from the latent, fitted after training
+    on the first ``train_share`` of the rows and scored on the rest.
+
+    Args: stacks (B, F, H, W, C) uint8; positions (B, 2) true positions. Returns (R^2, RMSE) on held-out rows.
+    """
+    with torch.no_grad():
+        z = torch.cat([model.encode(torch.from_numpy(c)) for c in np.array_split(stacks, max(1, len(stacks) // 256))])
+    x = np.concatenate([z.numpy().astype(np.float64), np.ones((len(z), 1))], 1)  # (B, Z+1)
+    cut = int(len(x) * train_share)
+    w, *_ = np.linalg.lstsq(x[:cut], positions[:cut], rcond=None)
+    err = x[cut:] @ w - positions[cut:]
+    r2 = 1 - err.var(0).sum() / positions[cut:].var(0).sum()
+    return float(r2), float(np.sqrt((err ** 2).sum(1).mean()))

@@ -1,0 +1,304 @@
+"""Training the latent world model (``worldmodel.latent``) from episodes of camera frames.
+
+The loss is TD-MPC2's without the value: from the encoding of a frame stack, every member rolls the
+latent ``L`` steps forward under the logged actions, and at each step j (weighted ``rho**j``)
+- consistency: its latent matches the encoder's stop-gradient encoding of the stack that followed;
+- reward: the reward head on its latent matches the logged reward (standardised);
+- breach: the breach head on its latent predicts the logged geofence-breach flag (binary cross-entropy).
+and the heads also read the first encoding itself. ``warmup`` steps first train the encoder and the
+reward head alone; ``calibrate`` refreshes the encoder's batch statistics and the latent step scale.
+Nothing reads the true state: ``collect_episodes`` returns it apart, for evaluation only.
+
+The geofence-breach flag is telemetry a real fleet logs: the autopilot checks its GNSS position against
+the fence and reports a breach (MAVLink's ``FENCE_STATUS.breach_status``), so a camera-only planner can
+learn where the fence is from it. Here it is ``info["violation"]`` of the step's new state.
+
+Dimensions: ``Ep`` episodes, ``T`` most steps in an episode, ``B`` batch, ``L`` rollout steps, ``E``
+members, ``F`` stacked frames, ``H, W, C`` frame shape, ``Z`` latent, ``A`` action.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from worldmodel.data.images import ImageTransitions
+from worldmodel.envs.camera import STATE_INFO, PixelNav2DEnv
+from worldmodel.latent import LatentWorldModel
+
+
+@dataclass(frozen=True)
+class Episodes:
+    """Ep episodes of camera frames, padded to T steps; step t goes from frame t to frame t+1.
+
+    Attributes:
+        frames: (Ep, T+1, H, W, C) uint8; frame ``lengths[i]`` is episode i's last, later ones are padding.
+        actions: (Ep, T, A) float32.
+        rewards: (Ep, T) float32, the reward of arriving at frame t+1.
+        breach: (Ep, T) bool, the geofence-breach flag at frame t+1 (all False where none was logged).
+        lengths: (Ep,) int64 steps in each episode, >= 1.
+    """
+
+    frames: np.ndarray
+    actions: np.ndarray
+    rewards: np.ndarray
+    breach: np.ndarray
+    lengths: np.ndarray
+
+    def __post_init__(self) -> None:
+        ep, t1 = self.frames.shape[:2]
+        if self.frames.dtype != np.uint8 or self.frames.ndim != 5:
+            raise ValueError(f"frames must be (Ep, T+1, H, W, C) uint8, got {self.frames.dtype} {self.frames.shape}")
+        for name, shape in (("actions", (ep, t1 - 1)), ("rewards", (ep, t1 - 1)), ("breach", (ep, t1 - 1)),
+                            ("lengths", (ep,))):
+            if getattr(self, name).shape[:len(shape)] != shape:
+                raise ValueError(f"{name} has shape {getattr(self, name).shape}, expected {shape} first")
+        if not ((self.lengths >= 1) & (self.lengths <= t1 - 1)).all():
+            raise ValueError(f"lengths must be in 1..T={t1 - 1}, got {self.lengths.min()}..{self.lengths.max()}")
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def valid(self) -> np.ndarray:
+        """(Ep, T) True at real steps."""
+        return np.arange(self.actions.shape[1])[None] < self.lengths[:, None]
+
+
+def episodes_from_logs(data: ImageTransitions) -> Episodes:
+    """Image log rows (grouped by episode, in time order, as ``collect`` writes them) as Episodes; no breach flags."""
+    ids, starts, lengths = np.unique(data.rows.eps_id, return_index=True, return_counts=True)
+    order = np.argsort(starts)
+    starts, lengths = starts[order], lengths[order]
+    ep, t = len(starts), int(lengths.max())
+    frames = np.zeros((ep, t + 1, *data.image_shape), np.uint8)
+    actions = np.zeros((ep, t, data.rows.act_dim), np.float32)
+    rewards = np.zeros((ep, t), np.float32)
+    step = np.arange(len(data)) - np.repeat(starts, lengths)  # (B,) index within the episode
+    episode = np.repeat(np.arange(ep), lengths)
+    frames[episode, step] = data.obs_image
+    frames[episode, step + 1] = data.new_obs_image  # the last row's is the episode's final frame
+    actions[episode, step], rewards[episode, step] = data.rows.actions, data.rows.rewards
+    return Episodes(frames, actions, rewards, np.zeros_like(rewards, bool), lengths.astype(np.int64))
+
+
+def collect_episodes(count: int, seed: int = 0, steps: int = 200, env_kwargs: dict[str, Any] | None = None,
+                     hold: int = 1) -> tuple[Episodes, np.ndarray]:
+    """Random play on PixelNav2D with the geofence-breach flag logged: ``count`` episodes of at most ``steps``,
+    each uniform random action held for ``hold`` steps.
+
+    Many short episodes rather than few long ones: each episode is one scene (goal and zones), and a model
+    trained on 450 scenes learnt them by heart (reward RMSE 1.5 on them, 2.9 on new ones). Held actions
+    reach the speeds a planner drives at, which independent draws (a random walk of tiny steps) do not.
+
+    Returns:
+        (Episodes, states (Ep, T+1, 6) float32 true Nav2D states for evaluation only, zeros after the end).
+    """
+    if count < 1 or steps < 1:
+        raise ValueError(f"count and steps must be >= 1, got {count} and {steps}")
+    rng = np.random.default_rng(seed)
+    env = PixelNav2DEnv(**(env_kwargs or {}))
+    frames = np.zeros((count, steps + 1, *env.camera.shape), np.uint8)
+    states = np.zeros((count, steps + 1, 6), np.float32)
+    if hold < 1:
+        raise ValueError(f"hold must be >= 1, got {hold}")
+    blocks = rng.uniform(-1, 1, size=(count, -(-steps // hold), 2)).astype(np.float32)
+    actions = np.repeat(blocks, hold, axis=1)[:, :steps]  # (Ep, T, A)
+    rewards, breach = np.zeros((count, steps), np.float32), np.zeros((count, steps), bool)
+    lengths = np.full(count, steps, np.int64)
+    for i in range(count):  # data collection, one env at a time: not a hot path
+        frames[i, 0], info = env.reset(seed=int(rng.integers(2**31)))
+        states[i, 0] = info[STATE_INFO]
+        for t in range(steps):
+            frames[i, t + 1], rewards[i, t], done, _, info = env.step(actions[i, t])
+            states[i, t + 1], breach[i, t] = info[STATE_INFO], info["violation"]
+            if done:
+                lengths[i] = t + 1
+                break
+    return Episodes(frames, actions, rewards, breach, lengths), states
+
+
+def frame_stacks(frames: np.ndarray, episode: np.ndarray, t: np.ndarray, count: int) -> np.ndarray:
+    """The last ``count`` frames up to step t of each row, the first repeated before an episode's start.
+
+    Args: frames (Ep, T+1, H, W, C); episode, t: (...) int index arrays. Returns (..., F, H, W, C).
+    """
+    times = np.maximum(t[..., None] + np.arange(1 - count, 1), 0)  # (..., F)
+    return frames[episode[..., None], times]
+
+
+@dataclass(frozen=True)
+class LatentTrainConfig:
+    """How the latent model trains; saved with it."""
+
+    steps: int = 3000
+    """Gradient steps, at most."""
+    cpu_seconds: float | None = None
+    """Stop sooner once training has spent this much CPU time (this process's, all threads)."""
+    batch: int = 64
+    """B, sub-sequences per step."""
+    horizon: int = 3
+    """L, latent rollout steps each sub-sequence trains (TD-MPC2's 3)."""
+    rho: float = 0.5
+    """Weight of rollout step j is rho**j: later steps inherit earlier steps' errors."""
+    lr: float = 1e-3
+    """Adam learning rate."""
+    consistency: float = 20.0
+    """Weight of the latent consistency loss (TD-MPC2's)."""
+    reward: float = 1.0
+    """Weight of the reward loss (standardised rewards)."""
+    breach: float = 1.0
+    """Weight of the geofence-breach loss."""
+    warmup: int = 0
+    """First steps that train the encoder and reward head alone on each stack's reward (L = 0): the latent
+    first learns to see the agent and the goal, which consistency alone would let collapse."""
+    grad_clip: float = 20.0
+    """Gradient norm clip."""
+    seed: int = 0
+    """Seed of batch sampling and initialisation."""
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch", "horizon"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        if not 0 < self.rho <= 1 or not self.lr > 0:
+            raise ValueError(f"rho must be in (0, 1] and lr > 0, got rho={self.rho}, lr={self.lr}")
+
+
+@dataclass(frozen=True)
+class LatentBatch:
+    """B sub-sequences of L steps: stacks (L+1, B, F, H, W, C) uint8, actions (L, B, A), and for the step that
+    arrived at each stack rewards (L+1, B), breach (L+1, B) float and valid (L+1, B) float (0 before an
+    episode's start and past its end)."""
+
+    stacks: torch.Tensor
+    actions: torch.Tensor
+    rewards: torch.Tensor
+    breach: torch.Tensor
+    valid: torch.Tensor
+
+
+def sample_batch(data: Episodes, frames: int, batch: int, horizon: int, rng: np.random.Generator) -> LatentBatch:
+    """B sub-sequences starting at uniform steps of uniform episodes (steps past an end are masked)."""
+    episode = rng.integers(len(data), size=batch)  # (B,)
+    start = (rng.random(batch) * data.lengths[episode]).astype(np.int64)
+    t = start[None] + np.arange(horizon + 1)[:, None]  # (L+1, B)
+    ep = np.broadcast_to(episode, t.shape)
+    arrived = t - 1  # (L+1, B): the step that arrived at each stack
+    valid = (arrived >= 0) & (arrived < data.lengths[episode][None])
+    step = np.clip(arrived, 0, data.actions.shape[1] - 1)
+    t = np.minimum(t, data.frames.shape[1] - 1)
+    as_t = torch.from_numpy
+    return LatentBatch(as_t(frame_stacks(data.frames, ep, t, frames)), as_t(data.actions[ep[1:], step[1:]]),
+                       as_t(data.rewards[ep, step]), as_t(data.breach[ep, step].astype(np.float32)),
+                       as_t(valid.astype(np.float32)))
+
+
+def latent_loss(model: LatentWorldModel, b: LatentBatch, cfg: LatentTrainConfig, pos_weight: float = 1.0
+                ) -> tuple[torch.Tensor, dict[str, float]]:
+    """TD-MPC2's loss (module docstring): (total, its parts as floats).
+
+    The heads also read the first encoding itself (step 0, what arrived there): the encoder's most direct
+    route to what the rewards say, which a rollout through untrained dynamics hardly passes on.
+    """
+    n, bsz = b.actions.shape[:2]
+    z = model.encode(b.stacks[0])  # (B, Z)
+    if n:
+        with torch.no_grad():  # the consistency target is the encoder's own, without gradient
+            target = model.encode(b.stacks[1:].flatten(0, 1)).view(n, bsz, -1)  # (L, B, Z)
+    weights = cfg.rho ** torch.arange(n + 1, dtype=torch.float32)[:, None] * b.valid  # (L+1, B)
+    weights = weights / (weights[1:] if n else weights).sum().clamp_min(1.0)
+    reward_n = model.reward_norm(b.rewards[..., None])[..., 0]  # (L+1, B)
+    pos = torch.tensor(pos_weight)
+
+    def heads(latent: torch.Tensor, j: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Weighted reward and breach losses of latents (X, B, Z) at step j, mean over X."""
+        reward = (model.reward_head(latent) - reward_n[j]).square()
+        logit = model.breach_logit(latent)
+        breach = F.binary_cross_entropy_with_logits(logit, b.breach[j].expand_as(logit), pos_weight=pos,
+                                                    reduction="none")
+        return (reward * weights[j]).sum(-1).mean(), (breach * weights[j]).sum(-1).mean()
+
+    reward, breach = heads(z[None], 0)
+    consistency = torch.zeros(())
+    for j in range(1, n + 1):  # a few rollout steps; every member and row advances at once
+        z = model.next(z, b.actions[j - 1])  # (E, B, Z)
+        consistency = consistency + ((z - target[j - 1]).square().mean(-1) * weights[j]).sum(-1).mean()
+        # The heads train on the members' latents (what planning reads) and on the encoder's.
+        for latent in (z, target[j - 1][None]):
+            r, v = heads(latent, j)
+            reward, breach = reward + r, breach + v
+    total = cfg.consistency * consistency + cfg.reward * reward + cfg.breach * breach
+    return total, {"consistency": consistency.item(), "reward": reward.item(), "breach": breach.item()}
+
+
+@dataclass(frozen=True)
+class LatentTrainReport:
+    """What a training run did: steps, wall and CPU seconds, and the last step's loss parts."""
+
+    steps: int
+    seconds: float
+    cpu_seconds: float
+    losses: dict[str, float]
+
+
+def train_latent(model: LatentWorldModel, data: Episodes, cfg: LatentTrainConfig,
+                 on_log: Callable[[int, float, dict[str, float]], None] | None = None,
+                 log_every: int = 100) -> LatentTrainReport:
+    """Fit ``model`` to ``data`` for ``cfg.steps`` steps (or its CPU time), then ``calibrate`` it (eval mode).
+
+    ``on_log(step, cpu_seconds, loss_parts)`` is called every ``log_every`` steps (a caller checkpoints there).
+    """
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    valid = data.valid()
+    with torch.no_grad():
+        model.reward_norm.fit(torch.from_numpy(data.rewards[valid])[:, None])
+    flags = data.breach[valid]
+    # Breaches are rare in random play: weight them up to balance, within reason.
+    pos_weight = float(np.clip((~flags).sum() / max(flags.sum(), 1), 1.0, 10.0))
+    optimiser = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    warm = dataclasses.replace(cfg, breach=0.0)
+    start, cpu_start, parts, step = time.perf_counter(), time.process_time(), {}, 0
+    model.train()
+    while step < cfg.steps and (cfg.cpu_seconds is None or time.process_time() - cpu_start < cfg.cpu_seconds):
+        step += 1
+        batch = sample_batch(data, model.cfg.frames, cfg.batch, 0 if step <= cfg.warmup else cfg.horizon, rng)
+        loss, parts = latent_loss(model, batch, cfg if step > cfg.warmup else warm, pos_weight)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimiser.step()
+        if on_log is not None and step % log_every == 0:
+            on_log(step, time.process_time() - cpu_start, parts)
+    calibrate(model, data, rng)
+    return LatentTrainReport(step, time.perf_counter() - start, time.process_time() - cpu_start, parts)
+
+
+@torch.no_grad()
+def calibrate(model: LatentWorldModel, data: Episodes, rng: np.random.Generator, rows: int = 2048,
+              chunk: int = 256) -> None:
+    """Refresh what the model measures of real images, in eval mode afterwards: the encoder's batch
+    statistics (averaged over ``rows`` stacks: the moving averages lag weights that training still moves)
+    and ``step_std``, the std of one-step latent changes."""
+    episode = rng.integers(len(data), size=rows)
+    t = (rng.random(rows) * data.lengths[episode]).astype(np.int64)
+    norms = [m for m in model.encoder.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    model.train()
+    for norm in norms:  # a plain average over the chunks below
+        norm.reset_running_stats()
+        norm.momentum = None
+    for rows_now in np.array_split(np.arange(rows), max(1, rows // chunk)):
+        model.encode(torch.from_numpy(frame_stacks(data.frames, episode[rows_now], t[rows_now], model.cfg.frames)))
+    for norm in norms:
+        norm.momentum = 0.1
+    model.eval()
+    now = model.encode(torch.from_numpy(frame_stacks(data.frames, episode, t, model.cfg.frames)))
+    after = model.encode(torch.from_numpy(frame_stacks(data.frames, episode, t + 1, model.cfg.frames)))
+    std = (after - now).std(0)
+    model.step_std.copy_(torch.where(std < 1e-6, torch.ones_like(std), std))
