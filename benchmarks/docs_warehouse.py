@@ -36,6 +36,20 @@ def _models_table(models: Json) -> str:
                   for name, m in models.items()])
 
 
+def _served_table(r: Json) -> str:
+    headers = ["requests", "sent", "latency p50 / p99 (ms)", "late ticks", "deadline fallbacks",
+               "collisions per robot-hour", "shelf collisions", "deliveries per hour"]
+    rows = []
+    for name, label in (("per_robot", "one per robot"), ("batch", "one batch per tick")):
+        run = r["served"][name]
+        floor, lat = run["floor"], run["latency_ms"]
+        rows.append([label, f"{num(run['requests'], 0)} in {num(run['seconds'], 0)} s",
+                     f"{num(lat['p50'], 1)} / {num(lat['p99'], 1)}", num(run["late_ticks"], 0),
+                     num(run["fallbacks_by_reason"].get("deadline", 0), 0), num(floor["collisions_per_robot_hour"]),
+                     num(floor["shelf_collisions"], 0), num(floor["deliveries_per_hour"], 0)])
+    return table(headers, rows)
+
+
 def warehouse_fields(r: Json) -> dict[str, str]:
     rows = {row["name"]: row for row in r["closed_loop"]}
     ours, a, b = rows["coordinated"], rows["independent"], rows["constant-velocity"]
@@ -60,14 +74,17 @@ def warehouse_fields(r: Json) -> dict[str, str]:
         "big_fields": num(big["fields_seconds"], 1),
         "big_floor": f"{num(big['floor_m'][0], 0)} x {num(big['floor_m'][1], 0)} m",
         "big_target": verdict(met["big_floor"]), "target": f"{sum(met.values())} of {len(met)} met",
+        "weights": ", ".join(f"{k} {v:g}" for k, v in r["weights"].items()),
+        "shield": f"horizon {r['shield']['horizon']} steps", "served_table": _served_table(r),
     }
 
 
 def warehouse_headline(r: Json) -> str:
     rows = {row["name"]: row for row in r["closed_loop"]}
     ours, a, b = rows["coordinated"], rows["independent"], rows["constant-velocity"]
-    c = "collisions_per_robot_hour"
-    return (f"{r['robots']} robots at 10 Hz: coordinated {num(ours[c])} collisions per robot-hour against "
-            f"{num(a[c])} (independent) and {num(b[c])} (constant velocity), {num(ours['deliveries_per_hour'], 0)} "
-            f"deliveries per hour; {r['big']['robots']} robots planned in {num(r['big']['plan_ms_median'], 1)} ms; "
-            f"near others the fleet model's error is {num(r['prediction']['near_error_ratio'], 2)}x lower")
+    c, d = "collisions_per_robot_hour", "deliveries_per_hour"
+    return (f"{r['robots']} robots at 10 Hz: coordinated and shielded {num(ours[c])} collisions per robot-hour, "
+            f"{num(ours['shelf_collisions'], 0)} shelf collisions, {num(ours[d], 0)} deliveries per hour, against "
+            f"{num(a[c])} / {num(a[d], 0)} (independent) and {num(b[c])} / {num(b[d], 0)} (constant velocity); "
+            f"{r['big']['robots']} robots planned in {num(r['big']['plan_ms_median'], 1)} ms; near others the fleet "
+            f"model's error is {num(r['prediction']['near_error_ratio'], 2)}x lower")

@@ -7,12 +7,17 @@ One run, on this machine, from logs collected here with the `wm` commands a user
    (`--dynamics ensemble`).
 2. **Closed loop.** The 50-robot floor at 10 Hz (``planners.warehouse_eval.run_floor``, what `wm eval`
    runs), one floor seed and its tasks for every row: coordinated (fleet model), (a) independent and
-   (b) constant velocity (per-agent model), and coordinated with the per-agent model swapped in.
-   Every row plans with the fleet planner's defaults (``FleetPlanConfig``, ``FLEET_CEM``).
+   (b) constant velocity (per-agent model), and coordinated with the per-agent model swapped in; the
+   coordinated row's plans go through the fleet shield (`wm eval`'s default), and once more without it.
+   Every row plans with the fleet planner's defaults (``FleetPlanConfig``, ``FLEET_CEM``, ``CostWeights``).
 3. **Prediction.** One-step error of the physical state on the trainer's test floors, near others
    (in contact or within a body length) and overall (``benchmarks.warehouse_model``'s measures).
 4. **200 robots.** One coordinated planning call for 200 robots on one floor at the same settings:
    the median of a few warm-started calls, with the torch threads stated.
+5. **Served.** `wm serve --model FLEET` and the floor driven through it as `wm fleet --env Warehouse-v0`
+   drives it: every robot its own request each tick (HTTP), then each tick as one batch (`--batch`); the
+   engine plans the site's robots jointly and the fleet shield checks them; latency client-side, the
+   floor's counts.
 
 Targets from the issue are booleans under ``met``.
 """
@@ -36,7 +41,8 @@ from cluster.commands.eval_warehouse import CONSTANT_VELOCITY, COORDINATED, INDE
 from planners.fleet_baselines import coordinated
 from planners.fleet_cem import FLEET_CEM, FleetPlanConfig
 from planners.fleet_rollout import AgentAsFleet, FloorState
-from planners.warehouse_costs import WarehouseCosts
+from planners.fleet_shield import FleetShield, FleetShieldConfig
+from planners.warehouse_costs import CostWeights, WarehouseCosts
 from planners.warehouse_eval import FleetEvalResult, run_floor
 from worldmodel.artifact import load_model
 from worldmodel.config import TrainConfig
@@ -53,6 +59,8 @@ collisions; the swapped-in per-agent model at least 1.5x the collisions (or 1/1.
 200 robots within the 100 ms control period; near others, the fleet model's one-step error 2x lower."""
 SWAP = "coordinated, per-agent model"
 """The row that plans jointly through the per-agent model: whether the multi-agent model matters."""
+UNSHIELDED = "coordinated, no shield"
+"""The coordinated row without the fleet shield (`wm eval --no-shield`): what the shield costs and buys."""
 
 
 def say(message: str) -> None:
@@ -81,14 +89,16 @@ def closed_loop(fleet: WorldModel, agent: WorldModel, args: argparse.Namespace) 
     floor = WarehouseFloor(args.robots, seed=args.seed)
     costs = WarehouseCosts(floor.layout)
     cfg = FleetPlanConfig(seed=args.seed)
-    planners = [(COORDINATED, "fleet", fleet_planner(COORDINATED, fleet, costs, cfg)),
-                (INDEPENDENT, "per_agent", fleet_planner(INDEPENDENT, agent, costs, cfg)),
-                (CONSTANT_VELOCITY, "per_agent", fleet_planner(CONSTANT_VELOCITY, agent, costs, cfg)),
-                (SWAP, "per_agent", coordinated(AgentAsFleet(agent.dynamics), costs, cfg))]
+    shield = FleetShield(fleet.dynamics, costs)  # `wm eval`'s default for the coordinated planner
+    planners = [(COORDINATED, "fleet", fleet_planner(COORDINATED, fleet, costs, cfg), shield),
+                (UNSHIELDED, "fleet", fleet_planner(COORDINATED, fleet, costs, cfg), None),
+                (INDEPENDENT, "per_agent", fleet_planner(INDEPENDENT, agent, costs, cfg), None),
+                (CONSTANT_VELOCITY, "per_agent", fleet_planner(CONSTANT_VELOCITY, agent, costs, cfg), None),
+                (SWAP, "per_agent", coordinated(AgentAsFleet(agent.dynamics), costs, cfg), None)]
     rows = []
-    for name, model, planner in planners:
+    for name, model, planner, guard in planners:
         say(f"  {name}: {args.robots} robots, {args.ticks} ticks")
-        result = run_floor(planner, floor, costs, args.ticks, seed=args.seed)
+        result = run_floor(planner, floor, costs, args.ticks, seed=args.seed, shield=guard)
         rows.append(_row(name, model, result))
         say(f"    {rows[-1]['collisions_per_robot_hour']:.1f} collisions per robot-hour, "
             f"{result.shelf_collisions} shelf, {rows[-1]['deliveries_per_hour']:.0f} deliveries/h, "
@@ -138,6 +148,27 @@ def big_floor(fleet: WorldModel, robots: int, calls: int, seed: int) -> dict[str
             "fields_seconds": round(fields_s, 2), "floor_m": [floor.layout.width, floor.layout.height]}
 
 
+def served(model_dir: str, tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """The floor closed loop through `wm serve` (a subprocess on a free port), ``args.served_seconds`` each way:
+    every robot's own request per tick ('per_robot'), and each tick as one batch request ('batch')."""
+    from benchmarks.serve_fleet import running, serve_command
+    from cluster.runtime import free_port
+    from serving.fleet import run_loop
+    from serving.fleet_config import FleetConfig
+    from serving.warehouse_fleet import drive_floor
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    out = {}
+    with running([*serve_command(model_dir, port, tmp / "served", []), "--redis", "none"], url, tmp / "serve.log"):
+        for name, batch in (("per_robot", False), ("batch", True)):
+            say(f"  {name}")
+            config = FleetConfig(url=url, env_id=WAREHOUSE_ID, agents=args.robots, seconds=args.served_seconds,
+                                 seed=args.seed, batch=batch, agent_prefix=f"{name}-")
+            out[name] = dataclasses.asdict(run_loop(drive_floor(config, progress=say)))
+    return out
+
+
 def met(rows: list[dict[str, Any]], pred: dict[str, Any], big: dict[str, Any]) -> dict[str, bool]:
     """The issue's targets, each a boolean (``TARGETS``)."""
     by = {r["name"]: r for r in rows}
@@ -165,6 +196,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         rows = closed_loop(fleet, agent, args)
         say("one-step prediction error")
         pred = prediction(logs, fleet, agent, args.seed)
+        say(f"served: {args.robots} robots through `wm serve` for {args.served_seconds:g} s")
+        through = served(str(Path(tmp) / "fleet"), Path(tmp), args)
     say(f"one planning call for {args.big_robots} robots")
     big = big_floor(fleet, args.big_robots, args.calls, args.seed)
     dynamics = {name: trained[name]["metrics"]["dynamics"] for name in ("fleet", "per_agent")}
@@ -172,8 +205,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
               for name, d in dynamics.items()}
     return {"robots": args.robots, "ticks": args.ticks, "seed": args.seed, "threads": torch.get_num_threads(),
             "collect": trained["collect"], "models": models, "settings": dataclasses.asdict(FleetPlanConfig()),
+            "weights": dataclasses.asdict(CostWeights()), "shield": dataclasses.asdict(FleetShieldConfig()),
             "cem": dataclasses.asdict(FLEET_CEM), "closed_loop": rows, "prediction": pred, "big": big,
-            "targets": TARGETS, "met": met(rows, pred, big)}
+            "served": through, "targets": TARGETS, "met": met(rows, pred, big)}
 
 
 def main() -> None:
@@ -186,6 +220,7 @@ def main() -> None:
     parser.add_argument("--big-robots", type=int, default=TARGETS["big_robots"], help="robots of the timed call")
     parser.add_argument("--calls", type=int, default=5, help="timed calls for the big floor")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--served-seconds", type=float, default=30.0, help="how long the served floor drives, each way")
     parser.add_argument("--seed", type=int, default=0)
     record("warehouse", run(parser.parse_args()))
 

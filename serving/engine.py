@@ -47,6 +47,7 @@ from serving.explain import DecisionStore, Explainer, ExplainRequest, served
 from serving.metrics import ServingMetrics
 from serving.schema import PlanRequest
 from serving.shadow import ShadowComparison, ShadowStats
+from serving.sites import SiteGather
 from serving.sinks import TelemetrySink
 from worldmodel.data import Transitions
 
@@ -85,6 +86,7 @@ class PlanEngine:
         self.max_batch = int(BATCHING["max_batch_size"])  # per planner call; the ingress's reconfigure sets it
         self._observed = BatchMetrics(metrics)
         self._queue: asyncio.Queue[tuple[PlanRequest, float, asyncio.Future[Answer]]] = asyncio.Queue()
+        self.sites = SiteGather()
         self._cycler: asyncio.Task[None] | None = None
         self._idle = asyncio.Event()
         self._idle.set()
@@ -119,13 +121,12 @@ class PlanEngine:
         return list(await asyncio.gather(*futures))
 
     async def _cycle(self) -> None:
-        """Forever: take every request queued so far (up to ``max_batch``) as one batch and answer it."""
+        """Forever: take every request queued so far (up to ``max_batch``; a warehouse site's robots waited for
+        briefly, ``serving.sites``) as one batch and answer it."""
         while True:
             if self._queue.empty():
                 self._idle.set()
-            items = [await self._queue.get()]
-            while not self._queue.empty() and len(items) < self.max_batch:
-                items.append(self._queue.get_nowait())
+            items = await self.sites.take(self._queue, self.max_batch)  # a warehouse site's robots together
             try:
                 answers = await self.run([r for r, _, _ in items], [a for _, a, _ in items])
             except Exception as err:  # every waiter of this cycle gets the error; the loop goes on

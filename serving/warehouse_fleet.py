@@ -101,8 +101,10 @@ async def drive_floor(config: FleetConfig, progress: Callable[[str], None] | Non
     return dataclasses.replace(tally.result(config, elapsed, stats.retries), floor=floor.counts())
 
 
-SendTick = Callable[[list[dict[str, Any]]], Awaitable[list[dict[str, Any] | FleetClientError]]]
-"""A tick's bodies -> each robot's answer, or the error its request met."""
+Answered = tuple[dict[str, Any] | FleetClientError, float]
+"""A robot's answer (or the error its request met) and when it was read (``time.perf_counter``)."""
+SendTick = Callable[[list[dict[str, Any]]], Awaitable[list[Answered]]]
+"""A tick's bodies -> each robot's ``Answered``."""
 
 
 async def _ticks(config: FleetConfig, floor: _Floor, tally: Tally, send_tick: SendTick) -> None:
@@ -117,8 +119,8 @@ async def _ticks(config: FleetConfig, floor: _Floor, tally: Tally, send_tick: Se
         answers = await send_tick(floor.bodies(config.deadline_ms))
         now = time.perf_counter()
         actions = zero.copy()
-        for i, answer in enumerate(answers):  # one entry per robot: the tally counts each request
-            tally.timed(sent, now)
+        for i, (answer, read) in enumerate(answers):  # one entry per robot: the tally counts each request
+            tally.timed(sent, read)
             if isinstance(answer, FleetClientError):
                 tally.errors[answer.kind] += 1
                 continue
@@ -148,22 +150,24 @@ async def _floor_lines(config: FleetConfig) -> AsyncIterator[tuple[SendTick, Cli
         link.close()
 
 
-async def _send_each(sends: list[Send], bodies: list[dict[str, Any]]) -> list[dict[str, Any] | FleetClientError]:
-    """One request per robot, all in flight together."""
+async def _send_each(sends: list[Send], bodies: list[dict[str, Any]]) -> list[Answered]:
+    """One request per robot, all in flight together, each timed on its own."""
     return list(await asyncio.gather(*(_caught(send(body)) for send, body in zip(sends, bodies))))
 
 
-async def _send_batch(link: AgentLink, bodies: list[dict[str, Any]]) -> list[dict[str, Any] | FleetClientError]:
-    """The whole tick as one batch request: every robot gets the batch's answer or its error."""
+async def _send_batch(link: AgentLink, bodies: list[dict[str, Any]]) -> list[Answered]:
+    """The whole tick as one batch request: every robot gets the batch's answer (or its error) when it is read."""
     try:
         answer = await link.post("/v1/plan/batch", {"requests": bodies})
     except FleetClientError as err:
-        return [err] * len(bodies)
-    return list(answer["responses"])
+        return [(err, time.perf_counter())] * len(bodies)
+    read = time.perf_counter()
+    return [(one, read) for one in answer["responses"]]
 
 
-async def _caught(call: Awaitable[dict[str, Any]]) -> dict[str, Any] | FleetClientError:
+async def _caught(call: Awaitable[dict[str, Any]]) -> Answered:
     try:
-        return await call
+        answer: dict[str, Any] | FleetClientError = await call
     except FleetClientError as err:
-        return err
+        answer = err
+    return answer, time.perf_counter()

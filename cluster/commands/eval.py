@@ -37,7 +37,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                    help="ignore the model's policy: the zero action falls back and nothing is its prior")
     p.add_argument("--prior-share", type=float, default=PlanConfig.prior_share, metavar="F",
                    help="share of each round's candidates that are the policy's rollouts (default: %(default)s)")
-    p.add_argument("--no-shield", action="store_true", help="do not check actions against the zones")
+    p.add_argument("--no-shield", action="store_true",
+                   help="do not check actions against the zones (Warehouse-v0: the shelves)")
     p.add_argument("--shield-horizon", type=int, default=EvalConfig.shield_horizon, metavar="HS",
                    help="steps the shield checks ahead (default: %(default)s)")
     p.add_argument("--seed", type=int, default=EvalConfig.seed)
