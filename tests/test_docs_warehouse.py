@@ -30,10 +30,16 @@ def result(coordinated: float = 10.0, swap: float = 30.0, big_ms: float = 80.0) 
     big = {"robots": 200, "humans": 20, "threads": 2, "calls": 5, "plan_ms_median": big_ms, "plan_ms": [big_ms] * 5,
            "fields_seconds": 20.0, "floor_m": [59.0, 43.0]}
     models = {name: {"seconds": 300.0, "epochs": 40, "r2_min": 0.99} for name in ("fleet", "per_agent")}
+    floor = {"ticks": 300, "collisions_per_robot_hour": 12.0, "shelf_collisions": 0, "deliveries_per_hour": 880.0,
+             "shielded": 3}
+    served = {name: {"seconds": 30.0, "requests": 15000, "late_ticks": 1, "fallbacks_by_reason": {"deadline": 2},
+                     "latency_ms": {"p50": 60.0, "p99": 90.0}, "floor": floor} for name in ("per_robot", "batch")}
     return {"benchmark": "warehouse", "date": "2026-12-06", "robots": 50, "ticks": 600, "seed": 0, "threads": 2,
             "collect": {"episodes": 10, "transitions": 300000, "seconds": 60.0}, "models": models,
             "settings": {"horizon": 15, "samples": 32, "iterations": 1, "seed": 0},
             "cem": {"elites": 4, "alpha": 0.1, "init_std": 0.5, "noise_beta": 2.0}, "closed_loop": rows,
+            "weights": {"progress": 0.3, "contact": 10.0, "proximity": 20.0, "margin": 0.1, "lane_penalty": 3.0},
+            "shield": {"horizon": 5}, "served": served,
             "prediction": pred, "big": big, "met": met(rows, pred, big)}
 
 
@@ -50,5 +56,6 @@ def test_the_page_renders_every_field_from_a_result(tmp_path: Path) -> None:
     assert text.startswith(f"# {PAGE.title}\n") and "$" not in text and "None" not in text
     assert "| coordinated | multi-agent (fleet) | 10.0 | 0 | 900 |" in text
     assert "not met" not in text and "2.50x" in text
+    assert "| one batch per tick | 15,000 in 30 s | 60.0 / 90.0 | 1 | 2 | 12.0 | 0 | 880 |" in text
     assert "6 of 6 met" in docs.results_table((PAGE,), tmp_path)
     assert "None" not in PAGE.headline(result())
