@@ -186,8 +186,8 @@ def test_bad_messages_are_dead_lettered_with_reasons_and_good_traffic_is_answere
 def test_a_plan_request_asking_why_gets_the_explanation_in_its_reply(app) -> None:
     # The bus's /v1/explain: the same body, for the decision just served, in the agent's own reply.
     agents = Agents(app["redis"])
-    agents.send({"agent_id": "bus-why", "observation": [0.1] * 6, "request_id": "w1",
-                 "explain": {"proposals": [[0.5, 0.5]]}})
+    agents.send({"agent_id": "bus-why", "observation": [0.1] * 6, "request_id": "w1", "deadline_ms": 60_000,
+                 "explain": {"proposals": [[0.5, 0.5]]}})  # planned however loaded the machine: this is about why
     reply = agents.reply("bus-why", "w1")
     assert reply.ok and reply.body["decision"] == "planned", reply
     explanation = reply.body["explanation"]
