@@ -19,8 +19,8 @@ from planners.cem import CEMConfig
 from planners.fleet_cem import FLEET_CEM, FleetCEM, FleetPlanConfig
 from planners.fleet_rollout import FleetDynamics, FleetRollout, FloorState, by_member, from_member, padded, ts1_sample
 from planners.warehouse_costs import WarehouseCosts
-from worldmodel.envs.warehouse import (DT, KIND_NONE, NEIGHBOUR_DIMS, NEIGHBOURS, POS_DIMS, SLOT_KIND, SLOT_POS,
-                                       SLOT_SIZE, SLOT_VEL, VEL_DIMS)
+from worldmodel.envs.warehouse_features import slot_agents
+from worldmodel.envs.warehouse import DT, KIND_NONE, POS_DIMS
 
 
 class AgentRollout:
@@ -43,7 +43,8 @@ class AgentRollout:
         kp = acts.shape[0]
         obs = state.obs.expand(kp, *state.obs.shape)  # (Kp, N, S)
         noise = torch.randn(h, e, kp // e * n, obs.shape[-1], generator=generator, device=obs.device)
-        others_pos, others_vel, filled = _slot_agents(state.obs)  # (N, M, 2), (N, M, 2), (N, M)
+        others_pos, others_vel, kind = slot_agents(state.obs)  # (N, M, 2), (N, M, 2), (N, M)
+        filled = kind != KIND_NONE
         total = obs.new_zeros(kp, n)
         for t in range(h):  # the horizon; robots, candidates and members at once
             pred = self.dynamics(by_member(obs, e), by_member(acts[:, :, t], e))  # (E, Kp/E*N, S)
@@ -55,14 +56,6 @@ class AgentRollout:
                 gap = (pos[..., None, :] - ahead).norm(dim=-1).masked_fill(~filled, float("inf"))  # (Kp, N, M)
                 total += self.costs.agents(gap)
         return total[:k]
-
-
-def _slot_agents(obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The agents in each robot's slots: positions (N, M, 2), velocities (N, M, 2), filled (N, M)."""
-    slots = obs[:, NEIGHBOUR_DIMS].unflatten(-1, (NEIGHBOURS, SLOT_SIZE))
-    pos = obs[:, None, POS_DIMS] + slots[..., SLOT_POS]
-    vel = obs[:, None, VEL_DIMS] + slots[..., SLOT_VEL]
-    return pos, vel, slots[..., SLOT_KIND] != KIND_NONE
 
 
 def coordinated(fleet_model: FleetDynamics, costs: WarehouseCosts, cfg: FleetPlanConfig = FleetPlanConfig(),

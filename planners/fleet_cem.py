@@ -23,6 +23,7 @@ from typing import Protocol
 
 import torch
 
+from planners.base import shift_plan
 from planners.cem import CEMConfig
 from planners.config import FleetPlanConfig
 from planners.fleet_rollout import FloorState
@@ -62,7 +63,7 @@ class FleetPlan:
 
     def shift(self) -> torch.Tensor:
         """Warm start for the next tick: the executed step dropped, the last repeated. (N, H, A)."""
-        return torch.cat([self.plan[:, 1:], self.plan[:, -1:]], dim=1)
+        return shift_plan(self.plan)
 
 
 class FleetCEM:

@@ -38,10 +38,9 @@ from gymnasium.vector.utils import batch_space
 from planners.fleet_rollout import FleetDynamics, ts1_sample
 from planners.warehouse_costs import WarehouseCosts
 from worldmodel.dynamics import Prediction
-from worldmodel.envs.warehouse import (ACTION_SPACE, DT, KIND_HUMAN, KIND_ROBOT, MAX_SPEED, NEIGHBOUR_DIMS, NEIGHBOURS,
-                                       OBS_DIM, POS_DIMS, ROBOT_RADIUS, SLOT_KIND, SLOT_POS, SLOT_SIZE, SLOT_VEL,
-                                       TASK_DIMS, TASK_RADIUS, VEL_DIMS)
-from worldmodel.envs.warehouse_features import Nearby, Sensed, observe_nearby
+from worldmodel.envs.warehouse import (ACTION_SPACE, DT, KIND_HUMAN, KIND_ROBOT, MAX_SPEED, NEIGHBOURS, OBS_DIM,
+                                       POS_DIMS, ROBOT_RADIUS, TASK_DIMS, TASK_RADIUS, VEL_DIMS)
+from worldmodel.envs.warehouse_features import Nearby, Sensed, first_sightings, observe_nearby, slot_agents
 
 SAME_HUMAN_M = 0.01
 """Human sightings of one tick closer than this (metres) are one human seen by several robots."""
@@ -111,18 +110,13 @@ class FloorTicks:
 
 def _humans(obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Each tick's humans, each once, from the robots' slots: (G, N, S) -> positions and velocities (G, U, 2)."""
-    g, n = obs.shape[:2]
-    slots = obs[..., NEIGHBOUR_DIMS].unflatten(-1, (NEIGHBOURS, SLOT_SIZE)).flatten(1, 2)  # (G, N*M, 5)
-    pos = obs[..., POS_DIMS].repeat_interleave(NEIGHBOURS, 1) + slots[..., SLOT_POS]  # (G, N*M, 2)
-    vel = obs[..., VEL_DIMS].repeat_interleave(NEIGHBOURS, 1) + slots[..., SLOT_VEL]
-    human = slots[..., SLOT_KIND].round() == KIND_HUMAN  # (G, N*M)
+    g = obs.shape[0]
+    pos, vel, kind = (x.flatten(1, 2) for x in slot_agents(obs))  # (G, N*M, 2), (G, N*M, 2), (G, N*M)
+    human = kind == KIND_HUMAN
     first = torch.zeros_like(human)
     for lo in range(0, g, _CHUNK_TICKS):  # chunks of ticks bound the pair distances, not a loop over robots
-        p, h = pos[lo:lo + _CHUNK_TICKS], human[lo:lo + _CHUNK_TICKS]
-        # Exact distances: the matmul form is off by millimetres at floor coordinates.
-        dist = torch.cdist(p, p, compute_mode="donot_use_mm_for_euclid_dist")  # (g, N*M, N*M)
-        same = (dist < SAME_HUMAN_M) & h[:, :, None] & h[:, None, :]
-        first[lo:lo + _CHUNK_TICKS] = h & ~torch.tril(same, diagonal=-1).any(-1)
+        chunk = slice(lo, lo + _CHUNK_TICKS)
+        first[chunk] = first_sightings(pos[chunk], human[chunk], SAME_HUMAN_M)
     u = int(first.sum(1).max()) if g else 0
     order = torch.argsort((~first).to(torch.int8), dim=1, stable=True)[:, :u]  # (G, U) the kept sightings first
     kept = first.gather(1, order)[..., None]

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from planners.base import Decision, Fallback
+from planners.base import Decision, Fallback, shift_plan
 from planners.constraints import Constraint
 from planners.fleet_baselines import coordinated
 from planners.fleet_cem import ACT_DIM
@@ -28,9 +28,9 @@ from planners.fleet_shield import FleetShield, FleetShieldConfig
 from planners.policy import PolicyNet
 from planners.served import PlanBatch, ServiceConfig, empty_batch
 from planners.warehouse_costs import WarehouseCosts
-from worldmodel.envs.warehouse import (ACCEL, DT, KIND_HUMAN, KIND_ROBOT, OBS_DIM, PHYS_DIMS,
-                                       POS_DIMS, SLOT_KIND, SLOT_POS, SLOT_SIZE, SLOT_VEL, NEIGHBOUR_DIMS,
-                                       NEIGHBOURS, TASK_DIMS, VEL_DIMS, WAREHOUSE_ID)
+from worldmodel.envs.warehouse import (ACCEL, DT, KIND_HUMAN, KIND_ROBOT, OBS_DIM, PHYS_DIMS, POS_DIMS, TASK_DIMS,
+                                       VEL_DIMS, WAREHOUSE_ID)
+from worldmodel.envs.warehouse_features import first_sightings, slot_agents
 from worldmodel.envs.warehouse_layout import layout_for
 from worldmodel.fleet_dynamics import FleetEnsemble
 from worldmodel.fleet_data import match_neighbour_actions, warehouse_layout
@@ -53,23 +53,12 @@ def floor_state(obs: torch.Tensor, costs: WarehouseCosts) -> FloorState:
     The other agents are the slot entries that are not robots of ``obs`` (humans, and robots that did not
     ask), each once however many robots see it; they move at their observed velocity in the rollouts.
     """
-    slots = obs[:, NEIGHBOUR_DIMS].reshape(len(obs), NEIGHBOURS, SLOT_SIZE).flatten(0, 1)  # (n*M, 5)
-    kind = slots[:, SLOT_KIND].round()
-    pos = obs[:, POS_DIMS].repeat_interleave(NEIGHBOURS, 0) + slots[:, SLOT_POS]
-    vel = obs[:, VEL_DIMS].repeat_interleave(NEIGHBOURS, 0) + slots[:, SLOT_VEL]
+    pos, vel, kind = (x.flatten(0, 1) for x in slot_agents(obs))  # (n*M, 2), (n*M, 2), (n*M,)
     sensed = (kind == KIND_HUMAN) | (kind == KIND_ROBOT)
-    asked = _dist(pos, obs[:, POS_DIMS]).amin(1) < SAME_AGENT_M if len(obs) else sensed  # a robot of obs
-    keep = sensed & ~asked
-    pos, vel = pos[keep], vel[keep]
-    near = _dist(pos, pos) < SAME_AGENT_M  # the same agent seen twice
-    first = ~torch.tril(near, diagonal=-1).any(1)  # keep each agent's first sighting
+    asked = (torch.cdist(pos, obs[:, POS_DIMS], compute_mode="donot_use_mm_for_euclid_dist").amin(1) < SAME_AGENT_M
+             if len(obs) else sensed)  # a robot of obs (exact distances: see ``first_sightings``)
+    first = first_sightings(pos, sensed & ~asked, SAME_AGENT_M)  # each other agent once
     return FloorState(obs, pos[first], vel[first], costs.targets(obs[:, TASK_DIMS]))
-
-
-def _dist(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """(P, Q) exact pair distances: ``cdist``'s matrix-product form (its default past 25 rows) is off by
-    millimetres at floor coordinates, more than ``SAME_AGENT_M``."""
-    return torch.cdist(a, b, compute_mode="donot_use_mm_for_euclid_dist")
 
 
 def brake(obs: torch.Tensor) -> torch.Tensor:
@@ -213,7 +202,7 @@ class WarehousePlanner:
             out["decision"][rows] = np.where(replaced_np, Decision.SHIELDED, out["decision"][rows])
         paths = self._member_paths(state, plan)  # (E, n, H+1, 2)
         out["actions"][rows] = actions.cpu().numpy()
-        out["warm_start"][rows] = torch.cat([plan[:, 1:], plan[:, -1:]], 1).cpu().numpy()
+        out["warm_start"][rows] = shift_plan(plan).cpu().numpy()
         trajectory = np.full((len(rows), self.horizon + 1, OBS_DIM), np.nan, np.float32)
         trajectory[:, 0] = state.obs.cpu().numpy()
         trajectory[:, 1:, POS_DIMS] = paths.mean(0)[:, 1:].cpu().numpy()  # where the robots will be

@@ -213,3 +213,22 @@ def _slots(dx: torch.Tensor, dy: torch.Tensor, local: torch.Tensor, index: torch
     slots[..., SLOT_VEL] = other_vel - vel.unsqueeze(-2)
     slots[..., SLOT_KIND] = kind[index].to(slots.dtype)
     return slots * filled.unsqueeze(-1)
+
+
+def slot_agents(obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The agents in each robot's slots, read back from observations (..., N, S): their positions and
+    velocities (..., N, M, 2) on the floor (the robot's own plus the slot's relative ones) and their kinds
+    (..., N, M) (``KIND_NONE`` for empty slots)."""
+    slots = obs[..., NEIGHBOUR_DIMS].unflatten(-1, (NEIGHBOURS, SLOT_SIZE))
+    pos = obs[..., None, POS_DIMS] + slots[..., SLOT_POS]
+    vel = obs[..., None, VEL_DIMS] + slots[..., SLOT_VEL]
+    return pos, vel, slots[..., SLOT_KIND].round()
+
+
+def first_sightings(pos: torch.Tensor, seen: torch.Tensor, within: float) -> torch.Tensor:
+    """(..., P) bool: of the sightings ``pos`` (..., P, 2) marked ``seen`` (..., P), each agent's first one, where
+    sightings closer than ``within`` metres are one agent seen by several robots. Distances are exact (``cdist``'s
+    matrix-product form, its default past 25 rows, is off by millimetres at floor coordinates)."""
+    dist = torch.cdist(pos, pos, compute_mode="donot_use_mm_for_euclid_dist")  # (..., P, P)
+    same = (dist < within) & seen[..., :, None] & seen[..., None, :]
+    return seen & ~torch.tril(same, diagonal=-1).any(-1)
