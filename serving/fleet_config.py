@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from planners.config import OBJECTIVES
 from serving.link import HTTP_SCHEMES, REDIS_SCHEMES, RETRY
 from worldmodel.envs import NAV2D_ID
-from worldmodel.envs.warehouse import WAREHOUSE_ID
+from worldmodel.envs.warehouse import DEFAULT_ROBOTS, WAREHOUSE_ID
 
 if TYPE_CHECKING:
     import numpy as np
@@ -66,6 +66,9 @@ class FleetConfig:
     batch: bool = False
     """Warehouse-v0 over HTTP: each tick's robots as one ``POST /v1/plan/batch``; False: one request per robot
     (the engine plans a site's robots that arrive together jointly either way)."""
+    floor_robots: int = DEFAULT_ROBOTS
+    """Warehouse-v0: the floor is ``layout_for(floor_robots)``, the one the endpoint serves (`wm serve --robots`);
+    ``agents`` robots drive on it."""
 
     def __post_init__(self) -> None:
         checks = [
@@ -80,6 +83,7 @@ class FleetConfig:
             (self.deadline_ms is None or self.deadline_ms > 0, f"deadline_ms must be > 0, got {self.deadline_ms}"),
             (self.timeout_s > 0, f"timeout_s must be > 0, got {self.timeout_s}"),
             (self.retries >= 0, f"retries must be >= 0, got {self.retries}"),
+            (self.floor_robots >= 1, f"floor_robots must be >= 1, got {self.floor_robots}"),
             (not self.batch or (self.env_id == WAREHOUSE_ID and self.transport == "http"),
              f"batch sends a {WAREHOUSE_ID} floor's tick over http; got {self.env_id} over {self.transport}"),
         ]

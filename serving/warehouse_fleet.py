@@ -1,6 +1,7 @@
 """A warehouse floor driving closed loop through the fleet endpoint: every robot asks each tick, the floor steps.
 
-One ``WarehouseFloor`` of ``FleetConfig.agents`` robots on one site: each tick (``FleetConfig.hz``) every
+One ``WarehouseFloor`` of ``FleetConfig.agents`` robots on one site, laid out as the served floor
+(``FleetConfig.floor_robots``): each tick (``FleetConfig.hz``) every
 robot sends its observation with its site, the reward of its previous action, its step ``t`` and
 ``prev_action``, all at once (one request per robot, over HTTP on its own connection or through the fleet
 bus's shared client; or the whole tick as one ``POST /v1/plan/batch`` with ``FleetConfig.batch``); when
@@ -32,6 +33,7 @@ from serving.fleet import Send, agent_lines, report_progress, Tally
 from serving.fleet_config import FleetConfig, FleetResult, FloorCounts
 from serving.link import AgentLink
 from worldmodel.envs.warehouse import DT, WarehouseFloor
+from worldmodel.envs.warehouse_layout import layout_for
 
 _HOUR_S = 3600.0
 
@@ -40,7 +42,7 @@ class _Floor:
     """The floor and what its next tick reports for every robot."""
 
     def __init__(self, config: FleetConfig, prefix: str) -> None:
-        self.floor = WarehouseFloor(config.agents, seed=config.seed)
+        self.floor = WarehouseFloor(config.agents, layout=layout_for(config.floor_robots), seed=config.seed)
         self.ids = [f"{prefix}{i:04d}" for i in range(config.agents)]
         self.site = f"{prefix}floor"
         self.obs, _ = self.floor.reset(seed=config.seed)

@@ -20,7 +20,7 @@ _DEFAULTS = {f.name: f.default for f in dataclasses.fields(FleetConfig)}
 
 # FleetConfig's fields set from the flag of the same name (--env sets env_id, --redis redis_url).
 _FLAGS = ("url", "agents", "hz", "seconds", "no_fly_zones", "objective", "deadline_ms", "timeout_s", "retries",
-          "seed", "transport", "bus_prefix", "batch")
+          "seed", "transport", "bus_prefix", "batch", "floor_robots")
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -48,6 +48,9 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--timeout-s", type=float, default=d["timeout_s"], help="per-attempt timeout of each request")
     p.add_argument("--retries", type=int, default=d["retries"],
                    help="retries after a connection error, timeout or 5xx (a 4xx is final)")
+    p.add_argument("--floor-robots", type=int, default=d["floor_robots"], metavar="N",
+                   help="Warehouse-v0: the floor sized for N robots, as the endpoint serves it (`wm serve --robots`; "
+                        "default: %(default)s)")
     p.add_argument("--batch", action="store_true",
                    help="Warehouse-v0 over HTTP: each tick's robots as one POST /v1/plan/batch")
     p.add_argument("--png", default=None, help="write latency over time, its histogram and a few agents' paths")
