@@ -22,6 +22,7 @@ from planners.service import FleetPlanner, PlanBatch, ServiceConfig, load_planne
 from planners.warehouse_service import WarehousePlanner
 from worldmodel.device import resolve_device
 from worldmodel.registry import ModelRegistry
+from worldmodel.reward_artifact import RewardArtifact
 
 
 class EnsembleWorker:
@@ -43,12 +44,13 @@ class EnsembleWorker:
     def plan(self, obs: np.ndarray, warm_start: np.ndarray | None = None, objectives: list[str] | None = None,
              constraints: dict[str, np.ndarray] | None = None, budget_ms: float | None = None,
              hidden: np.ndarray | None = None, modes: list[str] | None = None,
-             sites: list[str | None] | None = None) -> PlanBatch:
+             sites: list[str | None] | None = None, rewards: list[RewardArtifact | None] | None = None) -> PlanBatch:
         """See ``FleetPlanner.plan``; the answer names the version that planned it."""
         service = self.service  # the version current when the call started answers it
         if hidden is not None and not (service.recurrent and hidden.shape[-1] == service.model.dynamics.hidden):
             hidden = None  # states from another version (after a switch, or production's for a shadow): start fresh
-        return service.plan(obs, warm_start, objectives, constraints, budget_ms, hidden, modes, sites)
+        named = {} if rewards is None else {"rewards": rewards}  # lone agents only: floors have no learned reward
+        return service.plan(obs, warm_start, objectives, constraints, budget_ms, hidden, modes, sites, **named)
 
     def score(self, obs: np.ndarray, actions: np.ndarray, new_obs: np.ndarray) -> dict[str, Any]:
         """Prediction error of logged transitions (B rows): per row and its mean."""

@@ -55,6 +55,8 @@ class PlanAnswer:
     explanation: dict[str, Any] | None = None
     """The decision's explanation (``/v1/explain``'s JSON body), when the request asked for it; never kept in
     the agent's record (a retry asking for it is explained again)."""
+    reward_model: str | None = None
+    """The reward model version that scored the plan; None when the world model's own reward did (or none did)."""
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON body of ``PlanResponse``."""

@@ -24,6 +24,7 @@ from benchmarks.docs_pages import (defaults_fields, defaults_headline, fleet_bus
                                    model_fit_headline, nav2d_fields, nav2d_headline, pendulum_fields,
                                    pendulum_headline, serve_fleet_fields, serve_fleet_headline, throughput_fields,
                                    throughput_headline)
+from benchmarks.docs_export import export_fields, export_headline
 from benchmarks.docs_safety import safety_fields, safety_headline
 from benchmarks.docs_text import machine_facts, table
 from benchmarks.docs_warehouse import warehouse_fields, warehouse_headline
@@ -80,6 +81,8 @@ PAGES = (
          safety_fields, safety_headline),
     Page("warehouse", "Warehouse: coordinated planning of a fleet that interacts", "warehouse.json",
          "python -m benchmarks.warehouse", warehouse_fields, warehouse_headline),
+    Page("export", "Edge export: ONNX and TorchScript, and a planner without torch", "export.json",
+         "python -m benchmarks.export", export_fields, export_headline),
     Page("gpu", "GPU check", "gpu_check/gpu_check.json", "bash benchmarks/gpu_check.sh", gpu_fields, gpu_headline),
 )
 

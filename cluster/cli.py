@@ -39,7 +39,8 @@ COMMANDS: dict[str, str] = {
     "eval": "run N envs in lockstep, planning for all in one call",
     "bench": "measure throughput (`wm bench plan`: plans/s for N agents per call)",
     "mbrl": "model-based RL (PETS): train a model, plan, repeat",
-    "models": "list, inspect, promote, roll back, register and evaluate models",
+    "models": "list, inspect, promote, roll back, register, evaluate and A/B-test models",
+    "reward": "train, register and list reward models apart from the dynamics (a request names one)",
     "learn": "retrain from logs on a learner actor, compare with production, register",
     "policy": "train a policy inside a world model with RLlib PPO (`wm policy train`), saved beside it",
     "tune": "sweep world-model settings with Ray Tune, scored on the newest episodes",
@@ -47,6 +48,7 @@ COMMANDS: dict[str, str] = {
     "fleet": "drive N simulated agents closed loop through a fleet endpoint (load test)",
     "ingest": "log transitions from a Redis Stream into the Arrow logs until SIGTERM/Ctrl-C",
     "demo": "on a local Ray: simulate a fleet, learn a model, serve it, drive a fleet over HTTP",
+    "export": "export a model's networks to ONNX or TorchScript, checked equal to torch",
 }
 """Every ``wm`` command and its one-line help; command NAME lives in ``cluster.commands.NAME``."""
 

@@ -24,6 +24,7 @@ import ray
 from ray.actor import ActorHandle
 
 from actors.common import NAMESPACE, gpus_per_worker
+from learners.drift import TRIGGER_MANUAL, check_trigger
 from learners.retrain import read_held_out, register_candidate, registered_run, run_id_for
 from learners.settings import DEFAULT_TRAIN_POLICY
 from worldmodel.config import ModelConfig, TrainConfig, config_from_dict, default_dynamics
@@ -70,7 +71,7 @@ class Learner:
     def retrain(self, data_uri: str, registry_uri: str, *, model_cfg: dict[str, Any] | None = None,
                 train_cfg: dict[str, Any] | None = None, holdout_fraction: float = 0.2, promote: bool = False,
                 run_id: str | None = None, train_policy: bool = DEFAULT_TRAIN_POLICY,
-                policy_cfg: dict[str, Any] | None = None) -> dict[str, Any]:
+                policy_cfg: dict[str, Any] | None = None, trigger: dict[str, Any] | None = None) -> dict[str, Any]:
         """Train a candidate on the logs, compare it with production, register it (and maybe promote it).
 
         Args:
@@ -84,12 +85,16 @@ class Learner:
             train_policy: then train a policy in the registered version (``learners.policy_training``), unless
                 it has one already (a retried call); needs a local registry (the policy goes into the artifact).
             policy_cfg: ``PolicySettings`` fields (default: the preset for the model's env).
+            trigger: what asked for this retrain, recorded as the registered version's ``lineage["trigger"]``:
+                ``{"kind": "drift", ...cause}`` (``learners.drift``), ``{"kind": "schedule"}``; default
+                ``{"kind": "manual"}``. A run registered before keeps the trigger it was registered with.
 
         Returns:
             JSON-friendly: version, stage, holdout, promoted, resumed (and resumed_from per stage),
             run_id, existing (the run had been registered before), policy (None without ``train_policy``:
-            its version, path, evaluations and seconds), seconds.
+            its version, path, evaluations and seconds), trigger (the registered version's), seconds.
         """
+        trigger = check_trigger(trigger or {"kind": TRIGGER_MANUAL})
         start = time.perf_counter()
         _, _, files = require_log_files(data_uri)  # listed once: a log tree can be large, or remote
         mcfg = model_config_for(model_cfg, read_env_id(data_uri, files=files))
@@ -113,7 +118,7 @@ class Learner:
         model = train_world_model(logs.train, logs.spec, mcfg, tcfg, log=_log, checkpoint_dir=checkpoint_dir)
         model.data_fingerprint = fingerprint
         resumed_from = {s: (model.metrics.get(s) or {}).get("fit", {}).get("resumed_from") for s in FITS}
-        info = register_candidate(registry, model, logs, run_id=run_id, resumed_from=resumed_from)
+        info = register_candidate(registry, model, logs, run_id=run_id, resumed_from=resumed_from, trigger=trigger)
         assert info.holdout is not None  # register_candidate always compares
         _log(f"registered {info.version}: holdout score {info.holdout['candidate']['score']:.4f}, "
              f"better than production: {info.holdout['better']}")
@@ -161,6 +166,7 @@ class Learner:
         return {"version": info.version, "stage": info.stage, "holdout": info.holdout, "promoted": promoted,
                 "resumed": any(v for v in resumed_from.values()), "resumed_from": resumed_from,
                 "run_id": info.lineage.get("run_id"), "existing": existing, "policy": policy,
+                "trigger": info.lineage.get("trigger"),
                 "seconds": round(time.perf_counter() - start, 3)}
 
 

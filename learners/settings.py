@@ -16,6 +16,11 @@ DEFAULT_TRAIN_POLICY = False
 default: with the Nav2D preset PPO takes several times as long as the retrain itself on a 2-core
 node (see ``POLICY_PRESETS``), so a scheduled retrain turns it on where the cores are there."""
 
+PREDICTION_MSE_LIMIT = 0.5
+"""One-step dynamics prediction MSE of served transitions above which the model has drifted (the article's
+threshold): the default of both the drift watch (``DriftSettings.threshold``) and the alert rule
+(``cluster.monitoring.rules.Thresholds.prediction_mse``)."""
+
 PENDULUM_ID = "Pendulum-v1"
 POLICY_ZONES_MAX = 4
 """Zones a policy sees: ``planners.policy.POLICY_ZONES``, spelled here so this module loads no torch
@@ -133,3 +138,56 @@ POLICY_PRESETS: dict[str, PolicySettings] = {
 def policy_settings(env_id: str, **overrides: Any) -> PolicySettings:
     """The preset for ``env_id`` with ``overrides`` (see ``PolicySettings.with_overrides``)."""
     return POLICY_PRESETS.get(env_id, PolicySettings()).with_overrides(**overrides)
+
+
+@dataclass(frozen=True)
+class DriftSettings:
+    """When a sustained rise of the served prediction error retrains the model (``learners.drift``).
+
+    A rise shorter than ``sustain_s - window_s`` never fires: it lifts the windowed mean for at most its own
+    length plus ``window_s``.
+    """
+
+    enabled: bool = True
+    """Whether the serving engines watch for drift at all."""
+    threshold: float = PREDICTION_MSE_LIMIT
+    """Windowed mean prediction MSE of the production version above which it has drifted."""
+    window_s: float = 60.0
+    """Range of the rolling mean (row-weighted over the engine's batches)."""
+    sustain_s: float = 300.0
+    """How long the windowed mean must stay above ``threshold`` before a retrain is asked for."""
+    min_rows: int = 50
+    """Scored transitions the window must hold for its mean to count (a few agents say little)."""
+    min_interval_s: float = 6 * 3600.0
+    """At most one drift retrain per this many seconds (the learner's scheduler enforces it across replicas)."""
+    retry_s: float = 300.0
+    """After a request the learner did not take (busy, not reachable), how long a watch waits to ask again."""
+    scheduler: str = DEFAULT_NAME
+    """The retrain scheduler actor the engines ask (``wm learn --schedule``'s ``--scheduler-name``)."""
+
+    def __post_init__(self) -> None:
+        if not self.threshold > 0:
+            raise ValueError(f"DriftSettings.threshold must be > 0, got {self.threshold!r}")
+        for name in ("window_s", "sustain_s", "retry_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"DriftSettings.{name} must be > 0 seconds, got {getattr(self, name)!r}")
+        if not self.window_s <= self.sustain_s:
+            raise ValueError(f"DriftSettings.window_s ({self.window_s}) must be <= sustain_s ({self.sustain_s}), "
+                             "or a short spike lifts the windowed mean for longer than the rise must last")
+        if not self.min_interval_s >= 0:
+            raise ValueError(f"DriftSettings.min_interval_s must be >= 0, got {self.min_interval_s!r}")
+        if isinstance(self.min_rows, bool) or not isinstance(self.min_rows, int) or self.min_rows < 1:
+            raise ValueError(f"DriftSettings.min_rows must be an int >= 1, got {self.min_rows!r}")
+        if not self.scheduler:
+            raise ValueError("DriftSettings.scheduler must name the retrain scheduler actor")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "DriftSettings":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"DriftSettings: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        return cls(**data)

@@ -68,7 +68,8 @@ def _param(params: Params, key: str, term: str) -> torch.Tensor:
 
 
 class LearnedReward:
-    """The world model's reward model r(s, a, s'), averaged over its members."""
+    """A learned reward model r(s, a, s'), averaged over its members: the world model's own, or one trained
+    apart from it (``Objective.with_reward``)."""
 
     def __init__(self, model: RewardModel | FoldedReward) -> None:
         self.model = model
@@ -187,6 +188,17 @@ class Objective:
         if not terms:
             raise ValueError("an Objective needs at least one term")
         self.terms = list(terms)
+
+    def with_reward(self, model: RewardModel | FoldedReward) -> "Objective":
+        """This objective with its learned reward term reading ``model`` in place of the world model's own
+        reward (a reward model trained and registered on its own, ``worldmodel.reward_registry``).
+
+        Raises:
+            ValueError: the objective has no learned reward term (e.g. Nav2D's 'goal').
+        """
+        if not any(isinstance(t, LearnedReward) for t in self.terms):
+            raise ValueError("this objective has no learned reward term for a reward model to replace")
+        return Objective([LearnedReward(model) if isinstance(t, LearnedReward) else t for t in self.terms])
 
     def prepared(self) -> "Objective":
         """The objective for one planning call, which evaluates it at every horizon step: learned terms

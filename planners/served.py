@@ -22,6 +22,7 @@ from planners.config import FleetPlanConfig
 from planners.objectives import ACTION_HIGH, ACTION_LOW, BOX, MAX_SPEED, ZONES, Params
 from worldmodel.config import config_from_dict
 from worldmodel.envs.warehouse import DEFAULT_ROBOTS
+from worldmodel.reward_artifact import check_reward_version
 
 CONSTRAINT_DIMS = {ZONES: 3, BOX: 3, MAX_SPEED: 1, ACTION_LOW: 2, ACTION_HIGH: 2}
 """The constraints ``FleetPlanner.plan`` takes (``planners.objectives`` keys) and their arrays' ndim with
@@ -50,6 +51,9 @@ class ServiceConfig:
     """Warehouse fleet models: the floor planner's settings (``plan`` is the lone agents')."""
     floor_robots: int = DEFAULT_ROBOTS
     """Warehouse fleet models: the served floor is ``layout_for(floor_robots)``."""
+    reward_model: str | None = None
+    """The fleet's reward model ("r1.2.0", registered in the served registry's ``rewards/``): the learned
+    objective plans with it unless a request names another; None: the world model's own reward."""
 
     @property
     def planner_settings(self) -> dict[str, Any]:
@@ -59,12 +63,12 @@ class ServiceConfig:
     def to_dict(self) -> dict[str, Any]:
         return {"planner": self.planner, "plan": dataclasses.asdict(self.plan), "settings": self.planner_settings,
                 "shield": self.shield, "shield_horizon": self.shield_horizon, "fleet": dataclasses.asdict(self.fleet),
-                "floor_robots": self.floor_robots}
+                "floor_robots": self.floor_robots, "reward_model": self.reward_model}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ServiceConfig":
         """From ``to_dict``'s form; missing keys keep their defaults, unknown keys are an error."""
-        known = ("planner", "plan", "settings", "shield", "shield_horizon", "fleet", "floor_robots")
+        known = ("planner", "plan", "settings", "shield", "shield_horizon", "fleet", "floor_robots", "reward_model")
         unknown = sorted(set(data) - set(known))
         if unknown:
             raise ValueError(f"unknown planner service setting(s) {unknown}; known: {', '.join(known)}")
@@ -77,7 +81,8 @@ class ServiceConfig:
         return cls(planner=data.get("planner", cls.planner), plan=plan,
                    settings=None if settings is None else dict(settings), shield=shield,
                    shield_horizon=data.get("shield_horizon", cls.shield_horizon), fleet=fleet,
-                   floor_robots=data.get("floor_robots", cls.floor_robots))
+                   floor_robots=data.get("floor_robots", cls.floor_robots),
+                   reward_model=data.get("reward_model", cls.reward_model))
 
     def __post_init__(self) -> None:
         if not isinstance(self.shield_horizon, int) or isinstance(self.shield_horizon, bool) or \
@@ -85,6 +90,8 @@ class ServiceConfig:
             raise ValueError(f"shield_horizon must be an integer >= 1, got {self.shield_horizon!r}")
         if not isinstance(self.floor_robots, int) or isinstance(self.floor_robots, bool) or self.floor_robots < 1:
             raise ValueError(f"floor_robots must be an integer >= 1, got {self.floor_robots!r}")
+        if self.reward_model is not None:
+            check_reward_version(self.reward_model)
 
 
 @dataclass(frozen=True)
@@ -109,6 +116,8 @@ class PlanBatch:
             (+inf without a shield or without constraints; negative: a predicted violation).
         fallback_source: who the fallback is: 'policy' (the model's policy), 'zero' (the zero action) or 'brake'
             (a warehouse robot without a policy stops).
+        reward_models: per agent, the reward model version its plan was scored with, None where the world
+            model's own reward was (or no learned reward: 'goal', policy mode); None: the model's own for all.
 
     Policy-mode rows (``Decision.POLICY``) predict nothing beyond the shield's check: their warm start
     holds the action, their trajectory holds the observation, their disagreement is 0.
@@ -128,6 +137,7 @@ class PlanBatch:
     shield: np.ndarray
     margin: np.ndarray
     fallback_source: str
+    reward_models: list[str | None] | None = None
 
     @property
     def fallback(self) -> np.ndarray:

@@ -15,6 +15,7 @@ Shapes: ``N`` agents, ``H`` horizon, ``S`` state, ``A`` action, ``Z`` zones, ``M
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from planners.base import BasePlanner, PlanResult
 from planners.config import MODES
 from planners.evaluate import build_objective
 from planners.explain import Explanation, explain
-from planners.objectives import GOAL, ZONES, Params
+from planners.objectives import GOAL, ZONES, Objective, Params
 from planners.policy import PolicyNet
 from planners.policy_artifact import load_policy, policy_info
 from planners.rollout import HIDDEN, is_recurrent
@@ -37,8 +38,13 @@ from worldmodel.artifact import load_model
 from worldmodel.envs import NAV2D_ID
 from worldmodel.envs.nav2d import GOAL_DIMS
 from worldmodel.model import WorldModel
+from worldmodel.reward_artifact import RewardArtifact
 
 __all__ = ["FleetPlanner", "PlanBatch", "ServiceConfig", "load_planner"]
+
+REWARD_PLANNERS = 4
+"""Planners kept for reward models named by requests (least recently used dropped first): a few, since a
+fleet names one or two reward models at a time, and rebuilding one only folds its reward network again."""
 
 
 class FleetPlanner:
@@ -69,12 +75,18 @@ class FleetPlanner:
         # The shield checks zones, boxes and speeds: Nav2D's constraints, on a feed-forward ensemble.
         shield = (Shield(model.dynamics, self.cfg.shield_horizon) if self.zones and self.cfg.shield
                   and not self.recurrent else None)
-        low, high = torch.tensor(spec.act_low), torch.tensor(spec.act_high)
+        self._planner_parts = (torch.tensor(spec.act_low), torch.tensor(spec.act_high), act, shield)
         self.planners: dict[str, BasePlanner] = {
-            name: make_planner(self.cfg.planner, model.dynamics, build_objective(model, name, zones=self.zones),
-                               low, high, self.cfg.plan, fallback=act, settings=self.cfg.planner_settings,
-                               prior=act, shield=shield)
+            name: self._make(build_objective(model, name, zones=self.zones))
             for name in (OBJECTIVES if self.zones else ("learned",))}
+        self._reward_planners: OrderedDict[str, BasePlanner] = OrderedDict()
+        """'learned' planners whose reward is a separately trained reward model, by its version."""
+
+    def _make(self, objective: Objective) -> BasePlanner:
+        """A planner of this model for ``objective``: every planner here is built this one way."""
+        low, high, act, shield = self._planner_parts
+        return make_planner(self.cfg.planner, self.model.dynamics, objective, low, high, self.cfg.plan,
+                            fallback=act, settings=self.cfg.planner_settings, prior=act, shield=shield)
 
     @classmethod
     def load(cls, model_dir: str | Path, cfg: ServiceConfig | None = None,
@@ -142,7 +154,7 @@ class FleetPlanner:
     def plan(self, obs: np.ndarray, warm_start: np.ndarray | None = None, objectives: list[str] | None = None,
              constraints: dict[str, np.ndarray] | None = None, budget_ms: float | None = None,
              hidden: np.ndarray | None = None, modes: list[str] | None = None,
-             sites: list[str | None] | None = None) -> PlanBatch:
+             sites: list[str | None] | None = None, rewards: list[RewardArtifact | None] | None = None) -> PlanBatch:
         """Decide for N agents.
 
         Args:
@@ -158,14 +170,23 @@ class FleetPlanner:
                 other shape (another model's states) is ignored: every agent starts fresh.
             modes: per agent, 'plan' (default) or 'policy' (the policy's action, shielded; no planning).
             sites: lone agents have none (all None): sites are the warehouse's (``WarehousePlanner``).
+            rewards: per agent, a reward model (``worldmodel.reward_artifact``) its 'learned' objective plans
+                with in place of the world model's own reward, or None for the model's own.
 
         Returns:
-            the ``PlanBatch`` of the N agents, in order.
+            the ``PlanBatch`` of the N agents, in order (``reward_models`` says which reward model planned each).
         """
         start = time.perf_counter()
         n, device = len(obs), self.model.device
         objectives, modes = objectives or ["learned"] * n, modes or ["plan"] * n
         self._check(n, objectives, modes)
+        # Which reward plans each agent: "" the model's own; a reward model only for a planned learned objective.
+        named = rewards or [None] * n
+        if len(named) != n:
+            raise ValueError(f"rewards must have one entry per agent ({n}), got {len(named)}")
+        keys = np.asarray([r.version if r is not None and o == "learned" and m == "plan" else ""
+                           for r, o, m in zip(named, objectives, modes)], dtype=object)
+        by_version = {r.version: r for r in named if r is not None}
         if any(site is not None for site in sites or []):
             raise ValueError(f"site is for Warehouse-v0 models; model {self.version} plans each agent alone")
         obs_t = torch.as_tensor(np.asarray(obs, np.float32), device=device)
@@ -181,20 +202,39 @@ class FleetPlanner:
             params[HIDDEN] = h_all
         iterations = []
         names, kinds = np.asarray(objectives), np.asarray(modes)
-        for name, planner in self.planners.items():  # at most one call per objective kind and mode
-            for mode in MODES:
-                rows = np.flatnonzero((names == name) & (kinds == mode))
-                if len(rows):
-                    result = self._decide_rows(planner, mode, rows, obs_t, params, warm_start, budget_ms)
-                    fill(out, rows, result)
-                    iterations += [result.iterations] if mode == "plan" else []
+        for key in dict.fromkeys(keys.tolist()):  # at most one call per reward, objective kind and mode
+            planners = self.planners if key == "" else {"learned": self._with_reward(by_version[key])}
+            for name, planner in planners.items():
+                for mode in MODES:
+                    rows = np.flatnonzero((names == name) & (kinds == mode) & (keys == key))
+                    if len(rows):
+                        result = self._decide_rows(planner, mode, rows, obs_t, params, warm_start, budget_ms)
+                        fill(out, rows, result)
+                        iterations += [result.iterations] if mode == "plan" else []
         next_hidden = None
         if h_all is not None:  # the state after observing obs and taking the chosen action
             actions_t = torch.as_tensor(out["actions"], device=device)
             next_hidden = self.model.dynamics.step(h_all, obs_t, actions_t)[0].cpu().numpy()
         return PlanBatch(**out, hidden=next_hidden, iterations=min(iterations, default=0),
                          elapsed_ms=(time.perf_counter() - start) * 1000, model_version=self.version,
-                         fallback_source=self.fallback_source)
+                         fallback_source=self.fallback_source, reward_models=[k or None for k in keys.tolist()])
+
+    def _with_reward(self, reward: RewardArtifact) -> BasePlanner:
+        """The 'learned' planner scoring plans with ``reward`` (built on first use, a few kept by version).
+
+        Raises:
+            RewardMismatch: ``reward`` does not read this model's spaces.
+        """
+        if reward.version in self._reward_planners:
+            self._reward_planners.move_to_end(reward.version)
+            return self._reward_planners[reward.version]
+        reward.check_fits(self.model.spec, f"model {self.version}")
+        reward.to(self.model.device)
+        objective = build_objective(self.model, "learned", zones=self.zones).with_reward(reward.reward)
+        planner = self._reward_planners[reward.version] = self._make(objective)
+        while len(self._reward_planners) > REWARD_PLANNERS:
+            self._reward_planners.popitem(last=False)
+        return planner
 
     def _check(self, n: int, objectives: list[str], modes: list[str]) -> None:
         """Raise naming an objective or mode this model does not serve, or lists of the wrong length."""
@@ -247,7 +287,7 @@ class FleetPlanner:
 
     def explain(self, obs: np.ndarray, objective: str = "learned", constraints: dict[str, np.ndarray] | None = None,
                 warm_start: np.ndarray | None = None, proposals: np.ndarray | None = None,
-                alternatives: int = 3) -> Explanation:
+                alternatives: int = 3, reward: RewardArtifact | None = None) -> Explanation:
         """Why one agent's action: plan once with the served settings and explain it (``planners.explain``).
 
         Args:
@@ -256,6 +296,7 @@ class FleetPlanner:
             warm_start: (H, A) its warm start, or None (NaN rows or another shape: none).
             proposals: (M, A) actions held for H steps, or (M, H, A) sequences.
             alternatives: how many of the planner's best other candidates to show.
+            reward: a registered reward model the 'learned' objective scores with (None: the model's own).
         """
         self._check(1, [objective], ["plan"])
         obs_t = torch.as_tensor(np.asarray(obs, np.float32), device=self.model.device).reshape(1, -1)
@@ -266,7 +307,9 @@ class FleetPlanner:
         h_all = self._hidden(obs_t, None)
         if h_all is not None:
             params[HIDDEN] = h_all
-        planner, start = self.planners[objective], None
+        planner = self._with_reward(reward) if reward is not None and objective == "learned" else \
+            self.planners[objective]
+        start = None
         if warm_start is not None and np.shape(warm_start) == (self.horizon, self.model.spec.act_dim) and \
                 not np.isnan(warm_start).any():
             start = torch.as_tensor(np.asarray(warm_start, np.float32), device=obs_t.device)[None]

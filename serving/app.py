@@ -10,6 +10,8 @@
   and follows its registry stage.
 - An optional shadow ``PlannerServer`` plans the same batches in the background; its actions
   and prediction error are compared with production's, never returned.
+- An optional A/B candidate planner (``serving.ab_planner``, ``AppConfig.ab``) serves the registry's live A/B
+  test's share of the agents; each engine plans both arms of a batch at once (``serving.ab``).
 
 The FastAPI app ``api``, its error bodies and the middleware in front of these routes are in
 ``serving.front``.
@@ -36,6 +38,8 @@ from actors.common import gpus_per_worker
 from actors.records import PlanAnswer, RecordCache, Rejected
 from actors.state_store import start_state_shards
 from actors.telemetry import LoggerStats
+from serving.ab import live_ab
+from serving.ab_planner import CandidatePlanner
 from serving.config import BATCHING, AppConfig
 from serving.consumer_loop import BusStats
 from serving.engine import PlanEngine
@@ -62,14 +66,17 @@ class FleetIngress:
     """HTTP front door: validation and batching; the batch path itself is ``PlanEngine``."""
 
     async def __init__(self, planner: DeploymentHandle, shadow: DeploymentHandle | None,
-                       consumer: DeploymentHandle | None, config: dict[str, Any]) -> None:
+                       consumer: DeploymentHandle | None, config: dict[str, Any],
+                       candidate: DeploymentHandle | None = None) -> None:
         """``consumer``: the ``StreamConsumer`` deployment (None without a fleet bus), bound here so that it is
-        part of the app; the ingress reads its stats. The replica takes its writer lease before it serves."""
-        self._setup(planner, shadow, consumer, config)
+        part of the app; the ingress reads its stats. ``candidate``: the A/B candidate planner (None: no A/B).
+        The replica takes its writer lease before it serves."""
+        self._setup(planner, shadow, consumer, config, candidate)
         await self.engine.join()
 
     def _setup(self, planner: DeploymentHandle, shadow: DeploymentHandle | None,
-               consumer: DeploymentHandle | None, config: dict[str, Any]) -> None:
+               consumer: DeploymentHandle | None, config: dict[str, Any],
+               candidate: DeploymentHandle | None = None) -> None:
         self.cfg = AppConfig.from_dict(config)
         if self.cfg.log_uri:  # a replica that could log nothing must not start, nor report itself healthy
             check_writable(self.cfg.log_uri)
@@ -80,7 +87,9 @@ class FleetIngress:
         sink, self._logger = start_telemetry(self.cfg)
         self.metrics = serving_metrics()
         cache = RecordCache(self.cfg.state.ttl_s)  # the engine uses it only while its writer lease is the only one
-        self.engine = PlanEngine(planner, store, sink, shadow, self.metrics, self.cfg.default_deadline_ms, cache)
+        live = live_ab(candidate, self.cfg.registry_uri, self.cfg.poll_s, "ingress", self.metrics)
+        self.engine = PlanEngine(planner, store, sink, shadow, self.metrics, self.cfg.default_deadline_ms, cache,
+                                 drift=self.cfg.drift, ab=live)
         self.batching: dict[str, Any] = {}
         self._spec = Refreshed(self._fetch_spec, 2.0, "model spec")  # follows version switches
         self._telemetry = None if self._logger is None else Refreshed(self._fetch_telemetry, 2.0, "telemetry stats")
@@ -201,12 +210,16 @@ class FleetIngress:
         return {"agent_id": agent_id, "reset": await self.engine.reset([agent_id]) > 0}
 
     @api.get("/v1/models", responses=error_responses(401),
-             summary="The served and shadow versions, batching, the fleet bus (its consumer's stats) and the registry")
+             summary="The served, shadow and A/B candidate versions, this replica's live A/B totals, batching, the "
+                     "fleet bus (its consumer's stats) and the registry")
     async def models(self) -> dict[str, Any]:
         production = await self.planner.info.remote()
         shadow = await self.shadow.info.remote() if self.shadow is not None else None
+        live = self.engine.ab
         out = {"production": production, "shadow": shadow,
                "comparison": self.engine.shadow_stats.summary() if shadow else None,
+               "candidate": await live.candidate.info.remote() if live is not None else None,
+               "ab": live.status() if live is not None else None,
                "batching": self.engine.stats() | self.batching, "bus": await self._bus_stats()}
         if self.cfg.registry_uri:
             versions = await asyncio.to_thread(lambda: ModelRegistry(self.cfg.registry_uri).versions())
@@ -293,7 +306,7 @@ class FleetIngress:
         spec = await self.planner.info.remote()
         app: FastAPI = self.app  # the replica's own copy of ``api`` (Serve's ASGIAppReplicaWrapper)
         served = served_openapi(FastAPI.openapi(app), spec["obs_dim"], spec["act_dim"], spec.get("modes"),
-                                spec.get("sites", False))
+                                spec.get("sites", False), spec.get("reward_models"))
         app.openapi = lambda: served  # type: ignore[method-assign]
         return spec
 
@@ -313,13 +326,18 @@ def build(args: dict[str, Any]) -> serve.Application:
     if cfg.shadow:
         shadow = serve.deployment(PlannerServer, name="ShadowPlanner").options(**planner_options).bind(
             cfg.shadow, cfg.registry_uri, cfg.service, cfg.poll_s)
+    candidate = None
+    if cfg.ab:  # follows the registry's A/B test; idle (no agents sent) while none runs
+        candidate = serve.deployment(CandidatePlanner, name="CandidatePlanner").options(**planner_options).bind(
+            cfg.registry_uri, cfg.service, cfg.poll_s)
     consumer = None
     if cfg.redis_url:  # streaming control: its replicas form the bus's consumer group
         consumer = serve.deployment(StreamConsumer, name="StreamConsumer").options(
             num_replicas=cfg.consumer_replicas, ray_actor_options={"num_cpus": cfg.ingress_cpus}, **logs).bind(
-            planner, shadow, cfg.to_dict())
+            planner, shadow, cfg.to_dict(), candidate)
     ingress = serve.deployment(FleetIngress, name="Ingress").options(
         ray_actor_options={"num_cpus": cfg.ingress_cpus}, max_ongoing_requests=cfg.max_ongoing_requests,
         autoscaling_config=cfg.ingress_autoscaling, user_config=cfg.batching, **logs)
     # Batching travels only as user_config: changing it reconfigures the replicas in place.
-    return ingress.bind(planner, shadow, consumer, {k: v for k, v in cfg.to_dict().items() if k != "batching"})
+    return ingress.bind(planner, shadow, consumer, {k: v for k, v in cfg.to_dict().items() if k != "batching"},
+                        candidate)

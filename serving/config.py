@@ -10,6 +10,7 @@ from typing import Any
 
 from actors.redis_server import shown_url
 from actors.state import StateConfig
+from learners.settings import DriftSettings
 
 TOKEN_ENV = "FLEETWM_API_TOKEN"
 """Environment variable holding the bearer token (kept out of configs shown in the dashboard)."""
@@ -34,6 +35,9 @@ class AppConfig:
     """Model registry (directory or URI)."""
     shadow: str | None = None
     """Version or stage planned in the background on the same requests (e.g. 'shadow'); None: off."""
+    ab: bool = False
+    """Deploy the live A/B candidate planner (``serving.ab_planner``; needs ``registry_uri``): while the registry
+    has an A/B test (`wm models ab`), its share of the agents is served by its version. Off: no test is served."""
     log_uri: str | None = None
     """Where served transitions are appended as Arrow logs; None: telemetry off."""
     token: str | None = None
@@ -77,6 +81,8 @@ class AppConfig:
     cycles at fleet load, so a live replica's requests are not planned twice."""
     read_count: int = 256
     """Requests a consumer takes per read (``XREADGROUP COUNT``)."""
+    drift: DriftSettings = field(default_factory=DriftSettings)
+    """When a sustained rise of the production version's prediction MSE asks the retrain scheduler for a retrain."""
     telemetry_name: str = "fleetwm-telemetry"
     """Name of the telemetry logger actor."""
     access_log: bool | None = None
@@ -103,6 +109,8 @@ class AppConfig:
         for name in ("consumer_replicas", "claim_idle_ms", "read_count"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.ab and not self.registry_uri:
+            raise ValueError("ab (the live A/B candidate planner) follows a registry's A/B test: give registry_uri")
         if self.default_deadline_ms is not None and self.default_deadline_ms <= 0:
             raise ValueError(f"default_deadline_ms must be > 0, got {self.default_deadline_ms}")
 
@@ -130,6 +138,8 @@ class AppConfig:
         data = dict(data)
         if isinstance(data.get("state"), dict):
             data["state"] = StateConfig(**data["state"])
+        if isinstance(data.get("drift"), dict):
+            data["drift"] = DriftSettings.from_dict(data["drift"])
         return cls(**data)
 
 

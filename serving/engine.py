@@ -12,7 +12,9 @@ queued so far (see ``PlanEngine.submit``) and:
    server knows both ends and the client reports the action it took (``prev_action``); the others are
    counted by reason (``stats()['unlogged']``);
 4. plans every agent in one call to the planner deployment, warm-started from its record when the
-   request continues the record's episode (warehouse robots of one site jointly: ``site``);
+   request continues the record's episode (warehouse robots of one site jointly: ``site``); while a live
+   A/B test runs (``serving.ab``), the candidate's agents in one call to the candidate deployment, both
+   calls at once; a failed candidate call is planned again by production;
 5. writes the new records once and sends the closed transitions to the telemetry sink once
    (``serving.engine_writes``), both submitted before the answers go back and finished while they
    travel; ``settled`` says when they are durable;
@@ -32,14 +34,17 @@ import logging
 import time
 import uuid
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from actors.records import AgentRecord, PlanAnswer, RecordCache, Rejected
+from actors.records import AgentObjective, AgentRecord, PlanAnswer, RecordCache, Rejected
 from actors.state_store import AgentStateStore
+from learners.settings import DriftSettings
 from planners.service import PlanBatch
 from serving import rows
+from serving.ab import LiveAB
 from serving.config import BATCHING
 from serving.engine_metrics import BatchMetrics
 from serving.engine_writes import EngineWrites
@@ -70,9 +75,12 @@ class PlanEngine:
     """Runs batches of plan requests against the planner deployment, the state shards and the telemetry sink."""
 
     def __init__(self, planner: Any, store: AgentStateStore, telemetry: TelemetrySink | None, shadow: Any | None,
-                 metrics: ServingMetrics, default_deadline_ms: float | None, cache: RecordCache | None = None) -> None:
+                 metrics: ServingMetrics, default_deadline_ms: float | None, cache: RecordCache | None = None,
+                 drift: DriftSettings | None = DriftSettings(), ab: LiveAB | None = None) -> None:
         """``planner`` and ``shadow`` are planner deployment handles (``shadow`` None: no comparison);
-        ``telemetry`` where served transitions go (None: nothing logged); ``cache`` used only while the sole writer."""
+        ``telemetry`` where served transitions go (None: nothing logged); ``cache`` used only while the sole writer;
+        ``drift`` when a rise of the prediction error asks for a retrain (``serving.engine_metrics.DriftFeed``);
+        ``ab`` the live A/B test's candidate arm (None: every agent is production's)."""
         self.planner, self.store, self.telemetry, self.cache = planner, store, telemetry, cache
         self.metrics, self.default_deadline_ms = metrics, default_deadline_ms
         self.shadow = ShadowComparison(planner, shadow, metrics) if shadow is not None else None
@@ -84,7 +92,9 @@ class PlanEngine:
         self._background: set[asyncio.Task[None]] = set()
         self.writes = EngineWrites(store, telemetry, self._spawn)
         self.max_batch = int(BATCHING["max_batch_size"])  # per planner call; the ingress's reconfigure sets it
-        self._observed = BatchMetrics(metrics)
+        self._observed = BatchMetrics(metrics, drift)
+        self.ab = ab
+        self._candidate_observed = BatchMetrics(metrics, role="candidate")
         self._queue: asyncio.Queue[tuple[PlanRequest, float, asyncio.Future[Answer]]] = asyncio.Queue()
         self.sites = SiteGather()
         self._cycler: asyncio.Task[None] | None = None
@@ -277,28 +287,68 @@ class PlanEngine:
     # -- planning a batch -----------------------------------------------------------------
     async def _plan(self, requests: list[PlanRequest], records: list[AgentRecord | None],
                     arrived: list[float]) -> list[PlanAnswer]:
-        """Plan requests of distinct agents in one planner call; submit their records and transitions."""
+        """Plan requests of distinct agents, one planner call per arm (both at once); submit their records and
+        transitions in one write."""
         obs = np.asarray([r.observation for r in requests], np.float32)  # (N, S)
         # which requests close a transition, decided before planning from what the server knows
         steps = [rows.continuation(req, rec) for req, rec in zip(requests, records)]
         self.unlogged.update(rows.unlogged(steps))
-        # one planner call for the batch, warm-started only where the request continues its record's episode
-        goals, warm_start = rows.objectives(requests), rows.stacked(records, steps, "warm_start")
-        inputs = (obs, warm_start, [g.name if g is not None else "learned" for g in goals], rows.constraints(goals),
-                  self._budget_ms(requests, arrived), rows.stacked(records, steps, "hidden"),
-                  [r.mode for r in requests], [r.site for r in requests])
-        batch: PlanBatch = await self.planner.plan.remote(*inputs)
-        # the answers, the records that the next requests will need, and what explaining them needs
-        answers = rows.answers(requests, batch)
-        records_out = rows.new_records(requests, records, steps, obs, batch, answers, goals)
-        transitions = rows.transitions(requests, records, steps, obs)
+        batch = _Batch(requests, records, steps, obs, rows.objectives(requests), self._budget_ms(requests, arrived))
+        arms = self._arms(requests)
+        planned = await asyncio.gather(*(self._plan_arm(batch, planner, idx) for planner, idx in arms),
+                                       return_exceptions=True)
+        answers: list[PlanAnswer | None] = [None] * len(requests)
+        records_out: list[AgentRecord] = []
+        parts: list[Transitions] = []
+        for (planner, idx), arm in zip(arms, planned):
+            if isinstance(arm, BaseException):
+                if planner is self.planner:
+                    raise arm
+                logger.warning("A/B candidate arm failed, its %d agents planned by production: %s", len(idx), arm)
+                arm = await self._plan_arm(batch, self.planner, idx)
+            for i, answer in zip(idx.tolist(), arm[0]):
+                answers[i] = answer
+            records_out += arm[1]
+            parts += [arm[2]] if arm[2] is not None else []
         # one telemetry call, then one state write, in the background
-        self._write(records_out, transitions)
+        self._write(records_out, Transitions.concat(parts) if parts else None)
+        return answers  # type: ignore[return-value]
+
+    def _arms(self, requests: list[PlanRequest]) -> list[tuple[Any, np.ndarray]]:
+        """(planner handle, (n,) request indices) of each arm with requests: production's, then the candidate's."""
+        everyone = np.arange(len(requests))
+        candidate = self.ab.arms(requests) if self.ab is not None else None
+        if candidate is None or not candidate.any():
+            return [(self.planner, everyone)]
+        if candidate.all():
+            return [(self.ab.candidate, everyone)]  # type: ignore[union-attr]
+        return [(self.planner, everyone[~candidate]),
+                (self.ab.candidate, everyone[candidate])]  # type: ignore[union-attr]
+
+    async def _plan_arm(self, batch: _Batch, planner: Any,
+                        idx: np.ndarray) -> tuple[list[PlanAnswer], list[AgentRecord], Transitions | None]:
+        """One planner call for the batch's requests ``idx`` (n,): their answers, new records and closed transitions."""
+        requests, records, steps = ([xs[i] for i in idx] for xs in (batch.requests, batch.records, batch.steps))
+        obs, goals = batch.obs[idx], [batch.goals[i] for i in idx]  # (n, S)
+        # warm-started only where the request continues its record's episode
+        warm_start = rows.stacked(records, steps, "warm_start")
+        inputs = (obs, warm_start, [g.name if g is not None else "learned" for g in goals], rows.constraints(goals),
+                  batch.budget_ms, rows.stacked(records, steps, "hidden"), [r.mode for r in requests],
+                  [r.site for r in requests], [r.reward_model for r in requests])
+        planned: PlanBatch = await planner.plan.remote(*inputs)
+        # the answers, the records that the next requests will need, and what explaining them needs
+        answers = rows.answers(requests, planned)
+        records_out = rows.new_records(requests, records, steps, obs, planned, answers, goals)
+        transitions = rows.transitions(requests, records, steps, obs)
         self.decisions.put(served(requests, answers, obs, warm_start, goals))
-        self._observed.observe_batch(batch, records, steps, obs, transitions)
-        if self.shadow is not None:  # in the background: the shadow version plans the same inputs
-            self._spawn(self.shadow.compare(inputs, batch.actions, transitions))
-        return answers
+        production = planner is self.planner
+        (self._observed if production else self._candidate_observed).observe_batch(planned, records, steps, obs,
+                                                                                   transitions)
+        if self.ab is not None:
+            self.ab.observe(planned, records, steps, obs, transitions)
+        if self.shadow is not None and production:  # in the background: the shadow version plans the same inputs
+            self._spawn(self.shadow.compare(inputs, planned.actions, transitions))
+        return answers, records_out, transitions
 
     def _budget_ms(self, requests: list[PlanRequest], arrived: list[float]) -> float | None:
         """What is left of the tightest deadline, measured from each request's arrival at the ingress."""
@@ -326,3 +376,16 @@ class PlanEngine:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
         return task
+
+
+@dataclass(frozen=True)
+class _Batch:
+    """What every arm of one planned batch reads: its N requests, their records and ``rows.continuation``s,
+    (N, S) observations, objectives and the planning budget."""
+
+    requests: list[PlanRequest]
+    records: list[AgentRecord | None]
+    steps: list[rows.Continuation]
+    obs: np.ndarray
+    goals: list[AgentObjective | None]
+    budget_ms: float | None

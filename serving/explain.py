@@ -93,6 +93,8 @@ class ExplainResponse(BaseModel):
     plan_id: str | None = Field(description="The served decision explained; null for the agent's current state or "
                                             "a given observation.")
     model_version: str = Field(description="The model version that explains (it plans again from the inputs).")
+    reward_model: str | None = Field(default=None, description="The registered reward model the learned objective "
+                                     "scored with (the served decision's, else the fleet's); absent: the model's own.")
     served: dict[str, Any] | None = Field(
         default=None, description="With plan_id: the served answer (action, model_version, decision, "
                                   "fallback_reason, fallback_action_by, shielded_constraint, margin, disagreement).")
@@ -204,7 +206,9 @@ class Explainer:
         obs, warm_start, objective, decision = inputs
         name = objective.name if objective is not None else "learned"
         proposals = np.asarray(req.proposals, np.float32) if req.proposals else None
-        body = await self.planner.explain.remote(obs, name, rows.constraints([objective]), warm_start, proposals)
+        reward_model = None if decision is None else decision.answer.reward_model  # as the decision was planned
+        body = await self.planner.explain.remote(obs, name, rows.constraints([objective]), warm_start, proposals,
+                                                 reward_model)
         served_body = None if decision is None else {k: getattr(decision.answer, k) for k in SERVED_FIELDS}
         return body | {"agent_id": req.agent_id, "plan_id": req.plan_id, "served": served_body}
 

@@ -71,6 +71,14 @@ class ServingMetrics:
                                              "those steps.", tag_keys=("model_version",))
         self.reward_lost = metrics.Counter("fleetwm_reward_lost_total", "Sum of minus the negative rewards of "
                                            "those steps.", tag_keys=("model_version",))
+        self.drift_retrains = metrics.Counter("fleetwm_drift_retrains_total", "Retrains asked for because the "
+                                              "production version's prediction MSE stayed high (learners.drift), "
+                                              "by outcome: 'started', refused ('busy', 'rate_limited', "
+                                              "'not_production'), 'skipped' (no retrain scheduler) or 'failed'.",
+                                              tag_keys=("model_version", "outcome"))
+        self.ab_share = metrics.Gauge("fleetwm_ab_share", "Share of the agents the live A/B test's candidate "
+                                      "version serves (0 once its test ended); the arms' series are those of "
+                                      "their model_version tags.", tag_keys=("model_version",))
         self.shadow_action_diff = metrics.Gauge("fleetwm_shadow_action_difference",
                                                 "Mean |shadow action - production action| of the last batch.")
         self.telemetry_buffered = metrics.Gauge("fleetwm_telemetry_buffered_rows",

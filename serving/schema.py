@@ -49,6 +49,8 @@ PLAN_ID_PATTERN = r"^[0-9a-f]{32}$"
 """A served decision's ``plan_id``: 32 lowercase hex digits."""
 SITE_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
 """A site (warehouse floor) name: letters, digits and . _ : -."""
+REWARD_MODEL_PATTERN = r"^r(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)$"
+"""A registered reward model's version: 'r' and a semantic version (``worldmodel.reward_artifact``)."""
 """A served decision's ``plan_id``: 32 lowercase hex digits."""
 
 
@@ -155,6 +157,12 @@ class PlanRequest(BaseModel):
         description="Warehouse-v0: the floor the robot is on. The robots of one site that arrive together (one "
                     "batch, or requests of one tick) are planned jointly; absent: the default site. Lone-agent "
                     "models take none.")
+    reward_model: str | None = Field(
+        default=None, pattern=REWARD_MODEL_PATTERN,
+        description="The registered reward model (e.g. 'r1.2.0', `wm reward list`) the learned objective plans "
+                    "with in place of the world model's own reward; absent: the fleet's (`wm serve "
+                    "--reward-model`), else the world model's own. 422 when it is not registered or does not fit "
+                    "the served model's spaces (GET /v1/models lists those that do).")
     explain: StrictBool | ExplainOptions = Field(
         default=False, description="Also explain this decision: the answer carries `explanation`, what "
                                    "POST /v1/explain answers for its plan_id (the fleet bus's way to ask). An "
@@ -202,6 +210,10 @@ class PlanResponse(BaseModel):
     explanation: dict[str, Any] | None = Field(
         default=None, description="The decision's explanation (the body POST /v1/explain answers for its plan_id), "
                                   "present only when the request asked for it.")
+    reward_model: str | None = Field(
+        default=None, description="The registered reward model that scored the plan (the request's, else the "
+                                  "fleet's); absent when the world model's own reward did, or none did (objective "
+                                  "'goal', mode 'policy').")
 
 
 class BatchRequest(BaseModel):
@@ -239,23 +251,23 @@ class ErrorBody(BaseModel):
 
 def public_body(answer: PlanAnswer) -> dict[str, Any]:
     """An answer's JSON body (HTTP's and the fleet bus's): every field of ``PlanResponse``; ``trajectory`` and
-    ``explanation`` only when they were asked for."""
+    ``explanation`` only when they were asked for, ``reward_model`` only when a registered reward model planned."""
     body = answer.to_dict()
-    for optional in ("trajectory", "explanation"):
+    for optional in ("trajectory", "explanation", "reward_model"):
         if body[optional] is None:
             del body[optional]
     return body
 
 
 def check_request(req: PlanRequest, spec: dict[str, Any], prefix: str = "") -> str | None:
-    """What depends on the served model (observation and action sizes, objective, constraints, mode): the
-    problem, if any.
+    """What depends on the served model (observation and action sizes, objective, constraints, mode, reward
+    model): the problem, if any.
 
     The one check of both transports (HTTP and the fleet bus), after the body's own validation.
 
     Args:
         spec: the planner deployment's ``info()`` (``model_version``, ``env_id``, ``obs_dim``, ``act_dim``,
-            ``act_low``, ``act_high``, ``objectives``, ``zones``, ``horizon``, ``modes``).
+            ``act_low``, ``act_high``, ``objectives``, ``zones``, ``horizon``, ``modes``, ``reward_models``).
         prefix: put before the field's name (a batch item's place, e.g. ``"requests.3."``).
     """
     model = f"model {spec['model_version']} ({spec['env_id']})"
@@ -267,6 +279,10 @@ def check_request(req: PlanRequest, spec: dict[str, Any], prefix: str = "") -> s
         return f"{prefix}site: {model} plans each agent alone; sites are for Warehouse-v0 fleet models"
     if req.mode not in spec.get("modes", ["plan"]):
         return f"{prefix}mode: {req.mode!r} needs a policy and {model} has none (train one: wm policy train)"
+    if req.reward_model is not None and req.reward_model not in spec.get("reward_models", []):
+        fitting = ", ".join(spec.get("reward_models", [])) or "none"
+        return f"{prefix}reward_model: {req.reward_model!r} is not a registered reward model fitting {model}'s " \
+               f"spaces; those that fit: {fitting}"
     return check_objective(req.objective, spec, prefix) or check_proposals(req.proposals or [], spec,
                                                                              f"{prefix}explain.")
 
@@ -305,21 +321,27 @@ def check_proposals(proposals: list[Any], spec: dict[str, Any], prefix: str) -> 
     return None
 
 
-def served_openapi(schema: dict[str, Any], obs_dim: int, act_dim: int,
-                   modes: list[str] | None = None, sites: bool = True) -> dict[str, Any]:
+def served_openapi(schema: dict[str, Any], obs_dim: int, act_dim: int, modes: list[str] | None = None,
+                   sites: bool = True, reward_models: list[str] | None = None) -> dict[str, Any]:
     """The app's OpenAPI ``schema`` with the served model's sizes and modes stated: a copy, the input is left
     as is.
 
     ``PlanRequest.observation`` and ``ExplainRequest.observation``'s array get minItems = maxItems =
     ``obs_dim``, ``prev_action``'s array ``act_dim``, and ``PlanResponse.action`` ``act_dim``;
     ``PlanRequest.mode`` lists ``modes`` (the served model's: 'policy' only with a policy) when given;
-    ``PlanRequest.site`` is left out when the model plans each agent alone (``sites`` False).
+    ``PlanRequest.site`` is left out when the model plans each agent alone (``sites`` False);
+    ``PlanRequest.reward_model`` lists ``reward_models`` (the registered ones fitting the served model, the
+    planner's ``info()``), and is left out when there are none or they are not given: a schema-valid name must
+    be one the server takes.
     """
     out = copy.deepcopy(schema)
     schemas = out.get("components", {}).get("schemas", {})
-    if not sites:
-        for name in ("PlanRequest", "PlanRequest-Input"):
-            schemas.get(name, {}).get("properties", {}).pop("site", None)
+    for name in ("PlanRequest", "PlanRequest-Input"):
+        properties = schemas.get(name, {}).get("properties", {})
+        if not sites:
+            properties.pop("site", None)
+        if "reward_model" in properties:
+            _enumerate(properties, "reward_model", reward_models or [])
     if modes is not None:
         for name in ("PlanRequest", "PlanRequest-Input"):
             mode = schemas.get(name, {}).get("properties", {}).get("mode")
@@ -335,3 +357,14 @@ def served_openapi(schema: dict[str, Any], obs_dim: int, act_dim: int,
                 if branch.get("type") == "array":
                     branch["minItems"] = branch["maxItems"] = size
     return out
+
+
+def _enumerate(properties: dict[str, Any], field: str, values: list[str]) -> None:
+    """State an optional string field's allowed ``values`` (an empty list: the field is left out)."""
+    if not values:
+        del properties[field]
+        return
+    for branch in properties[field].get("anyOf", [properties[field]]):
+        if branch.get("type") == "string":
+            branch.pop("pattern", None)
+            branch["enum"] = list(values)

@@ -1,7 +1,8 @@
 """Shadow comparison: a candidate model version plans the batches production plans, and never answers.
 
-For every batch the engine has answered, ``ShadowComparison.compare`` (run in the background)
-plans the same inputs with the shadow version and scores both versions' one-step predictions on
+For every batch production has answered (while a live A/B test runs, production's arm of it: the
+candidate's agents are compared live instead, ``serving.ab``), ``ShadowComparison.compare`` (run in the
+background) plans the same inputs with the shadow version and scores both versions' one-step predictions on
 the transitions that batch closed. A batch is skipped while ``MAX_IN_FLIGHT`` comparisons are still
 running: a slow shadow must not pile up tasks that each hold their batch. ``ShadowStats`` keeps the
 running totals that the ingress's ``GET /v1/models`` reports; the metrics get the shadow's prediction

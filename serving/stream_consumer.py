@@ -33,6 +33,7 @@ from ray.serve.handle import DeploymentHandle
 
 from actors.records import RecordCache
 from actors.state_store import start_state_shards
+from serving.ab import live_ab
 from serving.bus import BusNames
 from serving.config import AppConfig
 from serving.consumer_loop import BusStats, ConsumerLoop, LoopSettings
@@ -52,9 +53,9 @@ class StreamConsumer:
     """One consumer of the plan group per replica; ``stats`` for ``GET /v1/models``."""
 
     async def __init__(self, planner: DeploymentHandle, shadow: DeploymentHandle | None,
-                       config: dict[str, Any]) -> None:
-        """``planner`` and ``shadow`` as the ingress gets them; ``config`` an ``AppConfig`` as a dict, with
-        ``redis_url`` set."""
+                       config: dict[str, Any], candidate: DeploymentHandle | None = None) -> None:
+        """``planner``, ``shadow`` and the A/B ``candidate`` (None: no A/B) as the ingress gets them;
+        ``config`` an ``AppConfig`` as a dict, with ``redis_url`` set."""
         self._stopped = False
         self.cfg = cfg = AppConfig.from_dict(config)
         if cfg.redis_url is None:
@@ -64,8 +65,9 @@ class StreamConsumer:
         sink, _ = start_telemetry(cfg)
         metrics = serving_metrics()
         # used only while this engine is the one writer (see the module docstring)
+        live = live_ab(candidate, cfg.registry_uri, cfg.poll_s, "consumer", metrics)
         self.engine = PlanEngine(planner, store, sink, shadow, metrics, cfg.default_deadline_ms,
-                                 RecordCache(cfg.state.ttl_s))
+                                 RecordCache(cfg.state.ttl_s), drift=cfg.drift, ab=live)
         self.engine.max_batch = int(cfg.batching["max_batch_size"])  # as deployed: user_config reaches the ingress
         self._spec = Refreshed(self._fetch_spec, 2.0, "model spec")  # follows version switches
         consumer = serve.get_replica_context().replica_tag

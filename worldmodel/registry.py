@@ -3,7 +3,9 @@
 Versions are numbered by the registry (semantic versions, see ``register``); stages say
 which version serves ("production"), which is planned beside it ("shadow"), and which
 wait ("candidate") or are retired ("archived"). A version enters the index only once its
-artifact is complete.
+artifact is complete. A live A/B test (``ABTest``, at most one at a time) serves a sticky share of the
+agents with a candidate version; its record lives in the index beside the stages, so servers follow it as
+they follow a stage, and promoting its version to production ends it.
 Every change is a read-modify-write of the whole index under the store's lock, so
 concurrent writers to a local registry serialise and get distinct versions; where the
 index and artifacts live, and how remote ones are cached, is ``worldmodel.registry_store``.
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,6 +59,26 @@ class VersionInfo:
         """The public fields of an index record (which also keeps the configs used for numbering)."""
         return cls(**{k: record[k] for k in ("version", "stage", "created", "parent", "data_fingerprint",
                                              "metrics", "holdout", "lineage")})
+
+
+@dataclass(frozen=True)
+class ABTest:
+    """The running live A/B test: ``share`` of the agents are served by ``version`` (``serving.ab``)."""
+
+    id: str
+    """Names this test's live statistics; a new test (another version) gets a new one, a new share keeps it."""
+    version: str
+    """The candidate version."""
+    share: float
+    """Share of the agents (by a stable hash of agent id, or of site) it serves, in (0, 1)."""
+    started: str
+    """ISO time (UTC) the test started."""
+    production: str | None
+    """The production version when it started."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "version": self.version, "share": self.share, "started": self.started,
+                "production": self.production}
 
 
 def _semver(version: str) -> tuple[int, int, int]:
@@ -127,8 +150,14 @@ class ModelRegistry:
         return self.holder("shadow")
 
     def history(self) -> list[dict[str, Any]]:
-        """Stage changes, oldest first: time, action, version, stage, from, to, forced."""
+        """Stage changes, oldest first: time, action, version, stage, from, to, forced (and a reason when one
+        was given: a forced promotion says what it overrode)."""
         return self.store.read()["history"]
+
+    def ab(self) -> ABTest | None:
+        """The running A/B test, or None."""
+        record = self.store.read().get("ab")
+        return ABTest(**record) if record else None
 
     def model_dir(self, ref: str) -> Path:
         """The local directory of a version's artifact; remote ones are downloaded and verified once."""
@@ -178,8 +207,12 @@ class ModelRegistry:
             self.store.write(index)
             return VersionInfo.from_record(index["versions"][version])
 
-    def promote(self, version: str, stage: str = "production", *, force: bool = False) -> VersionInfo:
+    def promote(self, version: str, stage: str = "production", *, force: bool = False,
+                reason: str | None = None) -> VersionInfo:
         """Move ``version`` to "production" (the old one is archived) or "shadow" (the old one back to candidate).
+
+        Promoting the A/B test's version to production ends the test. ``reason`` is recorded in the history
+        (what a forced promotion overrode).
 
         Raises:
             RegistryError: unknown version or stage, or a production promotion its holdout says is not
@@ -188,9 +221,51 @@ class ModelRegistry:
         with self.store.lock():
             index = self.store.read()
             record = self._resolve(index, version)
-            self._set_stage(index, record["version"], stage, force=force)
+            self._set_stage(index, record["version"], stage, force=force, reason=reason)
+            ab = index.get("ab")
+            if ab and stage == "production" and ab["version"] == record["version"]:
+                index["ab"] = None
+                self._record(index, "ab_end", ab["version"], "candidate", ab["version"], None, False, "promoted")
             self.store.write(index)
             return VersionInfo.from_record(record)
+
+    def start_ab(self, version: str, share: float) -> ABTest:
+        """Serve ``share`` of the agents with ``version`` (a new share for the running test's version keeps
+        its id and statistics; another version replaces the running test).
+
+        Raises:
+            RegistryError: unknown version, the production version, an archived one, or a share not in (0, 1).
+        """
+        if not isinstance(share, (int, float)) or not 0 < share < 1:
+            raise RegistryError(f"share must be a fraction in (0, 1) of the agents, got {share!r}")
+        with self.store.lock():
+            index = self.store.read()
+            record = self._resolve(index, version)
+            if record["stage"] in ("production", "archived"):
+                raise RegistryError(f"{record['version']} is {record['stage']}; an A/B test serves a candidate "
+                                    f"or shadow version beside production")
+            current, production = index.get("ab"), self._holder(index, "production")
+            same = bool(current) and current["version"] == record["version"]
+            test = ABTest(id=current["id"] if same else uuid.uuid4().hex[:12], version=record["version"],
+                          share=float(share), started=current["started"] if same else _now(),
+                          production=production.version if production else None)
+            index["ab"] = test.to_dict()
+            self._record(index, "ab_share" if same else "ab_start", test.version, "candidate",
+                         current["version"] if current else None, test.version, False, f"share {share:g}")
+            self.store.write(index)
+            return test
+
+    def end_ab(self) -> ABTest | None:
+        """End the running A/B test (its agents go back to production); returns it (None: none was running)."""
+        with self.store.lock():
+            index = self.store.read()
+            current = index.get("ab")
+            if not current:
+                return None
+            index["ab"] = None
+            self._record(index, "ab_end", current["version"], "candidate", current["version"], None, False, "ended")
+            self.store.write(index)
+            return ABTest(**current)
 
     def rollback(self) -> VersionInfo:
         """Return production to the version that held it before the current one; the current one is archived.
@@ -215,7 +290,8 @@ class ModelRegistry:
 
     # -- internals -------------------------------------------------------------------------------
 
-    def _set_stage(self, index: dict[str, Any], version: str, stage: str, *, force: bool) -> None:
+    def _set_stage(self, index: dict[str, Any], version: str, stage: str, *, force: bool,
+                   reason: str | None = None) -> None:
         if stage not in PROMOTABLE:
             raise RegistryError(f"can promote to {' or '.join(PROMOTABLE)}, got stage {stage!r}")
         record = index["versions"][version]
@@ -235,7 +311,8 @@ class ModelRegistry:
         if current is not None:
             index["versions"][current.version]["stage"] = "archived" if stage == "production" else "candidate"
         record["stage"] = stage
-        self._record(index, "promote", version, stage, current.version if current else None, version, force)
+        self._record(index, "promote", version, stage, current.version if current else None, version, force,
+                     reason)
 
     @staticmethod
     def _production_stack(index: dict[str, Any]) -> list[str]:
@@ -252,9 +329,10 @@ class ModelRegistry:
 
     @staticmethod
     def _record(index: dict[str, Any], action: str, version: str, stage: str, old: str | None, new: str | None,
-                forced: bool) -> None:
-        index["history"].append({"time": _now(), "action": action, "version": version, "stage": stage,
-                                 "from": old, "to": new, "forced": forced})
+                forced: bool, reason: str | None = None) -> None:
+        entry = {"time": _now(), "action": action, "version": version, "stage": stage, "from": old, "to": new,
+                 "forced": forced}
+        index["history"].append(entry | ({"reason": reason} if reason else {}))
 
     @staticmethod
     def _next_version(index: dict[str, Any], config: dict[str, Any]) -> str:

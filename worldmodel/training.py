@@ -80,7 +80,7 @@ def gather_windows(data: Transitions, cols: dict[str, torch.Tensor], seq_len: in
 
 
 @dataclass(frozen=True)
-class _Fitting:
+class Fitting:
     """How every stage of one training run fits: its settings, and where it checkpoints and reports."""
 
     cfg: TrainConfig
@@ -101,7 +101,7 @@ class _Fitting:
 
 
 @dataclass(frozen=True)
-class _Stage:
+class Stage:
     """One fitted model of the run, its fit and its held-out test metrics."""
 
     model: torch.nn.Module
@@ -143,8 +143,8 @@ def predicted_dims(model: torch.nn.Module) -> slice:
     return model.layout.phys if isinstance(model, FleetEnsemble) else slice(0, model.obs_dim)
 
 
-def _dynamics_stage(spec: SpaceSpec, model_cfg: ModelConfig, split: Split, fitting: _Fitting,
-                    neighbours: dict[str, np.ndarray] | None) -> _Stage:
+def _dynamics_stage(spec: SpaceSpec, model_cfg: ModelConfig, split: Split, fitting: Fitting,
+                    neighbours: dict[str, np.ndarray] | None) -> Stage:
     """Fit the dynamics, calibrate its variance on validation, and score it on test (R^2 of the new obs, on
     the dims it predicts: ``metrics["dims"]``). ``neighbours``: each split's neighbour actions (B, M, A),
     for a fleet model."""
@@ -168,22 +168,23 @@ def _dynamics_stage(spec: SpaceSpec, model_cfg: ModelConfig, split: Split, fitti
         dynamics.var_scale.copy_(fit_var_scale(predict_rows(dynamics, *inputs(val)), flat(val["new_obs"])))
     mean, var = predict_rows(dynamics, *inputs(test)).moments()
     metrics = regression_metrics(mean, flat(test["new_obs"]), var if has_variance else None, base=flat(test["obs"]))
-    return _Stage(dynamics, result, metrics | {"dims": list(range(spec.obs_dim))[dims]})
+    return Stage(dynamics, result, metrics | {"dims": list(range(spec.obs_dim))[dims]})
 
 
-def _reward_stage(spec: SpaceSpec, model_cfg: ModelConfig, rows: dict[str, dict[str, torch.Tensor]],
-                  fitting: _Fitting) -> _Stage:
-    """Fit the reward model on ``rows`` (split name -> ``tensors``) and score it on test (R^2)."""
+def reward_stage(spec: SpaceSpec, model_cfg: ModelConfig, rows: dict[str, dict[str, torch.Tensor]],
+                 fitting: Fitting) -> Stage:
+    """Fit the reward model on ``rows`` (split name -> ``tensors``) and score it on test (R^2); with a world
+    model's dynamics (``train_world_model``) or alone (``worldmodel.reward_training``)."""
     reward = build_reward(spec, model_cfg).to(fitting.device)
     result = fitting.fit(reward, "reward", ("obs", "actions", "new_obs", "rewards"), rows["train"], rows["val"])
     te = rows["test"]
     with torch.no_grad():
         pred = reward(te["obs"], te["actions"], te["new_obs"]).mean(0)  # (B,) the members' mean
-    return _Stage(reward, result, regression_metrics(pred[:, None], te["rewards"][:, None]))
+    return Stage(reward, result, regression_metrics(pred[:, None], te["rewards"][:, None]))
 
 
 def _termination_stage(spec: SpaceSpec, model_cfg: ModelConfig, rows: dict[str, dict[str, torch.Tensor]],
-                       fitting: _Fitting) -> _Stage:
+                       fitting: Fitting) -> Stage:
     """Fit the termination model on ``rows`` (split name -> ``tensors``) and score it on test (accuracy)."""
     termination = build_termination(spec, model_cfg).to(fitting.device)
     result = fitting.fit(termination, "termination", ("obs", "actions", "new_obs", "terminateds"), rows["train"],
@@ -191,7 +192,15 @@ def _termination_stage(spec: SpaceSpec, model_cfg: ModelConfig, rows: dict[str, 
     te = rows["test"]
     with torch.no_grad():
         prob = termination(te["obs"], te["actions"], te["new_obs"]).mean(0)  # (B,)
-    return _Stage(termination, result, classification_metrics(prob, te["terminateds"]))
+    return Stage(termination, result, classification_metrics(prob, te["terminateds"]))
+
+
+def seeded_split(data: Transitions, cfg: TrainConfig) -> tuple[tuple[np.ndarray, ...], Split]:
+    """Seed torch with ``cfg.seed`` and split ``data`` by episode: the (train, val, test) row masks (B,) and
+    the split. Every run that fits on logs starts here, so one seed gives one split and one weight stream."""
+    torch.manual_seed(cfg.seed)
+    masks = split_masks(data, cfg.val_fraction, cfg.test_fraction, cfg.seed)
+    return masks, Split(*(data.select(mask) for mask in masks))
 
 
 def train_world_model(
@@ -230,11 +239,9 @@ def train_world_model(
         raise ValueError(f"data has obs/action sizes ({data.obs_dim}, {data.act_dim}), "
                          f"but {spec.env_id or 'the env'} has ({spec.obs_dim}, {spec.act_dim})")
     device = resolve_device(train_cfg.device)
-    fitting = _Fitting(train_cfg, device, progress, None if checkpoint_dir is None else Path(checkpoint_dir), on_epoch)
+    fitting = Fitting(train_cfg, device, progress, None if checkpoint_dir is None else Path(checkpoint_dir), on_epoch)
     # One seed, then the stages in a fixed order: each draws its initial weights and batches from the same stream.
-    torch.manual_seed(train_cfg.seed)
-    masks = split_masks(data, train_cfg.val_fraction, train_cfg.test_fraction, train_cfg.seed)
-    split = Split(*(data.select(mask) for mask in masks))
+    masks, split = seeded_split(data, train_cfg)
     log(f"split {len(data)} transitions into {len(split.train)} train / {len(split.val)} val / "
         f"{len(split.test)} test rows by episode; training on {device}")
     neighbours = None
@@ -244,7 +251,7 @@ def train_world_model(
     dynamics = _dynamics_stage(spec, model_cfg, split, fitting, neighbours)
     log(dynamics.line("dynamics", "R^2 min", "r2_min"))
     rows = {name: tensors(getattr(split, name), device) for name in ("train", "val", "test")}
-    reward = _reward_stage(spec, model_cfg, rows, fitting)
+    reward = reward_stage(spec, model_cfg, rows, fitting)
     log(reward.line("reward", "R^2", "r2_min"))
     termination = _termination_stage(spec, model_cfg, rows, fitting) if data.terminateds.any() else None
     if termination is not None:

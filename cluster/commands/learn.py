@@ -1,4 +1,7 @@
-"""`wm learn`: retrain the world model from fleet logs on a learner actor, once or on a cron schedule."""
+"""`wm learn`: retrain the world model from fleet logs on a learner actor, once or on a cron schedule.
+
+With ``--schedule`` the detached scheduler also takes the serving engines' drift retrains (``learners.drift``):
+at most one per ``--drift-min-interval-s``, never while a retrain runs, each recorded with its cause."""
 
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ from typing import Any, Callable
 
 from cluster.commands.train import add_model_options, configs_from_args
 from learners.cron import parse
-from learners.settings import DEFAULT_CHECKPOINT_ROOT, DEFAULT_NAME
+from learners.settings import DEFAULT_CHECKPOINT_ROOT, DEFAULT_NAME, DriftSettings
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -21,6 +24,9 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--schedule", default=None, metavar="CRON",
                    help='retrain on this UTC cron schedule, e.g. "0 3 * * *" (needs --address)')
     p.add_argument("--scheduler-name", default=DEFAULT_NAME, help="name of the detached scheduler actor")
+    p.add_argument("--drift-min-interval-s", type=float, default=DriftSettings.min_interval_s, metavar="S",
+                   help="with --schedule: at most one retrain asked for by the servers' drift watch per S seconds "
+                        "(default: %(default)g)")
     p.add_argument("--checkpoint-root", default=DEFAULT_CHECKPOINT_ROOT,
                    help="training checkpoints, on the learner's node (a shared mount on a multi-node cluster)")
     p.add_argument("--holdout-fraction", type=float, default=0.2, help="share of the newest episodes held out")
@@ -50,6 +56,8 @@ def run_learn(args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError(f"--holdout-fraction must be in (0, 1), got {args.holdout_fraction}")
     if args.schedule is not None:
         parse(args.schedule)
+        if not args.drift_min_interval_s >= 0:
+            raise ValueError(f"--drift-min-interval-s must be >= 0 seconds, got {args.drift_min_interval_s}")
         if args.address in (None, "", "local"):
             raise ValueError("--schedule needs a running cluster (--address): a detached scheduler started on "
                              "this command's embedded Ray would die when the command exits")
@@ -98,7 +106,8 @@ def _schedule(args: argparse.Namespace, settings: dict[str, Any], say: Callable[
     from learners.schedule import start_scheduler
 
     handle = start_scheduler(args.schedule, args.data, args.registry, promote=args.promote,
-                             name=args.scheduler_name, checkpoint_root=args.checkpoint_root, **settings)
+                             name=args.scheduler_name, checkpoint_root=args.checkpoint_root,
+                             drift_min_interval_s=args.drift_min_interval_s, **settings)
     status = ray.get(handle.status.remote())
     say(f"scheduler {args.scheduler_name!r} started")
     result: dict[str, Any] = {"command": "learn", "scheduler": args.scheduler_name, **status}

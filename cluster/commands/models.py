@@ -1,5 +1,10 @@
-"""`wm models list|show|promote|rollback|register|evaluate`: the versions in a model registry, their stages,
-putting a `wm train` artifact into a registry, and scoring any version on any logs."""
+"""`wm models list|show|promote|rollback|register|evaluate|ab|compare`: the versions in a model registry, their
+stages, putting a `wm train` artifact into a registry, scoring any version on any logs, and live A/B tests.
+
+A live A/B test (`wm models ab VERSION --share 0.1`) has running servers (`wm serve` with the A/B candidate
+deployment) serve a sticky share of the agents with VERSION; `wm models compare` shows both arms' live metrics
+with 95% intervals, and `wm models promote VERSION` refuses while they say VERSION is worse or has too little
+data (``serving.ab_gate``); `--force` promotes anyway and the history records what it overrode."""
 
 from __future__ import annotations
 
@@ -33,8 +38,20 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     a = actions.add_parser("promote", parents=[common, registry], help="move a version to production or shadow")
     a.add_argument("version", metavar="VERSION")
     a.add_argument("--stage", choices=PROMOTABLE, default="production")
-    a.add_argument("--force", action="store_true", help="promote even if its holdout score is not better")
+    a.add_argument("--force", action="store_true",
+                   help="promote even if its holdout score is not better, or its live A/B metrics are worse")
     a.set_defaults(handler=run_promote)
+
+    a = actions.add_parser("ab", parents=[common, registry],
+                           help="serve a share of the agents with a version (live A/B test), or end the test")
+    a.add_argument("version", metavar="VERSION", nargs="?", help="the candidate version (with --share)")
+    a.add_argument("--share", type=float, default=None, help="share of the agents it serves, in (0, 1)")
+    a.add_argument("--end", action="store_true", help="end the running test: its agents go back to production")
+    a.set_defaults(handler=run_ab)
+
+    a = actions.add_parser("compare", parents=[common, registry],
+                           help="the running A/B test's arms: live metrics with 95%% intervals and verdicts")
+    a.set_defaults(handler=run_compare)
 
     a = actions.add_parser("rollback", parents=[common, registry], help="return production to its previous version")
     a.set_defaults(handler=run_rollback)
@@ -71,11 +88,15 @@ def _line(info: VersionInfo) -> str:
 
 
 def run_list(args: argparse.Namespace) -> dict[str, Any]:
-    versions = _registry(args).versions()
+    registry = _registry(args)
+    versions, test = registry.versions(), registry.ab()
     rows = [{"version": v.version, "stage": v.stage, "created": v.created, "parent": v.parent,
              "holdout_score": _score(v)} for v in versions]
-    result: dict[str, Any] = {"command": "models list", "registry": args.registry, "versions": rows}
+    result: dict[str, Any] = {"command": "models list", "registry": args.registry, "versions": rows,
+                              "ab": None if test is None else test.to_dict()}
     result["_summary"] = [f"{args.registry}: {len(rows)} version(s)", *map(_line, versions)]
+    if test is not None:
+        result["_summary"].append(f"A/B test {test.id}: {test.version} serves {test.share:.0%} of the agents")
     return result
 
 
@@ -94,11 +115,51 @@ def run_show(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_promote(args: argparse.Namespace) -> dict[str, Any]:
-    info = _registry(args).promote(args.version, args.stage, force=args.force)
+    from serving.ab_gate import live_comparison
+    from worldmodel.registry_store import RegistryError
+
+    registry = _registry(args)
+    test, reason = registry.ab(), None
+    if args.stage == "production" and test is not None and registry.get(args.version).version == test.version:
+        comparison = live_comparison(registry)  # gated by its live metrics while its test runs
+        if comparison.problem() is not None and not args.force:
+            raise RegistryError(comparison.refusal())
+        if comparison.problem() is not None:
+            reason = f"forced over live A/B test {test.id}: {comparison.problem()}"
+    info = registry.promote(args.version, args.stage, force=args.force, reason=reason)
     result: dict[str, Any] = {"command": "models promote", "registry": args.registry, "version": info.version,
-                              "stage": info.stage, "forced": args.force}
+                              "stage": info.stage, "forced": args.force, "overrode": reason}
     result["_summary"] = [f"{args.registry}: {info.version} is now {info.stage}" + (" (forced)" if args.force
                                                                                      else "")]
+    return result
+
+
+def run_ab(args: argparse.Namespace) -> dict[str, Any]:
+    from cluster.cli import UsageError
+
+    if args.end == (args.version is not None) or (args.share is None) != args.end:
+        raise UsageError("wm models ab: give VERSION --share FRACTION to start or change a test, or --end alone")
+    registry = _registry(args)
+    result: dict[str, Any] = {"command": "models ab", "registry": args.registry}
+    if args.end:
+        ended = registry.end_ab()
+        result |= {"ended": None if ended is None else ended.to_dict(), "test": None}
+        result["_summary"] = [f"{args.registry}: " + ("no A/B test was running" if ended is None else
+                                                      f"A/B test {ended.id} of {ended.version} ended")]
+        return result
+    test = registry.start_ab(args.version, args.share)
+    result |= {"ended": None, "test": test.to_dict()}
+    result["_summary"] = [f"{args.registry}: A/B test {test.id}: {test.version} serves {test.share:.0%} of the "
+                          f"agents beside production {test.production or 'unset'}"]
+    return result
+
+
+def run_compare(args: argparse.Namespace) -> dict[str, Any]:
+    from serving.ab_gate import live_comparison, summary_lines
+
+    comparison = live_comparison(_registry(args))
+    result: dict[str, Any] = {"command": "models compare", "registry": args.registry, **comparison.to_dict()}
+    result["_summary"] = summary_lines(comparison)
     return result
 
 

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cluster.commands.plan import add_planner_setting_option, planner_settings
+from learners.settings import DriftSettings
 from planners.config import DEFAULT_PLANNER, PLANNER_NAMES, PlanConfig
 from planners.config import FleetPlanConfig
 from worldmodel.envs.warehouse import DEFAULT_ROBOTS
@@ -73,6 +74,12 @@ def add_serve_options(p: argparse.ArgumentParser) -> None:
                    help="model directory, or with --registry a version or stage (default: production)")
     p.add_argument("--registry", default=None, help="model registry directory or URI")
     p.add_argument("--shadow", default=None, help="with --registry: version or stage to run in shadow")
+    p.add_argument("--ab", action="store_true",
+                   help="with --registry: deploy the live A/B candidate planner, which serves the share of agents "
+                        "of the registry's A/B test (`wm models ab VERSION --share S`) while one runs")
+    p.add_argument("--reward-model", default=None, metavar="VERSION",
+                   help="with --registry: the fleet's reward model (e.g. r1.2.0, `wm reward list`), planned with "
+                        "unless a request names another (default: the world model's own reward)")
     p.add_argument("--log-dir", default=None,
                    help="append served transitions to this log directory or URI (checked writable at start)")
     p.add_argument("--host", default="127.0.0.1", help="HTTP host (0.0.0.0 on a cluster)")
@@ -106,6 +113,11 @@ def add_serve_options(p: argparse.ArgumentParser) -> None:
     add_redis_option(p, "~/.cache/fleetwm/redis/HOST-PORT")
     p.add_argument("--consumer-replicas", type=int, default=None, metavar="N",
                    help="stream consumer replicas reading the bus's requests as one group (default: the app's)")
+    p.add_argument("--drift-sustain-s", type=float, default=None, metavar="S",
+                   help="ask the retrain scheduler (wm learn --schedule) for a retrain once the production "
+                        "version's windowed prediction MSE has stayed above the alert's threshold this long "
+                        f"(default: {DriftSettings.sustain_s:g})")
+    p.add_argument("--no-drift-retrain", action="store_true", help="do not watch the prediction MSE for drift")
 
 
 def add_redis_option(p: argparse.ArgumentParser, local_dir: str) -> None:
@@ -187,6 +199,8 @@ def app_kwargs(args: argparse.Namespace, snapshot_uri: str | None) -> dict[str, 
 
     if args.shadow and not args.registry:
         raise ValueError("--shadow needs --registry (it names a version or stage in the registry)")
+    if args.ab and not args.registry:
+        raise ValueError("--ab needs --registry (the candidate planner follows the registry's A/B test)")
     if args.consumer_replicas is not None and (args.redis == REDIS_NONE or args.consumer_replicas < 1):
         raise ValueError(f"--consumer-replicas {args.consumer_replicas}: stream consumers need the bus (--redis "
                          "local or URL) and at least one replica")
@@ -196,11 +210,21 @@ def app_kwargs(args: argparse.Namespace, snapshot_uri: str | None) -> dict[str, 
     if args.batch_wait_ms is not None:
         batching["batch_wait_timeout_s"] = args.batch_wait_ms / 1000
     return {"model": args.model if args.registry else os.path.abspath(args.model), "registry_uri": args.registry,
-            "shadow": args.shadow, "log_uri": args.log_dir, "host": args.host, "port": args.port,
+            "shadow": args.shadow, "ab": args.ab, "log_uri": args.log_dir, "host": args.host, "port": args.port,
             "state": StateConfig(snapshot_uri=snapshot_uri),
             "service": service_settings(args),
             "default_deadline_ms": args.deadline_ms, "access_log": args.access_log, "batching": batching,
-            "consumer_replicas": args.consumer_replicas}
+            "consumer_replicas": args.consumer_replicas, "drift": drift_settings(args)}
+
+
+def drift_settings(args: argparse.Namespace) -> DriftSettings:
+    """The served drift watch's settings from ``--drift-sustain-s`` and ``--no-drift-retrain``."""
+    if args.drift_sustain_s is None:
+        return DriftSettings(enabled=not args.no_drift_retrain)
+    try:
+        return DriftSettings(enabled=not args.no_drift_retrain, sustain_s=args.drift_sustain_s)
+    except ValueError as err:  # the message names the settings' fields: say which flag set them
+        raise ValueError(f"--drift-sustain-s {args.drift_sustain_s:g}: {err}") from None
 
 
 def service_settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -209,6 +233,10 @@ def service_settings(args: argparse.Namespace) -> dict[str, Any]:
     given = {k: getattr(args, k) for k in ("horizon", "samples", "iterations") if getattr(args, k) is not None}
     service: dict[str, Any] = {"planner": args.planner, "plan": given, "fleet": given,
                                "settings": planner_settings(args) if args.planner_opt else None}
+    if args.reward_model is not None:
+        if not args.registry:
+            raise ValueError("--reward-model needs --registry (reward models are registered under its rewards/)")
+        service["reward_model"] = args.reward_model
     return service | ({"floor_robots": args.robots} if args.robots is not None else {})
 
 
@@ -253,6 +281,10 @@ def run_serve(args: argparse.Namespace) -> dict[str, Any]:
     choice = redis_choice(args.redis, args.address)
     check_locations(args, snapshot_uri)
     kwargs = app_kwargs(args, snapshot_uri)
+    if args.reward_model is not None:  # refused here in one line, not by the planner replica's start
+        from cluster.commands.reward import check_served_reward
+
+        check_served_reward(args.registry, args.model, args.reward_model)
     # Through a Ray client (ray://) the nodes reach the bus, not this machine: nothing to check from here.
     remote = str(args.address or "").startswith("ray://")
     with fleet_bus(choice, default_redis_dir(args.host, args.port), check=not remote) as bus:

@@ -15,6 +15,8 @@ from typing import Any
 
 import yaml
 
+from learners.settings import PREDICTION_MSE_LIMIT
+
 RAY_PREFIX = "ray_"
 """What Ray's metrics agent puts before an application metric's name."""
 DEFAULT_FLEET = "default"
@@ -53,7 +55,7 @@ class Thresholds:
     """End-to-end latency (HTTP request, or bus request to reply) above one 10 Hz control period."""
     latency_quantile: float = 0.95
     """The latency quantile compared with the latency thresholds."""
-    prediction_mse: float = 0.5
+    prediction_mse: float = PREDICTION_MSE_LIMIT
     """One-step dynamics prediction MSE of served transitions above which the model has drifted (article)."""
     reward_floors: tuple[RewardFloor, ...] = (RewardFloor(DEFAULT_FLEET, -2.0), RewardFloor("warehouse", -1.0))
     """Per fleet, the lowest acceptable average reward; exactly one ``DEFAULT_FLEET`` entry."""

@@ -140,6 +140,13 @@ def test_planner_settings_without_planner_are_checked_against_the_served_default
         app_kwargs(_args("--planner-opt", "bogus=1"), None)
 
 
+def test_the_ab_candidate_planner_is_deployed_only_with_a_registry() -> None:
+    assert app_kwargs(_args(), None)["ab"] is False
+    assert app_kwargs(_args("--registry", "/tmp/registry", "--ab"), None)["ab"] is True
+    with pytest.raises(ValueError, match="--ab needs --registry"):
+        app_kwargs(_args("--ab"), None)
+
+
 def test_stopping_flushes_the_telemetry_logger_the_app_was_given(monkeypatch: pytest.MonkeyPatch) -> None:
     import serving.deploy as deploy_module
     from actors.state import StateConfig

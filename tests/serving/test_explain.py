@@ -121,7 +121,7 @@ class ExplainingPlanner(FakePlanner):
         self.explain = _Remote(self._explain)
 
     def _explain(self, obs: np.ndarray, objective: str, params: dict[str, np.ndarray], warm_start: np.ndarray | None,
-                 proposals: np.ndarray | None) -> dict[str, Any]:
+                 proposals: np.ndarray | None, reward_model: str | None = None) -> dict[str, Any]:
         return {"model_version": self.version, "obs": obs.tolist(), "objective": objective,
                 "zones": params[ZONES].tolist() if ZONES in params else None,
                 "warm": warm_start is not None, "proposals": None if proposals is None else proposals.shape}
@@ -200,7 +200,7 @@ class _Served:
 
     def __init__(self, service: FleetPlanner) -> None:
         self.plan, self.score = _Remote(service.plan), _Remote(service.score)
-        self.explain = _Remote(lambda *args: service.explain(*args).to_dict() | {"model_version": service.version})
+        self.explain = _Remote(lambda *args: service.explain(*args[:5]).to_dict() | {"model_version": service.version})
 
 
 def test_policy_mode_answers_the_policys_action_and_the_policy_is_the_fallback() -> None:

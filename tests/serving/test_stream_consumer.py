@@ -28,8 +28,10 @@ from serving.episodes import EpisodeSteps
 from tests.ray_fixtures import ray_local  # noqa: F401
 from tests.redis_fixtures import redis_server  # noqa: F401
 from tests.serving.bus_faults import deploy_bus_app
+from tests.serving.test_reward_model_serving import fit
 from worldmodel.data import read_transitions
-from worldmodel.envs import make_env
+from worldmodel.envs import make_env, space_spec
+from worldmodel.reward_registry import RewardRegistry
 
 pytestmark = pytest.mark.slow
 STATE = StateConfig(shards=2, name="test-bus-state")
@@ -42,6 +44,9 @@ REPLICA_PREFIX = f"SERVE_REPLICA::{APP_NAME}#StreamConsumer#"
 @pytest.fixture(scope="module")
 def app(ray_local, redis_server, tmp_path_factory) -> Iterator[dict[str, Any]]:  # noqa: F811
     root = tmp_path_factory.mktemp("bus")
+    rewards = RewardRegistry(str(root / "registry"))  # beside the world model the app registers and serves
+    rewards.register(fit(space_spec(make_env("Nav2D-v0"), "Nav2D-v0"), 1.0))
+    rewards.register(fit(space_spec(make_env("Nav2D-v0"), "Nav2D-v0"), -1.0))
     url, version = deploy_bus_app(root, redis_server.url, STATE, TELEMETRY, CLAIM_MS)
     client = redis.Redis.from_url(redis_server.url, socket_timeout=30)
     yield {"url": url, "logs": root / "logs", "redis": client, "redis_url": redis_server.url, "version": version}
@@ -349,3 +354,47 @@ def test_the_ingress_is_degraded_while_the_bus_cannot_be_read(monkeypatch, stats
 
     health = asyncio.run(main())
     assert health["bus_error"] == expected and health["status"] == ("degraded" if expected else "ok")
+
+
+# Reward models named by requests (two registered beside the served world model), over HTTP and the bus.
+OBS = [0.1] * 6
+
+
+def _stream_reply(client: redis.Redis, body: dict[str, Any], timeout_s: float = 20.0) -> Any:
+    client.xadd(BUS.requests, encode_request(body))
+    got = client.xread({BUS.reply(body["agent_id"]): b"0-0"}, count=1, block=int(timeout_s * 1000))
+    assert got, f"no reply for {body['agent_id']} within {timeout_s} s"
+    return decode_reply(got[0][1][0][1])
+
+
+def test_the_served_model_lists_the_reward_models_that_fit(app) -> None:
+    models = requests.get(app["url"] + "/v1/models", timeout=30).json()
+    assert models["production"]["reward_models"] == ["r1.0.0", "r1.1.0"], models
+
+
+def test_an_http_request_naming_a_reward_model_is_planned_with_it(app) -> None:
+    r = requests.post(app["url"] + "/v1/plan", json={"agent_id": "h1", "observation": OBS, "reward_model": "r1.1.0"},
+                      timeout=30)
+    assert r.status_code == 200 and r.json()["reward_model"] == "r1.1.0", r.text
+    r = requests.post(app["url"] + "/v1/plan", json={"agent_id": "h2", "observation": OBS}, timeout=30)
+    assert r.status_code == 200 and "reward_model" not in r.json(), r.text  # the world model's own reward
+
+
+def test_an_unknown_reward_model_is_a_422_naming_it(app) -> None:
+    deadline = time.monotonic() + 10
+    while True:  # the ingress refreshes the served spec every 2 s
+        r = requests.post(app["url"] + "/v1/plan", json={"agent_id": "h3", "observation": OBS,
+                                                          "reward_model": "r9.0.0"}, timeout=30)
+        if r.status_code == 422 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert r.status_code == 422 and r.json()["error"].startswith("reward_model: 'r9.0.0' is not a registered"), r.text
+
+
+def test_the_bus_takes_the_field_and_refuses_an_unknown_name(app) -> None:
+    agent = f"s{uuid.uuid4().hex[:8]}"
+    reply = _stream_reply(app["redis"], {"agent_id": agent, "observation": OBS, "reward_model": "r1.0.0"})
+    assert reply.status == 200 and reply.body["reward_model"] == "r1.0.0", reply
+    other = f"s{uuid.uuid4().hex[:8]}"
+    reply = _stream_reply(app["redis"], {"agent_id": other, "observation": OBS, "reward_model": "r9.0.0"})
+    assert reply.status == 422 and "reward_model: 'r9.0.0'" in reply.body["error"], reply
