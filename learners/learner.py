@@ -30,7 +30,8 @@ from learners.settings import DEFAULT_TRAIN_POLICY
 from worldmodel.config import ModelConfig, TrainConfig, config_from_dict, default_dynamics
 from worldmodel.data import data_fingerprint, read_env_id
 from worldmodel.data.reader import require_log_files
-from worldmodel.registry import ModelRegistry, VersionInfo
+from worldmodel.registry import ModelRegistry
+from worldmodel.registry_records import VersionInfo
 from worldmodel.training import FITS, train_world_model
 
 

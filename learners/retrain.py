@@ -23,7 +23,8 @@ from worldmodel.data.writer import resolve_root
 from worldmodel.envs import SpaceSpec, make_env, space_spec
 from worldmodel.holdout import holdout_score, recent_holdout
 from worldmodel.model import WorldModel
-from worldmodel.registry import ModelRegistry, VersionInfo
+from worldmodel.registry import ModelRegistry
+from worldmodel.registry_records import VersionInfo
 
 
 def read_logs(data_uri: str, files: list[str] | None = None) -> Transitions:

@@ -39,7 +39,8 @@ from serving.metrics import ServingMetrics
 from serving.schema import PlanRequest
 from worldmodel.data import Transitions
 from worldmodel.data.writer import publish_bytes
-from worldmodel.registry import ABTest, ModelRegistry
+from worldmodel.registry import ModelRegistry
+from worldmodel.registry_records import ABTest
 
 logger = logging.getLogger("ray.serve")
 

@@ -14,7 +14,8 @@ from typing import Any
 
 from serving.ab import read_live
 from serving.ab_stats import METRICS, MetricComparison, VersionStats, compare_metric
-from worldmodel.registry import ABTest, ModelRegistry
+from worldmodel.registry import ModelRegistry
+from worldmodel.registry_records import ABTest
 
 STATUSES = ("no_test", "insufficient", "worse", "ok")
 """The comparison's status: no test runs; a required metric lacks data; a metric is worse; nothing holds it back."""

@@ -37,7 +37,8 @@ from tune.space import DEFAULT_SPACE, GRACE_EPOCHS, HOLDOUT_FRACTION, SAMPLES, S
 from worldmodel.artifact import load_model, save_model
 from worldmodel.config import ModelConfig, TrainConfig
 from worldmodel.holdout import holdout_score
-from worldmodel.registry import ModelRegistry, VersionInfo
+from worldmodel.registry import ModelRegistry
+from worldmodel.registry_records import VersionInfo
 from worldmodel.training import train_world_model
 
 SCORE = "score"

@@ -18,7 +18,8 @@ from cluster.commands.models_evaluate import add_evaluate_options
 from worldmodel.stages import PROMOTABLE
 
 if TYPE_CHECKING:
-    from worldmodel.registry import ModelRegistry, VersionInfo
+    from worldmodel.registry import ModelRegistry
+    from worldmodel.registry_records import VersionInfo
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:

@@ -14,7 +14,8 @@ from worldmodel.artifact import ArtifactError
 from worldmodel.config import ModelConfig, TrainConfig
 from worldmodel.envs import SpaceSpec
 from worldmodel.model import WorldModel, build_dynamics, build_reward
-from worldmodel.registry import STAGES, ModelRegistry, RegistryError, VersionInfo
+from worldmodel.registry import STAGES, ModelRegistry, RegistryError
+from worldmodel.registry_records import VersionInfo
 from worldmodel.registry_store import FORMAT
 
 SPEC = SpaceSpec(obs_dim=6, act_dim=2, act_low=(-1.0, -1.0), act_high=(1.0, 1.0), env_id="Nav2D-v0")
