@@ -99,14 +99,18 @@ class ShadowComparison:
             return
         finally:
             self.in_flight -= 1
-        self._record(np.abs(out[0].actions - prod_actions).mean(1), out[1:])
+        dims = transitions.obs.shape[1] if transitions is not None else 1
+        self._record(np.abs(out[0].actions - prod_actions).mean(1), out[1:], dims)
 
-    def _record(self, diff: np.ndarray, scores: list[dict[str, Any]]) -> None:
-        """Add one batch to the stats and metrics: ``diff`` (N,) per request, ``scores`` per role (or none)."""
+    def _record(self, diff: np.ndarray, scores: list[dict[str, Any]], dims: int) -> None:
+        """Add one batch to the stats and metrics: ``diff`` (N,) per request, ``scores`` per role (or none) of
+        transitions with ``dims`` observation dimensions."""
         self.stats.add_actions(diff)
         self.metrics.shadow_action_diff.set(float(diff.mean()))
         for role, scored in zip(ROLES, scores):
             self.stats.add_errors(role, scored["errors"])
             if role == "shadow":  # production's is recorded when its batch is answered
-                self.metrics.prediction_error.observe(scored["mean_error"],
-                                                      tags={"model_version": scored["model_version"], "role": role})
+                tags = {"model_version": scored["model_version"]}
+                self.metrics.prediction_error.observe(scored["mean_error"], tags=tags | {"role": role})
+                # the served MSE series (and its alert) per version: the mean over rows of |error|^2 / S
+                self.metrics.prediction_mse.observe(float(np.mean(np.square(scored["errors"]))) / dims, tags=tags)

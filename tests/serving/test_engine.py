@@ -11,6 +11,7 @@ from collections import defaultdict
 from typing import Any
 
 import numpy as np
+import pytest
 
 from actors.records import AgentRecord, AgentRecords, RecordCache
 from actors.state import AgentStateShard, StateConfig
@@ -179,6 +180,8 @@ def test_prediction_error_is_recorded_once_per_role_with_a_shadow() -> None:
     roles = [tags["role"] for _, tags in metrics.prediction_error.calls]
     assert roles.count("production") == 2 and roles.count("shadow") == 2, roles
     assert engine.shadow_stats.summary()["mean_prediction_error"] == {"production": 0.5, "shadow": 0.25}
+    shadow_mse = [value for value, tags in metrics.prediction_mse.calls if tags["model_version"] == "2.0.0"]
+    assert shadow_mse == pytest.approx([0.25 ** 2 / N_OBS] * 2)  # the shadow version's own MSE series
 
 
 class _FailingShadow(FakePlanner):
