@@ -7,7 +7,8 @@ shards keep one per agent. Records cross between processes as ``AgentRecords`` (
 because Ray serializes every numpy array as a buffer of its own: for a record's few small arrays that
 is most of a call's cost (measured: 500 us for 32 agent records sent one by one, 40 us as columns).
 
-Shapes: ``S`` observation, ``A`` action, ``H`` horizon, ``Hd`` a recurrent model's hidden state.
+Shapes: ``S`` observation, ``A`` action, ``H`` horizon, ``Hd`` a recurrent model's hidden state, ``F`` frames a
+camera model stacks, ``Hi, Wi, C`` its frame shape.
 """
 
 from __future__ import annotations
@@ -133,12 +134,15 @@ class AgentRecord:
     warm_start: np.ndarray | None = None
     """(H, A) the last plan shifted by one step."""
     hidden: np.ndarray | None = None
-    """(Hd,) a recurrent model's state after ``obs`` and ``action``; None for feed-forward models."""
+    """(E*Hd,) a recurrent model's state (every member's) after ``obs`` and ``action``; None for feed-forward models."""
     predicted: np.ndarray | None = None
     """(S,) the model's prediction of the next observation (its one-step error is a metric)."""
     objective: AgentObjective | None = None
     """What ``obs`` was planned for: the next request's observation is checked against its constraints (an
     observed violation) and ``/v1/explain`` of the agent's current state plans for it. None: the learned reward."""
+    frames: np.ndarray | None = None
+    """(F-1, Hi, Wi, C) uint8 a camera agent's last frames, oldest first, its current one last: with the next
+    request's frame they make the planner's stack. None for vector agents."""
 
     @property
     def continuing(self) -> bool:
@@ -150,7 +154,7 @@ class AgentRecord:
         return self.request_ids[-1] if self.request_ids else None
 
 
-ARRAY_FIELDS = ("obs", "action", "warm_start", "hidden", "predicted")
+ARRAY_FIELDS = ("obs", "action", "warm_start", "hidden", "predicted", "frames")
 """``AgentRecord``'s numpy fields: stacked into one array per batch where every record has one of one shape."""
 
 Column = np.ndarray | list[Any]

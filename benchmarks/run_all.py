@@ -10,7 +10,8 @@ import subprocess
 import sys
 
 BENCHMARKS = ["model_fit", "nav2d_closed_loop", "defaults_nav2d", "plan_throughput", "pendulum_mbrl", "serve_fleet",
-              "ingest", "fleet_bus", "safety", "warehouse", "export"]
+              "ingest", "fleet_bus", "safety", "warehouse", "export",
+              "uncertainty"]
 """Modules of ``benchmarks/``, in the order `make bench` runs them."""
 
 

@@ -18,7 +18,7 @@ from planners.base import BasePlanner, Decision, PlanResult
 from planners.config import EvalConfig
 from planners.objectives import (GOAL, ZONES, ActionPolicy, AgentBox, GoalReward, LearnedReward, NoFlyZones,
                                  Objective, Params, SpeedLimit)
-from planners.rollout import is_recurrent
+from planners.rollout import HIDDEN, is_recurrent
 from planners.shield import Shield
 from worldmodel.envs import NAV2D_ID, make_env
 from worldmodel.envs.nav2d import GOAL_DIMS
@@ -157,8 +157,7 @@ def _planner(model: WorldModel, cfg: EvalConfig, policy: ActionPolicy | None) ->
     zones = cfg.no_fly_zones > 0
     objective = build_objective(model, cfg.objective, zones=zones)
     low, high = torch.tensor(model.spec.act_low), torch.tensor(model.spec.act_high)
-    shield = (Shield(model.dynamics, cfg.shield_horizon) if cfg.shield and zones and not is_recurrent(model.dynamics)
-              else None)
+    shield = Shield(model.dynamics, cfg.shield_horizon) if cfg.shield and zones else None
     return make_planner(cfg.planner, model.dynamics, objective, low, high, cfg.plan, fallback=policy,
                         settings=cfg.settings, prior=policy, shield=shield)
 
@@ -184,12 +183,14 @@ def closed_loop(model: WorldModel, cfg: EvalConfig, progress: bool = False,
     decide = _decider(plan, cfg, model, env_id, obs_np, infos)
     warm_start: torch.Tensor | None = None
     reset = np.zeros(agents, bool)  # gymnasium's next-step autoreset: this step only resets these envs
+    carry = _HiddenCarry(model, agents)
     bar = tqdm(total=cfg.episodes, desc=f"eval {cfg.planner}", disable=not progress, unit="ep")
     while not tally.finished:
         # Plan for all N agents in one call, each warm-started from its previous plan shifted by one step.
         obs = torch.as_tensor(obs_np, dtype=torch.float32, device=model.device)  # (N, S)
-        params = agent_params(env_id, obs, infos)
+        params = carry.into(agent_params(env_id, obs, infos), reset)
         result = decide(obs, params, warm_start)
+        carry.advance(obs, result.actions)
         warm_start = shift_plan(result.plan)  # (N, H, A)
         if reset.any():  # these envs now show a new episode's first obs: plan it from scratch
             warm_start[torch.as_tensor(reset, device=model.device)] = plan.initial_plan(int(reset.sum()))
@@ -205,6 +206,28 @@ def closed_loop(model: WorldModel, cfg: EvalConfig, progress: bool = False,
     bar.close()
     envs.close()
     return tally.result()
+
+
+class _HiddenCarry:
+    """Each agent's recurrent hidden state (N, E*Hd) across the closed loop, as the served fleet keeps it:
+    fresh at an episode's start, advanced by every step's observation and action (nothing for other models)."""
+
+    def __init__(self, model: WorldModel, agents: int) -> None:
+        self.dynamics = model.dynamics if is_recurrent(model.dynamics) else None
+        self.hidden = None if self.dynamics is None else self.dynamics.initial_state(agents)
+
+    def into(self, params: Params, reset: np.ndarray) -> Params:
+        """``params`` with the hidden states, the envs just reset (N,) starting fresh."""
+        if self.hidden is None:
+            return params
+        self.hidden[torch.as_tensor(reset, device=self.hidden.device)] = 0.0
+        return params | {HIDDEN: self.hidden}
+
+    @torch.no_grad()
+    def advance(self, obs: torch.Tensor, actions: torch.Tensor) -> None:
+        """Every member's state after observing ``obs`` (N, S) and taking ``actions`` (N, A)."""
+        if self.hidden is not None:
+            self.hidden = self.dynamics.step(self.hidden, obs, actions.detach())[0]
 
 
 def _decider(plan: BasePlanner, cfg: EvalConfig, model: WorldModel, env_id: str, obs: np.ndarray,

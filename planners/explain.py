@@ -22,7 +22,6 @@ from planners.base import BasePlanner, Decision, Fallback
 from planners.constraints import KINDS, Constraint, kind_margins
 from planners.objectives import Params
 from planners.prior import policy_rollout
-from planners.rollout import is_recurrent
 from planners.shield import Shield
 
 SOURCES = ("chosen", "alternative", "fallback", "proposal")
@@ -157,7 +156,7 @@ def _options(planner: BasePlanner, obs: torch.Tensor, params: Params, seqs: torc
     lead = lambda x: x[None]  # noqa: E731  (1, R, H, D): the objective's (X, N, R, D) layout
     returns = planner.rollout.objective(lead(trajectory[:, :-1]), lead(seqs), lead(trajectory[:, 1:]),
                                         rows)[0].sum(-1)  # (R,)
-    per_kind = _kind_margins(planner, obs, params, seqs, trajectory)  # (R, H, 3), worst member
+    per_kind = _kind_margins(planner, obs, params, seqs)  # (R, H, 3), worst member
     kinds = per_kind.amin(1)  # (R, 3)
     passes: list[bool | None] = [None] * r
     if planner.shield is not None:
@@ -170,16 +169,11 @@ def _options(planner: BasePlanner, obs: torch.Tensor, params: Params, seqs: torc
             for i in range(r)]
 
 
-def _kind_margins(planner: BasePlanner, obs: torch.Tensor, params: Params, seqs: torch.Tensor,
-                  mean: torch.Tensor) -> torch.Tensor:
+def _kind_margins(planner: BasePlanner, obs: torch.Tensor, params: Params, seqs: torch.Tensor) -> torch.Tensor:
     """(R, H, 3) each step's margin per constraint kind, the worst member's: every member follows its own
-    states (the shield's check); a recurrent model's single mean trajectory ``mean`` (R, H+1, S) otherwise."""
-    dims: tuple = ()
-    if is_recurrent(planner.rollout.dynamics):
-        states = mean[None, None, :, 1:]  # (1, 1, R, H, S)
-    else:
-        shield = planner.shield or Shield(planner.rollout.dynamics)
-        states, dims = shield.check(obs, seqs[None], params)[0], (shield.pos_dims, shield.vel_dims)  # (E, 1, R, H, S)
+    states (the shield's check; a recurrent ensemble's members from their parts of ``params[HIDDEN]``)."""
+    shield = planner.shield or Shield(planner.rollout.dynamics)
+    states, dims = shield.check(obs, seqs[None], params)[0], (shield.pos_dims, shield.vel_dims)  # (E, 1, R, H, S)
     e, _, r, h, s = states.shape
     margins = kind_margins(states.reshape(e, 1, r * h, s), params, *dims)  # (E, 1, R*H, 3)
     return margins.amin(0).view(r, h, len(KINDS))

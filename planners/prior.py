@@ -33,7 +33,8 @@ def policy_rollout(dynamics: torch.nn.Module, policy: ActionPolicy, obs: torch.T
     """The policy acting in the model: each step's action from the members' mean predicted state.
 
     Args:
-        dynamics: an ensemble (its members' mean) or a recurrent model (its mean, from ``params[HIDDEN]``).
+        dynamics: an ensemble or a recurrent ensemble (its members' mean, each member from its part of
+            ``params[HIDDEN]``).
         obs: (N, S) start states; params: the agents' objective parameters (N first), passed to the policy.
         project: applied to each step's (N, A) actions before they act (the agents' action bounds).
 
@@ -54,13 +55,14 @@ def policy_rollout(dynamics: torch.nn.Module, policy: ActionPolicy, obs: torch.T
 
 def _mean_step(dynamics: torch.nn.Module, obs: torch.Tensor,
                params: Params) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """One mean-model step (N, S), (N, A) -> (N, S); a recurrent model carries its hidden state along."""
+    """One members'-mean step (N, S), (N, A) -> (N, S); a recurrent model carries every member's hidden state
+    along, each member stepping from the shared mean state."""
     if is_recurrent(dynamics):
-        hidden = [params.get(HIDDEN, dynamics.initial_state(len(obs)))]
+        hidden = [params.get(HIDDEN, dynamics.initial_state(len(obs)))]  # (N, E*Hd)
 
         def recurrent(state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
             hidden[0], pred = dynamics.step(hidden[0], state, action)
-            return pred.mean[0]
+            return pred.mean.mean(0)
         return recurrent
     if isinstance(dynamics, EnsembleDynamics):
         folded = dynamics.folded()

@@ -7,6 +7,8 @@ per horizon step. Propagation modes follow PETS (Chua et al., 2018):
 - ``tsinf``: particles are reassigned to random members at every step;
 - ``expectation``: the members' mean prediction, no sampling (deterministic, differentiable).
 
+A recurrent (GRU) ensemble rolls out the same way, each member from its part of each agent's hidden state.
+
 Shapes: ``N`` agents, ``K`` candidates, ``H`` horizon, ``E`` members, ``P`` particles
 (``p = P / E`` per member), ``S`` state, ``A`` action.
 """
@@ -25,7 +27,7 @@ _CHUNK_ROWS = 16384
 """Most rows (steps x particle rows) a sampled rollout keeps per objective call: its states stay in cache."""
 
 HIDDEN = "hidden"
-"""(N, Hd) recurrent hidden state per agent, in the planner's params when the dynamics is a GRU."""
+"""(N, E*Hd) recurrent hidden state per agent (every member's), in the planner's params when the dynamics is a GRU."""
 
 
 def is_recurrent(dynamics: torch.nn.Module) -> bool:
@@ -74,7 +76,7 @@ class Rollout:
         n, k, h, _ = actions.shape
         state = obs[:, None].expand(n, k, -1).reshape(n * k, -1)  # (N*K, S)
         total = obs.new_zeros(n, k)
-        model, objective = _stepper(self.dynamics), self.objective.prepared()
+        model, objective = _stepper(self.dynamics, params, n, k), self.objective.prepared()
         for t in range(h):
             action = actions[:, :, t].reshape(n * k, -1)
             means = model.mean(state, action)  # (E, N*K, S)
@@ -103,7 +105,7 @@ class Rollout:
         acts = actions[:, :, None].expand(n, k, p, h, a).reshape(rows, h, a)  # (M, H, A)
         dealt_acts = _deal(acts.transpose(0, 1), e, pad)  # (H, E, R, A), each step's actions one block
         first = _deal(obs[:, None].expand(n, k * p, s).reshape(rows, s), e, pad)  # (E, R, S)
-        model, objective = _stepper(self.dynamics), self.objective.prepared()
+        model, objective = _stepper(self.dynamics, params, n, k * p, pad), self.objective.prepared()
         noise = model.noise((h, *first.shape), generator, obs)  # (H, E, R, S), or H seeds
         differentiable = torch.is_grad_enabled() and (actions.requires_grad or obs.requires_grad)
         run = self._stepwise if differentiable else self._chunked
@@ -192,7 +194,7 @@ class Rollout:
     def audit(self, obs: torch.Tensor, plan: torch.Tensor,
               params: Params | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The chosen plans' mean trajectory (N, H+1, S) and ensemble disagreement along it (N, H)."""
-        state, states, means, model = obs, [obs], [], _stepper(self.dynamics)
+        state, states, means, model = obs, [obs], [], _stepper(self.dynamics, params, len(obs))
         for t in range(plan.shape[1]):
             means.append(model.mean(state, plan[:, t]))  # (E, N, S)
             state = means[-1].mean(0)
@@ -200,65 +202,64 @@ class Rollout:
         return torch.stack(states, 1), self._disagreement(torch.stack(means, 2))  # (E, N, H, S) -> (N, H)
 
 
-class RecurrentRollout:
-    """Scores action sequences through recurrent (GRU) dynamics from each agent's hidden state.
+class RecurrentRollout(Rollout):
+    """``Rollout`` through a GRU ensemble (``worldmodel.recurrent``), each member carrying its own hidden state.
 
-    Every candidate and particle starts from its agent's hidden state ``params[HIDDEN]`` (N, Hd)
-    (zeros when absent: a fresh episode) and carries its own copy through the horizon. One model,
-    so there is no member disagreement; the sampled modes draw from its Gaussian, 'expectation'
-    follows its mean.
+    Every row starts from its agent's hidden state ``params[HIDDEN]`` (N, E*Hd) (zeros when absent: a
+    fresh episode), member e's part for the rows member e simulates. 'expectation' steps every member
+    from the members' mean state; the sampled modes deal particle rows to members as ``Rollout`` does,
+    each member following its own states (E, R, S) and hidden (E, R, Hd). The disagreement (audit,
+    penalty) is ``Rollout``'s: member variance in units of the typical one-step change. 'tsinf' is
+    'ts1' here: a member's hidden state summarises that member's own trajectory, so particles stay
+    with their member.
     """
 
     def __init__(self, dynamics: torch.nn.Module, objective: Objective, propagation: str, particles: int,
                  disagreement_penalty: float = 0.0) -> None:
-        if disagreement_penalty:
-            raise ValueError("a disagreement penalty needs an ensemble; recurrent dynamics is a single model")
-        self.dynamics, self.objective, self.particles = dynamics, objective, particles
-        self.sample = propagation != "expectation"
-
-    def _hidden(self, obs: torch.Tensor, params: Params) -> torch.Tensor:
-        h = params.get(HIDDEN)
-        return self.dynamics.initial_state(len(obs)) if h is None else h
-
-    def returns(self, obs: torch.Tensor, actions: torch.Tensor, params: Params,
-                generator: torch.Generator | None = None) -> torch.Tensor:
-        """Returns (N, K): the mean return over P futures per candidate."""
-        n, k, h, a = actions.shape
-        p, s = self.particles if self.sample else 1, obs.shape[-1]
-        rows = n * k * p
-        state = obs[:, None].expand(n, k * p, s).reshape(rows, s)  # (M, S)
-        hidden = self._hidden(obs, params)
-        hidden = hidden[:, None].expand(n, k * p, hidden.shape[-1]).reshape(rows, -1)  # (M, Hd)
-        acts = actions[:, :, None].expand(n, k, p, h, a).reshape(rows, h, a)
-        total, objective = obs.new_zeros(n, k * p), self.objective.prepared()
-        for t in range(h):
-            action = acts[:, t]
-            hidden, pred = self.dynamics.step(hidden, state, action)
-            if self.sample:
-                noise = torch.randn(pred.mean.shape, generator=generator, device=obs.device, dtype=obs.dtype)
-                nxt = pred.sample(noise)[0]
-            else:
-                nxt = pred.mean[0]
-            view = lambda x: x.view(1, n, k * p, -1)  # noqa: E731
-            total = total + objective(view(state), view(action), view(nxt), params)[0]
-            state = nxt
-        return total.view(n, k, p).mean(-1)
-
-    @torch.no_grad()
-    def audit(self, obs: torch.Tensor, plan: torch.Tensor,
-              params: Params | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """The chosen plans' mean trajectory (N, H+1, S), and zeros (N, H) for disagreement."""
-        hidden, state, states = self._hidden(obs, params or {}), obs, [obs]
-        for t in range(plan.shape[1]):
-            hidden, pred = self.dynamics.step(hidden, state, plan[:, t])
-            state = pred.mean[0]
-            states.append(state)
-        return torch.stack(states, 1), obs.new_zeros(plan.shape[:2])
+        propagation = "ts1" if propagation == "tsinf" else propagation
+        super().__init__(dynamics, objective, propagation, particles, disagreement_penalty)
 
 
-def _stepper(dynamics: torch.nn.Module) -> "FoldedDynamics | _Unfolded":
-    """What a horizon loop steps: an ``EnsembleDynamics``' folded inference form, other models as they are."""
-    return dynamics.folded() if isinstance(dynamics, EnsembleDynamics) else _Unfolded(dynamics)
+class _RecurrentStepper:
+    """A GRU ensemble behind ``FoldedDynamics``' calls, carrying each member's hidden state (E, R, Hd) from
+    step to step: R rows, row r starting from agent ``agents[r]``'s (or ``agents[e, r]``'s) state."""
+
+    def __init__(self, dynamics: torch.nn.Module, hidden: torch.Tensor, agents: torch.Tensor) -> None:
+        own = dynamics.split(hidden)  # (E, N, Hd)
+        rows = agents.expand(own.shape[0], -1)  # (E, R)
+        self.dynamics, self.h = dynamics, own.gather(1, rows[..., None].expand(-1, -1, own.shape[-1]))
+
+    def mean(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """Each member's next state: obs (R, S) shared or (E, R, S) -> (E, R, S)."""
+        self.h, pred = self.dynamics.step_members(self.h, obs, action)
+        return pred.mean
+
+    def noise(self, shape: tuple[int, ...], generator: torch.Generator | None,
+              like: torch.Tensor) -> torch.Tensor:
+        return torch.randn(shape, generator=generator, device=like.device, dtype=like.dtype)
+
+    def sample(self, obs: torch.Tensor, action: torch.Tensor, noise: torch.Tensor, want_mean: bool = True,
+               out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        self.h, pred = self.dynamics.step_members(self.h, obs, action)
+        return pred.mean, pred.sample(noise)
+
+
+def _stepper(dynamics: torch.nn.Module, params: Params | None = None, n: int = 0, per_agent: int = 1,
+             pad: int | None = None) -> "FoldedDynamics | _RecurrentStepper | _Unfolded":
+    """What a horizon loop steps: an ``EnsembleDynamics``' folded inference form; a recurrent ensemble with
+    each row starting from its agent's hidden state ``params[HIDDEN]`` (zeros when absent), the rows being
+    ``per_agent`` consecutive ones for each of the N agents, shared by the members (``pad`` None) or dealt
+    to them with ``pad`` extra rows (``_deal``); other models as they are."""
+    if isinstance(dynamics, EnsembleDynamics):
+        return dynamics.folded()
+    if not is_recurrent(dynamics):
+        return _Unfolded(dynamics)
+    hidden = (params or {}).get(HIDDEN)
+    hidden = dynamics.initial_state(n) if hidden is None else hidden  # (N, E*Hd)
+    agents = torch.arange(n, device=hidden.device).repeat_interleave(per_agent)  # (M,) each row's agent
+    if pad is not None:
+        agents = _deal(agents[:, None], dynamics.members, pad)[..., 0]  # (E, R)
+    return _RecurrentStepper(dynamics, hidden, agents)
 
 
 class _Unfolded:

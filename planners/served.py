@@ -105,7 +105,7 @@ class PlanBatch:
         disagreement: (N,) mean ensemble disagreement along each chosen plan.
         fallback_reason: (N,) int8 ``planners.base.Fallback`` codes (0 where the plan acted).
         expected_return: (N,) predicted return of each chosen plan (NaN for policy-mode rows).
-        hidden: (N, Hd) recurrent models' states after this step's observation and action, else None.
+        hidden: (N, E*Hd) recurrent models' states (every member's) after this step's observation and action, else None.
         iterations: optimisation rounds completed (the fewest over the objective kinds planned).
         elapsed_ms: wall time of the call.
         model_version: the version that planned.

@@ -27,6 +27,7 @@ from planners.base import BasePlanner, PlanResult
 from planners.config import MODES
 from planners.evaluate import build_objective
 from planners.explain import Explanation, explain
+from planners.latent_service import LatentPlanner
 from planners.objectives import GOAL, ZONES, Objective, Params
 from planners.policy import PolicyNet
 from planners.policy_artifact import load_policy, policy_info
@@ -37,6 +38,7 @@ from planners.warehouse_service import WarehousePlanner, is_fleet_model
 from worldmodel.artifact import load_model
 from worldmodel.envs import NAV2D_ID
 from worldmodel.envs.nav2d import GOAL_DIMS
+from worldmodel.latent_artifact import is_latent_model
 from worldmodel.model import WorldModel
 from worldmodel.reward_artifact import RewardArtifact
 
@@ -72,9 +74,8 @@ class FleetPlanner:
         self.policy = None if policy is None else policy.to(model.device).eval()
         self.policy_info = policy_info if policy is not None else None
         act = None if self.policy is None else self.policy.act
-        # The shield checks zones, boxes and speeds: Nav2D's constraints, on a feed-forward ensemble.
-        shield = (Shield(model.dynamics, self.cfg.shield_horizon) if self.zones and self.cfg.shield
-                  and not self.recurrent else None)
+        # The shield checks zones, boxes and speeds: Nav2D's constraints (a GRU's members from each agent's state).
+        shield = Shield(model.dynamics, self.cfg.shield_horizon) if self.zones and self.cfg.shield else None
         self._planner_parts = (torch.tensor(spec.act_low), torch.tensor(spec.act_high), act, shield)
         self.planners: dict[str, BasePlanner] = {
             name: self._make(build_objective(model, name, zones=self.zones))
@@ -166,7 +167,7 @@ class FleetPlanner:
                 ``ZONES``, ``BOX`` and ``MAX_SPEED`` (Nav2D only) padded so that an agent without one is
                 unconstrained (radius 0, +-inf, inf), ``ACTION_LOW``/``ACTION_HIGH`` (+-inf: the model's box).
             budget_ms: hard time budget of the call (the config's when None).
-            hidden: (N, Hd) recurrent models only: each agent's hidden state, NaN rows for a fresh one; any
+            hidden: (N, E*Hd) recurrent models only: each agent's hidden state, NaN rows for a fresh one; any
                 other shape (another model's states) is ignored: every agent starts fresh.
             modes: per agent, 'plan' (default) or 'policy' (the policy's action, shielded; no planning).
             sites: lone agents have none (all None): sites are the warehouse's (``WarehousePlanner``).
@@ -197,7 +198,7 @@ class FleetPlanner:
             warm_start = None  # left by another horizon or model: no start for these plans
         out = empty_batch(n, h, self.obs_dim, a)
         params = self._params(obs_t, constraints)
-        h_all = self._hidden(obs_t, hidden)  # (N, Hd) or None
+        h_all = self._hidden(obs_t, hidden)  # (N, E*Hd) or None
         if h_all is not None:
             params[HIDDEN] = h_all
         iterations = []
@@ -268,7 +269,7 @@ class FleetPlanner:
     def _hidden(self, obs: torch.Tensor, hidden: np.ndarray | None) -> torch.Tensor | None:
         if not self.recurrent:
             return None
-        fresh = self.model.dynamics.initial_state(len(obs))  # (N, Hd)
+        fresh = self.model.dynamics.initial_state(len(obs))  # (N, E*Hd)
         if hidden is None:
             return fresh
         h = torch.as_tensor(np.asarray(hidden, np.float32), device=obs.device)
@@ -326,7 +327,7 @@ class FleetPlanner:
         device = self.model.device
         o, a, n = (torch.as_tensor(np.asarray(x, np.float32), device=device) for x in (obs, actions, new_obs))
         if self.recurrent:  # one step from a fresh hidden state: logged rows carry no history here
-            mean = self.model.dynamics.step(self.model.dynamics.initial_state(len(o)), o, a)[1].mean[0]
+            mean = self.model.dynamics.step(self.model.dynamics.initial_state(len(o)), o, a)[1].mean.mean(0)
         else:
             mean, _ = self.model.dynamics(o, a).moments()  # (B, S) ensemble mean
         return (mean - n).norm(dim=-1).cpu().numpy()
@@ -334,13 +335,15 @@ class FleetPlanner:
 
 
 def load_planner(model_dir: str | Path, cfg: ServiceConfig | None = None,
-                 device: str | torch.device = "cpu") -> "FleetPlanner | WarehousePlanner":
-    """The served planner of ``model_dir``: a ``WarehousePlanner`` for a Warehouse-v0 fleet model (its robots
-    planned jointly by site), else a ``FleetPlanner``.
+                 device: str | torch.device = "cpu") -> "FleetPlanner | WarehousePlanner | LatentPlanner":
+    """The served planner of ``model_dir``: a ``LatentPlanner`` for a latent (camera) model, a ``WarehousePlanner``
+    for a Warehouse-v0 fleet model (its robots planned jointly by site), else a ``FleetPlanner``.
 
     Raises:
         ArtifactError: the model or its policy is corrupted or does not fit.
     """
+    if is_latent_model(model_dir):
+        return LatentPlanner.load(model_dir, cfg, device=device)
     model = load_model(model_dir, device=device)
     policy = load_policy(model_dir, device=device)
     if is_fleet_model(model):

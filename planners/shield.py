@@ -21,7 +21,7 @@ import torch
 
 from planners.constraints import margins, project
 from planners.objectives import POS_DIMS, VEL_DIMS, ZONES, ActionPolicy, Objective, Params, _dims
-from planners.rollout import _stepper, is_recurrent
+from planners.rollout import _stepper
 
 @dataclass(frozen=True)
 class ShieldConfig:
@@ -82,7 +82,8 @@ class Shield:
     """Checks chosen action sequences against constraints with the ensemble's worst member.
 
     Args:
-        dynamics: the planner's feed-forward ensemble (members' mean predictions).
+        dynamics: the planner's ensemble (members' mean predictions); a recurrent one steps every member
+            from its part of each agent's hidden state ``params[HIDDEN]``.
         horizon: Hs, steps checked ahead.
         pos_dims, vel_dims: where the state holds the position and the velocity (None: no velocity,
             so no speed limit and no braking alternative).
@@ -95,8 +96,6 @@ class Shield:
                  cfg: ShieldConfig = ShieldConfig()) -> None:
         if not isinstance(horizon, int) or horizon < 1:
             raise ValueError(f"horizon must be an integer >= 1, got {horizon!r}")
-        if is_recurrent(dynamics):
-            raise ValueError("the shield needs a feed-forward ensemble; recurrent dynamics carry hidden state")
         self.dynamics, self.horizon, self.objective, self.cfg = dynamics, horizon, objective, cfg
         self.pos_dims, self.vel_dims = _index(pos_dims), None if vel_dims is None else _index(vel_dims)
 
@@ -112,7 +111,7 @@ class Shield:
         """Roll sequences through every member: obs (N, S), seqs (N, M, Hs, A) ->
         (trajectories (E, N, M, Hs, S) of the states reached, worst margins (N, M), their int8 kinds (N, M))."""
         n, m, hs, a = seqs.shape
-        model = _stepper(self.dynamics)
+        model = _stepper(self.dynamics, params, n, m)  # a recurrent one from each agent's hidden state
         acts = seqs.reshape(n * m, hs, a)  # (R, Hs, A)
         state = obs[:, None].expand(n, m, obs.shape[-1]).reshape(n * m, -1)  # (R, S), shared by members
         states = []
@@ -189,7 +188,7 @@ class Shield:
     def rollout(self, obs: torch.Tensor, policy: ActionPolicy, params: Params, low: torch.Tensor,
                 high: torch.Tensor) -> torch.Tensor:
         """A policy's actions, closed loop through the members' mean for Hs steps: (N, Hs, A), projected."""
-        model, state, acts = _stepper(self.dynamics), obs, []
+        model, state, acts = _stepper(self.dynamics, params, len(obs)), obs, []
         for _ in range(self.horizon):
             acts.append(project(policy(state, params).clone(), params, low, high))
             state = model.mean(state, acts[-1]).mean(0)

@@ -15,6 +15,10 @@ A request without a ``request_id`` gets its stream entry id as one, so a re-deli
 from the agent's record, not planned twice. Reply streams hold the last ``REPLY_MAXLEN`` replies
 (approximately) and expire about ``REPLY_TTL_S`` after their last reply, so agents that leave leave nothing.
 
+A camera agent's frame travels as its raw (H, W, C) uint8 bytes in the entry's own field ``img`` (codec version 2,
+``CODEC_VERSION``), beside the JSON body without ``image``: no base64 on the bus. Version 1 entries (``v`` alone)
+read as before.
+
 A request that cannot be read (not JSON, an invalid field, a wrong length) goes to
 ``BusNames.request_dead_letters`` with the reason; when its ``agent_id`` can be read, the agent also gets
 a 422 reply, so it does not wait for a timeout.
@@ -34,13 +38,17 @@ from serving.schema import PlanRequest
 from worldmodel.data.writer import AGENT_ID_PATTERN
 
 FIELD = b"v"
-"""The one field of a request or reply entry."""
+"""The JSON field of a request or reply entry."""
+IMAGE_FIELD = b"img"
+"""A request's camera frame, raw bytes (codec version 2)."""
+CODEC_VERSION = 2
+"""Request entries written: 1, the JSON body alone; 2, optionally its frame in ``IMAGE_FIELD``. Both read."""
 REPLY_MAXLEN = 16
 """Replies kept per agent (approximately): an agent reads its reply within one control period."""
 REPLY_TTL_S = 3600
 """A reply stream expires this long after its last reply."""
-__all__ = ["FIELD", "REPLY_MAXLEN", "REPLY_TTL_S", "BadMessage", "BusNames", "StreamReply", "decode_reply",
-           "decode_request", "encode_reply", "encode_request", "to_json"]
+__all__ = ["CODEC_VERSION", "FIELD", "IMAGE_FIELD", "REPLY_MAXLEN", "REPLY_TTL_S", "BadMessage", "BusNames",
+           "StreamReply", "decode_reply", "decode_request", "encode_reply", "encode_request", "to_json"]
 
 
 class BadMessage(ValueError):
@@ -65,9 +73,15 @@ class StreamReply:
         return self.status == 200
 
 
-def encode_request(body: dict[str, Any]) -> dict[bytes, bytes]:
-    """The entry fields of a request body (a ``POST /v1/plan`` body, e.g. ``serving.episodes.plan_body``'s)."""
-    return {FIELD: json.dumps(body, separators=(",", ":"), allow_nan=False).encode()}
+def encode_request(body: dict[str, Any], image: bytes | None = None) -> dict[bytes, bytes]:
+    """The entry fields of a request body (a ``POST /v1/plan`` body, e.g. ``serving.episodes.plan_body``'s), and
+    a camera agent's frame as its raw (H, W, C) uint8 bytes (the body then has no ``image``)."""
+    fields = {FIELD: json.dumps(body, separators=(",", ":"), allow_nan=False).encode()}
+    if image is not None:
+        if "image" in body:
+            raise ValueError("give the frame as image bytes or in the body, not both")
+        fields[IMAGE_FIELD] = bytes(image)
+    return fields
 
 
 def decode_request(entry_id: bytes | str, fields: dict[bytes, bytes] | None) -> PlanRequest:
@@ -87,6 +101,11 @@ def decode_request(entry_id: bytes | str, fields: dict[bytes, bytes] | None) -> 
     agent = agent if isinstance(agent, str) and AGENT_ID_PATTERN.fullmatch(agent) else None
     if isinstance(data, dict) and data.get("request_id") is None:
         data["request_id"] = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    image = (fields or {}).get(IMAGE_FIELD)
+    if image is not None and isinstance(data, dict):
+        if "image" in data:
+            raise BadMessage(f"image: given both in the body and in the {IMAGE_FIELD.decode()!r} field", agent)
+        data["image"] = bytes(image)  # raw bytes: the schema takes them as they are
     try:
         return PlanRequest.model_validate(data)
     except ValidationError as err:

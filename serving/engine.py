@@ -112,6 +112,8 @@ class PlanEngine:
         self.decisions = DecisionStore()
         """The inputs of the decisions served here, for ``explain`` by ``plan_id``."""
         self.explainer = Explainer(planner, self.decisions, self._read)
+        self._cameras: dict[int, tuple[tuple[int, int, int], int]] = {}
+        """Per planner handle serving a camera model: its (frame shape, frames stacked)."""
 
     async def submit(self, requests: list[PlanRequest], arrived: list[float]) -> list[Answer]:
         """Queue requests for the next cycle and wait for their answers (in order).
@@ -332,15 +334,17 @@ class PlanEngine:
         obs, goals = batch.obs[idx], [batch.goals[i] for i in idx]  # (n, S)
         # warm-started only where the request continues its record's episode
         warm_start = rows.stacked(records, steps, "warm_start")
-        inputs = (obs, warm_start, [g.name if g is not None else "learned" for g in goals], rows.constraints(goals),
-                  batch.budget_ms, rows.stacked(records, steps, "hidden"), [r.mode for r in requests],
-                  [r.site for r in requests], [r.reward_model for r in requests])
+        stacks = await self._frame_stacks(planner, requests, records, steps)  # camera agents' (n, F, Hi, Wi, C)
+        names = [g.name if g is not None else "learned" for g in goals]
+        inputs = (obs if stacks is None else stacks, warm_start, names, rows.constraints(goals), batch.budget_ms,
+                  rows.stacked(records, steps, "hidden"), [r.mode for r in requests], [r.site for r in requests],
+                  [r.reward_model for r in requests])
         planned: PlanBatch = await planner.plan.remote(*inputs)
         # the answers, the records that the next requests will need, and what explaining them needs
         answers = rows.answers(requests, planned)
-        records_out = rows.new_records(requests, records, steps, obs, planned, answers, goals)
+        records_out = rows.new_records(requests, records, steps, obs, planned, answers, goals, stacks)
         transitions = rows.transitions(requests, records, steps, obs)
-        self.decisions.put(served(requests, answers, obs, warm_start, goals))
+        self.decisions.put(served(requests, answers, obs if stacks is None else stacks, warm_start, goals))
         production = planner is self.planner
         (self._observed if production else self._candidate_observed).observe_batch(planned, records, steps, obs,
                                                                                    transitions)
@@ -349,6 +353,18 @@ class PlanEngine:
         if self.shadow is not None and production:  # in the background: the shadow version plans the same inputs
             self._spawn(self.shadow.compare(inputs, planned.actions, transitions))
         return answers, records_out, transitions
+
+    async def _frame_stacks(self, planner: Any, requests: list[PlanRequest], records: list[AgentRecord | None],
+                            steps: list[rows.Continuation]) -> np.ndarray | None:
+        """Camera agents' frame stacks (``rows.frame_stacks``) of the depth and frame shape ``planner`` serves
+        (asked once per planner: ``check_request`` let only frames of its shape in); None for vector agents."""
+        if requests[0].image is None:
+            return None
+        camera = self._cameras.get(id(planner))
+        if camera is None:
+            info = await planner.info.remote()
+            camera = self._cameras[id(planner)] = (tuple(info["image_shape"]), int(info["frames"]))
+        return rows.frame_stacks(requests, records, steps, *camera)
 
     def _budget_ms(self, requests: list[PlanRequest], arrived: list[float]) -> float | None:
         """What is left of the tightest deadline, measured from each request's arrival at the ingress."""

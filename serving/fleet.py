@@ -20,6 +20,7 @@ Its settings, result and samples are ``serving.fleet_config``'s. Used by `wm fle
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import functools
 import math
@@ -105,7 +106,7 @@ class _Episode:
     """One agent's episode so far: what its next request reports."""
 
     obs: np.ndarray
-    """(S,) the observation to send."""
+    """(S,) the observation to send, or a camera agent's (H, W, C) uint8 frame."""
     info: dict[str, Any]
     objective: dict[str, Any]
     """Sent with every request: the name and the episode's no-fly zones, fixed until a reset."""
@@ -232,8 +233,7 @@ async def _drive_agent(config: FleetConfig, tally: Tally, agent: _Agent, i: int)
         timed = sent < end
         if not timed and (ep.t == 0 or not config.drain):  # past the end, no new episode starts
             return
-        body = plan_body(agent.agent_id, ep.obs, reward=ep.reward, terminated=ep.terminated, truncated=ep.truncated,
-                         objective=ep.objective, deadline_ms=config.deadline_ms, t=ep.t, prev_action=ep.prev_action)
+        body = _body(config, agent.agent_id, ep)
         try:
             answer = await agent.send(body)
         except FleetClientError as err:
@@ -255,6 +255,21 @@ async def _drive_agent(config: FleetConfig, tally: Tally, agent: _Agent, i: int)
             missed = math.ceil((now - tick) / config.period_s)
             tally.late += missed if timed else 0
             tick += missed * config.period_s
+
+
+def _body(config: FleetConfig, agent_id: str, ep: _Episode) -> dict[str, Any]:
+    """This tick's plan request. A camera agent's (H, W, C) frame goes as ``image``: raw bytes over the fleet
+    bus (their own stream field), base64 over HTTP; it asks for the learned reward alone, since a latent model
+    has no positions for the episode's zones to constrain (it learned to avoid them from the breach flag)."""
+    camera = np.ndim(ep.obs) == 3
+    body = plan_body(agent_id, np.zeros(1, np.float32) if camera else ep.obs, reward=ep.reward,
+                     terminated=ep.terminated, truncated=ep.truncated, objective=None if camera else ep.objective,
+                     deadline_ms=config.deadline_ms, t=ep.t, prev_action=ep.prev_action)
+    if camera:
+        del body["observation"]
+        frame = np.ascontiguousarray(ep.obs, np.uint8).tobytes()
+        body["image"] = frame if config.transport == "redis" else base64.b64encode(frame).decode()
+    return body
 
 
 def _step(agent: _Agent, ep: _Episode, action: np.ndarray, tally: Tally) -> _Episode:

@@ -7,7 +7,12 @@ these functions decide which requests are retries (``answered``) and which close
 records and the logged transitions, and find the observations that broke the previous request's
 constraints (``observed_violations``). Nothing here calls Ray or keeps state.
 
-Shapes: ``N`` requests in the batch, ``S`` observation, ``A`` action, ``H`` horizon, ``Z`` zones.
+Camera agents (a latent model's) send one frame per request and observe nothing else (S = 0): the planner gets
+each agent's stack of its last F frames (``frame_stacks``), whose last F-1 its record keeps; their transitions are
+not logged here (the vector log has no frame columns) and their plans predict latents, not observations.
+
+Shapes: ``N`` requests in the batch, ``S`` observation, ``A`` action, ``H`` horizon, ``Z`` zones, ``F`` stacked
+frames, ``Hi, Wi, C`` frame shape.
 """
 
 from __future__ import annotations
@@ -113,6 +118,24 @@ def stacked(records: list[AgentRecord | None], steps: list[Continuation], name: 
                      for x in arrays])
 
 
+def frame_stacks(requests: list[PlanRequest], records: list[AgentRecord | None], steps: list[Continuation],
+                 shape: tuple[int, int, int], depth: int) -> np.ndarray:
+    """(N, F, Hi, Wi, C) uint8 each camera agent's last F = ``depth`` frames, its request's ``image`` last.
+
+    The earlier F-1 come from its record where the request continues the record's episode and they have the
+    shape; otherwise (a new episode, another model's frames) the request's frame is repeated, as at an
+    episode's start in training (``worldmodel.latent_training.frame_stacks``).
+    """
+    now = np.stack([np.frombuffer(r.image, np.uint8).reshape(shape) for r in requests])  # type: ignore[arg-type]
+    out = np.repeat(now[:, None], depth, axis=1)  # (N, F, Hi, Wi, C): every agent at its episode's start
+    past = (depth - 1, *shape)
+    kept = [i for i, (rec, step) in enumerate(zip(records, steps))
+            if step.same_episode and rec is not None and rec.frames is not None and rec.frames.shape == past]
+    if kept and depth > 1:
+        out[kept, :-1] = np.stack([records[i].frames for i in kept])  # type: ignore[union-attr]
+    return out
+
+
 def objectives(requests: list[PlanRequest]) -> list[AgentObjective | None]:
     """Each request's objective as its agent's record keeps it (None: the learned reward, unconstrained)."""
     return [agent_objective(r.objective) for r in requests]
@@ -197,7 +220,7 @@ def observed_violations(records: list[AgentRecord | None], steps: list[Continuat
 
 def new_records(requests: list[PlanRequest], records: list[AgentRecord | None], steps: list[Continuation],
                 obs: np.ndarray, batch: PlanBatch, answered: list[PlanAnswer],
-                goals: list[AgentObjective | None]) -> list[AgentRecord]:
+                goals: list[AgentObjective | None], stacks: np.ndarray | None = None) -> list[AgentRecord]:
     """Each agent's new record; after an episode's last observation it keeps no observation or plan.
 
     Args:
@@ -205,6 +228,8 @@ def new_records(requests: list[PlanRequest], records: list[AgentRecord | None], 
         obs: (N, S) the requests' observations.
         batch: the planner's answer for them; ``answered``: the N answers built from it.
         goals: the N requests' ``objectives``.
+        stacks: camera agents' (N, F, Hi, Wi, C) frame stacks (``frame_stacks``): the last F-1 are kept; their
+            predictions are latents, which no observation is scored against, so none is kept.
     """
     now, out = time.time(), []
     for i, (req, rec, step) in enumerate(zip(requests, records, steps)):
@@ -220,6 +245,8 @@ def new_records(requests: list[PlanRequest], records: list[AgentRecord | None], 
                 record, obs=obs[i].copy(), action=batch.actions[i].copy(),
                 warm_start=batch.warm_start[i].copy(), predicted=batch.trajectory[i, 1].copy(),
                 hidden=None if batch.hidden is None else batch.hidden[i].copy(), objective=goals[i])
+            if stacks is not None:
+                record = dataclasses.replace(record, predicted=None, frames=stacks[i, 1:].copy())
         out.append(record)
     return out
 
@@ -230,7 +257,7 @@ def transitions(requests: list[PlanRequest], records: list[AgentRecord | None], 
 
     A warehouse robot's rows carry its site as their ``scene``, so the learners rebuild each tick of a site."""
     closing = [i for i, step in enumerate(steps) if step.action is not None]
-    if not closing:
+    if not closing or obs.shape[1] == 0:  # camera agents: their frames are not in the vector log
         return None
     prev = cast(list[AgentRecord], [records[i] for i in closing])  # a transition closes only from a record
     acted = cast(list[np.ndarray], [steps[i].action for i in closing])

@@ -11,10 +11,13 @@ The ``Field`` descriptions are the API's documentation (OpenAPI, ``/docs``).
 
 from __future__ import annotations
 
+import base64
+import binascii
 import copy
+import math
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
 
 from worldmodel.data.writer import AGENT_ID_PATTERN
 
@@ -24,6 +27,8 @@ if TYPE_CHECKING:
 MAX_ABS_OBS = 1e6
 """Largest magnitude of any number accepted: beyond it a value is a unit or encoding bug, not a state."""
 MAX_OBS_DIM = 4096
+MAX_IMAGE_BYTES = 1 << 20
+"""Largest camera frame accepted (raw bytes): beyond it the frame is not a served model's."""
 MAX_ACT_DIM = 256
 MAX_ZONES = 8
 MAX_BATCH = 1024
@@ -121,8 +126,13 @@ class PlanRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     agent_id: AgentId
     observation: list[Finite] = Field(
-        min_length=1, max_length=MAX_OBS_DIM,
-        description="The agent's current observation; its length is the served model's observation size.")
+        default_factory=list, max_length=MAX_OBS_DIM,
+        description="The agent's current observation; its length is the served model's observation size. A camera "
+                    "agent sends `image` instead.")
+    image: bytes | None = Field(
+        default=None, description="A camera agent's current frame: base64 of its raw (H, W, C) uint8 bytes, row by "
+                                  "row (H*W*C bytes: the served model's image_shape, GET /v1/models). The server "
+                                  "keeps the agent's last frames, so it sends one frame per request.")
     reward: Finite | None = Field(
         default=None, description="Reward of the agent's previous action; without it no transition is logged.")
     terminated: StrictBool = Field(
@@ -167,6 +177,29 @@ class PlanRequest(BaseModel):
         default=False, description="Also explain this decision: the answer carries `explanation`, what "
                                    "POST /v1/explain answers for its plan_id (the fleet bus's way to ask). An "
                                    "object {\"proposals\": [...]} adds actions to compare.")
+
+    @field_validator("image", mode="before")
+    @classmethod
+    def _image_bytes(cls, image: Any) -> Any:
+        """JSON carries base64 text; the fleet bus carries the raw bytes (``serving.bus``), taken as they are."""
+        if isinstance(image, str):
+            if len(image) > 4 * math.ceil(MAX_IMAGE_BYTES / 3):
+                raise ValueError(f"a frame of over {MAX_IMAGE_BYTES} bytes; no served model takes one")
+            try:
+                return base64.b64decode(image, validate=True)
+            except (binascii.Error, ValueError):
+                raise ValueError("not base64 (standard alphabet, padded)") from None
+        if isinstance(image, bytes) and len(image) > MAX_IMAGE_BYTES:
+            raise ValueError(f"a frame of {len(image)} bytes; no served model takes over {MAX_IMAGE_BYTES}")
+        return image
+
+    @model_validator(mode="after")
+    def _one_observation(self) -> "PlanRequest":
+        if self.image is None and not self.observation:
+            raise ValueError("give the agent's observation (or its image, for a camera model)")
+        if self.image is not None and self.observation:
+            raise ValueError("give observation or image, not both")
+        return self
 
     @property
     def proposals(self) -> list[Any] | None:
@@ -271,7 +304,10 @@ def check_request(req: PlanRequest, spec: dict[str, Any], prefix: str = "") -> s
         prefix: put before the field's name (a batch item's place, e.g. ``"requests.3."``).
     """
     model = f"model {spec['model_version']} ({spec['env_id']})"
-    if len(req.observation) != spec["obs_dim"]:
+    problem = check_image(req, spec, model, prefix)
+    if problem is not None:
+        return problem
+    if req.image is None and len(req.observation) != spec["obs_dim"]:
         return f"{prefix}observation: has {len(req.observation)} values, {model} expects {spec['obs_dim']}"
     if req.prev_action is not None and len(req.prev_action) != spec["act_dim"]:
         return f"{prefix}prev_action: has {len(req.prev_action)} values, {model} expects {spec['act_dim']}"
@@ -285,6 +321,20 @@ def check_request(req: PlanRequest, spec: dict[str, Any], prefix: str = "") -> s
                f"spaces; those that fit: {fitting}"
     return check_objective(req.objective, spec, prefix) or check_proposals(req.proposals or [], spec,
                                                                              f"{prefix}explain.")
+
+
+def check_image(req: PlanRequest, spec: dict[str, Any], model: str, prefix: str) -> str | None:
+    """A camera model takes an image of exactly its frame's H*W*C bytes; a vector model takes none."""
+    shape = spec.get("image_shape")
+    if shape is None:
+        return None if req.image is None else f"{prefix}image: {model} observes vectors; send observation"
+    size = math.prod(shape)
+    if req.image is None:
+        return f"{prefix}image: {model} observes camera frames; send image (base64 of {size} bytes, {shape} uint8)"
+    if len(req.image) != size:
+        sides = " x ".join(map(str, shape))
+        return f"{prefix}image: has {len(req.image)} bytes, {model} expects {size} ({sides} uint8)"
+    return None
 
 
 def check_objective(objective: Objective | None, spec: dict[str, Any], prefix: str) -> str | None:

@@ -38,6 +38,9 @@ def request_fields(body: dict[str, Any]) -> tuple[str, str, dict[bytes, bytes]]:
         body = body | {"request_id": rid}
     if not isinstance(rid, str) or not _REQUEST_ID.fullmatch(rid):
         raise ValueError(f"request_id must match {REQUEST_ID_PATTERN}, got {rid!r}")
+    image = body.get("image")
+    if isinstance(image, (bytes, bytearray, memoryview)):  # a camera frame: its raw bytes in their own field
+        return agent, rid, encode_request({k: v for k, v in body.items() if k != "image"}, bytes(image))
     return agent, rid, encode_request(body)
 
 

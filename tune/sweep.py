@@ -120,7 +120,7 @@ class SweepConfig:
         if unknown:
             raise ValueError(f"search space: unknown setting(s) {', '.join(unknown)}; known: "
                              f"{', '.join(sorted(MODEL_FIELDS | TRAIN_FIELDS))}")
-        # Each drawn value is checked with the space's fixed values applied (a gru needs ensemble_size 1).
+        # Each drawn value is checked with the space's fixed values applied (settings that must agree).
         fixed = {k: v for k, v in self.space.items() if not isinstance(v, (Domain, dict))}
         for name, value in self.space.items():
             for candidate in _values_to_check(value):

@@ -34,6 +34,8 @@ from worldmodel.envs import SpaceSpec
 from worldmodel.model import WorldModel, build_dynamics, build_reward, build_termination
 
 FORMAT = "fleetwm.worldmodel/1"
+LATENT_FORMAT = "fleetwm.latentmodel/1"
+"""A camera agents' latent world model (``worldmodel.latent_artifact``): same layout, its own loader."""
 MANIFEST = "manifest.json"
 _SEMVER = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)$")
 
@@ -118,8 +120,8 @@ def replace_dir(tmp: Path, final: Path) -> None:
     shutil.rmtree(old)
 
 
-def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The manifest of a model directory, checked for format; files are not verified here."""
+def read_manifest(path: str | os.PathLike[str], formats: tuple[str, ...] = (FORMAT,)) -> dict[str, Any]:
+    """The manifest of a model directory, checked to be one of ``formats``; files are not verified here."""
     root = Path(path)
     if not root.is_dir():
         raise ArtifactError(f"{root}: no such model directory")
@@ -129,16 +131,19 @@ def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise ArtifactError(f"{root}: missing {MANIFEST}; not a fleetwm model directory") from None
     except json.JSONDecodeError as err:
         raise ArtifactError(f"{root / MANIFEST}: not valid JSON ({err})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        found = manifest.get("format") if isinstance(manifest, dict) else manifest
-        raise ArtifactError(f"{root / MANIFEST}: format {found!r}, this fleetwm reads {FORMAT!r}")
+    found = manifest.get("format") if isinstance(manifest, dict) else manifest
+    if found == LATENT_FORMAT and LATENT_FORMAT not in formats:
+        raise ArtifactError(f"{root}: a latent (camera) world model; load it with "
+                            "worldmodel.latent_artifact.load_latent_model")
+    if found not in formats:
+        raise ArtifactError(f"{root / MANIFEST}: format {found!r}, expected {' or '.join(map(repr, formats))}")
     return manifest
 
 
-def verify(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Check every file listed in the manifest against its sha256; returns the manifest."""
+def verify(path: str | os.PathLike[str], formats: tuple[str, ...] = (FORMAT,)) -> dict[str, Any]:
+    """Check every file listed in the manifest (one of ``formats``) against its sha256; returns the manifest."""
     root = Path(path)
-    manifest = read_manifest(root)
+    manifest = read_manifest(root, formats)
     for name, expected in manifest["files"].items():
         file = root / name
         if not file.is_file():

@@ -15,6 +15,9 @@ FLEET_HEADS = 4
 """Attention heads of the 'fleet' dynamics (``worldmodel.fleet_dynamics``); its hidden width is a multiple."""
 ACTIVATIONS = ("relu", "silu", "hardswish")
 """Hidden activations ``ModelConfig.activation`` may name (``worldmodel.nn.ACTIVATIONS`` builds them)."""
+UNCERTAINTY_KINDS = ("ensemble", "mc_dropout")
+"""Where the 'ensemble' dynamics' members come from: independent nets, or dropout masks of one net
+(``worldmodel.mc_dropout``)."""
 
 C = TypeVar("C")
 
@@ -48,7 +51,7 @@ class ModelConfig:
     """'ensemble' (PETS probabilistic ensemble), 'mlp' (the article's deterministic MLP), 'gru' (recurrent) or
     'fleet' (attention over neighbours, for fleet envs; ``default_dynamics`` picks it for their logs)."""
     ensemble_size: int = 5
-    """Members E of the dynamics ensemble ('mlp' may use several independent nets; 'gru' uses 1)."""
+    """Members E of the dynamics ensemble ('mlp' may use several independent nets; 'gru' several GRUs)."""
     hidden: int = 64
     """Hidden units per layer of the dynamics networks."""
     layers: int = 2
@@ -59,6 +62,11 @@ class ModelConfig:
     """Hidden layers of the reward and termination networks."""
     activation: str = "relu"
     """Hidden activation of the MLPs: 'relu' (fastest on CPUs), 'silu' or 'hardswish'."""
+    uncertainty: str = "ensemble"
+    """Members of the 'ensemble' dynamics: 'ensemble' (E independent nets) or 'mc_dropout' (one net, E
+    dropout masks per call); benchmarks/uncertainty.py compares their calibration."""
+    dropout: float = 0.1
+    """Probability of dropping a hidden unit of the 'mc_dropout' dynamics, in [0, 1)."""
 
     def __post_init__(self) -> None:
         _check(self.dynamics in DYNAMICS_KINDS,
@@ -68,8 +76,12 @@ class ModelConfig:
             _check(isinstance(value, int) and value >= 1, f"{name} must be an integer >= 1, got {value!r}")
         _check(self.activation in ACTIVATIONS,
                f"activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
-        _check(self.dynamics != "gru" or self.ensemble_size == 1,
-               f"the gru dynamics has one member; got ensemble_size={self.ensemble_size}")
+        _check(self.uncertainty in UNCERTAINTY_KINDS,
+               f"uncertainty must be one of {', '.join(UNCERTAINTY_KINDS)}, got {self.uncertainty!r}")
+        _check(self.uncertainty == "ensemble" or self.dynamics == "ensemble",
+               f"uncertainty {self.uncertainty!r} needs dynamics 'ensemble', got {self.dynamics!r}")
+        _check(isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0,
+               f"dropout must be in [0, 1), got {self.dropout!r}")
         _check(self.dynamics != "fleet" or self.hidden % FLEET_HEADS == 0,
                f"the fleet dynamics' hidden must be a multiple of its {FLEET_HEADS} heads, got {self.hidden}")
 
@@ -104,7 +116,7 @@ class TrainConfig:
     test_fraction: float = 0.1
     """Fraction of episodes held out for the reported metrics (never trained or calibrated on)."""
     bootstrap: bool = True
-    """Train each ensemble member on its own bootstrap resample of the training rows."""
+    """Train each ensemble member on its own bootstrap resample of the training rows (sequence windows, for 'gru')."""
     seq_len: int = 16
     """Sequence length for the recurrent model."""
     seed: int = 0

@@ -218,13 +218,14 @@ def _rollout(model: WorldModel, start: torch.Tensor, actions: torch.Tensor, part
 
 
 class _RecurrentStep:
-    """A GRU as the rollout steps it: from a fresh hidden state (as it trains on windows), one member."""
+    """A GRU ensemble as the rollout steps it: from a fresh hidden state (as it trains on windows), each
+    member from its own states (E, B, S) and hidden (E, B, Hd)."""
 
     def __init__(self, dynamics: RecurrentDynamics, batch: int) -> None:
-        self.dynamics, self.h = dynamics, dynamics.initial_state(batch)
+        self.dynamics, self.h = dynamics, dynamics.split(dynamics.initial_state(batch))
 
     def __call__(self, obs: torch.Tensor, action: torch.Tensor) -> Prediction:
-        self.h, pred = self.dynamics.step(self.h, obs[0], action)  # obs (1, B, S): the single member
+        self.h, pred = self.dynamics.step_members(self.h, obs, action)
         return pred
 
 

@@ -73,6 +73,9 @@ def graphs_of(model: WorldModel, policy: torch.nn.Module | None = None) -> list[
     if not isinstance(model.dynamics, EnsembleDynamics):
         raise ExportError(f"export supports 'ensemble' and 'mlp' dynamics; model {model.version} has "
                           f"{model.model_config.dynamics!r}")
+    if model.model_config.uncertainty != "ensemble":  # a traced graph would hold one draw of the masks
+        raise ExportError(f"export supports ensembles of independent members; model {model.version} has "
+                          f"uncertainty {model.model_config.uncertainty!r}")
     model.to("cpu")
     graphs = [dynamics_graph(model.dynamics), transition_graph("reward", model.reward)]
     if model.termination is not None:

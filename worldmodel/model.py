@@ -13,6 +13,7 @@ from worldmodel.dynamics import DeterministicDynamics, ProbabilisticEnsemble
 from worldmodel.envs import SpaceSpec
 from worldmodel.fleet_data import layout_for
 from worldmodel.fleet_dynamics import FleetEnsemble
+from worldmodel.mc_dropout import MCDropoutDynamics
 from worldmodel.recurrent import RecurrentDynamics
 from worldmodel.reward import RewardModel, TerminationModel
 
@@ -20,6 +21,8 @@ from worldmodel.reward import RewardModel, TerminationModel
 def build_dynamics(spec: SpaceSpec, cfg: ModelConfig) -> nn.Module:
     """A fresh, untrained dynamics model of the configured kind."""
     s, a = spec.obs_dim, spec.act_dim
+    if cfg.dynamics == "ensemble" and cfg.uncertainty == "mc_dropout":
+        return MCDropoutDynamics(s, a, cfg.ensemble_size, cfg.hidden, cfg.layers, cfg.activation, cfg.dropout)
     if cfg.dynamics == "ensemble":
         return ProbabilisticEnsemble(s, a, cfg.ensemble_size, cfg.hidden, cfg.layers, cfg.activation)
     if cfg.dynamics == "mlp":
@@ -29,7 +32,7 @@ def build_dynamics(spec: SpaceSpec, cfg: ModelConfig) -> nn.Module:
         if layout.obs_dim != s:
             raise ValueError(f"{spec.env_id}'s fleet layout spans {layout.obs_dim} observation dims, the spec has {s}")
         return FleetEnsemble(layout, a, cfg.ensemble_size, cfg.hidden, cfg.layers, cfg.activation)
-    return RecurrentDynamics(s, a, cfg.hidden)
+    return RecurrentDynamics(s, a, cfg.hidden, cfg.ensemble_size)
 
 
 def build_reward(spec: SpaceSpec, cfg: ModelConfig) -> RewardModel:

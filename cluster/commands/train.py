@@ -1,4 +1,9 @@
-"""`wm train`: dynamics, reward and termination models from trajectory logs, saved as an artifact."""
+"""`wm train`: dynamics, reward and termination models from trajectory logs, saved as an artifact.
+
+Image logs (`wm collect --env PixelNav2D-v0`) train the latent world model instead (``worldmodel.latent``, with
+``train_latent``'s defaults) and write a latent artifact (``worldmodel.latent_artifact``); the vector model's
+architecture options do not apply to it, ``--latent-config`` and ``--latent-steps`` / ``--cpu-seconds`` do.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from worldmodel.config import ACTIVATIONS, DYNAMICS_KINDS, ModelConfig, TrainConfig, default_dynamics
+from worldmodel.config import (ACTIVATIONS, DYNAMICS_KINDS, UNCERTAINTY_KINDS, ModelConfig, TrainConfig,
+                               default_dynamics)
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -21,6 +27,13 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--version", default="0.1.0", help="semantic version of the artifact")
     p.add_argument("--force", action="store_true", help="replace an existing model directory")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    p.add_argument("--latent-config", default=None, metavar="JSON",
+                   help="image logs only: LatentConfig fields as a JSON object, e.g. '{\"members\": 3}' "
+                        "(image shape and action size come from the logs)")
+    p.add_argument("--latent-steps", type=int, default=None,
+                   help="image logs only: gradient steps (default: LatentTrainConfig's)")
+    p.add_argument("--cpu-seconds", type=float, default=None,
+                   help="image logs only: stop training after this much CPU time (default: no limit)")
     p.set_defaults(handler=run_train)
 
 
@@ -39,6 +52,9 @@ def add_model_options(p: argparse.ArgumentParser, model: ModelConfig = ModelConf
     p.add_argument("--hidden", type=int, default=model.hidden, help="dynamics width (default: %(default)s)")
     p.add_argument("--layers", type=int, default=model.layers, help="dynamics depth (default: %(default)s)")
     p.add_argument("--activation", choices=ACTIVATIONS, default=model.activation)
+    p.add_argument("--uncertainty", choices=UNCERTAINTY_KINDS, default=model.uncertainty,
+                   help="members of the ensemble dynamics: independent nets or MC-dropout masks (default: %(default)s)")
+    p.add_argument("--dropout", type=float, default=model.dropout, help="mc_dropout rate (default: %(default)s)")
     p.add_argument("--reward-hidden", type=int, default=None, help="reward/termination width (default: --hidden)")
     p.add_argument("--reward-layers", type=int, default=None, help="reward/termination depth (default: --layers)")
     p.add_argument("--epochs", type=int, default=train.epochs, help="(default: %(default)s)")
@@ -54,10 +70,10 @@ def configs_from_args(args: argparse.Namespace, device: str = TrainConfig.device
     take the dynamics' size unless their own options are given, as in ``ModelConfig``'s defaults; no
     ``--dynamics`` means ``env_id``'s default kind)."""
     dynamics = args.dynamics or default_dynamics(env_id)
-    model_cfg = ModelConfig(dynamics=dynamics, ensemble_size=1 if dynamics == "gru" else
-                            args.ensemble_size, hidden=args.hidden, layers=args.layers,
+    model_cfg = ModelConfig(dynamics=dynamics, ensemble_size=args.ensemble_size, hidden=args.hidden, layers=args.layers,
                             reward_hidden=args.reward_hidden or args.hidden,
-                            reward_layers=args.reward_layers or args.layers, activation=args.activation)
+                            reward_layers=args.reward_layers or args.layers, activation=args.activation,
+                            uncertainty=args.uncertainty, dropout=args.dropout)
     train_cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, patience=args.patience,
                             seed=args.seed, device=device)
     return model_cfg, train_cfg
@@ -75,10 +91,16 @@ def run_train(args: argparse.Namespace) -> dict[str, Any]:
     if Path(args.out).exists() and not args.force:
         raise FileExistsError(f"{args.out} already exists; pass --force to replace it")
     # Listed once, so the fingerprint covers exactly the files read (and a remote tree is listed once).
-    files = require_log_files(args.data)[2]
+    fs, _, files = require_log_files(args.data)
     env_id = args.env or read_env_id(args.data, files=files)
     if not env_id:
         raise ValueError(f"the logs under {args.data} record no env id; pass --env")
+    if has_frames(files, fs):
+        return run_train_latent(args, files, env_id)
+    given = [flag for flag, value in (("--latent-config", args.latent_config), ("--latent-steps", args.latent_steps),
+                                      ("--cpu-seconds", args.cpu_seconds)) if value is not None]
+    if given:
+        raise ValueError(f"{given[0]} is for image logs only; the logs under {args.data} hold no camera frames")
     spec = space_spec(make_env(env_id), env_id)
     model_cfg, train_cfg = configs_from_args(args, device=args.device, env_id=env_id)
     data = read_transitions(args.data, files=files)
@@ -95,3 +117,101 @@ def run_train(args: argparse.Namespace) -> dict[str, Any]:
     result["_summary"] = [f"wrote {out} (v{model.version}) in {result['seconds']} s; plots in {png}",
                           *summary_lines(model.metrics)]
     return result
+
+
+def has_frames(files: list[str], filesystem: Any) -> bool:
+    """Whether the first log file holds camera frames (its metadata records their shape)."""
+    import pyarrow.dataset as ds
+
+    from worldmodel.data.images import read_image_shape
+
+    physical = ds.ParquetFileFormat().make_fragment(files[0], filesystem=filesystem).physical_schema
+    return read_image_shape(physical.metadata) is not None
+
+
+HELD_OUT_SHARE = 0.1
+"""Share of the episodes (at least one, when there are two or more) kept out of latent training to report on."""
+HELD_OUT_BATCHES = 8
+"""Batches of held-out sub-sequences the latent diagnostics average over."""
+
+
+def run_train_latent(args: argparse.Namespace, files: list[str], env_id: str) -> dict[str, Any]:
+    """`wm train` on image logs: the latent world model, fitted on all but the held-out episodes, saved as a
+    latent artifact with the held-out loss parts as its metrics."""
+    import dataclasses
+    import json
+
+    import torch
+
+    from worldmodel.data import data_fingerprint
+    from worldmodel.data.images import read_image_transitions
+    from worldmodel.latent import LatentWorldModel
+    from worldmodel.latent_artifact import LatentArtifact, latent_config_from_dict, save_latent_model
+    from worldmodel.latent_training import LatentTrainConfig, episodes_from_logs, train_latent
+
+    try:
+        overrides = json.loads(args.latent_config or "{}")
+    except json.JSONDecodeError as err:
+        raise ValueError(f"--latent-config must be a JSON object, got {args.latent_config!r} ({err})") from None
+    if not isinstance(overrides, dict):
+        raise ValueError(f"--latent-config must be a JSON object, got {args.latent_config!r}")
+    data = read_image_transitions(args.data, files=files)
+    cfg = latent_config_from_dict({**overrides, "image_shape": data.image_shape, "act_dim": data.rows.act_dim})
+    train_cfg = LatentTrainConfig(**{k: v for k, v in (("steps", args.latent_steps), ("cpu_seconds", args.cpu_seconds),
+                                                        ("seed", args.seed)) if v is not None})
+    episodes = episodes_from_logs(data)
+    train, held = split_episodes(episodes, HELD_OUT_SHARE)
+    verbose = not (args.json or args.quiet)
+    log = (lambda m: print(m, file=sys.stderr)) if verbose else (lambda m: None)
+    log(f"training the latent model on {len(train)} episodes ({len(held)} held out), {len(data)} frames "
+        f"of {data.image_shape}")
+    torch.manual_seed(train_cfg.seed)
+    model = LatentWorldModel(cfg)
+    report = train_latent(model, train, train_cfg, on_log=lambda step, cpu, parts: log(
+        f"step {step}: cpu {cpu:.0f} s, " + ", ".join(f"{k} {v:.4f}" for k, v in parts.items())))
+    metrics = {"steps": report.steps, "train_seconds": round(report.seconds, 2),
+               "cpu_seconds": round(report.cpu_seconds, 2), "train_losses": report.losses,
+               "held_out": held_out_losses(model, held, train_cfg), "episodes": len(train),
+               "held_out_episodes": len(held)}
+    artifact = LatentArtifact(model, version=args.version, env_id=env_id,
+                              data_fingerprint=data_fingerprint(args.data, files=files),
+                              train=dataclasses.asdict(train_cfg), metrics=metrics)
+    out = save_latent_model(artifact, args.out, overwrite=args.force)
+    result = {"command": "train", "kind": "latent", "model_dir": str(out), "version": args.version, "env": env_id,
+              "data_fingerprint": artifact.data_fingerprint, "seconds": metrics["train_seconds"], "metrics": metrics}
+    held_text = ", ".join(f"{k} {v:.4f}" for k, v in metrics["held_out"].items()) or "no held-out episodes"
+    result["_summary"] = [f"wrote latent model {out} (v{args.version}) in {result['seconds']} s "
+                          f"({report.steps} steps); held out: {held_text}"]
+    return result
+
+
+def split_episodes(episodes: Any, share: float) -> tuple[Any, Any]:
+    """(training, held-out) Episodes: the last ``share`` of them (at least one of two or more) held out."""
+    from worldmodel.latent_training import Episodes
+
+    count = len(episodes)
+    held = min(max(1, round(share * count)), count - 1) if count > 1 else 0
+    cut = count - held
+    part = lambda s: Episodes(episodes.frames[s], episodes.actions[s], episodes.rewards[s],  # noqa: E731
+                              episodes.breach[s], episodes.lengths[s])
+    return part(slice(0, cut)), part(slice(cut, count))
+
+
+def held_out_losses(model: Any, held: Any, cfg: Any) -> dict[str, float]:
+    """The training loss's parts (consistency, reward, breach) on held-out episodes, in eval mode, averaged over
+    ``HELD_OUT_BATCHES`` seeded batches; empty without held-out episodes."""
+    import numpy as np
+    import torch
+
+    from worldmodel.latent_training import latent_loss, sample_batch
+
+    if len(held) == 0:
+        return {}
+    rng, sums = np.random.default_rng(cfg.seed + 1), {}
+    model.eval()
+    with torch.no_grad():
+        for _ in range(HELD_OUT_BATCHES):
+            batch = sample_batch(held, model.cfg.frames, cfg.batch, cfg.horizon, rng)
+            for k, v in latent_loss(model, batch, cfg)[1].items():
+                sums[k] = sums.get(k, 0.0) + v / HELD_OUT_BATCHES
+    return {k: round(v, 6) for k, v in sums.items()}

@@ -124,8 +124,9 @@ def test_bad_sweep_settings_are_named(kwargs, message) -> None:
 
 
 def test_fixed_settings_apply_when_checking_the_others() -> None:
-    # A GRU has one member: valid together, refused alone (against the default ensemble size).
-    cfg = SweepConfig(space={"dynamics": "gru", "ensemble_size": 1, "hidden": tune.choice([16, 32])})
-    assert cfg.configs({"dynamics": "gru", "ensemble_size": 1, "hidden": 16})[0].ensemble_size == 1
-    with pytest.raises(ValueError, match="search space dynamics='gru'"):
-        SweepConfig(space={"dynamics": "gru"})
+    # A fleet model's width is a multiple of its heads: each drawn width is checked with the fixed kind applied.
+    cfg = SweepConfig(space={"dynamics": "fleet", "hidden": tune.choice([16, 32])})
+    assert cfg.configs({"dynamics": "fleet", "hidden": 16})[0].hidden == 16
+    SweepConfig(space={"hidden": tune.choice([16, 18])})  # any width suits the default ensemble
+    with pytest.raises(ValueError, match="search space hidden=18"):
+        SweepConfig(space={"dynamics": "fleet", "hidden": tune.choice([16, 18])})

@@ -69,7 +69,7 @@ def test_recurrent_model_infers_hidden_velocity() -> None:
             x = x @ A_MAT.T + u[:, t] @ B_MAT.T
     pos = torch.stack(states, 1)[..., :1]  # (W, L+1, 1) observed position only
     obs, nxt = pos[:, :-1], pos[:, 1:]
-    model = RecurrentDynamics(1, 1, hidden=64)
+    model = RecurrentDynamics(1, 1, hidden=64, members=1)
     model.fit_normalizers(obs, u, nxt)
     cut = 500
     fit(model, (obs[:cut], u[:cut], nxt[:cut]), (obs[cut:], u[cut:], nxt[cut:]),

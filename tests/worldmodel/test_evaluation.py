@@ -52,11 +52,12 @@ class ShiftGRU(RecurrentDynamics):
     """The same toy as a recurrent model; its hidden state counts the steps since the window started."""
 
     def __init__(self, offset: float) -> None:
-        super().__init__(2, 2, hidden=1)
+        super().__init__(2, 2, hidden=1, members=1)
         self.offset = offset
 
-    def step(self, h: torch.Tensor, obs: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, Prediction]:
-        mean = (obs + GAIN * action + self.offset)[None]
+    def step_members(self, h: torch.Tensor, obs: torch.Tensor,
+                     action: torch.Tensor) -> tuple[torch.Tensor, Prediction]:
+        mean = expand_members(obs, 1) + GAIN * action + self.offset  # (1, B, S)
         return h + 1, Prediction(mean, torch.zeros_like(mean), self.var_scale)
 
 

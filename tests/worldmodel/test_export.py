@@ -130,6 +130,11 @@ def test_a_changed_file_is_refused(tmp_path: Path) -> None:
 def test_refuses_what_it_cannot_export(tmp_path: Path) -> None:
     with pytest.raises(ExportError, match="'gru'"):
         export_model(random_model("gru", members=1), tmp_path / "x")
+    dropout = ModelConfig(ensemble_size=3, hidden=16, uncertainty="mc_dropout")
+    masked = WorldModel(SPEC, dropout, TrainConfig(), build_dynamics(SPEC, dropout), build_reward(SPEC, dropout),
+                        None, version="1.2.4")
+    with pytest.raises(ExportError, match="uncertainty 'mc_dropout'"):
+        export_model(masked, tmp_path / "y")
     with pytest.raises(ValueError, match="format must be one of onnx, torchscript"):
         ExportConfig(format="tflite")
     with pytest.raises(ExportError, match="no such export directory"):

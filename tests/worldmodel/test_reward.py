@@ -28,7 +28,7 @@ def test_every_model_takes_the_log_schemas_new_obs_by_name() -> None:
     dynamics.fit_normalizers(obs, act, new_obs=new_obs)
     assert dynamics.loss(obs, act, new_obs=new_obs).shape == (2,)
     assert dynamics.val_loss(obs, act, new_obs=new_obs).shape == (2,)
-    recurrent = RecurrentDynamics(3, 2, hidden=8)
+    recurrent = RecurrentDynamics(3, 2, hidden=8, members=1)
     recurrent.fit_normalizers(obs, act, new_obs=new_obs)
     assert recurrent.loss(obs[None, None], act[None, None], new_obs=new_obs[None, None]).shape == (1,)
     reward = RewardModel(3, 2, hidden=8, layers=1, members=2)
