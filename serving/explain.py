@@ -102,6 +102,9 @@ class ExplainResponse(BaseModel):
 
 def check_explain(req: ExplainRequest, spec: dict[str, Any]) -> str | None:
     """``serving.schema.check_request``'s checks of an explain request's observation, objective and proposals."""
+    if req.observation is not None and spec.get("image_shape") is not None:
+        return f"observation: model {spec['model_version']} plans from camera frames; explain a served plan_id " \
+               "or the agent's current state (its last frames)"
     if req.observation is not None and len(req.observation) != spec["obs_dim"]:
         return f"observation: has {len(req.observation)} values, model {spec['model_version']} " \
                f"({spec['env_id']}) expects {spec['obs_dim']}"
@@ -240,7 +243,10 @@ class Explainer:
         if req.observation is None and not current:
             return Rejected(404, f"agent {req.agent_id!r} has no current state (unknown, reset, or its episode "
                                  "ended); give an observation")
-        obs = record.obs if req.observation is None else np.asarray(req.observation, np.float32)
+        if req.observation is not None:
+            obs = np.asarray(req.observation, np.float32)
+        else:  # a camera agent's state is its last frames (the planner pads a short stack)
+            obs = record.frames if record.frames is not None else record.obs  # type: ignore[union-attr]
         objective = rows.agent_objective(req.objective) if req.objective is not None else \
             (record.objective if record is not None else None)
         return obs, record.warm_start if current else None, objective, None  # type: ignore[union-attr,return-value]

@@ -73,8 +73,9 @@ class PlannerServer:
         reward (``RegistryError`` for an unknown name, ``RewardMismatch`` for another model's spaces)."""
         service = self.worker.service
         if not isinstance(service, FleetPlanner):
-            raise ValueError(f"reward model {version}: model {service.version} plans Warehouse-v0 floors, whose "
-                             "costs are fixed; reward models plan lone agents' learned objective")
+            raise ValueError(f"reward model {version}: model {service.version} does not plan with a learned reward "
+                             "of vector states (Warehouse-v0 floors have fixed costs, camera models their own "
+                             "latent reward); reward models plan lone vector agents' learned objective")
         reward = self.rewards.get(version)
         reward.check_fits(service.model.spec, f"model {service.version}")
         return reward

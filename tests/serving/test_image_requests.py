@@ -3,6 +3,7 @@ model's frame shape, and the agent's last frames kept in its record to make the 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 
@@ -105,6 +106,8 @@ class CameraPlanner:
 
         self.fake, self.stacks = FakePlanner("0.3.0"), []
         self.plan, self.info = _Remote(self._plan), _Remote(lambda: CAMERA)
+        self.explained: list[np.ndarray] = []
+        self.explain = _Remote(lambda obs, *rest: self.explained.append(obs) or {"model_version": "0.3.0"})
 
     def _plan(self, obs: np.ndarray, *rest: object) -> object:
         self.stacks.append(obs.copy())
@@ -125,6 +128,11 @@ def test_the_engine_plans_from_stacks_of_the_agents_last_frames() -> None:
     assert firsts == [[10, 10, 10], [10, 10, 11], [10, 11, 12], [11, 12, 13]]
     kept = store.records["cam-1"]
     assert kept.frames.shape == (2, *SHAPE) and kept.predicted is None and telemetry.batches == []
+    from serving.explain import ExplainRequest, check_explain
+
+    asyncio.run(engine.explain(ExplainRequest(agent_id="cam-1")))  # its current state: its last frames
+    assert planner.explained[0][:, 0, 0, 0].tolist() == [12, 13]
+    assert "plans from camera frames" in check_explain(ExplainRequest(agent_id="cam-1", observation=[0.0]), CAMERA)
 
 
 @pytest.mark.parametrize("transport, redis_url", [("http", None), ("redis", "redis://127.0.0.1:1/0")])
