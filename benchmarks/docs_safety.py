@@ -46,12 +46,32 @@ def safety_fields(r: Json) -> dict[str, str]:
         "pendulum_steps": f"{pend['env_steps']:,}", "pendulum_mpc": num(pend["mpc_eval_mean_return"]),
         "pendulum_train_return": num(pend["policy_train"]["real"]["mean_return"]),
         "pendulum_imagined": num(pend["policy_train"]["imagined"]["mean_return"]),
+        "pendulum_train_seconds": num(pend["policy_train"].get("train_seconds"), 0),
+        "pendulum_starts": _starts(pend["policy_train"]),
         "policy_ms": num(speed["policy_ms_median"], 3), "policy_p99_ms": num(speed["policy_ms_p99"], 3),
         "planner_ms": num(speed["planner_ms_median"], 1), "agents": num(speed["agents"], 0),
         "train_minutes": num(policy["train_minutes"], 1), "policy_version": str(train.get("version", "-")),
         "model_r2": num(policy.get("model_r2_min"), 4),
         "real_policy": _evaluation(train.get("real")),
+        "measured_note": _measured_note(r.get("nav2d_measured")),
     }
+
+
+def _measured_note(nav: Json | None) -> str:
+    """Where the Nav2D sections come from when the Pendulum one was rerun alone (``--only pendulum``)."""
+    if not nav:
+        return "Every section below is from this one run."
+    commit = (nav.get("git_commit") or "unknown")[:12]
+    return (f"The Nav2D sections are from an earlier run ({nav.get('date')}, code at commit `{commit}`); the "
+            f"Pendulum section was rerun alone on the machine above (`python -m benchmarks.safety --only pendulum`).")
+
+
+def _starts(train: Json) -> str:
+    """'R of the B starts' of the Pendulum policy's imagined episodes, or what older results lack."""
+    logged, resets = train.get("logged_starts"), train.get("reset_starts")
+    if logged is None or resets is None:
+        return "an unrecorded number of the starts"
+    return f"{resets:,} of the {logged + resets:,} starts"
 
 
 def _evaluation(real: Json | None) -> str:

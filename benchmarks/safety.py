@@ -8,8 +8,10 @@ One run, on this machine, from logs collected here:
    fewer candidates, each over ``--prior-episodes`` episodes, with the planner's FLOPs per action.
 3. **Model error.** Models trained on a small share of the data (``--small-episodes``: 4 and 5
    episodes of the 100): the planner without and with the shield, over ``--error-episodes`` episodes.
-4. **Pendulum.** `wm train` learns a model from 1,000 random env steps (`wm collect`, 5 episodes); `wm policy train` trains a policy
-   inside it only; the policy alone plays the real Pendulum-v1.
+4. **Pendulum.** `wm mbrl` collects 1,000 env steps (5 episodes: one random, four planned by PETS),
+   `wm train` learns a model from them, `wm policy train` trains a policy inside it only (its imagined
+   episodes start from the logged states and from first observations of `env.reset`, no step taken);
+   the policy alone plays the real Pendulum-v1.
 5. **Inference.** The policy for 1,000 agents in one call on one core, against the served planner's
    call for the same agents in the same run.
 
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 import tempfile
 import time
@@ -31,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.common import record, wm
+from benchmarks.common import RESULTS, record, wm
 from benchmarks.pendulum_mbrl import SETTINGS as PENDULUM_MBRL
 from planners.config import EvalConfig, PlanConfig
 from planners.evaluate import EvalResult, closed_loop
@@ -199,7 +202,8 @@ def pendulum(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
                                            mode="policy", seed=args.seed + 3), policy=policy.act)
     say(f"  policy alone on Pendulum-v1: mean return {result.mean_return:.1f} over {result.episodes} episodes")
     return {"env_steps": sum(row["steps"] for row in mbrl["rows"]), "mpc_eval_mean_return": mbrl["eval_mean_return"],
-            "policy_train": {k: trained.get(k) for k in ("train_seconds", "imagined", "real")},
+            "policy_train": {k: trained.get(k) for k in ("train_seconds", "imagined", "real", "settings",
+                                                          "logged_starts", "reset_starts")},
             "episodes": result.episodes, "mean_return": result.mean_return, "returns": result.returns}
 
 
@@ -233,10 +237,26 @@ def main() -> None:
     parser.add_argument("--policy-iterations", type=int, default=None, help="smoke runs only (default: wm's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--name", default="safety", help="results file name (smoke runs: another name)")
+    parser.add_argument("--only", choices=["pendulum"], default=None,
+                        help="rerun only this part and merge it into the results file NAME.json, keeping the rest")
     args = parser.parse_args()
+    kept = _kept_parts(args.name) if args.only else {}
     with tempfile.TemporaryDirectory() as tmp:
-        result = {"targets": TARGETS, "nav2d": nav2d(Path(tmp), args), "pendulum": pendulum(Path(tmp), args)}
+        nav = kept.pop("nav2d") if args.only else nav2d(Path(tmp), args)
+        result = {"targets": TARGETS, "nav2d": nav, "pendulum": pendulum(Path(tmp), args), **kept}
     record(args.name, result | {"met": met(result)})
+
+
+def _kept_parts(name: str) -> dict[str, Any]:
+    """The Nav2D part of an earlier ``NAME.json``, and when and on what commit it was measured
+    (``nav2d_measured``): what ``--only pendulum`` keeps. Raises if there is none."""
+    path = RESULTS / f"{name}.json"
+    if not path.is_file():
+        raise SystemExit(f"--only pendulum merges into {path}, which does not exist: run the whole benchmark first")
+    old = json.loads(path.read_text())
+    measured = old.get("nav2d_measured") or {"date": old.get("date"),
+                                             "git_commit": (old.get("machine") or {}).get("git_commit")}
+    return {"nav2d": old["nav2d"], "nav2d_measured": measured}
 
 
 if __name__ == "__main__":

@@ -74,6 +74,18 @@ def on_support(model: WorldModel, starts: np.ndarray) -> WorldModel:
     return dataclasses.replace(model, dynamics=clamp)
 
 
+def reset_observations(env_id: str, count: int, seed: int) -> np.ndarray:
+    """(count, S) float32: the first observations of ``count`` resets of the real env ``env_id``, seeded
+    ``seed``, ``seed + 1``, ... Only ``reset`` runs: no action is taken and no transition or reward is
+    seen, so a policy trained from these starts still learns every step it takes from the model."""
+    env = gym.vector.SyncVectorEnv([lambda: make_env(env_id) for _ in range(count)])
+    try:
+        obs, _ = env.reset(seed=seed)
+    finally:
+        env.close()
+    return np.ascontiguousarray(obs, dtype=np.float32)
+
+
 def env_count(starts: Starts, rollouts: int) -> int:
     """Sub-envs of ``rollouts`` imagined rollouts: floors of N robots for floor ticks, else one each."""
     return rollouts * starts.robots if isinstance(starts, FloorTicks) else rollouts

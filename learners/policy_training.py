@@ -1,7 +1,8 @@
 """A policy trained inside a world model with RLlib's PPO, exported as a plain ``PolicyNet``.
 
-Imagined rollouts (``planners.imagined_env.ImaginedEnv``: starts from the logs, one random ensemble
-member per episode, the planners' objective as reward) are PPO's environment, handed to RLlib as one
+Imagined rollouts (``planners.imagined_env.ImaginedEnv``: starts from the logs, and a share
+(``PolicySettings.reset_share``) from the real env's reset distribution, one random ensemble member per episode,
+the planners' objective as reward) are PPO's environment, handed to RLlib as one
 vector env (``VECTOR_ENTRY_POINT``) so each step of all rollouts is one batched model call. The
 RLModule's actor is the ``PolicyNet`` serving loads (``learners.policy_module``), so the trained
 actor is saved as it is into ``MODEL_DIR/policy/`` (``planners.policy_artifact.save_policy``).
@@ -24,7 +25,6 @@ import sys
 import time
 import uuid
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any, Callable
 
 import gymnasium as gym
@@ -36,7 +36,7 @@ from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 from ray.tune.registry import register_env
 
 from learners.policy_env import (EnvCreator, Evaluation, Starts, env_count, evaluate_floor, evaluate_imagined,
-                                 evaluate_real, imagined_env)
+                                 evaluate_real, imagined_env, reset_observations)
 from learners.policy_module import PolicyModule, module_config
 from learners.settings import PolicySettings, policy_settings
 from planners.fleet_imagined_env import FloorTicks
@@ -49,13 +49,16 @@ from worldmodel.envs import NAV2D_ID
 from worldmodel.envs.warehouse import WAREHOUSE_ID
 from worldmodel.model import WorldModel
 
-__all__ = ["FLEET_PRESET", "IterationStats", "PolicyResult", "PolicySettings", "policy_preset", "policy_settings",
-           "train_policy"]
+__all__ = ["FLEET_PRESET", "IterationStats", "PolicyResult", "PolicySettings", "policy_preset",
+           "policy_settings", "train_policy"]
 
 SUCCESS = "success"
 """The env runners' metric of imagined episodes that reached the goal (a share, per iteration)."""
 MAX_STARTS = 100_000
 """Logged observations kept as starts (a uniform subsample of larger logs; floor ticks: their rows)."""
+RESET_SEEDS = 1_000_000
+"""Offset of the seeds of reset starts, far from the evaluations' (``seed + 2`` on): the policy is never
+trained from the very starts it is scored on."""
 FLEET_PRESET = PolicySettings(iterations=200, num_envs=4, steps_per_env=64, horizon=128, reward_scale=0.1,
                               zone_weight=0.1, zones=(0, 0), eval_episodes=200)
 """Warehouse-v0 with a fleet model: ``num_envs`` floors of the logs' N robots (4 x 50: 12,800 rows per
@@ -107,11 +110,16 @@ class PolicyResult:
     """The deterministic policy (the mean action) in the imagined env."""
     real: Evaluation
     """The deterministic policy in the real env (Nav2D: with ``settings.eval_zones`` zones)."""
+    logged_starts: int = 0
+    """Imagined episodes' starts read from the logs (floor ticks for a fleet model)."""
+    reset_starts: int = 0
+    """Starts that are first observations of the real env's resets (``PolicySettings.reset_share``)."""
 
     def summary(self) -> dict[str, Any]:
         """JSON-friendly: everything but the path, as recorded in ``policy.json``."""
         return {"env_id": self.env_id, "model_version": self.model_version, "settings": self.settings.to_dict(),
                 "curve": [vars(c) for c in self.curve], "train_seconds": self.train_seconds,
+                "logged_starts": self.logged_starts, "reset_starts": self.reset_starts,
                 "imagined": vars(self.imagined), "real": vars(self.real)}
 
     def to_dict(self) -> dict[str, Any]:
@@ -129,6 +137,21 @@ def read_starts(data_uri: str, env_id: str, seed: int) -> np.ndarray:
     if len(obs) > MAX_STARTS:
         obs = obs[np.random.default_rng(seed).choice(len(obs), MAX_STARTS, replace=False)]
     return np.ascontiguousarray(obs, dtype=np.float32)
+
+
+def with_reset_starts(logged: np.ndarray, env_id: str, share: float, seed: int) -> np.ndarray:
+    """``logged`` (B0, S) followed by as many first observations of the real env's resets
+    (``reset_observations``, seeds from ``seed + RESET_SEEDS``) as make ``share`` of the rows: (B0 + R, S).
+
+    Raises:
+        ValueError: ``share`` is not in [0, 1).
+    """
+    if not 0 <= share < 1:
+        raise ValueError(f"the share of reset starts must be in [0, 1), got {share!r}")
+    resets = round(len(logged) * share / (1 - share))
+    if not resets:
+        return logged
+    return np.concatenate([logged, reset_observations(env_id, resets, seed + RESET_SEEDS)])
 
 
 def read_floor_ticks(data_uri: str, seed: int) -> FloorTicks:
@@ -193,7 +216,8 @@ def train_policy(model_dir: str | os.PathLike[str], data_uri: str, settings: Pol
 
     Args:
         model_dir: a world model's artifact directory (a registry's version directory included).
-        data_uri: trajectory logs of the model's env; imagined rollouts start from their observations.
+        data_uri: trajectory logs of the model's env; imagined rollouts start from their observations
+            (and, for a ``reset_share`` above 0, from the real env's first observations: ``_starts``).
         settings: PPO and evaluation settings (default: ``policy_preset`` of the model).
         progress: called after every iteration (default: a line on stderr).
 
@@ -204,9 +228,8 @@ def train_policy(model_dir: str | os.PathLike[str], data_uri: str, settings: Pol
     start = time.perf_counter()
     model = load_model(model_dir)
     settings = settings or policy_preset(model)
-    fleet = is_fleet_model(model)
-    seed = settings.seed
-    starts = read_floor_ticks(data_uri, seed) if fleet else read_starts(data_uri, model.spec.env_id, seed)
+    fleet, seed = is_fleet_model(model), settings.seed
+    starts, logged, resets = _starts(model, data_uri, seed, settings.reset_share)
     torch.manual_seed(settings.seed)
     actor = initial_actor(model, starts, settings)
     _ensure_ray()
@@ -225,10 +248,24 @@ def train_policy(model_dir: str | os.PathLike[str], data_uri: str, settings: Pol
         real = evaluate_real(actor, model.spec.env_id, settings)
     partial = PolicyResult(version="", path="", model_version=model.version, env_id=model.spec.env_id,
                            settings=settings, curve=curve, train_seconds=train_seconds, seconds=0.0,
-                           imagined=imagined, real=real)
+                           imagined=imagined, real=real, logged_starts=logged, reset_starts=resets)
     path = save_policy(model_dir, actor, partial.summary())
     version = (policy_info(model_dir) or {})["version"]
     return replace(partial, version=version, path=str(path), seconds=round(time.perf_counter() - start, 2))
+
+
+def _starts(model: WorldModel, data_uri: str, seed: int, reset_share: float) -> tuple[Starts, int, int]:
+    """Imagined episodes' starts for ``model``, with how many of them are logged and how many resets
+    (``PolicySettings.reset_share`` of them). Pendulum's logs are mostly upright (four of their five episodes
+    are planned swing-ups that then hold the top), so from logged starts alone PPO rarely practises the swing-up
+    a real episode begins with; its preset starts most episodes from the env's resets."""
+    if is_fleet_model(model):
+        ticks = read_floor_ticks(data_uri, seed)
+        return ticks, len(ticks.obs), 0
+    env_id = model.spec.env_id
+    logged = read_starts(data_uri, env_id, seed)
+    starts = with_reset_starts(logged, env_id, reset_share, seed)
+    return starts, len(logged), len(starts) - len(logged)
 
 
 def initial_actor(model: WorldModel, starts: Starts, settings: PolicySettings) -> PolicyNet:

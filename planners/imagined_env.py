@@ -54,7 +54,8 @@ class ImaginedEnv(gym.vector.VectorEnv):
                  uncertainty_penalty: float = 0.0) -> None:
         """Args:
             model: the world model (its device is used); an MLP ensemble or MLP dynamics model.
-            starts: (B0, S) logged observations episodes start from (Nav2D: goals are redrawn).
+            starts: (B0, S) observations episodes start from, drawn uniformly: logged ones, possibly with
+                the real env's first observations (Nav2D: goals are redrawn).
             num_envs: N, episodes stepped at once.
             objective: 'goal' (Nav2D's reward) or 'learned' (the model's reward model); default
                 'goal' for Nav2D, else 'learned'.

@@ -168,6 +168,7 @@ def test_train_policy_saves_a_versioned_policy_and_scores_it(ray_local, nav, tmp
     assert first.version == "1.0.0" and first.path == str(target / "policy")
     assert first.real.episodes == first.imagined.episodes == TINY.eval_episodes
     assert 0 <= first.real.success_rate <= 1 and first.real.violations >= 0
+    assert first.reset_starts == 0 and first.logged_starts == len(read_starts(nav["logs"], "Nav2D-v0", 0))
     info = policy_info(target)
     assert info["parent"] is None and info["summary"]["settings"]["num_envs"] == 32
     assert info["model_version"] == load_model(target).version
