@@ -19,7 +19,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -98,10 +98,17 @@ def export_model(model: WorldModel, out: str | os.PathLike[str], cfg: ExportConf
         ExportError: unsupported dynamics, or an output differing from torch by more than the tolerance.
         ImportError: the exporter or runtime the format needs is not installed.
     """
+    graphs = graphs_of(model, policy)
+    return write_graphs(graphs, out, cfg, lambda entries: _manifest(model, cfg, entries, source), overwrite)
+
+
+def write_graphs(graphs: list[Graph], out: str | os.PathLike[str], cfg: ExportConfig,
+                 manifest_of: Callable[[dict[str, Any]], dict[str, Any]], overwrite: bool = True) -> dict[str, Any]:
+    """Write and check every graph in ``cfg.format`` into the directory ``out`` with the manifest
+    ``manifest_of(entries)`` (entries: each graph's file, sha256, names, shapes and measured difference)."""
     final = Path(out).absolute()
     if final.exists() and not overwrite:
         raise FileExistsError(f"{final} already exists")
-    graphs = graphs_of(model, policy)
     run = _onnx_runner() if cfg.format == "onnx" else _torchscript_runner
     final.parent.mkdir(parents=True, exist_ok=True)
     entries: dict[str, Any] = {}
@@ -112,7 +119,7 @@ def export_model(model: WorldModel, out: str | os.PathLike[str], cfg: ExportConf
             diff = check_graph(graph, path, run, cfg)
             entries[graph.name] = {"file": path.name, "sha256": sha256_file(path), "inputs": list(graph.inputs),
                                    "outputs": list(graph.outputs), "shapes": graph.shapes, "max_abs_diff": diff}
-        manifest = _manifest(model, cfg, entries, source)
+        manifest = manifest_of(entries)
         write_json(tmp / MANIFEST, manifest)
     return manifest
 

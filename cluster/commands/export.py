@@ -1,7 +1,9 @@
 """`wm export VERSION_OR_DIR --format onnx|torchscript`: a model's networks as files an edge device runs.
 
 The export and its check are ``worldmodel.export`` (no Ray); this module resolves the model (a
-directory, or a registry version or stage), loads the policy saved beside it, and reports.
+directory, or a registry version or stage), loads the policy saved beside it, and reports. A latent
+(camera) model directory exports its perception encoder, latent dynamics and heads
+(``worldmodel.export_latent``).
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ def run_export(args: argparse.Namespace) -> dict[str, Any]:
     from planners.policy_artifact import load_policy
     from worldmodel.artifact import load_model
     from worldmodel.export import ExportConfig, default_out, export_model, require_packages
+    from worldmodel.export_latent import export_latent
+    from worldmodel.latent_artifact import is_latent_model, load_latent_model
 
     cfg = ExportConfig(format=args.format, tolerance=args.tolerance)  # invalid values raise before any work
     try:
@@ -53,10 +57,15 @@ def run_export(args: argparse.Namespace) -> dict[str, Any]:
     except ImportError as err:  # a missing optional package is the user's to install: one line
         raise ValueError(str(err)) from None
     root, source = _model_dir(args)
-    model, policy = load_model(root), load_policy(root)
     out = Path(args.out) if args.out else default_out(root, cfg.format)
-    print(f"wm export: model {model.version} from {source} to {out} ({cfg.format})", file=sys.stderr)
-    manifest = export_model(model, out, cfg, policy=policy, source=source)
+    if is_latent_model(root):  # a camera model: its encoder, latent dynamics and heads
+        model = load_latent_model(root)
+        print(f"wm export: latent model {model.version} from {source} to {out} ({cfg.format})", file=sys.stderr)
+        manifest = export_latent(model, out, cfg, source=source)
+    else:
+        model, policy = load_model(root), load_policy(root)
+        print(f"wm export: model {model.version} from {source} to {out} ({cfg.format})", file=sys.stderr)
+        manifest = export_model(model, out, cfg, policy=policy, source=source)
     graphs = manifest["graphs"]
     worst = max(g["max_abs_diff"] for g in graphs.values())
     result: dict[str, Any] = {"command": "export", "model": source, "version": model.version, "out": str(out),

@@ -45,6 +45,16 @@ def test_exports_a_registered_version_as_torchscript(capsys: pytest.CaptureFixtu
     assert "policy" not in out["graphs"]
 
 
+def test_exports_a_latent_camera_model(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    from tests.worldmodel.test_latent_artifact import tiny_artifact
+    from worldmodel.latent_artifact import load_latent_model, save_latent_model
+
+    root = save_latent_model(tiny_artifact(), tmp_path / "camera")
+    code, out, _ = run_json(capsys, "export", str(root))
+    assert code == 0 and set(out["graphs"]) == {"encoder", "dynamics", "heads"} and out["version"] == "1.2.3"
+    assert load_latent_model(root).version == "1.2.3"  # the export beside it leaves the model's checksums whole
+
+
 def test_errors_are_one_line(capsys: pytest.CaptureFixture[str], model_dir: Path, tmp_path: Path,
                              monkeypatch: pytest.MonkeyPatch) -> None:
     code, out, err = run_json(capsys, "export", str(model_dir), "--format", "tflite")
