@@ -1,11 +1,20 @@
 """A latent world model from pixels, TD-MPC2-style: no reconstruction, the latent is what predicts.
 
-A CNN encodes a short stack of camera frames into a latent ``z`` (SimNorm by default: groups of
-softmaxes, so it can neither grow nor shrink over a long rollout). An ensemble of latent dynamics heads
-predicts ``z'`` from ``(z, a)``, every member in one batched matmul (``EnsembleMLP``); a reward head and
-a geofence-breach head read a latent, both as learned distances (``DistanceHead``). Training (``latent_training``) makes the members' multi-step
-predictions match the encoder's own stop-gradient encodings of the frames that followed, and the heads
-match the logged reward and breach flag: nothing is trained on the true state.
+The latent ``z`` has three parts, side by side (``LatentConfig`` gives their slices):
+- keypoints: for each of the ``frames`` stacked frames, the (x, y) image positions of ``keypoints``
+  learned feature channels (a spatial softmax), unnormalised: positions of small discs (agent, goal) to
+  a fraction of a pixel, which any normalisation or mixing MLP would blur. Differences between frames
+  are velocities, linear in the latent;
+- a SimNorm (or LayerNorm) part from a coarse view of all frames: whatever else the scene holds;
+- a ``zone_grid`` x ``zone_grid`` map of learned "breach-ness" of the last frame (where the no-fly
+  zones are), static: the dynamics carries it unchanged.
+An ensemble of latent dynamics heads predicts the next keypoints as a change of the current ones and
+the next normalised part, every member in one batched matmul (``EnsembleMLP``). The reward head is a
+learned distance between keypoint projections (reward is minus the distance to the goal); the breach
+head reads the zone map at the keypoints (where the agent is). Training
+(``latent_training``) makes the members' multi-step predictions match the encoder's own stop-gradient
+encodings of the frames that followed, and the heads match the logged reward and breach flag: nothing
+is trained on the true state.
 
 Frame stacks: a single frame shows where the agent is, not how fast it moves, so the encoder reads the
 last ``frames`` frames (the first one repeated at an episode's start, when the agent is at rest).
@@ -13,8 +22,8 @@ last ``frames`` frames (the first one repeated at an episode's start, when the a
 The members' spread in ``z'`` is the model's uncertainty (``disagreement``), in units of the typical
 one-step latent change fitted from data (``step_std``), as the vector ensembles report theirs.
 
-Dimensions: ``B`` batch, ``E`` members, ``F`` stacked frames, ``H, W, C`` frame shape, ``Z`` latent,
-``A`` action.
+Dimensions: ``B`` batch, ``E`` members, ``F`` stacked frames, ``H, W, C`` frame shape, ``K`` keypoints
+per frame, ``G`` zone grid side, ``Z`` latent (all parts), ``A`` action.
 """
 
 from __future__ import annotations
@@ -30,7 +39,9 @@ from worldmodel.nn import EnsembleMLP, Normalizer, expand_members, member_inputs
 
 
 NORMS = ("simnorm", "layernorm")
-"""Latent normalisations ``LatentConfig.norm`` accepts."""
+"""Normalisations ``LatentConfig.norm`` accepts."""
+KEYPOINT_SCALE = 10.0
+"""Keypoints are image positions in [-1, 1] times this: one-step moves of about 0.1, as the normalised part's."""
 
 
 @dataclass(frozen=True)
@@ -43,124 +54,186 @@ class LatentConfig:
     """A, action size."""
     frames: int = 3
     """F, frames stacked as the encoder's input (velocity is their difference)."""
-    latent: int = 64
-    """Z, latent size: a multiple of ``simnorm_group``."""
+    keypoints: int = 8
+    """K, keypoint channels per frame: 2*F*K latent entries."""
+    latent: int = 32
+    """Size of the normalised part: a multiple of ``simnorm_group``."""
     norm: str = "simnorm"
-    """How every latent is normalised: "simnorm" (TD-MPC2's) or "layernorm" (no affine)."""
+    """How the normalised part is normalised: "simnorm" (TD-MPC2's) or "layernorm" (no affine)."""
     simnorm_group: int = 8
-    """Latent entries per SimNorm softmax group."""
+    """Entries per SimNorm softmax group."""
+    zone_grid: int = 16
+    """G, side of the zone map (G*G latent entries); H/2 and W/2 must be multiples of it."""
     members: int = 5
     """E, latent dynamics heads in the ensemble."""
     hidden: int = 128
-    """Width of the dynamics and head MLPs."""
+    """Width of the dynamics and projection MLPs."""
     layers: int = 2
     """Hidden layers of the dynamics MLP."""
     depth: int = 16
     """Channels of the encoder's first convolutions (later ones double it)."""
-    zones: int = 4
-    """Slots of the breach head: regions of the latent space whose union is predicted as a breach."""
 
     def __post_init__(self) -> None:
         if len(self.image_shape) != 3 or min(self.image_shape[:2]) < 32:
             raise ValueError(f"image_shape must be (H, W, C) with H, W >= 32, got {self.image_shape!r}")
-        for name in ("act_dim", "frames", "latent", "simnorm_group", "members", "hidden", "layers", "depth", "zones"):
+        for name in ("act_dim", "frames", "keypoints", "latent", "simnorm_group", "zone_grid", "members", "hidden",
+                     "layers", "depth"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
         if self.norm not in NORMS:
             raise ValueError(f"norm must be one of {', '.join(NORMS)}, got {self.norm!r}")
         if self.latent % self.simnorm_group:
             raise ValueError(f"latent ({self.latent}) must be a multiple of simnorm_group ({self.simnorm_group})")
+        if any((side // 2) % self.zone_grid for side in self.image_shape[:2]):
+            raise ValueError(f"zone_grid ({self.zone_grid}) must divide half the image size {self.image_shape[:2]}")
+
+    @property
+    def points(self) -> int:
+        """Keypoint entries of the latent, 2*F*K: frame by frame, each frame's K x's then K y's."""
+        return 2 * self.frames * self.keypoints
+
+    @property
+    def moving(self) -> int:
+        """Entries the dynamics predicts (keypoints, then the normalised part); the zone map follows them."""
+        return self.points + self.latent
+
+    @property
+    def state_dim(self) -> int:
+        """Z, the whole latent."""
+        return self.moving + self.zone_grid ** 2
 
 
 def simnorm(x: torch.Tensor, group: int) -> torch.Tensor:
-    """TD-MPC2's simplicial normalisation: a softmax over each ``group`` consecutive entries. (..., Z) -> (..., Z)."""
+    """TD-MPC2's simplicial normalisation: a softmax over each ``group`` consecutive entries. (..., D) -> (..., D)."""
     shape = x.shape
     return F.softmax(x.reshape(*shape[:-1], -1, group), dim=-1).reshape(shape)
 
 
 def normalise(x: torch.Tensor, cfg: LatentConfig) -> torch.Tensor:
-    """A latent as ``cfg.norm`` says: (..., Z) -> (..., Z)."""
+    """The normalised part as ``cfg.norm`` says: (..., latent) -> (..., latent)."""
     return simnorm(x, cfg.simnorm_group) if cfg.norm == "simnorm" else F.layer_norm(x, x.shape[-1:])
 
 
 class SpatialSoftmax(nn.Module):
-    """Each channel's softmax-weighted mean pixel position in [-1, 1]^2: (B, K, h, w) -> (B, 2K).
+    """Each channel's softmax-weighted mean pixel position in [-1, 1]^2: (B, K, h, w) -> (B, 2K), x's then y's.
 
-    Positions of small discs are what this world is about; this reads them to a fraction of a pixel
-    where a flatten-and-project head would have to learn it from many examples. The softmax temperature
-    is learned per channel, starting sharp: a disc of 8 pixels must outweigh thousands of floor pixels.
+    Each channel is standardised over the image before the softmax, so the learned temperature is in units
+    of the channel's own spread: a disc of a few pixels then outweighs a thousand floor pixels from the
+    start, where raw features let camera noise pull every keypoint towards the centre by a varying amount
+    (a fixed checkpoint's agent keypoint: 1.0 arena units RMSE raw, 0.21 standardised).
     """
 
-    def __init__(self, channels: int, init_scale: float = 10.0) -> None:
+    RATE = 5.0
+    """The temperature is exp(RATE * parameter): Adam moves a parameter by about its learning rate per step,
+    and the temperature must be able to grow tenfold in hundreds of steps, not thousands."""
+
+    def __init__(self, channels: int, init_scale: float = 1.0) -> None:
         super().__init__()
-        self.log_scale = nn.Parameter(torch.full((channels, 1), float(torch.log(torch.tensor(init_scale)))))
+        self.log_scale = nn.Parameter(torch.full((channels, 1), float(torch.log(torch.tensor(init_scale))) / self.RATE))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, k, h, w = x.shape
-        weights = F.softmax(x.reshape(b, k, h * w) * self.log_scale.exp(), dim=-1).view(b, k, h, w)
+        flat = x.reshape(b, k, h * w)
+        flat = (flat - flat.mean(-1, keepdim=True)) / (flat.std(-1, keepdim=True) + 1e-5)  # (B, K, h*w)
+        weights = F.softmax(flat * (self.RATE * self.log_scale).exp(), dim=-1).view(b, k, h, w)
         ys = torch.linspace(1, -1, h, device=x.device, dtype=x.dtype)  # y up, as the arena's
         xs = torch.linspace(-1, 1, w, device=x.device, dtype=x.dtype)
         return torch.cat([(weights.sum(2) * xs).sum(-1), (weights.sum(3) * ys).sum(-1)], -1)  # (B, 2K)
 
 
 class PixelEncoder(nn.Module):
-    """Frame stacks -> latents: (B, F, H, W, C) uint8 -> (B, Z), normalised (``LatentConfig.norm``).
+    """Frame stacks -> latents: (B, F, H, W, C) uint8 -> (B, Z) in the three parts of the module docstring.
 
-    Two branches: features of 2x2 pixel blocks (colours, at half resolution) read as keypoints by a
-    spatial softmax (where the agent is in each frame, where the goal is), and strided convolutions
-    flattened into a coarse map (what is where: both zones). An MLP joins them. A block's mean colour
-    still says how much of a disc covers it, and per-pixel features at full resolution took 12 times
-    the CPU (50 ms against 4 ms for 64 stacks, one thread).
+    Every frame goes through the same features of 2x2 pixel blocks (colours at half resolution: a block's
+    mean colour still says how much of a disc covers it, at a twelfth of full resolution's CPU); their
+    keypoints are each frame's, and the last frame's also give the zone map. Strided convolutions over the
+    whole stack, flattened, and the keypoints feed the normalised part.
     """
 
     def __init__(self, cfg: LatentConfig) -> None:
         super().__init__()
         h, w, c = cfg.image_shape
         d, self.cfg = cfg.depth, cfg
-        self.pixels = nn.Sequential(nn.Conv2d(cfg.frames * c, d, 2, stride=2), nn.SiLU(), nn.Conv2d(d, d, 1))
-        self.keypoints = SpatialSoftmax(d)
+        self.pixels = nn.Sequential(nn.Conv2d(c, d, 2, stride=2), nn.SiLU(), nn.Conv2d(d, d, 1), nn.SiLU())
+        self.heat = nn.Conv2d(d, cfg.keypoints, 1)
+        self.keypoints = SpatialSoftmax(cfg.keypoints)
+        self.zone = nn.Conv2d(d, 1, 1)
         self.coarse = nn.Sequential(nn.Conv2d(cfg.frames * c, d, 4, stride=2), nn.SiLU(),
                                     nn.Conv2d(d, 2 * d, 4, stride=2), nn.SiLU(),
                                     nn.Conv2d(2 * d, 2 * d, 3, stride=2), nn.SiLU(), nn.Flatten())
         with torch.no_grad():
             flat = self.coarse(torch.zeros(1, cfg.frames * c, h, w)).shape[1]
         # Batch statistics, not LayerNorm: early on every image's features are nearly the same vector, and
-        # LayerNorm (or SimNorm) keeps them so; latents that hardly differ leave the heads nothing to learn
-        # from (no reward was learnt in 1,450 steps). Standardising each feature over the images makes
-        # them differ from the start; in eval mode (planning) the tracked statistics of real images apply.
-        self.proj = nn.Sequential(nn.Linear(flat + 2 * d, cfg.hidden), nn.BatchNorm1d(cfg.hidden), nn.SiLU(),
+        # LayerNorm (or SimNorm) keeps them so. In eval mode (planning) the tracked statistics apply.
+        self.proj = nn.Sequential(nn.Linear(flat + cfg.points, cfg.hidden), nn.BatchNorm1d(cfg.hidden), nn.SiLU(),
                                   nn.Linear(cfg.hidden, cfg.latent))
 
     def forward(self, stacks: torch.Tensor) -> torch.Tensor:
-        b = stacks.shape[0]
-        if stacks.shape[1:] != (self.cfg.frames, *self.cfg.image_shape):
-            shape = ", ".join(map(str, (self.cfg.frames, *self.cfg.image_shape)))
+        cfg, b = self.cfg, stacks.shape[0]
+        if stacks.shape[1:] != (cfg.frames, *cfg.image_shape):
+            shape = ", ".join(map(str, (cfg.frames, *cfg.image_shape)))
             raise ValueError(f"expected frame stacks (B, {shape}), got {tuple(stacks.shape)}")
-        x = stacks.permute(0, 1, 4, 2, 3).reshape(b, -1, *self.cfg.image_shape[:2])  # (B, F*C, H, W)
-        x = x.float() / 255.0 - 0.5
-        points = self.keypoints(self.pixels(x))  # (B, 2d)
-        z = self.proj(torch.cat([points, self.coarse(x)], -1))
-        return normalise(z, self.cfg)  # (B, Z)
+        x = stacks.permute(0, 1, 4, 2, 3).float() / 255.0 - 0.5  # (B, F, C, H, W)
+        feats = self.pixels(x.flatten(0, 1))  # (B*F, d, H/2, W/2)
+        points = self.keypoints(self.heat(feats)).view(b, cfg.points) * KEYPOINT_SCALE  # (B, 2FK)
+        last = feats.view(b, cfg.frames, *feats.shape[1:])[:, -1]  # (B, d, H/2, W/2)
+        cell = last.shape[-1] // cfg.zone_grid
+        zones = F.avg_pool2d(torch.sigmoid(self.zone(last)), cell).flatten(1)  # (B, G*G), rows top to bottom
+        rest = normalise(self.proj(torch.cat([points, self.coarse(x.flatten(1, 2))], -1)), cfg)  # (B, latent)
+        return torch.cat([points, rest, zones], -1)  # (B, Z)
 
 
 class DistanceHead(nn.Module):
-    """``bias`` minus the least norm of ``slots`` learned linear maps of a latent: (..., Z) -> (...).
+    """``bias`` minus the norm of a learned linear map of the keypoints: (..., Z) -> (...).
 
-    Both things the heads predict are distances: the reward is minus the distance to the goal, and a
-    breach is being within a zone's radius of its centre (of one of several zones). A norm of a linear
-    map of the latent says "a distance" directly; a plain MLP must first learn the kink of |x| from
-    data in which the best linear fit of it is flat, and on this data did not in 600 steps.
+    The reward is minus the distance to the goal: with the agent's and the goal's keypoints in the latent,
+    a linear map gives their difference, and its norm the distance, exactly; a plain MLP would first have
+    to learn the kink of |x| from data in which the best linear fit of it is flat.
     """
 
-    def __init__(self, cfg: LatentConfig, slots: int = 1, dims: int = 8, bias: float = 0.0) -> None:
+    def __init__(self, cfg: LatentConfig, dims: int = 4, bias: float = 0.0) -> None:
         super().__init__()
-        self.slots, self.dims = slots, dims
-        self.maps = nn.Linear(cfg.latent, slots * dims)
+        self.points = cfg.points
+        self.maps = nn.Linear(cfg.points, dims)
         self.bias = nn.Parameter(torch.tensor(float(bias)))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        u = self.maps(z).unflatten(-1, (self.slots, self.dims))  # (..., slots, dims)
-        return self.bias - (u.square().sum(-1) + 1e-6).sqrt().amin(-1)
+        u = self.maps(z[..., :self.points])  # (..., dims)
+        return self.bias - (u.square().sum(-1) + 1e-6).sqrt()
+
+
+class ZoneHead(nn.Module):
+    """Logit of a geofence breach: the zone map read where the agent is, (..., Z) -> (...).
+
+    A breach is the agent being inside a zone: the map says where zones are (from the last frame, carried
+    unchanged through the dynamics), and one of the last frame's K keypoints is the agent. The map is read
+    at every one of them, by Gaussian interpolation between cell centres (separable: one G-vector per axis,
+    of a learned width), and a logistic regression on the K readings picks the agent's (and discounts
+    keypoints that sit on zones whatever happens). Reading at each keypoint, rather than at one learned
+    mix of them, lets map and choice learn together from the start.
+    """
+
+    def __init__(self, cfg: LatentConfig, base_rate: float = 0.04) -> None:
+        super().__init__()
+        self.cfg, g, k = cfg, cfg.zone_grid, cfg.keypoints
+        # Weights and bias in tenths of the logit: Adam moves a parameter by about its learning rate per
+        # step, and logits of +-10 must be reachable in hundreds of steps, not thousands.
+        self.weight = nn.Parameter(torch.full((k,), 0.1))
+        self.bias = nn.Parameter(torch.tensor(float(torch.logit(torch.tensor(base_rate)))) / 10)
+        centres = -1 + (torch.arange(g, dtype=torch.float32) + 0.5) * 2 / g
+        self.register_buffer("xs", centres * KEYPOINT_SCALE)  # (G,) column centres, left to right
+        self.register_buffer("ys", centres.flip(0) * KEYPOINT_SCALE)  # (G,) row centres, top to bottom
+        self.log_width = nn.Parameter(torch.tensor(float(torch.log(torch.tensor(KEYPOINT_SCALE / g)))))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        cfg, g, k = self.cfg, self.cfg.zone_grid, self.cfg.keypoints
+        last = z[..., cfg.points - 2 * k:cfg.points]  # (..., 2K) the last frame's x's, then its y's
+        zones = z[..., cfg.moving:].unflatten(-1, (g, g))  # (..., G, G)
+        spread = 2 * self.log_width.exp().square()
+        kx = F.softmax(-(last[..., :k, None] - self.xs).square() / spread, -1)  # (..., K, G)
+        ky = F.softmax(-(last[..., k:, None] - self.ys).square() / spread, -1)  # (..., K, G)
+        inside = ((ky @ zones) * kx).sum(-1)  # (..., K) the map at each keypoint
+        return 10 * (inside @ self.weight + self.bias)
 
 
 class LatentWorldModel(nn.Module):
@@ -173,13 +246,13 @@ class LatentWorldModel(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.encoder = PixelEncoder(cfg)
-        self.dynamics = EnsembleMLP(cfg.members, cfg.latent + cfg.act_dim, cfg.latent, cfg.hidden, cfg.layers,
+        self.dynamics = EnsembleMLP(cfg.members, cfg.moving + cfg.act_dim, cfg.moving, cfg.hidden, cfg.layers,
                                     activation="relu")
         self.reward_head = DistanceHead(cfg)
-        self.breach_head = DistanceHead(cfg, slots=cfg.zones, bias=1.0)
+        self.breach_head = ZoneHead(cfg)
         self.reward_norm = Normalizer(1)
         """Standardises logged rewards: the reward head predicts in these units."""
-        self.register_buffer("step_std", torch.ones(cfg.latent))
+        self.register_buffer("step_std", torch.ones(cfg.state_dim))
         """(Z,) typical one-step change of the latent, the unit of ``disagreement``."""
 
     @property
@@ -193,8 +266,11 @@ class LatentWorldModel(nn.Module):
     def next(self, z: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         """Every member's next latent: z (B, Z) shared or (E, B, Z) per member, action (B, A) or (E, B, A)
         -> (E, B, Z)."""
-        out = self.dynamics(member_inputs(self.members, z, action))  # (E, B, Z)
-        return normalise(out, self.cfg)
+        cfg = self.cfg
+        z = expand_members(z, self.members)  # (E, B, Z)
+        out = self.dynamics(member_inputs(self.members, z[..., :cfg.moving], action))  # (E, B, moving)
+        points = z[..., :cfg.points] + out[..., :cfg.points]  # keypoints move by what the members predict
+        return torch.cat([points, normalise(out[..., cfg.points:], cfg), z[..., cfg.moving:]], -1)
 
     def reward(self, z: torch.Tensor) -> torch.Tensor:
         """Predicted reward of arriving at latent z, in the env's units: (..., Z) -> (...)."""
@@ -205,8 +281,10 @@ class LatentWorldModel(nn.Module):
         return self.breach_head(z)
 
     def disagreement(self, next_z: torch.Tensor) -> torch.Tensor:
-        """Members' variance of predicted latents in units of ``step_std``, mean over Z: (E, ..., Z) -> (...)."""
-        return (variance(next_z, 0) / self.step_std.square()).mean(-1)
+        """Members' variance of predicted latents in units of ``step_std``, mean over the entries the dynamics
+        predicts (the zone map is carried, never predicted): (E, ..., Z) -> (...)."""
+        m = self.cfg.moving
+        return (variance(next_z[..., :m], 0) / self.step_std[:m].square()).mean(-1)
 
 
 class LatentDynamics(nn.Module):
@@ -222,7 +300,7 @@ class LatentDynamics(nn.Module):
     def __init__(self, model: LatentWorldModel) -> None:
         super().__init__()
         self.model = model
-        self.members, self.obs_dim = model.members, model.cfg.latent
+        self.members, self.obs_dim = model.members, model.cfg.state_dim
         self.delta_norm = _StdView(model)
 
     def forward(self, z: torch.Tensor, action: torch.Tensor) -> Prediction:

@@ -2,7 +2,8 @@
 
 The loss is TD-MPC2's without the value: from the encoding of a frame stack, every member rolls the
 latent ``L`` steps forward under the logged actions, and at each step j (weighted ``rho**j``)
-- consistency: its latent matches the encoder's stop-gradient encoding of the stack that followed;
+- consistency: its latent (keypoints and normalised part; the zone map is carried) matches the encoder's
+  stop-gradient encoding of the stack that followed;
 - reward: the reward head on its latent matches the logged reward (standardised);
 - breach: the breach head on its latent predicts the logged geofence-breach flag (binary cross-entropy).
 and the heads also read the first encoding itself. ``warmup`` steps first train the encoder and the
@@ -228,7 +229,8 @@ def latent_loss(model: LatentWorldModel, b: LatentBatch, cfg: LatentTrainConfig,
     consistency = torch.zeros(())
     for j in range(1, n + 1):  # a few rollout steps; every member and row advances at once
         z = model.next(z, b.actions[j - 1])  # (E, B, Z)
-        consistency = consistency + ((z - target[j - 1]).square().mean(-1) * weights[j]).sum(-1).mean()
+        moved = (z - target[j - 1])[..., :model.cfg.moving]  # (E, B, moving): the zone map is carried, not predicted
+        consistency = consistency + (moved.square().mean(-1) * weights[j]).sum(-1).mean()
         # The heads train on the members' latents (what planning reads) and on the encoder's.
         for latent in (z, target[j - 1][None]):
             r, v = heads(latent, j)

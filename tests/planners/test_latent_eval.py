@@ -27,7 +27,7 @@ class ToyLatent(LatentWorldModel):
     def next(self, z: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         self.calls += 1
         drift = torch.linspace(-1e-3, 1e-3, TOY.members)[:, None, None]  # (E, 1, 1)
-        step = torch.cat([action, torch.zeros(*action.shape[:-1], TOY.latent - 2)], -1)
+        step = torch.cat([action, torch.zeros(*action.shape[:-1], TOY.state_dim - 2)], -1)
         return z + 0.1 * step + drift
 
     def reward(self, z: torch.Tensor) -> torch.Tensor:
@@ -40,7 +40,7 @@ class ToyLatent(LatentWorldModel):
 
 def plan_from(start: torch.Tensor, breach_weight: float, horizon: int = 30):
     model = ToyLatent()
-    z = torch.zeros(len(start), TOY.latent)
+    z = torch.zeros(len(start), TOY.state_dim)
     z[:, :2] = start
     planner = latent_planner(model, PlanConfig(horizon=horizon, samples=64, iterations=6), breach_weight=breach_weight)
     return model, planner.plan(z)
@@ -49,7 +49,7 @@ def plan_from(start: torch.Tensor, breach_weight: float, horizon: int = 30):
 def test_all_agents_plan_in_one_batched_program() -> None:
     starts = torch.tensor([[0.0, 0.0], [0.0, 1.0], [3.0, -1.0], [2.0, 2.0]])
     model, result = plan_from(starts, breach_weight=0.0, horizon=10)
-    assert result.actions.shape == (4, 2) and result.trajectory.shape == (4, 11, TOY.latent)
+    assert result.actions.shape == (4, 2) and result.trajectory.shape == (4, 11, TOY.state_dim)
     # One model call per horizon step per round, and one per step of the audit: never one per agent.
     assert model.calls == 10 * 6 + 10
     # Each agent heads for the goal from where it is.

@@ -30,12 +30,13 @@ def test_shapes_of_every_part() -> None:
     m, b = model(), 5
     stacks = torch.randint(0, 256, (b, SMALL.frames, 32, 32, 3), dtype=torch.uint8)
     z = m.encode(stacks)
-    assert z.shape == (b, SMALL.latent)
+    assert z.shape == (b, SMALL.state_dim)
     # SimNorm: every group of the latent is a probability vector.
-    groups = SMALL.latent // SMALL.simnorm_group
-    assert torch.allclose(z.view(b, groups, -1).sum(-1), torch.ones(b, groups))
+    groups = SMALL.latent // SMALL.simnorm_group  # the normalised part's groups
+    norm = z[:, SMALL.points:SMALL.moving]
+    assert torch.allclose(norm.reshape(b, groups, -1).sum(-1), torch.ones(b, groups))
     nxt = m.next(z, torch.zeros(b, 2))
-    assert nxt.shape == (SMALL.members, b, SMALL.latent)
+    assert nxt.shape == (SMALL.members, b, SMALL.state_dim)
     assert m.reward(nxt).shape == (SMALL.members, b) and m.breach_logit(nxt).shape == (SMALL.members, b)
     assert m.disagreement(nxt).shape == (b,)
     with pytest.raises(ValueError, match="frame stacks"):
@@ -43,7 +44,7 @@ def test_shapes_of_every_part() -> None:
 
 
 def test_members_differ_and_each_reads_only_its_own_rows() -> None:
-    m, z, a = model(), torch.softmax(torch.randn(6, SMALL.latent), -1), torch.randn(6, 2)
+    m, z, a = model(), torch.softmax(torch.randn(6, SMALL.state_dim), -1), torch.randn(6, 2)
     nxt = m.next(z, a)  # (E, B, Z): shared inputs
     assert all(not torch.allclose(nxt[0], nxt[e]) for e in range(1, SMALL.members))
     assert (m.disagreement(nxt) > 0).all()
@@ -51,16 +52,16 @@ def test_members_differ_and_each_reads_only_its_own_rows() -> None:
     # member e's input rows alone.
     assert m.dynamics.net[0].weight.shape[0] == SMALL.members
     per_member = z.expand(SMALL.members, -1, -1).clone()
-    per_member[1] = torch.softmax(torch.randn(6, SMALL.latent), -1)
+    per_member[1] = torch.softmax(torch.randn(6, SMALL.state_dim), -1)
     moved = m.next(per_member, a)
     assert torch.equal(moved[0], nxt[0]) and torch.equal(moved[2], nxt[2]) and not torch.allclose(moved[1], nxt[1])
 
 
 def test_the_planners_view_is_a_deterministic_ensemble() -> None:
-    dyn, z = LatentDynamics(model()), torch.softmax(torch.randn(4, SMALL.latent), -1)
+    dyn, z = LatentDynamics(model()), torch.softmax(torch.randn(4, SMALL.state_dim), -1)
     pred = dyn(z, torch.zeros(4, 2))
-    assert pred.mean.shape == (SMALL.members, 4, SMALL.latent) and (pred.var == 0).all()
-    assert dyn.obs_dim == SMALL.latent and torch.equal(dyn.delta_norm.std, dyn.model.step_std)
+    assert pred.mean.shape == (SMALL.members, 4, SMALL.state_dim) and (pred.var == 0).all()
+    assert dyn.obs_dim == SMALL.state_dim and torch.equal(dyn.delta_norm.std, dyn.model.step_std)
 
 
 def test_simnorm_is_a_softmax_per_group() -> None:
@@ -108,7 +109,7 @@ def test_the_consistency_target_is_stop_gradient(episodes) -> None:
     batch = sample_batch(episodes[0], SMALL.frames, 4, 3, np.random.default_rng(0))
     latent_loss(m, batch, LatentTrainConfig(horizon=3))
     assert len(seen) == 2 and seen[0].requires_grad and not seen[1].requires_grad
-    assert seen[1].shape == (3 * 4, SMALL.latent)  # the L later stacks, encoded together
+    assert seen[1].shape == (3 * 4, SMALL.state_dim)  # the L later stacks, encoded together
 
 
 def test_training_lowers_the_loss_on_a_fixed_batch(episodes) -> None:
@@ -133,6 +134,6 @@ def test_train_latent_reports_and_sets_the_step_scale(episodes) -> None:
     report = train_latent(m, episodes[0], LatentTrainConfig(steps=4, batch=4, horizon=2),
                           on_log=lambda *args: logged.append(args), log_every=2)
     assert report.steps == 4 and report.cpu_seconds > 0 and [s for s, *_ in logged] == [2, 4]
-    assert not torch.equal(m.step_std, torch.ones(SMALL.latent)) and not m.training
+    assert not torch.equal(m.step_std, torch.ones(SMALL.state_dim)) and not m.training
     with pytest.raises(ValueError, match="horizon"):
         LatentTrainConfig(horizon=0)

@@ -1,0 +1,81 @@
+"""The latent's structure with known answers: keypoints read a lit pixel's position, the dynamics moves
+keypoints by a change and carries the zone map, the reward head is a distance between keypoints, and the
+breach head reads the zone map where the agent is."""
+
+from __future__ import annotations
+
+import torch
+
+from worldmodel.latent import KEYPOINT_SCALE, LatentConfig, LatentWorldModel, SpatialSoftmax
+
+CFG = LatentConfig(image_shape=(32, 32, 3), frames=2, keypoints=2, latent=8, simnorm_group=4, members=3,
+                   hidden=16, depth=4, zone_grid=4)
+
+
+def model() -> LatentWorldModel:
+    torch.manual_seed(0)
+    return LatentWorldModel(CFG)
+
+
+def test_spatial_softmax_finds_a_lit_pixel() -> None:
+    heat = torch.randn(1, 2, 33, 33) * 0.1  # a faint noisy floor: standardised, its scale does not matter
+    heat[0, 0, 0, 32] += 5.0  # top right
+    heat[0, 1, 16, 16] += 5.0  # centre
+    points = SpatialSoftmax(2)(heat)  # (1, 4): x's then y's
+    assert torch.allclose(points, torch.tensor([[1.0, 0.0, 1.0, 0.0]]), atol=1e-3)
+    assert torch.allclose(SpatialSoftmax(2)(heat * 100 + 7), points, atol=1e-5)
+
+
+def test_layout_of_the_latent() -> None:
+    assert (CFG.points, CFG.moving, CFG.state_dim) == (8, 16, 32)
+    z = model().encode(torch.randint(0, 256, (3, 2, 32, 32, 3), dtype=torch.uint8))
+    assert z.shape == (3, CFG.state_dim)
+    assert (z[:, :CFG.points].abs() <= KEYPOINT_SCALE).all()
+    zones = z[:, CFG.moving:]
+    assert ((zones >= 0) & (zones <= 1)).all()
+
+
+def test_dynamics_moves_keypoints_by_a_change_and_carries_the_zone_map() -> None:
+    m = model()
+    with torch.no_grad():
+        last = m.dynamics.net[-1]
+        last.weight.zero_()
+        last.bias.zero_()
+        last.bias[:, :CFG.points] = 0.25  # every member predicts the same change of every keypoint
+    z = torch.rand(5, CFG.state_dim)
+    nxt = m.next(z, torch.zeros(5, 2))  # (E, B, Z)
+    assert torch.allclose(nxt[..., :CFG.points], z[:, :CFG.points] + 0.25)
+    assert torch.equal(nxt[..., CFG.moving:], z[:, CFG.moving:].expand(CFG.members, -1, -1))
+    assert torch.allclose(nxt[..., CFG.points:CFG.moving], torch.full((3, 5, 8), 0.25))  # SimNorm of zeros
+    assert torch.allclose(m.disagreement(nxt), torch.zeros(5))
+
+
+def test_reward_head_is_a_distance_between_keypoints() -> None:
+    head = model().reward_head
+    with torch.no_grad():
+        head.maps.weight.zero_()
+        head.maps.bias.zero_()
+        head.maps.weight[0, 0], head.maps.weight[0, 1] = 1.0, -1.0  # agent x - goal x
+        head.maps.weight[1, 2], head.maps.weight[1, 3] = 1.0, -1.0  # agent y - goal y
+    z = torch.zeros(2, CFG.state_dim)
+    z[0, :4] = torch.tensor([3.0, 0.0, 4.0, 0.0])  # frame 0: agent (3, 4), goal (0, 0)
+    assert torch.allclose(head(z), torch.tensor([-5.0, 0.0]), atol=1e-3)
+
+
+def test_breach_head_reads_the_zone_map_where_the_agent_is() -> None:
+    head = model().breach_head
+    g = CFG.zone_grid
+    z = torch.zeros(3, CFG.state_dim)
+    zones = torch.zeros(3, g, g)
+    zones[:, 0, g - 1] = 1.0  # one zone in the top right cell
+    z[:, CFG.moving:] = zones.flatten(1)
+    corner = KEYPOINT_SCALE * (1 - 1 / g)  # that cell's centre
+    # The head reads the map at each of the last frame's keypoints (frame 1: entries 4..7).
+    z[0, 4:8] = torch.tensor([corner, corner, corner, corner])  # in the zone
+    z[1, 4:8] = torch.tensor([-corner, -corner, -corner, -corner])  # the opposite corner
+    z[2, 4:8] = torch.tensor([corner, corner, -corner, -corner])  # the bottom right: a cell away and more
+    with torch.no_grad():
+        head.weight.fill_(1.0)  # every keypoint is the agent here: any reading counts
+        head.bias.fill_(-0.5)
+    logit = head(z)
+    assert logit[0] > 2 and logit[1] < -3 and logit[2] < -3, logit
