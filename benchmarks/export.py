@@ -104,7 +104,7 @@ def _closed_loops(export_dir: str, model_dir: str, episodes: int, agents: int, s
 
 def run(repeats: int, episodes: int, agents: int, seed: int) -> dict[str, Any]:
     from planners.config import PlanConfig
-    from planners.edge import EdgeCEMConfig
+    from planners.config import CEMConfig
 
     load_start = os.getloadavg()[0]  # the machine is shared: say how busy it was
     with tempfile.TemporaryDirectory() as tmp_name:
@@ -120,7 +120,7 @@ def run(repeats: int, episodes: int, agents: int, seed: int) -> dict[str, Any]:
             fmt["dir"] = Path(fmt["dir"]).name
     speedup = {str(e["agents"]): n["ms_p50"] / e["ms_p50"] for e, n in zip(edge, native)}
     return {"repeats": repeats, "threads": 1, "settings": dataclasses.asdict(PlanConfig()),
-            "cem": dataclasses.asdict(EdgeCEMConfig()), "objective": "learned reward",
+            "cem": dataclasses.asdict(CEMConfig()), "objective": "learned reward",
             "train": {"seconds": trained["seconds"], "dynamics_r2_min": trained["metrics"]["dynamics"]["r2_min"]},
             "exports": exports, "native": native_status,
             "timing": {"edge": edge, "native": native, "torch": torch_rows},

@@ -6,45 +6,14 @@ Each round samples K sequences per agent around a Gaussian, keeps the best
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 from planners.base import BasePlanner, PlanConfig, State
+from planners.config import CEMConfig
 from planners.noise import coloured_noise
 from planners.objectives import ActionPolicy, Objective, Params
 from planners.prior import make_prior
 from worldmodel.nn import variance
-
-
-@dataclass(frozen=True)
-class CEMConfig:
-    """CEM's own settings.
-
-    The defaults are iCEM's sampling (coloured noise, as wide as the action box), the setting the
-    README's Nav2D results and the service use: its long coherent swerves go around pairs of no-fly
-    zones that white noise at half the width leaves agents wedged between (PETS' white noise:
-    ``noise_beta=0, init_std=0.5``).
-    """
-
-    elites: int = 20
-    """Sequences kept per agent per round to refit the sampling distribution (at most the samples K)."""
-    alpha: float = 0.1
-    """Weight of the previous mean/std when refitting (smoothing; 0 = no memory)."""
-    init_std: float = 1.0
-    """Initial standard deviation, as a fraction of half the action range."""
-    noise_beta: float = 2.0
-    """Exponent of the noise spectrum 1/f^beta over the horizon: 0 white (PETS), 2 to 2.5 iCEM."""
-
-    def __post_init__(self) -> None:
-        if self.elites < 1:
-            raise ValueError(f"elites must be >= 1, got {self.elites}")
-        if not 0 <= self.alpha < 1:
-            raise ValueError(f"alpha must be in [0, 1), got {self.alpha}")
-        if self.init_std <= 0:
-            raise ValueError(f"init_std must be > 0, got {self.init_std}")
-        if self.noise_beta < 0:
-            raise ValueError(f"noise_beta must be >= 0, got {self.noise_beta}")
 
 
 class CEMPlanner(BasePlanner):

@@ -20,33 +20,9 @@ from functools import lru_cache
 
 import numpy as np
 
-from planners.config import PlanConfig
+from planners.config import CEMConfig, PlanConfig
 from planners.edge_models import EdgeModels
 from planners.edge_objective import EdgeObjective, coloured_noise
-
-
-@dataclass(frozen=True)
-class EdgeCEMConfig:
-    """CEM's own settings, ``planners.cem.CEMConfig``'s defaults (spelled again: that module needs torch)."""
-
-    elites: int = 20
-    """Sequences kept per agent per round to refit the sampling distribution (at most K)."""
-    alpha: float = 0.1
-    """Weight of the previous mean/std when refitting."""
-    init_std: float = 1.0
-    """Initial standard deviation, as a fraction of half the action range."""
-    noise_beta: float = 2.0
-    """Exponent of the noise spectrum 1/f^beta over the horizon: 0 white, 2 iCEM."""
-
-    def __post_init__(self) -> None:
-        if self.elites < 1:
-            raise ValueError(f"elites must be >= 1, got {self.elites}")
-        if not 0 <= self.alpha < 1:
-            raise ValueError(f"alpha must be in [0, 1), got {self.alpha}")
-        if self.init_std <= 0:
-            raise ValueError(f"init_std must be > 0, got {self.init_std}")
-        if self.noise_beta < 0:
-            raise ValueError(f"noise_beta must be >= 0, got {self.noise_beta}")
 
 
 @dataclass(frozen=True)
@@ -85,7 +61,7 @@ class EdgeCEM:
     """CEM over exported ONNX models for N agents per call."""
 
     def __init__(self, models: EdgeModels, objective: EdgeObjective = EdgeObjective(),
-                 cfg: PlanConfig = PlanConfig(), cem: EdgeCEMConfig = EdgeCEMConfig()) -> None:
+                 cfg: PlanConfig = PlanConfig(), cem: CEMConfig = CEMConfig()) -> None:
         if cfg.propagation != "ts1":
             raise ValueError(f"the edge planner propagates 'ts1' (the served default), got {cfg.propagation!r}")
         if cfg.prior_share or cfg.disagreement_penalty or cfg.budget_ms is not None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import hashlib
 import json
 import os
 import re
@@ -29,6 +28,7 @@ from typing import Any, Iterator
 
 import torch
 
+from worldmodel.checksums import sha256_file
 from worldmodel.config import ModelConfig, TrainConfig, config_from_dict
 from worldmodel.envs import SpaceSpec
 from worldmodel.model import WorldModel, build_dynamics, build_reward, build_termination
@@ -48,15 +48,6 @@ def check_version(version: str) -> str:
     if not isinstance(version, str) or not _SEMVER.match(version):
         raise ValueError(f"version must be a semantic version MAJOR.MINOR.PATCH, got {version!r}")
     return version
-
-
-def sha256_file(path: Path) -> str:
-    """The file's sha256, hex."""
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def write_json(path: Path, data: Any) -> None:

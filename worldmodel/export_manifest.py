@@ -15,11 +15,12 @@ Layout of an export directory::
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
 from typing import Any
+
+from worldmodel.checksums import sha256_file
 
 FORMAT = "fleetwm.export/1"
 """The manifest's ``format``."""
@@ -37,15 +38,6 @@ TOLERANCE = 1e-5
 
 class ExportError(ValueError):
     """An export that cannot be made, that differs from torch beyond the tolerance, or that is corrupted."""
-
-
-def sha256_file(path: Path) -> str:
-    """The file's sha256, hex."""
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def read_export(path: str | os.PathLike[str], fmt: str | None = None) -> dict[str, Any]:
