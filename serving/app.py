@@ -48,7 +48,8 @@ from serving.front import JSON_TYPES, Refreshed, Unavailable, api, encode, error
 from serving.metrics import serving_metrics
 from serving.planner_server import PlannerServer
 from serving.schema import (AGENT_ID_DESCRIPTION, BatchRequest, BatchResponse, HealthResponse, PlanRequest,
-                            PlanResponse, ResetResponse, check_request, public_body, served_openapi)
+                            PlanResponse, ResetResponse, public_body)
+from serving.served_checks import check_request, served_openapi
 from serving.sinks import start_telemetry
 from serving.stream_consumer import StreamConsumer
 from worldmodel.data.writer import AGENT_ID_PATTERN, check_writable

@@ -3,7 +3,7 @@
 A batch:
 
 1. decodes each entry (``serving.bus.decode_request``) and checks it against the served model (the HTTP
-   path's ``serving.schema.check_request``);
+   path's ``serving.served_checks.check_request``);
 2. submits the good requests to the engine, each arrived at its entry id's millisecond (Redis's clock, so
    the time it queued in Redis counts against its deadline); the engine's cycles merge the batches in
    flight into one planner call; a request with ``explain`` gets its decision's explanation in its answer

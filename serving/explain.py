@@ -37,7 +37,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from actors.records import AgentObjective, AgentRecord, PlanAnswer, Rejected
 from serving import rows
 from serving.schema import (MAX_OBS_DIM, MAX_PROPOSALS, PLAN_ID_PATTERN, AgentId, Finite, Objective, PlanRequest,
-                            Proposal, check_objective, check_proposals, one_form)
+                            Proposal, one_form)
+from serving.served_checks import check_objective, check_proposals
 
 logger = logging.getLogger("ray.serve")
 
@@ -101,7 +102,7 @@ class ExplainResponse(BaseModel):
 
 
 def check_explain(req: ExplainRequest, spec: dict[str, Any]) -> str | None:
-    """``serving.schema.check_request``'s checks of an explain request's observation, objective and proposals."""
+    """``serving.served_checks.check_request``'s checks of an explain request's observation, objective and proposals."""
     if req.observation is not None and spec.get("image_shape") is not None:
         return f"observation: model {spec['model_version']} plans from camera frames; explain a served plan_id " \
                "or the agent's current state (its last frames)"

@@ -40,7 +40,8 @@ from serving.consumer_loop import BusStats, ConsumerLoop, LoopSettings
 from serving.engine import PlanEngine
 from serving.front import Refreshed
 from serving.metrics import serving_metrics
-from serving.schema import PlanRequest, check_request
+from serving.schema import PlanRequest
+from serving.served_checks import check_request
 from serving.sinks import start_telemetry
 
 logger = logging.getLogger("ray.serve")

@@ -12,7 +12,8 @@ from pydantic import ValidationError
 
 from serving.app import api
 from serving.explain import ExplainRequest, check_explain
-from serving.schema import PlanRequest, PlanResponse, check_request, served_openapi
+from serving.schema import PlanRequest, PlanResponse
+from serving.served_checks import check_request, served_openapi
 
 OK = {"agent_id": "a1", "observation": [0.0] * 6}
 

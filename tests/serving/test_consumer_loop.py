@@ -24,7 +24,8 @@ from actors.redis_server import INSTALL_HINT, RedisServer
 from serving.bus import BusNames, StreamReply, decode_reply, encode_request
 from serving.consumer_loop import ConsumerLoop, LoopSettings
 from serving.metrics import ServingMetrics
-from serving.schema import PlanRequest, check_request
+from serving.schema import PlanRequest
+from serving.served_checks import check_request
 from tests.redis_fixtures import redis_client, redis_server  # noqa: F401
 
 SPEC = {"model_version": "toy", "env_id": "Nav2D-v0", "obs_dim": 6, "act_dim": 2, "objectives": ["learned"],

@@ -14,7 +14,8 @@ from pydantic import ValidationError
 from actors.records import AgentRecord, AgentRecords
 from serving import rows
 from serving.bus import FIELD, IMAGE_FIELD, BadMessage, decode_request, encode_request
-from serving.schema import PlanRequest, check_request
+from serving.schema import PlanRequest
+from serving.served_checks import check_request
 from serving.stream_client_sync import request_fields
 
 SHAPE = (4, 5, 3)

@@ -13,7 +13,8 @@ import pytest
 
 from serving.engine import PlanEngine
 from serving.planner_server import PlannerServer
-from serving.schema import PlanRequest, check_request
+from serving.schema import PlanRequest
+from serving.served_checks import check_request
 from tests.serving.test_engine import FakeStore, Metrics, run
 from tests.serving.test_engine_fallback import _served_planner
 from worldmodel.config import TrainConfig
@@ -130,7 +131,7 @@ def test_the_served_openapi_lists_the_reward_models_a_request_may_name() -> None
     from fastapi import FastAPI
 
     from serving.app import api
-    from serving.schema import served_openapi
+    from serving.served_checks import served_openapi
 
     def field(schema: dict[str, Any]) -> Any:
         return schema["components"]["schemas"]["PlanRequest"]["properties"].get("reward_model")
