@@ -14,7 +14,7 @@ queued so far (see ``PlanEngine.submit``) and:
 4. plans every agent in one call to the planner deployment, warm-started from its record when the
    request continues the record's episode (warehouse robots of one site jointly: ``site``); while a live
    A/B test runs (``serving.ab``), the candidate's agents in one call to the candidate deployment, both
-   calls at once; a failed candidate call is planned again by production;
+   calls at once (``serving.engine_arms``); a failed candidate call is planned again by production;
 5. writes the new records once and sends the closed transitions to the telemetry sink once
    (``serving.engine_writes``), both submitted before the answers go back and finished while they
    travel; ``settled`` says when they are durable;
@@ -34,21 +34,20 @@ import logging
 import time
 import uuid
 from collections import Counter
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from actors.records import AgentObjective, AgentRecord, PlanAnswer, RecordCache, Rejected
+from actors.records import AgentRecord, PlanAnswer, RecordCache, Rejected
 from actors.state_store import AgentStateStore
 from learners.settings import DriftSettings
-from planners.service import PlanBatch
 from serving import rows
 from serving.ab import LiveAB
 from serving.config import BATCHING
+from serving.engine_arms import ArmPlanner, Batch
 from serving.engine_metrics import BatchMetrics
 from serving.engine_writes import EngineWrites
-from serving.explain import DecisionStore, Explainer, ExplainRequest, served
+from serving.explain import DecisionStore, Explainer, ExplainRequest
 from serving.metrics import ServingMetrics
 from serving.schema import PlanRequest
 from serving.shadow import ShadowComparison, ShadowStats
@@ -92,9 +91,7 @@ class PlanEngine:
         self._background: set[asyncio.Task[None]] = set()
         self.writes = EngineWrites(store, telemetry, self._spawn)
         self.max_batch = int(BATCHING["max_batch_size"])  # per planner call; the ingress's reconfigure sets it
-        self._observed = BatchMetrics(metrics, drift)
         self.ab = ab
-        self._candidate_observed = BatchMetrics(metrics, role="candidate")
         self._queue: asyncio.Queue[tuple[PlanRequest, float, asyncio.Future[Answer]]] = asyncio.Queue()
         self.sites = SiteGather()
         self._cycler: asyncio.Task[None] | None = None
@@ -112,8 +109,8 @@ class PlanEngine:
         self.decisions = DecisionStore()
         """The inputs of the decisions served here, for ``explain`` by ``plan_id``."""
         self.explainer = Explainer(planner, self.decisions, self._read)
-        self._cameras: dict[int, tuple[tuple[int, int, int], int]] = {}
-        """Per planner handle serving a camera model: its (frame shape, frames stacked)."""
+        self.arms = ArmPlanner(planner, ab, self.shadow, self.decisions, BatchMetrics(metrics, drift),
+                               BatchMetrics(metrics, role="candidate"), self._spawn)
 
     async def submit(self, requests: list[PlanRequest], arrived: list[float]) -> list[Answer]:
         """Queue requests for the next cycle and wait for their answers (in order).
@@ -295,9 +292,9 @@ class PlanEngine:
         # which requests close a transition, decided before planning from what the server knows
         steps = [rows.continuation(req, rec) for req, rec in zip(requests, records)]
         self.unlogged.update(rows.unlogged(steps))
-        batch = _Batch(requests, records, steps, obs, rows.objectives(requests), self._budget_ms(requests, arrived))
-        arms = self._arms(requests)
-        planned = await asyncio.gather(*(self._plan_arm(batch, planner, idx) for planner, idx in arms),
+        batch = Batch(requests, records, steps, obs, rows.objectives(requests), self._budget_ms(requests, arrived))
+        arms = self.arms.split(requests)
+        planned = await asyncio.gather(*(self.arms.plan(batch, planner, idx) for planner, idx in arms),
                                        return_exceptions=True)
         answers: list[PlanAnswer | None] = [None] * len(requests)
         records_out: list[AgentRecord] = []
@@ -307,7 +304,7 @@ class PlanEngine:
                 if planner is self.planner:
                     raise arm
                 logger.warning("A/B candidate arm failed, its %d agents planned by production: %s", len(idx), arm)
-                arm = await self._plan_arm(batch, self.planner, idx)
+                arm = await self.arms.plan(batch, self.planner, idx)
             for i, answer in zip(idx.tolist(), arm[0]):
                 answers[i] = answer
             records_out += arm[1]
@@ -315,56 +312,6 @@ class PlanEngine:
         # one telemetry call, then one state write, in the background
         self._write(records_out, Transitions.concat(parts) if parts else None)
         return answers  # type: ignore[return-value]
-
-    def _arms(self, requests: list[PlanRequest]) -> list[tuple[Any, np.ndarray]]:
-        """(planner handle, (n,) request indices) of each arm with requests: production's, then the candidate's."""
-        everyone = np.arange(len(requests))
-        candidate = self.ab.arms(requests) if self.ab is not None else None
-        if candidate is None or not candidate.any():
-            return [(self.planner, everyone)]
-        if candidate.all():
-            return [(self.ab.candidate, everyone)]  # type: ignore[union-attr]
-        return [(self.planner, everyone[~candidate]),
-                (self.ab.candidate, everyone[candidate])]  # type: ignore[union-attr]
-
-    async def _plan_arm(self, batch: _Batch, planner: Any,
-                        idx: np.ndarray) -> tuple[list[PlanAnswer], list[AgentRecord], Transitions | None]:
-        """One planner call for the batch's requests ``idx`` (n,): their answers, new records and closed transitions."""
-        requests, records, steps = ([xs[i] for i in idx] for xs in (batch.requests, batch.records, batch.steps))
-        obs, goals = batch.obs[idx], [batch.goals[i] for i in idx]  # (n, S)
-        # warm-started only where the request continues its record's episode
-        warm_start = rows.stacked(records, steps, "warm_start")
-        stacks = await self._frame_stacks(planner, requests, records, steps)  # camera agents' (n, F, Hi, Wi, C)
-        names = [g.name if g is not None else "learned" for g in goals]
-        inputs = (obs if stacks is None else stacks, warm_start, names, rows.constraints(goals), batch.budget_ms,
-                  rows.stacked(records, steps, "hidden"), [r.mode for r in requests], [r.site for r in requests],
-                  [r.reward_model for r in requests])
-        planned: PlanBatch = await planner.plan.remote(*inputs)
-        # the answers, the records that the next requests will need, and what explaining them needs
-        answers = rows.answers(requests, planned)
-        records_out = rows.new_records(requests, records, steps, obs, planned, answers, goals, stacks)
-        transitions = rows.transitions(requests, records, steps, obs)
-        self.decisions.put(served(requests, answers, obs if stacks is None else stacks, warm_start, goals))
-        production = planner is self.planner
-        (self._observed if production else self._candidate_observed).observe_batch(planned, records, steps, obs,
-                                                                                   transitions)
-        if self.ab is not None:
-            self.ab.observe(planned, records, steps, obs, transitions)
-        if self.shadow is not None and production:  # in the background: the shadow version plans the same inputs
-            self._spawn(self.shadow.compare(inputs, planned.actions, transitions))
-        return answers, records_out, transitions
-
-    async def _frame_stacks(self, planner: Any, requests: list[PlanRequest], records: list[AgentRecord | None],
-                            steps: list[rows.Continuation]) -> np.ndarray | None:
-        """Camera agents' frame stacks (``rows.frame_stacks``) of the depth and frame shape ``planner`` serves
-        (asked once per planner: ``check_request`` let only frames of its shape in); None for vector agents."""
-        if requests[0].image is None:
-            return None
-        camera = self._cameras.get(id(planner))
-        if camera is None:
-            info = await planner.info.remote()
-            camera = self._cameras[id(planner)] = (tuple(info["image_shape"]), int(info["frames"]))
-        return rows.frame_stacks(requests, records, steps, *camera)
 
     def _budget_ms(self, requests: list[PlanRequest], arrived: list[float]) -> float | None:
         """What is left of the tightest deadline, measured from each request's arrival at the ingress."""
@@ -392,16 +339,3 @@ class PlanEngine:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
         return task
-
-
-@dataclass(frozen=True)
-class _Batch:
-    """What every arm of one planned batch reads: its N requests, their records and ``rows.continuation``s,
-    (N, S) observations, objectives and the planning budget."""
-
-    requests: list[PlanRequest]
-    records: list[AgentRecord | None]
-    steps: list[rows.Continuation]
-    obs: np.ndarray
-    goals: list[AgentObjective | None]
-    budget_ms: float | None
