@@ -53,17 +53,27 @@ def safety_fields(r: Json) -> dict[str, str]:
         "train_minutes": num(policy["train_minutes"], 1), "policy_version": str(train.get("version", "-")),
         "model_r2": num(policy.get("model_r2_min"), 4),
         "real_policy": _evaluation(train.get("real")),
-        "measured_note": _measured_note(r.get("nav2d_measured")),
+        "measured_note": _measured_note(r),
     }
 
 
-def _measured_note(nav: Json | None) -> str:
-    """Where the Nav2D sections come from when the Pendulum one was rerun alone (``--only pendulum``)."""
-    if not nav:
+_SECTIONS = {"nav2d": "the Nav2D fallback, prior and inference sections", "model_error": "the model-error section",
+             "pendulum": "the Pendulum section"}
+
+
+def _measured_note(r: Json) -> str:
+    """Which sections this run measured and where the others come from, when one part was rerun alone
+    (``--only``); results from before per-part stamps carry ``nav2d_measured`` instead."""
+    measured, rerun = r.get("measured"), r.get("rerun")
+    if measured is None and r.get("nav2d_measured"):
+        measured, rerun = {"nav2d": r["nav2d_measured"], "model_error": r["nav2d_measured"]}, "pendulum"
+    if not rerun:
         return "Every section below is from this one run."
-    commit = (nav.get("git_commit") or "unknown")[:12]
-    return (f"The Nav2D sections are from an earlier run ({nav.get('date')}, code at commit `{commit}`); the "
-            f"Pendulum section was rerun alone on the machine above (`python -m benchmarks.safety --only pendulum`).")
+    earlier = "; ".join(f"{_SECTIONS[part]} on {stamp.get('date')} (code at commit "
+                        f"`{(stamp.get('git_commit') or 'unknown')[:12]}`)"
+                        for part, stamp in measured.items() if part != rerun)
+    return (f"{_SECTIONS[rerun][0].upper()}{_SECTIONS[rerun][1:]} was rerun alone on the machine above "
+            f"(`python -m benchmarks.safety --only {rerun}`); the others are from earlier runs: {earlier}.")
 
 
 def _starts(train: Json) -> str:

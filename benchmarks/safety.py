@@ -6,8 +6,9 @@ One run, on this machine, from logs collected here:
    policy's action (shielded) against the zero action, over ``--fallback-episodes`` episodes.
 2. **Prior.** The served planner (CEM H30 K32 x1) against CEM with the policy's rollouts as a share of
    fewer candidates, each over ``--prior-episodes`` episodes, with the planner's FLOPs per action.
-3. **Model error.** Models trained on a small share of the data (``--small-episodes``: 4 and 5
-   episodes of the 100): the planner without and with the shield, over ``--error-episodes`` episodes.
+3. **Model error.** Models trained on a small share of the data (``--small-episodes``: a few episodes of
+   random play or the first transitions of them, against the default model's 100 episodes): the planner
+   without and with the shield, over ``--error-episodes`` episodes.
 4. **Pendulum.** `wm mbrl` collects 1,000 env steps (5 episodes: one random, four planned by PETS),
    `wm train` learns a model from them, `wm policy train` trains a policy inside it only (its imagined
    episodes start from the logged states and from first observations of `env.reset`, no step taken);
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 import sys
 import tempfile
 import time
@@ -32,14 +34,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 
-from benchmarks.common import RESULTS, record, wm
+from benchmarks.common import RESULTS, machine, record, wm
 from benchmarks.pendulum_mbrl import SETTINGS as PENDULUM_MBRL
 from planners.config import EvalConfig, PlanConfig
 from planners.evaluate import EvalResult, closed_loop
 from planners.policy_artifact import load_policy
 from worldmodel.artifact import load_model
+from worldmodel.data.reader import list_log_files
 from worldmodel.model import WorldModel
 
 TARGETS = {"fallback_success": 0.95, "fallback_violations": 0, "prior_success": 0.999, "prior_episodes": 5000,
@@ -51,6 +56,13 @@ PRIOR = dataclasses.replace(SERVED, samples=SERVED.samples // 2, prior_share=0.2
 """Half the served candidates, a quarter of them the policy's rollouts."""
 TINY_BUDGET_MS = 0.001
 """A budget no planning round fits: every call falls back."""
+NAV2D_EPISODE_STEPS = 200
+"""Steps of one Nav2D-v0 episode of random play (it never ends early): the model-error shares' unit."""
+SMALL_SHARES = "4,5,5/650@13,5/700@13"
+"""The model-error models' data (``Share``'s CLI form): two whole-episode shares for context and the
+regime where the target's premise holds and its neighbour (docs/templates/safety.md says why these)."""
+PARTS = ("nav2d", "model_error", "pendulum")
+"""The parts of the results, each stamped with when and on what code it was measured (``measured``)."""
 
 
 def say(message: str) -> None:
@@ -173,21 +185,71 @@ def _iterations(args: argparse.Namespace) -> list[str]:
     return [] if args.policy_iterations is None else ["--iterations", str(args.policy_iterations)]
 
 
+@dataclasses.dataclass(frozen=True)
+class Share:
+    """A model-error model's data: the first ``transitions`` (None: all) of ``episodes`` episodes of random
+    play collected with ``seed`` (None: ``--seed`` + 7). CLI form ``EPISODES[/TRANSITIONS][@SEED]``."""
+
+    episodes: int
+    transitions: int | None = None
+    seed: int | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> "Share":
+        match = re.fullmatch(r"(\d+)(?:/(\d+))?(?:@(\d+))?", text.strip())
+        share = match and cls(*(None if g is None else int(g) for g in match.groups()))
+        most = share and share.episodes * NAV2D_EPISODE_STEPS
+        if not share or share.episodes <= 0 or not 0 < (share.transitions if share.transitions is not None
+                                                         else most) <= most:
+            raise argparse.ArgumentTypeError(
+                f"expected EPISODES[/TRANSITIONS][@SEED] with 0 < TRANSITIONS <= 200 x EPISODES, got {text!r}")
+        return share
+
+    def __str__(self) -> str:
+        return (f"{self.episodes}" + ("" if self.transitions is None else f"/{self.transitions}")
+                + ("" if self.seed is None else f"@{self.seed}"))
+
+
 def model_error(tmp: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
-    """For each share in ``--small-episodes``: a model from that many episodes, planning without and with
-    the shield, on the analytic objective (goal distance and zones) so the error injected is the dynamics'."""
+    """For each share in ``--small-episodes``: a model from it, planning without and with the shield, on the
+    analytic objective (goal distance and zones) so the error injected is the dynamics'."""
     rows = []
-    for episodes in args.small_episodes:
-        say(f"3. model error: a model from {episodes} episodes")
-        logs = str(tmp / f"small-logs-{episodes}")
-        wm("collect", "--env", "Nav2D-v0", "--episodes", str(episodes), "--out", logs, "--seed", str(args.seed + 7))
-        small = wm("train", "--data", logs, "--out", str(tmp / f"small-{episodes}"))
+    for share in args.small_episodes:
+        seed = args.seed + 7 if share.seed is None else share.seed
+        say(f"3. model error: a model from {share} ({share.episodes} episodes of random play, seed {seed})")
+        logs = tmp / f"small-logs-{share.episodes}-{seed}"
+        if not logs.exists():
+            wm("collect", "--env", "Nav2D-v0", "--episodes", str(share.episodes), "--out", str(logs),
+               "--seed", str(seed))
+        data = logs if share.transitions is None else _first_transitions(logs, tmp / f"share-{share.episodes}-{seed}-"
+                                                                         f"{share.transitions}", share.transitions)
+        small = wm("train", "--data", str(data), "--out", str(tmp / f"small-{share}"))
         weak, r2 = load_model(small["model_dir"]), small["metrics"]["dynamics"]["r2_min"]
+        count = share.transitions or share.episodes * NAV2D_EPISODE_STEPS
         for shield in (False, True):
             result = evaluate(weak, None, args.error_episodes, args.seed + 2, shield=shield, objective="goal")
-            rows.append(_row(f"model from {episodes} episodes, shield {'on' if shield else 'off'}", result,
-                             model_episodes=episodes, model_r2_min=r2))
+            rows.append(_row(f"{_share_name(share, count, seed)}, shield {'on' if shield else 'off'}", result,
+                             model_episodes=share.episodes, model_transitions=count, collect_seed=seed,
+                             model_r2_min=r2))
     return rows
+
+
+def _share_name(share: Share, count: int, seed: int) -> str:
+    if share.transitions is None:
+        return f"model from {share.episodes} episodes (seed {seed})"
+    return f"model from the first {count:,} transitions of {share.episodes} episodes (seed {seed})"
+
+
+def _first_transitions(logs: Path, out: Path, count: int) -> Path:
+    """Write the first ``count`` rows of the logs under ``logs`` (in the order they were written) to ``out``,
+    with the logs' schema and metadata: a share of the data finer than whole episodes."""
+    tables = [pq.read_table(path) for path in list_log_files(str(logs))]
+    table = pa.concat_tables(tables).slice(0, count)
+    if table.num_rows < count:
+        raise ValueError(f"{logs} holds {table.num_rows} transitions, expected at least {count}")
+    out.mkdir(parents=True)
+    pq.write_table(table, out / "part-0.parquet")
+    return out
 
 
 def pendulum(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -230,33 +292,62 @@ def main() -> None:
     parser.add_argument("--collect-episodes", type=int, default=100)
     parser.add_argument("--fallback-episodes", type=int, default=500)
     parser.add_argument("--prior-episodes", type=int, default=5000)
-    parser.add_argument("--small-episodes", type=lambda v: [int(x) for x in v.split(",")], default=[4, 5],
-                        help="episodes each model-error model learns from, comma-separated (default: 4,5)")
+    parser.add_argument("--small-episodes", type=_shares, default=SMALL_SHARES,
+                        help="each model-error model's data, comma-separated EPISODES[/TRANSITIONS][@SEED]: the "
+                             "first TRANSITIONS of EPISODES episodes (200 steps each) of random play collected "
+                             "with SEED (default: --seed + 7); default: "
+                             f"{SMALL_SHARES}")
     parser.add_argument("--error-episodes", type=int, default=500)
     parser.add_argument("--pendulum-episodes", type=int, default=200)
     parser.add_argument("--policy-iterations", type=int, default=None, help="smoke runs only (default: wm's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--name", default="safety", help="results file name (smoke runs: another name)")
-    parser.add_argument("--only", choices=["pendulum"], default=None,
+    parser.add_argument("--only", choices=["model_error", "pendulum"], default=None,
                         help="rerun only this part and merge it into the results file NAME.json, keeping the rest")
     args = parser.parse_args()
-    kept = _kept_parts(args.name) if args.only else {}
+    earlier = _earlier(args.name, args.only) if args.only else None
     with tempfile.TemporaryDirectory() as tmp:
-        nav = kept.pop("nav2d") if args.only else nav2d(Path(tmp), args)
-        result = {"targets": TARGETS, "nav2d": nav, "pendulum": pendulum(Path(tmp), args), **kept}
+        result = _measure(Path(tmp), args, earlier)
     record(args.name, result | {"met": met(result)})
 
 
-def _kept_parts(name: str) -> dict[str, Any]:
-    """The Nav2D part of an earlier ``NAME.json``, and when and on what commit it was measured
-    (``nav2d_measured``): what ``--only pendulum`` keeps. Raises if there is none."""
+def _shares(value: str) -> list[Share]:
+    """``--small-episodes``: shares, comma-separated."""
+    return [Share.parse(text) for text in value.split(",")]
+
+
+def _measure(tmp: Path, args: argparse.Namespace, earlier: dict[str, Any] | None) -> dict[str, Any]:
+    """Every part, or with ``--only`` that part merged into the ``earlier`` results; ``measured`` says when
+    and on what code each part was measured, ``rerun`` which part this run measured alone."""
+    now = _stamp()
+    if earlier is None:
+        return {"targets": TARGETS, "nav2d": nav2d(tmp, args), "pendulum": pendulum(tmp, args),
+                "measured": {part: now for part in PARTS}, "rerun": None}
+    nav, pend = earlier["nav2d"], earlier["pendulum"]
+    if args.only == "model_error":
+        nav = nav | {"model_error": model_error(tmp, args)}
+    else:
+        pend = pendulum(tmp, args)
+    return {"targets": TARGETS, "nav2d": nav, "pendulum": pend,
+            "measured": earlier["measured"] | {args.only: now}, "rerun": args.only}
+
+
+def _stamp() -> dict[str, Any]:
+    return {"date": time.strftime("%Y-%m-%d", time.gmtime()), "git_commit": machine()["git_commit"]}
+
+
+def _earlier(name: str, only: str) -> dict[str, Any]:
+    """The parts of an earlier ``NAME.json`` and when and on what code each was measured (results from
+    before ``measured`` existed: ``nav2d_measured`` for Nav2D, the file's own stamp for Pendulum).
+    Raises if there is none."""
     path = RESULTS / f"{name}.json"
     if not path.is_file():
-        raise SystemExit(f"--only pendulum merges into {path}, which does not exist: run the whole benchmark first")
+        raise SystemExit(f"--only {only} merges into {path}, which does not exist: run the whole benchmark first")
     old = json.loads(path.read_text())
-    measured = old.get("nav2d_measured") or {"date": old.get("date"),
-                                             "git_commit": (old.get("machine") or {}).get("git_commit")}
-    return {"nav2d": old["nav2d"], "nav2d_measured": measured}
+    own = {"date": old.get("date"), "git_commit": (old.get("machine") or {}).get("git_commit")}
+    nav = old.get("nav2d_measured") or own
+    measured = old.get("measured") or {"nav2d": nav, "model_error": nav, "pendulum": own}
+    return {"nav2d": old["nav2d"], "pendulum": old["pendulum"], "measured": measured}
 
 
 if __name__ == "__main__":

@@ -307,7 +307,8 @@ class FleetIngress:
         spec = await self.planner.info.remote()
         app: FastAPI = self.app  # the replica's own copy of ``api`` (Serve's ASGIAppReplicaWrapper)
         served = served_openapi(FastAPI.openapi(app), spec["obs_dim"], spec["act_dim"], spec.get("modes"),
-                                spec.get("sites", False), spec.get("reward_models"))
+                                spec.get("sites", False), spec.get("reward_models"),
+                                camera=spec.get("image_shape") is not None)
         app.openapi = lambda: served  # type: ignore[method-assign]
         return spec
 

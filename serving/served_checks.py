@@ -91,7 +91,8 @@ def check_proposals(proposals: list[Any], spec: dict[str, Any], prefix: str) -> 
 
 
 def served_openapi(schema: dict[str, Any], obs_dim: int, act_dim: int, modes: list[str] | None = None,
-                   sites: bool = True, reward_models: list[str] | None = None) -> dict[str, Any]:
+                   sites: bool = True, reward_models: list[str] | None = None,
+                   camera: bool = False) -> dict[str, Any]:
     """The app's OpenAPI ``schema`` with the served model's sizes and modes stated: a copy, the input is left
     as is.
 
@@ -102,11 +103,18 @@ def served_openapi(schema: dict[str, Any], obs_dim: int, act_dim: int, modes: li
     ``PlanRequest.reward_model`` lists ``reward_models`` (the registered ones fitting the served model, the
     planner's ``info()``), and is left out when there are none or they are not given: a schema-valid name must
     be one the server takes.
+    A plan request carries what the served model reads, required: ``image`` for a camera model (``camera``),
+    else ``observation``; the other is left out.
     """
     out = copy.deepcopy(schema)
     schemas = out.get("components", {}).get("schemas", {})
+    wanted, other = ("image", "observation") if camera else ("observation", "image")
     for name in ("PlanRequest", "PlanRequest-Input"):
-        properties = schemas.get(name, {}).get("properties", {})
+        if name not in schemas:
+            continue
+        properties = schemas[name].get("properties", {})
+        properties.pop(other, None)
+        schemas[name]["required"] = sorted({*schemas[name].get("required", []), wanted})
         if not sites:
             properties.pop("site", None)
         if "reward_model" in properties:

@@ -83,6 +83,11 @@ def test_served_openapi_states_the_models_sizes_and_leaves_its_input_alone() -> 
     assert "site" in props  # a warehouse fleet model's robots name their site
     lone = served_openapi(base, obs_dim=6, act_dim=2, sites=False)
     assert "site" not in lone["components"]["schemas"]["PlanRequest"]["properties"]
+    # what the served model reads is required, the other left out: a vector model's observation, a camera's frame
+    request = served["components"]["schemas"]["PlanRequest"]
+    assert "observation" in request["required"] and "image" not in request["properties"]
+    camera = served_openapi(base, obs_dim=0, act_dim=2, camera=True)["components"]["schemas"]["PlanRequest"]
+    assert "image" in camera["required"] and "observation" not in camera["properties"]
 
 
 def test_the_schema_states_every_check_the_server_makes_on_its_own() -> None:

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from planners import PlanConfig, make_planner
+from tests.thread_fixtures import one_thread  # noqa: F401  (autouse: one torch thread)
 from worldmodel.artifact import load_model, save_model
 from worldmodel.config import ModelConfig, TrainConfig
 from worldmodel.data.batch import Transitions
