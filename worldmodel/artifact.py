@@ -62,24 +62,34 @@ def save_model(model: WorldModel, path: str | os.PathLike[str], overwrite: bool 
         FileExistsError: ``path`` exists and ``overwrite`` is False.
     """
     check_version(model.version)
+    return write_artifact(path, {f"{stem}.pt": module for stem, module in model.modules().items()},
+                          {"spec": model.spec.to_dict(), "model": model.model_config.to_dict(),
+                           "train": model.train_config.to_dict()}, model.metrics,
+                          {"format": FORMAT, "version": model.version, "data_fingerprint": model.data_fingerprint},
+                          overwrite)
+
+
+def write_artifact(path: str | os.PathLike[str], weights: dict[str, torch.nn.Module], config: dict[str, Any],
+                   metrics: dict[str, Any], manifest: dict[str, Any], overwrite: bool = False) -> Path:
+    """Write an artifact directory atomically: each module's state dict under its file name, ``config.json``,
+    ``metrics.json``, and the manifest (``manifest``'s fields, its creation time and every file's sha256).
+    Every kind of artifact (world model, reward model, latent model) is written by this one function.
+
+    Raises:
+        FileExistsError: ``path`` exists and ``overwrite`` is False.
+    """
     final = Path(path).absolute()
     if final.exists() and not overwrite:
         raise FileExistsError(f"{final} already exists; pass overwrite=True (--force) to replace it")
     final.parent.mkdir(parents=True, exist_ok=True)
     with staged_dir(final) as tmp:
-        for stem, module in model.modules().items():
-            torch.save({k: v.detach().cpu() for k, v in module.state_dict().items()}, tmp / f"{stem}.pt")
-        write_json(tmp / "config.json", {"spec": model.spec.to_dict(), "model": model.model_config.to_dict(),
-                                          "train": model.train_config.to_dict()})
-        write_json(tmp / "metrics.json", model.metrics)
+        for name, module in weights.items():
+            torch.save({k: v.detach().cpu() for k, v in module.state_dict().items()}, tmp / name)
+        write_json(tmp / "config.json", config)
+        write_json(tmp / "metrics.json", metrics)
         files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
-        write_json(tmp / MANIFEST, {
-            "format": FORMAT,
-            "version": model.version,
-            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "data_fingerprint": model.data_fingerprint,
-            "files": files,
-        })
+        created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        write_json(tmp / MANIFEST, {**manifest, "created": created, "files": files})
     return final
 
 

@@ -18,7 +18,6 @@ Dimensions: ``H, W, C`` frame shape, ``A`` action size.
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import json
 import os
 from dataclasses import dataclass, field
@@ -27,8 +26,7 @@ from typing import Any
 
 import torch
 
-from worldmodel.artifact import (LATENT_FORMAT, MANIFEST, ArtifactError, check_version, read_json, sha256_file,
-                                 staged_dir, verify, write_json)
+from worldmodel.artifact import LATENT_FORMAT, MANIFEST, ArtifactError, check_version, read_json, verify, write_artifact
 from worldmodel.config import config_from_dict
 from worldmodel.envs import SpaceSpec
 from worldmodel.latent import LatentConfig, LatentWorldModel
@@ -99,25 +97,10 @@ def save_latent_model(artifact: LatentArtifact, path: str | os.PathLike[str], ov
         ValueError: the version is not MAJOR.MINOR.PATCH.
     """
     check_version(artifact.version)
-    final = Path(path).absolute()
-    if final.exists() and not overwrite:
-        raise FileExistsError(f"{final} already exists; pass overwrite=True (--force) to replace it")
-    final.parent.mkdir(parents=True, exist_ok=True)
-    with staged_dir(final) as tmp:
-        state = {k: v.detach().cpu() for k, v in artifact.model.state_dict().items()}
-        torch.save(state, tmp / WEIGHTS)
-        write_json(tmp / "config.json", {"model": latent_config_to_dict(artifact.cfg), "train": artifact.train})
-        write_json(tmp / "metrics.json", artifact.metrics)
-        files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
-        write_json(tmp / MANIFEST, {
-            "format": LATENT_FORMAT,
-            "version": artifact.version,
-            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "data_fingerprint": artifact.data_fingerprint,
-            "spaces": artifact.spaces(),
-            "files": files,
-        })
-    return final
+    return write_artifact(path, {WEIGHTS: artifact.model},
+                          {"model": latent_config_to_dict(artifact.cfg), "train": artifact.train}, artifact.metrics,
+                          {"format": LATENT_FORMAT, "version": artifact.version,
+                           "data_fingerprint": artifact.data_fingerprint, "spaces": artifact.spaces()}, overwrite)
 
 
 def is_latent_model(path: str | os.PathLike[str]) -> bool:

@@ -17,7 +17,6 @@ Saving is atomic and loading verifies every checksum first, as for world models 
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import os
 import re
 from dataclasses import dataclass, field
@@ -26,7 +25,8 @@ from typing import Any
 
 import torch
 
-from worldmodel.artifact import ArtifactError, read_json, sha256_file, staged_dir, write_json
+from worldmodel.artifact import ArtifactError, read_json, write_artifact
+from worldmodel.checksums import sha256_file
 from worldmodel.config import ModelConfig, TrainConfig, config_from_dict
 from worldmodel.envs import SpaceSpec
 from worldmodel.model import build_reward
@@ -142,20 +142,10 @@ def save_reward(artifact: RewardArtifact, path: str | os.PathLike[str], overwrit
         FileExistsError: ``path`` exists and ``overwrite`` is False.
     """
     check_reward_version(artifact.version)
-    final = Path(path).absolute()
-    if final.exists() and not overwrite:
-        raise FileExistsError(f"{final} already exists; pass overwrite=True (--force) to replace it")
-    final.parent.mkdir(parents=True, exist_ok=True)
-    with staged_dir(final) as tmp:
-        torch.save({k: v.detach().cpu() for k, v in artifact.reward.state_dict().items()}, tmp / WEIGHTS)
-        write_json(tmp / "config.json", {"spec": artifact.spec.to_dict(), "reward": artifact.config.to_dict(),
-                                          "train": artifact.train_config.to_dict()})
-        write_json(tmp / "metrics.json", artifact.metrics)
-        files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
-        created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-        write_json(tmp / MANIFEST, {"format": FORMAT, "created": created, "files": files,
-                                    **artifact.manifest_fields()})
-    return final
+    return write_artifact(path, {WEIGHTS: artifact.reward},
+                          {"spec": artifact.spec.to_dict(), "reward": artifact.config.to_dict(),
+                           "train": artifact.train_config.to_dict()}, artifact.metrics,
+                          {"format": FORMAT, **artifact.manifest_fields()}, overwrite)
 
 
 def verify_reward(path: str | os.PathLike[str]) -> dict[str, Any]:
