@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections import defaultdict
 from typing import Any
 
 import numpy as np
@@ -17,6 +16,7 @@ from learners.settings import PREDICTION_MSE_LIMIT, DriftSettings
 from planners.served import PlanBatch, empty_batch
 from serving.engine_metrics import BatchMetrics, DriftFeed, scored_mse
 from serving.rows import Continuation
+from tests.serving.test_engine import Metrics  # records every observation, as the engine tests do
 
 HOUR = 3600.0
 SETTINGS = DriftSettings(window_s=60.0, sustain_s=300.0, min_rows=10, min_interval_s=6 * HOUR, retry_s=300.0)
@@ -116,24 +116,6 @@ def test_settings_are_checked(fields: dict[str, Any], message: str) -> None:
         check_trigger({"kind": "cron"})
 
 
-class _Recorded:
-    def __init__(self) -> None:
-        self.calls: list[tuple[float, dict[str, str] | None]] = []
-
-    def observe(self, value: float, tags: dict[str, str] | None = None) -> None:
-        self.calls.append((value, tags))
-
-    inc = set = observe
-
-
-class _Metrics(defaultdict):
-    def __init__(self) -> None:
-        super().__init__(_Recorded)
-
-    def __getattr__(self, name: str) -> _Recorded:
-        return self[name]
-
-
 class _Clock:
     def __init__(self) -> None:
         self.now = 0.0
@@ -143,7 +125,7 @@ class _Clock:
 
 
 def test_the_feed_asks_once_and_counts_the_answer() -> None:
-    metrics: Any = _Metrics()
+    metrics: Any = Metrics()
     clock, asked = _Clock(), []
 
     async def no_scheduler(cause: DriftCause, name: str) -> DriftAnswer:
@@ -173,7 +155,7 @@ def test_batch_metrics_feed_the_served_versions_mse_to_the_watch() -> None:
     assert scored_mse(records, steps, obs) == {"1.0.0": (1.5, 2)}
     batch = PlanBatch(**empty_batch(2, 3, 2, 1), hidden=None, iterations=1, elapsed_ms=1.0, model_version="1.0.0",
                       fallback_source="zero")
-    metrics: Any = _Metrics()
+    metrics: Any = Metrics()
     clock = _Clock()
     observed = BatchMetrics(metrics, DriftSettings(window_s=1.0, sustain_s=1.0, min_rows=2))
     assert observed.drift is not None and BatchMetrics(metrics, DriftSettings(enabled=False)).drift is None
