@@ -27,11 +27,8 @@ from typing import Any, Sequence
 
 import numpy as np
 import pyarrow.fs as pafs
-import torch
 
 from actors.records import AgentRecord
-from planners.constraints import kind_margins
-from planners.objectives import BOX, MAX_SPEED, ZONES
 from planners.service import PlanBatch
 from serving import rows
 from serving.ab_stats import VersionStats
@@ -95,32 +92,6 @@ def read_live(registry: ModelRegistry, test_id: str) -> list[dict[str, Any]]:
     return out
 
 
-def violated(records: Sequence[AgentRecord | None], steps: Sequence[rows.Continuation],
-             obs: np.ndarray) -> np.ndarray:
-    """(N,) bool: the agent's new (N, S) observation breaks a constraint its previous request gave."""
-    out = np.zeros(len(records), bool)
-    picked = [i for i, (rec, step) in enumerate(zip(records, steps))
-              if step.same_episode and rec is not None and rec.objective is not None and rec.objective.constrained]
-    if picked:
-        params = {k: torch.from_numpy(v) for k, v in rows.constraints([records[i].objective for i in picked]).items()
-                  if k in (ZONES, BOX, MAX_SPEED)}  # type: ignore[union-attr]
-        states = torch.from_numpy(np.ascontiguousarray(obs[picked], np.float32))[None, :, None]  # (1, n, 1, S)
-        out[picked] = (kind_margins(states, params) < 0)[0, :, 0].any(-1).numpy()
-    return out
-
-
-def agent_mse(records: Sequence[AgentRecord | None], steps: Sequence[rows.Continuation],
-              obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(indices, MSEs) of the agents whose step scores their record's prediction (its predicted dims only)."""
-    scored = [i for i, (rec, step) in enumerate(zip(records, steps))
-              if step.same_episode and rec is not None and rec.predicted is not None
-              and np.isfinite(rec.predicted).any()]
-    if not scored:
-        return np.zeros(0, np.int64), np.zeros(0)
-    predicted = np.stack([records[i].predicted for i in scored])  # type: ignore[union-attr]  # (n, S)
-    return np.asarray(scored), np.nanmean((obs[scored] - predicted) ** 2, axis=1)
-
-
 def live_ab(candidate: Any | None, registry_uri: str | None, poll_s: float, engine: str,
             metrics: ServingMetrics | None = None) -> LiveAB | None:
     """An engine's ``LiveAB`` when the app deploys the A/B candidate planner (``AppConfig.ab``), else None;
@@ -168,8 +139,8 @@ class LiveAB:
         going = [i for i, (r, s) in enumerate(zip(records, steps)) if s.same_episode and r is not None]
         ids = np.array([records[i].agent_id for i in going], dtype=object)  # type: ignore[union-attr]
         versions = np.array([records[i].model_version for i in going], dtype=object)  # type: ignore[union-attr]
-        flags = violated(records, steps, obs)[going]
-        scored, mse = agent_mse(records, steps, obs)
+        flags = rows.violation_flags(records, steps, obs).any(-1)[going]
+        scored, mse = rows.agent_mse(records, steps, obs)
         position = {i: k for k, i in enumerate(going)}
         at = np.array([position[i] for i in scored], np.int64)
         for v in set(versions.tolist()):

@@ -121,13 +121,9 @@ def prediction_mse(records: Sequence[AgentRecord | None], steps: Sequence[rows.C
 def scored_mse(records: Sequence[AgentRecord | None], steps: Sequence[rows.Continuation],
                obs: np.ndarray) -> dict[str, tuple[float, int]]:
     """``prediction_mse`` with, per version, how many agents were scored: {version: (mse, agents)}."""
-    scored = [i for i, (rec, step) in enumerate(zip(records, steps))
-              if step.same_episode and rec is not None and rec.predicted is not None
-              and np.isfinite(rec.predicted).any()]
-    if not scored:
+    scored, mse = rows.agent_mse(records, steps, obs)  # (n,), (n,)
+    if not len(scored):
         return {}
-    predicted = np.stack([records[i].predicted for i in scored])  # type: ignore[union-attr]  # (n, S)
-    mse = np.nanmean((obs[scored] - predicted) ** 2, axis=1)  # (n,)
     versions = np.array([records[i].model_version for i in scored])  # type: ignore[union-attr]
     return {str(v): (float(mse[versions == v].mean()), int((versions == v).sum())) for v in np.unique(versions)}
 

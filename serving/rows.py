@@ -22,7 +22,7 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass
-from typing import cast
+from typing import Sequence, cast
 
 import numpy as np
 import torch
@@ -203,19 +203,40 @@ def answers(requests: list[PlanRequest], batch: PlanBatch) -> list[PlanAnswer]:
             for i, req in enumerate(requests)]
 
 
-def observed_violations(records: list[AgentRecord | None], steps: list[Continuation],
+def observed_violations(records: Sequence[AgentRecord | None], steps: Sequence[Continuation],
                         obs: np.ndarray) -> Counter[str]:
     """Agents whose new observation violates the constraints their previous request gave, by constraint
     ('no_fly_zone', 'state_box', 'speed'); ``obs``: (N, S). Only steps that continue their record's episode."""
+    counts = violation_flags(records, steps, obs).sum(0).tolist()
+    return Counter({kind.reason: int(count) for kind, count in zip(KINDS, counts) if count})
+
+
+def violation_flags(records: Sequence[AgentRecord | None], steps: Sequence[Continuation],
+                    obs: np.ndarray) -> np.ndarray:
+    """(N, 3) bool in ``KINDS`` order: the agent's new (N, S) observation breaks that kind of constraint its
+    previous request gave (only steps that continue their record's episode; the others all False)."""
+    out = np.zeros((len(records), len(KINDS)), bool)
     rows = [i for i, (rec, step) in enumerate(zip(records, steps))
             if step.same_episode and rec is not None and rec.objective is not None and rec.objective.constrained]
-    if not rows:
-        return Counter()
-    params = {k: torch.from_numpy(v) for k, v in constraints([records[i].objective for i in rows]).items()
-              if k in (ZONES, BOX, MAX_SPEED)}  # type: ignore[union-attr]
-    states = torch.from_numpy(np.ascontiguousarray(obs[rows], np.float32))[None, :, None]  # (1, n, 1, S)
-    violated = (kind_margins(states, params) < 0)[0, :, 0]  # (n, 3) in KINDS order
-    return Counter({kind.reason: int(count) for kind, count in zip(KINDS, violated.sum(0).tolist()) if count})
+    if rows:
+        params = {k: torch.from_numpy(v) for k, v in constraints([records[i].objective for i in rows]).items()
+                  if k in (ZONES, BOX, MAX_SPEED)}  # type: ignore[union-attr]
+        states = torch.from_numpy(np.ascontiguousarray(obs[rows], np.float32))[None, :, None]  # (1, n, 1, S)
+        out[rows] = (kind_margins(states, params) < 0)[0, :, 0].numpy()
+    return out
+
+
+def agent_mse(records: Sequence[AgentRecord | None], steps: Sequence[Continuation],
+              obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(indices, MSEs) of the agents whose step scores their record's prediction of their (N, S) observation:
+    the mean over the dims it predicted (NaN in ``predicted`` left out), for steps continuing the episode."""
+    scored = [i for i, (rec, step) in enumerate(zip(records, steps))
+              if step.same_episode and rec is not None and rec.predicted is not None
+              and np.isfinite(rec.predicted).any()]
+    if not scored:
+        return np.zeros(0, np.int64), np.zeros(0)
+    predicted = np.stack([records[i].predicted for i in scored])  # type: ignore[union-attr]  # (n, S)
+    return np.asarray(scored), np.nanmean((obs[scored] - predicted) ** 2, axis=1)
 
 
 def new_records(requests: list[PlanRequest], records: list[AgentRecord | None], steps: list[Continuation],
