@@ -15,7 +15,8 @@ from learners.drift import BUSY, NOT_PRODUCTION, RATE_LIMITED, SKIPPED, STARTED,
 from learners.schedule import start_scheduler
 from learners.settings import DriftSettings
 from serving.engine_metrics import DriftFeed
-from tests.learners.test_drift import _Clock, _Metrics
+from tests.learners.test_drift import _Clock
+from tests.serving.test_engine import Metrics
 from tests.ray_fixtures import ray_local  # noqa: F401
 from worldmodel.data import write_transitions
 from worldmodel.envs.collect import collect
@@ -56,7 +57,7 @@ def test_sustained_drift_retrains_once_and_records_its_cause(ray_local, tmp_path
     # the fleet goes on logging: the drift retrain has new data to learn from
     write_transitions(data_uri, collect("Nav2D-v0", episodes=4, seed=1, agent_id="b"), "Nav2D-v0")
 
-    metrics: Any = _Metrics()
+    metrics: Any = Metrics()
     clock = _Clock()
     clock.now = time.time()
 
