@@ -60,8 +60,9 @@ class PlanAnswer:
     """The reward model version that scored the plan; None when the world model's own reward did (or none did)."""
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON body of ``PlanResponse``."""
-        return dataclasses.asdict(self)
+        """The JSON body of ``PlanResponse``: its fields, not copies (``asdict`` would copy every list, per agent,
+        for a body that is only encoded)."""
+        return {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
 
     def replay(self) -> "PlanAnswer":
         """This answer, as given again to a retry of its request."""

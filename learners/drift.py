@@ -94,14 +94,14 @@ class DriftWatch:
         """The version being served as production; observations of others are ignored."""
         self._version: str | None = None
         self._batches: deque[tuple[float, float, int]] = deque()  # (time, mse * rows, rows)
+        self._sum, self._rows = 0.0, 0  # the window's running totals of mse * rows and rows
         self._above_since: float | None = None
         self._pending = False  # fired, and the scheduler has not answered yet
         self._hold_until = float("-inf")
 
     def windowed(self) -> tuple[float, int]:
         """The window's row-weighted mean MSE (NaN when empty) and its rows."""
-        rows = sum(r for _, _, r in self._batches)
-        return (sum(s for _, s, _ in self._batches) / rows if rows else float("nan")), rows
+        return (self._sum / self._rows if self._rows else float("nan")), self._rows
 
     def observe(self, version: str, mse: float, rows: int, now: float) -> DriftCause | None:
         """One batch's mean MSE over its ``rows`` scored transitions of ``version``, at ``now``.
@@ -115,10 +115,13 @@ class DriftWatch:
         if version != self._version:  # a new production version starts a clean window
             self._version, self._above_since = version, None
             self._batches.clear()
+            self._sum, self._rows = 0.0, 0
         s = self.settings
         self._batches.append((now, mse * rows, rows))
+        self._sum, self._rows = self._sum + mse * rows, self._rows + rows
         while self._batches[0][0] <= now - s.window_s:
-            self._batches.popleft()
+            _, gone, gone_rows = self._batches.popleft()
+            self._sum, self._rows = self._sum - gone, self._rows - gone_rows
         mean, window_rows = self.windowed()
         if window_rows < s.min_rows or not mean > s.threshold:
             self._above_since = None

@@ -71,7 +71,7 @@ class FleetIngress:
                        candidate: DeploymentHandle | None = None) -> None:
         """``consumer``: the ``StreamConsumer`` deployment (None without a fleet bus), bound here so that it is
         part of the app; the ingress reads its stats. ``candidate``: the A/B candidate planner (None: no A/B).
-        The replica takes its writer lease before it serves."""
+        The replica takes its writer lease before it serves, and gives it up while idle (``PlanEngine.join``)."""
         self._setup(planner, shadow, consumer, config, candidate)
         await self.engine.join()
 

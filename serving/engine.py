@@ -15,8 +15,8 @@ queued so far (see ``PlanEngine.submit``) and:
    request continues the record's episode (warehouse robots of one site jointly: ``site``); while a live
    A/B test runs (``serving.ab``), the candidate's agents in one call to the candidate deployment, both
    calls at once (``serving.engine_arms``); a failed candidate call is planned again by production;
-5. writes the new records once and sends the closed transitions to the telemetry sink once
-   (``serving.engine_writes``), both submitted before the answers go back and finished while they
+5. sends the closed transitions to the telemetry sink once, beside the planner calls, then writes the new records
+   once (``serving.engine_writes``), both submitted before the answers go back and finished while they
    travel; ``settled`` says when they are durable;
 6. with a shadow version, has it plan the same batch in the background and compares (``serving.shadow``);
 7. keeps each decision's inputs for ``/v1/explain`` (``serving.explain``: ``explain``, ``explained``).
@@ -64,10 +64,14 @@ _BUDGET_MARGIN_MS = 4.0
 """Kept back from a request's deadline for the state write and the HTTP answer."""
 LEASE_S = 3.0
 """A writer lease lasts this long; the engine renews it every ``LEASE_RENEW_S``."""
-LEASE_RENEW_S = 1.0
-"""Seconds between lease renewals: the longest another writer's arrival can go unnoticed."""
+LEASE_RENEW_S = 0.25
+"""Seconds between lease renewals: the longest another writer's arrival can go unnoticed, and so what an HTTP ingress
+joining a busy stream consumer waits (``JOIN_S``) before its first batch after an idle spell (``IDLE_LEAVE_S``)."""
 JOIN_S = 1.5 * LEASE_RENEW_S
 """How long a writer joining others waits before its first read: one renewal period of theirs, and a margin."""
+IDLE_LEAVE_S = 10.0
+"""An HTTP ingress's engine that has run no batch for this long gives its lease up, so that a busy stream consumer,
+left alone, uses its cache; its next batch joins again (``PlanEngine``'s ``leave_idle_s``)."""
 
 
 class PlanEngine:
@@ -75,9 +79,12 @@ class PlanEngine:
 
     def __init__(self, planner: Any, store: AgentStateStore, telemetry: TelemetrySink | None, shadow: Any | None,
                  metrics: ServingMetrics, default_deadline_ms: float | None, cache: RecordCache | None = None,
-                 drift: DriftSettings | None = DriftSettings(), ab: LiveAB | None = None) -> None:
+                 drift: DriftSettings | None = DriftSettings(), ab: LiveAB | None = None,
+                 leave_idle_s: float | None = IDLE_LEAVE_S) -> None:
         """``planner`` and ``shadow`` are planner deployment handles (``shadow`` None: no comparison);
         ``telemetry`` where served transitions go (None: nothing logged); ``cache`` used only while the sole writer;
+        ``leave_idle_s``: the writer lease is given up after this long without a batch (None: kept; a stream
+        consumer, whose requests another replica may claim, must not wait to join again while it holds some);
         ``drift`` when a rise of the prediction error asks for a retrain (``serving.engine_metrics.DriftFeed``);
         ``ab`` the live A/B test's candidate arm (None: every agent is production's)."""
         self.planner, self.store, self.telemetry, self.cache = planner, store, telemetry, cache
@@ -97,6 +104,8 @@ class PlanEngine:
         self._cycler: asyncio.Task[None] | None = None
         self._idle = asyncio.Event()
         self._idle.set()
+        self._last_run = time.monotonic()
+        self.leave_idle_s = leave_idle_s
         self.writer_id = uuid.uuid4().hex
         self.sole_writer = False
         """Whether the last lease renewal found this engine the only live writer (the cache is used only then)."""
@@ -154,6 +163,7 @@ class PlanEngine:
 
     async def run(self, requests: list[PlanRequest], arrived: list[float]) -> list[Answer]:
         """Answer a batch in order. An agent that appears twice is answered in two passes, in order."""
+        self._last_run = time.monotonic()
         await self._keep_lease()
         seen: set[str] = set()
         first = [i for i, r in enumerate(requests) if not (r.agent_id in seen or seen.add(r.agent_id))]
@@ -258,7 +268,8 @@ class PlanEngine:
         return writers
 
     async def join(self) -> None:
-        """Take the writer lease and keep renewing it; call before the first batch (a replica's constructor).
+        """Take the writer lease and keep renewing it (until idle for ``leave_idle_s``); a replica's constructor
+        calls it, or else a batch's first read.
 
         When other writers hold a lease, wait ``JOIN_S`` before returning: a writer whose last renewal found
         it alone keeps answering from its cache until its next renewal, and must not miss what this engine
@@ -269,8 +280,19 @@ class PlanEngine:
         if await self.renew_lease() > 1:
             await asyncio.sleep(JOIN_S)
 
+    async def leave(self) -> None:
+        """Give the lease up (the cache off and emptied first); the next batch joins again. Its writes are
+        settled first: the writer left alone reads what this one wrote from the shards."""
+        self._leaser, self.sole_writer = None, False
+        if self.cache is not None:
+            self.cache.clear()
+            self._cache_epoch += 1
+        await self.writes.settled()
+        if self._leaser is None:  # not joined again meanwhile (its renewal, sent later, would stand anyway)
+            await self.store.lease(self.writer_id, 0.0)
+
     async def _keep_lease(self) -> None:
-        """With a cache: join before the first read unless the replica joined at its start."""
+        """With a cache: join before the first read, and again after leaving."""
         if self.cache is None:
             return
         if self._leaser is None:
@@ -281,6 +303,10 @@ class PlanEngine:
     async def _renew_forever(self) -> None:
         while True:
             await asyncio.sleep(LEASE_RENEW_S)
+            idle_s = time.monotonic() - self._last_run
+            if self.leave_idle_s is not None and self._idle.is_set() and idle_s > self.leave_idle_s:
+                await self.leave()
+                return
             await self.renew_lease()
 
     # -- planning a batch -----------------------------------------------------------------
@@ -294,23 +320,25 @@ class PlanEngine:
         self.unlogged.update(rows.unlogged(steps))
         batch = Batch(requests, records, steps, obs, rows.objectives(requests), self._budget_ms(requests, arrived))
         arms = self.arms.split(requests)
-        planned = await asyncio.gather(*(self.arms.plan(batch, planner, idx) for planner, idx in arms),
-                                       return_exceptions=True)
+        # What each arm's requests close is known before they are planned: its telemetry call goes beside planning.
+        closed = [rows.transitions([requests[i] for i in idx], [records[i] for i in idx], [steps[i] for i in idx],
+                                   obs[idx]) for _, idx in arms]
+        logged = self.writes.log(Transitions.concat([c for c in closed if c is not None]) if any(
+            c is not None for c in closed) else None)
+        planned = await asyncio.gather(*(self.arms.plan(batch, planner, idx, part)
+                                         for (planner, idx), part in zip(arms, closed)), return_exceptions=True)
         answers: list[PlanAnswer | None] = [None] * len(requests)
         records_out: list[AgentRecord] = []
-        parts: list[Transitions] = []
-        for (planner, idx), arm in zip(arms, planned):
+        for (planner, idx), part, arm in zip(arms, closed, planned):
             if isinstance(arm, BaseException):
                 if planner is self.planner:
-                    raise arm
+                    raise arm  # the records stay as they were: the requests are planned again, logged once
                 logger.warning("A/B candidate arm failed, its %d agents planned by production: %s", len(idx), arm)
-                arm = await self.arms.plan(batch, self.planner, idx)
+                arm = await self.arms.plan(batch, self.planner, idx, part)
             for i, answer in zip(idx.tolist(), arm[0]):
                 answers[i] = answer
             records_out += arm[1]
-            parts += [arm[2]] if arm[2] is not None else []
-        # one telemetry call, then one state write, in the background
-        self._write(records_out, Transitions.concat(parts) if parts else None)
+        self._write(records_out, logged)  # the state write, once the telemetry call has finished
         return answers  # type: ignore[return-value]
 
     def _budget_ms(self, requests: list[PlanRequest], arrived: list[float]) -> float | None:
@@ -322,15 +350,16 @@ class PlanEngine:
         left = [d - (now - a) * 1000 for d, a in zip(deadlines, arrived) if d is not None]
         return max(min(left) - _BUDGET_MARGIN_MS, 0.01)
 
-    def _write(self, records: list[AgentRecord], transitions: Transitions | None) -> None:
-        """Log the transitions, then send the state write (``EngineWrites.submit`` says why in that order).
+    def _write(self, records: list[AgentRecord], logged: asyncio.Task[None] | None) -> None:
+        """Send the state write once the telemetry call ``logged`` has finished (``EngineWrites.submit`` says why
+        in that order).
 
         The state write is submitted before anything else is sent to the shards: a retry of one of these
         requests, in this batch's second pass or a later cycle, reaches the shard after this write (calls
         from one process to one actor run in submission order), so it finds its answer; the logs keep
         each (agent, episode, step) once.
         """
-        self.writes.submit(records, transitions)
+        self.writes.submit(records, logged)
         if self.cache is not None and self.sole_writer:  # before a second pass of this batch reads them
             self.cache.put(records)
 

@@ -63,9 +63,10 @@ class ArmPlanner:
         return [(self.planner, everyone[~candidate]),
                 (self.ab.candidate, everyone[candidate])]  # type: ignore[union-attr]
 
-    async def plan(self, batch: Batch, planner: Any,
-                        idx: np.ndarray) -> tuple[list[PlanAnswer], list[AgentRecord], Transitions | None]:
-        """One planner call for the batch's requests ``idx`` (n,): their answers, new records and closed transitions."""
+    async def plan(self, batch: Batch, planner: Any, idx: np.ndarray,
+                   transitions: Transitions | None) -> tuple[list[PlanAnswer], list[AgentRecord]]:
+        """One planner call for the batch's requests ``idx`` (n,), which close ``transitions``
+        (``rows.transitions``): their answers and new records."""
         requests, records, steps = ([xs[i] for i in idx] for xs in (batch.requests, batch.records, batch.steps))
         obs, goals = batch.obs[idx], [batch.goals[i] for i in idx]  # (n, S)
         # warm-started only where the request continues its record's episode
@@ -79,7 +80,6 @@ class ArmPlanner:
         # the answers, the records that the next requests will need, and what explaining them needs
         answers = rows.answers(requests, planned)
         records_out = rows.new_records(requests, records, steps, obs, planned, answers, goals, stacks)
-        transitions = rows.transitions(requests, records, steps, obs)
         self.decisions.put(served(requests, answers, obs if stacks is None else stacks, warm_start, goals))
         production = planner is self.planner
         (self._observed if production else self._candidate_observed).observe_batch(planned, records, steps, obs,
@@ -88,7 +88,7 @@ class ArmPlanner:
             self.ab.observe(planned, records, steps, obs, transitions)
         if self.shadow is not None and production:  # in the background: the shadow version plans the same inputs
             self._spawn(self.shadow.compare(inputs, planned.actions, transitions))
-        return answers, records_out, transitions
+        return answers, records_out
 
     async def frame_stacks(self, planner: Any, requests: list[PlanRequest], records: list[AgentRecord | None],
                             steps: list[rows.Continuation]) -> np.ndarray | None:

@@ -1,9 +1,10 @@
-"""What the engine writes after each cycle, and whether it has become durable.
+"""What the engine writes each cycle, and whether it has become durable.
 
-Each cycle makes one telemetry call (the transitions it closed, to ``serving.sinks``'s sink) and then submits
-one state write (its agents' new records), which finishes in the background while the answers travel back.
-``settled`` says when they have finished and whether they succeeded: the stream consumer acknowledges a
-request only then, so a request whose effect was lost is delivered again.
+Each cycle makes one telemetry call (the transitions it closed, to ``serving.sinks``'s sink), started beside its
+planning (``log``: what a request closes is known before it is planned), and then submits one state write (its
+agents' new records), which finishes in the background while the answers travel back. ``settled`` says when
+they have finished and whether they succeeded: the stream consumer acknowledges a request only then, so a
+request whose effect was lost is delivered again.
 
 A telemetry call that fails keeps its transitions (``held``, at most ``max_held`` rows, the oldest beyond
 dropped and counted) and sends them again before the next cycle's: a request answered again from its
@@ -59,9 +60,19 @@ class EngineWrites:
         """Transitions whose telemetry call failed, waiting to be sent again (those being sent included)."""
         return sum(map(len, self._held)) + self._resending
 
-    def submit(self, records: list[AgentRecord], transitions: Transitions | None) -> None:
-        """Log ``transitions`` (after what is held), then send the state write, in the background; ``ordered``
-        waits until the state write is sent (the engine's answers leave then).
+    def log(self, transitions: Transitions | None) -> asyncio.Task[None] | None:
+        """Start the telemetry call of ``transitions`` (after what is held) in the background, and return it for
+        the cycle's ``submit`` to wait for; None while the sink is failing (transitions held): then nothing
+        waits for it."""
+        failing = bool(self._held)
+        task = self.spawn(self._log(transitions))
+        self._logging.add(task)
+        task.add_done_callback(self._logging.discard)
+        return None if failing else task
+
+    def submit(self, records: list[AgentRecord], logged: asyncio.Task[None] | None) -> None:
+        """Send the state write once the cycle's telemetry call ``logged`` (``log``) has finished, in the
+        background; ``ordered`` waits until the state write is sent (the engine's answers leave then).
 
         The transitions go first: a replica that dies between the two leaves its agents' records as they
         were, so the re-delivered requests are planned again and close the same transitions again (the logs
@@ -73,7 +84,7 @@ class EngineWrites:
         self.submitted += 1
         number = self.submitted
         sent: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        task = self.spawn(self._write(number, records, transitions, sent))
+        task = self.spawn(self._write(number, records, logged, sent))
         self._pending[number] = task
         task.add_done_callback(lambda _: self._pending.pop(number, None))
         self._last_sent = sent
@@ -101,16 +112,12 @@ class EngineWrites:
             await self._log(None)
         return self.held == 0 and not any(since < number <= upto for number in self._failed)
 
-    async def _write(self, number: int, records: list[AgentRecord], transitions: Transitions | None,
+    async def _write(self, number: int, records: list[AgentRecord], logged: asyncio.Task[None] | None,
                      sent: asyncio.Future[None]) -> None:
         try:
-            if self._held:
-                task = self.spawn(self._log(transitions))
-                self._logging.add(task)
-                task.add_done_callback(self._logging.discard)
-            else:
-                try:
-                    await asyncio.wait_for(self._log(transitions), LOG_WAIT_S)
+            if logged is not None:
+                try:  # cancelled when it runs out: its transitions are held (``_log``)
+                    await asyncio.wait_for(logged, LOG_WAIT_S)
                 except asyncio.TimeoutError:
                     logger.warning("telemetry call slower than %.2f s: its transitions are held for the next",
                                    LOG_WAIT_S)

@@ -281,13 +281,14 @@ def transitions(requests: list[PlanRequest], records: list[AgentRecord | None], 
     if not closing or obs.shape[1] == 0:  # camera agents: their frames are not in the vector log
         return None
     prev = cast(list[AgentRecord], [records[i] for i in closing])  # a transition closes only from a record
-    acted = cast(list[np.ndarray], [steps[i].action for i in closing])
+    acted = np.stack(cast(list[np.ndarray], [steps[i].action for i in closing]))  # (B, A)
     # A version "acted" only when the agent executed its answer; an action of the client's own is no model's.
-    versions = [r.model_version if r.action is not None and r.action.shape == a.shape
-                and np.allclose(a, r.action, atol=1e-6) else ""
-                for r, a in zip(prev, acted)]
+    answered = np.stack([r.action if r.action is not None and r.action.shape == acted.shape[1:]
+                         else np.full(acted.shape[1:], np.nan, np.float32) for r in prev])  # (B, A)
+    executed = np.isclose(acted, answered, rtol=1e-5, atol=1e-6).all(axis=1)
+    versions = np.where(executed, np.array([r.model_version for r in prev]), "")
     return Transitions.build(
-        obs=np.stack([r.obs for r in prev]), actions=np.stack(acted),  # type: ignore[misc]
+        obs=np.stack([r.obs for r in prev]), actions=acted,
         rewards=np.array([requests[i].reward for i in closing]), new_obs=obs[closing],
         terminateds=np.array([requests[i].terminated for i in closing]),
         truncateds=np.array([requests[i].truncated for i in closing]),

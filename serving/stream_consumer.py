@@ -15,7 +15,9 @@ uses only while its writer lease in the shards says it is the only writer (one c
 ingress idle); with several writers the caches are off and every batch reads the shards. A writer that
 found itself alone learns of a new one only at its next renewal (``LEASE_RENEW_S``), so a replica joins
 first (``PlanEngine.join``): it holds a lease from its start and reads the bus only once every other writer
-has renewed since. The HTTP ingress joins the same way at its start.
+has renewed since, and keeps it (a wait to join again, with requests read, would let another replica claim and
+answer them meanwhile). The HTTP ingress joins the same way at its start, but leaves after ``IDLE_LEAVE_S``
+without a batch (and joins again at its next), so an idle ingress leaves a lone consumer its cache.
 
 Health: a replica fails ``check_health`` (and Serve replaces it) only when its loop has ended, which it
 does only through a bug. Redis being unreachable is not a reason to replace it: a new replica would
@@ -68,7 +70,7 @@ class StreamConsumer:
         # used only while this engine is the one writer (see the module docstring)
         live = live_ab(candidate, cfg.registry_uri, cfg.poll_s, "consumer", metrics)
         self.engine = PlanEngine(planner, store, sink, shadow, metrics, cfg.default_deadline_ms,
-                                 RecordCache(cfg.state.ttl_s), drift=cfg.drift, ab=live)
+                                 RecordCache(cfg.state.ttl_s), drift=cfg.drift, ab=live, leave_idle_s=None)
         self.engine.max_batch = int(cfg.batching["max_batch_size"])  # as deployed: user_config reaches the ingress
         self._spec = Refreshed(self._fetch_spec, 2.0, "model spec")  # follows version switches
         consumer = serve.get_replica_context().replica_tag

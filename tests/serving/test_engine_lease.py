@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
+
+import serving.engine as engine_module
 from actors.records import RecordCache
 from actors.state import AgentStateShard
 from serving.engine import JOIN_S, PlanEngine
@@ -58,3 +61,39 @@ def test_a_writer_joining_another_waits_until_the_other_has_turned_its_cache_off
             engine._leaser.cancel()
 
     asyncio.run(scenario())
+
+
+def test_an_idle_writer_leaves_so_the_busy_one_uses_its_cache_and_rejoins_at_its_next_batch(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The HTTP ingress of a fleet on the bus: idle, it must not keep the busy consumer's cache off."""
+    for name, seconds in (("LEASE_RENEW_S", 0.05), ("JOIN_S", 0.1)):
+        monkeypatch.setattr(engine_module, name, seconds)
+    store, logger = local_store(), FakeLogger()
+
+    async def step(engine: PlanEngine, t: int) -> None:
+        await engine.run([_req(t)], [time.monotonic()])
+        await engine.settled()
+
+    async def scenario() -> None:
+        busy = PlanEngine(FakePlanner("1.0.0"), store, logger, None, Metrics(), None, RecordCache(3600),
+                          leave_idle_s=None)  # a stream consumer
+        idle = PlanEngine(FakePlanner("1.0.0"), store, logger, None, Metrics(), None, RecordCache(3600),
+                          leave_idle_s=0.3)
+        await step(idle, 0)
+        await step(busy, 1)  # joined beside the idle one: no cache
+        assert not busy.sole_writer and busy.cache.records == {}
+        await asyncio.sleep(0.5)  # the idle one leaves; the busy one's renewal finds itself alone
+        for t in range(2, 9):
+            await step(busy, t)
+        assert idle._leaser is None and busy.sole_writer and "a1" in busy.cache.records
+        start = time.monotonic()
+        await step(idle, 9)  # joins again, and waits for the busy one to turn its cache off
+        assert time.monotonic() - start >= 0.1 and not busy.sole_writer and busy.cache.records == {}
+        await step(busy, 10)  # reads the record the other one wrote
+        for engine in (busy, idle):
+            if engine._leaser is not None:
+                engine._leaser.cancel()
+
+    asyncio.run(scenario())
+    rows = [(str(b.eps_id[0]), int(b.t[0])) for b in logger.batches]
+    assert [t for _, t in rows] == list(range(10)) and len({e for e, _ in rows}) == 1  # one episode, nothing lost

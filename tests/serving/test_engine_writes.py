@@ -111,7 +111,7 @@ def test_held_transitions_are_bounded_and_the_oldest_dropped_counted() -> None:
         sink.failing = True
         writes = EngineWrites(FakeStore(), sink, lambda coro: asyncio.ensure_future(coro), max_held=50)
         for seed in range(3):
-            writes.submit([], make_batch(30, seed=seed))
+            writes.submit([], writes.log(make_batch(30, seed=seed)))
             await writes.ordered()
         await writes.settled()
         assert (writes.held, writes.dropped) == (50, 40)
