@@ -276,7 +276,8 @@ def fleet_bus_fields(r: Json) -> dict[str, str]:
         tried = ", ".join(f"{s['agents']}: p99 {num(s['latency_ms']['p99'], 0)} ms"
                           + ("" if s["holds"] else f" ({s['errors']} errors, behind)") for s in steps)
         largest = transports[name].get("largest_fleet")
-        ladder.append(f"- {label}: **{largest or 'none of the sizes tried'}** agents ({tried or 'not run'})")
+        held = f"**{largest}** agents" if largest else "**none** of the sizes tried"
+        ladder.append(f"- {label}: {held} ({tried or 'not run'})")
     headers = ["transport", "agents", "requests/s", "p50 ms", "p99 ms", "errors", "success", "steps in zones"]
     target = r["target"]
     shares = {name: transports[name].get("cpu_percent_of_a_core") or {} for name in ("redis", "http")}
@@ -303,4 +304,4 @@ def fleet_bus_headline(r: Json) -> str:
     return (f"{redis['agents']} agents at {num(r['settings']['hz'], 0)} Hz through Redis: p99 "
             f"{num(redis['latency_ms']['p99'], 0)} ms, {redis['errors']} errors, {pct(redis.get('success_rate'))} "
             f"success (HTTP: p99 {num(http['latency_ms']['p99'], 0)} ms); largest fleet at p99 <= "
-            f"{num(r['ladder_p99_ms'], 0)} ms: {largest['redis'] or '-'} (Redis), {largest['http'] or '-'} (HTTP)")
+            f"{num(r['ladder_p99_ms'], 0)} ms: {largest['redis'] or 'none'} (Redis), {largest['http'] or 'none'} (HTTP)")
