@@ -57,8 +57,8 @@ def safety_fields(r: Json) -> dict[str, str]:
     }
 
 
-_SECTIONS = {"nav2d": "the Nav2D fallback, prior and inference sections", "model_error": "the model-error section",
-             "pendulum": "the Pendulum section"}
+_SECTIONS = {"nav2d": "the Nav2D fallback and inference sections", "prior": "the prior section",
+             "model_error": "the model-error section", "pendulum": "the Pendulum section"}
 
 
 def _measured_note(r: Json) -> str:

@@ -5,7 +5,8 @@ One run, on this machine, from logs collected here:
 1. **Fallback.** Nav2D, 2 no-fly zones, a planning budget so small that every call falls back: the
    policy's action (shielded) against the zero action, over ``--fallback-episodes`` episodes.
 2. **Prior.** The served planner (CEM H30 K32 x1) against CEM with the policy's rollouts as a share of
-   fewer candidates, each over ``--prior-episodes`` episodes, with the planner's FLOPs per action.
+   fewer candidates, and that planner without them, each over ``--prior-episodes`` episodes, with the
+   planner's FLOPs per action.
 3. **Model error.** Models trained on a small share of the data (``--small-episodes``: a few episodes of
    random play or the first transitions of them, against the default model's 100 episodes): the planner
    without and with the shield, over ``--error-episodes`` episodes.
@@ -52,8 +53,12 @@ TARGETS = {"fallback_success": 0.95, "fallback_violations": 0, "prior_success": 
            "error_episodes": 500, "pendulum_return": -200.0, "inference_ms": 1.0}
 SERVED = PlanConfig()
 """The served planner (CEM H30 K32 x1): the prior row's reference."""
-PRIOR = dataclasses.replace(SERVED, samples=SERVED.samples // 2, prior_share=0.25)
-"""Half the served candidates, a quarter of them the policy's rollouts."""
+PRIOR = dataclasses.replace(SERVED, horizon=36, samples=9, prior_share=0.22)
+"""Under half the served FLOPs: 9 candidates, 2 of them the policy's rollouts, over a 3.6 s horizon. Chosen over
+3,000 episodes among K 6-16 and H 30-45 at under 0.6x: the policy's sequences let a few candidates see around the
+zones, and the longer horizon shows what going around is worth (at H30, K12 with 2 of the policy's: 99.8%)."""
+NO_PRIOR = dataclasses.replace(PRIOR, prior_share=0.0)
+"""``PRIOR`` without the policy's rollouts: what the prior itself adds."""
 TINY_BUDGET_MS = 0.001
 """A budget no planning round fits: every call falls back."""
 NAV2D_EPISODE_STEPS = 200
@@ -61,7 +66,7 @@ NAV2D_EPISODE_STEPS = 200
 SMALL_SHARES = "4,5,5/650@13,5/700@13"
 """The model-error models' data (``Share``'s CLI form): two whole-episode shares for context and the
 regime where the target's premise holds and its neighbour (docs/templates/safety.md says why these)."""
-PARTS = ("nav2d", "model_error", "pendulum")
+PARTS = ("nav2d", "prior", "model_error", "pendulum")
 """The parts of the results, each stamped with when and on what code it was measured (``measured``)."""
 
 
@@ -90,14 +95,15 @@ def evaluate(model: WorldModel, policy: Any, episodes: int, seed: int, plan: Pla
 def flops_per_action(model: WorldModel, plan: PlanConfig, policy: torch.nn.Module | None) -> float:
     """Multiply-adds x 2 of the networks one planned action costs: every candidate's rollout (one member
     per candidate, ts1), the learned reward on each step, the policy's rollouts for the prior (the policy
-    and the members' mean on each step) and the chosen plan's audit (every member)."""
+    and one member on each step, then its candidates' rollouts) and the chosen plan's audit (every member)."""
     dyn, rew = _mlp_flops(model.dynamics), _mlp_flops(model.reward) / max(1, model.model_config.ensemble_size)
     members = model.model_config.ensemble_size
     own = plan.samples - plan.prior_samples
     rollouts = plan.iterations * plan.horizon * (own * (dyn / members + rew))
     prior = 0.0
     if plan.prior_samples and policy is not None:
-        prior = plan.iterations * plan.horizon * (_mlp_flops(policy) + dyn + plan.prior_samples * (dyn / members + rew))
+        prior = plan.iterations * plan.horizon * (_mlp_flops(policy) + dyn / members
+                                                  + plan.prior_samples * (dyn / members + rew))
     audit = plan.horizon * dyn
     return rollouts + prior + audit
 
@@ -137,7 +143,8 @@ def inference(policy: torch.nn.Module, model: WorldModel, agents: int = 1000, ca
             "policy_ms_p99": float(np.percentile(times, 99)), "planner_ms_median": float(np.median(plan_times))}
 
 
-def nav2d(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
+def nav2d_policy(tmp: Path, args: argparse.Namespace) -> tuple[WorldModel, torch.nn.Module, dict[str, Any]]:
+    """The default Nav2D model and its policy, made by `wm collect`, `wm train` and `wm policy train`; and how."""
     logs = str(tmp / "logs")
     say(f"collecting {args.collect_episodes} Nav2D episodes, training the default model and its policy")
     wm("collect", "--env", "Nav2D-v0", "--episodes", str(args.collect_episodes), "--out", logs, "--seed", str(args.seed))
@@ -145,11 +152,29 @@ def nav2d(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
     start = time.perf_counter()
     trained = wm("policy", "train", "--model", ours["model_dir"], "--data", logs, "--png", str(tmp / "curve.png"),
                  *_iterations(args))
-    train_minutes = (time.perf_counter() - start) / 60
-    model = load_model(ours["model_dir"])
     policy = load_policy(ours["model_dir"])
     if policy is None:
         raise RuntimeError(f"`wm policy train` left no policy in {ours['model_dir']}")
+    return load_model(ours["model_dir"]), policy, {
+        "train": {k: trained.get(k) for k in ("version", "train_seconds", "imagined", "real")},
+        "train_minutes": (time.perf_counter() - start) / 60, "model_r2_min": ours["metrics"]["dynamics"]["r2_min"]}
+
+
+def prior_rows(model: WorldModel, policy: torch.nn.Module, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The served planner, the prior's planner and that planner without the prior, on the same episodes."""
+    say("2. the policy as the planner's prior")
+    name = f"CEM H{PRIOR.horizon} K{PRIOR.samples} x1"
+    return [_row("served: CEM H30 K32 x1", evaluate(model, None, args.prior_episodes, args.seed + 1, SERVED),
+                 flops_per_action=flops_per_action(model, SERVED, None)),
+            _row(f"{name}, {PRIOR.prior_samples} of them the policy's",
+                 evaluate(model, policy.act, args.prior_episodes, args.seed + 1, PRIOR),
+                 flops_per_action=flops_per_action(model, PRIOR, policy)),
+            _row(f"{name}, no prior", evaluate(model, None, args.prior_episodes, args.seed + 1, NO_PRIOR),
+                 flops_per_action=flops_per_action(model, NO_PRIOR, None))]
+
+
+def nav2d(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
+    model, policy, made = nav2d_policy(tmp, args)
     act = policy.act
 
     say("1. every call falls back (budget %g ms)" % TINY_BUDGET_MS)
@@ -159,20 +184,13 @@ def nav2d(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
                      evaluate(model, act, args.fallback_episodes, args.seed, tiny, shield=False)),
                 _row("zero action, shield on", evaluate(model, None, args.fallback_episodes, args.seed, tiny))]
 
-    say("2. the policy as the planner's prior")
-    prior = [_row("served: CEM H30 K32 x1", evaluate(model, None, args.prior_episodes, args.seed + 1, SERVED),
-                  flops_per_action=flops_per_action(model, SERVED, None)),
-             _row(f"CEM H30 K{PRIOR.samples} x1, {PRIOR.prior_samples} of them the policy's",
-                  evaluate(model, act, args.prior_episodes, args.seed + 1, PRIOR),
-                  flops_per_action=flops_per_action(model, PRIOR, policy))]
+    prior = prior_rows(model, policy, args)
 
     error = model_error(tmp, args)
 
     say("5. policy inference for 1,000 agents on one core")
     speed = inference(policy, model)
-    return {"policy": {"train": {k: trained.get(k) for k in ("version", "train_seconds", "imagined", "real")},
-                       "train_minutes": train_minutes, "model_r2_min": ours["metrics"]["dynamics"]["r2_min"]},
-            "fallback": fallback, "prior": prior, "model_error": error, "inference": speed}
+    return {"policy": made, "fallback": fallback, "prior": prior, "model_error": error, "inference": speed}
 
 
 PETS_MODEL = ["--hidden", "200", "--layers", "3", "--activation", "silu", "--ensemble-size", "5", "--epochs", "200",
@@ -302,7 +320,7 @@ def main() -> None:
     parser.add_argument("--policy-iterations", type=int, default=None, help="smoke runs only (default: wm's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--name", default="safety", help="results file name (smoke runs: another name)")
-    parser.add_argument("--only", choices=["model_error", "pendulum"], default=None,
+    parser.add_argument("--only", choices=["prior", "model_error", "pendulum"], default=None,
                         help="rerun only this part and merge it into the results file NAME.json, keeping the rest")
     args = parser.parse_args()
     earlier = _earlier(args.name, args.only) if args.only else None
@@ -326,6 +344,9 @@ def _measure(tmp: Path, args: argparse.Namespace, earlier: dict[str, Any] | None
     nav, pend = earlier["nav2d"], earlier["pendulum"]
     if args.only == "model_error":
         nav = nav | {"model_error": model_error(tmp, args)}
+    elif args.only == "prior":
+        model, policy, _ = nav2d_policy(tmp, args)
+        nav = nav | {"prior": prior_rows(model, policy, args)}
     else:
         pend = pendulum(tmp, args)
     return {"targets": TARGETS, "nav2d": nav, "pendulum": pend,

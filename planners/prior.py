@@ -1,9 +1,11 @@
-"""A policy as the planner's prior (TD-MPC2): its rollouts through the model's mean join the candidates.
+"""A policy as the planner's prior (TD-MPC2): its rollouts through the model join the candidates.
 
 One batched closed-loop rollout of the policy for all N agents over H steps gives each agent one
 sequence; a planner replaces ``PlanConfig.prior_samples`` (M) of its K candidates with copies of it,
 all but one with a little noise, every round. Where the policy is good, the planner starts from its
-sequence instead of from noise, so fewer samples or rounds find a good plan.
+sequence instead of from noise, so fewer samples or rounds find a good plan. The prior's rollout steps
+each agent through one member (dealt round-robin, as the candidates' are): it only proposes a sequence,
+which the candidates' rollouts then score, so it need not pay for every member.
 
 Shapes: ``N`` agents, ``M`` prior candidates, ``K`` candidates, ``H`` horizon, ``S`` state, ``A`` action.
 """
@@ -16,7 +18,7 @@ import torch
 
 from planners.config import PlanConfig
 from planners.objectives import ActionPolicy, Params
-from planners.rollout import HIDDEN, is_recurrent
+from planners.rollout import HIDDEN, collect_rows, deal_rows, is_recurrent
 from worldmodel.dynamics import EnsembleDynamics
 
 State = dict
@@ -28,8 +30,8 @@ _SEQUENCE = "prior"
 
 @torch.no_grad()
 def policy_rollout(dynamics: torch.nn.Module, policy: ActionPolicy, obs: torch.Tensor, params: Params,
-                   horizon: int, project: Callable[[torch.Tensor], torch.Tensor] | None = None
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+                   horizon: int, project: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                   one_member: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """The policy acting in the model: each step's action from the members' mean predicted state.
 
     Args:
@@ -37,11 +39,14 @@ def policy_rollout(dynamics: torch.nn.Module, policy: ActionPolicy, obs: torch.T
             ``params[HIDDEN]``).
         obs: (N, S) start states; params: the agents' objective parameters (N first), passed to the policy.
         project: applied to each step's (N, A) actions before they act (the agents' action bounds).
+        one_member: each agent through one member of an ensemble (agent i through member i mod E) instead
+            of the members' mean: E times fewer evaluations (recurrent ensembles always take the mean).
 
     Returns:
         (actions (N, H, A), states (N, H+1, S) starting at obs).
     """
-    step = _mean_step(dynamics, obs, params)
+    step = _member_step(dynamics, len(obs)) if one_member and not is_recurrent(dynamics) \
+        else _mean_step(dynamics, obs, params)
     state, states, actions = obs, [obs], []
     for _ in range(horizon):
         action = policy(state, params)  # (N, A)
@@ -70,6 +75,17 @@ def _mean_step(dynamics: torch.nn.Module, obs: torch.Tensor,
     return lambda state, action: dynamics(state, action).mean.mean(0)
 
 
+def _member_step(dynamics: torch.nn.Module, n: int) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """One step of each of N agents through its own member (round-robin): (N, S), (N, A) -> (N, S)."""
+    members, pad = dynamics.members, -n % dynamics.members
+    mean = dynamics.folded().mean if isinstance(dynamics, EnsembleDynamics) else \
+        (lambda state, action: dynamics(state, action).mean)  # (E, R, S), (E, R, A) -> (E, R, S)
+
+    def step(state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        return collect_rows(mean(deal_rows(state, members, pad), deal_rows(action, members, pad)), n)
+    return step
+
+
 def make_prior(policy: ActionPolicy | None, dynamics: torch.nn.Module, cfg: PlanConfig, low: torch.Tensor,
                high: torch.Tensor) -> "PolicyPrior | None":
     """The prior a planner uses: None without a policy or when ``cfg.prior_samples`` is 0."""
@@ -95,7 +111,8 @@ class PolicyPrior:
     def sequence(self, obs: torch.Tensor, params: Params, state: State) -> torch.Tensor:
         """The policy's (N, H, A) sequence for this call, rolled out on first use and kept in ``state``."""
         if _SEQUENCE not in state:
-            state[_SEQUENCE] = policy_rollout(self.dynamics, self.policy, obs, params, self.horizon)[0]
+            state[_SEQUENCE] = policy_rollout(self.dynamics, self.policy, obs, params, self.horizon,
+                                              one_member=True)[0]
         return state[_SEQUENCE]
 
     def fill(self, candidates: torch.Tensor, obs: torch.Tensor, params: Params, state: State,

@@ -103,8 +103,8 @@ class Rollout:
         # matmuls on their fast aligned path (1.5x on AVX-512).
         pad = (-rows) % (e * 16)
         acts = actions[:, :, None].expand(n, k, p, h, a).reshape(rows, h, a)  # (M, H, A)
-        dealt_acts = _deal(acts.transpose(0, 1), e, pad)  # (H, E, R, A), each step's actions one block
-        first = _deal(obs[:, None].expand(n, k * p, s).reshape(rows, s), e, pad)  # (E, R, S)
+        dealt_acts = deal_rows(acts.transpose(0, 1), e, pad)  # (H, E, R, A), each step's actions one block
+        first = deal_rows(obs[:, None].expand(n, k * p, s).reshape(rows, s), e, pad)  # (E, R, S)
         model, objective = _stepper(self.dynamics, params, n, k * p, pad), self.objective.prepared()
         noise = model.noise((h, *first.shape), generator, obs)  # (H, E, R, S), or H seeds
         differentiable = torch.is_grad_enabled() and (actions.requires_grad or obs.requires_grad)
@@ -145,7 +145,7 @@ class Rollout:
                 if nxt.data_ptr() != out.data_ptr():  # torch's path draws into a new tensor
                     out.copy_(nxt)
                 if self.penalty:
-                    spread += self._disagreement(_collect(mean, rows).view(n, k, p, s), dim=2)
+                    spread += self._disagreement(collect_rows(mean, rows).view(n, k, p, s), dim=2)
                 if self.shuffle and j + 1 < c:
                     self._carry(states[j + 1], inputs[j + 1], rows, n * k, generator)
             reward = objective(layout(inputs[:c], s), layout(dealt_acts[t0:t0 + c].transpose(1, 2), a),
@@ -168,13 +168,13 @@ class Rollout:
         state, total, spread = first, first.new_zeros(n, k * p), first.new_zeros(n, k)
         for t in range(len(dealt_acts)):
             mean, nxt = model.sample(state, dealt_acts[t], noise[t], want_mean=bool(self.penalty))
-            reached = _collect(nxt, rows)
-            total = total + objective(_collect(state, rows).view(1, n, k * p, s),
-                                      _collect(dealt_acts[t], rows).view(1, n, k * p, a),
+            reached = collect_rows(nxt, rows)
+            total = total + objective(collect_rows(state, rows).view(1, n, k * p, s),
+                                      collect_rows(dealt_acts[t], rows).view(1, n, k * p, a),
                                       reached.view(1, n, k * p, s), params)[0]
             if self.penalty:
-                spread = spread + self._disagreement(_collect(mean, rows).view(n, k, p, s), dim=2)
-            state = _deal(self._reassign(reached, n * k, generator), e, pad) if self.shuffle else nxt
+                spread = spread + self._disagreement(collect_rows(mean, rows).view(n, k, p, s), dim=2)
+            state = deal_rows(self._reassign(reached, n * k, generator), e, pad) if self.shuffle else nxt
         return total.view(n, k, p).mean(-1), spread
 
     def _carry(self, state: torch.Tensor, into: torch.Tensor, rows: int, candidates: int,
@@ -249,7 +249,7 @@ def _stepper(dynamics: torch.nn.Module, params: Params | None = None, n: int = 0
     """What a horizon loop steps: an ``EnsembleDynamics``' folded inference form; a recurrent ensemble with
     each row starting from its agent's hidden state ``params[HIDDEN]`` (zeros when absent), the rows being
     ``per_agent`` consecutive ones for each of the N agents, shared by the members (``pad`` None) or dealt
-    to them with ``pad`` extra rows (``_deal``); other models as they are."""
+    to them with ``pad`` extra rows (``deal_rows``); other models as they are."""
     if isinstance(dynamics, EnsembleDynamics):
         return dynamics.folded()
     if not is_recurrent(dynamics):
@@ -258,7 +258,7 @@ def _stepper(dynamics: torch.nn.Module, params: Params | None = None, n: int = 0
     hidden = dynamics.initial_state(n) if hidden is None else hidden  # (N, E*Hd)
     agents = torch.arange(n, device=hidden.device).repeat_interleave(per_agent)  # (M,) each row's agent
     if pad is not None:
-        agents = _deal(agents[:, None], dynamics.members, pad)[..., 0]  # (E, R)
+        agents = deal_rows(agents[:, None], dynamics.members, pad)[..., 0]  # (E, R)
     return _RecurrentStepper(dynamics, hidden, agents)
 
 
@@ -281,11 +281,11 @@ class _Unfolded:
         return pred.mean, pred.sample(noise)
 
 
-def _deal(x: torch.Tensor, members: int, pad: int) -> torch.Tensor:
+def deal_rows(x: torch.Tensor, members: int, pad: int) -> torch.Tensor:
     """Rows dealt round-robin to members: (..., M, D) -> (..., E, (M + pad)/E, D), member e holding rows
     e, e+E, ..., as a view of one contiguous copy.
 
-    ``pad`` rows (repeats of the first ones) make M + pad a multiple of E; ``_collect`` drops them.
+    ``pad`` rows (repeats of the first ones) make M + pad a multiple of E; ``collect_rows`` drops them.
     """
     if pad:
         repeats = x[..., :pad, :] if pad <= x.shape[-2] else x[..., torch.arange(pad, device=x.device) % x.shape[-2], :]
@@ -299,6 +299,6 @@ def _rows(x: torch.Tensor, rows: int) -> torch.Tensor:
     return x.reshape(*x.shape[:-3], -1, x.shape[-1])[..., :rows, :]
 
 
-def _collect(x: torch.Tensor, rows: int) -> torch.Tensor:
-    """Inverse of ``_deal``: (E, ceil(M/E), D) -> (M, D)."""
+def collect_rows(x: torch.Tensor, rows: int) -> torch.Tensor:
+    """Inverse of ``deal_rows``: (E, ceil(M/E), D) -> (M, D)."""
     return x.transpose(0, 1).reshape(-1, x.shape[-1])[:rows]

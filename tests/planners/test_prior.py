@@ -63,6 +63,16 @@ def test_policy_rollout_follows_the_mean_model_closed_loop() -> None:
         torch.testing.assert_close(states[:, t + 1], states[:, t] + actions[:, t] @ mean_b.T)
 
 
+def test_a_one_member_rollout_steps_agent_i_through_member_i_mod_e() -> None:
+    x, goal = far_agents(5)
+    actions, states = policy_rollout(LinearEnsemble(members=3, spread=0.5), optimal_policy, x, {GOAL: goal}, 3,
+                                     one_member=True)
+    b = B_MAT * (1 + 0.5 * (torch.arange(5.0) % 3))[:, None, None]  # (N, S, A): each agent's member
+    for t in range(3):
+        torch.testing.assert_close(actions[:, t], optimal_policy(states[:, t], {GOAL: goal}))
+        torch.testing.assert_close(states[:, t + 1], states[:, t] + torch.einsum("nsa,na->ns", b, actions[:, t]))
+
+
 def test_the_prior_fills_the_last_candidates_the_first_of_them_exact() -> None:
     x, goal = far_agents(3)
     cfg = PlanConfig(horizon=4, samples=10, prior_share=0.3, prior_noise=0.1)
