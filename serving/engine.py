@@ -287,7 +287,7 @@ class PlanEngine:
         if self.cache is not None:
             self.cache.clear()
             self._cache_epoch += 1
-        await self.writes.settled()
+        await self.writes.settled(since=self.writes.submitted)  # waits for every write; asks about none
         if self._leaser is None:  # not joined again meanwhile (its renewal, sent later, would stand anyway)
             await self.store.lease(self.writer_id, 0.0)
 
