@@ -5,14 +5,16 @@ latent ``L`` steps forward under the logged actions, and at each step j (weighte
 - consistency: its latent (keypoints and normalised part; the zone map is carried) matches the encoder's
   stop-gradient encoding of the stack that followed;
 - reward: the reward head on its latent matches the logged reward (standardised);
-- breach: the breach head on its latent predicts the logged geofence-breach flag (binary cross-entropy).
+- breach: the breach head on its latent predicts the logged geofence-breach flag (binary cross-entropy; steps
+  whose flag is unknown, from logs written before the flag was, do not train it).
 and the heads also read the first encoding itself. ``warmup`` steps first train the encoder and the
 reward head alone; ``calibrate`` refreshes the encoder's batch statistics and the latent step scale.
 Nothing reads the true state: ``collect_episodes`` returns it apart, for evaluation only.
 
 The geofence-breach flag is telemetry a real fleet logs: the autopilot checks its GNSS position against
 the fence and reports a breach (MAVLink's ``FENCE_STATUS.breach_status``), so a camera-only planner can
-learn where the fence is from it. Here it is ``info["violation"]`` of the step's new state.
+learn where the fence is from it. Here it is ``info["violation"]`` of the step's new state, which ``collect``
+logs as the ``violations`` column (``worldmodel.data.schema.VIOLATIONS``).
 
 Dimensions: ``Ep`` episodes, ``T`` most steps in an episode, ``B`` batch, ``L`` rollout steps, ``E``
 members, ``F`` stacked frames, ``H, W, C`` frame shape, ``Z`` latent, ``A`` action.
@@ -29,8 +31,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from worldmodel.data.batch import UNKNOWN
 from worldmodel.data.images import ImageTransitions
 from worldmodel.envs.camera import STATE_INFO, PixelNav2DEnv
+from worldmodel.envs.collect import VIOLATION_INFO
 from worldmodel.latent import LatentWorldModel
 
 
@@ -42,7 +46,8 @@ class Episodes:
         frames: (Ep, T+1, H, W, C) uint8; frame ``lengths[i]`` is episode i's last, later ones are padding.
         actions: (Ep, T, A) float32.
         rewards: (Ep, T) float32, the reward of arriving at frame t+1.
-        breach: (Ep, T) bool, the geofence-breach flag at frame t+1 (all False where none was logged).
+        breach: (Ep, T) float32, the geofence-breach flag at frame t+1: 1.0 breach, 0.0 none, NaN unknown (not
+            logged); never a guessed False.
         lengths: (Ep,) int64 steps in each episode, >= 1.
     """
 
@@ -72,7 +77,8 @@ class Episodes:
 
 
 def episodes_from_logs(data: ImageTransitions) -> Episodes:
-    """Image log rows (grouped by episode, in time order, as ``collect`` writes them) as Episodes; no breach flags."""
+    """Image log rows (grouped by episode, in time order, as ``collect`` writes them) as Episodes, with the logged
+    breach flags (``rows.violations``; NaN where unknown)."""
     ids, starts, lengths = np.unique(data.rows.eps_id, return_index=True, return_counts=True)
     order = np.argsort(starts)
     starts, lengths = starts[order], lengths[order]
@@ -80,12 +86,14 @@ def episodes_from_logs(data: ImageTransitions) -> Episodes:
     frames = np.zeros((ep, t + 1, *data.image_shape), np.uint8)
     actions = np.zeros((ep, t, data.rows.act_dim), np.float32)
     rewards = np.zeros((ep, t), np.float32)
+    breach = np.full((ep, t), np.nan, np.float32)  # padding stays unknown as well as invalid
     step = np.arange(len(data)) - np.repeat(starts, lengths)  # (B,) index within the episode
     episode = np.repeat(np.arange(ep), lengths)
     frames[episode, step] = data.obs_image
     frames[episode, step + 1] = data.new_obs_image  # the last row's is the episode's final frame
     actions[episode, step], rewards[episode, step] = data.rows.actions, data.rows.rewards
-    return Episodes(frames, actions, rewards, np.zeros_like(rewards, bool), lengths.astype(np.int64))
+    breach[episode, step] = np.where(data.rows.violations == UNKNOWN, np.nan, data.rows.violations)
+    return Episodes(frames, actions, rewards, breach, lengths.astype(np.int64))
 
 
 def collect_episodes(count: int, seed: int = 0, steps: int = 200, env_kwargs: dict[str, Any] | None = None,
@@ -110,14 +118,14 @@ def collect_episodes(count: int, seed: int = 0, steps: int = 200, env_kwargs: di
         raise ValueError(f"hold must be >= 1, got {hold}")
     blocks = rng.uniform(-1, 1, size=(count, -(-steps // hold), 2)).astype(np.float32)
     actions = np.repeat(blocks, hold, axis=1)[:, :steps]  # (Ep, T, A)
-    rewards, breach = np.zeros((count, steps), np.float32), np.zeros((count, steps), bool)
+    rewards, breach = np.zeros((count, steps), np.float32), np.zeros((count, steps), np.float32)
     lengths = np.full(count, steps, np.int64)
     for i in range(count):  # data collection, one env at a time: not a hot path
         frames[i, 0], info = env.reset(seed=int(rng.integers(2**31)))
         states[i, 0] = info[STATE_INFO]
         for t in range(steps):
             frames[i, t + 1], rewards[i, t], done, _, info = env.step(actions[i, t])
-            states[i, t + 1], breach[i, t] = info[STATE_INFO], info["violation"]
+            states[i, t + 1], breach[i, t] = info[STATE_INFO], info[VIOLATION_INFO]
             if done:
                 lengths[i] = t + 1
                 break
@@ -174,8 +182,8 @@ class LatentTrainConfig:
 @dataclass(frozen=True)
 class LatentBatch:
     """B sub-sequences of L steps: stacks (L+1, B, F, H, W, C) uint8, actions (L, B, A), and for the step that
-    arrived at each stack rewards (L+1, B), breach (L+1, B) float and valid (L+1, B) float (0 before an
-    episode's start and past its end)."""
+    arrived at each stack rewards (L+1, B), breach (L+1, B) float (NaN: unknown) and valid (L+1, B) float (0 before
+    an episode's start and past its end)."""
 
     stacks: torch.Tensor
     actions: torch.Tensor
@@ -196,7 +204,7 @@ def sample_batch(data: Episodes, frames: int, batch: int, horizon: int, rng: np.
     t = np.minimum(t, data.frames.shape[1] - 1)
     as_t = torch.from_numpy
     return LatentBatch(as_t(frame_stacks(data.frames, ep, t, frames)), as_t(data.actions[ep[1:], step[1:]]),
-                       as_t(data.rewards[ep, step]), as_t(data.breach[ep, step].astype(np.float32)),
+                       as_t(data.rewards[ep, step]), as_t(data.breach[ep, step]),
                        as_t(valid.astype(np.float32)))
 
 
@@ -216,14 +224,16 @@ def latent_loss(model: LatentWorldModel, b: LatentBatch, cfg: LatentTrainConfig,
     weights = weights / (weights[1:] if n else weights).sum().clamp_min(1.0)
     reward_n = model.reward_norm(b.rewards[..., None])[..., 0]  # (L+1, B)
     pos = torch.tensor(pos_weight)
+    known = ~torch.isnan(b.breach)  # (L+1, B): an unknown flag trains nothing, rather than counting as no breach
+    flags, breach_weights = torch.nan_to_num(b.breach), weights * known
 
     def heads(latent: torch.Tensor, j: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Weighted reward and breach losses of latents (X, B, Z) at step j, mean over X."""
         reward = (model.reward_head(latent) - reward_n[j]).square()
         logit = model.breach_logit(latent)
-        breach = F.binary_cross_entropy_with_logits(logit, b.breach[j].expand_as(logit), pos_weight=pos,
+        breach = F.binary_cross_entropy_with_logits(logit, flags[j].expand_as(logit), pos_weight=pos,
                                                     reduction="none")
-        return (reward * weights[j]).sum(-1).mean(), (breach * weights[j]).sum(-1).mean()
+        return (reward * weights[j]).sum(-1).mean(), (breach * breach_weights[j]).sum(-1).mean()
 
     reward, breach = heads(z[None], 0)
     consistency = torch.zeros(())
@@ -241,12 +251,14 @@ def latent_loss(model: LatentWorldModel, b: LatentBatch, cfg: LatentTrainConfig,
 
 @dataclass(frozen=True)
 class LatentTrainReport:
-    """What a training run did: steps, wall and CPU seconds, and the last step's loss parts."""
+    """What a training run did: steps, wall and CPU seconds, the last step's loss parts, and the steps whose breach
+    flag was known (0: the breach head learned nothing, e.g. from logs written before the flag was)."""
 
     steps: int
     seconds: float
     cpu_seconds: float
     losses: dict[str, float]
+    breach_flags: int = 0
 
 
 def train_latent(model: LatentWorldModel, data: Episodes, cfg: LatentTrainConfig,
@@ -262,8 +274,8 @@ def train_latent(model: LatentWorldModel, data: Episodes, cfg: LatentTrainConfig
     with torch.no_grad():
         model.reward_norm.fit(torch.from_numpy(data.rewards[valid])[:, None])
     flags = data.breach[valid]
-    # Breaches are rare in random play: weight them up to balance, within reason.
-    pos_weight = float(np.clip((~flags).sum() / max(flags.sum(), 1), 1.0, 10.0))
+    # Breaches are rare in random play: weight them up to balance, within reason (unknown flags count neither way).
+    pos_weight = float(np.clip((flags == 0).sum() / max((flags == 1).sum(), 1), 1.0, 10.0))
     optimiser = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     warm = dataclasses.replace(cfg, breach=0.0)
     start, cpu_start, parts, step = time.perf_counter(), time.process_time(), {}, 0
@@ -279,7 +291,8 @@ def train_latent(model: LatentWorldModel, data: Episodes, cfg: LatentTrainConfig
         if on_log is not None and step % log_every == 0:
             on_log(step, time.process_time() - cpu_start, parts)
     calibrate(model, data, rng)
-    return LatentTrainReport(step, time.perf_counter() - start, time.process_time() - cpu_start, parts)
+    return LatentTrainReport(step, time.perf_counter() - start, time.process_time() - cpu_start, parts,
+                             int((~np.isnan(flags)).sum()))
 
 
 @torch.no_grad()

@@ -22,8 +22,10 @@ from typing import Any
 import torch
 
 from worldmodel.artifact import check_version, load_model
+from worldmodel.latent_artifact import LatentArtifact, load_latent_model
 from worldmodel.model import WorldModel
-from worldmodel.registry_records import ABTest, VersionInfo
+from worldmodel.registry_kinds import RegisteredModel, identity, kind_of
+from worldmodel.registry_records import LATENT, ABTest, VersionInfo
 from worldmodel.registry_store import RegistryError, RegistryStore
 from worldmodel.stages import PROMOTABLE, STAGES
 
@@ -111,20 +113,27 @@ class ModelRegistry:
         return self.store.artifact_dir(self.get(ref).version)
 
     def load(self, ref: str, device: str | torch.device = "cpu") -> WorldModel:
-        """Load and verify a version (see ``get`` for ``ref``)."""
+        """Load and verify a vector version (see ``get`` for ``ref``); a latent one is ``load_latent``'s."""
         return load_model(self.model_dir(ref), device)
+
+    def load_latent(self, ref: str, device: str | torch.device = "cpu") -> LatentArtifact:
+        """Load and verify a latent (camera) version (see ``get`` for ``ref``)."""
+        info = self.get(ref)
+        if info.kind != LATENT:
+            raise RegistryError(f"version {info.version} in {self.uri} is a {info.kind} model, not a latent one")
+        return load_latent_model(self.store.artifact_dir(info.version), device)
 
     # -- writing ---------------------------------------------------------------------------------
 
-    def register(self, model: WorldModel, *, parent: str | None = None, holdout: dict[str, Any] | None = None,
+    def register(self, model: RegisteredModel, *, parent: str | None = None, holdout: dict[str, Any] | None = None,
                  lineage: dict[str, Any] | None = None, stage: str = "candidate") -> VersionInfo:
         """Store ``model`` as a new version; sets ``model.version`` to the number it assigns.
 
-        The first version is 1.0.0; later ones bump MINOR of the highest version when the space spec
+        The first version is 1.0.0; later ones bump MINOR of the highest version when the kind, space spec
         and model config equal its own, MAJOR otherwise.
 
         Args:
-            model: the world model to store.
+            model: the world model to store: a vector ``WorldModel`` or a latent ``LatentArtifact``.
             parent: the production version it was trained to replace.
             holdout: its comparison with production on a shared holdout (see ``VersionInfo.holdout``).
             lineage: free-form provenance.
@@ -136,7 +145,7 @@ class ModelRegistry:
         if stage not in STAGES:
             raise RegistryError(f"stage must be one of {', '.join(STAGES)}, got {stage!r}")
         holdout = _check_holdout(holdout)
-        config = json.loads(json.dumps({"spec": model.spec.to_dict(), "model": model.model_config.to_dict()}))
+        config = identity(model)
         with self.store.lock():
             index = self.store.read()
             if parent is not None and parent not in index["versions"]:
@@ -145,7 +154,8 @@ class ModelRegistry:
             index["versions"][version] = {
                 "version": version, "stage": "candidate", "created": _now(), "parent": parent,
                 "data_fingerprint": model.data_fingerprint, "metrics": json.loads(json.dumps(model.metrics)),
-                "holdout": holdout, "lineage": json.loads(json.dumps(lineage or {})), "config": config}
+                "holdout": holdout, "lineage": json.loads(json.dumps(lineage or {})), "config": config,
+                "kind": kind_of(model)}
             self._record(index, "register", version, "candidate", None, version, False)
             if stage != "candidate":  # a refused promotion raises here, before anything is written
                 self._set_stage(index, version, stage, force=False)

@@ -6,6 +6,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+VECTOR = "vector"
+"""A version whose artifact is a vector world model (``worldmodel.artifact``)."""
+LATENT = "latent"
+"""A version whose artifact is a latent (camera) world model (``worldmodel.latent_artifact``)."""
+KINDS = (VECTOR, LATENT)
+
 
 @dataclass(frozen=True)
 class VersionInfo:
@@ -27,17 +33,19 @@ class VersionInfo:
     """Comparison on a shared holdout (lower score is better) with a "better" flag, or None."""
     lineage: dict[str, Any]
     """Free-form provenance: data URI, rows, train config..."""
+    kind: str = VECTOR
+    """One of KINDS: what its artifact holds (records from before kinds are vector models)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {"version": self.version, "stage": self.stage, "created": self.created, "parent": self.parent,
                 "data_fingerprint": self.data_fingerprint, "metrics": self.metrics, "holdout": self.holdout,
-                "lineage": self.lineage}
+                "lineage": self.lineage, "kind": self.kind}
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> "VersionInfo":
         """The public fields of an index record (which also keeps the configs used for numbering)."""
         return cls(**{k: record[k] for k in ("version", "stage", "created", "parent", "data_fingerprint",
-                                             "metrics", "holdout", "lineage")})
+                                             "metrics", "holdout", "lineage")}, kind=record.get("kind", VECTOR))
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 Layout of ``REGISTRY``::
 
     registry.json       format, every version's record, the history of stage changes
-    versions/1.0.0/     an artifact directory exactly as ``worldmodel.artifact.save_model`` writes it
+    versions/1.0.0/     an artifact directory exactly as its kind's writer (``worldmodel.registry_kinds``) wrote it
     versions/1.1.0/
 
 The index is always rewritten whole: a temp file, fsync and ``os.replace`` on a
@@ -34,9 +34,9 @@ from typing import Any, Iterator
 
 import pyarrow.fs as pafs
 
-from worldmodel.artifact import ArtifactError, save_model, verify
+from worldmodel.artifact import ArtifactError, verify
 from worldmodel.data.writer import publish_bytes, resolve_root
-from worldmodel.model import WorldModel
+from worldmodel.registry_kinds import ARTIFACT_FORMATS, RegisteredModel, save
 
 FORMAT = "fleetwm.registry/1"
 INDEX = "registry.json"
@@ -77,7 +77,7 @@ class RegistryStore:
             pafs.copy_files(f"{self.root}/versions/{version}", str(tmp), source_filesystem=self.filesystem,
                             destination_filesystem=pafs.LocalFileSystem())
             try:
-                manifest = verify(tmp)
+                manifest = verify(tmp, ARTIFACT_FORMATS)
             except ArtifactError as err:
                 raise ArtifactError(f"{self.uri} version {version} (downloaded): {err}") from None
             if manifest["version"] != version:
@@ -89,13 +89,14 @@ class RegistryStore:
             shutil.rmtree(tmp, ignore_errors=True)
         return final
 
-    def store_artifact(self, model: WorldModel) -> None:
-        """Write the artifact under versions/; an orphan left by a crash before indexing is replaced."""
+    def store_artifact(self, model: RegisteredModel) -> None:
+        """Write the artifact (of either kind) under versions/; an orphan left by a crash before indexing is
+        replaced."""
         if not self.remote:
-            save_model(model, Path(self.root) / "versions" / model.version, overwrite=True)
+            save(model, Path(self.root) / "versions" / model.version, overwrite=True)
             return
         with tempfile.TemporaryDirectory(prefix="fleetwm-registry-") as tmp:
-            local = save_model(model, Path(tmp) / model.version)
+            local = save(model, Path(tmp) / model.version)
             target = f"{self.root}/versions/{model.version}"
             self.filesystem.create_dir(target, recursive=True)
             pafs.copy_files(str(local), target, source_filesystem=pafs.LocalFileSystem(),

@@ -58,7 +58,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     a.set_defaults(handler=run_rollback)
 
     a = actions.add_parser("register", parents=[common, registry],
-                           help="put a `wm train` model directory into the registry (verified first)")
+                           help="put a `wm train` model directory (vector or latent) into the registry "
+                                "(verified first)")
     a.add_argument("model_dir", metavar="DIR")
     a.add_argument("--stage", choices=("candidate", *PROMOTABLE), default="candidate",
                    help="production and shadow follow `promote`'s rules (default: %(default)s)")
@@ -84,14 +85,14 @@ def _score(info: VersionInfo) -> float | None:
 
 def _line(info: VersionInfo) -> str:
     score = _score(info)
-    return (f"{info.version:>10}  {info.stage:<10}  {info.created}  parent {info.parent or '-':<8}  "
+    return (f"{info.version:>10}  {info.stage:<10}  {info.kind:<6}  {info.created}  parent {info.parent or '-':<8}  "
             f"holdout {'-' if score is None else f'{score:.4g}'}")
 
 
 def run_list(args: argparse.Namespace) -> dict[str, Any]:
     registry = _registry(args)
     versions, test = registry.versions(), registry.ab()
-    rows = [{"version": v.version, "stage": v.stage, "created": v.created, "parent": v.parent,
+    rows = [{"version": v.version, "stage": v.stage, "kind": v.kind, "created": v.created, "parent": v.parent,
              "holdout_score": _score(v)} for v in versions]
     result: dict[str, Any] = {"command": "models list", "registry": args.registry, "versions": rows,
                               "ab": None if test is None else test.to_dict()}
@@ -106,7 +107,7 @@ def run_show(args: argparse.Namespace) -> dict[str, Any]:
     result: dict[str, Any] = {"command": "models show", "registry": args.registry, **info.to_dict()}
     holdout = info.holdout
     result["_summary"] = [
-        f"{args.registry}: version {info.version} ({info.stage}), created {info.created}",
+        f"{args.registry}: version {info.version} ({info.stage}, {info.kind} model), created {info.created}",
         f"parent {info.parent or '-'}, data {info.data_fingerprint or '-'}",
         "holdout: none" if holdout is None else
         f"holdout score {_score(info)} vs production {holdout.get('production_version') or '-'}, "
@@ -175,10 +176,12 @@ def run_rollback(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_register(args: argparse.Namespace) -> dict[str, Any]:
-    from worldmodel.artifact import check_version, load_model, read_manifest
+    from worldmodel.artifact import check_version
+    from worldmodel.registry_kinds import kind_of, load
+    from worldmodel.registry_kinds import manifest as read_manifest
     from worldmodel.registry_store import RegistryError
 
-    model = load_model(args.model_dir)  # format, every file's checksum, the config, weights that fit it
+    model = load(args.model_dir)  # either kind: format, every file's checksum, the config, weights that fit it
     manifest = read_manifest(args.model_dir)
     try:
         check_version(manifest["version"])
@@ -193,10 +196,11 @@ def run_register(args: argparse.Namespace) -> dict[str, Any]:
                "artifact_created": manifest.get("created"), "artifact_digest": digest}
     info = registry.register(model, parent=args.parent, lineage=lineage, stage=args.stage)
     result: dict[str, Any] = {"command": "models register", "registry": args.registry, "version": info.version,
-                              "stage": info.stage, "parent": info.parent, "artifact_version": manifest["version"],
+                              "stage": info.stage, "kind": kind_of(model), "parent": info.parent,
+                              "artifact_version": manifest["version"],
                               "artifact_digest": digest, "data_fingerprint": info.data_fingerprint}
-    result["_summary"] = [f"{args.registry}: {args.model_dir} (artifact {manifest['version']}) registered as "
-                          f"{info.version} ({info.stage}), parent {info.parent or '-'}"]
+    result["_summary"] = [f"{args.registry}: {args.model_dir} ({info.kind} artifact {manifest['version']}) "
+                          f"registered as {info.version} ({info.stage}), parent {info.parent or '-'}"]
     return result
 
 

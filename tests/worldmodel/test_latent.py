@@ -81,7 +81,7 @@ def test_collected_episodes_carry_the_breach_flag_and_keep_states_apart(episodes
     valid = data.valid()
     dist = np.linalg.norm(states[:, 1:, :2] - states[:, 1:, 4:6], axis=-1)
     assert np.allclose(data.rewards[valid], -dist[valid], atol=1e-4)  # the reward of arriving at frame t+1
-    assert data.breach.dtype == bool
+    assert data.breach.dtype == np.float32 and np.isin(data.breach[valid], (0.0, 1.0)).all()
 
 
 def test_held_random_actions_repeat_in_blocks() -> None:
@@ -99,7 +99,8 @@ def test_episodes_from_logs_match_the_rows() -> None:
     valid = data.valid()
     assert np.array_equal(data.frames[:, :-1][valid], rows.obs_image)
     assert np.array_equal(data.frames[:, 1:][valid], rows.new_obs_image)
-    assert np.array_equal(data.actions[valid], rows.rows.actions) and not data.breach.any()
+    assert np.array_equal(data.actions[valid], rows.rows.actions)
+    assert np.array_equal(data.breach[valid], rows.rows.violations) and np.isnan(data.breach[~valid]).all()
 
 
 def test_the_consistency_target_is_stop_gradient(episodes) -> None:

@@ -12,8 +12,12 @@ from typing import Sequence
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from worldmodel.data import schema as sc
+
+UNKNOWN = -1
+"""``Transitions.violations`` of a row whose constraint test was not logged (a null ``VIOLATIONS``)."""
 
 
 @dataclass(frozen=True)
@@ -33,6 +37,9 @@ class Transitions:
         model_version: (B,) str model version that acted ("" when none).
         timestamp: (B,) datetime64[us] UTC wall-clock time of the step.
         scene: (B,) str shared world episode ("" for a lone agent); equal (scene, t) is one tick of a floor.
+        violations: (B,) int8 constraint test at the new state (``schema.VIOLATIONS``): 1 violated, 0 not,
+            ``UNKNOWN`` (-1) not logged. None (the default) makes every row unknown. A sentinel rather than NaN, so
+            that rows compare equal to themselves.
     """
 
     obs: np.ndarray
@@ -47,9 +54,12 @@ class Transitions:
     model_version: np.ndarray
     timestamp: np.ndarray
     scene: np.ndarray
+    violations: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         b = len(self.obs)
+        if self.violations is None:  # producers that cannot judge the step (served telemetry) leave it unknown
+            object.__setattr__(self, "violations", np.full(b, UNKNOWN, np.int8))
         if self.obs.ndim != 2 or self.actions.ndim != 2:
             raise ValueError(f"obs must be (B, S) and actions (B, A); got {self.obs.shape} and {self.actions.shape}")
         if self.new_obs.shape != self.obs.shape:
@@ -74,8 +84,10 @@ class Transitions:
         model_version: Sequence[str] | np.ndarray | str = "",
         timestamp: np.ndarray | None = None,
         scene: Sequence[str] | np.ndarray | str = "",
+        violations: np.ndarray | None = None,
     ) -> "Transitions":
-        """Coerce dtypes and broadcast scalar agent_id / model_version / scene / timestamp (now) to B rows."""
+        """Coerce dtypes and broadcast scalar agent_id / model_version / scene / timestamp (now) to B rows;
+        ``violations`` (B,) bool or int (``UNKNOWN``: not logged) defaults to unknown."""
         obs = np.asarray(obs, dtype=np.float32)
         b = len(obs)
 
@@ -108,6 +120,7 @@ class Transitions:
             model_version=strings(model_version),
             timestamp=column("timestamp", timestamp, "datetime64[us]", (b,)),
             scene=strings(scene),
+            violations=None if violations is None else column("violations", violations, np.int8, (b,)),
         )
 
     def __len__(self) -> int:
@@ -153,13 +166,15 @@ class Transitions:
             sc.MODEL_VERSION: pa.array(self.model_version.tolist(), pa.string()),
             sc.TIMESTAMP: pa.array(self.timestamp.astype(np.int64), sc.TIMESTAMP_TYPE),  # microseconds, UTC
             sc.SCENE: pa.array(self.scene.tolist(), pa.string()),
+            sc.VIOLATIONS: pa.array(self.violations == 1, pa.bool_(), mask=self.violations == UNKNOWN),
         }
         return pa.Table.from_arrays([columns[name] for name in schema.names], schema=schema)
 
     @classmethod
     def from_table(cls, table: pa.Table) -> "Transitions":
         """Inverse of ``to_table``; the table must hold the log schema's columns (``TIMESTAMP`` as any version
-        stores it; ``reader.fill_added_columns`` gives an older version's table its ``SCENE``)."""
+        stores it; ``reader.fill_added_columns`` gives an older version's table its ``SCENE``); a missing or null
+        ``VIOLATIONS`` reads as ``UNKNOWN``)."""
 
         def vectors(name: str) -> np.ndarray:
             col = table.column(name).combine_chunks()
@@ -182,7 +197,17 @@ class Transitions:
             model_version=plain(sc.MODEL_VERSION).astype(object),
             timestamp=timestamp_micros(table.column(sc.TIMESTAMP)).astype("datetime64[us]"),
             scene=plain(sc.SCENE).astype(object),
+            violations=_violations(table),
         )
+
+
+def _violations(table: pa.Table) -> np.ndarray:
+    """(B,) int8 from the nullable ``VIOLATIONS`` column: 1, 0, ``UNKNOWN`` where null or where the table lacks it."""
+    if sc.VIOLATIONS not in table.column_names:
+        return np.full(table.num_rows, UNKNOWN, np.int8)
+    column = table.column(sc.VIOLATIONS)
+    flags = pc.fill_null(column, False).to_numpy(zero_copy_only=False).astype(np.int8)
+    return np.where(column.is_null().to_numpy(zero_copy_only=False), np.int8(UNKNOWN), flags).astype(np.int8)
 
 
 def timestamp_micros(column: pa.ChunkedArray | pa.Array) -> np.ndarray:

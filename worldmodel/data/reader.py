@@ -148,7 +148,8 @@ def check_log_files(files: list[str], filesystem: pafs.FileSystem, *,
 def transitions_from_table(table: pa.Table, where: str) -> Transitions:
     """A table of the schema's columns as Transitions sorted by (agent_id, eps_id, t, timestamp).
 
-    Columns older schema versions lack may be missing or null: they read as ``sc.ADDED_COLUMNS`` says.
+    Columns older schema versions lack may be missing or null: they read as ``sc.ADDED_COLUMNS`` says, and
+    ``sc.NULLABLE_COLUMNS`` as unknown.
 
     Raises:
         SchemaError: a column has null values (``where`` names the logs in the message).
@@ -157,11 +158,12 @@ def transitions_from_table(table: pa.Table, where: str) -> Transitions:
 
 
 def sorted_log_table(table: pa.Table, where: str) -> pa.Table:
-    """``table`` with ``sc.ADDED_COLUMNS`` filled, checked to hold no nulls (else SchemaError naming ``where``),
-    sorted by (agent_id, eps_id, t, timestamp): the rows in the order every reader returns them."""
+    """``table`` with ``sc.ADDED_COLUMNS`` filled, checked to hold no nulls outside ``sc.NULLABLE_COLUMNS`` (else
+    SchemaError naming ``where``), sorted by (agent_id, eps_id, t, timestamp): the rows in the order every reader
+    returns them."""
     table = fill_added_columns(table)
     for name in table.column_names:
-        nulls = table.column(name).null_count
+        nulls = 0 if name in sc.NULLABLE_COLUMNS else table.column(name).null_count
         if nulls:
             raise SchemaError(f"{where}: column {name!r} has {nulls} null values, expected none")
     keys = [sc.AGENT_ID, sc.EPS_ID, sc.T, sc.TIMESTAMP]
@@ -234,6 +236,7 @@ def _check_fields(path: str, physical: pa.Schema, version: str, known: dict[str,
     # Any positive sizes will do: only the scalar types are compared against this.
     reference = sc.trajectory_schema(1, 1)
     sizes = {}
+    _check_optional(path, physical, reference)
     if version == sc.IMAGE_SCHEMA_VERSION and not frames:
         raise SchemaError(f"{path}: holds camera frames (schema version {version}); "
                           f"read it with worldmodel.data.images.read_image_transitions")
@@ -258,6 +261,15 @@ def _check_fields(path: str, physical: pa.Schema, version: str, known: dict[str,
         elif actual != wanted:
             raise SchemaError(f"{path}: column {name!r} has type {actual}, expected {wanted}")
     return sizes
+
+
+def _check_optional(path: str, physical: pa.Schema, reference: pa.Schema) -> None:
+    """SchemaError when a file stores one of ``sc.NULLABLE_COLUMNS`` (optional in every version) with a wrong type."""
+    for name in sc.NULLABLE_COLUMNS:
+        index = physical.get_field_index(name)
+        if index >= 0 and physical.field(index).type != reference.field(name).type:
+            raise SchemaError(f"{path}: column {name!r} has type {physical.field(index).type}, "
+                              f"expected {reference.field(name).type}")
 
 
 def read_env_id(root: str, filesystem: pafs.FileSystem | None = None, *, files: list[str] | None = None) -> str:

@@ -68,17 +68,34 @@ Agents on one floor share it, and rows with equal (scene, t) are one tick of tha
 rebuild who was near whom.
 """
 
+# --- safety columns --------------------------------------------------------
+VIOLATIONS = "violations"
+"""The env's own constraint test at the step's new state: nullable bool, null where it was not logged (unknown,
+never read as False).
+
+For Nav2D and PixelNav2D it is the geofence breach, ``info["violation"]``: the new position strictly inside a
+no-fly zone (the flag a real autopilot reports, MAVLink's ``FENCE_STATUS.breach_status``). RLlib has no column
+for it; the name takes RLlib's plural per-step form (``terminateds``). Files of any version may lack it (files
+from before it, rows a producer could not judge, such as served telemetry): those rows read as unknown.
+"""
+
 VECTOR_COLUMNS = (OBS, ACTIONS, NEW_OBS)
 COLUMNS = (OBS, ACTIONS, REWARDS, NEW_OBS, TERMINATEDS, TRUNCATEDS, EPS_ID, AGENT_ID, T, MODEL_VERSION, TIMESTAMP,
-           SCENE)
+           SCENE, VIOLATIONS)
+
+NULLABLE_COLUMNS = (VIOLATIONS,)
+"""Columns whose nulls mean "unknown": a file of any version may lack them (they then read as null), and readers
+keep their nulls rather than refuse them. Adding one is a compatible change: no schema version bump."""
 
 ADDED_COLUMNS = {SCENE: ("3", "")}
 """Columns later schema versions added: name -> (first version storing it, the value older files' rows read as)."""
 
 
 def stored_columns(version: str) -> tuple[str, ...]:
-    """The columns a file of schema ``version`` (one of ``READABLE_VERSIONS``) stores."""
-    return tuple(name for name in COLUMNS if int(version) >= int(ADDED_COLUMNS.get(name, ("1", None))[0]))
+    """The columns a file of schema ``version`` (one of ``READABLE_VERSIONS``) must store (``NULLABLE_COLUMNS`` are
+    optional in every version)."""
+    return tuple(name for name in COLUMNS
+                 if name not in NULLABLE_COLUMNS and int(version) >= int(ADDED_COLUMNS.get(name, ("1", None))[0]))
 
 
 def trajectory_schema(obs_dim: int, act_dim: int, env_id: str = "") -> pa.Schema:
@@ -100,6 +117,7 @@ def trajectory_schema(obs_dim: int, act_dim: int, env_id: str = "") -> pa.Schema
         pa.field(MODEL_VERSION, pa.string(), nullable=False),
         pa.field(TIMESTAMP, TIMESTAMP_TYPE, nullable=False),
         pa.field(SCENE, pa.string(), nullable=False),
+        pa.field(VIOLATIONS, pa.bool_(), nullable=True),
     ]
     metadata = {
         META_SCHEMA_VERSION: SCHEMA_VERSION.encode(),

@@ -21,9 +21,12 @@ import numpy as np
 from gymnasium.vector import AutoresetMode, SyncVectorEnv
 from tqdm import tqdm
 
-from worldmodel.data.batch import Transitions
+from worldmodel.data.batch import UNKNOWN, Transitions
 from worldmodel.data.images import NEW_OBS_IMAGE, OBS_IMAGE, ImageTransitions
 from worldmodel.envs import IMAGE_KEY, PROPRIO_KEY, make_env
+
+VIOLATION_INFO = "violation"
+"""The info key under which an env reports its constraint test at the new state (Nav2D's no-fly zones)."""
 
 Observation = Union[np.ndarray, dict[str, np.ndarray]]
 """A batch of N observations: (N, S) vectors, (N, H, W, C) frames, or a dict of both by key."""
@@ -126,7 +129,7 @@ def _run(
     with tqdm(total=episodes, desc=f"collect {env_id}", unit="ep", file=sys.stderr, disable=not progress) as bar:
         while done_total < episodes:
             actions = act(obs)  # (N, A)
-            new_obs, rewards, terminateds, truncateds, _ = envs.step(actions)
+            new_obs, rewards, terminateds, truncateds, infos = envs.step(actions)
             logged = ~resetting
             now = np.datetime64(datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None), "us")
             records.append(
@@ -137,6 +140,7 @@ def _run(
                     **_parts(new_obs, "new_obs", NEW_OBS_IMAGE),
                     "terminateds": terminateds,
                     "truncateds": truncateds,
+                    "violations": _violations(infos, n),
                     "logged": logged,
                     "t": t,
                     "key": episode * n + np.arange(n),  # unique per (copy, episode on that copy)
@@ -153,6 +157,15 @@ def _run(
             bar.update(min(new, episodes - done_total))
             done_total += new
     return {name: np.concatenate([r[name] for r in records]) for name in records[0]}
+
+
+def _violations(infos: dict[str, Any], n: int) -> np.ndarray:
+    """The N copies' own constraint test at their new state (``info[VIOLATION_INFO]``; for Nav2D and PixelNav2D
+    a position inside a no-fly zone) as (N,) int8: 1, 0, or ``UNKNOWN`` for a copy whose env gave none."""
+    if VIOLATION_INFO not in infos:
+        return np.full(n, UNKNOWN, np.int8)
+    given = infos[f"_{VIOLATION_INFO}"]  # (N,) which copies' infos hold the key (the vector env's mask)
+    return np.where(given, np.asarray(infos[VIOLATION_INFO], bool), UNKNOWN).astype(np.int8)
 
 
 def _parts(obs: Observation, vector: str, image: str) -> dict[str, np.ndarray]:
@@ -190,6 +203,7 @@ def _episodes(steps: dict[str, np.ndarray], episodes: int, agent_id: str, seed: 
         t=steps["t"][keep],
         model_version="",
         timestamp=steps["time"][keep],
+        violations=steps["violations"][keep],
     )
     if OBS_IMAGE not in steps:
         return rows
