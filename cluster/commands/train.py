@@ -172,7 +172,7 @@ def run_train_latent(args: argparse.Namespace, files: list[str], env_id: str) ->
     metrics = {"steps": report.steps, "train_seconds": round(report.seconds, 2),
                "cpu_seconds": round(report.cpu_seconds, 2), "train_losses": report.losses,
                "held_out": held_out_losses(model, held, train_cfg), "episodes": len(train),
-               "held_out_episodes": len(held)}
+               "held_out_episodes": len(held), "breach_flags": report.breach_flags}
     artifact = LatentArtifact(model, version=args.version, env_id=env_id,
                               data_fingerprint=data_fingerprint(args.data, files=files),
                               train=dataclasses.asdict(train_cfg), metrics=metrics)
@@ -182,6 +182,9 @@ def run_train_latent(args: argparse.Namespace, files: list[str], env_id: str) ->
     held_text = ", ".join(f"{k} {v:.4f}" for k, v in metrics["held_out"].items()) or "no held-out episodes"
     result["_summary"] = [f"wrote latent model {out} (v{args.version}) in {result['seconds']} s "
                           f"({report.steps} steps); held out: {held_text}"]
+    if not report.breach_flags:  # logs from before the violations column, or an env that reports none
+        result["_summary"].append("warning: the logs carry no geofence-breach flags (`violations`): the breach "
+                                  "head learned nothing; collect them again with this version's `wm collect`")
     return result
 
 
