@@ -4,7 +4,8 @@ dead-lettering and the trimming policy.
 A telemetry entry is one transition in one field, ``v``: a fixed header, then float32 values, then UTF-8
 strings (one field, so a consumer parses one value per entry, not eleven):
 
-    header  <B H H B i q H H H H>  codec version, S, A, flags (1 terminated, 2 truncated), t,
+    header  <B H H B i q H H H H>  codec version, S, A, flags (1 terminated, 2 truncated, 4 the
+                                   violation test known, 8 violated), t,
                                    timestamp (int64 microseconds, UTC), bytes of agent_id, eps_id,
                                    model_version, scene
     floats  <f4 * (2S + A + 1)>    obs (S), actions (A), new_obs (S), reward
@@ -34,7 +35,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from actors.bus_names import BUS, BusNames  # noqa: F401  (BusNames re-exported: the bus names live there)
-from worldmodel.data.batch import Transitions
+from worldmodel.data.batch import UNKNOWN, Transitions
 
 TELEMETRY_STREAM = BUS.telemetry
 TELEMETRY_DEAD_LETTERS = BUS.telemetry_dead_letters
@@ -47,14 +48,17 @@ CODEC_VERSION = 2
 _HEADERS = {1: struct.Struct("<BHHBiqHHH"), 2: struct.Struct("<BHHBiqHHHH")}
 """Each readable codec version's header; ``CODEC_VERSION``'s is written."""
 _HEADER = _HEADERS[CODEC_VERSION]
-_TERMINATED, _TRUNCATED = 1, 2
+_TERMINATED, _TRUNCATED, _TESTED, _VIOLATED = 1, 2, 4, 8
+"""The header's flag bits (``Transitions.violations``: not tested reads as ``UNKNOWN``, as entries written before
+the last two bits existed do)."""
 
 
 def encode_transitions(batch: Transitions) -> list[bytes]:
     """One entry payload per row of ``batch`` (B rows -> B payloads), in the layout above."""
     floats = np.concatenate([batch.obs, batch.actions, batch.new_obs, batch.rewards[:, None]], axis=1)
     floats = np.ascontiguousarray(floats, dtype="<f4")  # (B, 2S + A + 1)
-    flags = batch.terminateds.astype(np.int64) * _TERMINATED + batch.truncateds.astype(np.int64) * _TRUNCATED
+    flags = (batch.terminateds.astype(np.int64) * _TERMINATED + batch.truncateds.astype(np.int64) * _TRUNCATED
+             + (batch.violations != UNKNOWN) * _TESTED + (batch.violations == 1) * _VIOLATED)
     micros = batch.timestamp.astype("datetime64[us]").astype(np.int64)
     s, a = batch.obs_dim, batch.act_dim
     payloads = []
@@ -178,7 +182,8 @@ def _batch(values: np.ndarray, headers: np.ndarray, strings: list[tuple[str, ...
                        new_obs=values[:, s + a:2 * s + a], terminateds=(flags & _TERMINATED) > 0,
                        truncateds=(flags & _TRUNCATED) > 0, eps_id=eps, agent_id=agent,
                        t=headers[:, 4].astype(np.int32), model_version=version,
-                       timestamp=headers[:, 5].astype("datetime64[us]"), scene=scene)
+                       timestamp=headers[:, 5].astype("datetime64[us]"), scene=scene,
+                       violations=np.where(flags & _TESTED, (flags & _VIOLATED) > 0, UNKNOWN).astype(np.int8))
 
 
 def dead_letter(pipe: Any, source: str, bad: list[BadEntry], stream: str = TELEMETRY_DEAD_LETTERS) -> None:

@@ -287,6 +287,8 @@ def transitions(requests: list[PlanRequest], records: list[AgentRecord | None], 
                          else np.full(acted.shape[1:], np.nan, np.float32) for r in prev])  # (B, A)
     executed = np.isclose(acted, answered, rtol=1e-5, atol=1e-6).all(axis=1)
     versions = np.where(executed, np.array([r.model_version for r in prev]), "")
+    # The constraints the agent's previous request gave, tested at its new observation (none given: none broken).
+    violated = violation_flags(prev, [steps[i] for i in closing], obs[closing]).any(axis=1)
     return Transitions.build(
         obs=np.stack([r.obs for r in prev]), actions=acted,
         rewards=np.array([requests[i].reward for i in closing]), new_obs=obs[closing],
@@ -294,7 +296,8 @@ def transitions(requests: list[PlanRequest], records: list[AgentRecord | None], 
         truncateds=np.array([requests[i].truncated for i in closing]),
         eps_id=[r.eps_id for r in prev], agent_id=[r.agent_id for r in prev],
         t=np.array([r.t for r in prev]), model_version=versions,
-        scene=[requests[i].site or "" for i in closing])  # a warehouse tick is (site, t): who was near whom
+        scene=[requests[i].site or "" for i in closing],  # a warehouse tick is (site, t): who was near whom
+        violations=violated)
 
 
 def prediction_errors(records: list[AgentRecord | None], steps: list[Continuation],

@@ -21,7 +21,8 @@ def make_batch(b: int, seed: int = 0, agents: int = 3) -> Transitions:
         eps_id=[f"eps-{seed}-{i % agents}-ü" for i in range(b)],
         agent_id=[f"car-{i % agents}" for i in range(b)], t=np.arange(b) // agents,
         model_version=np.array(["", "v1"], dtype=object)[np.arange(b) % 2],
-        timestamp=np.datetime64("2026-12-06T10:00:00.123456") + np.arange(b).astype("timedelta64[ms]"))
+        timestamp=np.datetime64("2026-12-06T10:00:00.123456") + np.arange(b).astype("timedelta64[ms]"),
+        violations=np.array([1, 0, -1])[np.arange(b) % 3])  # violated, not, not tested
 
 
 def assert_same(a: Transitions, b: Transitions) -> None:

@@ -7,7 +7,7 @@ import dataclasses
 
 import numpy as np
 
-from actors.records import AgentRecord
+from actors.records import AgentObjective, AgentRecord
 from serving import rows
 from serving.schema import PlanRequest
 from tests.serving.test_engine import record
@@ -65,3 +65,16 @@ def test_a_plan_of_another_horizon_is_no_start() -> None:
     steps = [rows.continuation(_req(), r) for r in records]
     out = rows.stacked(records, steps, "warm_start")
     assert out.shape == (3, H, A) and np.all(np.isfinite(out[:2])) and np.all(np.isnan(out[2]))
+
+
+def test_a_served_transition_says_whether_it_broke_the_zones_its_previous_request_gave() -> None:
+    """Served logs carry the violation test as collected logs do: the zones the agent was given, at its new
+    observation (an agent given none broke none)."""
+    zone = AgentObjective(no_fly_zones=((1.0, 0.0, 0.5),))
+    records = [dataclasses.replace(_continuing(), agent_id=f"a{i}", objective=objective)
+               for i, objective in enumerate((zone, zone, None))]
+    requests = [_req(prev_action=[0.5, 0.5], agent_id=f"a{i}") for i in range(3)]
+    obs = np.zeros((3, S), np.float32)
+    obs[[0, 2], 0] = 1.1  # inside the zone (given to a0, not to a2); a1 at the origin, outside it
+    steps = [rows.continuation(req, rec) for req, rec in zip(requests, records)]
+    assert rows.transitions(requests, records, steps, obs).violations.tolist() == [1, 0, 0]
