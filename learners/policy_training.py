@@ -212,7 +212,26 @@ def ppo_config(creator: EnvCreator, actor: PolicyNet, settings: PolicySettings, 
 
 def train_policy(model_dir: str | os.PathLike[str], data_uri: str, settings: PolicySettings | None = None,
                  progress: Callable[[IterationStats], None] | None = None) -> PolicyResult:
-    """Train a policy inside the model at ``model_dir`` with PPO, score it, save it in ``MODEL_DIR/policy``.
+    """Train a policy inside the model at ``model_dir`` with PPO, score it, save it in ``MODEL_DIR/policy``
+    (``fit_policy``, then ``save_fitted``)."""
+    start = time.perf_counter()
+    actor, fitted = fit_policy(model_dir, data_uri, settings, progress)
+    return save_fitted(model_dir, actor, fitted, start)
+
+
+def save_fitted(model_dir: str | os.PathLike[str], actor: PolicyNet, fitted: PolicyResult,
+                start: float) -> PolicyResult:
+    """Save a ``fit_policy`` actor in ``MODEL_DIR/policy`` (its version after the one there); ``start``: when the
+    work began (``time.perf_counter``), for ``seconds``."""
+    path = save_policy(model_dir, actor, fitted.summary())
+    version = (policy_info(model_dir) or {})["version"]
+    return replace(fitted, version=version, path=str(path), seconds=round(time.perf_counter() - start, 2))
+
+
+def fit_policy(model_dir: str | os.PathLike[str], data_uri: str, settings: PolicySettings | None = None,
+               progress: Callable[[IterationStats], None] | None = None) -> tuple[PolicyNet, PolicyResult]:
+    """Train a policy inside the model at ``model_dir`` with PPO and score it; nothing is saved (the result's
+    ``version`` and ``path`` are empty).
 
     Args:
         model_dir: a world model's artifact directory (a registry's version directory included).
@@ -246,12 +265,10 @@ def train_policy(model_dir: str | os.PathLike[str], data_uri: str, settings: Pol
         real = evaluate_floor(actor, starts.robots, settings)
     else:
         real = evaluate_real(actor, model.spec.env_id, settings)
-    partial = PolicyResult(version="", path="", model_version=model.version, env_id=model.spec.env_id,
-                           settings=settings, curve=curve, train_seconds=train_seconds, seconds=0.0,
-                           imagined=imagined, real=real, logged_starts=logged, reset_starts=resets)
-    path = save_policy(model_dir, actor, partial.summary())
-    version = (policy_info(model_dir) or {})["version"]
-    return replace(partial, version=version, path=str(path), seconds=round(time.perf_counter() - start, 2))
+    return actor, PolicyResult(version="", path="", model_version=model.version, env_id=model.spec.env_id,
+                               settings=settings, curve=curve, train_seconds=train_seconds,
+                               seconds=round(time.perf_counter() - start, 2), imagined=imagined, real=real,
+                               logged_starts=logged, reset_starts=resets)
 
 
 def _starts(model: WorldModel, data_uri: str, seed: int, reset_share: float) -> tuple[Starts, int, int]:

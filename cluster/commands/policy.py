@@ -1,4 +1,5 @@
-"""`wm policy train`: train a policy inside a world model with RLlib's PPO and save it beside the model.
+"""`wm policy train`: train a policy inside a world model with RLlib's PPO and save it beside the model;
+`wm policy tune`: a Ray Tune sweep over the policy's settings (``tune.policy_sweep``), the best one saved so.
 
 The policy (``planners.policy.PolicyNet``) lands in ``MODEL_DIR/policy/`` with its own checksum and
 version; serving and planning load it from there as the fallback, the planning prior and for
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,6 +22,8 @@ if TYPE_CHECKING:
     from learners.policy_training import IterationStats, PolicyResult
 
 _DEFAULTS = PolicySettings()
+TUNE_OUT = "~/ray_results/fleetwm-policy-tune"
+"""Where `wm policy tune` runs go unless --out says otherwise."""
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -44,6 +48,25 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     a.add_argument("--address", default=None, help="Ray cluster address (default: an embedded local Ray)")
     a.add_argument("--quiet", action="store_true", help="no progress on stderr")
     a.set_defaults(handler=run_train)
+    t = actions.add_parser("tune", parents=[common], help="a Ray Tune sweep over the policy's settings; the best "
+                           "trial's policy is saved in the model directory")
+    t.add_argument("--model", required=True, metavar="VERSION_OR_DIR",
+                   help="model directory, or with --registry a version or stage")
+    t.add_argument("--registry", default=None, metavar="URI", help="model registry directory")
+    t.add_argument("--data", required=True, metavar="URI", help="trajectory logs of the model's env (the starts)")
+    t.add_argument("--repeats", type=int, default=1, metavar="N",
+                   help="trials of every combination of the values, seeded --seed, --seed + 1, ... (default: 1)")
+    t.add_argument("--space", action="append", default=[], metavar="KEY=V1,V2,...",
+                   help="values of a PolicySettings field to try, every combination a trial (repeatable; "
+                        "default: lr=3e-4,1e-3,3e-3 hidden=32,64,128)")
+    t.add_argument("--iterations", type=int, default=None, help="PPO iterations per trial (default: the preset's)")
+    t.add_argument("--eval-episodes", type=int, default=None, help="real-env episodes scoring each trial "
+                   "(default: %d)" % _DEFAULTS.eval_episodes)
+    t.add_argument("--seed", type=int, default=_DEFAULTS.seed, help="the first repeat's seed (default: %(default)s)")
+    t.add_argument("--out", default=TUNE_OUT, metavar="DIR", help="where Tune keeps the run (default: %(default)s)")
+    t.add_argument("--address", default=None, help="Ray cluster address (default: an embedded local Ray)")
+    t.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    t.set_defaults(handler=run_tune)
 
 
 def model_dir(ref: str, registry: str | None) -> Path:
@@ -92,6 +115,37 @@ def run_train(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {"command": "policy train", "model_dir": str(path), **result.to_dict(), "png": str(png),
                            "seconds": round(time.perf_counter() - start, 2)}
     out["_summary"] = _summary(result, png)
+    return out
+
+
+def run_tune(args: argparse.Namespace) -> dict[str, Any]:
+    import ray
+
+    from cluster.commands.tune import parse_values
+    from cluster.runtime import init_ray
+    from learners.policy_training import check_logs
+    from tune.policy_sweep import DEFAULT_POLICY_SPACE, PolicySweep, run_policy_sweep
+    from worldmodel.artifact import load_model
+
+    path = model_dir(args.model, args.registry)  # a bad model, logs or setting fails here, before Ray starts
+    check_logs(args.data, load_model(path).spec.env_id)
+    space = dict(DEFAULT_POLICY_SPACE) | {key: tuple(values) for key, values in map(parse_values, args.space)}
+    sweep = PolicySweep(str(path), args.data, space, args.repeats, seed=args.seed,
+                        base={"iterations": args.iterations, "eval_episodes": args.eval_episodes})
+    say = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
+    info = init_ray(args.address)
+    try:
+        result = run_policy_sweep(sweep, args.out, say)
+    finally:
+        if info.started:
+            ray.shutdown()
+    out: dict[str, Any] = {"command": "policy tune", "model_dir": str(path), "space": {k: list(v) for k, v in
+                                                                                       space.items()},
+                           **result.to_dict()}
+    best = result.best
+    out["_summary"] = [f"{len(result.trials)} trials in {result.seconds} s; best {best.settings}: real return "
+                       f"{best.score:.1f}" + ("" if best.success_rate is None else f", success {best.success_rate:.1%}"),
+                       f"saved its policy {result.saved.version} to {result.saved.path}"]
     return out
 
 

@@ -49,13 +49,26 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.set_defaults(handler=run_tune)
 
 
-def _value(text: str) -> Any:
+def parse_value(text: str) -> Any:
     """A --space value as the config field wants it: int, float, bool or string."""
     if _INT.fullmatch(text):
         return int(text)
     if _FLOAT.fullmatch(text):
         return float(text)
     return {"true": True, "false": False}.get(text.lower(), text)
+
+
+def parse_values(item: str) -> tuple[str, list[Any]]:
+    """A ``KEY=V1,V2,...`` option: (the key as a field name, its values).
+
+    Raises:
+        ValueError: an option that is not ``KEY=V1[,V2...]``.
+    """
+    key, sep, values = item.partition("=")
+    parsed = [parse_value(v.strip()) for v in values.split(",") if v.strip()]
+    if not sep or not key.strip() or not parsed:
+        raise ValueError(f"--space {item!r}: expected KEY=V1[,V2...], e.g. hidden=64,128")
+    return key.strip().replace("-", "_"), parsed
 
 
 def parse_space(items: list[str]) -> dict[str, Any]:
@@ -70,11 +83,8 @@ def parse_space(items: list[str]) -> dict[str, Any]:
 
     space = default_space()
     for item in items:
-        key, sep, values = item.partition("=")
-        parsed = [_value(v.strip()) for v in values.split(",") if v.strip()]
-        if not sep or not key.strip() or not parsed:
-            raise ValueError(f"--space {item!r}: expected KEY=V1[,V2...], e.g. hidden=64,128")
-        space[key.strip().replace("-", "_")] = parsed[0] if len(parsed) == 1 else tune.choice(parsed)
+        key, parsed = parse_values(item)
+        space[key] = parsed[0] if len(parsed) == 1 else tune.choice(parsed)
     return space
 
 

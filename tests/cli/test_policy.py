@@ -12,7 +12,7 @@ from planners.policy_artifact import load_policy
 from tests.cli.helpers import run_json
 from tests.ray_fixtures import ray_local  # noqa: F401
 from tests.warehouse_fixtures import warehouse_models  # noqa: F401
-from worldmodel.artifact import save_model
+from worldmodel.artifact import load_model, save_model
 from worldmodel.config import ModelConfig, TrainConfig
 from worldmodel.data import write_transitions
 from worldmodel.envs import make_env, space_spec
@@ -90,3 +90,26 @@ def test_policy_train_on_a_fleet_model_trains_robots_of_floors(ray_local, wareho
     policy = load_policy(fleet)
     assert policy is not None and not policy.zones
     assert policy.act(torch.zeros(7, 28)).shape == (7, 2)  # the fallback's API: (N, S) -> (N, A)
+
+
+def test_policy_tune_tries_every_combination_and_saves_the_best(ray_local, nav, tmp_path,  # noqa: F811
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    model = tmp_path / "model"
+    save_model(load_model(nav["model"]), model)
+    code, out, err = run_json(capsys, "policy", "tune", "--model", str(model), "--data", nav["logs"],
+                              "--space", "lr=1e-3,3e-3", "--space", "hidden=16", "--out", str(tmp_path / "runs"),
+                              "--iterations", "1", "--eval-episodes", "4")
+    assert code == 0, err
+    assert out["command"] == "policy tune" and len(out["trials"]) == 2
+    assert sorted(t["settings"]["lr"] for t in out["trials"]) == [1e-3, 3e-3]
+    assert out["best"]["score"] == max(t["score"] for t in out["trials"])
+    assert "policy sweep: trial 2/2" in err  # progress on stderr
+    saved = load_policy(model)
+    assert saved is not None and out["policy"]["version"] == "1.0.0" and out["policy"]["settings"]["hidden"] == 16
+    assert out["policy"]["settings"]["lr"] == out["best"]["settings"]["lr"]
+
+
+def test_policy_tune_refuses_a_setting_it_does_not_know_before_ray_starts(nav, capsys) -> None:
+    code = main(["policy", "tune", "--model", nav["model"], "--data", nav["logs"], "--space", "widht=8,16"])
+    out, err = capsys.readouterr()
+    assert code != 0 and "widht" in err and len(err.strip().splitlines()) == 1
