@@ -34,6 +34,7 @@ from planners.objectives import ACTION_HIGH, ACTION_LOW, BOX, MAX_SPEED, ZONES
 from planners.service import PlanBatch
 from serving.schema import Objective, PlanRequest
 from worldmodel.data import Transitions
+from worldmodel.data.batch import UNKNOWN
 
 
 def answered(req: PlanRequest, rec: AgentRecord | None) -> PlanAnswer | Rejected | None:
@@ -287,8 +288,10 @@ def transitions(requests: list[PlanRequest], records: list[AgentRecord | None], 
                          else np.full(acted.shape[1:], np.nan, np.float32) for r in prev])  # (B, A)
     executed = np.isclose(acted, answered, rtol=1e-5, atol=1e-6).all(axis=1)
     versions = np.where(executed, np.array([r.model_version for r in prev]), "")
-    # The constraints the agent's previous request gave, tested at its new observation (none given: none broken).
-    violated = violation_flags(prev, [steps[i] for i in closing], obs[closing]).any(axis=1)
+    # The constraints the agent's previous request gave, tested at its new observation (none given: none broken);
+    # a warehouse robot's contacts are not tested here: unknown.
+    violated = violation_flags(prev, [steps[i] for i in closing], obs[closing]).any(axis=1).astype(np.int8)
+    violated[[requests[i].site is not None for i in closing]] = UNKNOWN
     return Transitions.build(
         obs=np.stack([r.obs for r in prev]), actions=acted,
         rewards=np.array([requests[i].reward for i in closing]), new_obs=obs[closing],
