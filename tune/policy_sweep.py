@@ -53,7 +53,8 @@ class PolicySweep:
     def __post_init__(self) -> None:
         unknown = sorted(set(self.space) - _FIELDS)
         if unknown:
-            raise ValueError(f"policy sweep: {', '.join(unknown)} not a policy setting; one of {', '.join(sorted(_FIELDS))}")
+            raise ValueError(f"policy sweep: {', '.join(unknown)} not a policy setting; one of "
+                             f"{', '.join(sorted(_FIELDS))}")
         empty = [k for k, values in self.space.items() if not values]
         if empty or self.repeats < 1 or self.concurrent_trials < 1:
             raise ValueError(f"policy sweep: every key needs values (none for {empty}), repeats and concurrent "
@@ -108,7 +109,8 @@ class _Progress(tune.Callback):
                  f"{result.get(SCORE, float('nan')):.1f}" + ("" if success is None else f", success {success:.1%}"))
 
 
-def run_policy_sweep(sweep: PolicySweep, out_dir: str, say: Callable[[str], None] = lambda m: None) -> PolicySweepResult:
+def run_policy_sweep(sweep: PolicySweep, out_dir: str,
+                     say: Callable[[str], None] = lambda m: None) -> PolicySweepResult:
     """Run the sweep (Ray initialised by the caller), save the best trial's policy in ``sweep.model_dir``.
 
     Raises:

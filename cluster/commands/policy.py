@@ -143,9 +143,9 @@ def run_tune(args: argparse.Namespace) -> dict[str, Any]:
                                                                                        space.items()},
                            **result.to_dict()}
     best = result.best
+    success = "" if best.success_rate is None else f", success {best.success_rate:.1%}"
     out["_summary"] = [f"{len(result.trials)} trials in {result.seconds} s; best {best.settings}: real return "
-                       f"{best.score:.1f}" + ("" if best.success_rate is None else f", success {best.success_rate:.1%}"),
-                       f"saved its policy {result.saved.version} to {result.saved.path}"]
+                       f"{best.score:.1f}{success}", f"saved its policy {result.saved.version} to {result.saved.path}"]
     return out
 
 
