@@ -3,8 +3,8 @@
 Requests merged by ``@serve.batch`` in the ingress are queued; each cycle takes every request
 queued so far (see ``PlanEngine.submit``) and:
 
-1. reads the agents' records: from the ingress's own copy of what it wrote (``RecordCache``, while
-   its writer lease says it is the only ingress replica), else one read from the state shards (one
+1. reads the agents' records: from its own copy of what it wrote (``RecordCache``, while its writer lease says
+   it is the only writer: ``serving.engine_lease``), else one read from the state shards (one
    call per shard, in parallel);
 2. answers retries (same agent and ``request_id`` as the record's last) from the record, and refuses
    (409) an older ``request_id`` of the agent: nothing is planned or logged for either;
@@ -32,7 +32,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from collections import Counter
 from typing import Any
 
@@ -45,6 +44,7 @@ from serving import rows
 from serving.ab import LiveAB
 from serving.config import BATCHING
 from serving.engine_arms import ArmPlanner, Batch
+from serving.engine_lease import IDLE_LEAVE_S, WriterLease
 from serving.engine_metrics import BatchMetrics
 from serving.engine_writes import EngineWrites
 from serving.explain import DecisionStore, Explainer, ExplainRequest
@@ -62,18 +62,6 @@ Answer = PlanAnswer | Rejected
 
 _BUDGET_MARGIN_MS = 4.0
 """Kept back from a request's deadline for the state write and the HTTP answer."""
-LEASE_S = 3.0
-"""A writer lease lasts this long; the engine renews it every ``LEASE_RENEW_S``."""
-LEASE_RENEW_S = 0.25
-"""Seconds between lease renewals: the longest another writer's arrival can go unnoticed, and so what an HTTP ingress
-joining a busy stream consumer waits (``JOIN_S``) before its first batch after an idle spell (``IDLE_LEAVE_S``)."""
-JOIN_S = 1.5 * LEASE_RENEW_S
-"""How long a writer joining others waits before its first read: one renewal period of theirs, and a margin."""
-IDLE_LEAVE_S = 10.0
-"""An HTTP ingress's engine that has run no batch for this long gives its lease up, so that a busy stream consumer,
-left alone, uses its cache; its next batch joins again (``PlanEngine``'s ``leave_idle_s``)."""
-
-
 class PlanEngine:
     """Runs batches of plan requests against the planner deployment, the state shards and the telemetry sink."""
 
@@ -105,19 +93,14 @@ class PlanEngine:
         self._idle = asyncio.Event()
         self._idle.set()
         self._last_run = time.monotonic()
-        self.leave_idle_s = leave_idle_s
-        self.writer_id = uuid.uuid4().hex
-        self.sole_writer = False
-        """Whether the last lease renewal found this engine the only live writer (the cache is used only then)."""
-        self._leaser: asyncio.Task[None] | None = None
-        self._cache_epoch = 0
-        """Counts the cache's clearings: a read that awaited the shards across one must not fill the cache."""
+        self.lease = WriterLease(store, cache, self.writes, self._idle_s, leave_idle_s)
+        """The writer lease that decides when ``cache`` is used (``serving.engine_lease``)."""
         self._pass = asyncio.Lock()
         """Held by a pass from its read to its write's submission, and by a reset: a reset landing between
         them would be undone by the write."""
         self.decisions = DecisionStore()
         """The inputs of the decisions served here, for ``explain`` by ``plan_id``."""
-        self.explainer = Explainer(planner, self.decisions, self._read)
+        self.explainer = Explainer(planner, self.decisions, self.lease.read)
         self.arms = ArmPlanner(planner, ab, self.shadow, self.decisions, BatchMetrics(metrics, drift),
                                BatchMetrics(metrics, role="candidate"), self._spawn)
 
@@ -164,7 +147,7 @@ class PlanEngine:
     async def run(self, requests: list[PlanRequest], arrived: list[float]) -> list[Answer]:
         """Answer a batch in order. An agent that appears twice is answered in two passes, in order."""
         self._last_run = time.monotonic()
-        await self._keep_lease()
+        await self.lease.keep()
         seen: set[str] = set()
         first = [i for i, r in enumerate(requests) if not (r.agent_id in seen or seen.add(r.agent_id))]
         # Counted per pass, so each request once: the second pass counts its own.
@@ -190,7 +173,7 @@ class PlanEngine:
 
     async def _run_unique(self, requests: list[PlanRequest], arrived: list[float]) -> list[Answer]:
         """Answer requests of distinct agents: known ones from their records, the rest planned together."""
-        records = await self._read([r.agent_id for r in requests])
+        records = await self.lease.read([r.agent_id for r in requests])
         answers = [rows.answered(req, rec) for req, rec in zip(requests, records)]
         todo = [i for i, a in enumerate(answers) if a is None]
         replays = sum(isinstance(a, PlanAnswer) for a in answers)
@@ -203,28 +186,12 @@ class PlanEngine:
                 answers[i] = answer
         return answers  # type: ignore[return-value]
 
-    async def _read(self, agent_ids: list[str]) -> list[AgentRecord | None]:
-        """The agents' records: cached ones from the cache (while the sole writer), the rest from the shards."""
-        cache = self.cache if self.sole_writer else None
-        if cache is None:
-            return await self.store.get(agent_ids)
-        records = cache.get(agent_ids)
-        missing = [i for i, r in enumerate(records) if r is None]
-        if missing:
-            epoch = self._cache_epoch
-            fetched = await self.store.get([agent_ids[i] for i in missing])
-            for i, record in zip(missing, fetched):
-                records[i] = record
-            if self.sole_writer and self._cache_epoch == epoch:  # no other writer showed up meanwhile
-                cache.put([r for r in fetched if r is not None])
-        return records
-
     async def reset(self, agent_ids: list[str]) -> int:
         """Forget agents (their next request starts fresh); returns how many were known (for one agent:
         whether it was). Waits for the pass in progress, which may be about to write these agents."""
         async with self._pass:  # that pass's write was submitted first: the shards apply the reset after it
             await self.writes.ordered()
-            cached = self.cache.drop(agent_ids) if self.cache is not None else 0
+            cached = self.lease.drop(agent_ids)
             self.decisions.forget(agent_ids)
             return max(await self.store.reset(agent_ids), cached)
 
@@ -249,65 +216,23 @@ class PlanEngine:
                 "unlogged": dict(self.unlogged), "telemetry_held": self.writes.held,
                 "telemetry_dropped": self.writes.dropped}
 
-    # -- writer lease ---------------------------------------------------------------------
-    async def renew_lease(self) -> int:
-        """Renew this engine's writer lease in the shards; returns the live writers the shards know.
-
-        The cache is emptied, and left unused, as soon as another writer holds a lease, and emptied again
-        when this engine becomes the only writer (what it holds may predate the other writer's writes)."""
-        try:
-            writers = await self.store.lease(self.writer_id, LEASE_S)
-        except Exception as err:  # the shards are unreachable: read them (and fail there) rather than trust a copy
-            logger.warning("writer lease renewal failed, record cache off: %s", err)
-            writers = 0
-        sole = writers == 1
-        if self.cache is not None and (not sole or not self.sole_writer):
-            self.cache.clear()
-            self._cache_epoch += 1
-        self.sole_writer = sole
-        return writers
+    # -- writer lease (``serving.engine_lease``) ----------------------------------------------
+    @property
+    def sole_writer(self) -> bool:
+        """Whether the last lease renewal found this engine the only live writer (its cache is used only then)."""
+        return self.lease.sole_writer
 
     async def join(self) -> None:
-        """Take the writer lease and keep renewing it (until idle for ``leave_idle_s``); a replica's constructor
-        calls it, or else a batch's first read.
+        """Take the writer lease before the first batch (``WriterLease.join``): a replica's constructor calls it."""
+        await self.lease.join()
 
-        When other writers hold a lease, wait ``JOIN_S`` before returning: a writer whose last renewal found
-        it alone keeps answering from its cache until its next renewal, and must not miss what this engine
-        writes meanwhile."""
-        if self.cache is None or self._leaser is not None:
-            return
-        self._leaser = asyncio.get_running_loop().create_task(self._renew_forever())
-        if await self.renew_lease() > 1:
-            await asyncio.sleep(JOIN_S)
+    async def renew_lease(self) -> int:
+        """Renew the writer lease now; returns the live writers the shards know (``WriterLease.renew``)."""
+        return await self.lease.renew()
 
-    async def leave(self) -> None:
-        """Give the lease up (the cache off and emptied first); the next batch joins again. Its writes are
-        settled first: the writer left alone reads what this one wrote from the shards."""
-        self._leaser, self.sole_writer = None, False
-        if self.cache is not None:
-            self.cache.clear()
-            self._cache_epoch += 1
-        await self.writes.settled(since=self.writes.submitted)  # waits for every write; asks about none
-        if self._leaser is None:  # not joined again meanwhile (its renewal, sent later, would stand anyway)
-            await self.store.lease(self.writer_id, 0.0)
-
-    async def _keep_lease(self) -> None:
-        """With a cache: join before the first read, and again after leaving."""
-        if self.cache is None:
-            return
-        if self._leaser is None:
-            await self.join()
-        elif self._leaser.done():  # the loop it ran on has ended (a test's asyncio.run): renew on this one
-            self._leaser = asyncio.get_running_loop().create_task(self._renew_forever())
-
-    async def _renew_forever(self) -> None:
-        while True:
-            await asyncio.sleep(LEASE_RENEW_S)
-            idle_s = time.monotonic() - self._last_run
-            if self.leave_idle_s is not None and self._idle.is_set() and idle_s > self.leave_idle_s:
-                await self.leave()
-                return
-            await self.renew_lease()
+    def _idle_s(self) -> float | None:
+        """Seconds since the last batch, None while one runs or waits."""
+        return time.monotonic() - self._last_run if self._idle.is_set() else None
 
     # -- planning a batch -----------------------------------------------------------------
     async def _plan(self, requests: list[PlanRequest], records: list[AgentRecord | None],
@@ -360,8 +285,7 @@ class PlanEngine:
         each (agent, episode, step) once.
         """
         self.writes.submit(records, logged)
-        if self.cache is not None and self.sole_writer:  # before a second pass of this batch reads them
-            self.cache.put(records)
+        self.lease.wrote(records)  # before a second pass of this batch reads them
 
     def _spawn(self, coro: Any) -> asyncio.Task[None]:
         task = asyncio.get_running_loop().create_task(coro)

@@ -159,8 +159,8 @@ def run(engine: PlanEngine, *requests: PlanRequest) -> list[Any]:
         answers = await engine.run(list(requests), [time.monotonic()] * len(requests))
         while engine._background:
             await asyncio.gather(*list(engine._background))
-        if engine._leaser is not None:
-            engine._leaser.cancel()
+        if engine.lease.leaser is not None:
+            engine.lease.leaser.cancel()
         return answers
 
     return asyncio.run(main())

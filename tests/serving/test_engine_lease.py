@@ -7,10 +7,11 @@ import time
 
 import pytest
 
-import serving.engine as engine_module
+import serving.engine_lease as lease_module
 from actors.records import RecordCache
 from actors.state import AgentStateShard
-from serving.engine import JOIN_S, PlanEngine
+from serving.engine import PlanEngine
+from serving.engine_lease import JOIN_S
 from serving.schema import PlanRequest
 from tests.serving.test_engine import N_OBS, FakeLogger, FakePlanner, Metrics, local_store, run
 
@@ -58,7 +59,7 @@ def test_a_writer_joining_another_waits_until_the_other_has_turned_its_cache_off
         assert time.monotonic() - start >= JOIN_S
         assert not first.sole_writer and not second.sole_writer
         for engine in (first, second):
-            engine._leaser.cancel()
+            engine.lease.leaser.cancel()
 
     asyncio.run(scenario())
 
@@ -67,7 +68,7 @@ def test_an_idle_writer_leaves_so_the_busy_one_uses_its_cache_and_rejoins_at_its
         monkeypatch: pytest.MonkeyPatch) -> None:
     """The HTTP ingress of a fleet on the bus: idle, it must not keep the busy consumer's cache off."""
     for name, seconds in (("LEASE_RENEW_S", 0.05), ("JOIN_S", 0.1)):
-        monkeypatch.setattr(engine_module, name, seconds)
+        monkeypatch.setattr(lease_module, name, seconds)
     store, logger = local_store(), FakeLogger()
 
     async def step(engine: PlanEngine, t: int) -> None:
@@ -85,14 +86,14 @@ def test_an_idle_writer_leaves_so_the_busy_one_uses_its_cache_and_rejoins_at_its
         await asyncio.sleep(0.5)  # the idle one leaves; the busy one's renewal finds itself alone
         for t in range(2, 9):
             await step(busy, t)
-        assert idle._leaser is None and busy.sole_writer and "a1" in busy.cache.records
+        assert idle.lease.leaser is None and busy.sole_writer and "a1" in busy.cache.records
         start = time.monotonic()
         await step(idle, 9)  # joins again, and waits for the busy one to turn its cache off
         assert time.monotonic() - start >= 0.1 and not busy.sole_writer and busy.cache.records == {}
         await step(busy, 10)  # reads the record the other one wrote
         for engine in (busy, idle):
-            if engine._leaser is not None:
-                engine._leaser.cancel()
+            if engine.lease.leaser is not None:
+                engine.lease.leaser.cancel()
 
     asyncio.run(scenario())
     rows = [(str(b.eps_id[0]), int(b.t[0])) for b in logger.batches]

@@ -31,8 +31,8 @@ def _req(agent: str = "a1", t: int = 0) -> PlanRequest:
 async def _settle(engine: PlanEngine) -> None:
     while engine._background:
         await asyncio.gather(*list(engine._background))
-    if engine._leaser is not None:
-        engine._leaser.cancel()
+    if engine.lease.leaser is not None:
+        engine.lease.leaser.cancel()
 
 
 def test_a_reset_during_a_batch_of_its_agent_is_not_undone_by_the_batch() -> None:

@@ -289,7 +289,7 @@ def _replica(monkeypatch: pytest.MonkeyPatch, store: _Store, redis_url: str) -> 
 @pytest.mark.parametrize("writers, waits", [(1, False), (2, True)])
 def test_a_replica_joining_other_writers_reads_only_after_their_next_lease_renewal(
         monkeypatch, redis_server, writers: int, waits: bool) -> None:  # noqa: F811
-    from serving.engine import JOIN_S
+    from serving.engine_lease import JOIN_S
 
     async def main() -> tuple[float, Any]:
         store = _Store(writers)
