@@ -130,16 +130,17 @@ class LiveAB:
         return assign(test.id, [r.agent_id for r in requests], [r.site for r in requests], test.share)
 
     def observe(self, batch: PlanBatch, records: Sequence[AgentRecord | None], steps: Sequence[rows.Continuation],
-                obs: np.ndarray, transitions: Transitions | None) -> None:
+                obs: np.ndarray, flags: np.ndarray, transitions: Transitions | None) -> None:
         """Add one planned arm: its call's latency, and each agent's outcome of its previous answer, to the
-        version that gave that answer (records, steps and (N, S) obs as ``BatchMetrics.observe_batch`` takes)."""
+        version that gave that answer (records, steps, (N, S) obs and (N, 3) flags as ``BatchMetrics.observe_batch``
+        takes them)."""
         if self.test is None:
             return
         self._version(batch.model_version).add_call(batch.elapsed_ms)
         going = [i for i, (r, s) in enumerate(zip(records, steps)) if s.same_episode and r is not None]
         ids = np.array([records[i].agent_id for i in going], dtype=object)  # type: ignore[union-attr]
         versions = np.array([records[i].model_version for i in going], dtype=object)  # type: ignore[union-attr]
-        flags = rows.violation_flags(records, steps, obs).any(-1)[going]
+        violated = flags.any(-1)[going]
         scored, mse = rows.agent_mse(records, steps, obs)
         position = {i: k for k, i in enumerate(going)}
         at = np.array([position[i] for i in scored], np.int64)
@@ -147,7 +148,7 @@ class LiveAB:
             mine = versions == v
             stats = self._version(v)
             stats.add(ids[mine].tolist(), "steps", np.ones(int(mine.sum())))
-            stats.add(ids[mine].tolist(), "violations", flags[mine])
+            stats.add(ids[mine].tolist(), "violations", violated[mine])
             hit = versions[at] == v if len(at) else np.zeros(0, bool)
             stats.add(ids[at[hit]].tolist(), "mse_n", np.ones(int(hit.sum())))
             stats.add(ids[at[hit]].tolist(), "mse_sum", mse[hit])

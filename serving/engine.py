@@ -243,13 +243,15 @@ class PlanEngine:
         # which requests close a transition, decided before planning from what the server knows
         steps = [rows.continuation(req, rec) for req, rec in zip(requests, records)]
         self.unlogged.update(rows.unlogged(steps))
-        batch = Batch(requests, records, steps, obs, rows.objectives(requests), self._budget_ms(requests, arrived))
+        flags = rows.violation_flags(records, steps, obs)  # (N, 3), once: logs, metrics and the A/B totals read it
+        batch = Batch(requests, records, steps, obs, flags, rows.objectives(requests),
+                      self._budget_ms(requests, arrived))
         arms = self.arms.split(requests)
         # What each arm's requests close is known before they are planned: its telemetry call goes beside planning.
         closed = [rows.transitions([requests[i] for i in idx], [records[i] for i in idx], [steps[i] for i in idx],
-                                   obs[idx]) for _, idx in arms]
-        logged = self.writes.log(Transitions.concat([c for c in closed if c is not None]) if any(
-            c is not None for c in closed) else None)
+                                   obs[idx], flags[idx]) for _, idx in arms]
+        parts = [c for c in closed if c is not None]
+        logged = self.writes.log(Transitions.concat(parts) if parts else None)
         planned = await asyncio.gather(*(self.arms.plan(batch, planner, idx, part)
                                          for (planner, idx), part in zip(arms, closed)), return_exceptions=True)
         answers: list[PlanAnswer | None] = [None] * len(requests)

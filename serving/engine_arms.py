@@ -30,12 +30,13 @@ from worldmodel.data import Transitions
 @dataclass(frozen=True)
 class Batch:
     """What every arm of one planned batch reads: its N requests, their records and ``rows.continuation``s,
-    (N, S) observations, objectives and the planning budget."""
+    (N, S) observations and their (N, 3) ``rows.violation_flags``, objectives and the planning budget."""
 
     requests: list[PlanRequest]
     records: list[AgentRecord | None]
     steps: list[rows.Continuation]
     obs: np.ndarray
+    flags: np.ndarray
     goals: list[AgentObjective | None]
     budget_ms: float | None
 
@@ -68,7 +69,7 @@ class ArmPlanner:
         """One planner call for the batch's requests ``idx`` (n,), which close ``transitions``
         (``rows.transitions``): their answers and new records."""
         requests, records, steps = ([xs[i] for i in idx] for xs in (batch.requests, batch.records, batch.steps))
-        obs, goals = batch.obs[idx], [batch.goals[i] for i in idx]  # (n, S)
+        obs, flags, goals = batch.obs[idx], batch.flags[idx], [batch.goals[i] for i in idx]  # (n, S), (n, 3)
         # warm-started only where the request continues its record's episode
         warm_start = rows.stacked(records, steps, "warm_start")
         stacks = await self.frame_stacks(planner, requests, records, steps)  # camera agents' (n, F, Hi, Wi, C)
@@ -83,9 +84,9 @@ class ArmPlanner:
         self.decisions.put(served(requests, answers, obs if stacks is None else stacks, warm_start, goals))
         production = planner is self.planner
         (self._observed if production else self._candidate_observed).observe_batch(planned, records, steps, obs,
-                                                                                   transitions)
+                                                                                   flags, transitions)
         if self.ab is not None:
-            self.ab.observe(planned, records, steps, obs, transitions)
+            self.ab.observe(planned, records, steps, obs, flags, transitions)
         if self.shadow is not None and production:  # in the background: the shadow version plans the same inputs
             self._spawn(self.shadow.compare(inputs, planned.actions, transitions))
         return answers, records_out

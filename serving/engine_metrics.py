@@ -37,13 +37,13 @@ class BatchMetrics:
         self.drift = DriftFeed(metrics, drift) if drift is not None and drift.enabled else None
 
     def observe_batch(self, batch: PlanBatch, records: Sequence[AgentRecord | None], steps: Sequence[rows.Continuation],
-                      obs: np.ndarray, transitions: Transitions | None) -> None:
+                      obs: np.ndarray, flags: np.ndarray, transitions: Transitions | None) -> None:
         """One planned batch from what the engine holds: ``records`` and ``steps`` (``rows.continuation``) of its
         N requests, their (N, S) observations and the transitions they closed: its plans, fallbacks by reason and
         source, shield interventions by constraint, predicted violations, the ensemble's disagreement, the served
         version, the closed transitions' prediction errors and MSE and reward per version, how many it logged,
         and the violations observed in its observations, counted for the version that answered the agent."""
-        records, steps = list(records), list(steps)
+        records, steps = list(records), list(steps)  # flags: their (N, 3) ``rows.violation_flags``
         self._planned(batch)
         self._errors(rows.prediction_errors(records, steps, obs))
         scored = scored_mse(records, steps, obs)
@@ -53,8 +53,8 @@ class BatchMetrics:
             self.drift.observe(batch.model_version, scored)
         versions = {r.model_version for r in records if r is not None}
         for version in sorted(versions):  # a batch holds one or two versions (around a switch)
-            mine = [r if r is not None and r.model_version == version else None for r in records]
-            self._observed(version, rows.observed_violations(mine, steps, obs))
+            mine = np.array([r is not None and r.model_version == version for r in records])
+            self._observed(version, rows.observed_violations(flags[mine]))
         if transitions is not None:
             self._rewards(transitions)
             self.metrics.logged.inc(len(transitions))

@@ -204,11 +204,10 @@ def answers(requests: list[PlanRequest], batch: PlanBatch) -> list[PlanAnswer]:
             for i, req in enumerate(requests)]
 
 
-def observed_violations(records: Sequence[AgentRecord | None], steps: Sequence[Continuation],
-                        obs: np.ndarray) -> Counter[str]:
+def observed_violations(flags: np.ndarray) -> Counter[str]:
     """Agents whose new observation violates the constraints their previous request gave, by constraint
-    ('no_fly_zone', 'state_box', 'speed'); ``obs``: (N, S). Only steps that continue their record's episode."""
-    counts = violation_flags(records, steps, obs).sum(0).tolist()
+    ('no_fly_zone', 'state_box', 'speed'), from their (N, 3) ``violation_flags``."""
+    counts = flags.sum(0).tolist()
     return Counter({kind.reason: int(count) for kind, count in zip(KINDS, counts) if count})
 
 
@@ -274,8 +273,9 @@ def new_records(requests: list[PlanRequest], records: list[AgentRecord | None], 
 
 
 def transitions(requests: list[PlanRequest], records: list[AgentRecord | None], steps: list[Continuation],
-                obs: np.ndarray) -> Transitions | None:
-    """The transitions these requests close, in the log schema (None when none closes); ``obs``: (N, S).
+                obs: np.ndarray, flags: np.ndarray) -> Transitions | None:
+    """The transitions these requests close, in the log schema (None when none closes); ``obs``: (N, S), ``flags``
+    their (N, 3) ``violation_flags``.
 
     A warehouse robot's rows carry its site as their ``scene``, so the learners rebuild each tick of a site."""
     closing = [i for i, step in enumerate(steps) if step.action is not None]
@@ -290,7 +290,7 @@ def transitions(requests: list[PlanRequest], records: list[AgentRecord | None], 
     versions = np.where(executed, np.array([r.model_version for r in prev]), "")
     # The constraints the agent's previous request gave, tested at its new observation (none given: none broken);
     # a warehouse robot's contacts are not tested here: unknown.
-    violated = violation_flags(prev, [steps[i] for i in closing], obs[closing]).any(axis=1).astype(np.int8)
+    violated = flags[closing].any(axis=1).astype(np.int8)
     violated[[requests[i].site is not None for i in closing]] = UNKNOWN
     return Transitions.build(
         obs=np.stack([r.obs for r in prev]), actions=acted,

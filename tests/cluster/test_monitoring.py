@@ -28,7 +28,7 @@ from cluster.monitoring.promql import exposed_names, metric_names
 from cluster.monitoring.rules import RewardFloor, Thresholds, alert_rules, render_rules
 from planners.served import PlanBatch, empty_batch
 from serving.engine_metrics import BatchMetrics, prediction_mse, reward_totals
-from serving.rows import Continuation
+from serving.rows import Continuation, violation_flags
 from tests.cluster.monitoring_app import LiveApp, Traffic, start_app
 from tests.redis_fixtures import redis_server  # noqa: F401
 from worldmodel.data import Transitions
@@ -90,7 +90,8 @@ def test_batch_metrics_export_mse_reward_latency_and_violations_per_version() ->
     metrics: Any = _Metrics()
     batch = PlanBatch(**empty_batch(4, 3, 6, 2), hidden=None, iterations=1, elapsed_ms=12.0, model_version="v2",
                       fallback_source="zero")
-    BatchMetrics(metrics).observe_batch(batch, records, steps, obs, transitions)
+    BatchMetrics(metrics).observe_batch(batch, records, steps, obs, violation_flags(records, steps, obs),
+                                        transitions)
     assert metrics.planning_latency.calls == [(0.012, {"model_version": "v2"})]
     assert metrics.prediction_mse.calls == [(2.5, {"model_version": "v1"}), (0.0, {"model_version": "v2"})]
     # v1's agent at speed sqrt(2) broke its limit of 1: counted for v1, the version that answered it

@@ -15,7 +15,7 @@ from learners.drift import (BUSY, NOT_PRODUCTION, RATE_LIMITED, SKIPPED, STARTED
 from learners.settings import PREDICTION_MSE_LIMIT, DriftSettings
 from planners.served import PlanBatch, empty_batch
 from serving.engine_metrics import BatchMetrics, DriftFeed, scored_mse
-from serving.rows import Continuation
+from serving.rows import Continuation, violation_flags
 from tests.serving.test_engine import Metrics  # records every observation, as the engine tests do
 
 HOUR = 3600.0
@@ -169,7 +169,7 @@ def test_batch_metrics_feed_the_served_versions_mse_to_the_watch() -> None:
         observed.drift.clock, observed.drift.ask = clock, scheduler  # type: ignore[union-attr]
         for t in (0.0, 0.5, 1.0, 1.5):
             clock.now = t
-            observed.observe_batch(batch, records, steps, obs, None)
+            observed.observe_batch(batch, records, steps, obs, violation_flags(records, steps, obs), None)
             await asyncio.sleep(0)
 
     asyncio.run(main())

@@ -104,9 +104,10 @@ def test_observed_violations_check_the_new_observation_against_the_last_requests
                     [0.0, 0, 3, 0, 5, 5],  # 3 > 1
                     [3.0, 0, 0, 0, 5, 5]], np.float32)  # clear of the zone
     steps = [rows.Continuation(True, None)] * 4
-    assert rows.observed_violations(records, steps, obs) == {"no_fly_zone": 1, "state_box": 1, "speed": 1}
+    assert rows.observed_violations(rows.violation_flags(records, steps, obs)) == \
+        {"no_fly_zone": 1, "state_box": 1, "speed": 1}
     new_episode = [rows.Continuation(False, None)] * 4  # no longer the episode the constraints were for
-    assert rows.observed_violations(records, new_episode, obs) == {}
+    assert rows.observed_violations(rows.violation_flags(records, new_episode, obs)) == {}
 
 
 def _record(agent: str) -> Any:

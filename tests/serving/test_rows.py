@@ -77,7 +77,8 @@ def test_a_served_transition_says_whether_it_broke_the_zones_its_previous_reques
     obs = np.zeros((3, S), np.float32)
     obs[[0, 2], 0] = 1.1  # inside the zone (given to a0, not to a2); a1 at the origin, outside it
     steps = [rows.continuation(req, rec) for req, rec in zip(requests, records)]
-    assert rows.transitions(requests, records, steps, obs).violations.tolist() == [1, 0, 0]
+    flags = rows.violation_flags(records, steps, obs)
+    assert rows.transitions(requests, records, steps, obs, flags).violations.tolist() == [1, 0, 0]
     robot = [_req(prev_action=[0.5, 0.5], site="floor-1")]  # a warehouse robot's contacts are not tested here
-    assert rows.transitions(robot, records[:1], [rows.continuation(robot[0], records[0])], obs[:1]).violations \
-        .tolist() == [-1]
+    assert rows.transitions(robot, records[:1], [rows.continuation(robot[0], records[0])], obs[:1], flags[:1]) \
+        .violations.tolist() == [-1]
