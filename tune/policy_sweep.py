@@ -26,6 +26,7 @@ from ray import tune
 
 from learners.policy_training import PolicyResult, fit_policy, policy_preset, save_fitted
 from learners.settings import PolicySettings
+from tune.sweep import TrialProgress
 from worldmodel.artifact import load_model
 
 SCORE = "real_return"
@@ -97,16 +98,10 @@ def _trial(config: dict[str, Any], *, sweep: PolicySweep) -> None:
                      "violations": fitted.real.violations}, checkpoint=tune.Checkpoint.from_directory(folder))
 
 
-class _Progress(tune.Callback):
-    def __init__(self, say: Callable[[str], None], total: int) -> None:
-        self.say, self.total, self.done = say, total, 0
-
-    def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        self.done += 1
-        result = trial.last_result or {}
-        success = result.get("success_rate")
-        self.say(f"policy sweep: trial {self.done}/{self.total} {trial.config}: real return "
-                 f"{result.get(SCORE, float('nan')):.1f}" + ("" if success is None else f", success {success:.1%}"))
+def _trial_line(config: dict[str, Any], result: dict[str, Any]) -> str:
+    success = result.get("success_rate")
+    return (f"{config}: real return {result.get(SCORE, float('nan')):.1f}"
+            + ("" if success is None else f", success {success:.1%}"))
 
 
 def run_policy_sweep(sweep: PolicySweep, out_dir: str,
@@ -124,7 +119,8 @@ def run_policy_sweep(sweep: PolicySweep, out_dir: str,
         tune.with_resources(tune.with_parameters(_trial, sweep=sweep), {"cpu": 1}), param_space=space,
         tune_config=tune.TuneConfig(max_concurrent_trials=sweep.concurrent_trials),
         run_config=tune.RunConfig(storage_path=str(Path(out_dir).expanduser().absolute()), verbose=0,
-                                  callbacks=[_Progress(say, trials)]))
+                                  callbacks=[TrialProgress(lambda m: say(f"policy sweep: {m}"), trials,
+                                                           _trial_line)]))
     results = tuner.fit()
     trials_run = tuple(_trial_of(r) for r in results)
     scored = [r for r in results if r.error is None and r.metrics.get(SCORE) is not None]

@@ -231,22 +231,25 @@ def _run_trial(settings: dict[str, Any], *, logs: HeldOutLogs, sweep: SweepConfi
                     checkpoint=tune.Checkpoint.from_directory(artifact))
 
 
-class _Progress(tune.Callback):
-    """One line per trial that ends, scored or stopped early (runs in the driver)."""
+class TrialProgress(tune.Callback):
+    """One line per trial that ends (runs in the driver): ``line(config, last result)`` says what it did."""
 
-    def __init__(self, say: Callable[[str], None], trials: int) -> None:
-        self.say, self.trials, self.done = say, trials, 0
+    def __init__(self, say: Callable[[str], None], trials: int,
+                 line: Callable[[dict[str, Any], dict[str, Any]], str]) -> None:
+        self.say, self.trials, self.line, self.done = say, trials, line, 0
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        result = trial.last_result or {}
         self.done += 1
-        settings = ", ".join(f"{k}={format_setting(v)}" for k, v in sorted(trial.config.items()))
-        if SCORE in result:
-            outcome = f"score {result[SCORE]:.4f} in {result['seconds']:.1f} s"
-        else:
-            outcome = (f"stopped early after {result.get('epoch', 0)} dynamics epochs "
-                       f"(validation loss {result.get(EARLY_METRIC, float('nan')):.4f})")
-        self.say(f"trial {self.done}/{self.trials}: {outcome} ({settings})")
+        self.say(f"trial {self.done}/{self.trials}: {self.line(trial.config, trial.last_result or {})}")
+
+
+def _trial_line(config: dict[str, Any], result: dict[str, Any]) -> str:
+    """A world-model trial: scored, or stopped early."""
+    settings = ", ".join(f"{k}={format_setting(v)}" for k, v in sorted(config.items()))
+    if SCORE in result:
+        return f"score {result[SCORE]:.4f} in {result['seconds']:.1f} s ({settings})"
+    return (f"stopped early after {result.get('epoch', 0)} dynamics epochs "
+            f"(validation loss {result.get(EARLY_METRIC, float('nan')):.4f}) ({settings})")
 
 
 def format_setting(value: Any) -> str:
@@ -289,9 +292,9 @@ def run_sweep(logs: HeldOutLogs, sweep: SweepConfig, out_dir: str, *, name: str 
         tune_config=tune.TuneConfig(num_samples=sweep.samples, scheduler=scheduler,
                                     search_alg=BasicVariantGenerator(random_state=sweep.train.seed,
                                                                      max_concurrent=sweep.concurrent_trials)),
-        # verbose=0: no progress table from Tune (its lines would repeat _Progress's).
+        # verbose=0: no progress table from Tune (its lines would repeat TrialProgress's).
         run_config=tune.RunConfig(name=name, storage_path=str(Path(out_dir).expanduser().absolute()), verbose=0,
-                                  callbacks=[_Progress(say, sweep.trials)]))
+                                  callbacks=[TrialProgress(say, sweep.trials, _trial_line)]))
     grid = tuner.fit()
     if grid.errors:
         raise SweepFailed(f"{len(grid.errors)} of {sweep.trials} trials failed; the first: "
