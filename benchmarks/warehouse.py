@@ -6,10 +6,12 @@ One run, on this machine, from logs collected here with the `wm` commands a user
    `wm train` twice on those logs: the fleet model (the env's default) and the per-agent ensemble
    (`--dynamics ensemble`).
 2. **Closed loop.** The 50-robot floor at 10 Hz (``planners.warehouse_eval.run_floor``, what `wm eval`
-   runs), one floor seed and its tasks for every row: coordinated (fleet model), (a) independent and
-   (b) constant velocity (per-agent model), and coordinated with the per-agent model swapped in; the
-   coordinated row's plans go through the fleet shield (`wm eval`'s default), and once more without it.
-   Every row plans with the fleet planner's defaults (``FleetPlanConfig``, ``FLEET_CEM``, ``CostWeights``).
+   runs), the same floor seeds and tasks for every row (``--floors`` seeds, counts summed): coordinated
+   (fleet model), (a) independent and (b) constant velocity (per-agent model), and coordinated with the
+   per-agent model swapped in; the coordinated row's plans go through the fleet shield (`wm eval`'s
+   default), and once more without it. Then the coordinated planner and (a) on floors whose robots have
+   no bumper (``NO_BUMPER``), with the same models. Every row plans with the fleet planner's defaults
+   (``FleetPlanConfig``, ``FLEET_CEM``, ``CostWeights``).
 3. **Prediction.** One-step error of the physical state on the trainer's test floors, near others
    (in contact or within a body length) and overall (``benchmarks.warehouse_model``'s measures).
 4. **200 robots.** One coordinated planning call for 200 robots on one floor at the same settings:
@@ -47,7 +49,7 @@ from planners.warehouse_eval import FleetEvalResult, run_floor
 from worldmodel.artifact import load_model
 from worldmodel.config import TrainConfig
 from worldmodel.data import read_transitions
-from worldmodel.envs.warehouse import EPISODE_STEPS, WAREHOUSE_ID, WarehouseFloor
+from worldmodel.envs.warehouse import DT, EPISODE_STEPS, WAREHOUSE_ID, WarehouseFloor
 from worldmodel.fleet_data import neighbour_actions
 from worldmodel.model import WorldModel
 from worldmodel.training import split_masks
@@ -61,6 +63,9 @@ SWAP = "coordinated, per-agent model"
 """The row that plans jointly through the per-agent model: whether the multi-agent model matters."""
 UNSHIELDED = "coordinated, no shield"
 """The coordinated row without the fleet shield (`wm eval --no-shield`): what the shield costs and buys."""
+NO_BUMPER = ", no bumper"
+"""Suffix of the rows on floors whose robots have no bumper (``WarehouseFloor(bumper=False)``): contact costs a
+robot almost no time there, so driving through the others is what delivers most."""
 
 
 def say(message: str) -> None:
@@ -85,30 +90,44 @@ def train(tmp: Path, args: argparse.Namespace) -> tuple[str, dict[str, dict[str,
 
 
 def closed_loop(fleet: WorldModel, agent: WorldModel, args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Every planner row on the same floor, seed and tasks."""
+    """Every planner row on the same ``args.floors`` floor seeds and tasks; then, on floors whose robots have
+    no bumper (contact only averages approaching speeds), the coordinated planner and baseline (a) again."""
     floor = WarehouseFloor(args.robots, seed=args.seed)
     costs = WarehouseCosts(floor.layout)
     cfg = FleetPlanConfig(seed=args.seed)
     shield = FleetShield(fleet.dynamics, costs)  # `wm eval`'s default for the coordinated planner
-    planners = [(COORDINATED, "fleet", fleet_planner(COORDINATED, fleet, costs, cfg), shield),
-                (UNSHIELDED, "fleet", fleet_planner(COORDINATED, fleet, costs, cfg), None),
-                (INDEPENDENT, "per_agent", fleet_planner(INDEPENDENT, agent, costs, cfg), None),
-                (CONSTANT_VELOCITY, "per_agent", fleet_planner(CONSTANT_VELOCITY, agent, costs, cfg), None),
-                (SWAP, "per_agent", coordinated(AgentAsFleet(agent.dynamics), costs, cfg), None)]
+    free = WarehouseFloor(args.robots, layout=floor.layout, bumper=False)
+    planners = [(COORDINATED, "fleet", fleet_planner(COORDINATED, fleet, costs, cfg), shield, floor),
+                (UNSHIELDED, "fleet", fleet_planner(COORDINATED, fleet, costs, cfg), None, floor),
+                (INDEPENDENT, "per_agent", fleet_planner(INDEPENDENT, agent, costs, cfg), None, floor),
+                (CONSTANT_VELOCITY, "per_agent", fleet_planner(CONSTANT_VELOCITY, agent, costs, cfg), None, floor),
+                (SWAP, "per_agent", coordinated(AgentAsFleet(agent.dynamics), costs, cfg), None, floor),
+                (COORDINATED + NO_BUMPER, "fleet", fleet_planner(COORDINATED, fleet, costs, cfg), shield, free),
+                (INDEPENDENT + NO_BUMPER, "per_agent", fleet_planner(INDEPENDENT, agent, costs, cfg), None, free)]
     rows = []
-    for name, model, planner, guard in planners:
-        say(f"  {name}: {args.robots} robots, {args.ticks} ticks")
-        result = run_floor(planner, floor, costs, args.ticks, seed=args.seed, shield=guard)
-        rows.append(_row(name, model, result))
+    seeds = range(args.seed, args.seed + args.floors)
+    for name, model, planner, guard, on in planners:
+        say(f"  {name}: {args.robots} robots, {args.ticks} ticks, floor seeds {seeds.start}-{seeds.stop - 1}")
+        rows.append(_row(name, model, [run_floor(planner, on, costs, args.ticks, seed=s, shield=guard) for s in seeds]))
         say(f"    {rows[-1]['collisions_per_robot_hour']:.1f} collisions per robot-hour, "
-            f"{result.shelf_collisions} shelf, {rows[-1]['deliveries_per_hour']:.0f} deliveries/h, "
-            f"{result.plan_ms:.1f} ms per call")
+            f"{rows[-1]['shelf_collisions']} shelf, {rows[-1]['deliveries_per_hour']:.0f} deliveries/h, "
+            f"{rows[-1]['plan_ms']:.1f} ms per call")
     return rows
 
 
-def _row(name: str, model: str, result: FleetEvalResult) -> dict[str, Any]:
-    return {"name": name, "model": model, **result.summary(), "humans": result.humans,
-            "collisions": result.collisions, "deliveries": result.deliveries}
+def _row(name: str, model: str, floors: list[FleetEvalResult]) -> dict[str, Any]:
+    """One planner's row: counts summed over its floors, rates over their robot-hours, times averaged."""
+    total = lambda key: sum(getattr(f, key) for f in floors)  # noqa: E731
+    mean = lambda key: float(np.mean([getattr(f, key) for f in floors]))  # noqa: E731
+    ticks = total("ticks")
+    return {"name": name, "model": model, "floors": len(floors), "robots": floors[0].robots,
+            "humans": floors[0].humans, "ticks": ticks, "collisions": total("collisions"),
+            "deliveries": total("deliveries"), "shelf_collisions": total("shelf_collisions"),
+            "collisions_per_robot_hour": total("collisions") / total("robot_hours"),
+            "deliveries_per_hour": total("deliveries") / (ticks * DT / 3600), "plan_ms": mean("plan_ms"),
+            "plan_ms_p95": mean("plan_ms_p95"), "shielded_agent_contact": total("shielded_agent_contact"),
+            "shielded_shelf": total("shielded_shelf"), "shield_ms": mean("shield_ms"),
+            "per_floor": [f.summary() for f in floors]}
 
 
 def prediction(logs: str, fleet: WorldModel, agent: WorldModel, seed: int) -> dict[str, Any]:
@@ -203,7 +222,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     dynamics = {name: trained[name]["metrics"]["dynamics"] for name in ("fleet", "per_agent")}
     models = {name: {"seconds": trained[name]["seconds"], "epochs": d["fit"]["epochs"], "r2_min": d["r2_min"]}
               for name, d in dynamics.items()}
-    return {"robots": args.robots, "ticks": args.ticks, "seed": args.seed, "threads": torch.get_num_threads(),
+    return {"robots": args.robots, "ticks": args.ticks, "floors": args.floors, "seed": args.seed, "threads": torch.get_num_threads(),
             "collect": trained["collect"], "models": models, "settings": dataclasses.asdict(FleetPlanConfig()),
             "weights": dataclasses.asdict(CostWeights()), "shield": dataclasses.asdict(FleetShieldConfig()),
             "cem": dataclasses.asdict(FLEET_CEM), "closed_loop": rows, "prediction": pred, "big": big,
@@ -216,7 +235,8 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=None, help="floor episodes collected (default: wm collect's)")
     parser.add_argument("--steps", type=int, default=None, help="ticks per collected floor episode (default: 600)")
     parser.add_argument("--epochs", type=int, default=None, help="training epochs at most (default: wm train's)")
-    parser.add_argument("--ticks", type=int, default=EPISODE_STEPS, help="closed-loop ticks per row")
+    parser.add_argument("--ticks", type=int, default=EPISODE_STEPS, help="closed-loop ticks per floor")
+    parser.add_argument("--floors", type=int, default=3, help="floor seeds per closed-loop row (from --seed)")
     parser.add_argument("--big-robots", type=int, default=TARGETS["big_robots"], help="robots of the timed call")
     parser.add_argument("--calls", type=int, default=5, help="timed calls for the big floor")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")

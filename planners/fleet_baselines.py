@@ -1,7 +1,8 @@
 """The fleet planners and the two baselines they are measured against, on the same tasks and costs.
 
-- ``coordinated``: the joint rollout through the multi-agent model (``FleetRollout``), collision costs
-  between the robots' joint predicted positions and against the humans' predictions.
+- ``coordinated``: the joint rollout through the multi-agent model (``FleetRollout``), each robot's samples
+  beside the others' current plans, collision costs between the robots' predicted positions and against the
+  humans' predictions.
 - ``independent`` (baseline a): every robot planned alone through the per-agent model, progress and
   shelf costs only: today's per-robot planning.
 - ``constant_velocity`` (baseline b): per-agent planning plus a collision cost against each
@@ -60,8 +61,9 @@ class AgentRollout:
 
 def coordinated(fleet_model: FleetDynamics, costs: WarehouseCosts, cfg: FleetPlanConfig = FleetPlanConfig(),
                 cem: CEMConfig = FLEET_CEM) -> FleetCEM:
-    """Joint planning through the multi-agent model, with collision costs between the robots' plans."""
-    return FleetCEM(FleetRollout(fleet_model, costs), cfg, cem, costs.rects.device)
+    """Joint planning through the multi-agent model, with collision costs between the robots' plans: each
+    robot's samples scored beside the others' current plans (``FleetRollout(against_plans=True)``)."""
+    return FleetCEM(FleetRollout(fleet_model, costs, against_plans=True), cfg, cem, costs.rects.device)
 
 
 def independent(agent_model: torch.nn.Module, costs: WarehouseCosts, cfg: FleetPlanConfig = FleetPlanConfig(),

@@ -1,10 +1,10 @@
 """Fleet CEM: one Gaussian per robot over its (H, A) plan, K joint samples, each robot's own elites.
 
-Sample k of every robot together is one joint candidate: the rollout steps all robots of it at once
-and scores each robot by its own return in it. Every robot then refits its Gaussian to its own
-elites (so a robot keeps the samples in which it did well, beside whatever the others sampled), and
-the first action of its refitted mean acts. Sample 0 is every robot's current mean: the joint plan
-the fleet converged to so far competes in every round. Warm-started by the previous plan shifted by
+Sample k of every robot together is one joint candidate: the scorer steps all robots of it at once
+and scores each robot by its own return in it (the coordinated planner's rollout scores each robot's
+sample k beside the others' plans: ``FleetRollout(against_plans=True)``). Every robot then refits its
+Gaussian to its own elites, and the first action of its refitted mean acts. Sample 0 is every robot's
+current mean: the joint plan the fleet converged to so far competes in every round. Warm-started by the previous plan shifted by
 one step, one round per tick suffices as in ``planners.cem``, whose settings (``CEMConfig``: elites,
 smoothing, iCEM's coloured noise) this uses unchanged.
 

@@ -49,7 +49,8 @@ class FleetShieldConfig:
     """The fleet shield's settings. The defaults flag shelf and wall contacts only.
 
     Measured with the coordinated planner (H 10, K 20) through the trained 50-robot fleet model, 50
-    robots, 600 ticks, floor seeds 0-7, one torch thread; sums over the 8 seeds (per-seed collisions
+    robots, 600 ticks, floor seeds 0-7, one torch thread, on floors without the bumper and each robot scored
+    in the joint samples; sums over the 8 seeds (per-seed collisions
     range from 12 to 132, so single seeds say little):
 
     | shield | robot contacts (per robot-hour) | shelf contacts | deliveries per hour (mean) |

@@ -74,6 +74,24 @@ def test_a_joint_rollout_of_k_candidates_equals_k_single_candidate_rollouts() ->
             torch.testing.assert_close(path[0], paths[k], rtol=1e-5, atol=1e-5)
 
 
+def test_against_plans_a_robots_score_does_not_depend_on_what_the_others_sampled() -> None:
+    torch.manual_seed(1)
+    _, obs, info = crowded_floor()
+    costs = WarehouseCosts(LAYOUT, cell=0.5)
+    state = FloorState.from_floor(obs, info, costs)
+    actions = torch.rand(4, len(POS), 6, 2) * 2 - 1  # (K, N, H, A)
+    model = ExactFleetModel(LAYOUT, members=1)
+    plans, joint = FleetRollout(model, costs, against_plans=True), FleetRollout(model, costs)
+    returns = plans.returns(state, actions)
+    torch.testing.assert_close(returns[0], joint.returns(state, actions)[0])  # the plans themselves: one joint row
+    assert not torch.allclose(returns[1:], joint.returns(state, actions)[1:])  # the crowd's samples interact
+    # Robot 0 (in the head-on pair) scores its samples beside the others' plans, whatever they sampled.
+    resampled = actions.clone()
+    resampled[1:, 1:] = torch.rand(3, len(POS) - 1, 6, 2) * 2 - 1
+    torch.testing.assert_close(plans.returns(state, resampled)[:, 0], returns[:, 0])
+    assert not torch.allclose(joint.returns(state, resampled)[:, 0], joint.returns(state, actions)[:, 0])
+
+
 def test_candidates_follow_members_round_robin_and_every_member_is_used() -> None:
     _, obs, info = crowded_floor()
     costs = WarehouseCosts(LAYOUT, cell=0.5)

@@ -30,10 +30,10 @@ OPEN = Layout(10.0, 10.0, np.zeros((0, 4)), stations=[[1.0, 1.0]], picks=[[9.0, 
 SHELF = Layout(10.0, 10.0, [[4.0, 4.0, 6.0, 6.0]], stations=[[1.0, 1.0]], picks=[[9.0, 9.0]])
 
 
-def _floor(layout: Layout, robots_pos, robots_vel, humans_pos=None, humans_vel=None) -> WarehouseFloor:
+def _floor(layout: Layout, robots_pos, robots_vel, humans_pos=None, humans_vel=None, bumper: bool = True) -> WarehouseFloor:
     """A noiseless floor with agents placed by hand."""
     humans = 0 if humans_pos is None else len(humans_pos)
-    floor = WarehouseFloor(len(robots_pos), humans, layout, action_noise=0.0)
+    floor = WarehouseFloor(len(robots_pos), humans, layout, action_noise=0.0, bumper=bumper)
     options = {"robots_pos": robots_pos, "robots_vel": robots_vel}
     if humans:
         options |= {"humans_pos": humans_pos, "humans_vel": humans_vel}
@@ -43,7 +43,7 @@ def _floor(layout: Layout, robots_pos, robots_vel, humans_pos=None, humans_vel=N
 
 def test_head_on_robots_are_pushed_apart_with_averaged_normal_velocities() -> None:
     p0, v0 = np.array([[4.6, 5.0], [5.3, 5.0]]), np.array([[1.0, 0.5], [-0.5, 0.0]])
-    floor = _floor(OPEN, p0, v0)
+    floor = _floor(OPEN, p0, v0, bumper=False)
     obs, rewards, terminated, truncated, info = floor.step(np.zeros((2, 2)))
     # Expected by hand: free flight, then each moves back half the overlap along the normal.
     p = p0 + v0 * DT
@@ -63,10 +63,23 @@ def test_head_on_robots_are_pushed_apart_with_averaged_normal_velocities() -> No
 
 def test_separating_robots_that_touch_keep_their_velocities() -> None:
     p0, v0 = np.array([[4.75, 5.0], [5.25, 5.0]]), np.array([[-0.2, 0.0], [0.2, 0.0]])
-    floor = _floor(OPEN, p0, v0)
+    floor = _floor(OPEN, p0, v0, bumper=False)
     obs, *_, info = floor.step(np.zeros((2, 2)))
     np.testing.assert_allclose(obs[:, VEL_DIMS], v0, atol=1e-6)
     np.testing.assert_array_equal(info["collisions"], [1, 1])  # they still overlapped this step
+
+
+def test_a_bumper_halts_robots_that_touch_and_they_start_again_from_rest() -> None:
+    p0, v0 = np.array([[4.6, 5.0], [5.3, 5.0], [8.0, 8.0]]), np.array([[1.0, 0.5], [-0.5, 0.0], [1.0, 0.0]])
+    floor, free = _floor(OPEN, p0, v0), _floor(OPEN, p0, v0, bumper=False)
+    obs, *_, info = floor.step(np.zeros((3, 2)))
+    free_obs, *_ = free.step(np.zeros((3, 2)))
+    np.testing.assert_array_equal(info["collisions"], [1, 1, 0])
+    np.testing.assert_allclose(obs[:2, VEL_DIMS], 0.0)  # the pair is halted where the contact pushed it
+    np.testing.assert_allclose(obs[:, POS_DIMS], free_obs[:, POS_DIMS], atol=1e-6)
+    np.testing.assert_allclose(obs[2, VEL_DIMS], v0[2], atol=1e-6)  # the robot clear of them drives on
+    obs, *_ = floor.step(np.array([[-1.0, 0.0], [1.0, 0.0], [0.0, 0.0]]))  # backing away: from rest
+    np.testing.assert_allclose(obs[:2, VEL_DIMS], [[-0.2, 0.0], [0.2, 0.0]], atol=1e-6)
 
 
 def test_a_robot_touching_a_human_counts_a_collision_and_humans_push_too() -> None:

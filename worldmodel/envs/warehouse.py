@@ -1,7 +1,8 @@
 """Warehouse-v0: a fleet of robots and some humans on a floor of shelves, stepped together.
 
 Each robot is a disc driven by a noisy acceleration in [-1, 1]^2; robots and humans that touch push
-each other apart (so a robot's next state depends on its neighbours), shelves and walls stop them.
+each other apart and a robot's bumper halts it (so a robot's next state depends on its neighbours),
+shelves and walls stop them.
 Robots carry tasks: drive to a pick point, then to a drop station (a delivery), then a new pick.
 ``WarehouseFloor`` is the numpy core; ``WarehouseVectorEnv`` is one floor as a gymnasium VectorEnv
 (one sub-env per robot) and ``WarehouseEnv`` one robot on a floor with humans.
@@ -55,6 +56,12 @@ COLLISION_COST = 1.0
 """Reward per robot-robot, robot-human or shelf contact of a robot, per step (negative)."""
 DELIVERY_REWARD = 10.0
 """Reward of a delivery."""
+BUMPER = True
+"""A robot that touches another robot or a human is halted by its bumper: its velocity is zero after that
+step and it starts again from rest, as a warehouse robot's safety bumper stops it. Without it
+(``bumper=False``) contact only averages a pair's approaching speeds, and a robot that drives through
+traffic loses almost no time (the independent planner delivered as much as the coordinated one while in
+contact on a third of its steps)."""
 
 KIND_NONE, KIND_ROBOT, KIND_HUMAN = 0, 1, 2
 """What fills a neighbour slot: nothing (the slot is all zeros), a robot, a human."""
@@ -105,6 +112,7 @@ class WarehouseFloor:
         *,
         action_noise: float = ACTION_NOISE,
         episode_steps: int = EPISODE_STEPS,
+        bumper: bool = BUMPER,
     ) -> None:
         """Args:
         robots: N >= 1.
@@ -113,6 +121,7 @@ class WarehouseFloor:
         seed: seed of the first reset that names none.
         action_noise: std of the actuation noise (0: deterministic physics).
         episode_steps: steps until every robot is truncated.
+        bumper: robots halt when they touch another agent (``BUMPER``).
         """
         humans = robots // 10 if humans is None and isinstance(robots, (int, np.integer)) else humans
         for name, value, least in (("robots", robots, 1), ("humans", humans, 0), ("episode_steps", episode_steps, 1)):
@@ -131,6 +140,7 @@ class WarehouseFloor:
         self.layout = layout if layout is not None else layout_for(self.robots)
         self.action_noise = float(action_noise)
         self.episode_steps = int(episode_steps)
+        self.bumper = bool(bumper)
         self._rng = np.random.default_rng(seed)
         self._kinds = np.repeat([KIND_ROBOT, KIND_HUMAN], [self.robots, self.humans])  # (N + H,)
         self._t: int | None = None
@@ -190,6 +200,8 @@ class WarehouseFloor:
         command = np.concatenate([np.clip(a, -1.0, 1.0), walker]) + noise  # (N + H, 2)
         pos, vel = physics.integrate(self._pos, self._vel, ACCEL * command, MAX_SPEED, DT)
         pos, vel, contact = physics.resolve_contacts(pos, vel, ROBOT_RADIUS)
+        if self.bumper:
+            vel = physics.bumper_stop(vel, contact, n)
         pos, vel, depth = project_out(pos, vel, self.layout.obstacles, ROBOT_RADIUS)
         # Contacts can add normal speeds; the bound holds for every agent after every step.
         self._pos, self._vel = _f32(pos), _f32(physics.clamp_speed(vel, MAX_SPEED))

@@ -142,13 +142,16 @@ def observe_nearby(
     """``observe`` over each robot's ``near`` others and rectangles only: the same observation whenever every
     agent a robot senses is among its ``Nearby.others`` and its nearest rectangle among its ``Nearby.rects``.
 
-    Args as ``observe``'s (``near`` in place of the layout); the others must be those ``near`` indexes.
+    Args as ``observe``'s (``near`` in place of the layout); the others must be those ``near`` indexes, the
+    robots first: other n is robot n and never in its own slots, wherever it stands (a planner may place the
+    others where the robots are not: ``FleetRollout(against_plans=True)``).
     """
     kind = _kinds(others_kind, others_pos)
     chosen = near.others  # (N, C)
     dx = others_pos[..., 0][..., chosen] - pos[..., 0:1]  # (..., N, C) other minus own
     dy = others_pos[..., 1][..., chosen] - pos[..., 1:2]
-    dist, local = _nearest(dx, dy, kind[chosen] != KIND_NONE)  # (..., N, C), (..., N, M) into the chosen
+    itself = chosen == torch.arange(len(chosen), device=chosen.device)[:, None]  # (N, C)
+    dist, local = _nearest(dx, dy, (kind[chosen] != KIND_NONE) & ~itself)  # (..., N, C), (..., N, M) into the chosen
     index = chosen.expand(*local.shape[:-1], chosen.shape[-1]).gather(-1, local.clamp_min(0))
     index = torch.where(local >= 0, index, -1)  # (..., N, M) into the others
     slots = _slots(dx, dy, local, index, others_vel, vel, kind)

@@ -71,6 +71,15 @@ def resolve_contacts(pos: np.ndarray, vel: np.ndarray, radius: float) -> tuple[n
     return pos, vel, overlap > CONTACT_TOLERANCE
 
 
+def bumper_stop(vel: np.ndarray, contact: np.ndarray, robots: int) -> np.ndarray:
+    """``vel`` (G, 2) with the first ``robots`` agents halted where ``contact`` (G, G) says they touch another
+    agent (the others, humans, walk on)."""
+    halted = contact[:robots].any(axis=1)
+    out = vel.copy()
+    out[:robots][halted] = 0.0
+    return out
+
+
 def walker_actions(pos: np.ndarray, vel: np.ndarray, waypoint: np.ndarray, speed: float, accel: float, dt: float) -> np.ndarray:
     """The humans' controller: the action in [-1, 1]^2 that best reaches ``speed`` towards the waypoint.
 
