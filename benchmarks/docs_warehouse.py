@@ -10,10 +10,16 @@ Json = dict[str, Any]
 _MODEL_NAMES = {"fleet": "multi-agent (fleet)", "per_agent": "per-agent ensemble"}
 
 
+def _by_name(r: Json, bumper: bool) -> dict[str, Json]:
+    """The closed-loop rows on floors with (or without) bumpers, by planner name."""
+    return {row["name"]: row for row in r["closed_loop"] if row["bumper"] == bumper}
+
+
 def _loop_table(rows: list[Json]) -> str:
-    headers = ["planner", "model", "collisions per robot-hour", "shelf collisions", "deliveries per hour",
+    headers = ["planner", "model", "bumpers", "collisions per robot-hour", "shelf collisions", "deliveries per hour",
                "planning ms per tick (p95)"]
-    return table(headers, [[r["name"], _MODEL_NAMES.get(r["model"], r["model"]), num(r["collisions_per_robot_hour"]),
+    return table(headers, [[r["name"], _MODEL_NAMES.get(r["model"], r["model"]), "yes" if r["bumper"] else "no",
+                            num(r["collisions_per_robot_hour"]),
                             num(r["shelf_collisions"], 0), num(r["deliveries_per_hour"], 0),
                             f"{num(r['plan_ms'])} ({num(r['plan_ms_p95'])})"] for r in rows])
 
@@ -51,13 +57,18 @@ def _served_table(r: Json) -> str:
 
 
 def warehouse_fields(r: Json) -> dict[str, str]:
-    rows = {row["name"]: row for row in r["closed_loop"]}
+    rows, free = _by_name(r, True), _by_name(r, False)
     ours, a, b = rows["coordinated"], rows["independent"], rows["constant-velocity"]
+    free_ours, free_a = free["coordinated"], free["independent"]
     met, pred, big, s, cem = r["met"], r["prediction"], r["big"], r["settings"], r["cem"]
-    c = "collisions_per_robot_hour"
+    c, d = "collisions_per_robot_hour", "deliveries_per_hour"
     return {
         "robots": str(r["robots"]), "ticks": num(r["ticks"], 0), "seconds": num(r["ticks"] / 10, 0),
-        "seed": str(r["seed"]), "threads": str(r["threads"]), "humans": str(ours["humans"]),
+        "floors": str(r["floors"]), "floor_seeds": f"{r['seed']} to {r['seed'] + r['floors'] - 1}",
+        "threads": str(r["threads"]), "humans": str(ours["humans"]),
+        "ours_deliveries": num(ours[d], 0), "a_deliveries": num(a[d], 0), "b_deliveries": num(b[d], 0),
+        "free_ours_deliveries": num(free_ours[d], 0), "free_a_deliveries": num(free_a[d], 0),
+        "free_ours_collisions": num(free_ours[c]), "free_a_collisions": num(free_a[c]),
         "transitions": num(r["collect"]["transitions"], 0), "floor_episodes": str(r["collect"]["episodes"]),
         "models_table": _models_table(r["models"]), "loop_table": _loop_table(r["closed_loop"]),
         "settings": (f"horizon {s['horizon']} steps, {s['samples']} joint samples, {s['iterations']} CEM round per "
@@ -80,10 +91,10 @@ def warehouse_fields(r: Json) -> dict[str, str]:
 
 
 def warehouse_headline(r: Json) -> str:
-    rows = {row["name"]: row for row in r["closed_loop"]}
+    rows = _by_name(r, True)
     ours, a, b = rows["coordinated"], rows["independent"], rows["constant-velocity"]
     c, d = "collisions_per_robot_hour", "deliveries_per_hour"
-    return (f"{r['robots']} robots at 10 Hz: coordinated and shielded {num(ours[c])} collisions per robot-hour, "
+    return (f"{r['robots']} robots at 10 Hz, {r['floors']} floors: coordinated and shielded {num(ours[c])} collisions per robot-hour, "
             f"{num(ours['shelf_collisions'], 0)} shelf collisions, {num(ours[d], 0)} deliveries per hour, against "
             f"{num(a[c])} / {num(a[d], 0)} (independent) and {num(b[c])} / {num(b[d], 0)} (constant velocity); "
             f"{r['big']['robots']} robots planned in {num(r['big']['plan_ms_median'], 1)} ms; near others the fleet "

@@ -10,7 +10,7 @@ One run, on this machine, from logs collected here with the `wm` commands a user
    (fleet model), (a) independent and (b) constant velocity (per-agent model), and coordinated with the
    per-agent model swapped in; the coordinated row's plans go through the fleet shield (`wm eval`'s
    default), and once more without it. Then the coordinated planner and (a) on floors whose robots have
-   no bumper (``NO_BUMPER``), with the same models. Every row plans with the fleet planner's defaults
+   no bumper (``WarehouseFloor(bumper=False)``), with the same models. Every row plans with the fleet planner's defaults
    (``FleetPlanConfig``, ``FLEET_CEM``, ``CostWeights``).
 3. **Prediction.** One-step error of the physical state on the trainer's test floors, near others
    (in contact or within a body length) and overall (``benchmarks.warehouse_model``'s measures).
@@ -63,9 +63,6 @@ SWAP = "coordinated, per-agent model"
 """The row that plans jointly through the per-agent model: whether the multi-agent model matters."""
 UNSHIELDED = "coordinated, no shield"
 """The coordinated row without the fleet shield (`wm eval --no-shield`): what the shield costs and buys."""
-NO_BUMPER = ", no bumper"
-"""Suffix of the rows on floors whose robots have no bumper (``WarehouseFloor(bumper=False)``): contact costs a
-robot almost no time there, so driving through the others is what delivers most."""
 
 
 def say(message: str) -> None:
@@ -102,25 +99,27 @@ def closed_loop(fleet: WorldModel, agent: WorldModel, args: argparse.Namespace) 
                 (INDEPENDENT, "per_agent", fleet_planner(INDEPENDENT, agent, costs, cfg), None, floor),
                 (CONSTANT_VELOCITY, "per_agent", fleet_planner(CONSTANT_VELOCITY, agent, costs, cfg), None, floor),
                 (SWAP, "per_agent", coordinated(AgentAsFleet(agent.dynamics), costs, cfg), None, floor),
-                (COORDINATED + NO_BUMPER, "fleet", fleet_planner(COORDINATED, fleet, costs, cfg), shield, free),
-                (INDEPENDENT + NO_BUMPER, "per_agent", fleet_planner(INDEPENDENT, agent, costs, cfg), None, free)]
+                (COORDINATED, "fleet", fleet_planner(COORDINATED, fleet, costs, cfg), shield, free),
+                (INDEPENDENT, "per_agent", fleet_planner(INDEPENDENT, agent, costs, cfg), None, free)]
     rows = []
     seeds = range(args.seed, args.seed + args.floors)
     for name, model, planner, guard, on in planners:
-        say(f"  {name}: {args.robots} robots, {args.ticks} ticks, floor seeds {seeds.start}-{seeds.stop - 1}")
-        rows.append(_row(name, model, [run_floor(planner, on, costs, args.ticks, seed=s, shield=guard) for s in seeds]))
+        say(f"  {name}{'' if on.bumper else ', no bumper'}: {args.robots} robots, {args.ticks} ticks, floor seeds "
+            f"{seeds.start}-{seeds.stop - 1}")
+        floors = [run_floor(planner, on, costs, args.ticks, seed=s, shield=guard) for s in seeds]
+        rows.append(_row(name, model, on.bumper, floors))
         say(f"    {rows[-1]['collisions_per_robot_hour']:.1f} collisions per robot-hour, "
             f"{rows[-1]['shelf_collisions']} shelf, {rows[-1]['deliveries_per_hour']:.0f} deliveries/h, "
             f"{rows[-1]['plan_ms']:.1f} ms per call")
     return rows
 
 
-def _row(name: str, model: str, floors: list[FleetEvalResult]) -> dict[str, Any]:
+def _row(name: str, model: str, bumper: bool, floors: list[FleetEvalResult]) -> dict[str, Any]:
     """One planner's row: counts summed over its floors, rates over their robot-hours, times averaged."""
     total = lambda key: sum(getattr(f, key) for f in floors)  # noqa: E731
     mean = lambda key: float(np.mean([getattr(f, key) for f in floors]))  # noqa: E731
     ticks = total("ticks")
-    return {"name": name, "model": model, "floors": len(floors), "robots": floors[0].robots,
+    return {"name": name, "model": model, "bumper": bumper, "floors": len(floors), "robots": floors[0].robots,
             "humans": floors[0].humans, "ticks": ticks, "collisions": total("collisions"),
             "deliveries": total("deliveries"), "shelf_collisions": total("shelf_collisions"),
             "collisions_per_robot_hour": total("collisions") / total("robot_hours"),
@@ -190,7 +189,7 @@ def served(model_dir: str, tmp: Path, args: argparse.Namespace) -> dict[str, Any
 
 def met(rows: list[dict[str, Any]], pred: dict[str, Any], big: dict[str, Any]) -> dict[str, bool]:
     """The issue's targets, each a boolean (``TARGETS``)."""
-    by = {r["name"]: r for r in rows}
+    by = {r["name"]: r for r in rows if r["bumper"]}
     ours, a, b, swap = by[COORDINATED], by[INDEPENDENT], by[CONSTANT_VELOCITY], by[SWAP]
     c = "collisions_per_robot_hour"
     t = TARGETS
