@@ -69,6 +69,7 @@ def warehouse_fields(r: Json) -> dict[str, str]:
         "ours_deliveries": num(ours[d], 0), "a_deliveries": num(a[d], 0), "b_deliveries": num(b[d], 0),
         "free_ours_deliveries": num(free_ours[d], 0), "free_a_deliveries": num(free_a[d], 0),
         "free_ours_collisions": num(free_ours[c]), "free_a_collisions": num(free_a[c]),
+        "free_throughput_target": verdict(free_ours[d] >= free_a[d]),
         "transitions": num(r["collect"]["transitions"], 0), "floor_episodes": str(r["collect"]["episodes"]),
         "models_table": _models_table(r["models"]), "loop_table": _loop_table(r["closed_loop"]),
         "settings": (f"horizon {s['horizon']} steps, {s['samples']} joint samples, {s['iterations']} CEM round per "
@@ -94,7 +95,8 @@ def warehouse_headline(r: Json) -> str:
     rows = _by_name(r, True)
     ours, a, b = rows["coordinated"], rows["independent"], rows["constant-velocity"]
     c, d = "collisions_per_robot_hour", "deliveries_per_hour"
-    return (f"{r['robots']} robots at 10 Hz, {r['floors']} floors: coordinated and shielded {num(ours[c])} collisions per robot-hour, "
+    return (f"{r['robots']} robots with bumpers at 10 Hz, {r['floors']} floors: coordinated and shielded "
+            f"{num(ours[c])} collisions per robot-hour, "
             f"{num(ours['shelf_collisions'], 0)} shelf collisions, {num(ours[d], 0)} deliveries per hour, against "
             f"{num(a[c])} / {num(a[d], 0)} (independent) and {num(b[c])} / {num(b[d], 0)} (constant velocity); "
             f"{r['big']['robots']} robots planned in {num(r['big']['plan_ms_median'], 1)} ms; near others the fleet "

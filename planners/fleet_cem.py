@@ -4,9 +4,9 @@ Sample k of every robot together is one joint candidate: the scorer steps all ro
 and scores each robot by its own return in it (the coordinated planner's rollout scores each robot's
 sample k beside the others' plans: ``FleetRollout(against_plans=True)``). Every robot then refits its
 Gaussian to its own elites, and the first action of its refitted mean acts. Sample 0 is every robot's
-current mean: the joint plan the fleet converged to so far competes in every round. Warm-started by the previous plan shifted by
-one step, one round per tick suffices as in ``planners.cem``, whose settings (``CEMConfig``: elites,
-smoothing, iCEM's coloured noise) this uses unchanged.
+current mean: the joint plan the fleet converged to so far competes in every round. Warm-started by the
+previous plan shifted by one step, one round per tick suffices as in ``planners.cem``, whose settings
+(``CEMConfig``: elites, smoothing, iCEM's coloured noise) this uses unchanged.
 
 Not a ``BasePlanner``: that machinery (rollout, audit, shield, fallback) treats each agent's rollout
 as independent of the others, while here a candidate is the whole floor's joint plan and its

@@ -30,9 +30,9 @@ import torch
 
 from planners.warehouse_costs import WarehouseCosts
 from worldmodel.dynamics import Prediction
-from worldmodel.envs.warehouse import (ACCEL, BUMPER, DT, KIND_HUMAN, KIND_NONE, KIND_ROBOT, MAX_SPEED, NEIGHBOUR_DIMS, NEIGHBOURS,
-                                       OBS_DIM, PHYS_DIMS, POS_DIMS, ROBOT_RADIUS, SLOT_KIND, SLOT_POS, SLOT_SIZE,
-                                       SLOT_VEL, TASK_DIMS, VEL_DIMS)
+from worldmodel.envs.warehouse import (ACCEL, BUMPER, DT, KIND_HUMAN, KIND_NONE, KIND_ROBOT, MAX_SPEED, NEIGHBOUR_DIMS,
+                                       NEIGHBOURS, OBS_DIM, PHYS_DIMS, POS_DIMS, ROBOT_RADIUS, SLOT_KIND, SLOT_POS,
+                                       SLOT_SIZE, SLOT_VEL, TASK_DIMS, VEL_DIMS)
 from worldmodel.envs.warehouse_layout import Layout
 from worldmodel.envs.warehouse_physics import CONTACT_TOLERANCE
 from worldmodel.envs.warehouse_features import Sensed, nearby, observe_nearby
@@ -185,7 +185,7 @@ class FleetRollout:
         near = nearby(state.obs[:, POS_DIMS], torch.cat([state.obs[:, POS_DIMS], state.humans_pos]), self.costs.layout,
                       self.others, self.rects)
 
-        plans = self.against_plans
+        plans = self.against_plans  # the other robots are candidate 0's (row 0 of the member-major order)
 
         def sense(t: int, pos: torch.Tensor, vel: torch.Tensor) -> Sensed:  # every robot of every candidate at tick t
             opos, ovel = (pos[:1].expand(kp, n, 2), vel[:1].expand(kp, n, 2)) if plans else (pos, vel)
@@ -196,11 +196,11 @@ class FleetRollout:
         noise = torch.randn(shape, generator=generator, device=pos.device) if sample else pos.new_zeros(shape)
         total, path, sensed = pos.new_zeros(kp, n), [pos], sense(0, pos, vel)
         agent_dist, shelf_gap = [], []
-        none = pos.new_zeros(kp, u + 1, a)  # humans and empty slots act with zeros
+        none = pos.new_zeros(kp, u + 1, a)  # humans and empty slots (the last row) act with zeros
         for t in range(h):  # the horizon: every robot of every candidate at once
             act = acts[:, :, t]  # (Kp, N, A)
             slot = torch.where(sensed.slot_index < 0, n + u, sensed.slot_index).flatten(1)  # (Kp, N*M)
-            others = torch.cat([act[:1].expand(kp, n, a) if plans else act, none], 1)  # (Kp, O + 1, A): the last row stands for empty slots
+            others = torch.cat([act[:1].expand(kp, n, a) if plans else act, none], 1)  # (Kp, O + 1, A)
             neighbours = others.gather(1, slot[..., None].expand(-1, -1, a))  # (Kp, N*M, A)
             pred = self.dynamics(sensed.obs.view(e, -1, OBS_DIM), act.reshape(e, -1, a),
                                  neighbours.view(e, -1, NEIGHBOURS, a))  # (E, Kp/E*N, P)

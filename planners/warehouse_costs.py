@@ -246,7 +246,7 @@ class CostWeights:
     taken on floors without the bumper, each robot scored in the joint samples; on today's floor (bumper on,
     each robot scored against the others' plans) these weights reach every closed-loop target of
     docs/warehouse.md, and a progress weight up to 4.0 delivered more at up to 3x the collisions (floor seeds
-    0-2: 4,420, 4,640, 4,580 and 5,220 deliveries per hour at 0.3, 1, 2 and 4; collisions per robot-hour 140,
+    0-2, one torch thread: 4,420, 4,640, 4,580 and 5,220 deliveries per hour at 0.3, 1, 2 and 4; collisions per robot-hour 140,
     278, 497 and 428)."""
 
     progress: float = 3 * DISTANCE_COST
