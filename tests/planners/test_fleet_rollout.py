@@ -57,12 +57,16 @@ class Deterministic(torch.nn.Module):
         return Prediction(mean, torch.zeros_like(mean))
 
 
-def test_a_joint_rollout_of_k_candidates_equals_k_single_candidate_rollouts() -> None:
-    torch.manual_seed(0)
+def crowded_candidates(k: int, seed: int) -> tuple[FloorState, WarehouseCosts, torch.Tensor]:
+    """The crowded floor's state, its costs and ``k`` random candidates of 6 steps (K, N, H, A)."""
+    torch.manual_seed(seed)
     _, obs, info = crowded_floor()
     costs = WarehouseCosts(LAYOUT, cell=0.5)
-    state = FloorState.from_floor(obs, info, costs)
-    actions = torch.rand(5, len(POS), 6, 2) * 2 - 1  # (K, N, H, A)
+    return FloorState.from_floor(obs, info, costs), costs, torch.rand(k, len(POS), 6, 2) * 2 - 1
+
+
+def test_a_joint_rollout_of_k_candidates_equals_k_single_candidate_rollouts() -> None:
+    state, costs, actions = crowded_candidates(5, seed=0)
     learned = Deterministic(FleetEnsemble(warehouse_layout(), 2, members=1, hidden=16).eval())
     for model in (ExactFleetModel(LAYOUT, members=1), learned):
         rollout = FleetRollout(model, costs)
@@ -75,11 +79,7 @@ def test_a_joint_rollout_of_k_candidates_equals_k_single_candidate_rollouts() ->
 
 
 def test_against_plans_a_robots_score_does_not_depend_on_what_the_others_sampled() -> None:
-    torch.manual_seed(1)
-    _, obs, info = crowded_floor()
-    costs = WarehouseCosts(LAYOUT, cell=0.5)
-    state = FloorState.from_floor(obs, info, costs)
-    actions = torch.rand(4, len(POS), 6, 2) * 2 - 1  # (K, N, H, A)
+    state, costs, actions = crowded_candidates(4, seed=1)
     model = ExactFleetModel(LAYOUT, members=1)
     plans, joint = FleetRollout(model, costs, against_plans=True), FleetRollout(model, costs)
     returns = plans.returns(state, actions)
