@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
 from planners.base import PlanResult, shift_plan
 from planners.cem import CEMConfig, CEMPlanner
-from planners.config import PlanConfig
+from planners.config import BREACH_WEIGHT, PlanConfig
 from planners.objectives import Objective, Params
 from worldmodel.envs.camera import PixelNav2DEnv
 from worldmodel.latent import LatentDynamics, LatentWorldModel
@@ -44,9 +44,9 @@ class LatentReward:
 
 class LatentBreach:
     """Minus ``weight`` times the predicted chance of a geofence breach at each reached latent:
-    (X, N, R, Z) -> (X, N, R). A breach costs more than any distance saved by it (rewards are -20..0)."""
+    (X, N, R, Z) -> (X, N, R)."""
 
-    def __init__(self, model: LatentWorldModel, weight: float = 100.0) -> None:
+    def __init__(self, model: LatentWorldModel, weight: float = BREACH_WEIGHT) -> None:
         if not weight >= 0:
             raise ValueError(f"weight must be >= 0, got {weight}")
         self.model, self.weight = model, weight
@@ -56,7 +56,7 @@ class LatentBreach:
 
 
 def latent_planner(model: LatentWorldModel, plan: PlanConfig = LATENT_PLAN, cem: CEMConfig = CEMConfig(),
-                   breach_weight: float = 100.0) -> CEMPlanner:
+                   breach_weight: float = BREACH_WEIGHT) -> CEMPlanner:
     """CEM over the latent ensemble, scored by the reward and breach heads; actions in [-1, 1]^A."""
     a = model.cfg.act_dim
     terms = [LatentReward(model)] + ([LatentBreach(model, breach_weight)] if breach_weight else [])
@@ -77,7 +77,7 @@ class LatentEvalConfig:
     """Seed of the first episode; episode i resets with seed + i (away from training data's seeds)."""
     plan: PlanConfig = LATENT_PLAN
     """Planner settings."""
-    breach_weight: float = 100.0
+    breach_weight: float = BREACH_WEIGHT
     """Cost of a predicted breach (``LatentBreach``); 0 plans for the reward alone."""
     env: dict[str, Any] = field(default_factory=dict)
     """PixelNav2DEnv options (its defaults: 2 zones, camera noise std 8)."""
@@ -115,8 +115,10 @@ class LatentEvalResult:
                 f"{self.ms_per_step:.0f} ms/step")
 
 
-def run_latent(model: LatentWorldModel, cfg: LatentEvalConfig = LatentEvalConfig()) -> LatentEvalResult:
-    """Run ``cfg.episodes`` episodes, ``cfg.agents`` at a time, planning through ``model``."""
+def run_latent(model: LatentWorldModel, cfg: LatentEvalConfig = LatentEvalConfig(),
+               progress: Callable[[str], None] | None = None) -> LatentEvalResult:
+    """Run ``cfg.episodes`` episodes, ``cfg.agents`` at a time, planning through ``model`` on its device;
+    ``progress`` gets a line after each group of agents."""
     model.eval()
     planner = latent_planner(model, cfg.plan, breach_weight=cfg.breach_weight)
     parts, seconds, calls = [], 0.0, 0
@@ -125,6 +127,10 @@ def run_latent(model: LatentWorldModel, cfg: LatentEvalConfig = LatentEvalConfig
         outcome, wall, steps = _run_group(model, planner, cfg, list(seeds))
         parts.append(outcome)
         seconds, calls = seconds + wall, calls + steps
+        if progress is not None:
+            done = np.concatenate([p[0] for p in parts])
+            progress(f"{len(done)}/{cfg.episodes} episodes: success {done.mean():.1%}, "
+                     f"{1000 * seconds / max(calls, 1):.0f} ms/step")
     success, zone_steps, steps = (np.concatenate(x) for x in zip(*parts))
     return LatentEvalResult(success, zone_steps, steps, 1000 * seconds / max(calls, 1))
 
@@ -143,10 +149,10 @@ def _run_group(model: LatentWorldModel, planner: CEMPlanner, cfg: LatentEvalConf
     start, t = time.perf_counter(), 0
     while running.any() and t < cfg.steps:
         rows = np.flatnonzero(running)
-        z = model.encode(torch.from_numpy(stacks[rows]))  # (N', Z): every running agent in one call
+        z = model.encode(torch.from_numpy(stacks[rows]).to(planner.device))  # (N', Z): every running agent at once
         result: PlanResult = planner.plan(z, warm_start=plans[rows])
         plans[rows] = shift_plan(result.plan)
-        actions = result.actions.numpy()  # (N', A)
+        actions = result.actions.cpu().numpy()  # (N', A)
         for i, action in zip(rows, actions):  # the envs step one by one; the model saw them together
             frame, _, done, _, info = envs[i].step(action)
             stacks[i] = np.concatenate([stacks[i, 1:], frame[None]])

@@ -24,6 +24,7 @@ import torch
 from planners.base import BasePlanner
 from planners.cem import CEMConfig
 from planners.explain import Explanation, explain
+from planners.config import BREACH_WEIGHT
 from planners.latent_eval import latent_planner
 from planners.registry import settings_arguments
 from planners.served import PlanBatch, ServiceConfig, constraint_params, empty_batch, fill, one_row
@@ -31,8 +32,6 @@ from worldmodel.latent_artifact import LatentArtifact, load_latent_model
 
 LATENT_OBJECTIVES = ("learned",)
 """The one objective a latent model serves: its learned reward (with the learned breach cost)."""
-BREACH_WEIGHT = 100.0
-"""Cost of a predicted geofence breach in the served objective (``planners.latent_eval.LatentBreach``)."""
 
 
 class LatentPlanner:

@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cluster.commands.eval_warehouse import add_warehouse_options, check_lone_agent_args, env_plan_defaults
+from cluster.commands.eval_warehouse import Unset, add_warehouse_options, check_lone_agent_args, env_plan_defaults
 from cluster.commands.plan import add_plan_options, plan_config, planner_settings
-from planners.config import MODES, OBJECTIVES, EvalConfig, PlanConfig
+from planners.config import BREACH_WEIGHT, MODES, OBJECTIVES, EvalConfig, PlanConfig
 from worldmodel.envs.nav2d import GOAL_DIMS, POS_DIMS
 
 if TYPE_CHECKING:
@@ -29,8 +29,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--episodes", type=int, default=EvalConfig.episodes, help="episodes counted (default: %(default)s)")
     p.add_argument("--objective", choices=OBJECTIVES, default=EvalConfig.objective,
                    help="plan for the model's learned reward, or Nav2D's goal reward (default: %(default)s)")
-    p.add_argument("--no-fly-zones", type=int, nargs="?", const=2, default=EvalConfig.no_fly_zones, metavar="Z",
-                   help="Nav2D: Z zones per episode (2 when given without a number)")
+    p.add_argument("--no-fly-zones", type=int, nargs="?", const=2, default=Unset(EvalConfig.no_fly_zones), metavar="Z",
+                   help="Nav2D: Z zones per episode (2 when given without a number; camera models: default the env's)")
     p.add_argument("--mode", choices=MODES, default=EvalConfig.mode,
                    help="plan, or act with the model's policy alone, shielded (default: %(default)s)")
     p.add_argument("--no-policy", action="store_true",
@@ -41,6 +41,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                    help="do not check actions against the zones (Warehouse-v0: the shelves)")
     p.add_argument("--shield-horizon", type=int, default=EvalConfig.shield_horizon, metavar="HS",
                    help="steps the shield checks ahead (default: %(default)s)")
+    p.add_argument("--breach-weight", type=float, default=BREACH_WEIGHT, metavar="W",
+                   help="camera models: cost of a predicted geofence breach in the plans (default: %(default)s)")
     p.add_argument("--seed", type=int, default=EvalConfig.seed)
     p.add_argument("--device", default="auto")
     p.add_argument("--png", default=None,
@@ -86,11 +88,17 @@ class _TrackRecorder:
 
 
 def run_eval(args: argparse.Namespace) -> dict[str, Any]:
+    from cluster.commands.eval_camera import run_camera
     from cluster.commands.eval_warehouse import run_warehouse
     from worldmodel.artifact import load_model
     from worldmodel.device import resolve_device
     from worldmodel.envs import WAREHOUSE_ID
+    from worldmodel.latent_artifact import is_latent_model
 
+    if is_latent_model(args.model):  # a camera model: PixelNav2D agents through the latent model
+        return run_camera(args)
+    if args.breach_weight != BREACH_WEIGHT:
+        raise ValueError("--breach-weight is for camera (latent) models")
     model = load_model(args.model, device=resolve_device(args.device))
     env_id = model.spec.env_id
     if args.env is not None and args.env != env_id:

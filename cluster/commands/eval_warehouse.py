@@ -50,7 +50,7 @@ class UnsetName(str):
     """A str option's default that says it was not given (see ``Unset``)."""
 
 
-_ENV_DEPENDENT = ("horizon", "samples", "iterations")
+ENV_DEPENDENT = ("horizon", "samples", "iterations")
 """Planner options whose defaults differ by env: ``PlanConfig``'s for lone agents, ``FleetPlanConfig``'s on a floor."""
 _SHIELD_HORIZON = "shield_horizon"
 """`--shield-horizon`, whose default differs the same way (``EvalConfig``'s, ``FleetShieldConfig``'s)."""
@@ -61,7 +61,7 @@ def env_plan_defaults(p: argparse.ArgumentParser) -> None:
     choices, and the env-dependent defaults marked as not given."""
     p.add_argument("--planner", choices=[*PLANNER_NAMES, *FLEET_PLANNERS], default=UnsetName(DEFAULT_PLANNER),
                    help=f"(default: %(default)s; Warehouse-v0: {COORDINATED})")
-    p.set_defaults(**{name: Unset(getattr(DEFAULTS, name)) for name in _ENV_DEPENDENT})
+    p.set_defaults(**{name: Unset(getattr(DEFAULTS, name)) for name in ENV_DEPENDENT})
     p.set_defaults(**{_SHIELD_HORIZON: Unset(EvalConfig.shield_horizon)})
 
 
@@ -124,7 +124,7 @@ def run_warehouse(args: argparse.Namespace, model: WorldModel) -> dict[str, Any]
     _check_floor_args(args)
     runs = _runs(args, model)  # every model's kind checked before minutes of planning
     robots, ticks = args.robots or DEFAULT_ROBOTS, args.ticks or EPISODE_STEPS
-    given = {k: getattr(args, k) for k in _ENV_DEPENDENT if not isinstance(getattr(args, k), Unset)}
+    given = {k: getattr(args, k) for k in ENV_DEPENDENT if not isinstance(getattr(args, k), Unset)}
     cfg = FleetPlanConfig(**given, seed=args.seed)  # the rest: the fleet planner's own defaults
     floor = WarehouseFloor(robots, seed=args.seed, episode_steps=max(ticks, EPISODE_STEPS))
     if not args.json:
