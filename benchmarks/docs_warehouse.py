@@ -69,10 +69,11 @@ def warehouse_fields(r: Json) -> dict[str, str]:
         "ours_deliveries": num(ours[d], 0), "a_deliveries": num(a[d], 0), "b_deliveries": num(b[d], 0),
         "free_ours_deliveries": num(free_ours[d], 0), "free_a_deliveries": num(free_a[d], 0),
         "free_ours_collisions": num(free_ours[c]), "free_a_collisions": num(free_a[c]),
-        "free_throughput_target": verdict(free_ours[d] >= free_a[d]),
+        "free_a_share": f"{free_a[d] / max(free_ours[d], 1e-9):.0%}",
+        "ours_vs_a": num(a[c] / max(ours[c], 1e-9), 0),
         "transitions": num(r["collect"]["transitions"], 0), "floor_episodes": str(r["collect"]["episodes"]),
         "models_table": _models_table(r["models"]), "loop_table": _loop_table(r["closed_loop"]),
-        "settings": (f"horizon {s['horizon']} steps, {s['samples']} joint samples, {s['iterations']} CEM round per "
+        "settings": (f"horizon {s['horizon']} steps, {s['samples']} samples per robot, {s['iterations']} CEM round per "
                      f"tick, {cem['elites']} elites, initial std {cem['init_std']}, "
                      f"noise exponent {cem['noise_beta']}"),
         "ours_collisions": num(ours[c]), "a_collisions": num(a[c]), "b_collisions": num(b[c]),

@@ -32,7 +32,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -45,7 +45,7 @@ from planners.fleet_cem import FLEET_CEM, FleetPlanConfig
 from planners.fleet_rollout import AgentAsFleet, FloorState
 from planners.fleet_shield import FleetShield, FleetShieldConfig
 from planners.warehouse_costs import CostWeights, WarehouseCosts
-from planners.warehouse_eval import FleetEvalResult, run_floor
+from planners.warehouse_eval import FleetEvalResult, FleetPlanner, run_floor
 from worldmodel.artifact import load_model
 from worldmodel.config import TrainConfig
 from worldmodel.data import read_transitions
@@ -88,25 +88,26 @@ def train(tmp: Path, args: argparse.Namespace) -> tuple[str, dict[str, dict[str,
 
 def closed_loop(fleet: WorldModel, agent: WorldModel, args: argparse.Namespace) -> list[dict[str, Any]]:
     """Every planner row on the same ``args.floors`` floor seeds and tasks; then, on floors whose robots have
-    no bumper (contact only averages approaching speeds), the coordinated planner and baseline (a) again."""
+    no bumper (contact only averages approaching speeds), the coordinated planner and baseline (a) again.
+    Each floor seed gets a planner seeded with it, so `wm eval --seed S` reruns that floor of a row."""
     floor = WarehouseFloor(args.robots, seed=args.seed)
     costs = WarehouseCosts(floor.layout)
-    cfg = FleetPlanConfig(seed=args.seed)
     shield = FleetShield(fleet.dynamics, costs)  # `wm eval`'s default for the coordinated planner
     free = WarehouseFloor(args.robots, layout=floor.layout, bumper=False)
-    planners = [(COORDINATED, "fleet", fleet_planner(COORDINATED, fleet, costs, cfg), shield, floor),
-                (UNSHIELDED, "fleet", fleet_planner(COORDINATED, fleet, costs, cfg), None, floor),
-                (INDEPENDENT, "per_agent", fleet_planner(INDEPENDENT, agent, costs, cfg), None, floor),
-                (CONSTANT_VELOCITY, "per_agent", fleet_planner(CONSTANT_VELOCITY, agent, costs, cfg), None, floor),
-                (SWAP, "per_agent", coordinated(AgentAsFleet(agent.dynamics), costs, cfg), None, floor),
-                (COORDINATED, "fleet", fleet_planner(COORDINATED, fleet, costs, cfg), shield, free),
-                (INDEPENDENT, "per_agent", fleet_planner(INDEPENDENT, agent, costs, cfg), None, free)]
+    planners: list[tuple[str, str, Callable[[FleetPlanConfig], FleetPlanner], FleetShield | None, WarehouseFloor]] = [
+        (COORDINATED, "fleet", lambda cfg: fleet_planner(COORDINATED, fleet, costs, cfg), shield, floor),
+        (UNSHIELDED, "fleet", lambda cfg: fleet_planner(COORDINATED, fleet, costs, cfg), None, floor),
+        (INDEPENDENT, "per_agent", lambda cfg: fleet_planner(INDEPENDENT, agent, costs, cfg), None, floor),
+        (CONSTANT_VELOCITY, "per_agent", lambda cfg: fleet_planner(CONSTANT_VELOCITY, agent, costs, cfg), None, floor),
+        (SWAP, "per_agent", lambda cfg: coordinated(AgentAsFleet(agent.dynamics), costs, cfg), None, floor),
+        (COORDINATED, "fleet", lambda cfg: fleet_planner(COORDINATED, fleet, costs, cfg), shield, free),
+        (INDEPENDENT, "per_agent", lambda cfg: fleet_planner(INDEPENDENT, agent, costs, cfg), None, free)]
     rows = []
     seeds = range(args.seed, args.seed + args.floors)
-    for name, model, planner, guard, on in planners:
+    for name, model, build, guard, on in planners:
         say(f"  {name}{'' if on.bumper else ', no bumper'}: {args.robots} robots, {args.ticks} ticks, floor seeds "
             f"{seeds.start}-{seeds.stop - 1}")
-        floors = [run_floor(planner, on, costs, args.ticks, seed=s, shield=guard) for s in seeds]
+        floors = [run_floor(build(FleetPlanConfig(seed=s)), on, costs, args.ticks, seed=s, shield=guard) for s in seeds]
         rows.append(_row(name, model, on.bumper, floors))
         say(f"    {rows[-1]['collisions_per_robot_hour']:.1f} collisions per robot-hour, "
             f"{rows[-1]['shelf_collisions']} shelf, {rows[-1]['deliveries_per_hour']:.0f} deliveries/h, "
@@ -115,15 +116,15 @@ def closed_loop(fleet: WorldModel, agent: WorldModel, args: argparse.Namespace) 
 
 
 def _row(name: str, model: str, bumper: bool, floors: list[FleetEvalResult]) -> dict[str, Any]:
-    """One planner's row: counts summed over its floors, rates over their robot-hours, times averaged."""
+    """One planner's row: counts summed over its floors, rates over their robot-hours and floor time, planning
+    times averaged over the floors (``plan_ms_p95``: the floors' mean 95th percentile); ``ticks`` per floor."""
     total = lambda key: sum(getattr(f, key) for f in floors)  # noqa: E731
     mean = lambda key: float(np.mean([getattr(f, key) for f in floors]))  # noqa: E731
-    ticks = total("ticks")
     return {"name": name, "model": model, "bumper": bumper, "floors": len(floors), "robots": floors[0].robots,
-            "humans": floors[0].humans, "ticks": ticks, "collisions": total("collisions"),
+            "humans": floors[0].humans, "ticks": floors[0].ticks, "collisions": total("collisions"),
             "deliveries": total("deliveries"), "shelf_collisions": total("shelf_collisions"),
             "collisions_per_robot_hour": total("collisions") / total("robot_hours"),
-            "deliveries_per_hour": total("deliveries") / (ticks * DT / 3600), "plan_ms": mean("plan_ms"),
+            "deliveries_per_hour": total("deliveries") / (total("ticks") * DT / 3600), "plan_ms": mean("plan_ms"),
             "plan_ms_p95": mean("plan_ms_p95"), "shielded_agent_contact": total("shielded_agent_contact"),
             "shielded_shelf": total("shielded_shelf"), "shield_ms": mean("shield_ms"),
             "per_floor": [f.summary() for f in floors]}
@@ -221,7 +222,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     dynamics = {name: trained[name]["metrics"]["dynamics"] for name in ("fleet", "per_agent")}
     models = {name: {"seconds": trained[name]["seconds"], "epochs": d["fit"]["epochs"], "r2_min": d["r2_min"]}
               for name, d in dynamics.items()}
-    return {"robots": args.robots, "ticks": args.ticks, "floors": args.floors, "seed": args.seed, "threads": torch.get_num_threads(),
+    return {"robots": args.robots, "ticks": args.ticks, "floors": args.floors, "seed": args.seed,
+            "threads": torch.get_num_threads(),
             "collect": trained["collect"], "models": models, "settings": dataclasses.asdict(FleetPlanConfig()),
             "weights": dataclasses.asdict(CostWeights()), "shield": dataclasses.asdict(FleetShieldConfig()),
             "cem": dataclasses.asdict(FLEET_CEM), "closed_loop": rows, "prediction": pred, "big": big,

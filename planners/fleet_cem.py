@@ -1,4 +1,4 @@
-"""Fleet CEM: one Gaussian per robot over its (H, A) plan, K joint samples, each robot's own elites.
+"""Fleet CEM: one Gaussian per robot over its (H, A) plan, K samples per robot, each robot's own elites.
 
 Sample k of every robot together is one joint candidate: the scorer steps all robots of it at once
 and scores each robot by its own return in it (the coordinated planner's rollout scores each robot's
@@ -31,8 +31,8 @@ from planners.fleet_rollout import FloorState
 FLEET_CEM = CEMConfig(elites=4, init_std=0.5)
 """CEM settings of the fleet planners: few elites and half-width sampling. With every robot sampling
 around its plan, a wide spread or many elites average a robot's swerve left with its swerve right;
-two robots head-on in an aisle then met (4 seeds, exact model: 1 contact with 20 elites or
-init_std 1.0, none with these)."""
+two robots head-on in an aisle then met (4 seeds, exact model without the bumper, each robot scored in
+the joint samples: 1 contact with 20 elites or init_std 1.0, none with these)."""
 from planners.noise import coloured_noise
 from worldmodel.nn import variance
 
@@ -55,7 +55,7 @@ class FleetPlan:
     plan: torch.Tensor
     """(N, H, A) each robot's plan (``shift`` it to warm-start the next call)."""
     expected_return: torch.Tensor
-    """(N,) each robot's return in the best joint sample it had in the last round."""
+    """(N,) each robot's return in its best sample of the last round, as the scorer scored it."""
     iterations: int
     """Rounds completed."""
     elapsed_ms: float

@@ -13,8 +13,11 @@ joint rollout: each row is one configuration of the floor, as the shield's alter
 candidate 0, the plans they hold now (the planner's scorer: each robot's samples are a best response to
 the others' plans, and the plans converge over the warm-started ticks). Scored in the joint rollout, a
 robot's good sample loses to the swerve a neighbour happened to draw in the same row; against the plans,
-on floor seeds 0-2 (50 robots, 600 ticks, the trained fleet model, contact without a bumper), collisions
-per robot-hour fell from 180 to 52 at the same deliveries (3,940 and 3,920 per hour).
+on floors without bumpers (seeds 0-2, 50 robots, 600 ticks, shielded, one torch thread, a fleet model
+trained on such floors' logs), collisions per robot-hour fell from 180 to 52 at the same deliveries (3,940
+and 3,920 per hour). Against the plans, every row's other robots are candidate 0's, stepped through member
+0 with its draws; only the robot itself follows its row's member (k mod E). A row's ``paths`` are then not
+one configuration of the floor: only row 0's are.
 
 Shapes: ``K`` candidates, ``N`` robots, ``U`` humans, ``O = N + U`` sensed agents, ``H`` horizon,
 ``E`` members, ``M`` slots, ``S`` observation, ``P`` physical state, ``A`` action.
@@ -33,9 +36,9 @@ from worldmodel.dynamics import Prediction
 from worldmodel.envs.warehouse import (ACCEL, BUMPER, DT, KIND_HUMAN, KIND_NONE, KIND_ROBOT, MAX_SPEED, NEIGHBOUR_DIMS,
                                        NEIGHBOURS, OBS_DIM, PHYS_DIMS, POS_DIMS, ROBOT_RADIUS, SLOT_KIND, SLOT_POS,
                                        SLOT_SIZE, SLOT_VEL, TASK_DIMS, VEL_DIMS)
+from worldmodel.envs.warehouse_features import Sensed, nearby, observe_nearby
 from worldmodel.envs.warehouse_layout import Layout
 from worldmodel.envs.warehouse_physics import CONTACT_TOLERANCE
-from worldmodel.envs.warehouse_features import Sensed, nearby, observe_nearby
 
 
 NEARBY_OTHERS = 16

@@ -242,12 +242,11 @@ def aisle_lanes(layout: Layout, centres: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class CostWeights:
-    """Weights of the warehouse planning costs (rewards are their negatives). The measurements below were
-    taken on floors without the bumper, each robot scored in the joint samples; on today's floor (bumper on,
-    each robot scored against the others' plans) these weights reach every closed-loop target of
-    docs/warehouse.md, and a progress weight up to 4.0 delivered more at up to 3x the collisions (floor seeds
-    0-2, one torch thread: 4,420, 4,640, 4,580 and 5,220 deliveries per hour at 0.3, 1, 2 and 4; collisions per robot-hour 140,
-    278, 497 and 428)."""
+    """Weights of the warehouse planning costs (rewards are their negatives). With robots that have bumpers and
+    each robot scored against the others' plans, these weights reach every closed-loop target of
+    docs/warehouse.md; a progress weight of 1, 2 or 4 delivered 4-18% more at 2-3.5x the collisions (shielded,
+    floor seeds 0-2, one torch thread). The measurements in the fields' notes were taken on floors without
+    bumpers, each robot scored in the joint samples."""
 
     progress: float = 3 * DISTANCE_COST
     """Per metre of aisle distance from a robot to its target, per step: 3x the env's distance cost. At the

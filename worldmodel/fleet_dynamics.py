@@ -1,7 +1,7 @@
 """The multi-agent world model: each robot's next physical state from its own state and its neighbours'.
 
-A robot's step depends on the robots it touches: contacts push both and average their normal
-velocities, so what a neighbour does this tick (its action) matters as much as where it is.
+A robot's step depends on the agents it touches: contacts push both apart and halt a robot (its bumper),
+so what a neighbour does this tick (its action) matters as much as where it is.
 Each neighbour slot becomes a token ``[dx, dy, dvx, dvy, distance, unit normal, closing speed,
 one-hot kind, neighbour action]``; the robot's own embedding (physical state, task, shelf
 vector and distance, action) attends over its tokens (additive attention: a slot's score and

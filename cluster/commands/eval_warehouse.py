@@ -1,7 +1,7 @@
 """`wm eval` on Warehouse-v0: a fleet planner drives every robot of one floor at 10 Hz, the floor counts.
 
 `wm eval` dispatches here when the model was trained on Warehouse-v0. The coordinated planner rolls
-all robots out jointly through a fleet model; the baselines plan each robot through a per-agent model
+all robots out through a fleet model, each robot's samples against the others' plans; the baselines plan each robot through a per-agent model
 (``planners.fleet_baselines``). With ``--baseline-model`` both baselines run after the coordinated
 planner, on the same floor, seed and tasks. The coordinated planner's plans go through the fleet shield
 (``planners.fleet_shield``) unless ``--no-shield``; the baselines run as they are.
@@ -187,7 +187,7 @@ def _result(args: argparse.Namespace, model: WorldModel, cfg: FleetPlanConfig, f
            "baseline_model": args.baseline_model, "baselines": {name: _row(r) for name, r in rest}}
     out |= _draw(floor.layout, first, args, f"{planner}: {floor.robots} robots, {first.ticks} ticks, seed {args.seed}")
     out["_summary"] = [f"{WAREHOUSE_ID}: {floor.robots} robots and {floor.humans} humans, {first.ticks} ticks at "
-                       f"10 Hz, horizon {cfg.horizon}, {cfg.samples} joint samples, "
+                       f"10 Hz, horizon {cfg.horizon}, {cfg.samples} samples per robot, "
                        + ("unshielded" if shield is None else f"shield horizon {shield.cfg.horizon}"),
                        *(_line(name, r) for name, r in results.items()),
                        *(f"{key}: {out[key]}" for key in ("png", "gif") if key in out)]

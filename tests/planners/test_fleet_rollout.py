@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from planners.fleet_rollout import ExactFleetModel, FleetRollout, FloorState
 from planners.warehouse_costs import WarehouseCosts
 from worldmodel.dynamics import Prediction
-from worldmodel.envs.warehouse import PHYS_DIMS, POS_DIMS, TASK_DIMS, WarehouseFloor
+from worldmodel.envs.warehouse import PHYS_DIMS, POS_DIMS, SENSE_RADIUS, TASK_DIMS, WarehouseFloor
 from worldmodel.envs.warehouse_layout import layout_for
 from worldmodel.fleet_data import warehouse_layout
 from worldmodel.fleet_dynamics import FleetEnsemble
@@ -22,15 +23,16 @@ POS = np.array([[1.0, 1.5], [1.55, 1.5], [1.3, 2.0], [5.0, 1.5], [5.5, 1.6], [0.
 VEL = np.array([[1.0, 0.0], [-1.0, 0.0], [0.0, -1.0], [1.0, 0.2], [-1.2, 0.0], [-1.0, 0.0]])
 
 
-def crowded_floor() -> tuple[WarehouseFloor, np.ndarray, dict]:
-    floor = WarehouseFloor(len(POS), 0, LAYOUT, seed=0, action_noise=0.0)
+def crowded_floor(bumper: bool = True) -> tuple[WarehouseFloor, np.ndarray, dict]:
+    floor = WarehouseFloor(len(POS), 0, LAYOUT, seed=0, action_noise=0.0, bumper=bumper)
     obs, info = floor.reset(options={"robots_pos": POS, "robots_vel": VEL})
     return floor, obs, info
 
 
-def test_the_exact_model_steps_every_robot_as_the_floor_does() -> None:
-    floor, obs, info = crowded_floor()
-    rng, model = np.random.default_rng(0), ExactFleetModel(LAYOUT)
+@pytest.mark.parametrize("bumper", [True, False])
+def test_the_exact_model_steps_every_robot_as_the_floor_does(bumper: bool) -> None:
+    floor, obs, info = crowded_floor(bumper)
+    rng, model = np.random.default_rng(0), ExactFleetModel(LAYOUT, bumper=bumper)
     touched = 0
     for _ in range(4):
         actions = rng.uniform(-1, 1, (len(POS), 2))
@@ -90,6 +92,19 @@ def test_against_plans_a_robots_score_does_not_depend_on_what_the_others_sampled
     resampled[1:, 1:] = torch.rand(3, len(POS) - 1, 6, 2) * 2 - 1
     torch.testing.assert_close(plans.returns(state, resampled)[:, 0], returns[:, 0])
     assert not torch.allclose(joint.returns(state, resampled)[:, 0], joint.returns(state, actions)[:, 0])
+
+
+def test_against_plans_a_robot_meets_the_others_on_their_plans_and_never_itself() -> None:
+    state, costs, actions = crowded_candidates(5, seed=2)  # K = 5 over 2 members: padded, dealt member-major
+    lone = len(POS) - 1  # the robot driving into the left wall, 2.2 m from the nearest other
+    actions[1:, :lone] = actions[0, :lone]  # the others sample their plans again; the robot samples anew
+    trace = FleetRollout(ExactFleetModel(LAYOUT, members=2), costs, against_plans=True).trace(state, actions)
+    others = trace.paths[0, :lone, 1:]  # (N-1, H, 2): the others on their plans
+    for k in range(5):
+        gap = (trace.paths[k, lone, 1:] - others).norm(dim=-1).amin(0)  # (H,) to the nearest other
+        want = torch.where(gap <= SENSE_RADIUS, gap, torch.inf)
+        torch.testing.assert_close(trace.agent_dist[k, lone], want)  # never itself on its plan, at a few cm
+    assert not torch.allclose(trace.paths[1, lone], trace.paths[0, lone])
 
 
 def test_candidates_follow_members_round_robin_and_every_member_is_used() -> None:

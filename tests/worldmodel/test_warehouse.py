@@ -30,7 +30,8 @@ OPEN = Layout(10.0, 10.0, np.zeros((0, 4)), stations=[[1.0, 1.0]], picks=[[9.0, 
 SHELF = Layout(10.0, 10.0, [[4.0, 4.0, 6.0, 6.0]], stations=[[1.0, 1.0]], picks=[[9.0, 9.0]])
 
 
-def _floor(layout: Layout, robots_pos, robots_vel, humans_pos=None, humans_vel=None, bumper: bool = True) -> WarehouseFloor:
+def _floor(layout: Layout, robots_pos, robots_vel, humans_pos=None, humans_vel=None,
+           bumper: bool = True) -> WarehouseFloor:
     """A noiseless floor with agents placed by hand."""
     humans = 0 if humans_pos is None else len(humans_pos)
     floor = WarehouseFloor(len(robots_pos), humans, layout, action_noise=0.0, bumper=bumper)

@@ -60,8 +60,7 @@ BUMPER = True
 """A robot that touches another robot or a human is halted by its bumper: its velocity is zero after that
 step and it starts again from rest, as a warehouse robot's safety bumper stops it. Without it
 (``bumper=False``) contact only averages a pair's approaching speeds, and a robot that drives through
-traffic loses almost no time (the independent planner delivered as much as the coordinated one while in
-contact on a third of its steps)."""
+traffic loses almost no time (docs/warehouse.md compares both floors)."""
 
 KIND_NONE, KIND_ROBOT, KIND_HUMAN = 0, 1, 2
 """What fills a neighbour slot: nothing (the slot is all zeros), a robot, a human."""
@@ -261,10 +260,10 @@ class WarehouseEnv(gym.Env[np.ndarray, np.ndarray]):
     metadata = {"render_modes": []}
 
     def __init__(self, humans: int = 2, layout: Layout | None = None, action_noise: float = ACTION_NOISE,
-                 render_mode: str | None = None) -> None:
+                 render_mode: str | None = None, bumper: bool = BUMPER) -> None:
         if render_mode is not None:
             raise ValueError(f"render_mode must be None (use warehouse_render for pictures), got {render_mode!r}")
-        self.floor = WarehouseFloor(1, humans, layout, action_noise=action_noise)
+        self.floor = WarehouseFloor(1, humans, layout, action_noise=action_noise, bumper=bumper)
         self.observation_space = observation_space(self.floor.layout)
         self.action_space = ACTION_SPACE
 
@@ -290,10 +289,11 @@ class WarehouseVectorEnv(VectorEnv):
 
     def __init__(self, num_envs: int = 50, humans: int | None = None, layout: Layout | None = None,
                  action_noise: float = ACTION_NOISE, max_episode_steps: int = EPISODE_STEPS,
-                 render_mode: str | None = None) -> None:
+                 render_mode: str | None = None, bumper: bool = BUMPER) -> None:
         if render_mode is not None:
             raise ValueError(f"render_mode must be None (use warehouse_render for pictures), got {render_mode!r}")
-        self.floor = WarehouseFloor(num_envs, humans, layout, action_noise=action_noise, episode_steps=max_episode_steps)
+        self.floor = WarehouseFloor(num_envs, humans, layout, action_noise=action_noise, episode_steps=max_episode_steps,
+                                    bumper=bumper)
         self.num_envs = self.floor.robots
         self.render_mode = render_mode
         self.single_observation_space = observation_space(self.floor.layout)

@@ -194,7 +194,7 @@ def _nearest(dx: torch.Tensor, dy: torch.Tensor, sensable: torch.Tensor) -> tupl
     """Offsets (..., N, C) to candidate others -> their distances, inf unless sensed (..., N, C), and the
     M nearest sensed, nearest first (..., N, M) into C, -1 for an empty slot."""
     dist = torch.hypot(dx, dy)
-    # A zero offset is the robot itself (callers pass the robots among the others).
+    # A zero offset is the robot itself (``observe``'s callers pass the robots among the others).
     dist = torch.where((dist <= SENSE_RADIUS) & (dist > 0) & sensable, dist, float("inf"))
     short = NEIGHBOURS - dist.shape[-1]  # fewer candidates than slots: never-sensed columns keep one code path
     padded = torch.nn.functional.pad(dist, (0, short), value=float("inf")) if short > 0 else dist
