@@ -2,7 +2,7 @@
 
 One run, on this machine, from logs collected here with the `wm` commands a user runs:
 
-1. `wm collect --env Warehouse-v0 --robots 50` (the task controller: traffic and contacts), then
+1. `wm collect --env Warehouse-v1 --robots 50` (the task controller: traffic and contacts), then
    `wm train` twice on those logs: the fleet model (the env's default) and the per-agent ensemble
    (`--dynamics ensemble`).
 2. **Closed loop.** The 50-robot floor at 10 Hz (``planners.warehouse_eval.run_floor``, what `wm eval`
@@ -16,7 +16,7 @@ One run, on this machine, from logs collected here with the `wm` commands a user
    (in contact or within a body length) and overall (``benchmarks.warehouse_model``'s measures).
 4. **200 robots.** One coordinated planning call for 200 robots on one floor at the same settings:
    the median of a few warm-started calls, with the torch threads stated.
-5. **Served.** `wm serve --model FLEET` and the floor driven through it as `wm fleet --env Warehouse-v0`
+5. **Served.** `wm serve --model FLEET` and the floor driven through it as `wm fleet --env Warehouse-v1`
    drives it: every robot its own request each tick (HTTP), then each tick as one batch (`--batch`); the
    engine plans the site's robots jointly and the fleet shield checks them; latency client-side, the
    floor's counts.
@@ -74,7 +74,7 @@ def train(tmp: Path, args: argparse.Namespace) -> tuple[str, dict[str, dict[str,
     logs = str(tmp / "logs")
     collect = ["--episodes", str(args.episodes)] if args.episodes is not None else []
     collect += ["--steps", str(args.steps)] if args.steps is not None else []
-    say(f"collecting Warehouse-v0 logs of {args.robots} robots")
+    say(f"collecting Warehouse-v1 logs of {args.robots} robots")
     collected = wm("collect", "--env", WAREHOUSE_ID, "--robots", str(args.robots), "--out", logs,
                    "--seed", str(args.seed), *collect)
     fit = ["--epochs", str(args.epochs)] if args.epochs is not None else []

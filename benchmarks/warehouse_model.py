@@ -1,4 +1,4 @@
-"""Multi-agent against per-agent world model: one-step error of the physical state on Warehouse-v0.
+"""Multi-agent against per-agent world model: one-step error of the physical state on Warehouse-v1.
 
 Warehouse logs (the "task" fleet controller: traffic and contacts) train the fleet model
 (attention over neighbours, their actions included) and today's per-agent ensemble with the

@@ -1,7 +1,7 @@
 """What PPO trains in and how the trained policy is scored: imagined rollouts kept on the data's
 support, the reward PPO sees, and deterministic evaluations in the imagined and the real env.
 
-A Warehouse-v0 fleet model trains in ``FleetImaginedEnv``: its starts are whole logged floor ticks
+A Warehouse-v1 fleet model trains in ``FleetImaginedEnv``: its starts are whole logged floor ticks
 (``FloorTicks``), its sub-envs robots, ``floors`` of N robots stepped jointly (``env_count``).
 
 Shapes: ``B`` rollouts, ``S`` state, ``A`` action, ``F`` policy input features, ``N`` robots per floor.

@@ -7,7 +7,7 @@ vector env (``VECTOR_ENTRY_POINT``) so each step of all rollouts is one batched 
 RLModule's actor is the ``PolicyNet`` serving loads (``learners.policy_module``), so the trained
 actor is saved as it is into ``MODEL_DIR/policy/`` (``planners.policy_artifact.save_policy``).
 
-A Warehouse-v0 fleet model trains in ``planners.fleet_imagined_env.FleetImaginedEnv``: whole logged floor
+A Warehouse-v1 fleet model trains in ``planners.fleet_imagined_env.FleetImaginedEnv``: whole logged floor
 ticks as starts, every robot a sub-env, each floor stepped jointly through the multi-agent model, the
 planner's ``WarehouseCosts`` as reward. The policy is the same ``PolicyNet`` over a robot's observation,
 whose neighbour slots are its view of the neighbours; ``PolicySettings.num_envs`` counts floors there
@@ -61,7 +61,7 @@ RESET_SEEDS = 1_000_000
 trained from the very starts it is scored on."""
 FLEET_PRESET = PolicySettings(iterations=200, num_envs=4, steps_per_env=64, horizon=128, reward_scale=0.1,
                               zone_weight=0.1, zones=(0, 0), eval_episodes=200)
-"""Warehouse-v0 with a fleet model: ``num_envs`` floors of the logs' N robots (4 x 50: 12,800 rows per
+"""Warehouse-v1 with a fleet model: ``num_envs`` floors of the logs' N robots (4 x 50: 12,800 rows per
 iteration), episodes of 12.8 s. ``zone_weight`` weighs the agent and shelf proximity costs in PPO's reward
 (``FleetPPOReward``): at 1 (and 0.3, 0.2) PPO learned to hold robots back and none delivered on a real
 floor; at 0.1 they go to their tasks. About 6-8 minutes on the 2-core dev VM."""

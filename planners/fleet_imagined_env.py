@@ -96,7 +96,7 @@ class FloorTicks:
                              f"{np.shape(scene)} and {np.shape(t)}")
         named = scene != ""
         if not named.any():
-            raise ValueError("no logged row names a scene: floor ticks need fleet logs (Warehouse-v0 floors)")
+            raise ValueError("no logged row names a scene: floor ticks need fleet logs (Warehouse-v1 floors)")
         obs, scene, t = obs[named], scene[named], np.asarray(t, np.int64)[named]
         _, scene_id = np.unique(scene, return_inverse=True)
         _, tick = np.unique(scene_id * (int(t.max()) + 1) + t, return_inverse=True)  # (B,)

@@ -166,7 +166,7 @@ class LatentPlanner:
                 raise ValueError(f"unknown {name} {bad[0]!r}; latent model {self.version} serves "
                                  f"{', '.join(allowed)}")
         if any(site is not None for site in sites or []):
-            raise ValueError(f"site is for Warehouse-v0 models; latent model {self.version} plans each agent alone")
+            raise ValueError(f"site is for Warehouse-v1 models; latent model {self.version} plans each agent alone")
         if any(r is not None for r in rewards or []):
             raise ValueError(f"reward models score vector states; latent model {self.version} plans with its own")
 

@@ -189,7 +189,7 @@ class FleetPlanner:
                            for r, o, m in zip(named, objectives, modes)], dtype=object)
         by_version = {r.version: r for r in named if r is not None}
         if any(site is not None for site in sites or []):
-            raise ValueError(f"site is for Warehouse-v0 models; model {self.version} plans each agent alone")
+            raise ValueError(f"site is for Warehouse-v1 models; model {self.version} plans each agent alone")
         obs_t = torch.as_tensor(np.asarray(obs, np.float32), device=device)
         if obs_t.dim() != 2 or obs_t.shape[1] != self.obs_dim:
             raise ValueError(f"obs must be (N, {self.obs_dim}), got {tuple(obs_t.shape)}")
@@ -337,7 +337,7 @@ class FleetPlanner:
 def load_planner(model_dir: str | Path, cfg: ServiceConfig | None = None,
                  device: str | torch.device = "cpu") -> "FleetPlanner | WarehousePlanner | LatentPlanner":
     """The served planner of ``model_dir``: a ``LatentPlanner`` for a latent (camera) model, a ``WarehousePlanner``
-    for a Warehouse-v0 fleet model (its robots planned jointly by site), else a ``FleetPlanner``.
+    for a Warehouse-v1 fleet model (its robots planned jointly by site), else a ``FleetPlanner``.
 
     Raises:
         ArtifactError: the model or its policy is corrupted or does not fit.

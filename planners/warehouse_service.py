@@ -1,7 +1,7 @@
 """A served warehouse: each site's robots planned jointly through the multi-agent model, numpy in and out.
 
 The ensemble workers and the Serve planner deployment host this in place of ``planners.service.FleetPlanner``
-when the model was trained on Warehouse-v0 (``planners.service.load_planner``). A batch may mix sites (floors
+when the model was trained on Warehouse-v1 (``planners.service.load_planner``). A batch may mix sites (floors
 of the served layout); the robots of one site are one ``FleetCEM`` call (``ServiceConfig.fleet``), their
 answers checked by the fleet shield and returned in the batch's order. A site's planner knows what its robots'
 observations say: each robot's position, velocity and task, and the agents in its slots: humans, and robots of
@@ -43,7 +43,7 @@ DEFAULT_SITE = ""
 
 
 def is_fleet_model(model: WorldModel) -> bool:
-    """Whether ``model`` plans robots jointly: Warehouse-v0 with the multi-agent dynamics."""
+    """Whether ``model`` plans robots jointly: Warehouse-v1 with the multi-agent dynamics."""
     return model.spec.env_id == WAREHOUSE_ID and isinstance(model.dynamics, FleetEnsemble)
 
 
@@ -70,7 +70,7 @@ class WarehousePlanner:
     """Plans the robots of warehouse sites with one fleet model version (the served ``FleetPlanner``'s API).
 
     Args:
-        model: a Warehouse-v0 world model with fleet dynamics (``ModelConfig.dynamics`` 'fleet').
+        model: a Warehouse-v1 world model with fleet dynamics (``ModelConfig.dynamics`` 'fleet').
         cfg: service settings: ``fleet`` the floor planner's, ``floor_robots`` the floor's (``layout_for``),
             ``shield`` the fleet shield on or off; the lone-agent planner settings (``plan``, ``planner``) do
             not apply to a floor.
@@ -171,9 +171,9 @@ class WarehousePlanner:
         for name, given, allowed in (("objective", objectives, "learned"), ("mode", modes, "plan")):
             wrong = sorted(set(given or []) - {allowed})
             if wrong:
-                raise ValueError(f"{name} {wrong[0]!r} is not served for Warehouse-v0; it plans {allowed!r} only")
+                raise ValueError(f"{name} {wrong[0]!r} is not served for Warehouse-v1; it plans {allowed!r} only")
         if constraints:
-            raise ValueError(f"constraints {sorted(constraints)} are not taken by Warehouse-v0 models: the floor's "
+            raise ValueError(f"constraints {sorted(constraints)} are not taken by Warehouse-v1 models: the floor's "
                              "shelves, robots and humans are its constraints")
         if sites is not None and len(sites) != n:
             raise ValueError(f"sites must have one entry per robot ({n}), got {len(sites)}")

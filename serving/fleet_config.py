@@ -64,10 +64,10 @@ class FleetConfig:
     bus_prefix: str = "fleetwm"
     """Name prefix of the bus's streams: the serving app's ``AppConfig.bus_prefix``."""
     batch: bool = False
-    """Warehouse-v0 over HTTP: each tick's robots as one ``POST /v1/plan/batch``; False: one request per robot
+    """Warehouse-v1 over HTTP: each tick's robots as one ``POST /v1/plan/batch``; False: one request per robot
     (the engine plans a site's robots that arrive together jointly either way)."""
     floor_robots: int = DEFAULT_ROBOTS
-    """Warehouse-v0: the floor is ``layout_for(floor_robots)``, the one the endpoint serves (`wm serve --robots`);
+    """Warehouse-v1: the floor is ``layout_for(floor_robots)``, the one the endpoint serves (`wm serve --robots`);
     ``agents`` robots drive on it."""
 
     def __post_init__(self) -> None:
@@ -156,7 +156,7 @@ class FleetResult:
     model_versions: list[str]
     """Model versions that answered."""
     floor: FloorCounts | None = None
-    """Warehouse-v0: what the floor counted (None for lone agents)."""
+    """Warehouse-v1: what the floor counted (None for lone agents)."""
 
 
 @dataclass(frozen=True)

@@ -74,7 +74,7 @@ class PlannerServer:
         service = self.worker.service
         if not isinstance(service, FleetPlanner):
             raise ValueError(f"reward model {version}: model {service.version} does not plan with a learned reward "
-                             "of vector states (Warehouse-v0 floors have fixed costs, camera models their own "
+                             "of vector states (Warehouse-v1 floors have fixed costs, camera models their own "
                              "latent reward); reward models plan lone vector agents' learned objective")
         reward = self.rewards.get(version)
         reward.check_fits(service.model.spec, f"model {service.version}")

@@ -163,7 +163,7 @@ class PlanRequest(BaseModel):
                                     "(well under a millisecond; 422 when the served model has no policy).")
     site: str | None = Field(
         default=None, pattern=SITE_PATTERN,
-        description="Warehouse-v0: the floor the robot is on. The robots of one site that arrive together (one "
+        description="Warehouse-v1: the floor the robot is on. The robots of one site that arrive together (one "
                     "batch, or requests of one tick) are planned jointly; absent: the default site. Lone-agent "
                     "models take none.")
     reward_model: str | None = Field(

@@ -31,7 +31,7 @@ def check_request(req: PlanRequest, spec: dict[str, Any], prefix: str = "") -> s
     if req.prev_action is not None and len(req.prev_action) != spec["act_dim"]:
         return f"{prefix}prev_action: has {len(req.prev_action)} values, {model} expects {spec['act_dim']}"
     if req.site is not None and not spec.get("sites", False):
-        return f"{prefix}site: {model} plans each agent alone; sites are for Warehouse-v0 fleet models"
+        return f"{prefix}site: {model} plans each agent alone; sites are for Warehouse-v1 fleet models"
     if req.mode not in spec.get("modes", ["plan"]):
         return f"{prefix}mode: {req.mode!r} needs a policy and {model} has none (train one: wm policy train)"
     if req.reward_model is not None and req.reward_model not in spec.get("reward_models", []):

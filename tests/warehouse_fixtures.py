@@ -1,4 +1,4 @@
-"""Tiny Warehouse-v0 models for the tests that plan floors: import ``warehouse_models`` into a module.
+"""Tiny Warehouse-v1 models for the tests that plan floors: import ``warehouse_models`` into a module.
 
 One `wm collect` of 4 robots and one `wm train` per model kind, through the commands a user types: seconds.
 """
@@ -18,7 +18,7 @@ def warehouse_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]
     """Model directories: 'fleet' (the env's default, multi-agent) and 'agent' (a per-agent ensemble)."""
     root = tmp_path_factory.mktemp("warehouse")
     logs = str(root / "logs")
-    assert main(["collect", "--env", "Warehouse-v0", "--robots", "4", "--episodes", "3", "--steps", "40",
+    assert main(["collect", "--env", "Warehouse-v1", "--robots", "4", "--episodes", "3", "--steps", "40",
                  "--out", logs, "--json"]) == 0
     out = {"fleet": str(root / "fleet"), "agent": str(root / "agent")}
     assert main(["train", "--data", logs, "--out", out["fleet"], *TINY, "--json"]) == 0

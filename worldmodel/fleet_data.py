@@ -69,7 +69,7 @@ class ObsLayout:
 
 
 def warehouse_layout() -> ObsLayout:
-    """The layout of ``Warehouse-v0`` observations."""
+    """The layout of ``Warehouse-v1`` observations."""
     from worldmodel.envs import warehouse as wh  # the env's module names its slices once
 
     return ObsLayout(phys=wh.PHYS_DIMS, pos=wh.POS_DIMS, task=wh.TASK_DIMS, neighbours=wh.NEIGHBOUR_DIMS,
@@ -93,7 +93,7 @@ def neighbour_actions(data: Transitions, layout: ObsLayout | None = None) -> np.
 
     Args:
         data: B transitions of fleet floors (``scene`` and ``t`` name the tick).
-        layout: where ``obs`` keeps position and slots (default: ``Warehouse-v0``'s).
+        layout: where ``obs`` keeps position and slots (default: ``Warehouse-v1``'s).
     """
     layout = layout or warehouse_layout()
     return match_neighbour_actions(data.scene.astype(str), data.t, data.obs, data.actions, layout)

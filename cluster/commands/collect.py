@@ -14,7 +14,7 @@ from worldmodel.envs.warehouse import DEFAULT_ROBOTS
 DEFAULT_EPISODES = 100
 """Episodes collected when ``--episodes`` is not given: the data the README's Nav2D models learn from."""
 DEFAULT_FLOOR_EPISODES = 10
-"""Warehouse-v0's floor episodes when ``--episodes`` is not given: 300,000 transitions at 50 robots."""
+"""Warehouse-v1's floor episodes when ``--episodes`` is not given: 300,000 transitions at 50 robots."""
 GIF_FRAMES = 150
 """Most frames in a ``--gif``: longer episodes show every k-th tick, still in real time."""
 PNG_FRAMES = 8
@@ -24,24 +24,24 @@ PNG_FRAMES = 8
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("collect", parents=[common])
     p.add_argument("--env", required=True, help="gymnasium id, e.g. Nav2D-v0, PixelNav2D-v0 (camera frames, "
-                                                "logged as image logs), Warehouse-v0 or Pendulum-v1")
+                                                "logged as image logs), Warehouse-v1 or Pendulum-v1")
     p.add_argument("--episodes", type=int, default=None,
-                   help=f"episodes to collect; Warehouse-v0: floor episodes of every robot (default: "
-                        f"{DEFAULT_EPISODES}, Warehouse-v0 {DEFAULT_FLOOR_EPISODES})")
+                   help=f"episodes to collect; Warehouse-v1: floor episodes of every robot (default: "
+                        f"{DEFAULT_EPISODES}, Warehouse-v1 {DEFAULT_FLOOR_EPISODES})")
     p.add_argument("--out", required=True, help="log directory or URI (appended to)")
-    p.add_argument("--policy", default=None, help="behaviour policy: random; Warehouse-v0 also task (its default)")
+    p.add_argument("--policy", default=None, help="behaviour policy: random; Warehouse-v1 also task (its default)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--agent-id", default="agent-0000", help="agent id written with every row (Warehouse-v0: "
+    p.add_argument("--agent-id", default="agent-0000", help="agent id written with every row (Warehouse-v1: "
                                                             "robot-0000, robot-0001, ...)")
     p.add_argument("--no-fly-zones", type=int, default=None, metavar="Z",
                    help="Nav2D and PixelNav2D only: zones per episode (default: the env's, 0 and 2)")
-    p.add_argument("--robots", type=int, default=None, help=f"Warehouse-v0 only: robots on the floor "
+    p.add_argument("--robots", type=int, default=None, help=f"Warehouse-v1 only: robots on the floor "
                                                             f"(default: {DEFAULT_ROBOTS})")
-    p.add_argument("--steps", type=int, default=None, help="Warehouse-v0 only: ticks per floor episode "
+    p.add_argument("--steps", type=int, default=None, help="Warehouse-v1 only: ticks per floor episode "
                                                            "(default: a whole floor episode)")
-    p.add_argument("--png", default=None, help="Warehouse-v0: draw the first floor episode's paths and contacts; "
+    p.add_argument("--png", default=None, help="Warehouse-v1: draw the first floor episode's paths and contacts; "
                                                f"camera envs: {PNG_FRAMES} frames of the first episode")
-    p.add_argument("--gif", default=None, help="Warehouse-v0 only: animate the first floor episode")
+    p.add_argument("--gif", default=None, help="Warehouse-v1 only: animate the first floor episode")
     p.add_argument("--proprio", action="store_true", default=None,
                    help="camera envs only: observe the velocity beside the frame (a Dict observation)")
     p.add_argument("--occlusion", type=float, default=None, metavar="P",
@@ -88,7 +88,7 @@ def _collect_agents(args: argparse.Namespace, episodes: int) -> tuple[Any, dict[
 
     for flag, value in (("--robots", args.robots), ("--steps", args.steps), ("--gif", args.gif)):
         if value is not None:
-            raise ValueError(f"{flag} is for Warehouse-v0 only, got it with --env {args.env}")
+            raise ValueError(f"{flag} is for Warehouse-v1 only, got it with --env {args.env}")
     policy = args.policy or "random"
     env_kwargs = {"num_no_fly_zones": args.no_fly_zones} if args.no_fly_zones is not None else {}
     env_kwargs.update(_camera_options(args))
@@ -111,7 +111,7 @@ def _camera_options(args: argparse.Namespace) -> dict[str, Any]:
     flags = {"--png": args.png, "--proprio": args.proprio, "--occlusion": args.occlusion}
     given = [flag for flag, value in flags.items() if value is not None]
     if given and space_spec(make_env(args.env), args.env).image_shape is None:
-        only = "Warehouse-v0 only (or an env that observes camera frames)" if given[0] == "--png" else \
+        only = "Warehouse-v1 only (or an env that observes camera frames)" if given[0] == "--png" else \
             "envs that observe camera frames only"
         raise ValueError(f"{given[0]} is for {only}, got it with --env {args.env}")
     options = {"proprio": args.proprio, "occlusion_prob": args.occlusion}

@@ -38,7 +38,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--prior-share", type=float, default=PlanConfig.prior_share, metavar="F",
                    help="share of each round's candidates that are the policy's rollouts (default: %(default)s)")
     p.add_argument("--no-shield", action="store_true",
-                   help="do not check actions against the zones (Warehouse-v0: the shelves)")
+                   help="do not check actions against the zones (Warehouse-v1: the shelves)")
     p.add_argument("--shield-horizon", type=int, default=EvalConfig.shield_horizon, metavar="HS",
                    help="steps the shield checks ahead (default: %(default)s)")
     p.add_argument("--breach-weight", type=float, default=BREACH_WEIGHT, metavar="W",
@@ -46,7 +46,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--seed", type=int, default=EvalConfig.seed)
     p.add_argument("--device", default="auto")
     p.add_argument("--png", default=None,
-                   help="write agents' paths (Nav2D) and planning latency, or the floor (Warehouse-v0), to this PNG")
+                   help="write agents' paths (Nav2D) and planning latency, or the floor (Warehouse-v1), to this PNG")
     add_plan_options(p)
     env_plan_defaults(p)
     add_warehouse_options(p)

@@ -1,6 +1,6 @@
-"""`wm eval` on Warehouse-v0: a fleet planner drives every robot of one floor at 10 Hz, the floor counts.
+"""`wm eval` on Warehouse-v1: a fleet planner drives every robot of one floor at 10 Hz, the floor counts.
 
-`wm eval` dispatches here when the model was trained on Warehouse-v0. The coordinated planner rolls
+`wm eval` dispatches here when the model was trained on Warehouse-v1. The coordinated planner rolls
 all robots out through a fleet model, each robot's samples against the others' plans; the baselines plan each robot through a per-agent model
 (``planners.fleet_baselines``). With ``--baseline-model`` both baselines run after the coordinated
 planner, on the same floor, seed and tasks. The coordinated planner's plans go through the fleet shield
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 COORDINATED, INDEPENDENT, CONSTANT_VELOCITY = "coordinated", "independent", "constant-velocity"
 FLEET_PLANNERS = (COORDINATED, INDEPENDENT, CONSTANT_VELOCITY)
-"""`--planner` on Warehouse-v0: joint planning through a fleet model, baselines (a) and (b) through a per-agent one."""
+"""`--planner` on Warehouse-v1: joint planning through a fleet model, baselines (a) and (b) through a per-agent one."""
 BASELINES = (INDEPENDENT, CONSTANT_VELOCITY)
 _LONE_AGENT_OPTIONS = {"agents": EvalConfig.agents, "episodes": EvalConfig.episodes, "objective": EvalConfig.objective,
                        "no_fly_zones": EvalConfig.no_fly_zones, "mode": EvalConfig.mode,
@@ -60,31 +60,31 @@ def env_plan_defaults(p: argparse.ArgumentParser) -> None:
     """After ``add_plan_options``: --planner again (``p`` resolves conflicts) with the fleet planners among its
     choices, and the env-dependent defaults marked as not given."""
     p.add_argument("--planner", choices=[*PLANNER_NAMES, *FLEET_PLANNERS], default=UnsetName(DEFAULT_PLANNER),
-                   help=f"(default: %(default)s; Warehouse-v0: {COORDINATED})")
+                   help=f"(default: %(default)s; Warehouse-v1: {COORDINATED})")
     p.set_defaults(**{name: Unset(getattr(DEFAULTS, name)) for name in ENV_DEPENDENT})
     p.set_defaults(**{_SHIELD_HORIZON: Unset(EvalConfig.shield_horizon)})
 
 
 def add_warehouse_options(p: argparse.ArgumentParser) -> None:
-    """The options only Warehouse-v0 takes (None: not given)."""
+    """The options only Warehouse-v1 takes (None: not given)."""
     p.add_argument("--robots", type=int, default=None,
-                   help=f"Warehouse-v0: robots on the floor (default: {DEFAULT_ROBOTS})")
+                   help=f"Warehouse-v1: robots on the floor (default: {DEFAULT_ROBOTS})")
     p.add_argument("--ticks", type=int, default=None,
-                   help="Warehouse-v0: floor steps of 0.1 s run (default: one floor episode)")
+                   help="Warehouse-v1: floor steps of 0.1 s run (default: one floor episode)")
     p.add_argument("--baseline-model", default=None, metavar="DIR",
-                   help="Warehouse-v0: a per-agent model; the two baselines run through it after the coordinated "
+                   help="Warehouse-v1: a per-agent model; the two baselines run through it after the coordinated "
                         "planner, on the same floor and tasks")
-    p.add_argument("--gif", default=None, help="Warehouse-v0: animate the run")
+    p.add_argument("--gif", default=None, help="Warehouse-v1: animate the run")
 
 
 def check_lone_agent_args(args: argparse.Namespace, env_id: str) -> None:
-    """Refuse the Warehouse-v0 options for a model of another env."""
+    """Refuse the Warehouse-v1 options for a model of another env."""
     for flag, value in (("--robots", args.robots), ("--ticks", args.ticks), ("--baseline-model", args.baseline_model),
                         ("--gif", args.gif)):
         if value is not None:
-            raise ValueError(f"{flag} is for Warehouse-v0 models only, got a {env_id} model")
+            raise ValueError(f"{flag} is for Warehouse-v1 models only, got a {env_id} model")
     if args.planner in FLEET_PLANNERS:
-        raise ValueError(f"--planner {args.planner} is for Warehouse-v0 models, got a {env_id} model")
+        raise ValueError(f"--planner {args.planner} is for Warehouse-v1 models, got a {env_id} model")
 
 
 def check_model_kind(name: str, model: WorldModel, flag: str = "--model") -> None:
@@ -116,7 +116,7 @@ def fleet_planner(name: str, model: WorldModel, costs: WarehouseCosts, cfg: Flee
 
 
 def run_warehouse(args: argparse.Namespace, model: WorldModel) -> dict[str, Any]:
-    """`wm eval` for a Warehouse-v0 model: the planner on one floor, then the baselines when asked; the result."""
+    """`wm eval` for a Warehouse-v1 model: the planner on one floor, then the baselines when asked; the result."""
     from planners.fleet_cem import FleetPlanConfig
     from planners.warehouse_costs import WarehouseCosts
     from worldmodel.envs.warehouse import EPISODE_STEPS, WarehouseFloor
@@ -198,10 +198,10 @@ def _check_floor_args(args: argparse.Namespace) -> None:
     """Refuse the options a floor does not take, and counts out of range, naming them."""
     for name, unset in _LONE_AGENT_OPTIONS.items():
         if getattr(args, name) != unset:
-            raise ValueError(f"--{name.replace('_', '-')} is for lone-agent envs, not Warehouse-v0 "
+            raise ValueError(f"--{name.replace('_', '-')} is for lone-agent envs, not Warehouse-v1 "
                              f"(it takes --robots, --ticks, --planner {'|'.join(FLEET_PLANNERS)})")
     if _planner(args) not in FLEET_PLANNERS:
-        raise ValueError(f"--planner {args.planner} plans lone agents; Warehouse-v0 takes "
+        raise ValueError(f"--planner {args.planner} plans lone agents; Warehouse-v1 takes "
                          f"{', '.join(FLEET_PLANNERS)}")
     for flag, value in (("--robots", args.robots), ("--ticks", args.ticks)):
         if value is not None and value < 1:

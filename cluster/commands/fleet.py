@@ -34,7 +34,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                    help="the fleet bus (`wm serve --redis`'s), e.g. redis://127.0.0.1:6379/0, with --transport redis")
     p.add_argument("--bus-prefix", default=d["bus_prefix"], help="name prefix of the bus's streams (the app's)")
     p.add_argument("--agents", type=int, default=d["agents"],
-                   help="N agents, each stepping its own env (Warehouse-v0: N robots on one floor, one site)")
+                   help="N agents, each stepping its own env (Warehouse-v1: N robots on one floor, one site)")
     p.add_argument("--hz", type=float, default=d["hz"], help="each agent's control rate")
     p.add_argument("--seconds", type=float, default=d["seconds"], help="how long to drive")
     p.add_argument("--env", default=d["env_id"], help="gymnasium id of the agents' env")
@@ -49,10 +49,10 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--retries", type=int, default=d["retries"],
                    help="retries after a connection error, timeout or 5xx (a 4xx is final)")
     p.add_argument("--floor-robots", type=int, default=d["floor_robots"], metavar="N",
-                   help="Warehouse-v0: the floor sized for N robots, as the endpoint serves it (`wm serve --robots`; "
+                   help="Warehouse-v1: the floor sized for N robots, as the endpoint serves it (`wm serve --robots`; "
                         "default: %(default)s)")
     p.add_argument("--batch", action="store_true",
-                   help="Warehouse-v0 over HTTP: each tick's robots as one POST /v1/plan/batch")
+                   help="Warehouse-v1 over HTTP: each tick's robots as one POST /v1/plan/batch")
     p.add_argument("--png", default=None, help="write latency over time, its histogram and a few agents' paths")
     p.add_argument("--seed", type=int, default=d["seed"])
     p.set_defaults(handler=run_fleet)
@@ -106,7 +106,7 @@ def _summary(result: FleetResult, config: FleetConfig) -> list[str]:
 
 
 def _floor_summary(result: FleetResult) -> list[str]:
-    """Warehouse-v0: what the floor counted."""
+    """Warehouse-v1: what the floor counted."""
     f = result.floor
     if f is None:
         return []

@@ -4,7 +4,7 @@
 The policy (``planners.policy.PolicyNet``) lands in ``MODEL_DIR/policy/`` with its own checksum and
 version; serving and planning load it from there as the fallback, the planning prior and for
 policy-only answers. Imagined rollouts start from the observations of the logs given with ``--data``
-(a Warehouse-v0 fleet model: from their whole floor ticks, every robot of a floor stepped jointly).
+(a Warehouse-v1 fleet model: from their whole floor ticks, every robot of a floor stepped jointly).
 """
 
 from __future__ import annotations

@@ -88,13 +88,13 @@ def add_serve_options(p: argparse.ArgumentParser) -> None:
                    help="Serve's HTTP proxy: haproxy (default, fast) or python (Serve's Python proxy)")
     p.add_argument("--planner", choices=PLANNER_NAMES, default=DEFAULT_PLANNER, help="(default: %(default)s)")
     p.add_argument("--horizon", type=int, default=None,
-                   help=f"(default: {PLAN.horizon}; Warehouse-v0 floors: {FLEET.horizon})")
+                   help=f"(default: {PLAN.horizon}; Warehouse-v1 floors: {FLEET.horizon})")
     p.add_argument("--samples", type=int, default=None,
-                   help=f"(default: {PLAN.samples}; Warehouse-v0 floors: {FLEET.samples})")
+                   help=f"(default: {PLAN.samples}; Warehouse-v1 floors: {FLEET.samples})")
     p.add_argument("--iterations", type=int, default=None,
                    help=f"CEM rounds per request (default: {PLAN.iterations}; 1 suffices with warm starts)")
     p.add_argument("--robots", type=int, default=None,
-                   help=f"Warehouse-v0: the served floor is the one sized for N robots (default: {DEFAULT_ROBOTS})")
+                   help=f"Warehouse-v1: the served floor is the one sized for N robots (default: {DEFAULT_ROBOTS})")
     add_planner_setting_option(p)
     p.add_argument("--deadline-ms", type=float, default=None,
                    help="deadline for requests that give none, from the request's arrival (default: the app's)")

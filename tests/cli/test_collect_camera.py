@@ -47,11 +47,11 @@ def test_collect_proprio_and_occlusion(capsys: pytest.CaptureFixture[str], tmp_p
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--env", "PixelNav2D-v0", "--gif", "x.gif"], "--gif is for Warehouse-v0 only"),
+    (["--env", "PixelNav2D-v0", "--gif", "x.gif"], "--gif is for Warehouse-v1 only"),
     (["--env", "Nav2D-v0", "--proprio"], "--proprio is for envs that observe camera frames only"),
-    (["--env", "Warehouse-v0", "--occlusion", "0.5"], "--occlusion is for envs that observe camera frames only"),
+    (["--env", "Warehouse-v1", "--occlusion", "0.5"], "--occlusion is for envs that observe camera frames only"),
     (["--env", "PixelNav2D-v0", "--occlusion", "2"], "occlusion_prob must be in [0, 1], got 2"),
-    (["--env", "Nav2D-v0", "--png", "x.png"], "--png is for Warehouse-v0 only (or an env that observes camera frames)"),
+    (["--env", "Nav2D-v0", "--png", "x.png"], "--png is for Warehouse-v1 only (or an env that observes camera frames)"),
 ])
 def test_collect_camera_errors_are_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path,
                                             args: list[str], message: str) -> None:

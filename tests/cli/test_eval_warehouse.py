@@ -1,4 +1,4 @@
-"""`wm eval` on Warehouse-v0: a fleet planner and the baselines on a tiny floor, through the commands a user types."""
+"""`wm eval` on Warehouse-v1: a fleet planner and the baselines on a tiny floor, through the commands a user types."""
 
 from __future__ import annotations
 
@@ -29,10 +29,10 @@ def models(warehouse_models: dict[str, str]) -> dict[str, str]:  # noqa: F811
 def test_coordinated_and_both_baselines_run_on_one_floor_and_draw_it(capsys: pytest.CaptureFixture[str],
                                                                      models: dict[str, str], tmp_path: Path) -> None:
     png, gif = tmp_path / "floor.png", tmp_path / "floor.gif"
-    code, out, _ = run_json(capsys, "eval", "--model", models["fleet"], "--env", "Warehouse-v0", *FLOOR,
+    code, out, _ = run_json(capsys, "eval", "--model", models["fleet"], "--env", "Warehouse-v1", *FLOOR,
                             "--baseline-model", models["agent"], "--png", str(png), "--gif", str(gif))
     assert code == 0, out
-    assert (out["planner"], out["robots"], out["ticks"], out["env"]) == ("coordinated", 4, 12, "Warehouse-v0")
+    assert (out["planner"], out["robots"], out["ticks"], out["env"]) == ("coordinated", 4, 12, "Warehouse-v1")
     assert out["settings"] == {"horizon": 4, "samples": 8, "iterations": FleetPlanConfig.iterations, "seed": 0}
     assert out["cem"]["elites"] == FLEET_CEM.elites
     assert set(out["baselines"]) == {"independent", "constant-velocity"}
@@ -59,7 +59,7 @@ def test_the_fleet_planners_own_defaults_apply_unless_given(capsys: pytest.Captu
     ("fleet", ["--baseline-model", "{fleet}"], "--baseline-model: --planner independent plans each robot"),
     ("fleet", ["--planner", "cem"], "--planner cem plans lone agents"),
     ("fleet", ["--agents", "3"], "--agents is for lone-agent envs"),
-    ("fleet", ["--env", "Nav2D-v0"], "is a model of Warehouse-v0"),
+    ("fleet", ["--env", "Nav2D-v0"], "is a model of Warehouse-v1"),
     ("fleet", ["--robots", "0"], "--robots must be >= 1"),
     ("agent", ["--planner", "independent", "--baseline-model", "{agent}"], "beside --planner coordinated"),
 ])
@@ -74,10 +74,10 @@ def test_wrong_models_and_options_are_one_line_errors(capsys: pytest.CaptureFixt
 def test_floor_options_are_refused_for_lone_agent_models() -> None:
     argv = ["eval", "--model", "m", "--robots", "4"]
     args = build_parser(argv).parse_args(argv)
-    with pytest.raises(ValueError, match="--robots is for Warehouse-v0 models only"):
+    with pytest.raises(ValueError, match="--robots is for Warehouse-v1 models only"):
         check_lone_agent_args(args, "Nav2D-v0")
     argv = ["eval", "--model", "m", "--planner", "coordinated"]
-    with pytest.raises(ValueError, match="--planner coordinated is for Warehouse-v0"):
+    with pytest.raises(ValueError, match="--planner coordinated is for Warehouse-v1"):
         check_lone_agent_args(build_parser(argv).parse_args(argv), "Nav2D-v0")
 
 

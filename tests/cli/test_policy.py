@@ -84,7 +84,7 @@ def test_policy_train_on_a_fleet_model_trains_robots_of_floors(ray_local, wareho
     code, out, err = run_json(capsys, "policy", "train", "--model", fleet, "--data", logs, *TINY[:2],
                               "--num-envs", "1", "--eval-episodes", "4")
     assert code == 0, err
-    assert out["env_id"] == "Warehouse-v0" and out["settings"]["num_envs"] == 1 and len(out["curve"]) == 1
+    assert out["env_id"] == "Warehouse-v1" and out["settings"]["num_envs"] == 1 and len(out["curve"]) == 1
     assert out["curve"][0]["env_steps"] == 4 * out["settings"]["steps_per_env"]  # one floor of 4 robots
     assert out["imagined"]["episodes"] == 4 and out["real"]["episodes"] == 4  # robots
     policy = load_policy(fleet)

@@ -10,9 +10,9 @@ from learners.learner import model_config_for
 
 
 def test_a_retrain_on_fleet_logs_trains_the_fleet_model_unless_told_otherwise() -> None:
-    assert model_config_for(None, "Warehouse-v0").dynamics == "fleet"
-    assert model_config_for({"hidden": 32, "dynamics": None}, "Warehouse-v0").dynamics == "fleet"
-    assert model_config_for({"dynamics": "ensemble"}, "Warehouse-v0").dynamics == "ensemble"
+    assert model_config_for(None, "Warehouse-v1").dynamics == "fleet"
+    assert model_config_for({"hidden": 32, "dynamics": None}, "Warehouse-v1").dynamics == "fleet"
+    assert model_config_for({"dynamics": "ensemble"}, "Warehouse-v1").dynamics == "ensemble"
     assert model_config_for({}, "Nav2D-v0").dynamics == "ensemble"
     with pytest.raises(ValueError, match="unknown field"):
         model_config_for({"widht": 3}, "Nav2D-v0")

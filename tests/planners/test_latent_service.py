@@ -79,7 +79,7 @@ def test_disagreement_past_the_threshold_falls_back_to_zero() -> None:
     ({"objectives": ["goal", "goal"]}, "unknown objective 'goal'"),
     ({"modes": ["policy", "plan"]}, "unknown mode 'policy'"),
     ({"constraints": {ZONES: np.zeros((2, 1, 3))}}, "exists for models with positions"),
-    ({"sites": ["a", None]}, "site is for Warehouse-v0 models"),
+    ({"sites": ["a", None]}, "site is for Warehouse-v1 models"),
 ])
 def test_what_a_latent_model_does_not_serve_is_named(kwargs: dict, message: str) -> None:
     planner = tiny_planner()

@@ -117,7 +117,7 @@ def test_what_a_floor_cannot_take_is_named(planner: WarehousePlanner, kwargs: di
 
 def test_lone_agent_models_refuse_sites(warehouse_models: dict[str, str]) -> None:  # noqa: F811
     lone = load_planner(warehouse_models["agent"])
-    with pytest.raises(ValueError, match="site is for Warehouse-v0"):
+    with pytest.raises(ValueError, match="site is for Warehouse-v1"):
         lone.plan(np.zeros((1, OBS_DIM), np.float32), sites=["a"])
 
 

@@ -1,4 +1,4 @@
-"""A warehouse floor served end to end: `wm fleet --env Warehouse-v0`'s driver against the real app on one Ray.
+"""A warehouse floor served end to end: `wm fleet --env Warehouse-v1`'s driver against the real app on one Ray.
 
 Every robot of the floor asks each tick (one request per robot over HTTP, the whole tick as one batch, or
 through the fleet bus on a real Redis); the robots of the site are planned jointly; the served transitions

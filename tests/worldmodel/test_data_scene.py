@@ -35,7 +35,7 @@ def test_build_defaults_scene_to_empty_and_broadcasts_a_scalar():
 def test_scene_round_trips_through_the_log(tmp_path):
     tr = make_transitions(40, seed=2)
     tr = with_scene(tr, np.array(["warehouse-0-0", "warehouse-0-1", ""], dtype=object)[np.arange(40) % 3])
-    write_transitions(str(tmp_path), tr, env_id="Warehouse-v0")
+    write_transitions(str(tmp_path), tr, env_id="Warehouse-v1")
     schema = pq.read_schema(next(tmp_path.rglob("*.parquet")))
     assert schema.field(sc.SCENE).type == pa.string() and schema.metadata[sc.META_SCHEMA_VERSION] == b"3"
     assert_equal(read_transitions(str(tmp_path)), sorted_rows(tr))

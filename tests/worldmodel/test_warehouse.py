@@ -1,4 +1,4 @@
-"""Warehouse-v0: contacts, shelves, tasks, humans, seeding, the floor plan and the gymnasium entry points."""
+"""Warehouse-v1: contacts, shelves, tasks, humans, seeding, the floor plan and the gymnasium entry points."""
 
 from __future__ import annotations
 

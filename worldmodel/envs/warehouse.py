@@ -1,4 +1,4 @@
-"""Warehouse-v0: a fleet of robots and some humans on a floor of shelves, stepped together.
+"""Warehouse-v1: a fleet of robots and some humans on a floor of shelves, stepped together.
 
 Each robot is a disc driven by a noisy acceleration in [-1, 1]^2; robots and humans that touch push
 each other apart and a robot's bumper halts it (so a robot's next state depends on its neighbours),
@@ -26,8 +26,8 @@ from gymnasium.vector.utils import batch_space
 from worldmodel.envs import warehouse_physics as physics
 from worldmodel.envs.warehouse_layout import Layout, draw_crossings, draw_starts, layout_for, nearest_crossings, project_out
 
-WAREHOUSE_ID = "Warehouse-v0"
-"""Gymnasium id of the warehouse floor."""
+WAREHOUSE_ID = "Warehouse-v1"
+"""Gymnasium id of the warehouse floor (v1: robots have bumpers, ``BUMPER``; v0's contact only averaged speeds)."""
 DEFAULT_ROBOTS = 50
 """N, the robots on a floor when nobody says: the issue's 50-robot floor (`wm collect`, `wm eval`, `wm serve`)."""
 DT = 0.1
@@ -255,7 +255,7 @@ ACTION_SPACE = spaces.Box(-1.0, 1.0, shape=(2,), dtype=np.float32)
 
 
 class WarehouseEnv(gym.Env[np.ndarray, np.ndarray]):
-    """One robot on a floor with humans: ``make_env("Warehouse-v0")``, the per-robot spaces."""
+    """One robot on a floor with humans: ``make_env("Warehouse-v1")``, the per-robot spaces."""
 
     metadata = {"render_modes": []}
 
@@ -278,7 +278,7 @@ class WarehouseEnv(gym.Env[np.ndarray, np.ndarray]):
 
 
 class WarehouseVectorEnv(VectorEnv):
-    """One floor as a VectorEnv, one sub-env per robot: ``gymnasium.make_vec("Warehouse-v0", num_envs=N)``.
+    """One floor as a VectorEnv, one sub-env per robot: ``gymnasium.make_vec("Warehouse-v1", num_envs=N)``.
 
     The floor's episode ends for every robot at once; the step after it resets the whole floor
     (NEXT_STEP autoreset: that step ignores the actions and returns the new first observations
