@@ -5,23 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
 from planners.latent_eval import LatentEvalConfig
-from worldmodel.latent import LatentConfig, LatentWorldModel
-from worldmodel.latent_artifact import LatentArtifact, save_latent_model
 
-from .helpers import run_json
-
-TINY = LatentConfig(image_shape=(32, 32, 3), latent=8, simnorm_group=4, members=2, hidden=16, depth=4)
+from .helpers import run_json, tiny_latent_dir
 
 
 @pytest.fixture
 def model_dir(tmp_path: Path) -> Path:
-    torch.manual_seed(0)
-    art = LatentArtifact(LatentWorldModel(TINY).eval(), version="0.1.0", env_id="PixelNav2D-v0",
-                         data_fingerprint="sha256:logs")
-    return save_latent_model(art, tmp_path / "latent")
+    return tiny_latent_dir(tmp_path)
 
 
 def test_agents_run_every_episode_at_the_models_image_size(capsys: pytest.CaptureFixture[str], model_dir: Path) -> None:

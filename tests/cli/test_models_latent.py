@@ -5,22 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
-from worldmodel.latent import LatentConfig, LatentWorldModel
-from worldmodel.latent_artifact import LatentArtifact, save_latent_model
-
-from .helpers import run_json
-
-TINY = LatentConfig(image_shape=(32, 32, 3), latent=8, simnorm_group=4, members=2, hidden=16, depth=4)
+from .helpers import run_json, tiny_latent_dir
 
 
 @pytest.fixture
 def model_dir(tmp_path: Path) -> Path:
-    torch.manual_seed(0)
-    art = LatentArtifact(LatentWorldModel(TINY).eval(), version="0.3.0", env_id="PixelNav2D-v0",
-                         data_fingerprint="sha256:logs")
-    return save_latent_model(art, tmp_path / "latent")
+    return tiny_latent_dir(tmp_path, version="0.3.0")
 
 
 def test_register_list_show_and_refuse_twice(capsys: pytest.CaptureFixture[str], tmp_path: Path,
