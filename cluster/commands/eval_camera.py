@@ -33,6 +33,9 @@ def run_camera(args: argparse.Namespace) -> dict[str, Any]:
 
     _check(args)
     artifact = load_latent_model(args.model, device=resolve_device(args.device))
+    env_id = artifact.spec.env_id
+    if args.env is not None and args.env != env_id:
+        raise ValueError(f"--env {args.env}: {args.model} is a camera model of {env_id}")
     given = {k: int(getattr(args, k)) for k in ENV_DEPENDENT if not isinstance(getattr(args, k), Unset)}
     plan = dataclasses.replace(LATENT_PLAN, **given, seed=args.seed)
     env = {"image_size": artifact.model.cfg.image_shape[0]}
@@ -43,7 +46,6 @@ def run_camera(args: argparse.Namespace) -> dict[str, Any]:
                            plan=plan, breach_weight=args.breach_weight, env=env)
     say = (lambda line: None) if args.json else (lambda line: print(line, file=sys.stderr, flush=True))
     res = run_latent(artifact.model, cfg, progress=say)
-    env_id = artifact.spec.env_id
     out = {"command": "eval", "kind": "latent", "model": args.model, "model_version": artifact.version,
            "env": env_id, "agents": args.agents, "episodes": len(res.success), "seed": args.seed,
            "first_episode_seed": cfg.seed, "settings": dataclasses.asdict(plan), "breach_weight": args.breach_weight,

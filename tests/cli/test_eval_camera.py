@@ -28,6 +28,7 @@ def test_agents_run_every_episode_at_the_models_image_size(capsys: pytest.Captur
 
 
 @pytest.mark.parametrize("flags, named", [(["--mode", "policy"], "--mode"), (["--planner", "mppi"], "--planner"),
+                                          (["--env", "Nav2D-v0"], "--env"),
                                           (["--robots", "5"], "--robots"), (["--episodes", "0"], "--episodes"),
                                           (["--breach-weight", "-1"], "--breach-weight")])
 def test_options_a_camera_model_does_not_take_are_refused_by_name(capsys: pytest.CaptureFixture[str], model_dir: Path,
