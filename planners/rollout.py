@@ -263,22 +263,26 @@ def _stepper(dynamics: torch.nn.Module, params: Params | None = None, n: int = 0
 
 
 class _Unfolded:
-    """Any dynamics module returning a ``Prediction``, behind ``FoldedDynamics``' two calls."""
+    """Any dynamics module returning a ``Prediction``, behind ``FoldedDynamics``' two calls. One that says it is
+    not ``probabilistic`` (a latent model's) draws its mean: no noise is made for it."""
 
     def __init__(self, dynamics: torch.nn.Module) -> None:
         self.dynamics = dynamics
+        self.deterministic = not getattr(dynamics, "probabilistic", True)
 
     def mean(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         return self.dynamics(obs, action).mean
 
     def noise(self, shape: tuple[int, ...], generator: torch.Generator | None,
-              like: torch.Tensor) -> torch.Tensor:
+              like: torch.Tensor) -> torch.Tensor | list[int]:
+        if self.deterministic:  # one placeholder per step: (H, E, R, S) of draws would be multiplied by zero
+            return [0] * shape[0]
         return torch.randn(shape, generator=generator, device=like.device, dtype=like.dtype)
 
-    def sample(self, obs: torch.Tensor, action: torch.Tensor, noise: torch.Tensor, want_mean: bool = True,
+    def sample(self, obs: torch.Tensor, action: torch.Tensor, noise: torch.Tensor | int, want_mean: bool = True,
                out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         pred = self.dynamics(obs, action)
-        return pred.mean, pred.sample(noise)
+        return pred.mean, pred.mean if self.deterministic else pred.sample(noise)  # type: ignore[arg-type]
 
 
 def deal_rows(x: torch.Tensor, members: int, pad: int) -> torch.Tensor:
