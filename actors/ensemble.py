@@ -47,7 +47,7 @@ class EnsembleWorker:
              sites: list[str | None] | None = None, rewards: list[RewardArtifact | None] | None = None) -> PlanBatch:
         """See ``FleetPlanner.plan``; the answer names the version that planned it."""
         service = self.service  # the version current when the call started answers it
-        if hidden is not None and not (service.recurrent and hidden.shape[-1] == service.model.dynamics.state_size):
+        if hidden is not None and not (service.recurrent and hidden.shape[-1] == service.hidden_size):
             hidden = None  # states from another version (after a switch, or production's for a shadow): start fresh
         named = {} if rewards is None else {"rewards": rewards}  # lone agents only: floors have no learned reward
         return service.plan(obs, warm_start, objectives, constraints, budget_ms, hidden, modes, sites, **named)

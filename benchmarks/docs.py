@@ -28,6 +28,7 @@ from benchmarks.docs_export import export_fields, export_headline
 from benchmarks.docs_safety import safety_fields, safety_headline
 from benchmarks.docs_text import machine_facts, table
 from benchmarks.docs_uncertainty import uncertainty_fields, uncertainty_headline
+from benchmarks.docs_perception import perception_fields, perception_headline
 from benchmarks.docs_warehouse import warehouse_fields, warehouse_headline
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -86,6 +87,8 @@ PAGES = (
          "python -m benchmarks.export", export_fields, export_headline),
     Page("uncertainty", "Uncertainty: ensemble against MC dropout", "uncertainty.json",
          "python -m benchmarks.uncertainty", uncertainty_fields, uncertainty_headline),
+    Page("perception", "Perception: camera agents through a latent world model", "perception.json",
+         "python -m benchmarks.perception", perception_fields, perception_headline),
     Page("gpu", "GPU check", "gpu_check/gpu_check.json", "bash benchmarks/gpu_check.sh", gpu_fields, gpu_headline),
 )
 

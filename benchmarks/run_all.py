@@ -11,7 +11,7 @@ import sys
 
 BENCHMARKS = ["model_fit", "nav2d_closed_loop", "defaults_nav2d", "plan_throughput", "pendulum_mbrl", "serve_fleet",
               "ingest", "fleet_bus", "safety", "warehouse", "export",
-              "uncertainty"]
+              "uncertainty", "perception"]
 """Modules of ``benchmarks/``, in the order `make bench` runs them."""
 
 

@@ -147,10 +147,10 @@ def _run_group(model: LatentWorldModel, planner: CEMPlanner, cfg: LatentEvalConf
     running = np.ones(n, bool)
     success, zone_steps, steps = np.zeros(n, bool), np.zeros(n, np.int64), np.zeros(n, np.int64)
     start, t = time.perf_counter(), 0
+    z = model.encode(torch.from_numpy(stacks).to(planner.device))  # (N, Z): every agent at once
     while running.any() and t < cfg.steps:
         rows = np.flatnonzero(running)
-        z = model.encode(torch.from_numpy(stacks[rows]).to(planner.device))  # (N', Z): every running agent at once
-        result: PlanResult = planner.plan(z, warm_start=plans[rows])
+        result: PlanResult = planner.plan(z[rows], warm_start=plans[rows])
         plans[rows] = shift_plan(result.plan)
         actions = result.actions.cpu().numpy()  # (N', A)
         for i, action in zip(rows, actions):  # the envs step one by one; the model saw them together
@@ -160,22 +160,37 @@ def _run_group(model: LatentWorldModel, planner: CEMPlanner, cfg: LatentEvalConf
             zone_steps[i] += bool(info["violation"])
             success[i] |= bool(info["is_success"])
             running[i] = not done
+        new = torch.from_numpy(stacks[rows]).to(planner.device)
+        # a recurrent model filters (its last latent, the action taken, the new frames); others encode the frames
+        z[rows] = model.filter(z[rows], result.actions, new) if model.cfg.recurrent else model.encode(new)
         t += 1
     return (success, zone_steps, steps), time.perf_counter() - start, t
 
 
-def position_probe(model: LatentWorldModel, stacks: np.ndarray, positions: np.ndarray,
-                   train_share: float = 0.8) -> tuple[float, float]:
-    """Diagnostics only: a linear least-squares readout of position from the latent, fitted after training
-    on the first ``train_share`` of the rows and scored on the rest.
+@torch.no_grad()
+def episode_latents(model: LatentWorldModel, frames: np.ndarray, actions: np.ndarray) -> np.ndarray:
+    """Diagnostics only: the latent planning would start from at every frame of Ep episodes: each frame stack's
+    encoding, or for a recurrent model the filter run from each episode's first frame under its actions.
 
-    Args: stacks (B, F, H, W, C) uint8; positions (B, 2) true positions. Returns (R^2, RMSE) on held-out rows.
-    """
-    with torch.no_grad():
-        z = torch.cat([model.encode(torch.from_numpy(c)) for c in np.array_split(stacks, max(1, len(stacks) // 256))])
-    x = np.concatenate([z.numpy().astype(np.float64), np.ones((len(z), 1))], 1)  # (B, Z+1)
+    Args: frames (Ep, T+1, H, W, C) uint8; actions (Ep, T, A). Returns (Ep, T+1, Z)."""
+    from worldmodel.latent_training import frame_stacks
+
+    ep, t1 = frames.shape[:2]
+    index = np.arange(ep)
+    stacks = lambda t: torch.from_numpy(frame_stacks(frames, index, np.full(ep, t), model.cfg.frames))  # noqa: E731
+    z = [model.encode(stacks(0))]
+    for t in range(1, t1):
+        z.append(model.filter(z[-1], torch.from_numpy(actions[:, t - 1]), stacks(t)) if model.cfg.recurrent
+                 else model.encode(stacks(t)))
+    return torch.stack(z, 1).numpy()
+
+
+def linear_probe(latents: np.ndarray, targets: np.ndarray, train_share: float = 0.8) -> tuple[float, float]:
+    """Diagnostics only: a linear least-squares readout of ``targets`` (B, D) from ``latents`` (B, Z), fitted after
+    training on the first ``train_share`` of the rows and scored on the rest: (R^2, RMSE) on those."""
+    x = np.concatenate([latents.astype(np.float64), np.ones((len(latents), 1))], 1)  # (B, Z+1)
     cut = int(len(x) * train_share)
-    w, *_ = np.linalg.lstsq(x[:cut], positions[:cut], rcond=None)
-    err = x[cut:] @ w - positions[cut:]
-    r2 = 1 - err.var(0).sum() / positions[cut:].var(0).sum()
+    w, *_ = np.linalg.lstsq(x[:cut], targets[:cut], rcond=None)
+    err = x[cut:] @ w - targets[cut:]
+    r2 = 1 - err.var(0).sum() / targets[cut:].var(0).sum()
     return float(r2), float(np.sqrt((err ** 2).sum(1).mean()))

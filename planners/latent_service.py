@@ -2,7 +2,8 @@
 
 The served planners' interface (``planners.service.FleetPlanner``: ``plan``, ``explain``, ``describe``,
 ``warmup``, ``score``), for a latent artifact (``worldmodel.latent_artifact``). One call encodes the N agents'
-frame stacks in one encoder batch, then CEM searches the latent space for all of them at once
+frame stacks in one encoder batch (for a recurrent model, corrected from each agent's predicted latent, which
+travels as its hidden state), then CEM searches the latent space for all of them at once
 (``planners.latent_eval.latent_planner``: the model's reward and breach heads score the plans). Where the
 members disagree past ``PlanConfig.disagreement_threshold`` the fallback (the zero action) acts, as for vector
 models. Observations are pixels, so the state constraints (zones, box, speed) have nothing to read: only the
@@ -43,8 +44,6 @@ class LatentPlanner:
         breach_weight: cost of a predicted breach (0: plan for the reward alone).
     """
 
-    recurrent = False
-    """Frame stacks carry the history: no hidden state travels with requests."""
     zones = False
     fallback_source = "zero"
 
@@ -54,6 +53,11 @@ class LatentPlanner:
         if self.cfg.planner != "cem":
             raise ValueError(f"latent models plan with 'cem', got planner {self.cfg.planner!r}")
         self.latent = artifact.model.eval()
+        self.recurrent = self.latent.cfg.recurrent
+        """A recurrent latent model (``LatentConfig.recurrent``): each agent's predicted latent travels as its
+        hidden state (Z,) and the next request's frames correct it; otherwise the frame stack is all the history."""
+        self.hidden_size = self.latent.cfg.state_dim if self.recurrent else 0
+        """Entries of one agent's hidden state (Z; 0 without one)."""
         cem = settings_arguments("cem", self.cfg.settings).get("cem", CEMConfig())
         self.planner: BasePlanner = latent_planner(self.latent, self.cfg.plan, cem, breach_weight)
 
@@ -128,15 +132,22 @@ class LatentPlanner:
             objectives: per agent 'learned' (the one objective); modes: per agent 'plan'.
             constraints: ``ACTION_LOW`` / ``ACTION_HIGH`` only (N, A).
             budget_ms: hard time budget of the call (the config's when None).
-            hidden, sites, rewards: none apply to latent models (ignored hidden; sites and rewards refused).
+            hidden: recurrent models: (N, Z) each agent's predicted latent from its last request (NaN rows, or
+                another shape: none, the frames alone); ignored otherwise.
+            sites, rewards: none apply to latent models (refused).
 
         Returns:
-            the ``PlanBatch``: trajectories are (N, Hz+1, Z) latents, ``hidden`` None.
+            the ``PlanBatch``: trajectories are (N, Hz+1, Z) latents; ``hidden`` (N, Z) the members' mean
+            prediction of each agent's next latent under its action (recurrent models), else None.
         """
         start = time.perf_counter()
         n = len(obs)
         self._check(n, objectives, modes, sites, rewards)
         z = self.encode(obs)  # (N, Z): every agent in one encoder call
+        if self.recurrent and hidden is not None and np.shape(hidden) == tuple(z.shape):
+            prior = torch.as_tensor(np.asarray(hidden, np.float32), device=z.device)
+            known = ~torch.isnan(prior).any(-1, keepdim=True)  # (N, 1): a fresh agent starts from its frames
+            z = torch.where(known, self.latent.correct(torch.nan_to_num(prior), z), z)
         params = constraint_params(constraints, n, z.device, states=False)
         h, a = self.horizon, self.model.spec.act_dim
         start_plan = self.planner.initial_plan(n)  # (N, Hz, A)
@@ -149,7 +160,11 @@ class LatentPlanner:
         result = self.planner.plan(z, params, warm_start=start_plan, budget_ms=budget)
         out = empty_batch(n, h, self.latent.cfg.state_dim, a)
         fill(out, np.arange(n), result)
-        return PlanBatch(**out, hidden=None, iterations=result.iterations,
+        after = None
+        if self.recurrent:  # what the frames of the next request will correct
+            actions = torch.as_tensor(out["actions"], device=z.device)
+            after = self.latent.next(z, actions).mean(0).cpu().numpy()  # (N, Z)
+        return PlanBatch(**out, hidden=after, iterations=result.iterations,
                          elapsed_ms=(time.perf_counter() - start) * 1000, model_version=self.version,
                          fallback_source=self.fallback_source)
 

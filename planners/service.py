@@ -67,6 +67,8 @@ class FleetPlanner:
         self.zones = model.spec.env_id == NAV2D_ID
         self.recurrent = is_recurrent(model.dynamics)
         """A GRU model: each agent's hidden state comes in with its request and goes back updated."""
+        self.hidden_size = model.dynamics.state_size if self.recurrent else 0
+        """Entries of one agent's hidden state (E*Hd; 0 without one)."""
         spec = model.spec
         if policy is not None and (policy.obs_dim, policy.act_dim) != (spec.obs_dim, spec.act_dim):
             raise ValueError(f"the policy's (S, A) = ({policy.obs_dim}, {policy.act_dim}) do not match model "

@@ -80,6 +80,7 @@ class WarehousePlanner:
     """
 
     recurrent = False
+    hidden_size = 0
 
     def __init__(self, model: WorldModel, cfg: ServiceConfig | None = None, policy: PolicyNet | None = None,
                  shield: FleetShieldConfig = FleetShieldConfig()) -> None:

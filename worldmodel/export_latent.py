@@ -51,9 +51,19 @@ class _Heads(nn.Module):
         return self.model.reward(z), self.model.breach_logit(z)
 
 
+class _Correct(nn.Module):
+    def __init__(self, model: LatentWorldModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, prior: torch.Tensor, encoded: torch.Tensor) -> tuple[torch.Tensor]:
+        return (self.model.correct(prior, encoded),)
+
+
 def latent_graphs(model: LatentWorldModel) -> list[Graph]:
     """encoder: stacks (B, F, H, W, C) uint8 -> z (B, Z); dynamics: z (B, Z), action (B, A) -> next_z (E, B, Z);
-    heads: z (B, Z) -> reward (B,), breach_logit (B,)."""
+    heads: z (B, Z) -> reward (B,), breach_logit (B,); a recurrent model's filter too: prior (B, Z) (the members'
+    mean next_z), encoded (B, Z) -> z (B, Z)."""
     cfg = model.cfg
     f, (h, w, c), a, e = cfg.frames, cfg.image_shape, cfg.act_dim, cfg.members
 
@@ -67,9 +77,16 @@ def latent_graphs(model: LatentWorldModel) -> list[Graph]:
     def latent_actions(b: int, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
         return latents(b, gen), torch.rand(b, a, generator=gen) * 2 - 1  # actions in [-1, 1]^A
 
+    def priors_encodings(b: int, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
+        with torch.no_grad():
+            return model.next(*latent_actions(b, gen)).mean(0), latents(b, gen)
+
     z = latents(1, torch.Generator().manual_seed(0)).shape[-1]
     encoder, step, heads = _Encoder(model).eval(), _Next(model).eval(), _Heads(model).eval()
-    return [
+    correct = _Correct(model).eval()
+    filtered = [Graph("filter", correct, ("prior", "encoded"), ("z",),
+                      {"prior": ["B", z], "encoded": ["B", z], "z": ["B", z]}, priors_encodings, correct.forward)]
+    return (filtered if cfg.recurrent else []) + [
         Graph("encoder", encoder, ("stacks",), ("z",), {"stacks": ["B", f, h, w, c], "z": ["B", z]}, stacks,
               encoder.forward),
         Graph("dynamics", step, ("z", "action"), ("next_z",),

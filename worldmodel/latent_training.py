@@ -168,13 +168,22 @@ class LatentTrainConfig:
     first learns to see the agent and the goal, which consistency alone would let collapse."""
     grad_clip: float = 20.0
     """Gradient norm clip."""
+    sequences: int = 16
+    """Recurrent models: sequences per step (each ``burn_in + window + horizon`` frame stacks)."""
+    window: int = 16
+    """Recurrent models: steps of each sequence whose filtered latents train."""
+    burn_in: int = 8
+    """Recurrent models: steps filtered before the window, not trained, so the filter has settled; a sequence
+    that starts its episode trains from its first step (its first latent is exact: the agent is at rest)."""
     seed: int = 0
     """Seed of batch sampling and initialisation."""
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch", "horizon"):
+        for name in ("steps", "batch", "horizon", "sequences", "window"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        if self.burn_in < 0:
+            raise ValueError(f"burn_in must be >= 0, got {self.burn_in!r}")
         if not 0 < self.rho <= 1 or not self.lr > 0:
             raise ValueError(f"rho must be in (0, 1] and lr > 0, got rho={self.rho}, lr={self.lr}")
 
@@ -190,12 +199,17 @@ class LatentBatch:
     rewards: torch.Tensor
     breach: torch.Tensor
     valid: torch.Tensor
+    first: torch.Tensor
+    """(B,) bool: the sub-sequence starts its episode (its first stack is the episode's first frame)."""
 
 
-def sample_batch(data: Episodes, frames: int, batch: int, horizon: int, rng: np.random.Generator) -> LatentBatch:
-    """B sub-sequences starting at uniform steps of uniform episodes (steps past an end are masked)."""
+def sample_batch(data: Episodes, frames: int, batch: int, horizon: int, rng: np.random.Generator,
+                 before: int = 0) -> LatentBatch:
+    """B sub-sequences starting at uniform steps of uniform episodes (steps past an end are masked); with
+    ``before``, starts are drawn from ``before`` steps ahead of each episode too and moved to its start, so
+    that many more sequences start an episode (``first`` says which)."""
     episode = rng.integers(len(data), size=batch)  # (B,)
-    start = (rng.random(batch) * data.lengths[episode]).astype(np.int64)
+    start = np.maximum((rng.random(batch) * (data.lengths[episode] + before)).astype(np.int64) - before, 0)
     t = start[None] + np.arange(horizon + 1)[:, None]  # (L+1, B)
     ep = np.broadcast_to(episode, t.shape)
     arrived = t - 1  # (L+1, B): the step that arrived at each stack
@@ -205,7 +219,27 @@ def sample_batch(data: Episodes, frames: int, batch: int, horizon: int, rng: np.
     as_t = torch.from_numpy
     return LatentBatch(as_t(frame_stacks(data.frames, ep, t, frames)), as_t(data.actions[ep[1:], step[1:]]),
                        as_t(data.rewards[ep, step]), as_t(data.breach[ep, step]),
-                       as_t(valid.astype(np.float32)))
+                       as_t(valid.astype(np.float32)), as_t(start == 0))
+
+
+def sample_for(model: LatentWorldModel, data: Episodes, cfg: "LatentTrainConfig", rng: np.random.Generator,
+               horizon: int | None = None) -> LatentBatch:
+    """The batch ``model``'s loss trains on: ``cfg.batch`` sub-sequences of ``horizon`` (default ``cfg.horizon``)
+    steps, or for a recurrent model ``cfg.sequences`` sequences long enough for its burn-in, window and
+    rollouts (``horizon`` 0: the warm-up's single stacks, either kind)."""
+    horizon = cfg.horizon if horizon is None else horizon
+    if model.cfg.recurrent and horizon:
+        return sample_batch(data, model.cfg.frames, cfg.sequences, cfg.burn_in + cfg.window + horizon - 1, rng,
+                            before=cfg.burn_in)
+    return sample_batch(data, model.cfg.frames, cfg.batch, horizon, rng)
+
+
+def loss_for(model: LatentWorldModel, b: LatentBatch, cfg: "LatentTrainConfig", pos_weight: float = 1.0
+             ) -> tuple[torch.Tensor, dict[str, float]]:
+    """``filter_loss`` for a recurrent model's sequences, ``latent_loss`` otherwise (and for the warm-up)."""
+    if model.cfg.recurrent and len(b.actions):
+        return filter_loss(model, b, cfg, pos_weight)
+    return latent_loss(model, b, cfg, pos_weight)
 
 
 def latent_loss(model: LatentWorldModel, b: LatentBatch, cfg: LatentTrainConfig, pos_weight: float = 1.0
@@ -228,12 +262,7 @@ def latent_loss(model: LatentWorldModel, b: LatentBatch, cfg: LatentTrainConfig,
     flags, breach_weights = torch.nan_to_num(b.breach), weights * known
 
     def heads(latent: torch.Tensor, j: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Weighted reward and breach losses of latents (X, B, Z) at step j, mean over X."""
-        reward = (model.reward_head(latent) - reward_n[j]).square()
-        logit = model.breach_logit(latent)
-        breach = F.binary_cross_entropy_with_logits(logit, flags[j].expand_as(logit), pos_weight=pos,
-                                                    reduction="none")
-        return (reward * weights[j]).sum(-1).mean(), (breach * breach_weights[j]).sum(-1).mean()
+        return head_losses(model, latent, reward_n[j], flags[j], weights[j], breach_weights[j], pos)
 
     reward, breach = heads(z[None], 0)
     consistency = torch.zeros(())
@@ -245,6 +274,72 @@ def latent_loss(model: LatentWorldModel, b: LatentBatch, cfg: LatentTrainConfig,
         for latent in (z, target[j - 1][None]):
             r, v = heads(latent, j)
             reward, breach = reward + r, breach + v
+    total = cfg.consistency * consistency + cfg.reward * reward + cfg.breach * breach
+    return total, {"consistency": consistency.item(), "reward": reward.item(), "breach": breach.item()}
+
+
+def head_losses(model: LatentWorldModel, latent: torch.Tensor, reward_n: torch.Tensor, flags: torch.Tensor,
+                weights: torch.Tensor, breach_weights: torch.Tensor, pos: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weighted reward and breach losses of latents (X, R, Z) against standardised rewards and flags (R,): summed
+    over the R rows with ``weights`` (R,) (``breach_weights`` for the flag), mean over X."""
+    reward = (model.reward_head(latent) - reward_n).square()
+    logit = model.breach_logit(latent)
+    breach = F.binary_cross_entropy_with_logits(logit, flags.expand_as(logit), pos_weight=pos, reduction="none")
+    return (reward * weights).sum(-1).mean(), (breach * breach_weights).sum(-1).mean()
+
+
+def filter_loss(model: LatentWorldModel, b: LatentBatch, cfg: LatentTrainConfig, pos_weight: float = 1.0
+                ) -> tuple[torch.Tensor, dict[str, float]]:
+    """A recurrent model's loss on sequences (``sample_for``): (total, its parts as floats).
+
+    The encoder reads every stack of the sequences in one call; the filter (``LatentWorldModel.correct``)
+    runs through them, gradients flowing back through time; from every filtered latent of the window the
+    members roll ``cfg.horizon`` steps forward at once, and the loss is ``latent_loss``'s: their latents match
+    the stop-gradient encodings of the stacks that followed (the raw encodings, never the filtered ones: a
+    filter that ignored its frames would match its own predictions perfectly), and the heads read the
+    filtered latents and the members' ones. Steps of the burn-in train nothing unless the sequence starts its
+    episode. Shapes: ``T`` filtered steps (burn-in and window), ``B`` sequences, ``h`` horizon.
+    """
+    h, m = cfg.horizon, model.cfg.moving
+    bsz = b.actions.shape[1]
+    steps = b.stacks.shape[0] - h  # T
+    burn = min(cfg.burn_in, steps)
+
+    def encode(stacks: torch.Tensor) -> torch.Tensor:  # (X, B, F, H, W, C) -> (X, B, Z)
+        return model.encode(stacks.flatten(0, 1)).view(len(stacks), bsz, -1)
+
+    # The encoder learns from the window's stacks; the burn-in's only start the filter and the last h are only
+    # targets: encoded without gradient, which halves the cost of a step.
+    with torch.no_grad():
+        burn_in, tail = encode(b.stacks[:burn]), encode(b.stacks[steps:])
+    encoded = torch.cat([burn_in, encode(b.stacks[burn:steps]), tail])  # (T+h, B, Z)
+    latents = [encoded[0]]
+    for t in range(1, steps):  # the filter, step by step: every sequence at once
+        latents.append(model.correct(model.next(latents[-1], b.actions[t - 1]).mean(0), encoded[t]))
+    z = torch.stack(latents)  # (T, B, Z)
+    trained = ((torch.arange(steps) >= cfg.burn_in)[:, None] | b.first[None]).float()  # (T, B)
+    target = encoded.detach()[..., :m]  # (T+h, B, moving)
+    reward_n = model.reward_norm(b.rewards[..., None])[..., 0]  # (T+h, B)
+    known = ~torch.isnan(b.breach)
+    flags, pos = torch.nan_to_num(b.breach), torch.tensor(pos_weight)
+    # weights[j] for the latents reached j steps after each filtered one (j = 0: the filtered latents themselves)
+    weights = torch.stack([cfg.rho ** j * b.valid[j:j + steps] * trained for j in range(h + 1)])  # (h+1, T, B)
+    weights = weights / weights[1:].sum().clamp_min(1.0)
+    rows = lambda x: x.flatten(0, 1)  # noqa: E731  (T, B, ...) -> (T*B, ...)
+
+    def heads(latent: torch.Tensor, j: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return head_losses(model, latent, rows(reward_n[j:j + steps]), rows(flags[j:j + steps]), rows(weights[j]),
+                           rows(weights[j] * known[j:j + steps]), pos)
+
+    reward, breach = heads(rows(z)[None], 0)
+    consistency, y = torch.zeros(()), rows(z)
+    for j in range(1, h + 1):  # every filtered latent rolls forward at once
+        y = model.next(y, rows(b.actions[j - 1:j - 1 + steps]))  # (E, T*B, Z)
+        moved = (y[..., :m] - rows(target[j:j + steps])).square().mean(-1)  # (E, T*B)
+        consistency = consistency + (moved * rows(weights[j])).sum(-1).mean()
+        r, v = heads(y, j)
+        reward, breach = reward + r, breach + v
     total = cfg.consistency * consistency + cfg.reward * reward + cfg.breach * breach
     return total, {"consistency": consistency.item(), "reward": reward.item(), "breach": breach.item()}
 
@@ -282,8 +377,8 @@ def train_latent(model: LatentWorldModel, data: Episodes, cfg: LatentTrainConfig
     model.train()
     while step < cfg.steps and (cfg.cpu_seconds is None or time.process_time() - cpu_start < cfg.cpu_seconds):
         step += 1
-        batch = sample_batch(data, model.cfg.frames, cfg.batch, 0 if step <= cfg.warmup else cfg.horizon, rng)
-        loss, parts = latent_loss(model, batch, cfg if step > cfg.warmup else warm, pos_weight)
+        batch = sample_for(model, data, cfg, rng, 0 if step <= cfg.warmup else None)
+        loss, parts = loss_for(model, batch, cfg if step > cfg.warmup else warm, pos_weight)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)

@@ -29,7 +29,9 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                    help=f"episodes to collect; Warehouse-v1: floor episodes of every robot (default: "
                         f"{DEFAULT_EPISODES}, Warehouse-v1 {DEFAULT_FLOOR_EPISODES})")
     p.add_argument("--out", required=True, help="log directory or URI (appended to)")
-    p.add_argument("--policy", default=None, help="behaviour policy: random; Warehouse-v1 also task (its default)")
+    p.add_argument("--policy", default=None, help="behaviour policy: random (uniform actions), held (uniform "
+                   "actions held for a few steps: random play that reaches speed); Warehouse-v1 also task (its "
+                   "default)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--agent-id", default="agent-0000", help="agent id written with every row (Warehouse-v1: "
                                                             "robot-0000, robot-0001, ...)")

@@ -206,7 +206,7 @@ def held_out_losses(model: Any, held: Any, cfg: Any) -> dict[str, float]:
     import numpy as np
     import torch
 
-    from worldmodel.latent_training import latent_loss, sample_batch
+    from worldmodel.latent_training import loss_for, sample_for
 
     if len(held) == 0:
         return {}
@@ -214,7 +214,6 @@ def held_out_losses(model: Any, held: Any, cfg: Any) -> dict[str, float]:
     model.eval()
     with torch.no_grad():
         for _ in range(HELD_OUT_BATCHES):
-            batch = sample_batch(held, model.cfg.frames, cfg.batch, cfg.horizon, rng)
-            for k, v in latent_loss(model, batch, cfg)[1].items():
+            for k, v in loss_for(model, sample_for(model, held, cfg, rng), cfg)[1].items():
                 sums[k] = sums.get(k, 0.0) + v / HELD_OUT_BATCHES
     return {k: round(v, 6) for k, v in sums.items()}

@@ -3,12 +3,14 @@ the breach head steers it around a fence), then the closed loop on PixelNav2D at
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
 from planners.config import PlanConfig
-from planners.latent_eval import LatentEvalConfig, latent_planner, position_probe, run_latent
+from planners.latent_eval import LatentEvalConfig, episode_latents, latent_planner, linear_probe, run_latent
 from worldmodel.latent import LatentConfig, LatentWorldModel
 
 TOY = LatentConfig(image_shape=(32, 32, 3), latent=8, simnorm_group=4, members=3, hidden=16, depth=4)
@@ -67,27 +69,44 @@ def test_the_breach_head_steers_plans_around_the_fence(weight: float, crosses: b
     assert torch.linalg.vector_norm(path[-1] - GOAL) < 1.0  # and still gets near the goal
 
 
-def test_closed_loop_smoke_on_pixels() -> None:
+@pytest.mark.parametrize("recurrent", [False, True])
+def test_closed_loop_smoke_on_pixels(recurrent: bool) -> None:
     torch.manual_seed(0)
-    model = LatentWorldModel(TOY)
+    model = LatentWorldModel(dataclasses.replace(TOY, recurrent=recurrent, frames=2 if recurrent else TOY.frames))
+    calls = {"encode": 0, "filter": 0}
+    for name in calls:  # count the calls: one per step for all running agents, filter instead of encode if recurrent
+        method = getattr(model, name)
+        setattr(model, name, lambda *a, _m=method, _n=name: calls.__setitem__(_n, calls[_n] + 1) or _m(*a))
     cfg = LatentEvalConfig(episodes=3, agents=2, steps=3, plan=PlanConfig(horizon=3, samples=4),
                            env={"image_size": 32})
     result = run_latent(model, cfg)
     assert result.success.shape == result.zone_steps.shape == result.steps.shape == (3,)
     assert (result.steps <= 3).all() and result.ms_per_step > 0
     assert "3 episodes" in result.summary()
+    steps = 3 + 3  # two groups of agents (2, then 1), 3 steps each
+    # filter encodes inside, so encode counts its calls too when recurrent
+    assert calls == ({"encode": 2 + steps, "filter": steps} if recurrent else {"encode": 2 + steps, "filter": 0})
 
 
-def test_position_probe_reads_a_linear_latent() -> None:
-    class Linear(LatentWorldModel):
-        def encode(self, stacks: torch.Tensor) -> torch.Tensor:
-            return stacks[:, 0, 0, :2, 0].float()  # two pixels hold the position
-
-    positions = np.random.default_rng(0).uniform(0, 100, size=(200, 2)).round()
-    stacks = np.zeros((200, TOY.frames, 32, 32, 3), np.uint8)
-    stacks[:, 0, 0, :2, 0] = positions
-    r2, rmse = position_probe(Linear(TOY), stacks, positions)
+def test_the_probe_reads_a_linear_latent_and_episode_latents_follow_the_model() -> None:
+    positions = np.random.default_rng(0).uniform(0, 100, size=(200, 2))
+    latents = np.concatenate([positions * 3 + 1, np.random.default_rng(1).normal(size=(200, 3))], 1)
+    r2, rmse = linear_probe(latents, positions)
     assert r2 > 0.999 and rmse < 1e-6
+    assert linear_probe(latents[:, 2:], positions)[0] < 0.1  # noise alone reads nothing
+    torch.manual_seed(0)
+    frames = np.random.default_rng(2).integers(0, 256, (2, 4, 32, 32, 3), dtype=np.uint8)  # 2 episodes, 3 steps
+    actions = np.zeros((2, 3, 2), np.float32)
+    for recurrent in (False, True):
+        model = LatentWorldModel(dataclasses.replace(TOY, recurrent=recurrent, frames=2)).eval()
+        z = episode_latents(model, frames, actions)
+        assert z.shape == (2, 4, model.cfg.state_dim)
+        with torch.no_grad():
+            first = model.encode(torch.from_numpy(np.repeat(frames[:, :1], 2, 1)))
+            second = model.encode(torch.from_numpy(frames[:, :2]))
+            if recurrent:
+                second = model.filter(first, torch.zeros(2, 2), torch.from_numpy(frames[:, :2]))
+        assert np.allclose(z[:, 0], first.numpy(), atol=1e-5) and np.allclose(z[:, 1], second.numpy(), atol=1e-5)
 
 
 def test_eval_config_checks_its_counts() -> None:

@@ -105,3 +105,29 @@ def test_a_budget_the_encoder_used_up_falls_back_on_the_deadline() -> None:
     planner.plan(stacks(2))  # round times measured
     batch = planner.plan(stacks(2), budget_ms=0.001)
     assert (batch.fallback_reason == Fallback.DEADLINE).all() and batch.iterations == 0
+
+
+def test_a_recurrent_model_carries_each_agents_predicted_latent_as_its_hidden_state() -> None:
+    torch.manual_seed(0)
+    cfg = LatentConfig(image_shape=(32, 32, 3), frames=2, latent=8, simnorm_group=4, members=3, hidden=16, depth=4,
+                       recurrent=True)
+    model = LatentWorldModel(cfg).eval()
+    with torch.no_grad():
+        model.gain_logit.fill_(-30.0)  # a gain of 0: the latent is the prediction alone, whatever the frames say
+    planner = LatentPlanner(LatentArtifact(model, version="0.3.0", env_id="PixelNav2D-v0"), ServiceConfig(plan=PLAN))
+    assert planner.recurrent and planner.hidden_size == cfg.state_dim
+    first = planner.plan(stacks(3))
+    with torch.no_grad():  # the hidden state: the members' mean next latent under the action served
+        z = planner.encode(stacks(3))
+        expected = model.next(z, torch.as_tensor(first.actions)).mean(0).numpy()
+    assert first.hidden.shape == (3, cfg.state_dim) and np.allclose(first.hidden, expected, atol=1e-5)
+    # The next request's frames correct it (here not at all): agent 0 has none (NaN), a fresh start from its frames.
+    hidden = first.hidden.copy()
+    hidden[0] = np.nan
+    second = planner.plan(stacks(3, seed=9), hidden=hidden)
+    assert np.allclose(second.trajectory[1:, 0], first.hidden[1:], atol=1e-5)
+    with torch.no_grad():
+        assert np.allclose(second.trajectory[0, 0], planner.encode(stacks(3, seed=9))[0].numpy(), atol=1e-5)
+    # a hidden state of another shape (another model's) is no start: the frames alone
+    assert np.allclose(planner.plan(stacks(3, seed=9), hidden=np.zeros((3, 4), np.float32)).trajectory[:, 0],
+                       planner.plan(stacks(3, seed=9)).trajectory[:, 0], atol=1e-5)

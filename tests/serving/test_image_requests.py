@@ -105,14 +105,18 @@ class CameraPlanner:
     def __init__(self) -> None:
         from tests.serving.test_engine import FakePlanner, _Remote
 
-        self.fake, self.stacks = FakePlanner("0.3.0"), []
+        self.fake, self.stacks, self.hidden = FakePlanner("0.3.0"), [], []
         self.plan, self.info = _Remote(self._plan), _Remote(lambda: CAMERA)
         self.explained: list[np.ndarray] = []
         self.explain = _Remote(lambda obs, *rest: self.explained.append(obs) or {"model_version": "0.3.0"})
 
     def _plan(self, obs: np.ndarray, *rest: object) -> object:
+        import dataclasses
+
         self.stacks.append(obs.copy())
-        return self.fake._plan(np.zeros((len(obs), 8), np.float32))  # latents, which no observation is scored against
+        self.hidden.append(rest[4])  # a recurrent latent model's (N, Z) predicted latents, NaN rows for none
+        batch = self.fake._plan(np.zeros((len(obs), 8), np.float32))  # latents, which no observation is scored against
+        return dataclasses.replace(batch, hidden=np.full((len(obs), 8), len(self.stacks), np.float32))
 
 
 def test_the_engine_plans_from_stacks_of_the_agents_last_frames() -> None:
@@ -127,6 +131,8 @@ def test_the_engine_plans_from_stacks_of_the_agents_last_frames() -> None:
         assert answer.action == [0.5, 0.5]
     firsts = [s[0, :, 0, 0, 0].tolist() for s in planner.stacks]  # each call's one agent, its F frames
     assert firsts == [[10, 10, 10], [10, 10, 11], [10, 11, 12], [11, 12, 13]]
+    # the hidden state the planner returned (here the call's number) comes back with the agent's next request
+    assert planner.hidden[0] is None and [h[0, 0] for h in planner.hidden[1:]] == [1, 2, 3]
     kept = store.records["cam-1"]
     assert kept.frames.shape == (2, *SHAPE) and kept.predicted is None and telemetry.batches == []
     from serving.explain import ExplainRequest, check_explain

@@ -102,3 +102,17 @@ def test_bad_arguments_are_named(kwargs: dict, named: str) -> None:
 def test_unknown_env_is_a_value_error() -> None:
     with pytest.raises(ValueError, match="NoSuchEnv-v0"):
         collect("NoSuchEnv-v0", episodes=1)
+
+
+def test_held_random_play_keeps_actions_a_few_steps_and_reaches_speed() -> None:
+    from worldmodel.envs.collect import HELD_STEPS
+    from worldmodel.envs.nav2d import VEL_DIMS
+
+    held, fresh = (collect("Nav2D-v0", 16, seed=2, policy=p, num_envs=4) for p in ("held", "random"))
+    _check_episodes(held, 16)
+    same = [np.mean(np.all(tr.actions[rows[1:]] == tr.actions[rows[:-1]], axis=1))
+            for tr in (held, fresh) for rows in [np.concatenate([r for r in _episodes(tr).values()])]]
+    assert abs(same[0] - (1 - 1 / HELD_STEPS)) < 0.05 and same[1] == 0.0  # kept with probability 1 - 1/HELD_STEPS
+    speed = [np.abs(tr.new_obs[:, VEL_DIMS]).mean() for tr in (held, fresh)]
+    assert speed[0] > 1.5 * speed[1]
+    assert _same(held, collect("Nav2D-v0", 16, seed=2, policy="held", num_envs=4))  # reproducible by seed

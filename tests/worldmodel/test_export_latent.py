@@ -38,3 +38,28 @@ def test_the_exported_encoder_reads_uint8_frames_like_the_model(tmp_path: Path) 
     with torch.no_grad():
         expected = art.model.encode(torch.as_tensor(frames)).numpy()
     assert z.shape == expected.shape == (7, expected.shape[1]) and np.abs(z - expected).max() <= 1e-5
+
+
+def test_a_recurrent_models_filter_is_exported_and_runs_on_the_edge(tmp_path: Path) -> None:
+    import dataclasses
+
+    from worldmodel.latent import LatentWorldModel
+    from worldmodel.latent_artifact import LatentArtifact
+
+    torch.manual_seed(0)
+    model = LatentWorldModel(dataclasses.replace(TINY, frames=2, recurrent=True)).eval()
+    with torch.no_grad():
+        model.gain_logit.uniform_(-3, 3)
+    manifest = export_latent(LatentArtifact(model, version="0.1.0", env_id="PixelNav2D-v0"), tmp_path / "x",
+                             ExportConfig())
+    assert set(manifest["graphs"]) == {"filter", "encoder", "dynamics", "heads"}
+    assert all(g["max_abs_diff"] <= 1e-5 for g in manifest["graphs"].values())
+    frames = np.random.default_rng(1).integers(0, 256, (2, 3, 2, *TINY.image_shape), dtype=np.uint8)  # 2 steps
+    with torch.no_grad():  # one filter step as the edge runs it: encode, predict, correct
+        z = model.encode(torch.as_tensor(frames[0]))
+        action = torch.tensor([[0.5, -0.5]] * 3)
+        prior, encoded = model.next(z, action).mean(0), model.encode(torch.as_tensor(frames[1]))
+        expected = model.filter(z, action, torch.as_tensor(frames[1])).numpy()
+    session = onnxruntime.InferenceSession(str(tmp_path / "x" / "filter.onnx"), providers=["CPUExecutionProvider"])
+    out, = session.run(["z"], {"prior": prior.numpy(), "encoded": encoded.numpy()})
+    assert np.abs(out - expected).max() <= 1e-5

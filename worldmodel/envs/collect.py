@@ -47,8 +47,33 @@ def _random_policy(env_id: str, space: gymnasium.spaces.Box, rng: np.random.Gene
     return act
 
 
+HELD_STEPS = 5
+"""Mean steps policy 'held' keeps an action."""
+
+
+def _held_policy(env_id: str, space: gymnasium.spaces.Box, rng: np.random.Generator) -> Policy:
+    """Random play that reaches speed: actions uniform in the action box, each copy keeping its last action
+    with probability ``1 - 1 / HELD_STEPS`` per step (held for ``HELD_STEPS`` steps on average). Independent
+    draws every step average out: a Nav2D agent then crawls (speed std ~0.45 of its 3.0), far below the speeds
+    a planner drives at, which a model must have seen to predict them."""
+    draw = _random_policy(env_id, space, rng)
+    last: np.ndarray | None = None
+
+    def act(obs: Observation) -> np.ndarray:
+        nonlocal last
+        fresh = draw(obs)
+        if last is None or len(last) != len(fresh):
+            last = fresh
+        else:
+            last = np.where(rng.random((len(fresh), 1)) < 1 / HELD_STEPS, fresh, last)
+        return last
+
+    return act
+
+
 _POLICIES: dict[str, Callable[[str, gymnasium.spaces.Box, np.random.Generator], Policy]] = {
     "random": _random_policy,
+    "held": _held_policy,
 }
 POLICIES = tuple(_POLICIES)
 """Names ``collect`` accepts for ``policy``."""

@@ -1,0 +1,80 @@
+"""The perception page's fields and headline (``benchmarks/perception.py``'s result)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from benchmarks.docs_text import num, pct, table, verdict
+
+Json = dict[str, Any]
+
+
+def _served_rows(served: Json) -> list[list[Any]]:
+    rows = []
+    for label, row in [("target row", served["target_row"])] + [("ladder", s) for s in served["ladder"]]:
+        lat = row["latency_ms"]
+        rows.append([label, row["agents"], num(row["rate_per_agent_hz"], 2), num(lat["p50"]), num(lat["p99"]),
+                     row["errors"], pct(row.get("success_rate")), row.get("violations", "-")])
+    return rows
+
+
+def _variants_table(variants: Json) -> str:
+    rows = []
+    for name, v in variants.items():
+        loop, probe = v["closed_loop"], v["probe"]
+        rows.append([name, v["latent_config"] or "(defaults)", num(v["train"]["minutes"]), pct(loop["success_rate"]),
+                     loop["zone_steps"], num(probe["position"]["rmse"], 2), num(probe["position"]["r2"], 3),
+                     num(probe["velocity"]["rmse"], 2), num(probe["velocity"]["r2"], 2)])
+    return table(["model", "`--latent-config`", "train minutes", "success", "steps in zones",
+                  "position readout RMSE", "R^2", "velocity readout RMSE", "R^2"], rows)
+
+
+def perception_fields(r: Json) -> dict[str, str]:
+    s, collect, train, loop, served = r["settings"], r["collect"], r["train"], r["closed_loop"], r.get("served")
+    target = r["target"]
+    held = train["metrics"].get("held_out") or {}
+    loop_row = [loop["episodes"], loop["agents"], pct(loop["success_rate"]), loop["zone_steps"],
+                loop["violation_episodes"], num(loop["mean_steps"]), num(loop["ms_per_step"], 0),
+                num(loop["breach_weight"], 0)]
+    loop_table = table(["episodes", "agents at once", "success", "steps in zones", "episodes with one", "mean steps",
+                        "ms per step (all agents)", "breach weight"], [loop_row])
+    met_served = None if served is None else bool(served["target_met"])
+    largest = None if served is None else served.get("largest_fleet")
+    return {
+        "collect_episodes": str(collect["episodes"]), "transitions": num(collect["transitions"], 0),
+        "policy": collect["policy"], "collect_seconds": num(collect["seconds"]),
+        "cpu_seconds": f"{s['cpu_seconds']:g}", "train_minutes": num(train["minutes"]),
+        "train_steps": num(train["metrics"]["steps"], 0),
+        "train_stop": ("the step limit, before the CPU budget" if train["metrics"]["cpu_seconds"] < s["cpu_seconds"]
+                       else "the CPU budget"),
+        "held_out": ", ".join(f"{k} {v:.4f}" for k, v in held.items()) or "none",
+        "loop_table": loop_table, "planner": _planner(loop["settings"]),
+        "variants_table": _variants_table(r["variants"]), "probe_episodes": str(s["probe_episodes"]),
+        "position_std": num(r["variants"]["frame stack"]["probe"]["position"]["std"], 2),
+        "velocity_std": num(r["variants"]["frame stack"]["probe"]["velocity"]["std"], 2),
+        "loop_verdict": verdict(loop["target_met"]),
+        "served_table": "not run" if served is None else table(
+            ["fleet", "agents", "Hz per agent", "p50 ms", "p99 ms", "errors", "success", "steps in zones"],
+            _served_rows(served)),
+        "served_verdict": verdict(met_served), "largest": "not run" if served is None else
+        (f"**{largest}** agents" if largest else "**none** of the sizes tried"),
+        "target": (f"{pct(target['success_rate'], 0)} success, {target['zone_steps']} zone steps: "
+                   f"{verdict(loop['target_met'])}; {target['served_agents']} served agents p99 <= "
+                   f"{num(target['served_p99_ms'], 0)} ms: {verdict(met_served)}"),
+    }
+
+
+def _planner(p: Json) -> str:
+    return f"CEM, horizon {p['horizon']}, {p['samples']} samples, {p['iterations']} round, {p['propagation']}"
+
+
+def perception_headline(r: Json) -> str:
+    loop, served = r["closed_loop"], r.get("served")
+    text = (f"from pixels: {pct(loop['success_rate'])} success, {loop['zone_steps']} zone steps over "
+            f"{loop['episodes']} episodes (model trained in {num(r['train']['minutes'])} min on CPU)")
+    if served is not None:
+        row = served["target_row"]
+        text += (f"; {row['agents']} camera agents through the bus: p99 {num(row['latency_ms']['p99'], 0)} ms at "
+                 f"{num(row['rate_per_agent_hz'], 1)} Hz each, largest fleet holding 100 ms: "
+                 f"{served.get('largest_fleet') or 'none'}")
+    return text
