@@ -14,7 +14,8 @@ def _served_rows(served: Json) -> list[list[Any]]:
     for label, row in [("target row", served["target_row"])] + [("ladder", s) for s in served["ladder"]]:
         lat = row["latency_ms"]
         rows.append([label, row["agents"], num(row["rate_per_agent_hz"], 2), num(lat["p50"]), num(lat["p99"]),
-                     row["errors"], pct(row.get("success_rate")), row.get("violations", "-")])
+                     row["errors"], num(row["requests"], 0), num(row["fallbacks_by_reason"].get("deadline", 0), 0),
+                     pct(row.get("success_rate")), row.get("violations", "-")])
     return rows
 
 
@@ -39,6 +40,12 @@ def perception_fields(r: Json) -> dict[str, str]:
     loop_table = table(["episodes", "agents at once", "success", "steps in zones", "episodes with one", "mean steps",
                         "ms per step (all agents)", "breach weight"], [loop_row])
     met_served = None if served is None else bool(served["target_met"])
+    share = "-"
+    if served is not None:  # answers: the timed requests, and at most an episode's 200 steps per agent after them
+        row = served["target_row"]
+        fallbacks, most = row["fallbacks_by_reason"].get("deadline", 0), row["requests"] + 200 * row["agents"]
+        share = (f"{'most' if 2 * fallbacks > most else 'some'} answers are ({num(fallbacks, 0)} of at most "
+                 f"{num(most, 0)})")
     largest = None if served is None else served.get("largest_fleet")
     return {
         "collect_episodes": str(collect["episodes"]), "transitions": num(collect["transitions"], 0),
@@ -54,9 +61,10 @@ def perception_fields(r: Json) -> dict[str, str]:
         "velocity_std": num(r["variants"]["frame stack"]["probe"]["velocity"]["std"], 2),
         "loop_verdict": verdict(loop["target_met"]),
         "served_table": "not run" if served is None else table(
-            ["fleet", "agents", "Hz per agent", "p50 ms", "p99 ms", "errors", "success", "steps in zones"],
+            ["fleet", "agents", "Hz per agent", "p50 ms", "p99 ms", "errors", "requests", "deadline fallbacks",
+             "success", "steps in zones"],
             _served_rows(served)),
-        "served_verdict": verdict(met_served), "largest": "not run" if served is None else
+        "served_verdict": verdict(met_served), "fallback_share": share, "largest": "not run" if served is None else
         (f"**{largest}** agents" if largest else "**none** of the sizes tried"),
         "target": (f"{pct(target['success_rate'], 0)} success, {target['zone_steps']} zone steps: "
                    f"{verdict(loop['target_met'])}; {target['served_agents']} served agents p99 <= "
