@@ -44,11 +44,19 @@ class EnsembleWorker:
     def plan(self, obs: np.ndarray, warm_start: np.ndarray | None = None, objectives: list[str] | None = None,
              constraints: dict[str, np.ndarray] | None = None, budget_ms: float | None = None,
              hidden: np.ndarray | None = None, modes: list[str] | None = None,
-             sites: list[str | None] | None = None, rewards: list[RewardArtifact | None] | None = None) -> PlanBatch:
-        """See ``FleetPlanner.plan``; the answer names the version that planned it."""
+             sites: list[str | None] | None = None, rewards: list[RewardArtifact | None] | None = None,
+             hidden_versions: list[str | None] | None = None) -> PlanBatch:
+        """See ``FleetPlanner.plan``; the answer names the version that planned it. ``hidden_versions``: per agent
+        the version that left its hidden state (None: unknown, taken as this one's)."""
         service = self.service  # the version current when the call started answers it
         if hidden is not None and not (service.recurrent and hidden.shape[-1] == service.hidden_size):
-            hidden = None  # states from another version (after a switch, or production's for a shadow): start fresh
+            hidden = None  # states of another kind of model: every agent starts fresh
+        if hidden is not None and hidden_versions is not None:
+            # another version's state of the same size is no state of this one (after a switch, or production's
+            # for a shadow or an A/B arm): those agents start fresh
+            other = np.array([v is not None and v != service.version for v in hidden_versions])
+            if other.any():
+                hidden = np.where(other[:, None], np.float32(np.nan), hidden)
         named = {} if rewards is None else {"rewards": rewards}  # lone agents only: floors have no learned reward
         return service.plan(obs, warm_start, objectives, constraints, budget_ms, hidden, modes, sites, **named)
 

@@ -4,7 +4,7 @@
    zones, camera noise; the logs hold frames, actions, rewards and the geofence-breach flag, never positions.
 2. `wm train` on those logs with a CPU budget: the latent model (``worldmodel.latent``), nothing trained on the
    true state; by default on frame stacks, and again as a recurrent model (``LatentConfig.recurrent``). Each
-   model's latent is probed: how well a linear readout finds the true position and velocity in it.
+   model's latent is read: how well a linear readout finds the true position and velocity in its keypoints.
 3. `wm eval --model MODEL` for each: ``--episodes`` PixelNav2D episodes in closed loop from pixels, 50 agents
    planned together: success, steps inside zones, time per step.
 4. `wm serve --model MODEL` (the default kind) on a redis-server, and camera fleets driven through the bus
@@ -91,11 +91,14 @@ def served(model_dir: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any
     return {"target_row": row, "target_met": holds(target, args.hz), "ladder": rows, "largest_fleet": best}
 
 
-def probe(model_dir: str, episodes: Any, states: np.ndarray) -> dict[str, Any]:
-    """How much of the true position and velocity a linear readout finds in the latent planning starts from
-    (``planners.latent_eval.linear_probe``; the probe episodes' first 80% fit it, the rest score it)."""
+def readout(model_dir: str, episodes: Any, states: np.ndarray) -> dict[str, Any]:
+    """How much of the true position and velocity a linear readout finds in the keypoints of the latent planning
+    starts from (``planners.latent_eval.linear_probe``; the probe episodes' first 80% fit it, the rest score it).
+    The keypoints alone: a frame-stack model's velocity is linear in them (their change between frames), and
+    the zone map's 256 entries, constant within an episode, would let a fit on few episodes learn each
+    episode's offset rather than the state."""
     model = load_latent_model(model_dir).model.eval()
-    z = episode_latents(model, episodes.frames, episodes.actions)  # (Ep, T+1, Z)
+    z = episode_latents(model, episodes.frames, episodes.actions)[..., :model.cfg.points]  # (Ep, T+1, 2FK)
     real = np.arange(z.shape[1])[None] <= episodes.lengths[:, None]  # (Ep, T+1) frames of the episode
     out = {}
     for name, dims in (("position", POS_DIMS), ("velocity", VEL_DIMS)):
@@ -106,7 +109,7 @@ def probe(model_dir: str, episodes: Any, states: np.ndarray) -> dict[str, Any]:
 
 def variant(name: str, logs: Path, tmp: Path, args: argparse.Namespace, probes: tuple[Any, np.ndarray]
             ) -> dict[str, Any]:
-    """Train one model kind (``VARIANTS``) on the logs, run it closed loop, probe its latent."""
+    """Train one model kind (``VARIANTS``) on the logs, run it closed loop, read its latent."""
     say = lambda m: print(f"[{name}] {m}", file=sys.stderr, flush=True)  # noqa: E731
     say(f"training the latent model ({args.cpu_seconds:g} CPU seconds)")
     config = ("--latent-config", VARIANTS[name]) if VARIANTS[name] else ()
@@ -116,7 +119,7 @@ def variant(name: str, logs: Path, tmp: Path, args: argparse.Namespace, probes: 
     say(f"closed loop: {args.episodes} episodes from pixels")
     return {"latent_config": VARIANTS[name],
             "train": trained | {"minutes": round(minutes, 1), "within_budget": minutes <= TARGET["train_minutes"]},
-            "closed_loop": closed_loop(trained["model_dir"], args), "probe": probe(trained["model_dir"], *probes)}
+            "closed_loop": closed_loop(trained["model_dir"], args), "readout": readout(trained["model_dir"], *probes)}
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

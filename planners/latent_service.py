@@ -188,7 +188,8 @@ class LatentPlanner:
     def explain(self, obs: np.ndarray, objective: str = "learned", constraints: dict[str, np.ndarray] | None = None,
                 warm_start: np.ndarray | None = None, proposals: np.ndarray | None = None,
                 alternatives: int = 3, reward: Any = None) -> Explanation:
-        """Why one agent's action (``FleetPlanner.explain``): obs is its (F, H, W, C) frame stack."""
+        """Why one agent's action (``FleetPlanner.explain``): obs is its (F, H, W, C) frame stack, encoded alone
+        (a recurrent model's explanation starts from the frames, not from the filtered latent it planned from)."""
         self._check(1, [objective], ["plan"], None, None if reward is None else [reward])
         with torch.no_grad():
             z = self.encode(np.asarray(obs)[None])  # (1, Z)

@@ -76,7 +76,7 @@ class ArmPlanner:
         names = [g.name if g is not None else "learned" for g in goals]
         inputs = (obs if stacks is None else stacks, warm_start, names, rows.constraints(goals), batch.budget_ms,
                   rows.stacked(records, steps, "hidden"), [r.mode for r in requests], [r.site for r in requests],
-                  [r.reward_model for r in requests])
+                  [r.reward_model for r in requests], [None if r is None else r.model_version for r in records])
         planned: PlanBatch = await planner.plan.remote(*inputs)
         # the answers, the records that the next requests will need, and what explaining them needs
         answers = rows.answers(requests, planned)

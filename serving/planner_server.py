@@ -48,25 +48,27 @@ class PlannerServer:
     async def plan(self, obs: np.ndarray, warm_start: np.ndarray | None, objectives: list[str],
                    constraints: dict[str, np.ndarray], budget_ms: float | None, hidden: np.ndarray | None = None,
                    modes: list[str] | None = None, sites: list[str | None] | None = None,
-                   reward_models: list[str | None] | None = None) -> PlanBatch:
+                   reward_models: list[str | None] | None = None,
+                   hidden_versions: list[str | None] | None = None) -> PlanBatch:
         """See ``FleetPlanner.plan``: (N, S) observations, (N, H, A) warm starts, per agent its objective, its
         constraints (``planners.objectives`` keys: ``ZONES`` (N, Z, 3), ``BOX``, ``MAX_SPEED``, ``ACTION_LOW``,
         ``ACTION_HIGH``; ``serving.rows.constraints``), its mode ('plan' or 'policy'), its site (warehouse
-        robots: those of one site are planned jointly) and its reward model (a registered version; None: the
-        fleet's), for N agents."""
+        robots: those of one site are planned jointly), its reward model (a registered version; None: the
+        fleet's) and the version that left its hidden state (``EnsembleWorker.plan``), for N agents."""
         self._follow()
         async with self._lock:  # one batch at a time: planning uses every core it is given
             return await asyncio.to_thread(self._plan, obs, warm_start, objectives, constraints, budget_ms,
-                                           hidden, modes, sites, reward_models)
+                                           hidden, modes, sites, reward_models, hidden_versions)
 
     def _plan(self, obs: np.ndarray, warm_start: np.ndarray | None, objectives: list[str],
               constraints: dict[str, np.ndarray], budget_ms: float | None, hidden: np.ndarray | None,
               modes: list[str] | None, sites: list[str | None] | None,
-              reward_models: list[str | None] | None) -> PlanBatch:
+              reward_models: list[str | None] | None, hidden_versions: list[str | None] | None) -> PlanBatch:
         """``plan`` on the worker's thread: the named reward models loaded (or taken from the cache) first."""
         names = [name or self.default_reward for name in (reward_models or [None] * len(obs))]
         rewards = [self._reward(n) if n else None for n in names] if any(names) else None
-        return self.worker.plan(obs, warm_start, objectives, constraints, budget_ms, hidden, modes, sites, rewards)
+        return self.worker.plan(obs, warm_start, objectives, constraints, budget_ms, hidden, modes, sites, rewards,
+                                hidden_versions)
 
     def _reward(self, version: str) -> RewardArtifact:
         """A registered reward model, loaded once; refused for a warehouse floor, whose planner has no learned

@@ -299,7 +299,7 @@ def filter_loss(model: LatentWorldModel, b: LatentBatch, cfg: LatentTrainConfig,
     the stop-gradient encodings of the stacks that followed (the raw encodings, never the filtered ones: a
     filter that ignored its frames would match its own predictions perfectly), and the heads read the
     filtered latents and the members' ones. Steps of the burn-in train nothing unless the sequence starts its
-    episode. Shapes: ``T`` filtered steps (burn-in and window), ``B`` sequences, ``h`` horizon.
+    episode, and never the encoder (their stacks are encoded without gradient). Shapes: ``T`` filtered steps (burn-in and window), ``B`` sequences, ``h`` horizon.
     """
     h, m = cfg.horizon, model.cfg.moving
     bsz = b.actions.shape[1]

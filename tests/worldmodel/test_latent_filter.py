@@ -81,10 +81,11 @@ def test_sequences_start_episodes_and_cover_burn_in_window_and_rollouts(episodes
     b = sample_for(m, episodes, SEQUENCES, np.random.default_rng(0))
     length = SEQUENCES.burn_in + SEQUENCES.window + SEQUENCES.horizon  # stacks per sequence
     assert b.stacks.shape[:2] == (length, SEQUENCES.sequences) and b.actions.shape[:2] == (length - 1, 4)
-    # Starts drawn from burn_in steps before each episode: about burn_in / (length + burn_in) start it.
+    # Starts drawn from burn_in steps before each episode and moved to its start: (burn_in + 1) / (length +
+    # burn_in) of them start it (4 / 27 here), against 1 / length without.
     many = sample_batch(episodes, 2, 4000, 1, np.random.default_rng(1), before=SEQUENCES.burn_in)
-    assert 0.08 < many.first.float().mean().item() < 0.16  # 3 / 27 expected
-    assert not sample_batch(episodes, 2, 4000, 1, np.random.default_rng(1)).first.float().mean() > 0.1
+    assert abs(many.first.float().mean().item() - 4 / 27) < 0.03
+    assert abs(sample_batch(episodes, 2, 4000, 1, np.random.default_rng(1)).first.float().mean().item() - 1 / 24) < 0.02
 
 
 def test_the_burn_in_and_the_targets_are_encoded_without_gradient(episodes) -> None:
@@ -105,13 +106,14 @@ def test_training_on_sequences_lowers_the_loss_and_moves_the_gain(episodes) -> N
         m.reward_norm.fit(batch.rewards.reshape(-1, 1))
         before = filter_loss(m, batch, SEQUENCES)[0].item()
     optimiser = torch.optim.Adam(m.parameters(), lr=SEQUENCES.lr)
+    initial = m.gain_logit.detach().clone()
     for _ in range(30):
         loss, parts = loss_for(m, batch, SEQUENCES)
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
     assert set(parts) == {"consistency", "reward", "breach"}
-    assert not torch.equal(m.gain_logit, torch.zeros(FILTERED.state_dim))  # the gain learns through time
+    assert (m.gain_logit.detach() - initial).abs().max() > 1e-3  # the gain learns through time
     with torch.no_grad():
         assert filter_loss(m, batch, SEQUENCES)[0].item() < 0.8 * before
 
