@@ -31,10 +31,11 @@ def _served_planner() -> FleetPlanner:
 
 
 class _Served:
-    """A planner deployment handle over a FleetPlanner in this process."""
+    """A planner deployment handle over a FleetPlanner in this process, called with ``PlannerServer.plan``'s
+    arguments (the last, the hidden states' versions, is the ensemble worker's to check: left out here)."""
 
     def __init__(self, service: FleetPlanner) -> None:
-        self.plan, self.score = _Remote(service.plan), _Remote(service.score)
+        self.plan, self.score = _Remote(lambda *args: service.plan(*args[:9])), _Remote(service.score)
 
 
 def test_an_engine_past_its_deadline_answers_the_fallback_at_once_saying_why() -> None:

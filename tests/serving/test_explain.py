@@ -28,6 +28,7 @@ from serving.front import encode
 from serving.planner_server import PlannerServer
 from serving.schema import Objective, PlanRequest
 from tests.serving.test_engine import N_ACT, N_OBS, FakePlanner, FakeStore, Metrics, _Remote, record, run
+from tests.serving.test_engine_fallback import _Served as _ServedPlans
 from tests.serving.test_engine_fallback import _served_planner
 from worldmodel.artifact import save_model
 
@@ -196,11 +197,11 @@ def test_the_planner_deployment_decides_per_mode_and_explains_in_json(tmp_path) 
     assert json.loads(encode(body)) is not None  # JSON as the route answers it
 
 
-class _Served:
+class _Served(_ServedPlans):
     """A planner deployment handle over a FleetPlanner in this process (``PlannerServer``'s calls)."""
 
     def __init__(self, service: FleetPlanner) -> None:
-        self.plan, self.score = _Remote(service.plan), _Remote(service.score)
+        super().__init__(service)
         self.explain = _Remote(lambda *args: service.explain(*args[:5]).to_dict() | {"model_version": service.version})
 
 
