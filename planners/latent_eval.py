@@ -160,9 +160,7 @@ def _run_group(model: LatentWorldModel, planner: CEMPlanner, cfg: LatentEvalConf
             zone_steps[i] += bool(info["violation"])
             success[i] |= bool(info["is_success"])
             running[i] = not done
-        new = torch.from_numpy(stacks[rows]).to(planner.device)
-        # a recurrent model filters (its last latent, the action taken, the new frames); others encode the frames
-        z[rows] = model.filter(z[rows], result.actions, new) if model.cfg.recurrent else model.encode(new)
+        z[rows] = model.observe(z[rows], result.actions, torch.from_numpy(stacks[rows]).to(planner.device))
         t += 1
     return (success, zone_steps, steps), time.perf_counter() - start, t
 
@@ -180,8 +178,7 @@ def episode_latents(model: LatentWorldModel, frames: np.ndarray, actions: np.nda
     stacks = lambda t: torch.from_numpy(frame_stacks(frames, index, np.full(ep, t), model.cfg.frames))  # noqa: E731
     z = [model.encode(stacks(0))]
     for t in range(1, t1):
-        z.append(model.filter(z[-1], torch.from_numpy(actions[:, t - 1]), stacks(t)) if model.cfg.recurrent
-                 else model.encode(stacks(t)))
+        z.append(model.observe(z[-1], torch.from_numpy(actions[:, t - 1]), stacks(t)))
     return torch.stack(z, 1).numpy()
 
 

@@ -294,6 +294,11 @@ class LatentWorldModel(nn.Module):
                              "each frame stack alone")
         return self.correct(self.next(z, action).mean(0), self.encode(stacks))
 
+    def observe(self, z: torch.Tensor, action: torch.Tensor, stacks: torch.Tensor) -> torch.Tensor:
+        """The latent after new frames: ``filter``ed from the last one for a recurrent model, else the new frame
+        stacks' encoding alone. Arguments as ``filter``'s -> (B, Z)."""
+        return self.filter(z, action, stacks) if self.cfg.recurrent else self.encode(stacks)
+
     def correct(self, prior: torch.Tensor, encoded: torch.Tensor) -> torch.Tensor:
         """The filter's update: prior and encoded (..., Z) -> (..., Z).
 
