@@ -21,7 +21,7 @@ import json
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pyarrow.dataset as ds
 import requests
@@ -52,13 +52,14 @@ def holds(result: FleetResult, hz: float) -> bool:
     return sustained(result, hz) and result.latency_ms["p99"] <= LADDER_P99_MS
 
 
-def ladder(transport: str, url: str, redis_url: str, args: argparse.Namespace) -> dict[str, Any]:
-    """Grow the fleet until it no longer holds; the largest that did."""
+def ladder(sizes: str, hz: float, run_size: Callable[[int], FleetResult], label: str) -> dict[str, Any]:
+    """Grow the fleet through ``sizes`` ("50,75,...", each driven by ``run_size``) until it no longer holds;
+    the largest that did."""
     rows, best = [], None
-    for agents in [int(a) for a in args.ladder.split(",")]:
-        result = drive(transport, url, redis_url, agents, args, args.ladder_seconds, args.seed + agents)
-        rows.append({"agents": agents, "holds": holds(result, args.hz)} | _row(result))
-        print(f"[{transport}] {agents} agents: p99 {result.latency_ms['p99']:.1f} ms, {result.errors} errors, "
+    for agents in [int(a) for a in sizes.split(",") if a]:
+        result = run_size(agents)
+        rows.append({"agents": agents, "holds": holds(result, hz)} | _row(result))
+        print(f"[{label}] {agents} agents: p99 {result.latency_ms['p99']:.1f} ms, {result.errors} errors, "
               f"{result.rate_per_agent_hz:.2f} Hz/agent -> {'holds' if rows[-1]['holds'] else 'behind'}",
               file=sys.stderr, flush=True)
         if not rows[-1]["holds"]:
@@ -118,7 +119,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     if transport == "redis":
                         rows[transport] |= _cycles(before, _bus(url), result)
                 for transport in TRANSPORTS if args.ladder else ():
-                    rows[transport] |= ladder(transport, url, redis_server.url, args)
+                    rows[transport] |= ladder(args.ladder, args.hz, lambda n, t=transport: drive(
+                        t, url, redis_server.url, n, args, args.ladder_seconds, args.seed + n), transport)
             served = _stopped(Path(tmp, "serve.log"))
         logged = ds.dataset(str(served_logs), format="parquet").count_rows() if served_logs.exists() else 0
     return {"target": TARGET, "target_met": rows["redis"]["target_met"], "ladder_p99_ms": LADDER_P99_MS,

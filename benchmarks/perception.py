@@ -28,7 +28,7 @@ import numpy as np
 
 from actors.redis_server import RedisServer
 from benchmarks.common import record, wm
-from benchmarks.fleet_bus import holds
+from benchmarks.fleet_bus import holds, ladder
 from benchmarks.serve_fleet import _row, drive_row, fleet_config, running
 from cluster.runtime import free_port
 from planners.latent_eval import episode_latents, linear_probe
@@ -78,17 +78,9 @@ def served(model_dir: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any
         with running(cmd, url, tmp / "serve.log"):
             drive(url, redis_server.url, 2, args, 5.0, args.seed)  # untimed: first calls pay for lazy set-up
             target = drive(url, redis_server.url, TARGET["served_agents"], args, args.seconds, args.seed + 1)
-            rows, best = [], None
-            for agents in [int(a) for a in args.ladder.split(",") if a]:
-                result = drive(url, redis_server.url, agents, args, args.ladder_seconds, args.seed + agents)
-                rows.append({"agents": agents, "holds": holds(result, args.hz)} | _row(result))
-                say(f"{agents} camera agents: p99 {result.latency_ms['p99']:.1f} ms -> "
-                    f"{'holds' if rows[-1]['holds'] else 'behind'}")
-                if not rows[-1]["holds"]:
-                    break
-                best = agents
-    row = _row(target)
-    return {"target_row": row, "target_met": holds(target, args.hz), "ladder": rows, "largest_fleet": best}
+            grown = ladder(args.ladder, args.hz, lambda n: drive(url, redis_server.url, n, args, args.ladder_seconds,
+                                                                  args.seed + n), "camera")
+    return {"target_row": _row(target), "target_met": holds(target, args.hz)} | grown
 
 
 def readout(model_dir: str, episodes: Any, states: np.ndarray) -> dict[str, Any]:
