@@ -21,6 +21,7 @@ import ray
 from actors.redis_server import INSTALL_HINT, check_reachable
 from actors.telemetry_config import FlushResult, LoggerStats
 from cluster.cli import main
+from cluster.runtime import RAY_WORKER_PORTS, _ephemeral_ports, check_port_free, free_ports
 from cluster.commands.serve import (_stop, add_serve_options, app_kwargs, default_redis_dir, default_state_dir,
                                     fleet_bus, redis_choice, state_dir)
 from serving.deploy import LOCAL_DRAIN, LOCAL_PORTS, serve_env
@@ -129,6 +130,16 @@ def test_a_local_endpoint_gets_its_own_serve_ports_and_a_short_drain(monkeypatch
     assert not {*LOCAL_PORTS, *LOCAL_DRAIN} & set(cluster)
     with pytest.raises(ValueError, match="local_ports must give 4 ports"):
         serve_env("haproxy", [18404])
+
+
+def test_free_ports_are_chosen_where_no_process_is_handed_one(listener: int) -> None:
+    """Ports the kernel hands out (bind to 0, outgoing connections, Ray's own picks above them) can be taken
+    by another process before the server they were chosen for binds; free_ports chooses below them."""
+    ports = free_ports(50)
+    assert len(set(ports)) == 50 and listener not in ports
+    assert all(RAY_WORKER_PORTS.stop <= port < _ephemeral_ports().start for port in ports)
+    for port in ports:
+        check_port_free("127.0.0.1", port)
 
 
 def test_planner_settings_without_planner_are_checked_against_the_served_default() -> None:
