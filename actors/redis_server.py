@@ -34,17 +34,12 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 from urllib.parse import urlsplit, urlunsplit
 
+from actors.ports import free_port
+
 APPENDFSYNC = ("everysec", "always")
 INSTALL_HINT = ("redis-server was not found on PATH; install it with `make setup` (Debian/Ubuntu, as root: "
                 "apt-get install -y redis-server; macOS: brew install redis) or pass an existing server's URL")
 _PR_SET_PDEATHSIG = 1  # prctl(2)
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def shown_url(url: str) -> str:

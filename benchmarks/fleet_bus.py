@@ -26,12 +26,12 @@ from typing import Any, Callable
 import pyarrow.dataset as ds
 import requests
 
+from actors.ports import free_port
 from actors.redis_server import RedisServer
 from benchmarks.common import record, wm
 from benchmarks.cpu_share import CpuShare
 from benchmarks.nav2d_closed_loop import MODEL
 from benchmarks.serve_fleet import _row, drive_row, fleet_config, p99_by_second, running, sustained, warm_up
-from cluster.runtime import free_port
 from serving.fleet_config import FleetResult, FleetTrace
 
 TARGET = {"p99_ms": 50.0, "errors": 0, "success_rate": 0.99, "violations": 0}

@@ -26,11 +26,11 @@ from typing import Any
 
 import numpy as np
 
+from actors.ports import free_port
 from actors.redis_server import RedisServer
 from benchmarks.common import record, wm
 from benchmarks.fleet_bus import holds, ladder
 from benchmarks.serve_fleet import _row, drive_row, fleet_config, running
-from cluster.runtime import free_port
 from planners.latent_eval import episode_latents, linear_probe
 from serving.fleet_config import FleetResult
 from worldmodel.envs.camera import PIXEL_NAV2D_ID

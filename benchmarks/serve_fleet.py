@@ -36,9 +36,9 @@ import numpy as np
 import pyarrow.dataset as ds
 import requests
 
+from actors.ports import free_port
 from benchmarks.common import record, wm
 from benchmarks.nav2d_closed_loop import ARTICLE_MODEL, MODEL, SERVED_PLANNER
-from cluster.runtime import free_port
 from serving.client import FleetClient
 from serving.fleet import drive_fleet, run_loop
 from serving.fleet_config import FleetConfig, FleetResult, FleetTrace

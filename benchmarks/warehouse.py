@@ -170,8 +170,8 @@ def big_floor(fleet: WorldModel, robots: int, calls: int, seed: int) -> dict[str
 def served(model_dir: str, tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
     """The floor closed loop through `wm serve` (a subprocess on a free port), ``args.served_seconds`` each way:
     every robot's own request per tick ('per_robot'), and each tick as one batch request ('batch')."""
+    from actors.ports import free_port
     from benchmarks.serve_fleet import running, serve_command
-    from cluster.runtime import free_port
     from serving.fleet import run_loop
     from serving.fleet_config import FleetConfig
     from serving.warehouse_fleet import drive_floor

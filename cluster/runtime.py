@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import random
 import socket
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +32,7 @@ from typing import Any
 import ray
 
 from actors.common import NAMESPACE
+from actors.ports import free_port
 
 # Worker processes run one torch thread each: Ray packs many actors onto a node and each
 # would otherwise start one thread per core, oversubscribing the CPUs many times over.
@@ -53,51 +53,6 @@ class RayInfo:
     @property
     def gpus(self) -> float:
         return self.resources.get("GPU", 0.0)
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nothing listens on right now on ``host`` (for local Ray, Serve and test servers);
-    ``0.0.0.0`` asks for one free on every interface."""
-    return free_ports(1, host)[0]
-
-
-RAY_WORKER_PORTS = range(10002, 20000)
-"""Ray's default ``min_worker_port``..``max_worker_port``: its worker processes' gRPC servers take these."""
-
-
-def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
-    """``count`` different ports free right now on ``host``, chosen where nothing else takes a port
-    on its own: above Ray's worker ports and below the kernel's ephemeral range. A port the kernel hands
-    out (``bind(0)``, an outgoing connection) could be taken by one of the many Ray processes, or a
-    second server's, between this choice and the bind by whoever it was chosen for.
-    """
-    low, high = RAY_WORKER_PORTS.stop, _ephemeral_ports().start
-    candidates = random.SystemRandom().sample(range(low, high), high - low) if high > low else []
-    chosen: list[int] = []
-    for port in candidates:
-        if len(chosen) == count:
-            break
-        with contextlib.suppress(OSError), socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind((host, port))
-            chosen.append(port)
-    if len(chosen) < count:  # no room outside the ephemeral range: let the kernel choose
-        with contextlib.ExitStack() as stack:
-            socks = [stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) for _ in range(count)]
-            for s in socks:
-                s.bind((host, 0))
-            return [int(s.getsockname()[1]) for s in socks]
-    return chosen
-
-
-def _ephemeral_ports() -> range:
-    """The ports the kernel hands out for ``bind(0)`` and outgoing connections (Linux's default where
-    the setting cannot be read)."""
-    try:
-        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
-            low, high = map(int, f.read().split())
-        return range(low, high + 1)
-    except (OSError, ValueError):
-        return range(32768, 61000)
 
 
 def check_port_free(host: str, port: int) -> None:

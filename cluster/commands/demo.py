@@ -87,10 +87,10 @@ def _serve_and_drive(args: argparse.Namespace, out: Path, version: str, say: Say
                      redis_url: str | None) -> dict[str, Any]:
     """Steps 4 and 5: the endpoint with the promoted model (the served defaults; the fleet bus at
     ``redis_url`` unless None), a fleet through it."""
+    from actors.ports import free_port
     from actors.state import StateConfig
     from cluster.commands.fleet_report import plot_fleet
     from cluster.commands.serve import telemetry_stream
-    from cluster.runtime import free_port
     from serving.deploy import deploy, shutdown_app
     from serving.fleet import drive_fleet, run_loop
     from serving.fleet_config import FleetConfig, FleetTrace

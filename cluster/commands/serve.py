@@ -263,7 +263,8 @@ def start_ray_for_serving(address: str | None, proxy: str) -> None:
     every interface, where HAProxy binds its own), so endpoints started side by side on one machine
     neither collide nor fall back to each other, and the short drain of ``serving.deploy.LOCAL_DRAIN``.
     """
-    from cluster.runtime import free_ports, init_ray
+    from actors.ports import free_ports
+    from cluster.runtime import init_ray
     from serving.deploy import LOCAL_PORTS, serve_env
 
     local = (address or os.environ.get("RAY_ADDRESS")) in (None, "", "local")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster.runtime import free_ports
+from actors.ports import free_ports
 from planners import CEMConfig, PlanConfig
 from serving.fleet_config import FleetConfig
 from worldmodel.config import ModelConfig

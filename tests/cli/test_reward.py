@@ -6,14 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from cluster.runtime import free_port
+from actors.ports import free_port
+from tests.serving.test_reward_model_serving import synthetic_logs
 from worldmodel.artifact import save_model
 from worldmodel.config import ModelConfig, TrainConfig
+from worldmodel.data.writer import write_transitions
 from worldmodel.envs import SpaceSpec
 from worldmodel.model import WorldModel, build_dynamics, build_reward
-from worldmodel.data.writer import write_transitions
 from worldmodel.registry import ModelRegistry
-from tests.serving.test_reward_model_serving import synthetic_logs
 
 from .helpers import run_json
 

@@ -17,9 +17,9 @@ import pytest
 import redis
 import requests
 
+from actors.ports import free_ports
 from actors.redis_server import RedisServer, check_reachable
 from actors.streams import BUS
-from cluster.runtime import free_ports
 from tests.worldmodel.conftest import TINY_MODEL, TINY_TRAIN
 from worldmodel.artifact import save_model
 from worldmodel.envs import make_env, space_spec

@@ -18,10 +18,11 @@ from typing import Iterator
 import pytest
 import ray
 
+from actors.ports import RAY_WORKER_PORTS, _ephemeral_ports, free_ports
 from actors.redis_server import INSTALL_HINT, check_reachable
 from actors.telemetry_config import FlushResult, LoggerStats
 from cluster.cli import main
-from cluster.runtime import RAY_WORKER_PORTS, _ephemeral_ports, check_port_free, free_ports
+from cluster.runtime import check_port_free
 from cluster.commands.serve import (_stop, add_serve_options, app_kwargs, default_redis_dir, default_state_dir,
                                     fleet_bus, redis_choice, state_dir)
 from serving.deploy import LOCAL_DRAIN, LOCAL_PORTS, serve_env

@@ -48,7 +48,7 @@ def start_app(root: Path, redis_url: str) -> LiveApp:
     """Train a tiny model, start Ray (metrics reported every second) and deploy the app; Ray must not be running."""
     import ray
 
-    from cluster.runtime import free_port
+    from actors.ports import free_port
     from serving.deploy import deploy
     from tests.worldmodel.conftest import TINY_MODEL, TINY_TRAIN
     from worldmodel.artifact import save_model

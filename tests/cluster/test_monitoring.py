@@ -214,7 +214,7 @@ def test_every_metric_the_rules_and_the_dashboard_read_is_in_a_live_scrape(live:
 @pytest.mark.slow
 def test_a_real_prometheus_fires_the_prediction_error_alert_on_the_served_app(live: LiveApp, tmp_path: Path) -> None:
     prometheus = _tool("prometheus")
-    from cluster.runtime import free_port
+    from actors.ports import free_port
 
     fast = Thresholds(window="15s", hold="0s", evaluation="1s", reward_window="15s")
     (tmp_path / "alerts.yml").write_text(render_rules(fast))

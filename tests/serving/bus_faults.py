@@ -170,7 +170,7 @@ def logged_steps(logger: Any, log_dir: str, prefix: str, expected: int,
 def deploy_bus_app(root: Any, redis_url: str, state: Any, telemetry: str, claim_idle_ms: int) -> tuple[str, str]:
     """The fleet endpoint with the bus for a test module: a tiny Nav2D model promoted to production, two stream
     consumer replicas, telemetry through the stream into ``root/logs``. Returns (url, the served version)."""
-    from cluster.runtime import free_port
+    from actors.ports import free_port
     from serving.deploy import deploy
     from tests.worldmodel.conftest import TINY_MODEL, TINY_TRAIN
     from worldmodel.envs import make_env, space_spec

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import requests
 
+from actors.ports import free_port
 from actors.state import StateConfig
-from cluster.runtime import free_port
 from serving.ab import assign
 from serving.ab_gate import live_comparison
 from serving.deploy import deploy, shutdown_app

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 import requests
 
+from actors.ports import free_port
 from actors.state import StateConfig
-from cluster.runtime import free_port
 from serving.config import AppConfig
 from serving.deploy import deploy, shutdown_app
 from tests.ray_fixtures import ray_local  # noqa: F401

@@ -17,8 +17,8 @@ from typing import Any, Iterator
 import numpy as np
 import pytest
 
+from actors.ports import free_port
 from actors.state import StateConfig
-from cluster.runtime import free_port
 import serving.client
 import serving.episodes
 from serving.client import APIError, AsyncFleetClient, EpisodeSteps, FleetClient, TransportError

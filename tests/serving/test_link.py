@@ -11,8 +11,8 @@ from typing import Any, Awaitable, Callable
 
 import pytest
 
+from actors.ports import free_port
 from cluster.cli import build_parser
-from cluster.runtime import free_port
 from serving.client import AsyncFleetClient, FleetClient
 from serving.fleet_config import FleetConfig
 from serving.link import RETRY, AgentLink, APIError, RetryPolicy, RetrySettings, TransportError

@@ -10,8 +10,8 @@ import pytest
 import ray
 import requests
 
+from actors.ports import free_port
 from actors.state import StateConfig
-from cluster.runtime import free_port
 from serving.deploy import deploy, shutdown_app
 from tests.worldmodel.conftest import TINY_MODEL, TINY_TRAIN
 from worldmodel.artifact import save_model

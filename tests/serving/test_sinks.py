@@ -9,7 +9,7 @@ import pytest
 import redis
 
 from actors.ingest import IngestConfig, IngestConsumer
-from actors.redis_server import free_port
+from actors.ports import free_port
 from actors.streams import BusNames
 from serving.config import AppConfig
 from serving.sinks import ActorSink, StreamSink, start_telemetry

@@ -17,10 +17,10 @@ from typing import Any, Callable
 import pytest
 import redis
 
-from cluster.runtime import free_port
+from actors.ports import free_port
 from serving.bus import REPLY_MAXLEN, BusNames, StreamReply, decode_request, encode_reply
-from serving.schema import PlanRequest
 from serving.link import RETRY, APIError, TransportError
+from serving.schema import PlanRequest
 from serving.stream_client import AsyncStreamClient, StreamClient
 from tests.redis_fixtures import redis_client, redis_server  # noqa: F401
 

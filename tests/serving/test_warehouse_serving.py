@@ -16,8 +16,8 @@ import ray
 import requests
 
 from actors.common import NAMESPACE
+from actors.ports import free_port
 from actors.state import StateConfig
-from cluster.runtime import free_port
 from serving.config import AppConfig
 from serving.deploy import deploy, shutdown_app
 from serving.fleet_config import FleetConfig
