@@ -346,14 +346,30 @@ def filter_loss(model: LatentWorldModel, b: LatentBatch, cfg: LatentTrainConfig,
 
 @dataclass(frozen=True)
 class LatentTrainReport:
-    """What a training run did: steps, wall and CPU seconds, the last step's loss parts, and the steps whose breach
-    flag was known (0: the breach head learned nothing, e.g. from logs written before the flag was)."""
+    """What a training run did: steps, wall and CPU seconds (this process's), the last step's loss parts, and the
+    steps whose breach flag was known (0: the breach head learned nothing, e.g. from logs written before the flag
+    was), every worker's."""
 
     steps: int
     seconds: float
     cpu_seconds: float
     losses: dict[str, float]
     breach_flags: int = 0
+    workers: int = 1
+    """Processes that trained it data-parallel (1: this one alone)."""
+
+
+class LatentLoss(torch.nn.Module):
+    """``loss_for`` as a module's forward: what ``DistributedDataParallel`` wraps, so that the backward through it
+    averages the gradients of every worker's batch."""
+
+    def __init__(self, model: LatentWorldModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, b: LatentBatch, cfg: LatentTrainConfig, pos_weight: float) -> tuple[torch.Tensor,
+                                                                                          dict[str, float]]:
+        return loss_for(self.model, b, cfg, pos_weight)
 
 
 def train_latent(model: LatentWorldModel, data: Episodes, cfg: LatentTrainConfig,
@@ -362,23 +378,37 @@ def train_latent(model: LatentWorldModel, data: Episodes, cfg: LatentTrainConfig
     """Fit ``model`` to ``data`` for ``cfg.steps`` steps (or its CPU time), then ``calibrate`` it (eval mode).
 
     ``on_log(step, cpu_seconds, loss_parts)`` is called every ``log_every`` steps (a caller checkpoints there).
+
+    Data parallel when a ``torch.distributed`` process group is up (Ray Train's workers: ``learners.latent_train``):
+    each process trains on its own episodes, ``DistributedDataParallel`` averages the gradients, the reward scale
+    and the breach weight come from every worker's episodes, and all stop at the same step (the first to reach
+    its CPU budget stops them all). Batches are drawn with ``cfg.seed`` plus the process's rank.
     """
+    group = _Group()
     torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
+    rng = np.random.default_rng(cfg.seed + group.rank)
     valid = data.valid()
     with torch.no_grad():
-        model.reward_norm.fit(torch.from_numpy(data.rewards[valid])[:, None])
+        rewards = torch.from_numpy(data.rewards[valid]).double()
+        count, total, squares = group.sum([len(rewards), rewards.sum(), (rewards ** 2).sum()])
+        mean = total / max(count, 1.0)
+        std = max((squares / max(count, 1.0) - mean ** 2), 0.0) ** 0.5
+        model.reward_norm.mean.fill_(mean)
+        model.reward_norm.std.fill_(std if std >= 1e-6 else 1.0)
     flags = data.breach[valid]
     # Breaches are rare in random play: weight them up to balance, within reason (unknown flags count neither way).
-    pos_weight = float(np.clip((flags == 0).sum() / max((flags == 1).sum(), 1), 1.0, 10.0))
+    clear, breached = group.sum([(flags == 0).sum(), (flags == 1).sum()])
+    pos_weight = float(np.clip(clear / max(breached, 1), 1.0, 10.0))
+    loss_of = group.wrap(LatentLoss(model))
     optimiser = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     warm = dataclasses.replace(cfg, breach=0.0)
     start, cpu_start, parts, step = time.perf_counter(), time.process_time(), {}, 0
     model.train()
-    while step < cfg.steps and (cfg.cpu_seconds is None or time.process_time() - cpu_start < cfg.cpu_seconds):
+    while step < cfg.steps and not group.any(cfg.cpu_seconds is not None
+                                             and time.process_time() - cpu_start >= cfg.cpu_seconds):
         step += 1
         batch = sample_for(model, data, cfg, rng, 0 if step <= cfg.warmup else None)
-        loss, parts = loss_for(model, batch, cfg if step > cfg.warmup else warm, pos_weight)
+        loss, parts = loss_of(batch, cfg if step > cfg.warmup else warm, pos_weight)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -387,7 +417,34 @@ def train_latent(model: LatentWorldModel, data: Episodes, cfg: LatentTrainConfig
             on_log(step, time.process_time() - cpu_start, parts)
     calibrate(model, data, rng)
     return LatentTrainReport(step, time.perf_counter() - start, time.process_time() - cpu_start, parts,
-                             int((~np.isnan(flags)).sum()))
+                             int(group.sum([(~np.isnan(flags)).sum()])[0]), group.size)
+
+
+class _Group:
+    """The ``torch.distributed`` process group ``train_latent`` runs in, or this process alone."""
+
+    def __init__(self) -> None:
+        self.on = torch.distributed.is_available() and torch.distributed.is_initialized()
+        self.rank = torch.distributed.get_rank() if self.on else 0
+        self.size = torch.distributed.get_world_size() if self.on else 1
+
+    def sum(self, values: list[Any]) -> list[float]:
+        """Each value summed over the processes."""
+        x = torch.tensor([float(v) for v in values], dtype=torch.float64)
+        if self.on:
+            torch.distributed.all_reduce(x)
+        return x.tolist()
+
+    def any(self, flag: bool) -> bool:
+        """Whether any process's ``flag`` is set (each step: every process stops at the same one)."""
+        return self.sum([flag])[0] > 0 if self.on else flag
+
+    def wrap(self, loss: LatentLoss) -> torch.nn.Module:
+        """``loss`` under ``DistributedDataParallel`` in a process group (its backward averages the gradients)."""
+        if not self.on:
+            return loss
+        # find_unused_parameters: the warm-up steps leave the dynamics (and a recurrent model's gain) untouched
+        return torch.nn.parallel.DistributedDataParallel(loss, find_unused_parameters=True)
 
 
 @torch.no_grad()

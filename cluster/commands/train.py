@@ -34,6 +34,11 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                    help="image logs only: gradient steps (default: LatentTrainConfig's)")
     p.add_argument("--cpu-seconds", type=float, default=None,
                    help="image logs only: stop training after this much CPU time (default: no limit)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="image logs only: train data-parallel on N Ray Train workers, each reading its share of "
+                        "the episodes through Ray Data (default: in this process, without Ray)")
+    p.add_argument("--address", default=None,
+                   help="with --workers: Ray cluster address (default: an embedded local Ray)")
     p.set_defaults(handler=run_train)
 
 
@@ -98,7 +103,8 @@ def run_train(args: argparse.Namespace) -> dict[str, Any]:
     if has_frames(files, fs):
         return run_train_latent(args, files, env_id)
     given = [flag for flag, value in (("--latent-config", args.latent_config), ("--latent-steps", args.latent_steps),
-                                      ("--cpu-seconds", args.cpu_seconds)) if value is not None]
+                                      ("--cpu-seconds", args.cpu_seconds), ("--workers", args.workers))
+             if value is not None]
     if given:
         raise ValueError(f"{given[0]} is for image logs only; the logs under {args.data} hold no camera frames")
     spec = space_spec(make_env(env_id), env_id)
@@ -140,11 +146,13 @@ def run_train_latent(args: argparse.Namespace, files: list[str], env_id: str) ->
     latent artifact with the held-out loss parts as its metrics."""
     import dataclasses
     import json
+    import logging
 
     import torch
 
     from worldmodel.data import data_fingerprint
-    from worldmodel.data.images import read_image_transitions
+    from worldmodel.data import schema as sc
+    from worldmodel.data.images import image_log_dataset, read_image_transitions
     from worldmodel.latent import LatentWorldModel
     from worldmodel.latent_artifact import LatentArtifact, latent_config_from_dict, save_latent_model
     from worldmodel.latent_training import LatentTrainConfig, episodes_from_logs, train_latent
@@ -155,24 +163,44 @@ def run_train_latent(args: argparse.Namespace, files: list[str], env_id: str) ->
         raise ValueError(f"--latent-config must be a JSON object, got {args.latent_config!r} ({err})") from None
     if not isinstance(overrides, dict):
         raise ValueError(f"--latent-config must be a JSON object, got {args.latent_config!r}")
-    data = read_image_transitions(args.data, files=files)
-    cfg = latent_config_from_dict({**overrides, "image_shape": data.image_shape, "act_dim": data.rows.act_dim})
+    if args.workers is not None and args.workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {args.workers}")
+    dataset, shape = image_log_dataset(args.data, files=files)
+    act_dim = dataset.schema.field(sc.ACTIONS).type.list_size
+    cfg = latent_config_from_dict({**overrides, "image_shape": shape, "act_dim": act_dim})
     train_cfg = LatentTrainConfig(**{k: v for k, v in (("steps", args.latent_steps), ("cpu_seconds", args.cpu_seconds),
                                                         ("seed", args.seed)) if v is not None})
-    episodes = episodes_from_logs(data)
-    train, held = split_episodes(episodes, HELD_OUT_SHARE)
     verbose = not (args.json or args.quiet)
     log = (lambda m: print(m, file=sys.stderr)) if verbose else (lambda m: None)
-    log(f"training the latent model on {len(train)} episodes ({len(held)} held out), {len(data)} frames "
-        f"of {data.image_shape}")
-    torch.manual_seed(train_cfg.seed)
-    model = LatentWorldModel(cfg)
-    report = train_latent(model, train, train_cfg, on_log=lambda step, cpu, parts: log(
-        f"step {step}: cpu {cpu:.0f} s, " + ", ".join(f"{k} {v:.4f}" for k, v in parts.items())))
+    parallel = None
+    if args.workers is None:
+        data = read_image_transitions(args.data, files=files)
+        train, held = split_episodes(episodes_from_logs(data), HELD_OUT_SHARE)
+        log(f"training the latent model on {len(train)} episodes ({len(held)} held out), {len(data)} frames "
+            f"of {data.image_shape}")
+        torch.manual_seed(train_cfg.seed)
+        model = LatentWorldModel(cfg)
+        report = train_latent(model, train, train_cfg, on_log=lambda step, cpu, parts: log(
+            f"step {step}: cpu {cpu:.0f} s, " + ", ".join(f"{k} {v:.4f}" for k, v in parts.items())))
+        trained_on = len(train)
+    else:
+        from cluster.runtime import init_ray
+        from learners.latent_train import train_latent_data_parallel
+
+        init_ray(args.address, log_to_driver=verbose)
+        if not verbose:  # Ray Data's progress lines
+            logging.getLogger("ray.data").setLevel(logging.WARNING)
+        log(f"training the latent model on {args.workers} Ray Train workers (Ray Data reads each one's episodes)")
+        run = train_latent_data_parallel(args.data, files, cfg, train_cfg, args.workers, HELD_OUT_SHARE)
+        model, report, held, trained_on = run.model, run.report, run.held, sum(run.episodes_per_worker)
+        parallel = {"workers": args.workers, "episodes_per_worker": run.episodes_per_worker,
+                    "workers_agree": run.workers_agree}
     metrics = {"steps": report.steps, "train_seconds": round(report.seconds, 2),
                "cpu_seconds": round(report.cpu_seconds, 2), "train_losses": report.losses,
-               "held_out": held_out_losses(model, held, train_cfg), "episodes": len(train),
-               "held_out_episodes": len(held), "breach_flags": report.breach_flags}
+               "held_out": held_out_losses(model, held, train_cfg) if held is not None else {},
+               "episodes": trained_on, "held_out_episodes": len(held) if held is not None else 0,
+               "breach_flags": report.breach_flags,
+               **({"data_parallel": parallel} if parallel else {})}
     artifact = LatentArtifact(model, version=args.version, env_id=env_id,
                               data_fingerprint=data_fingerprint(args.data, files=files),
                               train=dataclasses.asdict(train_cfg), metrics=metrics)

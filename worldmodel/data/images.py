@@ -35,6 +35,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 
@@ -168,21 +169,41 @@ class ImageTransitions:
 
 
 def read_image_transitions(root: str, filesystem: pafs.FileSystem | None = None, *,
-                           files: list[str] | None = None) -> ImageTransitions:
-    """Read every image log file under ``root``, rows in ``read_transitions``' order.
+                           files: list[str] | None = None, episodes: Sequence[str] | None = None) -> ImageTransitions:
+    """Read every image log file under ``root``, rows in ``read_transitions``' order (``episodes``: the rows of
+    these episode ids only).
 
     Raises:
         FileNotFoundError: no log files under ``root``.
         SchemaError: a file is not Parquet, does not match the trajectory schema, has no frames, or its frames
             differ in shape or type from the other files'.
     """
+    dataset, shape = image_log_dataset(root, filesystem, files=files)
+    where = None if episodes is None else pc.field(sc.EPS_ID).isin(pa.array(list(episodes), pa.string()))
+    table = dataset.to_table(columns=dataset.schema.names, filter=where)
+    return ImageTransitions.from_table(sorted_log_table(table, root), shape)
+
+
+def image_log_dataset(root: str, filesystem: pafs.FileSystem | None = None, *,
+                      files: list[str] | None = None) -> tuple[ds.FileSystemDataset, tuple[int, int, int]]:
+    """The image log files under ``root`` as one dataset with the expected schema (whatever each file's own), and
+    their frame shape (H, W, C); errors as ``read_image_transitions``'."""
     fs, _ = resolve_root(root, filesystem)
     files = files or require_log_files(root, filesystem)[2]
     fragments, obs_dim, act_dim = check_log_files(files, fs, frames=True)
     shape = _check_frames(files, fragments)
     expected = image_schema(obs_dim, act_dim, shape)
-    dataset = ds.FileSystemDataset(fragments, schema=expected, format=ds.ParquetFileFormat(), filesystem=fs)
-    return ImageTransitions.from_table(sorted_log_table(dataset.to_table(columns=expected.names), root), shape)
+    return ds.FileSystemDataset(fragments, schema=expected, format=ds.ParquetFileFormat(), filesystem=fs), shape
+
+
+def log_episodes(dataset: ds.Dataset) -> np.ndarray:
+    """The episode ids of a log dataset, in the order its readers return their rows (by agent, then episode),
+    read from those two columns alone."""
+    keys = dataset.to_table(columns=[sc.AGENT_ID, sc.EPS_ID])
+    keys = keys.take(pc.sort_indices(keys, sort_keys=[(sc.AGENT_ID, "ascending"), (sc.EPS_ID, "ascending")]))
+    ids = keys.column(sc.EPS_ID).to_numpy(zero_copy_only=False)
+    _, first = np.unique(ids, return_index=True)
+    return ids[np.sort(first)]
 
 
 def _check_frames(files: list[str], fragments: list[ds.ParquetFileFragment]) -> tuple[int, int, int]:
