@@ -9,6 +9,10 @@ from benchmarks.docs_text import num, pct, table, verdict
 Json = dict[str, Any]
 
 
+FALLBACK_BY = {"zero": "the zero action", "plan": "the agent's previous plan, the zero action for one without"}
+"""What a served run's late answers acted on (its ``fallback_action_by``; runs that did not record it: zero)."""
+
+
 def _served_rows(served: Json) -> list[list[Any]]:
     rows = []
     for label, row in [("target row", served["target_row"])] + [("ladder", s) for s in served["ladder"]]:
@@ -64,7 +68,8 @@ def perception_fields(r: Json) -> dict[str, str]:
             ["fleet", "agents", "Hz per agent", "p50 ms", "p99 ms", "errors", "requests", "deadline fallbacks",
              "success", "steps in zones"],
             _served_rows(served)),
-        "served_verdict": verdict(met_served), "fallback_share": share, "largest": "not run" if served is None else
+        "served_verdict": verdict(met_served), "fallback_share": share,
+        "fallback_by": FALLBACK_BY[(served or {}).get("fallback_action_by", "zero")], "largest": "not run" if served is None else
         (f"**{largest}** agents" if largest else "**none** of the sizes tried"),
         "target": (f"{pct(target['success_rate'], 0)} success, {target['zone_steps']} zone steps: "
                    f"{verdict(loop['target_met'])}; {target['served_agents']} served agents p99 <= "

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import requests
 
 from actors.ports import free_port
 from actors.redis_server import RedisServer
@@ -77,10 +78,12 @@ def served(model_dir: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any
         say(f"starting `wm serve` on {url} with the bus at {redis_server.url}")
         with running(cmd, url, tmp / "serve.log"):
             drive(url, redis_server.url, 2, args, 5.0, args.seed)  # untimed: first calls pay for lazy set-up
+            served_model = requests.get(f"{url}/v1/models", timeout=30).json()["production"]
             target = drive(url, redis_server.url, TARGET["served_agents"], args, args.seconds, args.seed + 1)
             grown = ladder(args.ladder, args.hz, lambda n: drive(url, redis_server.url, n, args, args.ladder_seconds,
                                                                   args.seed + n), "camera")
-    return {"target_row": _row(target), "target_met": holds(target, args.hz)} | grown
+    return {"target_row": _row(target), "target_met": holds(target, args.hz),
+            "fallback_action_by": served_model["fallback_action_by"]} | grown
 
 
 def readout(model_dir: str, episodes: Any, states: np.ndarray) -> dict[str, Any]:

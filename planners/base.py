@@ -139,7 +139,11 @@ class BasePlanner:
 
     def __init__(self, dynamics: torch.nn.Module, objective: Objective, action_low: torch.Tensor,
                  action_high: torch.Tensor, cfg: PlanConfig, fallback: ActionPolicy | None = None,
-                 shield: Shield | None = None) -> None:
+                 shield: Shield | None = None, hold_plan: bool = False) -> None:
+        """``hold_plan``: without a ``fallback`` policy, an agent whose call misses its deadline (no round fits)
+        acts on its warm start, its previous plan shifted (``fallback_source`` 'plan'), rather than the zero
+        action: a double integrator given zero acceleration coasts on at its speed, wherever the plan was
+        steering it. Fallbacks for another reason (disagreement, a diverging model) still act with zero."""
         device = next(dynamics.buffers()).device
         self.cfg = cfg
         self.low = torch.as_tensor(action_low, dtype=torch.float32, device=device)
@@ -147,8 +151,11 @@ class BasePlanner:
         self.act_dim = self.low.shape[0]
         self.rollout = make_rollout(dynamics, objective, cfg.propagation, cfg.particles, cfg.disagreement_penalty)
         self.fallback_policy = fallback or zero_action(self.low, self.high)
-        self.fallback_source = "zero" if fallback is None else "policy"
-        """Who the fallback is: 'policy' (a given ActionPolicy) or 'zero' (the zero action)."""
+        self.hold_plan = hold_plan and fallback is None
+        self.fallback_source = "policy" if fallback is not None else "plan" if self.hold_plan else "zero"
+        """Who the fallback is: 'policy' (a given ActionPolicy), 'plan' (the previous plan when late, else zero)
+        or 'zero' (the zero action)."""
+        self._held: torch.Tensor | None = None  # (N, H, A) the warm starts acting for a late call
         self.shield = None if shield is None else shield.bind(objective)
         self.generator = torch.Generator(device=device).manual_seed(cfg.seed)
         self.device = device
@@ -175,12 +182,15 @@ class BasePlanner:
         obs, params = self._checked(obs, warm_start), params or {}
         n = len(obs)
         budget = budget_ms if budget_ms is not None else self.cfg.budget_ms
-        self._n, self._rollout_s, self._last = n, 0.0, None
+        self._n, self._rollout_s, self._last, self._held = n, 0.0, None, None
         self._deadline = (start + (budget - self._finish_ms.get(n, 0.0)) / 1000 if budget is not None
                           else float("inf"))
         if self._spent():
-            # Not even one round fits: act safely now rather than answer late.
-            best, returns, iterations = self.initial_plan(n), torch.full((n,), float("-inf"), device=self.device), 0
+            # Not even one round fits: act safely now rather than answer late (hold_plan: on the previous plans).
+            held = self.hold_plan and warm_start is not None
+            best = self._project(warm_start.to(self.device).clone(), params) if held else self.initial_plan(n)
+            self._held = best if held else None
+            returns, iterations = torch.full((n,), float("-inf"), device=self.device), 0
         else:
             best, returns, iterations = self._optimise(obs, params, warm_start)
         finish_start = time.perf_counter()
@@ -203,7 +213,7 @@ class BasePlanner:
         start = time.perf_counter()
         obs, params = self._checked(obs, None), params or {}
         n, h = len(obs), self.cfg.horizon
-        self._last = None
+        self._last = self._held = None
         decision = torch.full((n,), Decision.POLICY, dtype=torch.int8, device=self.device)
         actions, code, margin = self._decide(obs, params, None, torch.ones(n, dtype=torch.bool, device=self.device),
                                              decision)
@@ -241,7 +251,8 @@ class BasePlanner:
         # alternatives (most pass, so a shielded call costs about one more Hs-step check).
         shield, hs = self.shield, self.shield.horizon
         chosen = obs.new_empty(n, hs, self.act_dim) if best is None else first_steps(best, hs).clone()  # (N, Hs, A)
-        if bool(fell.any()):  # the fallback slides around zones in its way (a barrier on its own actions)
+        if bool(fell.any()) and self._held is None:  # the fallback slides around zones in its way (a barrier
+            # on its own actions); held plans are checked as plans are
             rows = fell.nonzero()[:, 0]
             chosen[rows], bent = shield.slide(obs[rows], self.fallback_policy, _rows(params, rows), self.low, self.high)
             code[rows[bent]] = Constraint.NO_FLY_ZONE
@@ -263,7 +274,9 @@ class BasePlanner:
         return actions, code, margin
 
     def _fallback_actions(self, obs: torch.Tensor, params: Params) -> torch.Tensor:
-        """The fallback policy's actions (N, A), projected into the bounds."""
+        """The fallback policy's actions (N, A), projected into the bounds (a late call's held plans' first)."""
+        if self._held is not None:
+            return self._held[:, 0].clone()
         return project(self.fallback_policy(obs, params).clone(), params, self.low, self.high)
 
     def top_candidates(self, m: int) -> tuple[torch.Tensor, torch.Tensor] | None:

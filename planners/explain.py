@@ -67,7 +67,7 @@ class Explanation:
         action: (A,) what the served settings answer now (after fallback and shield).
         decision: 'planned', 'fallback', 'shielded' or 'policy'.
         fallback_reason: 'deadline', 'uncertainty', 'error', or None when the plan acted.
-        fallback_action_by: 'policy' or 'zero': who the fallback is (whether or not it acted).
+        fallback_action_by: 'policy', 'zero', 'brake' or 'plan': who the fallback is (whether or not it acted).
         shielded_constraint: what the shield kept the action from violating, or None.
         margin: worst predicted margin of the answered action over the shield's horizon (None: none given).
         chosen: the plan the planner chose; alternatives: the best others of its last round, best first;

@@ -56,11 +56,13 @@ class LatentBreach:
 
 
 def latent_planner(model: LatentWorldModel, plan: PlanConfig = LATENT_PLAN, cem: CEMConfig = CEMConfig(),
-                   breach_weight: float = BREACH_WEIGHT) -> CEMPlanner:
-    """CEM over the latent ensemble, scored by the reward and breach heads; actions in [-1, 1]^A."""
+                   breach_weight: float = BREACH_WEIGHT, hold_plan: bool = False) -> CEMPlanner:
+    """CEM over the latent ensemble, scored by the reward and breach heads; actions in [-1, 1]^A. ``hold_plan``: a
+    call that misses its deadline acts on the warm starts (``BasePlanner``'s)."""
     a = model.cfg.act_dim
     terms = [LatentReward(model)] + ([LatentBreach(model, breach_weight)] if breach_weight else [])
-    return CEMPlanner(LatentDynamics(model), Objective(terms), -torch.ones(a), torch.ones(a), plan, cem)
+    return CEMPlanner(LatentDynamics(model), Objective(terms), -torch.ones(a), torch.ones(a), plan, cem,
+                      hold_plan=hold_plan)
 
 
 @dataclass(frozen=True)

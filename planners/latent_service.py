@@ -45,7 +45,6 @@ class LatentPlanner:
     """
 
     zones = False
-    fallback_source = "zero"
 
     def __init__(self, artifact: LatentArtifact, cfg: ServiceConfig | None = None,
                  breach_weight: float = BREACH_WEIGHT) -> None:
@@ -59,7 +58,11 @@ class LatentPlanner:
         self.hidden_size = self.latent.cfg.state_dim if self.recurrent else 0
         """Entries of one agent's hidden state (Z; 0 without one)."""
         cem = settings_arguments("cem", self.cfg.settings).get("cem", CEMConfig())
-        self.planner: BasePlanner = latent_planner(self.latent, self.cfg.plan, cem, breach_weight)
+        # No policy to fall back on: a late call's agents go on with their previous plans (the zero action would
+        # let them coast on at their speed), those without one with the zero action.
+        self.planner: BasePlanner = latent_planner(self.latent, self.cfg.plan, cem, breach_weight, hold_plan=True)
+        self.fallback_source = self.planner.fallback_source
+        """'plan': see ``BasePlanner``'s ``hold_plan``."""
 
     @classmethod
     def load(cls, model_dir: str | Path, cfg: ServiceConfig | None = None,
@@ -97,7 +100,7 @@ class LatentPlanner:
                 "latent_dim": self.latent.cfg.state_dim, "objectives": list(self.objectives), "zones": False,
                 "sites": False, "planner": self.cfg.planner, "planner_settings": self.cfg.planner_settings,
                 "horizon": self.horizon, "prior_share": self.cfg.plan.prior_share, "policy": None, "modes": ["plan"],
-                "shield": None, "device": str(self.model.device)}
+                "shield": None, "fallback_action_by": self.fallback_source, "device": str(self.model.device)}
 
     def warmup(self, sizes: tuple[int, ...] = (1, 8, 64)) -> None:
         """Plan once untimed at a few batch sizes, so the budget has round-time estimates."""

@@ -114,8 +114,9 @@ class PlanBatch:
             violating (0 where it did not act).
         margin: (N,) worst predicted constraint margin of the answered action over the shield's horizon
             (+inf without a shield or without constraints; negative: a predicted violation).
-        fallback_source: who the fallback is: 'policy' (the model's policy), 'zero' (the zero action) or 'brake'
-            (a warehouse robot without a policy stops).
+        fallback_source: who the fallback is: 'policy' (the model's policy), 'zero' (the zero action), 'brake'
+            (a warehouse robot without a policy stops) or 'plan' (a camera agent late for its deadline goes on
+            with its previous plan; ``BasePlanner``'s ``hold_plan``).
         reward_models: per agent, the reward model version its plan was scored with, None where the world
             model's own reward was (or no learned reward: 'goal', policy mode); None: the model's own for all.
 

@@ -124,15 +124,16 @@ class FleetPlanner:
         return "zero" if self.policy is None else "policy"
 
     def describe(self) -> dict[str, Any]:
-        """What is served: version, env and sizes, objectives, planner, policy, shield (its horizon, or None),
-        device (JSON-friendly)."""
+        """What is served: version, env and sizes, objectives, planner, policy, shield (its horizon, or None), what
+        acts as the fallback (``fallback_action_by``), device (JSON-friendly)."""
         spec = self.model.spec
         return {"model_version": self.version, "env_id": spec.env_id, "obs_dim": self.obs_dim,
                 "act_dim": spec.act_dim, "objectives": list(self.objectives), "zones": self.zones, "sites": False,
                 "planner": self.cfg.planner, "planner_settings": self.cfg.planner_settings, "horizon": self.horizon,
                 "prior_share": self.cfg.plan.prior_share, "policy": self._policy_summary(),
                 "modes": list(MODES) if self.policy is not None else ["plan"],
-                "shield": self._shield_horizon(), "device": str(self.model.device)}
+                "shield": self._shield_horizon(), "fallback_action_by": self.fallback_source,
+                "device": str(self.model.device)}
 
     def _shield_horizon(self) -> int | None:
         """The steps the shield checks ahead, or None without a shield."""

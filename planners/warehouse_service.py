@@ -124,7 +124,8 @@ class WarehousePlanner:
                                                                "iterations": self.fleet.iterations},
                 "horizon": self.horizon, "prior_share": 0.0, "modes": ["plan"],
                 "policy": None if self.policy is None else {"config": self.policy.cfg.to_dict()},
-                "shield": None if self.shield is None else self.shield.cfg.horizon, "device": str(self.model.device),
+                "shield": None if self.shield is None else self.shield.cfg.horizon,
+                "fallback_action_by": self.fallback_source, "device": str(self.model.device),
                 "floor": {"robots": self.robots, "width": layout.width, "height": layout.height}}
 
     def warmup(self, sizes: tuple[int, ...] = (1, 8)) -> None:

@@ -227,9 +227,10 @@ class PlanResponse(BaseModel):
     shielded_constraint: Literal["no_fly_zone", "state_box", "speed", "agent_contact", "shelf"] | None = Field(
         default=None, description="The constraint the replaced action was predicted to violate (decision "
                                   "'shielded'); else null.")
-    fallback_action_by: Literal["policy", "zero", "brake"] | None = Field(
+    fallback_action_by: Literal["policy", "zero", "brake", "plan"] | None = Field(
         default=None, description="What gave the fallback's action: the served policy, or the zero action when "
-                                  "the model has none (a warehouse robot brakes instead); null when the fallback "
+                                  "the model has none (a warehouse robot brakes instead; a camera agent late for "
+                                  "its deadline goes on with its previous plan, 'plan'); null when the fallback "
                                   "did not act.")
     margin: float | None = Field(
         default=None, description="Worst predicted constraint margin of the action over the shield's horizon, "

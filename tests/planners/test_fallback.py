@@ -33,6 +33,27 @@ def test_a_budget_no_round_fits_falls_back_with_reason_deadline() -> None:
     assert (planner.plan(x, {"goal": goal}).fallback_reason == Fallback.NONE).all()
 
 
+def test_hold_plan_acts_on_the_warm_starts_when_no_round_fits() -> None:
+    x, goal = _agents(3)
+    warm = torch.tensor([[[0.5, -0.25]] * 4, [[-2.0, 0.75]] * 4, [[0.0, 0.0]] * 4])  # (N, H, A); one out of the box
+    planner = make_planner("cem", LinearEnsemble(), quadratic_objective(), LOW, HIGH,
+                           PlanConfig(horizon=4, samples=32, iterations=3), hold_plan=True)
+    assert planner.fallback_source == "plan"
+    planner.plan(x, {"goal": goal})  # warm-up: measures a round
+    late = planner.plan(x, {"goal": goal}, warm_start=warm, budget_ms=1e-3)
+    assert late.iterations == 0 and (late.fallback_reason == Fallback.DEADLINE).all()
+    held = warm.clamp(-1.0, 1.0)  # projected into the action box
+    torch.testing.assert_close(late.actions, held[:, 0])
+    torch.testing.assert_close(late.plan, held)  # what the record keeps: the next call warm-starts from it
+    cold = planner.plan(x, {"goal": goal}, budget_ms=1e-3)  # no previous plans: the zero action
+    assert (cold.actions == 0).all()
+    assert not planner.plan(x, {"goal": goal}, warm_start=warm).fallback.any()  # in time: planned
+    # with a fallback policy, the policy acts whatever hold_plan says
+    policy = make_planner("cem", LinearEnsemble(), quadratic_objective(), LOW, HIGH, PlanConfig(horizon=4),
+                          fallback=lambda obs, params=None: torch.full((len(obs), 2), 0.5), hold_plan=True)
+    assert policy.fallback_source == "policy"
+
+
 def test_disagreement_over_the_threshold_falls_back_with_reason_uncertainty() -> None:
     x, goal = _agents(4)
     cfg = PlanConfig(horizon=3, samples=64, iterations=2, disagreement_threshold=1e-3)

@@ -105,6 +105,12 @@ def test_a_budget_the_encoder_used_up_falls_back_on_the_deadline() -> None:
     planner.plan(stacks(2))  # round times measured
     batch = planner.plan(stacks(2), budget_ms=0.001)
     assert (batch.fallback_reason == Fallback.DEADLINE).all() and batch.iterations == 0
+    # late agents go on with their previous plans (a double integrator given zero coasts on), fresh ones with zero
+    warm = np.full((2, planner.horizon, 2), 0.5, np.float32)
+    warm[1] = np.nan
+    late = planner.plan(stacks(2), warm_start=warm, budget_ms=0.001)
+    assert batch.fallback_source == late.fallback_source == "plan"
+    np.testing.assert_allclose(late.actions, [[0.5, 0.5], [0.0, 0.0]])
 
 
 def test_a_recurrent_model_carries_each_agents_predicted_latent_as_its_hidden_state() -> None:
