@@ -9,9 +9,11 @@ above Ray's worker ports and below the kernel's ephemeral range.
 from __future__ import annotations
 
 import contextlib
+import logging
 import random
 import socket
 
+logger = logging.getLogger(__name__)
 
 RAY_WORKER_PORTS = range(10002, 20000)
 """Ray's default ``min_worker_port``..``max_worker_port``: its worker processes' gRPC servers take these."""
@@ -25,7 +27,7 @@ def free_port(host: str = "127.0.0.1") -> int:
 def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
     """``count`` different ports free right now on ``host``, above Ray's worker ports and below the kernel's
     ephemeral range (the kernel's choice where that range leaves no room)."""
-    low, high = RAY_WORKER_PORTS.stop, _ephemeral_ports().start
+    low, high = RAY_WORKER_PORTS.stop, ephemeral_ports().start
     candidates = random.SystemRandom().sample(range(low, high), high - low) if high > low else []
     chosen: list[int] = []
     for port in candidates:
@@ -35,6 +37,8 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
             s.bind((host, port))
             chosen.append(port)
     if len(chosen) < count:  # no room outside the ephemeral range: let the kernel choose
+        logger.warning("no %d free ports between %d and %d (the kernel's ephemeral range starts there): taking "
+                       "the kernel's, which a Ray process may take first", count, low, high)
         with contextlib.ExitStack() as stack:
             socks = [stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) for _ in range(count)]
             for s in socks:
@@ -43,7 +47,7 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
     return chosen
 
 
-def _ephemeral_ports() -> range:
+def ephemeral_ports() -> range:
     """The ports the kernel hands out for ``bind(0)`` and outgoing connections (Linux's default where
     the setting cannot be read)."""
     try:

@@ -46,7 +46,8 @@ class PlanAnswer:
     shielded_constraint: str | None = None
     """The constraint the shield kept the action from violating: 'no_fly_zone', 'state_box' or 'speed'."""
     fallback_action_by: str | None = None
-    """What produced the fallback's action: 'policy' or 'zero'; None when the fallback did not act."""
+    """What produced the fallback's action: 'policy', 'zero', 'brake' or 'plan' (``PlanBatch.fallback_by``); None
+    when the fallback did not act."""
     margin: float | None = None
     """Worst predicted constraint margin of the action (negative: a predicted violation); None without constraints."""
     trajectory: list[list[float]] | None = None

@@ -4,9 +4,10 @@
 runs) on ``workers`` Ray Train workers (``TorchTrainer``: one process each, a ``torch.distributed`` group between
 them, gloo on CPUs). The driver reads the logs' episode ids alone (two columns, no frames), holds out the last
 ones (as ``wm train`` does in one process) and deals the rest to the workers whole, round-robin; each worker
-gets its own episodes' rows through Ray Data (a filter on the episode id, read into the cluster's object store
-before the workers start, whose CPUs the reads would otherwise wait for; a worker holds only its share of the
-frames, so logs larger than one machine's memory train across several), and ``DistributedDataParallel``
+gets its own episodes' rows through Ray Data (each share filtered by episode id out of a read of every file, so
+the logs are read once per worker; the reads run before the workers start, whose CPUs they would otherwise wait
+for, into the object store, which spans the cluster's nodes; a worker then holds only its share of the frames in
+memory), and ``DistributedDataParallel``
 averages the gradients of every worker's batches. Worker 0 sends the trained weights back as a checkpoint.
 
 On one CPU it is the same code with one worker. The latent model trains on CPUs (``use_gpu`` is refused: its
@@ -42,17 +43,25 @@ _WEIGHTS, _REPORT = "model.pt", "report.json"
 
 @dataclass(frozen=True)
 class DataParallelRun:
-    """What ``train_latent_data_parallel`` returns: the trained model (worker 0's copy, calibrated on its
-    episodes), its report, the held-out episodes, how many training episodes each worker had, and whether the
-    workers' weights agreed at the end."""
+    """What ``train_latent_data_parallel`` returns: the trained model (worker 0's copy, calibrated on every
+    worker's episodes), its report, the held-out episodes, the episodes each worker read, and whether the workers'
+    models agreed at the end."""
 
     model: LatentWorldModel
     report: LatentTrainReport
     held: Episodes | None
     """None when the logs hold a single episode."""
-    episodes_per_worker: list[int]
+    worker_episodes: list[list[str]]
+    """The episode ids each worker read (sorted), worker 0's first."""
     workers_agree: bool
-    """Whether every worker ended with the same weights (``DistributedDataParallel`` kept them one model)."""
+    """Whether every worker ended with the same weights and buffers (``DistributedDataParallel`` kept them one
+    model; ``calibrate`` combined their statistics)."""
+    train_episodes: list[str]
+    """The episode ids dealt to the workers (the held-out ones not among them)."""
+
+    @property
+    def episodes_per_worker(self) -> list[int]:
+        return [len(ids) for ids in self.worker_episodes]
 
 
 def train_latent_data_parallel(root: str, files: list[str], cfg: LatentConfig, train_cfg: LatentTrainConfig,
@@ -60,13 +69,16 @@ def train_latent_data_parallel(root: str, files: list[str], cfg: LatentConfig, t
     """Train a ``LatentWorldModel(cfg)`` on the image logs ``files`` under ``root`` with ``workers`` Ray Train
     workers (Ray must be up: ``cluster.runtime.init_ray``); the last ``held_share`` of the episodes (at least one
     of two or more) are held out and returned, not trained on. ``storage``: where Ray Train keeps the run
-    (default: a temporary directory).
+    (default: a temporary directory here: a multi-node cluster needs storage every node reaches).
 
     Raises:
-        ValueError: fewer training episodes than workers.
+        ValueError: fewer training episodes than workers, or more workers than the cluster's CPUs.
     """
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
+    cpus = ray.cluster_resources().get("CPU", 0.0)
+    if workers > cpus:  # each worker takes a CPU: more would wait for one forever
+        raise ValueError(f"{workers} workers need a CPU each; the Ray cluster has {cpus:g}")
     dataset, shape = image_log_dataset(root, files=files)
     ids = log_episodes(dataset)
     held_count = min(max(1, round(held_share * len(ids))), len(ids) - 1) if len(ids) > 1 else 0
@@ -91,12 +103,12 @@ def train_latent_data_parallel(root: str, files: list[str], cfg: LatentConfig, t
             model = LatentWorldModel(cfg)
             model.load_state_dict(torch.load(Path(folder) / _WEIGHTS, weights_only=True))
             written = json.loads((Path(folder) / _REPORT).read_text())
-    report, digests = LatentTrainReport(**written["report"]), written["digests"]
+    report, digests = LatentTrainReport(**written["report"]), [w["digest"] for w in written["workers"]]
     model.eval()
     held = episodes_from_logs(read_image_transitions(root, files=files, episodes=held_ids.tolist())) \
         if held_count else None
-    return DataParallelRun(model, report, held, [len(share) for share in shares],
-                           max(digests) - min(digests) <= 1e-9 * max(map(abs, digests)))
+    return DataParallelRun(model, report, held, [w["episodes"] for w in written["workers"]],
+                           max(digests) - min(digests) <= 1e-9 * max(map(abs, digests)), train_ids.tolist())
 
 
 def _rows_of(batch: pa.Table, episodes: list[str]) -> pa.Table:
@@ -117,20 +129,21 @@ def _worker(config: dict[str, Any]) -> None:
     torch.manual_seed(config["train_cfg"]["seed"])
     model = LatentWorldModel(latent_config_from_dict(config["cfg"]))
     report = train_latent(model, episodes_from_logs(data), LatentTrainConfig(**config["train_cfg"]))
-    digests = [None] * report.workers  # every worker's weights, to check that they stayed one model
-    torch.distributed.all_gather_object(digests, _digest(model))
-    metrics = {"steps": report.steps, "rows": len(data), "digests": digests}
+    # every worker's weights (to check that they stayed one model) and the episodes it read
+    mine = {"digest": _digest(model), "episodes": sorted(set(data.rows.eps_id.tolist()))}
+    workers: list[Any] = [None] * report.workers
+    torch.distributed.all_gather_object(workers, mine)
+    metrics = {"steps": report.steps, "rows": len(data)}
     if rank != 0:
         ray.train.report(metrics)
         return
     with tempfile.TemporaryDirectory() as folder:
         torch.save(model.state_dict(), Path(folder) / _WEIGHTS)
-        (Path(folder) / _REPORT).write_text(json.dumps({"report": dataclasses.asdict(report), "digests": digests}))
+        (Path(folder) / _REPORT).write_text(json.dumps({"report": dataclasses.asdict(report), "workers": workers}))
         ray.train.report(metrics, checkpoint=Checkpoint.from_directory(folder))
 
 
 def _digest(model: torch.nn.Module) -> float:
-    """A number that differs between models whose parameters differ (their sum, weighted by position)."""
-    flat = torch.cat([p.detach().flatten().double() for p in model.parameters()])
+    """A number that differs between models whose weights or buffers differ (their sum, weighted by position)."""
+    flat = torch.cat([t.detach().flatten().double() for t in model.state_dict().values()])
     return float((flat * torch.linspace(1.0, 2.0, len(flat), dtype=torch.float64)).sum())
-

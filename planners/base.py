@@ -143,7 +143,8 @@ class BasePlanner:
         """``hold_plan``: without a ``fallback`` policy, an agent whose call misses its deadline (no round fits)
         acts on its warm start, its previous plan shifted (``fallback_source`` 'plan'), rather than the zero
         action: a double integrator given zero acceleration coasts on at its speed, wherever the plan was
-        steering it. Fallbacks for another reason (disagreement, a diverging model) still act with zero."""
+        steering it (an agent without a finite warm start: the box centre). A fallback for another reason
+        (disagreement, a diverging model) in a call that was in time still acts with zero."""
         device = next(dynamics.buffers()).device
         self.cfg = cfg
         self.low = torch.as_tensor(action_low, dtype=torch.float32, device=device)
@@ -187,9 +188,12 @@ class BasePlanner:
                           else float("inf"))
         if self._spent():
             # Not even one round fits: act safely now rather than answer late (hold_plan: on the previous plans).
-            held = self.hold_plan and warm_start is not None
-            best = self._project(warm_start.to(self.device).clone(), params) if held else self.initial_plan(n)
-            self._held = best if held else None
+            best = self.initial_plan(n)
+            if self.hold_plan and warm_start is not None:  # rows without a finite plan (NaN: none kept) start from the box centre, as a fresh agent does
+                warm = warm_start.to(self.device)
+                kept = torch.isfinite(warm).flatten(1).all(1)[:, None, None]
+                best = self._project(torch.where(kept, warm, best), params)
+                self._held = best
             returns, iterations = torch.full((n,), float("-inf"), device=self.device), 0
         else:
             best, returns, iterations = self._optimise(obs, params, warm_start)

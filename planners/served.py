@@ -116,7 +116,8 @@ class PlanBatch:
             (+inf without a shield or without constraints; negative: a predicted violation).
         fallback_source: who the fallback is: 'policy' (the model's policy), 'zero' (the zero action), 'brake'
             (a warehouse robot without a policy stops) or 'plan' (a camera agent late for its deadline goes on
-            with its previous plan; ``BasePlanner``'s ``hold_plan``).
+            with its previous plan, the zero action without one or for another reason; ``BasePlanner``'s
+            ``hold_plan``); ``fallback_by`` says it per agent.
         reward_models: per agent, the reward model version its plan was scored with, None where the world
             model's own reward was (or no learned reward: 'goal', policy mode); None: the model's own for all.
 
@@ -148,6 +149,12 @@ class PlanBatch:
     def reasons(self) -> list[str | None]:
         """Per agent, why the fallback acted: 'deadline', 'uncertainty', 'error', or None."""
         return [Fallback(int(code)).reason for code in self.fallback_reason]
+
+    def fallback_by(self) -> list[str | None]:
+        """Per agent, what gave the fallback's action (None where it did not act): ``fallback_source``, but 'zero'
+        for a fallback of a 'plan' planner for another reason than the deadline (``BasePlanner``'s ``hold_plan``)."""
+        return [None if reason is None else "zero" if self.fallback_source == "plan" and reason != "deadline"
+                else self.fallback_source for reason in self.reasons()]
 
 
 def constraint_params(constraints: dict[str, np.ndarray] | None, n: int, device: torch.device,

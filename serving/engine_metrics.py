@@ -66,9 +66,9 @@ class BatchMetrics:
         m.batch_size.observe(len(batch.actions))
         m.plans.inc(len(batch.actions), tags=tags)
         m.planning_latency.observe(batch.elapsed_ms / 1000, tags=tags)
-        reasons, counts = np.unique([r for r in batch.reasons() if r is not None], return_counts=True)
-        for reason, count in zip(reasons.tolist(), counts.tolist()):
-            m.fallbacks.inc(count, tags={"model_version": version, "reason": reason, "by": batch.fallback_source})
+        fell = Counter((r, by) for r, by in zip(batch.reasons(), batch.fallback_by()) if r is not None)
+        for (reason, by), count in fell.items():
+            m.fallbacks.inc(count, tags={"model_version": version, "reason": reason, "by": by})
         codes, counts = np.unique(batch.shield[batch.shield != Constraint.NONE], return_counts=True)
         for code, count in zip(codes.tolist(), counts.tolist()):
             m.shield.inc(count, tags={"model_version": version, "constraint": Constraint(code).reason})

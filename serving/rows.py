@@ -190,7 +190,7 @@ def answers(requests: list[PlanRequest], batch: PlanBatch) -> list[PlanAnswer]:
     """Each request's answer from its row of the planner's batch (the trajectory only when asked for): the
     action and why (``decision``, the fallback's reason and source, the shield's constraint, the margin, the
     reward model that scored the plan)."""
-    reasons, by = batch.reasons(), batch.fallback_source
+    reasons, by = batch.reasons(), batch.fallback_by()
     margins = [m if np.isfinite(m) else None for m in batch.margin.tolist()]
     rewards = batch.reward_models or [None] * len(requests)
     return [PlanAnswer(action=batch.actions[i].tolist(), model_version=batch.model_version,
@@ -198,7 +198,7 @@ def answers(requests: list[PlanRequest], batch: PlanBatch) -> list[PlanAnswer]:
                        fallback=reasons[i] is not None, fallback_reason=reasons[i],
                        decision=Decision(int(batch.decision[i])).label,
                        shielded_constraint=Constraint(int(batch.shield[i])).reason,
-                       fallback_action_by=by if reasons[i] is not None else None, margin=margins[i],
+                       fallback_action_by=by[i], margin=margins[i],
                        trajectory=batch.trajectory[i].tolist() if req.return_trajectory else None,
                        reward_model=rewards[i])
             for i, req in enumerate(requests)]

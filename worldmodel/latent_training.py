@@ -404,8 +404,8 @@ def train_latent(model: LatentWorldModel, data: Episodes, cfg: LatentTrainConfig
     warm = dataclasses.replace(cfg, breach=0.0)
     start, cpu_start, parts, step = time.perf_counter(), time.process_time(), {}, 0
     model.train()
-    while step < cfg.steps and not group.any(cfg.cpu_seconds is not None
-                                             and time.process_time() - cpu_start >= cfg.cpu_seconds):
+    while step < cfg.steps and not (cfg.cpu_seconds is not None  # every process has the same cfg
+                                    and group.any(time.process_time() - cpu_start >= cfg.cpu_seconds)):
         step += 1
         batch = sample_for(model, data, cfg, rng, 0 if step <= cfg.warmup else None)
         loss, parts = loss_of(batch, cfg if step > cfg.warmup else warm, pos_weight)
@@ -430,10 +430,14 @@ class _Group:
 
     def sum(self, values: list[Any]) -> list[float]:
         """Each value summed over the processes."""
-        x = torch.tensor([float(v) for v in values], dtype=torch.float64)
+        return self.total(torch.tensor([float(v) for v in values], dtype=torch.float64)).tolist()
+
+    def total(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` summed over the processes (a new tensor)."""
+        x = x.clone()
         if self.on:
             torch.distributed.all_reduce(x)
-        return x.tolist()
+        return x
 
     def any(self, flag: bool) -> bool:
         """Whether any process's ``flag`` is set (each step: every process stops at the same one)."""
@@ -452,7 +456,9 @@ def calibrate(model: LatentWorldModel, data: Episodes, rng: np.random.Generator,
               chunk: int = 256) -> None:
     """Refresh what the model measures of real images, in eval mode afterwards: the encoder's batch
     statistics (averaged over ``rows`` stacks: the moving averages lag weights that training still moves)
-    and ``step_std``, the std of one-step latent changes."""
+    and ``step_std``, the std of one-step latent changes. In a process group (``train_latent``'s data-parallel
+    training), over every process's stacks: each process's chunk averages and change moments are combined."""
+    group = _Group()
     episode = rng.integers(len(data), size=rows)
     t = (rng.random(rows) * data.lengths[episode]).astype(np.int64)
     norms = [m for m in model.encoder.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
@@ -464,8 +470,13 @@ def calibrate(model: LatentWorldModel, data: Episodes, rng: np.random.Generator,
         model.encode(torch.from_numpy(frame_stacks(data.frames, episode[rows_now], t[rows_now], model.cfg.frames)))
     for norm in norms:
         norm.momentum = 0.1
+        for stats in (norm.running_mean, norm.running_var):  # every process ran as many chunks
+            stats.copy_(group.total(stats) / group.size)
     model.eval()
     now = model.encode(torch.from_numpy(frame_stacks(data.frames, episode, t, model.cfg.frames)))
     after = model.encode(torch.from_numpy(frame_stacks(data.frames, episode, t + 1, model.cfg.frames)))
-    std = (after - now).std(0)
+    change = (after - now).double()  # (rows, Z)
+    count = group.total(torch.tensor(float(len(change)), dtype=torch.float64))
+    total, squares = group.total(change.sum(0)), group.total(change.square().sum(0))
+    std = ((squares - total.square() / count) / (count - 1)).clamp_min(0.0).sqrt().float()  # unbiased, as .std
     model.step_std.copy_(torch.where(std < 1e-6, torch.ones_like(std), std))

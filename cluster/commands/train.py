@@ -33,12 +33,17 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--latent-steps", type=int, default=None,
                    help="image logs only: gradient steps (default: LatentTrainConfig's)")
     p.add_argument("--cpu-seconds", type=float, default=None,
-                   help="image logs only: stop training after this much CPU time (default: no limit)")
+                   help="image logs only: stop training after this much CPU time, each worker's with --workers "
+                        "(default: no limit)")
     p.add_argument("--workers", type=int, default=None,
-                   help="image logs only: train data-parallel on N Ray Train workers, each reading its share of "
-                        "the episodes through Ray Data (default: in this process, without Ray)")
+                   help="image logs only: train data-parallel on N Ray Train workers (a CPU each), each reading "
+                        "its share of the episodes through Ray Data (default: in this process, without Ray)")
     p.add_argument("--address", default=None,
-                   help="with --workers: Ray cluster address (default: an embedded local Ray)")
+                   help="with --workers: Ray cluster address (default: an embedded local Ray); --data must then "
+                        "be readable from every node, and --storage given")
+    p.add_argument("--storage", default=None,
+                   help="with --workers: where Ray Train keeps the run, shared by every node (s3://..., a shared "
+                        "mount; default: a temporary directory here, enough for a local Ray)")
     p.set_defaults(handler=run_train)
 
 
@@ -103,7 +108,8 @@ def run_train(args: argparse.Namespace) -> dict[str, Any]:
     if has_frames(files, fs):
         return run_train_latent(args, files, env_id)
     given = [flag for flag, value in (("--latent-config", args.latent_config), ("--latent-steps", args.latent_steps),
-                                      ("--cpu-seconds", args.cpu_seconds), ("--workers", args.workers))
+                                      ("--cpu-seconds", args.cpu_seconds), ("--workers", args.workers),
+                                      ("--address", args.address), ("--storage", args.storage))
              if value is not None]
     if given:
         raise ValueError(f"{given[0]} is for image logs only; the logs under {args.data} hold no camera frames")
@@ -165,6 +171,12 @@ def run_train_latent(args: argparse.Namespace, files: list[str], env_id: str) ->
         raise ValueError(f"--latent-config must be a JSON object, got {args.latent_config!r}")
     if args.workers is not None and args.workers < 1:
         raise ValueError(f"--workers must be >= 1, got {args.workers}")
+    for flag, value in (("--address", args.address), ("--storage", args.storage)):
+        if value is not None and args.workers is None:
+            raise ValueError(f"{flag} is for data-parallel training (--workers N)")
+    if args.address not in (None, "", "local") and args.storage is None:
+        raise ValueError("--address needs --storage: the workers on other nodes write the trained weights where "
+                         "this command can read them (s3://BUCKET/PATH or a shared mount)")
     dataset, shape = image_log_dataset(args.data, files=files)
     act_dim = dataset.schema.field(sc.ACTIONS).type.list_size
     cfg = latent_config_from_dict({**overrides, "image_shape": shape, "act_dim": act_dim})
@@ -191,7 +203,8 @@ def run_train_latent(args: argparse.Namespace, files: list[str], env_id: str) ->
         if not verbose:  # Ray Data's progress lines
             logging.getLogger("ray.data").setLevel(logging.WARNING)
         log(f"training the latent model on {args.workers} Ray Train workers (Ray Data reads each one's episodes)")
-        run = train_latent_data_parallel(args.data, files, cfg, train_cfg, args.workers, HELD_OUT_SHARE)
+        run = train_latent_data_parallel(args.data, files, cfg, train_cfg, args.workers, HELD_OUT_SHARE,
+                                         storage=args.storage)
         model, report, held, trained_on = run.model, run.report, run.held, sum(run.episodes_per_worker)
         parallel = {"workers": args.workers, "episodes_per_worker": run.episodes_per_worker,
                     "workers_agree": run.workers_agree}

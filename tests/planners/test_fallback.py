@@ -47,11 +47,20 @@ def test_hold_plan_acts_on_the_warm_starts_when_no_round_fits() -> None:
     torch.testing.assert_close(late.plan, held)  # what the record keeps: the next call warm-starts from it
     cold = planner.plan(x, {"goal": goal}, budget_ms=1e-3)  # no previous plans: the zero action
     assert (cold.actions == 0).all()
+    partly = warm.clone()
+    partly[1] = float("nan")  # no plan kept for that agent: the box centre, as a fresh agent
+    mixed = planner.plan(x, {"goal": goal, ACTION_LOW: torch.full((3, 2), -0.4), ACTION_HIGH: torch.full((3, 2), 0.4)},
+                         warm_start=partly, budget_ms=1e-3)
+    torch.testing.assert_close(mixed.actions, torch.tensor([[0.4, -0.25], [0.0, 0.0], [0.0, 0.0]]))  # own bounds
     assert not planner.plan(x, {"goal": goal}, warm_start=warm).fallback.any()  # in time: planned
     # with a fallback policy, the policy acts whatever hold_plan says
-    policy = make_planner("cem", LinearEnsemble(), quadratic_objective(), LOW, HIGH, PlanConfig(horizon=4),
+    policy = make_planner("cem", LinearEnsemble(), quadratic_objective(), LOW, HIGH,
+                          PlanConfig(horizon=4, samples=32, iterations=3),
                           fallback=lambda obs, params=None: torch.full((len(obs), 2), 0.5), hold_plan=True)
     assert policy.fallback_source == "policy"
+    policy.plan(x, {"goal": goal})
+    late = policy.plan(x, {"goal": goal}, warm_start=warm, budget_ms=1e-3)
+    assert late.iterations == 0 and (late.actions == 0.5).all()
 
 
 def test_disagreement_over_the_threshold_falls_back_with_reason_uncertainty() -> None:

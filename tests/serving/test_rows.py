@@ -8,6 +8,8 @@ import dataclasses
 import numpy as np
 
 from actors.records import AgentObjective, AgentRecord
+from planners.base import Fallback
+from planners.served import PlanBatch, empty_batch
 from serving import rows
 from serving.schema import PlanRequest
 from tests.serving.test_engine import record
@@ -82,3 +84,13 @@ def test_a_served_transition_says_whether_it_broke_the_zones_its_previous_reques
     robot = [_req(prev_action=[0.5, 0.5], site="floor-1")]  # a warehouse robot's contacts are not tested here
     assert rows.transitions(robot, records[:1], [rows.continuation(robot[0], records[0])], obs[:1], flags[:1]) \
         .violations.tolist() == [-1]
+
+
+def test_a_held_plan_is_named_only_for_the_deadline_and_zero_for_other_reasons() -> None:
+    out = empty_batch(3, 4, 2, 2)
+    out["fallback_reason"][:] = [Fallback.DEADLINE, Fallback.UNCERTAINTY, Fallback.NONE]
+    batch = PlanBatch(**out, hidden=None, iterations=0, elapsed_ms=1.0, model_version="0.1.0", fallback_source="plan")
+    requests = [PlanRequest(agent_id=f"a{i}", observation=[0.0, 0.0]) for i in range(3)]
+    assert [a.fallback_action_by for a in rows.answers(requests, batch)] == ["plan", "zero", None]
+    policy = dataclasses.replace(batch, fallback_source="policy")
+    assert policy.fallback_by() == ["policy", "policy", None]
