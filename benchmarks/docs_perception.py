@@ -69,7 +69,8 @@ def perception_fields(r: Json) -> dict[str, str]:
              "success", "steps in zones"],
             _served_rows(served)),
         "served_verdict": verdict(met_served), "fallback_share": share,
-        "fallback_by": FALLBACK_BY[(served or {}).get("fallback_action_by", "zero")], "largest": "not run" if served is None else
+        "fallback_by": FALLBACK_BY[(served or {}).get("fallback_action_by", "zero")],
+        "largest": "not run" if served is None else
         (f"**{largest}** agents" if largest else "**none** of the sizes tried"),
         "target": (f"{pct(target['success_rate'], 0)} success, {target['zone_steps']} zone steps: "
                    f"{verdict(loop['target_met'])}; {target['served_agents']} served agents p99 <= "

@@ -7,8 +7,8 @@ ones (as ``wm train`` does in one process) and deals the rest to the workers who
 gets its own episodes' rows through Ray Data (each share filtered by episode id out of a read of every file, so
 the logs are read once per worker; the reads run before the workers start, whose CPUs they would otherwise wait
 for, into the object store, which spans the cluster's nodes; a worker then holds only its share of the frames in
-memory), and ``DistributedDataParallel``
-averages the gradients of every worker's batches. Worker 0 sends the trained weights back as a checkpoint.
+memory), and ``DistributedDataParallel`` averages the gradients of every worker's batches. Worker 0 sends the
+trained weights back as a checkpoint.
 
 On one CPU it is the same code with one worker. The latent model trains on CPUs (``use_gpu`` is refused: its
 training has no device placement yet).
@@ -36,7 +36,8 @@ from worldmodel.data.images import ImageTransitions, image_log_dataset, log_epis
 from worldmodel.data.reader import sorted_log_table
 from worldmodel.latent import LatentConfig, LatentWorldModel
 from worldmodel.latent_artifact import latent_config_from_dict
-from worldmodel.latent_training import Episodes, LatentTrainConfig, LatentTrainReport, episodes_from_logs, train_latent
+from worldmodel.latent_training import (Episodes, LatentTrainConfig, LatentTrainReport, episodes_from_logs,
+                                        held_out_count, train_latent)
 
 _WEIGHTS, _REPORT = "model.pt", "report.json"
 
@@ -81,7 +82,7 @@ def train_latent_data_parallel(root: str, files: list[str], cfg: LatentConfig, t
         raise ValueError(f"{workers} workers need a CPU each; the Ray cluster has {cpus:g}")
     dataset, shape = image_log_dataset(root, files=files)
     ids = log_episodes(dataset)
-    held_count = min(max(1, round(held_share * len(ids))), len(ids) - 1) if len(ids) > 1 else 0
+    held_count = held_out_count(len(ids), held_share)
     train_ids, held_ids = ids[:len(ids) - held_count], ids[len(ids) - held_count:]
     if len(train_ids) < workers:
         raise ValueError(f"{len(train_ids)} training episodes cannot be dealt to {workers} workers")

@@ -189,7 +189,8 @@ class BasePlanner:
         if self._spent():
             # Not even one round fits: act safely now rather than answer late (hold_plan: on the previous plans).
             best = self.initial_plan(n)
-            if self.hold_plan and warm_start is not None:  # rows without a finite plan (NaN: none kept) start from the box centre, as a fresh agent does
+            if self.hold_plan and warm_start is not None:
+                # rows without a finite plan (NaN: none kept) start from the box centre, as a fresh agent does
                 warm = warm_start.to(self.device)
                 kept = torch.isfinite(warm).flatten(1).all(1)[:, None, None]
                 best = self._project(torch.where(kept, warm, best), params)

@@ -7,8 +7,9 @@ travels as its hidden state), then CEM searches the latent space for all of them
 (``planners.latent_eval.latent_planner``: the model's reward and breach heads score the plans). Where the
 members disagree past ``PlanConfig.disagreement_threshold`` the fallback (the zero action) acts, as for vector
 models; a call that misses its deadline has each agent go on with its previous plan (``BasePlanner``'s
-``hold_plan``: no policy to fall back on, and a coasting agent keeps its speed). Observations are pixels, so the state constraints (zones, box, speed) have nothing to read: only the
-action bounds apply, and no shield runs. ``PlanBatch.trajectory`` holds latents.
+``hold_plan``: no policy to fall back on, and a coasting agent keeps its speed). Observations are pixels, so the
+state constraints (zones, box, speed) have nothing to read: only the action bounds apply, and no shield runs.
+``PlanBatch.trajectory`` holds latents.
 
 Shapes: ``N`` agents, ``F`` stacked frames, ``H, W, C`` frame shape, ``Hz`` horizon, ``Z`` latent, ``A`` action,
 ``B`` logged rows.

@@ -32,7 +32,8 @@ class ServingMetrics:
         self.plans = metrics.Counter("fleetwm_plans_total", "Agent decisions planned.", tag_keys=("model_version",))
         self.fallbacks = metrics.Counter("fleetwm_fallbacks_total", "Decisions taken by the fallback policy, by "
                                          "reason ('deadline', 'uncertainty' or 'error') and by what gave its action "
-                                         "('policy', 'zero', 'brake' or 'plan').", tag_keys=("model_version", "reason", "by"))
+                                         "('policy', 'zero', 'brake' or 'plan').",
+                                         tag_keys=("model_version", "reason", "by"))
         self.shield = metrics.Counter("fleetwm_shield_interventions_total", "Actions the shield replaced, by the "
                                       "constraint they were predicted to violate ('no_fly_zone', 'state_box', "
                                       "'speed').", tag_keys=("model_version", "constraint"))

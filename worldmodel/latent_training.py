@@ -76,6 +76,12 @@ class Episodes:
         return np.arange(self.actions.shape[1])[None] < self.lengths[:, None]
 
 
+def held_out_count(count: int, share: float) -> int:
+    """How many of ``count`` episodes to hold out of training: the last ``share`` of them, at least one of two or
+    more, never all."""
+    return min(max(1, round(share * count)), count - 1) if count > 1 else 0
+
+
 def episodes_from_logs(data: ImageTransitions) -> Episodes:
     """Image log rows (grouped by episode, in time order, as ``collect`` writes them) as Episodes, with the logged
     breach flags (``rows.violations``; NaN where unknown)."""
@@ -299,7 +305,8 @@ def filter_loss(model: LatentWorldModel, b: LatentBatch, cfg: LatentTrainConfig,
     the stop-gradient encodings of the stacks that followed (the raw encodings, never the filtered ones: a
     filter that ignored its frames would match its own predictions perfectly), and the heads read the
     filtered latents and the members' ones. Steps of the burn-in train nothing unless the sequence starts its
-    episode, and never the encoder (their stacks are encoded without gradient). Shapes: ``T`` filtered steps (burn-in and window), ``B`` sequences, ``h`` horizon.
+    episode, and never the encoder (their stacks are encoded without gradient). Shapes: ``T`` filtered steps
+    (burn-in and window), ``B`` sequences, ``h`` horizon.
     """
     h, m = cfg.horizon, model.cfg.moving
     bsz = b.actions.shape[1]

@@ -231,11 +231,10 @@ def run_train_latent(args: argparse.Namespace, files: list[str], env_id: str) ->
 
 def split_episodes(episodes: Any, share: float) -> tuple[Any, Any]:
     """(training, held-out) Episodes: the last ``share`` of them (at least one of two or more) held out."""
-    from worldmodel.latent_training import Episodes
+    from worldmodel.latent_training import Episodes, held_out_count
 
     count = len(episodes)
-    held = min(max(1, round(share * count)), count - 1) if count > 1 else 0
-    cut = count - held
+    cut = count - held_out_count(count, share)
     part = lambda s: Episodes(episodes.frames[s], episodes.actions[s], episodes.rewards[s],  # noqa: E731
                               episodes.breach[s], episodes.lengths[s])
     return part(slice(0, cut)), part(slice(cut, count))
