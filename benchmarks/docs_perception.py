@@ -29,10 +29,13 @@ def _variants_table(variants: Json) -> str:
         loop, read = v["closed_loop"], v.get("readout")  # runs before the keypoint readout have none
         cells = [None] * 4 if read is None else [num(read["position"]["rmse"], 2), num(read["position"]["r2"], 3),
                                                  num(read["velocity"]["rmse"], 2), num(read["velocity"]["r2"], 2)]
+        heads = (read or {}).get("heads")  # runs before the heads' scores have none
+        cells += ["-", "-"] if heads is None else [num(heads["reward_rmse"], 2), num(heads["breach_auc"], 3)]
         rows.append([name, v["latent_config"] or "(defaults)", num(v["train"]["minutes"]), pct(loop["success_rate"]),
                      loop["zone_steps"], *cells])
     return table(["model", "`--latent-config`", "train minutes", "success", "steps in zones",
-                  "position readout RMSE", "R^2", "velocity readout RMSE", "R^2"], rows)
+                  "position readout RMSE", "R^2", "velocity readout RMSE", "R^2", "reward head RMSE",
+                  "breach head AUROC"], rows)
 
 
 def perception_fields(r: Json) -> dict[str, str]:

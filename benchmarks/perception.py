@@ -32,7 +32,7 @@ from actors.redis_server import RedisServer
 from benchmarks.common import record, wm
 from benchmarks.fleet_bus import holds, ladder
 from benchmarks.serve_fleet import _row, drive_row, fleet_config, running
-from planners.latent_eval import episode_latents, linear_probe
+from planners.latent_eval import episode_latents, head_scores, linear_probe
 from serving.fleet_config import FleetResult
 from worldmodel.envs.camera import PIXEL_NAV2D_ID
 from worldmodel.envs.collect import HELD_STEPS
@@ -88,18 +88,22 @@ def served(model_dir: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any
 
 def readout(model_dir: str, episodes: Any, states: np.ndarray) -> dict[str, Any]:
     """How much of the true position and velocity a linear readout finds in the keypoints of the latent planning
-    starts from (``planners.latent_eval.linear_probe``; the probe episodes' first 80% fit it, the rest score it).
-    The keypoints alone: a frame-stack model's velocity is linear in them (their change between frames), and
-    the zone map's 256 entries, constant within an episode, would let a fit on few episodes learn each
-    episode's offset rather than the state."""
+    starts from (``planners.latent_eval.linear_probe``; the probe episodes' first 80% fit it, the rest score it),
+    and how well the model's own heads read that latent (``head_scores``: the reward's error, and whether the
+    breach head tells the steps that breached from the others). The readout reads the keypoints alone: a
+    frame-stack model's velocity is linear in them (their change between frames), and the zone map's 256
+    entries, constant within an episode, would let a fit on few episodes learn each episode's offset rather
+    than the state."""
     model = load_latent_model(model_dir).model.eval()
-    z = episode_latents(model, episodes.frames, episodes.actions)[..., :model.cfg.points]  # (Ep, T+1, 2FK)
+    latents = episode_latents(model, episodes.frames, episodes.actions)  # (Ep, T+1, Z)
+    z = latents[..., :model.cfg.points]  # (Ep, T+1, 2FK)
     real = np.arange(z.shape[1])[None] <= episodes.lengths[:, None]  # (Ep, T+1) frames of the episode
-    out = {}
+    out: dict[str, Any] = {}
     for name, dims in (("position", POS_DIMS), ("velocity", VEL_DIMS)):
         r2, rmse = linear_probe(z[real], states[real][:, dims])
         out[name] = {"r2": r2, "rmse": rmse, "std": float(np.sqrt(states[real][:, dims].var(0).sum()))}
-    return out
+    reward_rmse, breach_auc = head_scores(model, latents, episodes.rewards, episodes.breach, episodes.lengths)
+    return out | {"heads": {"reward_rmse": reward_rmse, "breach_auc": breach_auc}}
 
 
 def variant(name: str, logs: Path, tmp: Path, args: argparse.Namespace, probes: tuple[Any, np.ndarray]

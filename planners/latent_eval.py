@@ -193,3 +193,30 @@ def linear_probe(latents: np.ndarray, targets: np.ndarray, train_share: float = 
     err = x[cut:] @ w - targets[cut:]
     r2 = 1 - err.var(0).sum() / targets[cut:].var(0).sum()
     return float(r2), float(np.sqrt((err ** 2).sum(1).mean()))
+
+
+@torch.no_grad()
+def head_scores(model: LatentWorldModel, latents: np.ndarray, rewards: np.ndarray, breach: np.ndarray,
+                steps: np.ndarray) -> tuple[float, float]:
+    """Diagnostics only: how well the heads read the latents planning starts from (``episode_latents``).
+
+    Args: latents (Ep, T+1, Z); rewards and breach (Ep, T), the logged reward and geofence-breach flag of the step
+    that arrived at frame t+1 (NaN flags: unknown); steps (Ep,) each episode's length.
+
+    Returns:
+        (RMSE of the reward head against the logged reward, in the env's units; the breach head's AUROC: the chance
+        that a step that breached gets a higher breach probability than one that did not (0.5: no better than a
+        coin; NaN without both kinds of step)).
+    """
+    real = np.arange(rewards.shape[1])[None] < steps[:, None]  # (Ep, T)
+    arrived = torch.from_numpy(latents[:, 1:][real])  # (B, Z) the latents the steps arrived at
+    error = model.reward(arrived).numpy() - rewards[real]
+    flags, score = breach[real], model.breach_logit(arrived).numpy()
+    known = ~np.isnan(flags)
+    hit, miss = score[known & (flags > 0.5)], score[known & (flags <= 0.5)]
+    if not len(hit) or not len(miss):
+        return float(np.sqrt(np.mean(error ** 2))), float("nan")
+    below = np.searchsorted(np.sort(miss), hit, "left")  # (hits,) misses scored lower than each hit
+    ties = np.searchsorted(np.sort(miss), hit, "right") - below
+    auc = (below + 0.5 * ties).sum() / (len(hit) * len(miss))
+    return float(np.sqrt(np.mean(error ** 2))), float(auc)

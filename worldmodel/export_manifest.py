@@ -33,7 +33,8 @@ DEFAULT_FORMAT = "onnx"
 SUFFIX = {"onnx": ".onnx", "torchscript": ".pt"}
 """Each format's file suffix."""
 TOLERANCE = 1e-5
-"""Largest absolute difference allowed between an exported graph's outputs and the torch module's."""
+"""Largest difference allowed between an exported graph's outputs and the torch module's, per unit of the
+output's scale (1, or its largest magnitude where larger)."""
 
 
 class ExportError(ValueError):

@@ -290,7 +290,10 @@ def head_losses(model: LatentWorldModel, latent: torch.Tensor, reward_n: torch.T
     """Weighted reward and breach losses of latents (X, R, Z) against standardised rewards and flags (R,): summed
     over the R rows with ``weights`` (R,) (``breach_weights`` for the flag), mean over X."""
     reward = (model.reward_head(latent) - reward_n).square()
-    logit = model.breach_logit(latent)
+    # The breach head reads the keypoints where they are: its loss trains the zone map and the head, never moves
+    # the keypoints (the reward and consistency place them; a rare flag's heavy weight would pull them about).
+    points = model.cfg.points
+    logit = model.breach_logit(torch.cat([latent[..., :points].detach(), latent[..., points:]], -1))
     breach = F.binary_cross_entropy_with_logits(logit, flags.expand_as(logit), pos_weight=pos, reduction="none")
     return (reward * weights).sum(-1).mean(), (breach * breach_weights).sum(-1).mean()
 
