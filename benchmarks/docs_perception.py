@@ -66,6 +66,8 @@ def perception_fields(r: Json) -> dict[str, str]:
         "loop_table": loop_table, "planner": _planner(loop["settings"]),
         "variants_table": _variants_table(r["variants"]), "probe_episodes": str(s["probe_episodes"]),
         "readout_note": _readout_note(r["variants"]["frame stack"].get("readout")),
+        "heads_note": _heads_note(r["variants"]["frame stack"].get("readout")),
+        "recurrent_note": _recurrent_note(r["variants"]),
         "loop_verdict": verdict(loop["target_met"]),
         "served_table": "not run" if served is None else table(
             ["fleet", "agents", "Hz per agent", "p50 ms", "p99 ms", "errors", "requests", "deadline fallbacks",
@@ -79,6 +81,29 @@ def perception_fields(r: Json) -> dict[str, str]:
                    f"{verdict(loop['target_met'])}; {target['served_agents']} served agents p99 <= "
                    f"{num(target['served_p99_ms'], 0)} ms: {verdict(met_served)}"),
     }
+
+
+def _heads_note(read: Json | None) -> str:
+    """What the default model's heads read (``benchmarks.perception.readout``'s ``heads``), as a sentence's end."""
+    heads = (read or {}).get("heads")
+    if heads is None:
+        return "this run did not score the heads"
+    text = (f"on the latents planning starts from, the reward head is off by {num(heads['reward_rmse'], 2)} arena "
+            f"units (RMSE) and the breach head ranks a breaching step above a clear one with AUROC "
+            f"{num(heads['breach_auc'], 3)}")
+    ahead = heads.get("breach_auc_ahead")
+    if not ahead:
+        return text + "; this run did not score it on the latents the dynamics predicts ahead"
+    return text + "; on latents the dynamics predicts " + ", ".join(
+        f"{k} step{'s' if int(k) > 1 else ''} ahead: {num(v, 3)}" for k, v in ahead.items())
+
+
+def _recurrent_note(variants: Json) -> str:
+    """How the recurrent model's closed loop compares with the default's, as a clause."""
+    default, recurrent = variants["frame stack"]["closed_loop"], variants["recurrent"]["closed_loop"]
+    better = recurrent["success_rate"] > default["success_rate"]
+    return (f"it plans {'better' if better else 'no better'} ({pct(recurrent['success_rate'])} success against "
+            f"{pct(default['success_rate'])})")
 
 
 def _readout_note(read: Json | None) -> str:

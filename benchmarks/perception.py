@@ -32,7 +32,7 @@ from actors.redis_server import RedisServer
 from benchmarks.common import record, wm
 from benchmarks.fleet_bus import holds, ladder
 from benchmarks.serve_fleet import _row, drive_row, fleet_config, running
-from planners.latent_eval import episode_latents, head_scores, linear_probe
+from planners.latent_eval import breach_ahead, episode_latents, head_scores, linear_probe
 from serving.fleet_config import FleetResult
 from worldmodel.envs.camera import PIXEL_NAV2D_ID
 from worldmodel.envs.collect import HELD_STEPS
@@ -90,7 +90,8 @@ def readout(model_dir: str, episodes: Any, states: np.ndarray) -> dict[str, Any]
     """How much of the true position and velocity a linear readout finds in the keypoints of the latent planning
     starts from (``planners.latent_eval.linear_probe``; the probe episodes' first 80% fit it, the rest score it),
     and how well the model's own heads read that latent (``head_scores``: the reward's error, and whether the
-    breach head tells the steps that breached from the others). The readout reads the keypoints alone: a
+    breach head tells the steps that breached from the others, on the latents planning starts from and on those
+    the dynamics predicts some steps ahead). The readout reads the keypoints alone: a
     frame-stack model's velocity is linear in them (their change between frames), and the zone map's 256
     entries, constant within an episode, would let a fit on few episodes learn each episode's offset rather
     than the state."""
@@ -103,7 +104,9 @@ def readout(model_dir: str, episodes: Any, states: np.ndarray) -> dict[str, Any]
         r2, rmse = linear_probe(z[real], states[real][:, dims])
         out[name] = {"r2": r2, "rmse": rmse, "std": float(np.sqrt(states[real][:, dims].var(0).sum()))}
     reward_rmse, breach_auc = head_scores(model, latents, episodes.rewards, episodes.breach, episodes.lengths)
-    return out | {"heads": {"reward_rmse": reward_rmse, "breach_auc": breach_auc}}
+    ahead = breach_ahead(model, latents, episodes.actions, episodes.breach, episodes.lengths)
+    return out | {"heads": {"reward_rmse": reward_rmse, "breach_auc": breach_auc,
+                            "breach_auc_ahead": {str(k): v for k, v in ahead.items()}}}
 
 
 def variant(name: str, logs: Path, tmp: Path, args: argparse.Namespace, probes: tuple[Any, np.ndarray]

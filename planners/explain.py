@@ -1,8 +1,8 @@
 """Why an agent's action: the chosen plan beside its counterfactuals, each as the model predicts it.
 
 ``explain`` plans once for one agent with the served settings, then rolls out together the chosen
-plan, the best ``alternatives`` of the planner's last round, the fallback's closed-loop sequence and
-any proposals, and reports for each its predicted trajectory, return, disagreement, worst margin per
+plan, the best ``alternatives`` of the planner's last round, the fallback's sequence (its policy's closed
+loop, or for a planner that holds plans, the warm start a late call would act on) and any proposals, and reports for each its predicted trajectory, return, disagreement, worst margin per
 constraint kind and whether the shield would pass it.
 
 Shapes: ``S`` state, ``A`` action, ``H`` horizon, ``E`` members, ``R`` sequences explained, ``M``
@@ -108,8 +108,11 @@ def explain(planner: BasePlanner, obs: torch.Tensor, params: Params, warm_start:
     result = planner.plan(obs, params, warm_start=warm_start)
     h = planner.cfg.horizon
     others = _others(planner, result.plan[0], alternatives)  # (a, H, A)
-    fallback = policy_rollout(planner.rollout.dynamics, planner.fallback_policy, obs, params, h,
-                              lambda a: planner._project(a, params))[0][0]  # (H, A)
+    if planner.hold_plan and warm_start is not None and bool(torch.isfinite(warm_start).all()):
+        fallback = planner._project(warm_start.to(obs.device).clone(), params)[0]  # (H, A): a late call's, held
+    else:
+        fallback = policy_rollout(planner.rollout.dynamics, planner.fallback_policy, obs, params, h,
+                                  lambda a: planner._project(a, params))[0][0]  # (H, A)
     offered = _proposals(proposals, h, planner.act_dim, obs)  # (M, H, A)
     seqs = torch.cat([result.plan, others, fallback[None], offered])  # (R, H, A)
     options = _options(planner, obs, params, seqs)

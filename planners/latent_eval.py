@@ -204,19 +204,43 @@ def head_scores(model: LatentWorldModel, latents: np.ndarray, rewards: np.ndarra
     that arrived at frame t+1 (NaN flags: unknown); steps (Ep,) each episode's length.
 
     Returns:
-        (RMSE of the reward head against the logged reward, in the env's units; the breach head's AUROC: the chance
-        that a step that breached gets a higher breach probability than one that did not (0.5: no better than a
-        coin; NaN without both kinds of step)).
+        (RMSE of the reward head against the logged reward, in the env's units; the breach head's ``auroc``).
     """
     real = np.arange(rewards.shape[1])[None] < steps[:, None]  # (Ep, T)
     arrived = torch.from_numpy(latents[:, 1:][real])  # (B, Z) the latents the steps arrived at
     error = model.reward(arrived).numpy() - rewards[real]
-    flags, score = breach[real], model.breach_logit(arrived).numpy()
+    return float(np.sqrt(np.mean(error ** 2))), auroc(model.breach_logit(arrived).numpy(), breach[real])
+
+
+@torch.no_grad()
+def breach_ahead(model: LatentWorldModel, latents: np.ndarray, actions: np.ndarray, breach: np.ndarray,
+                 steps: np.ndarray, ahead: tuple[int, ...] = (1, 5, 10, 20)) -> dict[int, float]:
+    """Diagnostics only: the breach head's ``auroc`` on latents the dynamics predicts ``k`` steps ahead (the members'
+    mean, under the logged actions, from every latent planning could start from), for each k in ``ahead``: how far
+    ahead a plan's predicted breaches can be trusted.
+
+    Args: latents (Ep, T+1, Z) (``episode_latents``); actions (Ep, T, A); breach (Ep, T) as ``head_scores``'s;
+    steps (Ep,) each episode's length."""
+    t_max, out = actions.shape[1], {}
+    for k in ahead:
+        start = np.arange(t_max - k + 1)  # (T',) rollouts that stay inside the logged steps
+        z = torch.from_numpy(latents[:, start]).flatten(0, 1)  # (Ep*T', Z)
+        for j in range(k):
+            z = model.next(z, torch.from_numpy(actions[:, start + j]).flatten(0, 1)).mean(0)
+        real = (start + k)[None] <= steps[:, None]  # (Ep, T') the step arrived at is the episode's
+        score = model.breach_logit(z).numpy().reshape(real.shape)
+        out[k] = auroc(score[real], breach[:, start + k - 1][real])
+    return out
+
+
+def auroc(scores: np.ndarray, flags: np.ndarray) -> float:
+    """The chance that a flagged row (flag 1) scores higher than an unflagged one (flag 0), ties counted half:
+    (B,) scores and (B,) flags (NaN: unknown, left out) -> 0.5 for a coin, 1 for a perfect ranking; NaN without
+    both kinds of row."""
     known = ~np.isnan(flags)
-    hit, miss = score[known & (flags > 0.5)], score[known & (flags <= 0.5)]
+    hit, miss = scores[known & (flags > 0.5)], np.sort(scores[known & (flags <= 0.5)])
     if not len(hit) or not len(miss):
-        return float(np.sqrt(np.mean(error ** 2))), float("nan")
-    below = np.searchsorted(np.sort(miss), hit, "left")  # (hits,) misses scored lower than each hit
-    ties = np.searchsorted(np.sort(miss), hit, "right") - below
-    auc = (below + 0.5 * ties).sum() / (len(hit) * len(miss))
-    return float(np.sqrt(np.mean(error ** 2))), float(auc)
+        return float("nan")
+    below = np.searchsorted(miss, hit, "left")  # (hits,) unflagged rows scored lower than each flagged one
+    ties = np.searchsorted(miss, hit, "right") - below
+    return float((below + 0.5 * ties).sum() / (len(hit) * len(miss)))

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from planners.config import PlanConfig
-from planners.latent_eval import LatentEvalConfig, episode_latents, latent_planner, linear_probe, run_latent
+from planners.latent_eval import (LatentEvalConfig, auroc, breach_ahead, episode_latents, head_scores, latent_planner,
+                                  linear_probe, run_latent)
 from worldmodel.latent import LatentConfig, LatentWorldModel
 
 TOY = LatentConfig(image_shape=(32, 32, 3), latent=8, simnorm_group=4, members=3, hidden=16, depth=4)
@@ -107,6 +108,35 @@ def test_the_probe_reads_a_linear_latent_and_episode_latents_follow_the_model() 
             if recurrent:
                 second = model.filter(first, torch.zeros(2, 2), torch.from_numpy(frames[:, :2]))
         assert np.allclose(z[:, 0], first.numpy(), atol=1e-5) and np.allclose(z[:, 1], second.numpy(), atol=1e-5)
+
+
+def test_auroc_ranks_flagged_rows_above_the_others() -> None:
+    flags = np.array([1.0, 1.0, 0.0, 0.0, np.nan])
+    assert auroc(np.array([3.0, 2.0, 1.0, 0.0, -9.0]), flags) == 1.0  # the unknown row is left out
+    assert auroc(np.array([0.0, 1.0, 2.0, 3.0, 9.0]), flags) == 0.0
+    assert auroc(np.ones(5), flags) == 0.5  # ties count half
+    assert np.isnan(auroc(np.ones(2), np.zeros(2)))
+
+
+@torch.no_grad()
+def test_the_heads_scores_read_a_model_that_knows_its_world() -> None:
+    """Two episodes of the toy latent driven through the fence and on, logged with its exact rewards and breach
+    flags: the reward head is exact, and the breach head ranks perfectly now and, through the toy's exact
+    dynamics (its members' drifts cancel in their mean), steps ahead."""
+    model, steps = ToyLatent(), 40
+    actions = np.zeros((2, steps, 2), np.float32)
+    actions[0, :, 0], actions[1, :, 0] = 0.5, 0.25  # along the x axis, through the fence at x = 1
+    positions = np.concatenate([np.zeros((2, 1, 2)), 0.1 * np.cumsum(actions, 1)], 1)  # (Ep, T+1, 2)
+    latents = np.zeros((2, steps + 1, TOY.state_dim), np.float32)
+    latents[..., :2] = positions
+    arrived = torch.from_numpy(latents[:, 1:])
+    rewards = model.reward(arrived).numpy()
+    breach = (model.breach_logit(arrived) > 0).float().numpy()
+    assert 0 < breach.sum() < breach.size
+    lengths = np.array([steps, steps - 5])  # the second's last steps are padding
+    rmse, auc = head_scores(model, latents, rewards, breach, lengths)
+    assert rmse < 1e-6 and auc == 1.0
+    assert breach_ahead(model, latents, actions, breach, lengths, ahead=(1, 5)) == {1: 1.0, 5: 1.0}
 
 
 def test_eval_config_checks_its_counts() -> None:

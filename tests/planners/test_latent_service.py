@@ -113,6 +113,16 @@ def test_a_budget_the_encoder_used_up_falls_back_on_the_deadline() -> None:
     np.testing.assert_allclose(late.actions, [[0.5, 0.5], [0.0, 0.0]])
 
 
+def test_an_explanations_fallback_is_the_plan_a_late_call_would_hold() -> None:
+    planner = tiny_planner()
+    held = np.tile(np.array([[0.5, -1.5]], np.float32), (planner.horizon, 1))  # (H, A), the second beyond the box
+    explanation = planner.explain(stacks(1)[0], warm_start=held)
+    assert explanation.fallback_action_by == "plan"
+    np.testing.assert_allclose(explanation.fallback.actions, np.clip(held, -1, 1))
+    fresh = planner.explain(stacks(1)[0])  # no plan kept: the zero action's rollout
+    np.testing.assert_allclose(fresh.fallback.actions, np.zeros((planner.horizon, 2)))
+
+
 def test_a_recurrent_model_carries_each_agents_predicted_latent_as_its_hidden_state() -> None:
     torch.manual_seed(0)
     cfg = LatentConfig(image_shape=(32, 32, 3), frames=2, latent=8, simnorm_group=4, members=3, hidden=16, depth=4,
