@@ -29,7 +29,7 @@ def _variants_table(variants: Json) -> str:
         loop, read = v["closed_loop"], v.get("readout")  # runs before the keypoint readout have none
         cells = [None] * 4 if read is None else [num(read["position"]["rmse"], 2), num(read["position"]["r2"], 3),
                                                  num(read["velocity"]["rmse"], 2), num(read["velocity"]["r2"], 2)]
-        heads = (read or {}).get("heads")  # runs before the heads' scores have none
+        heads = (read or {}).get("heads")  # None in results without the heads' scores
         cells += ["-", "-"] if heads is None else [num(heads["reward_rmse"], 2), num(heads["breach_auc"], 3)]
         rows.append([name, v["latent_config"] or "(defaults)", num(v["train"]["minutes"]), pct(loop["success_rate"]),
                      loop["zone_steps"], *cells])
@@ -101,9 +101,9 @@ def _heads_note(read: Json | None) -> str:
 def _recurrent_note(variants: Json) -> str:
     """How the recurrent model's closed loop compares with the default's, as a clause."""
     default, recurrent = variants["frame stack"]["closed_loop"], variants["recurrent"]["closed_loop"]
-    better = recurrent["success_rate"] > default["success_rate"]
-    return (f"it plans {'better' if better else 'no better'} ({pct(recurrent['success_rate'])} success against "
-            f"{pct(default['success_rate'])})")
+    ours, theirs = recurrent["success_rate"], default["success_rate"]
+    word = "better" if ours > theirs else "worse" if ours < theirs else "as well"
+    return f"it plans {word} ({pct(ours)} success against {pct(theirs)})"
 
 
 def _readout_note(read: Json | None) -> str:

@@ -2,8 +2,9 @@
 
 ``explain`` plans once for one agent with the served settings, then rolls out together the chosen
 plan, the best ``alternatives`` of the planner's last round, the fallback's sequence (its policy's closed
-loop, or for a planner that holds plans, the warm start a late call would act on) and any proposals, and reports for each its predicted trajectory, return, disagreement, worst margin per
-constraint kind and whether the shield would pass it.
+loop; for a planner that holds plans, the warm start a late call would act on, while a fallback for another
+reason acts with zero) and any proposals, and reports for each its predicted trajectory, return,
+disagreement, worst margin per constraint kind and whether the shield would pass it.
 
 Shapes: ``S`` state, ``A`` action, ``H`` horizon, ``E`` members, ``R`` sequences explained, ``M``
 proposals.

@@ -220,7 +220,11 @@ def breach_ahead(model: LatentWorldModel, latents: np.ndarray, actions: np.ndarr
     ahead a plan's predicted breaches can be trusted.
 
     Args: latents (Ep, T+1, Z) (``episode_latents``); actions (Ep, T, A); breach (Ep, T) as ``head_scores``'s;
-    steps (Ep,) each episode's length."""
+    steps (Ep,) each episode's length.
+
+    Returns:
+        {k: the AUROC k steps ahead} (NaN where the rollouts reach no breaching step, or only breaching ones).
+    """
     t_max, out = actions.shape[1], {}
     for k in ahead:
         start = np.arange(t_max - k + 1)  # (T',) rollouts that stay inside the logged steps
@@ -234,9 +238,13 @@ def breach_ahead(model: LatentWorldModel, latents: np.ndarray, actions: np.ndarr
 
 
 def auroc(scores: np.ndarray, flags: np.ndarray) -> float:
-    """The chance that a flagged row (flag 1) scores higher than an unflagged one (flag 0), ties counted half:
-    (B,) scores and (B,) flags (NaN: unknown, left out) -> 0.5 for a coin, 1 for a perfect ranking; NaN without
-    both kinds of row."""
+    """Area under the ROC curve: the chance that a flagged row scores higher than an unflagged one, ties half.
+
+    Args: scores (B,); flags (B,) 1 flagged, 0 not, NaN unknown (left out).
+
+    Returns:
+        0.5 for a coin, 1 for a perfect ranking, 0 for a reversed one; NaN without both kinds of row.
+    """
     known = ~np.isnan(flags)
     hit, miss = scores[known & (flags > 0.5)], np.sort(scores[known & (flags <= 0.5)])
     if not len(hit) or not len(miss):

@@ -133,7 +133,8 @@ def test_the_heads_scores_read_a_model_that_knows_its_world() -> None:
     rewards = model.reward(arrived).numpy()
     breach = (model.breach_logit(arrived) > 0).float().numpy()
     assert 0 < breach.sum() < breach.size
-    lengths = np.array([steps, steps - 5])  # the second's last steps are padding
+    lengths = np.array([steps, steps - 5])  # the second's last steps are padding, and lie: read, they would count
+    breach[1, -5:], rewards[1, -5:] = 1 - breach[1, -5:], 1e3
     rmse, auc = head_scores(model, latents, rewards, breach, lengths)
     assert rmse < 1e-6 and auc == 1.0
     assert breach_ahead(model, latents, actions, breach, lengths, ahead=(1, 5)) == {1: 1.0, 5: 1.0}

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import torch
 
-from worldmodel.latent import KEYPOINT_SCALE, LatentConfig, LatentWorldModel, SpatialSoftmax
+from worldmodel.keypoints import SpatialSoftmax
+from worldmodel.latent import KEYPOINT_SCALE, LatentConfig, LatentWorldModel
 
 CFG = LatentConfig(image_shape=(32, 32, 3), frames=2, keypoints=2, latent=8, simnorm_group=4, members=3,
                    hidden=16, depth=4, zone_grid=4)
