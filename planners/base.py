@@ -190,11 +190,7 @@ class BasePlanner:
             # Not even one round fits: act safely now rather than answer late (hold_plan: on the previous plans).
             best = self.initial_plan(n)
             if self.hold_plan and warm_start is not None:
-                # rows without a finite plan (NaN: none kept) start from the box centre, as a fresh agent does
-                warm = warm_start.to(self.device)
-                kept = torch.isfinite(warm).flatten(1).all(1)[:, None, None]
-                best = self._project(torch.where(kept, warm, best), params)
-                self._held = best
+                best = self._held = self.held_plans(warm_start, params)
             returns, iterations = torch.full((n,), float("-inf"), device=self.device), 0
         else:
             best, returns, iterations = self._optimise(obs, params, warm_start)
@@ -364,6 +360,13 @@ class BasePlanner:
     def initial_plan(self, n: int) -> torch.Tensor:
         """(N, H, A) sequences of the action box's centre: where a fresh agent starts without a warm start."""
         return ((self.low + self.high) / 2).expand(n, self.cfg.horizon, -1).clone()
+
+    def held_plans(self, warm_start: torch.Tensor, params: Params | None = None) -> torch.Tensor:
+        """What a late call of a ``hold_plan`` planner acts on: the warm starts (N, H, A), projected; rows without a
+        finite plan (NaN: none kept) start from the box centre, as a fresh agent does."""
+        warm = warm_start.to(self.device)
+        kept = torch.isfinite(warm).flatten(1).all(1)[:, None, None]
+        return self._project(torch.where(kept, warm, self.initial_plan(len(warm))), params)
 
     def _project(self, actions: torch.Tensor, params: Params | None = None) -> torch.Tensor:
         """``actions`` (N, K, H, A), (N, H, A) or (N, A) projected, in place, into the action box and each

@@ -110,7 +110,7 @@ def explain(planner: BasePlanner, obs: torch.Tensor, params: Params, warm_start:
     h = planner.cfg.horizon
     others = _others(planner, result.plan[0], alternatives)  # (a, H, A)
     if planner.hold_plan and warm_start is not None and bool(torch.isfinite(warm_start).all()):
-        fallback = planner._project(warm_start.to(obs.device).clone(), params)[0]  # (H, A): a late call's, held
+        fallback = planner.held_plans(warm_start, params)[0]  # (H, A): what a late call would act on
     else:
         fallback = policy_rollout(planner.rollout.dynamics, planner.fallback_policy, obs, params, h,
                                   lambda a: planner._project(a, params))[0][0]  # (H, A)
