@@ -38,6 +38,28 @@ def _variants_table(variants: Json) -> str:
                   "breach head AUROC"], rows)
 
 
+def _search_table(r: Json) -> str:
+    """The default model under each planning setting of the run's search (``benchmarks.perception.SEARCH``)."""
+    search, default = r.get("search"), r["closed_loop"]["settings"]
+    if not search:
+        return "not run"
+    rows = [[row["horizon"], row["samples"], "default" if (row["horizon"], row["samples"]) == (
+        default["horizon"], default["samples"]) else "", row["episodes"], pct(row["success_rate"]), row["zone_steps"],
+             row["violation_episodes"], num(row["mean_steps"]), num(row["ms_per_step"], 0)] for row in search]
+    return table(["horizon", "samples", "", "episodes", "success", "steps in zones", "episodes with one", "mean steps",
+                  "ms per step (all agents)"], rows)
+
+
+def _search_note(r: Json) -> str:
+    """Which planning setting of the search did best, as a sentence."""
+    search = r.get("search")
+    if not search:
+        return ""
+    best = max(search, key=lambda row: row["success_rate"])
+    return (f"Best success of these: horizon {best['horizon']} with {best['samples']} samples "
+            f"({pct(best['success_rate'])}).")
+
+
 def perception_fields(r: Json) -> dict[str, str]:
     s, collect, train, loop, served = r["settings"], r["collect"], r["train"], r["closed_loop"], r.get("served")
     target = r["target"]
@@ -64,6 +86,9 @@ def perception_fields(r: Json) -> dict[str, str]:
                        else "the CPU budget"),
         "held_out": ", ".join(f"{k} {v:.4f}" for k, v in held.items()) or "none",
         "loop_table": loop_table, "planner": _planner(loop["settings"]),
+        "search_episodes": str(s.get("search_episodes", 0)), "search_table": _search_table(r),
+        "search_note": _search_note(r), "horizon": str(loop["settings"]["horizon"]),
+        "samples": str(loop["settings"]["samples"]),
         "variants_table": _variants_table(r["variants"]), "probe_episodes": str(s["probe_episodes"]),
         "readout_note": _readout_note(r["variants"]["frame stack"].get("readout")),
         "heads_note": _heads_note(r["variants"]["frame stack"].get("readout")),

@@ -6,7 +6,8 @@
    true state; by default on frame stacks, and again as a recurrent model (``LatentConfig.recurrent``). Each
    model's latent is read: how well a linear readout finds the true position and velocity in its keypoints.
 3. `wm eval --model MODEL` for each: ``--episodes`` PixelNav2D episodes in closed loop from pixels, 50 agents
-   planned together: success, steps inside zones, time per step.
+   planned together: success, steps inside zones, time per step; the default model again on its first
+   ``--search-episodes`` episodes with other planning settings (``SEARCH``), what the default is chosen against.
 4. `wm serve --model MODEL` (the default kind) on a redis-server, and camera fleets driven through the bus
    (raw frame bytes) at 10 Hz: the 50-agent row, and the largest fleet holding p99 <= 100 ms (sizes tried in
    order).
@@ -46,6 +47,8 @@ DEFAULT = "frame stack"
 """The variant `wm train` makes without options: the one served."""
 PROBE_EPISODES = 40
 """Episodes of held random play (with their true states) the latent probes read."""
+SEARCH = ((30, 32), (15, 32), (15, 64), (15, 128), (30, 128))
+"""(horizon, samples) the default model also plans with in closed loop (`wm eval --horizon --samples`)."""
 TARGET = {"success_rate": 0.95, "zone_steps": 0, "episodes": 500, "train_minutes": 30.0, "served_agents": 50,
           "served_p99_ms": 100.0}
 
@@ -57,6 +60,20 @@ def closed_loop(model_dir: str, args: argparse.Namespace) -> dict[str, Any]:
     out["target_met"] = (out["success_rate"] >= TARGET["success_rate"] and out["zone_steps"] == TARGET["zone_steps"]
                          and out["episodes"] >= TARGET["episodes"])
     return out
+
+
+def search(model_dir: str, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """`wm eval` of the model on the first ``args.search_episodes`` episodes with each (horizon, samples) of
+    ``SEARCH``: one row each."""
+    rows = []
+    for horizon, samples in SEARCH:
+        print(f"[search] horizon {horizon}, {samples} samples: {args.search_episodes} episodes", file=sys.stderr,
+              flush=True)
+        out = wm("eval", "--model", model_dir, "--episodes", str(args.search_episodes), "--agents", str(args.agents),
+                 "--seed", str(args.seed), "--horizon", str(horizon), "--samples", str(samples))
+        rows.append({"horizon": horizon, "samples": samples} | {key: out[key] for key in (
+            "episodes", "success_rate", "zone_steps", "violation_episodes", "mean_steps", "ms_per_step")})
+    return rows
 
 
 def drive(url: str, redis_url: str, agents: int, args: argparse.Namespace, seconds: float, seed: int) -> FleetResult:
@@ -134,13 +151,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         probes = collect_episodes(PROBE_EPISODES, seed=args.seed + 1, hold=HELD_STEPS)  # with true states, apart
         variants = {name: variant(name, tmp / "logs", tmp, args, probes) for name in VARIANTS}
         default = variants[DEFAULT]
+        searched = search(default["train"]["model_dir"], args) if args.search_episodes else None
         bus = served(default["train"]["model_dir"], args, tmp) if args.serve else None
     return {"target": TARGET, "settings": {"collect_episodes": args.collect_episodes, "policy": "held",
                                            "cpu_seconds": args.cpu_seconds, "episodes": args.episodes,
                                            "agents": args.agents, "hz": args.hz, "seconds": args.seconds,
-                                           "ladder_seconds": args.ladder_seconds, "probe_episodes": PROBE_EPISODES},
+                                           "ladder_seconds": args.ladder_seconds, "probe_episodes": PROBE_EPISODES,
+                                           "search_episodes": args.search_episodes},
             "collect": collected, "train": default["train"], "closed_loop": default["closed_loop"],
-            "variants": variants, "served": bus}
+            "variants": variants, "search": searched, "served": bus}
 
 
 def main() -> None:
@@ -149,6 +168,8 @@ def main() -> None:
     parser.add_argument("--cpu-seconds", type=float, default=1500.0, help="wm train's CPU budget (both cores)")
     parser.add_argument("--episodes", type=int, default=500, help="closed-loop episodes (the target's >= 500)")
     parser.add_argument("--agents", type=int, default=50, help="agents planned together in the closed loop")
+    parser.add_argument("--search-episodes", type=int, default=100,
+                        help="closed-loop episodes per planning setting of SEARCH (0 skips)")
     parser.add_argument("--hz", type=float, default=10.0)
     parser.add_argument("--seconds", type=float, default=30.0, help="the served 50-agent row")
     parser.add_argument("--ladder", default="5,10,20,30,50", help="served fleet sizes tried in order ('' skips)")

@@ -105,6 +105,14 @@ class PlanConfig:
         return min(self.samples - 1, max(1, round(self.prior_share * self.samples)))
 
 
+LATENT_PLAN = PlanConfig(horizon=15, samples=128, iterations=1)
+"""Camera (latent) models' planner, evaluated and served (``planners.latent_eval``, ``ServiceConfig.latent``): one
+warm-started CEM round over 1.5 seconds with four times the vector models' samples. A latent rollout drifts
+from what the frames will show with every step, so a plan scored 30 steps ahead is scored on latents further
+off; ``benchmarks/perception.py`` runs the default model with other settings beside this one (docs/perception.md).
+"""
+
+
 # The PETS loop's own defaults (planners.mbrl, `wm mbrl`), kept apart from the fleet-serving ones.
 PETS_PLAN = PlanConfig(horizon=25, samples=200, iterations=5)
 """The loop's planner: PETS' CEM, several rounds over many samples (each step starts cold on a model

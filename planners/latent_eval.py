@@ -9,7 +9,8 @@ the latent ensemble (``worldmodel.latent.LatentDynamics``), scored by the model'
 The true state in ``info`` only counts successes and zone steps.
 
 Dimensions: ``N`` agents, ``K`` candidates, ``H`` horizon, ``E`` members, ``F`` stacked frames,
-``Z`` latent, ``A`` action, ``X`` leading axis of an objective's input, ``R`` rollouts per agent.
+``Z`` latent, ``M`` its moving part (what the dynamics predicts; rollouts carry it alone), ``A`` action, ``X``
+leading axis of an objective's input, ``R`` rollouts per agent.
 """
 
 from __future__ import annotations
@@ -23,17 +24,20 @@ import torch
 
 from planners.base import PlanResult, shift_plan
 from planners.cem import CEMConfig, CEMPlanner
-from planners.config import BREACH_WEIGHT, PlanConfig
-from planners.objectives import Objective, Params
+from planners.config import BREACH_WEIGHT, LATENT_PLAN, PlanConfig
+from planners.objectives import ZONE_MAP, Objective, Params
 from worldmodel.envs.camera import PixelNav2DEnv
 from worldmodel.latent import LatentDynamics, LatentWorldModel
 
-LATENT_PLAN = PlanConfig(horizon=30, samples=32, iterations=1)
-"""The served setting (``PlanConfig``'s defaults): one warm-started CEM round over a 3-second horizon."""
+
+def planning_inputs(model: LatentWorldModel, z: torch.Tensor) -> tuple[torch.Tensor, Params]:
+    """What a latent planner plans from: N agents' latents (N, Z) -> their moving parts (N, M), the states it
+    rolls out (``LatentDynamics``), and params with each agent's zone map (``ZONE_MAP``: (N, G*G))."""
+    return z[:, :model.cfg.moving], {ZONE_MAP: z[:, model.cfg.moving:]}
 
 
 class LatentReward:
-    """The model's reward head on each reached latent: (X, N, R, Z) -> (X, N, R)."""
+    """The model's reward head on each reached latent: (X, N, R, M) -> (X, N, R)."""
 
     def __init__(self, model: LatentWorldModel) -> None:
         self.model = model
@@ -43,8 +47,8 @@ class LatentReward:
 
 
 class LatentBreach:
-    """Minus ``weight`` times the predicted chance of a geofence breach at each reached latent:
-    (X, N, R, Z) -> (X, N, R)."""
+    """Minus ``weight`` times the predicted chance of a geofence breach at each reached latent, its agent's zone map
+    read from ``params[ZONE_MAP]``: (X, N, R, M) -> (X, N, R)."""
 
     def __init__(self, model: LatentWorldModel, weight: float = BREACH_WEIGHT) -> None:
         if not weight >= 0:
@@ -52,7 +56,7 @@ class LatentBreach:
         self.model, self.weight = model, weight
 
     def __call__(self, obs: torch.Tensor, action: torch.Tensor, new_obs: torch.Tensor, params: Params) -> torch.Tensor:
-        return -self.weight * torch.sigmoid(self.model.breach_logit(new_obs))
+        return -self.weight * torch.sigmoid(self.model.breach_logit(new_obs, params[ZONE_MAP]))
 
 
 def latent_planner(model: LatentWorldModel, plan: PlanConfig = LATENT_PLAN, cem: CEMConfig = CEMConfig(),
@@ -152,7 +156,7 @@ def _run_group(model: LatentWorldModel, planner: CEMPlanner, cfg: LatentEvalConf
     z = model.encode(torch.from_numpy(stacks).to(planner.device))  # (N, Z): every agent at once
     while running.any() and t < cfg.steps:
         rows = np.flatnonzero(running)
-        result: PlanResult = planner.plan(z[rows], warm_start=plans[rows])
+        result: PlanResult = planner.plan(*planning_inputs(model, z[rows]), warm_start=plans[rows])
         plans[rows] = shift_plan(result.plan)
         actions = result.actions.cpu().numpy()  # (N', A)
         for i, action in zip(rows, actions):  # the envs step one by one; the model saw them together

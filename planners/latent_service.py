@@ -9,10 +9,10 @@ members disagree past ``PlanConfig.disagreement_threshold`` the fallback (the ze
 models; a call that misses its deadline has each agent go on with its previous plan (``BasePlanner``'s
 ``hold_plan``: no policy to fall back on, and a coasting agent keeps its speed). Observations are pixels, so the
 state constraints (zones, box, speed) have nothing to read: only the action bounds apply, and no shield runs.
-``PlanBatch.trajectory`` holds latents.
+``PlanBatch.trajectory`` holds latents' moving parts.
 
-Shapes: ``N`` agents, ``F`` stacked frames, ``H, W, C`` frame shape, ``Hz`` horizon, ``Z`` latent, ``A`` action,
-``B`` logged rows.
+Shapes: ``N`` agents, ``F`` stacked frames, ``H, W, C`` frame shape, ``Hz`` horizon, ``Z`` latent, ``M`` its moving
+part, ``A`` action, ``B`` logged rows.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from planners.base import BasePlanner
 from planners.cem import CEMConfig
 from planners.explain import Explanation, explain
 from planners.config import BREACH_WEIGHT
-from planners.latent_eval import latent_planner
+from planners.latent_eval import latent_planner, planning_inputs
 from planners.registry import settings_arguments
 from planners.served import PlanBatch, ServiceConfig, constraint_params, empty_batch, fill, one_row
 from worldmodel.latent_artifact import LatentArtifact, load_latent_model
@@ -42,7 +42,7 @@ class LatentPlanner:
 
     Args:
         artifact: the loaded latent artifact (its model on the device to plan on).
-        cfg: planner settings: ``plan`` and the 'cem' planner's ``settings``; other planners are refused.
+        cfg: planner settings: ``latent`` and the 'cem' planner's ``settings``; other planners are refused.
         breach_weight: cost of a predicted breach (0: plan for the reward alone).
     """
 
@@ -62,7 +62,7 @@ class LatentPlanner:
         cem = settings_arguments("cem", self.cfg.settings).get("cem", CEMConfig())
         # No policy to fall back on: a late call's agents go on with their previous plans (the zero action would
         # let them coast on at their speed), those without one with the zero action.
-        self.planner: BasePlanner = latent_planner(self.latent, self.cfg.plan, cem, breach_weight, hold_plan=True)
+        self.planner: BasePlanner = latent_planner(self.latent, self.cfg.latent, cem, breach_weight, hold_plan=True)
         self.fallback_source = self.planner.fallback_source
         """'plan': see ``BasePlanner``'s ``hold_plan``."""
 
@@ -92,7 +92,7 @@ class LatentPlanner:
 
     @property
     def horizon(self) -> int:
-        return self.cfg.plan.horizon
+        return self.cfg.latent.horizon
 
     def describe(self) -> dict[str, Any]:
         """What is served (``FleetPlanner.describe``'s keys, the frame shape and the stack depth)."""
@@ -101,7 +101,7 @@ class LatentPlanner:
                 "image_shape": list(self.latent.cfg.image_shape), "frames": self.latent.cfg.frames,
                 "latent_dim": self.latent.cfg.state_dim, "objectives": list(self.objectives), "zones": False,
                 "sites": False, "planner": self.cfg.planner, "planner_settings": self.cfg.planner_settings,
-                "horizon": self.horizon, "prior_share": self.cfg.plan.prior_share, "policy": None, "modes": ["plan"],
+                "horizon": self.horizon, "prior_share": self.cfg.latent.prior_share, "policy": None, "modes": ["plan"],
                 "shield": None, "fallback_action_by": self.fallback_source, "device": str(self.model.device)}
 
     def warmup(self, sizes: tuple[int, ...] = (1, 8, 64)) -> None:
@@ -142,7 +142,7 @@ class LatentPlanner:
             sites, rewards: none apply to latent models (refused).
 
         Returns:
-            the ``PlanBatch``: trajectories are (N, Hz+1, Z) latents; ``hidden`` (N, Z) the members' mean
+            the ``PlanBatch``: trajectories are (N, Hz+1, M) latents' moving parts (the zone map stays put); ``hidden`` (N, Z) the members' mean
             prediction of each agent's next latent under its action (recurrent models), else None.
         """
         start = time.perf_counter()
@@ -153,17 +153,18 @@ class LatentPlanner:
             prior = torch.as_tensor(np.asarray(hidden, np.float32), device=z.device)
             known = ~torch.isnan(prior).any(-1, keepdim=True)  # (N, 1): a fresh agent starts from its frames
             z = torch.where(known, self.latent.correct(torch.nan_to_num(prior), z), z)
-        params = constraint_params(constraints, n, z.device, states=False)
+        state, zone_map = planning_inputs(self.latent, z)  # (N, M), {ZONE_MAP: (N, G*G)}
+        params = constraint_params(constraints, n, z.device, states=False) | zone_map
         h, a = self.horizon, self.model.spec.act_dim
         start_plan = self.planner.initial_plan(n)  # (N, Hz, A)
         if warm_start is not None and np.shape(warm_start) == (n, h, a):
             w = torch.as_tensor(np.asarray(warm_start, np.float32), device=z.device)
             start_plan = torch.where(torch.isnan(w).any(-1).any(-1)[:, None, None], start_plan, w)
-        budget = self.cfg.plan.budget_ms if budget_ms is None else budget_ms
+        budget = self.cfg.latent.budget_ms if budget_ms is None else budget_ms
         if budget is not None:  # the encoder's time counts against the call's deadline too
             budget = max(budget - (time.perf_counter() - start) * 1000, 0.01)
-        result = self.planner.plan(z, params, warm_start=start_plan, budget_ms=budget)
-        out = empty_batch(n, h, self.latent.cfg.state_dim, a)
+        result = self.planner.plan(state, params, warm_start=start_plan, budget_ms=budget)
+        out = empty_batch(n, h, self.latent.cfg.moving, a)
         fill(out, np.arange(n), result)
         after = None
         if self.recurrent:  # what the frames of the next request will correct
@@ -198,13 +199,14 @@ class LatentPlanner:
         self._check(1, [objective], ["plan"], None, None if reward is None else [reward])
         with torch.no_grad():
             z = self.encode(np.asarray(obs)[None])  # (1, Z)
+        state, zone_map = planning_inputs(self.latent, z)
         params = constraint_params({k: one_row(k, v) for k, v in (constraints or {}).items()}, 1, z.device,
-                                   states=False)
+                                   states=False) | zone_map
         start = None
         if warm_start is not None and np.shape(warm_start) == (self.horizon, self.model.spec.act_dim) and \
                 not np.isnan(warm_start).any():
             start = torch.as_tensor(np.asarray(warm_start, np.float32), device=z.device)[None]
-        return explain(self.planner, z, params, start, proposals, alternatives)
+        return explain(self.planner, state, params, start, proposals, alternatives)
 
     def score(self, obs: np.ndarray, actions: np.ndarray, new_obs: np.ndarray) -> dict[str, Any]:
         """Prediction error of B logged transitions: per row, their mean, and the version that predicted."""

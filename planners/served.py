@@ -17,8 +17,7 @@ import torch
 
 from planners import PlanConfig, resolved_settings, shift_plan
 from planners.base import Fallback, PlanResult
-from planners.config import DEFAULT_PLANNER, SHIELD_HORIZON
-from planners.config import FleetPlanConfig
+from planners.config import DEFAULT_PLANNER, LATENT_PLAN, SHIELD_HORIZON, FleetPlanConfig
 from planners.objectives import ACTION_HIGH, ACTION_LOW, BOX, MAX_SPEED, ZONES, Params
 from worldmodel.config import config_from_dict
 from worldmodel.envs.warehouse import DEFAULT_ROBOTS
@@ -49,6 +48,8 @@ class ServiceConfig:
     """Steps the shield checks ahead (see ``planners.config.SHIELD_HORIZON``)."""
     fleet: FleetPlanConfig = FleetPlanConfig()
     """Warehouse fleet models: the floor planner's settings (``plan`` is the lone agents')."""
+    latent: PlanConfig = LATENT_PLAN
+    """Camera (latent) models: their planner's settings (``plan`` is vector models')."""
     floor_robots: int = DEFAULT_ROBOTS
     """Warehouse fleet models: the served floor is ``layout_for(floor_robots)``."""
     reward_model: str | None = None
@@ -63,24 +64,26 @@ class ServiceConfig:
     def to_dict(self) -> dict[str, Any]:
         return {"planner": self.planner, "plan": dataclasses.asdict(self.plan), "settings": self.planner_settings,
                 "shield": self.shield, "shield_horizon": self.shield_horizon, "fleet": dataclasses.asdict(self.fleet),
-                "floor_robots": self.floor_robots, "reward_model": self.reward_model}
+                "latent": dataclasses.asdict(self.latent), "floor_robots": self.floor_robots, "reward_model": self.reward_model}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ServiceConfig":
         """From ``to_dict``'s form; missing keys keep their defaults, unknown keys are an error."""
-        known = ("planner", "plan", "settings", "shield", "shield_horizon", "fleet", "floor_robots", "reward_model")
+        known = ("planner", "plan", "settings", "shield", "shield_horizon", "fleet", "latent", "floor_robots",
+                 "reward_model")
         unknown = sorted(set(data) - set(known))
         if unknown:
             raise ValueError(f"unknown planner service setting(s) {unknown}; known: {', '.join(known)}")
         plan = cls.plan if "plan" not in data else config_from_dict(PlanConfig, {**dataclasses.asdict(cls.plan),
                                                                                   **data["plan"]})
         fleet = config_from_dict(FleetPlanConfig, {**dataclasses.asdict(cls.fleet), **data.get("fleet", {})})
+        latent = config_from_dict(PlanConfig, {**dataclasses.asdict(cls.latent), **data.get("latent", {})})
         settings, shield = data.get("settings"), data.get("shield", cls.shield)
         if not isinstance(shield, bool):
             raise ValueError(f"shield must be true or false, got {shield!r}")
         return cls(planner=data.get("planner", cls.planner), plan=plan,
                    settings=None if settings is None else dict(settings), shield=shield,
-                   shield_horizon=data.get("shield_horizon", cls.shield_horizon), fleet=fleet,
+                   shield_horizon=data.get("shield_horizon", cls.shield_horizon), fleet=fleet, latent=latent,
                    floor_robots=data.get("floor_robots", cls.floor_robots),
                    reward_model=data.get("reward_model", cls.reward_model))
 

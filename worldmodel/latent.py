@@ -218,14 +218,26 @@ class ZoneHead(nn.Module):
         self.register_buffer("ys", centres.flip(0) * KEYPOINT_SCALE)  # (G,) row centres, top to bottom
         self.log_width = nn.Parameter(torch.tensor(float(torch.log(torch.tensor(KEYPOINT_SCALE / g)))))
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, zone_map: torch.Tensor | None = None) -> torch.Tensor:
+        """The map ``z`` carries, (..., Z) -> (...); or with ``zone_map`` (N, G*G) each agent's map, read at
+        latents of N agents' rollouts, (..., N, R, >= points) -> (..., N, R) (planning: the moving part is enough).
+
+        Planning's reading is one (.. R K, G) x (G, G) product per agent rather than one (K, G) x (G, G) product
+        per rollout row: the map is the agent's, whichever rollout reads it."""
         cfg, g, k = self.cfg, self.cfg.zone_grid, self.cfg.keypoints
         last = z[..., cfg.points - 2 * k:cfg.points]  # (..., 2K) the last frame's x's, then its y's
-        zones = z[..., cfg.moving:].unflatten(-1, (g, g))  # (..., G, G)
         spread = 2 * self.log_width.exp().square()
-        kx = F.softmax(-(last[..., :k, None] - self.xs).square() / spread, -1)  # (..., K, G)
-        ky = F.softmax(-(last[..., k:, None] - self.ys).square() / spread, -1)  # (..., K, G)
-        inside = ((ky @ zones) * kx).sum(-1)  # (..., K) the map at each keypoint
+        kx = F.softmax((last[..., :k, None] - self.xs).square_().div_(-spread), -1)  # (..., K, G)
+        ky = F.softmax((last[..., k:, None] - self.ys).square_().div_(-spread), -1)  # (..., K, G)
+        if zone_map is None:
+            inside = ((ky @ z[..., cfg.moving:].unflatten(-1, (g, g))) * kx).sum(-1)  # (..., K) the map at each
+        else:
+            if z.dim() < 3 or zone_map.shape != (z.shape[-3], g * g):
+                raise ValueError(f"zone_map must be (N, {g * g}) for latents (..., N, R, Z'), got "
+                                 f"{tuple(zone_map.shape)} and {tuple(z.shape)}")
+            rows = ky.movedim(-4, 0)  # (N, ..., R, K, G)
+            read = torch.bmm(rows.reshape(len(zone_map), -1, g), zone_map.view(-1, g, g)).view(rows.shape)
+            inside = (read.movedim(0, -4) * kx).sum(-1)  # (..., N, R, K)
         return 10 * (inside @ self.weight + self.bias)
 
 
@@ -304,19 +316,25 @@ class LatentWorldModel(nn.Module):
     def next(self, z: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         """Every member's next latent: z (B, Z) shared or (E, B, Z) per member, action (B, A) or (E, B, A)
         -> (E, B, Z)."""
-        cfg = self.cfg
         z = expand_members(z, self.members)  # (E, B, Z)
-        out = self.dynamics(member_inputs(self.members, z[..., :cfg.moving], action))  # (E, B, moving)
-        points = z[..., :cfg.points] + out[..., :cfg.points]  # keypoints move by what the members predict
-        return torch.cat([points, normalise(out[..., cfg.points:], cfg), z[..., cfg.moving:]], -1)
+        return torch.cat([self.next_moving(z[..., :self.cfg.moving], action), z[..., self.cfg.moving:]], -1)
+
+    def next_moving(self, moving: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """``next`` of the entries the dynamics predicts (keypoints, then the normalised part): moving (B, M) or
+        (E, B, M), action (B, A) or (E, B, A) -> (E, B, M). What planning rolls out: the zone map stays put."""
+        cfg = self.cfg
+        out = self.dynamics(member_inputs(self.members, moving, action))  # (E, B, M)
+        points = moving[..., :cfg.points] + out[..., :cfg.points]  # keypoints move by what the members predict
+        return torch.cat([points, normalise(out[..., cfg.points:], cfg)], -1)
 
     def reward(self, z: torch.Tensor) -> torch.Tensor:
         """Predicted reward of arriving at latent z, in the env's units: (..., Z) -> (...)."""
         return self.reward_norm.inverse(self.reward_head(z)[..., None])[..., 0]
 
-    def breach_logit(self, z: torch.Tensor) -> torch.Tensor:
-        """Logit of the geofence-breach flag at latent z: (..., Z) -> (...)."""
-        return self.breach_head(z)
+    def breach_logit(self, z: torch.Tensor, zone_map: torch.Tensor | None = None) -> torch.Tensor:
+        """Logit of the geofence-breach flag at latent z: (..., Z) -> (...); or, planning, at latents of N agents'
+        rollouts (..., N, R, M) with each agent's zone map (N, G*G) apart (``ZoneHead``)."""
+        return self.breach_head(z, zone_map)
 
     def disagreement(self, next_z: torch.Tensor) -> torch.Tensor:
         """Members' variance of predicted latents in units of ``step_std``, mean over the entries the dynamics
@@ -326,11 +344,12 @@ class LatentWorldModel(nn.Module):
 
 
 class LatentDynamics(nn.Module):
-    """A ``LatentWorldModel`` seen by the planners as an ensemble dynamics over states z (N, Z).
+    """A ``LatentWorldModel`` seen by the planners as an ensemble dynamics over the entries it predicts, states
+    (N, M) (``LatentConfig.moving``): the zone map never moves, so a rollout does not carry it; the breach term
+    reads each agent's map from the planner's params (``planners.latent_eval``).
 
     ``planners.rollout`` steps it with ``forward`` (a deterministic ``Prediction``: zero variance), measures
-    disagreement in ``delta_norm.std`` units, and checks ``obs_dim``. Objectives read the model's heads
-    (``planners.latent_eval``).
+    disagreement in ``delta_norm.std`` units (as ``LatentWorldModel.disagreement``), and checks ``obs_dim``.
     """
 
     probabilistic = False
@@ -338,21 +357,21 @@ class LatentDynamics(nn.Module):
     def __init__(self, model: LatentWorldModel) -> None:
         super().__init__()
         self.model = model
-        self.members, self.obs_dim = model.members, model.cfg.state_dim
+        self.members, self.obs_dim = model.members, model.cfg.moving
         self.delta_norm = _StdView(model)
 
     def forward(self, z: torch.Tensor, action: torch.Tensor) -> Prediction:
-        """z (B, Z) or (E, B, Z), action (B, A) or (E, B, A) -> Prediction with mean (E, B, Z) and zero var."""
-        mean = self.model.next(expand_members(z, self.members), action)
+        """z (B, M) or (E, B, M), action (B, A) or (E, B, A) -> Prediction with mean (E, B, M) and zero var."""
+        mean = self.model.next_moving(expand_members(z, self.members), action)
         return Prediction(mean, torch.zeros_like(mean))
 
 
 class _StdView:
-    """``delta_norm`` as the rollout reads it: ``.std`` is the model's current ``step_std``."""
+    """``delta_norm`` as the rollout reads it: ``.std`` is the model's current ``step_std`` of the moving entries."""
 
     def __init__(self, model: LatentWorldModel) -> None:
         self._model = model
 
     @property
     def std(self) -> torch.Tensor:
-        return self._model.step_std
+        return self._model.step_std[:self._model.cfg.moving]

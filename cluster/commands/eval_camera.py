@@ -26,7 +26,8 @@ _REFUSED = {"objective": EvalConfig.objective, "mode": EvalConfig.mode, "prior_s
 
 def run_camera(args: argparse.Namespace) -> dict[str, Any]:
     """`wm eval` for a latent (camera) model: success and zone steps over ``--episodes``; the result."""
-    from planners.latent_eval import LATENT_PLAN, LatentEvalConfig, run_latent
+    from planners.config import LATENT_PLAN
+    from planners.latent_eval import LatentEvalConfig, run_latent
     from worldmodel.device import resolve_device
     from worldmodel.envs.camera import PixelNav2DEnv
     from worldmodel.latent_artifact import load_latent_model

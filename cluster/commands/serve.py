@@ -229,9 +229,10 @@ def drift_settings(args: argparse.Namespace) -> DriftSettings:
 
 def service_settings(args: argparse.Namespace) -> dict[str, Any]:
     """The planner service's settings (``planners.served.ServiceConfig.from_dict``) from the flags given; a
-    flag not given keeps the served planner's own default: lone agents' ``PlanConfig``, floors' ``FleetPlanConfig``."""
+    flag not given keeps the served planner's own default: lone agents' ``PlanConfig``, floors' ``FleetPlanConfig``,
+    camera models' ``LATENT_PLAN``."""
     given = {k: getattr(args, k) for k in ("horizon", "samples", "iterations") if getattr(args, k) is not None}
-    service: dict[str, Any] = {"planner": args.planner, "plan": given, "fleet": given,
+    service: dict[str, Any] = {"planner": args.planner, "plan": given, "fleet": given, "latent": given,
                                "settings": planner_settings(args) if args.planner_opt else None}
     if args.reward_model is not None:
         if not args.registry:

@@ -11,7 +11,7 @@ import torch
 
 from planners.config import PlanConfig
 from planners.latent_eval import (LatentEvalConfig, auroc, breach_ahead, episode_latents, head_scores, latent_planner,
-                                  linear_probe, run_latent)
+                                  linear_probe, planning_inputs, run_latent)
 from worldmodel.latent import LatentConfig, LatentWorldModel
 
 TOY = LatentConfig(image_shape=(32, 32, 3), latent=8, simnorm_group=4, members=3, hidden=16, depth=4)
@@ -27,16 +27,16 @@ class ToyLatent(LatentWorldModel):
         super().__init__(TOY)
         self.calls = 0
 
-    def next(self, z: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+    def next_moving(self, z: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         self.calls += 1
         drift = torch.linspace(-1e-3, 1e-3, TOY.members)[:, None, None]  # (E, 1, 1)
-        step = torch.cat([action, torch.zeros(*action.shape[:-1], TOY.state_dim - 2)], -1)
+        step = torch.cat([action, torch.zeros(*action.shape[:-1], z.shape[-1] - 2)], -1)
         return z + 0.1 * step + drift
 
     def reward(self, z: torch.Tensor) -> torch.Tensor:
         return -torch.linalg.vector_norm(z[..., :2] - GOAL, dim=-1)
 
-    def breach_logit(self, z: torch.Tensor) -> torch.Tensor:
+    def breach_logit(self, z: torch.Tensor, zone_map: torch.Tensor | None = None) -> torch.Tensor:
         centre, radius = FENCE
         return 20.0 * (radius - torch.linalg.vector_norm(z[..., :2] - centre, dim=-1))
 
@@ -46,13 +46,13 @@ def plan_from(start: torch.Tensor, breach_weight: float, horizon: int = 30):
     z = torch.zeros(len(start), TOY.state_dim)
     z[:, :2] = start
     planner = latent_planner(model, PlanConfig(horizon=horizon, samples=64, iterations=6), breach_weight=breach_weight)
-    return model, planner.plan(z)
+    return model, planner.plan(*planning_inputs(model, z))
 
 
 def test_all_agents_plan_in_one_batched_program() -> None:
     starts = torch.tensor([[0.0, 0.0], [0.0, 1.0], [3.0, -1.0], [2.0, 2.0]])
     model, result = plan_from(starts, breach_weight=0.0, horizon=10)
-    assert result.actions.shape == (4, 2) and result.trajectory.shape == (4, 11, TOY.state_dim)
+    assert result.actions.shape == (4, 2) and result.trajectory.shape == (4, 11, TOY.moving)
     # One model call per horizon step per round, and one per step of the audit: never one per agent.
     assert model.calls == 10 * 6 + 10
     # Each agent heads for the goal from where it is.

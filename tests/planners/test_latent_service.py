@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 import torch
 
 from planners.base import Decision, Fallback
-from planners.config import PlanConfig
+from planners.config import LATENT_PLAN, PlanConfig
 from planners.latent_service import LatentPlanner
 from planners.objectives import ACTION_HIGH, ACTION_LOW, ZONES
 from planners.served import ServiceConfig
@@ -24,7 +25,7 @@ PLAN = PlanConfig(horizon=5, samples=8, iterations=2)
 def tiny_planner(plan: PlanConfig = PLAN) -> LatentPlanner:
     torch.manual_seed(0)
     return LatentPlanner(LatentArtifact(LatentWorldModel(TINY).eval(), version="0.3.0", env_id="PixelNav2D-v0"),
-                         ServiceConfig(plan=plan))
+                         ServiceConfig(latent=plan))
 
 
 def stacks(n: int, seed: int = 0) -> np.ndarray:
@@ -37,6 +38,19 @@ def count_encodes(planner: LatentPlanner) -> list[int]:
     return calls
 
 
+def test_camera_models_plan_with_their_own_settings_which_the_serve_flags_set() -> None:
+    from cluster.commands.serve import service_settings
+
+    default = LatentPlanner(LatentArtifact(LatentWorldModel(TINY).eval(), version="0.3.0", env_id="PixelNav2D-v0"))
+    assert default.horizon == LATENT_PLAN.horizon and default.planner.cfg == LATENT_PLAN
+    assert ServiceConfig().plan != LATENT_PLAN  # vector models keep theirs
+    flags = argparse.Namespace(planner="cem", horizon=7, samples=16, iterations=None, planner_opt=[],
+                               reward_model=None, robots=None)
+    cfg = ServiceConfig.from_dict(service_settings(flags))
+    assert (cfg.latent.horizon, cfg.latent.samples, cfg.latent.iterations) == (7, 16, LATENT_PLAN.iterations)
+    assert ServiceConfig.from_dict(cfg.to_dict()).latent == cfg.latent
+
+
 def test_plans_every_agent_in_bounds_with_one_encoder_call() -> None:
     planner = tiny_planner()
     calls = count_encodes(planner)
@@ -44,7 +58,7 @@ def test_plans_every_agent_in_bounds_with_one_encoder_call() -> None:
     assert calls[0] == 1  # six agents, one encoder batch
     assert batch.actions.shape == (6, 2) and (np.abs(batch.actions) <= 1).all()
     assert batch.warm_start.shape == (6, PLAN.horizon, 2) and batch.hidden is None
-    assert batch.trajectory.shape == (6, PLAN.horizon + 1, TINY.state_dim)
+    assert batch.trajectory.shape == (6, PLAN.horizon + 1, TINY.moving)  # the moving part: the zone map stays put
     assert batch.model_version == "0.3.0" and batch.iterations == 2 and (batch.decision == Decision.PLANNED).all()
 
 
@@ -90,7 +104,7 @@ def test_what_a_latent_model_does_not_serve_is_named(kwargs: dict, message: str)
 def test_load_planner_serves_a_latent_artifact(tmp_path: Path) -> None:
     torch.manual_seed(0)
     save_latent_model(LatentArtifact(LatentWorldModel(TINY), version="0.4.0", env_id="PixelNav2D-v0"), tmp_path / "m")
-    planner = load_planner(tmp_path / "m", ServiceConfig(plan=PLAN))
+    planner = load_planner(tmp_path / "m", ServiceConfig(latent=PLAN))
     assert isinstance(planner, LatentPlanner) and planner.version == "0.4.0"
     info = planner.describe()
     assert info["image_shape"] == [32, 32, 3] and info["frames"] == TINY.frames and info["objectives"] == ["learned"]
@@ -130,7 +144,7 @@ def test_a_recurrent_model_carries_each_agents_predicted_latent_as_its_hidden_st
     model = LatentWorldModel(cfg).eval()
     with torch.no_grad():
         model.gain_logit.fill_(-30.0)  # a gain of 0: the latent is the prediction alone, whatever the frames say
-    planner = LatentPlanner(LatentArtifact(model, version="0.3.0", env_id="PixelNav2D-v0"), ServiceConfig(plan=PLAN))
+    planner = LatentPlanner(LatentArtifact(model, version="0.3.0", env_id="PixelNav2D-v0"), ServiceConfig(latent=PLAN))
     assert planner.recurrent and planner.hidden_size == cfg.state_dim
     first = planner.plan(stacks(3))
     with torch.no_grad():  # the hidden state: the members' mean next latent under the action served
@@ -141,9 +155,10 @@ def test_a_recurrent_model_carries_each_agents_predicted_latent_as_its_hidden_st
     hidden = first.hidden.copy()
     hidden[0] = np.nan
     second = planner.plan(stacks(3, seed=9), hidden=hidden)
-    assert np.allclose(second.trajectory[1:, 0], first.hidden[1:], atol=1e-5)
+    m = cfg.moving  # trajectories hold the moving part
+    assert np.allclose(second.trajectory[1:, 0], first.hidden[1:, :m], atol=1e-5)
     with torch.no_grad():
-        assert np.allclose(second.trajectory[0, 0], planner.encode(stacks(3, seed=9))[0].numpy(), atol=1e-5)
+        assert np.allclose(second.trajectory[0, 0], planner.encode(stacks(3, seed=9))[0, :m].numpy(), atol=1e-5)
     # a hidden state of another shape (another model's) is no start: the frames alone
     assert np.allclose(planner.plan(stacks(3, seed=9), hidden=np.zeros((3, 4), np.float32)).trajectory[:, 0],
                        planner.plan(stacks(3, seed=9)).trajectory[:, 0], atol=1e-5)

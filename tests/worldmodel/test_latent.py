@@ -57,11 +57,13 @@ def test_members_differ_and_each_reads_only_its_own_rows() -> None:
     assert torch.equal(moved[0], nxt[0]) and torch.equal(moved[2], nxt[2]) and not torch.allclose(moved[1], nxt[1])
 
 
-def test_the_planners_view_is_a_deterministic_ensemble() -> None:
+def test_the_planners_view_is_a_deterministic_ensemble_over_the_moving_part() -> None:
     dyn, z = LatentDynamics(model()), torch.softmax(torch.randn(4, SMALL.state_dim), -1)
-    pred = dyn(z, torch.zeros(4, 2))
-    assert pred.mean.shape == (SMALL.members, 4, SMALL.state_dim) and (pred.var == 0).all()
-    assert dyn.obs_dim == SMALL.state_dim and torch.equal(dyn.delta_norm.std, dyn.model.step_std)
+    m, a = SMALL.moving, torch.randn(4, 2)
+    pred = dyn(z[:, :m], a)
+    assert pred.mean.shape == (SMALL.members, 4, m) and (pred.var == 0).all()
+    assert torch.equal(pred.mean, dyn.model.next(z, a)[..., :m])  # the whole latent's step, less the map
+    assert dyn.obs_dim == m and torch.equal(dyn.delta_norm.std, dyn.model.step_std[:m])
 
 
 def test_simnorm_is_a_softmax_per_group() -> None:

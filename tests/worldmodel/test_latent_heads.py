@@ -4,6 +4,7 @@ breach head reads the zone map where the agent is."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from worldmodel.keypoints import SpatialSoftmax
@@ -93,3 +94,18 @@ def test_breach_head_reads_the_zone_map_where_the_agent_is() -> None:
         head.bias.fill_(-0.5)
     logit = head(z)
     assert logit[0] > 2 and logit[1] < -3 and logit[2] < -3, logit
+
+
+def test_breach_head_reads_each_agents_own_map_in_planning_as_from_the_whole_latent() -> None:
+    """Planning's reading (rollouts of the moving part, every agent's map apart) is the whole latent's reading."""
+    torch.manual_seed(0)
+    head = model().breach_head
+    n, r, x = 3, 4, 2  # agents, rollouts per agent, leading axis
+    maps = torch.rand(n, CFG.zone_grid ** 2)  # (N, G*G) a different map per agent
+    z = torch.randn(x, n, r, CFG.state_dim) * KEYPOINT_SCALE / 2
+    z[..., CFG.moving:] = maps[:, None]  # each agent's rollouts carry its own map
+    with torch.no_grad():
+        whole, planning = head(z), head(z[..., :CFG.moving], maps)
+    assert planning.shape == (x, n, r) and torch.allclose(planning, whole, atol=1e-5)
+    with pytest.raises(ValueError, match="zone_map must be"):
+        head(z[..., :CFG.moving], maps[:2])
