@@ -157,6 +157,7 @@ class BasePlanner:
         """Who the fallback is: 'policy' (a given ActionPolicy), 'plan' (the previous plan when late, else zero)
         or 'zero' (the zero action)."""
         self._held: torch.Tensor | None = None  # (N, H, A) the warm starts acting for a late call
+        self._samples = cfg.samples  # candidates per agent of this call's rounds (``_first_round_samples``)
         self.shield = None if shield is None else shield.bind(objective)
         self.generator = torch.Generator(device=device).manual_seed(cfg.seed)
         self.device = device
@@ -186,7 +187,8 @@ class BasePlanner:
         self._n, self._rollout_s, self._last, self._held = n, 0.0, None, None
         self._deadline = (start + (budget - self._finish_ms.get(n, 0.0)) / 1000 if budget is not None
                           else float("inf"))
-        if self._spent():
+        self._samples = self._first_round_samples()
+        if not self._samples:
             # Not even one round fits: act safely now rather than answer late (hold_plan: on the previous plans).
             best = self.initial_plan(n)
             if self.hold_plan and warm_start is not None:
@@ -348,9 +350,16 @@ class BasePlanner:
             return False
         return time.perf_counter() + self._round_ms.get(self._n, 0.0) / 1000 > self._deadline
 
+    def _first_round_samples(self) -> int:
+        """Candidates per agent the call's first round samples: ``cfg.samples``, or 0 when a round, at its measured
+        duration for this N, would end past the deadline (no round runs: the fallback acts). A planner whose
+        rounds can shrink to fit says how many fit instead (``CEMPlanner``'s ``shrink``)."""
+        return 0 if self._spent() else self.cfg.samples
+
     def _timed(self, round_start: float) -> None:
-        """Fold the duration of a finished round into the estimate for this N."""
-        _ema(self._round_ms, self._n, self._elapsed_ms(round_start))
+        """Fold the duration of a finished round into the estimate for this N, as the duration of a whole round
+        (``cfg.samples`` candidates: a shrunk round's, scaled up)."""
+        _ema(self._round_ms, self._n, self._elapsed_ms(round_start) * self.cfg.samples / self._samples)
 
     def _elapsed_ms(self, since: float) -> float:
         if self.device.type == "cuda":

@@ -60,13 +60,14 @@ class LatentBreach:
 
 
 def latent_planner(model: LatentWorldModel, plan: PlanConfig = LATENT_PLAN, cem: CEMConfig = CEMConfig(),
-                   breach_weight: float = BREACH_WEIGHT, hold_plan: bool = False) -> CEMPlanner:
-    """CEM over the latent ensemble, scored by the reward and breach heads; actions in [-1, 1]^A. ``hold_plan``: a
-    call that misses its deadline acts on the warm starts (``BasePlanner``'s)."""
+                   breach_weight: float = BREACH_WEIGHT, served: bool = False) -> CEMPlanner:
+    """CEM over the latent ensemble, scored by the reward and breach heads; actions in [-1, 1]^A. ``served``: a call
+    short of time for a whole round samples fewer candidates (``CEMPlanner``'s ``shrink``), and one short of time
+    for any acts on the warm starts (``BasePlanner``'s ``hold_plan``)."""
     a = model.cfg.act_dim
     terms = [LatentReward(model)] + ([LatentBreach(model, breach_weight)] if breach_weight else [])
     return CEMPlanner(LatentDynamics(model), Objective(terms), -torch.ones(a), torch.ones(a), plan, cem,
-                      hold_plan=hold_plan)
+                      shrink=served, hold_plan=served)
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,8 @@ frame stacks in one encoder batch (for a recurrent model, corrected from each ag
 travels as its hidden state), then CEM searches the latent space for all of them at once
 (``planners.latent_eval.latent_planner``: the model's reward and breach heads score the plans). Where the
 members disagree past ``PlanConfig.disagreement_threshold`` the fallback (the zero action) acts, as for vector
-models; a call that misses its deadline has each agent go on with its previous plan (``BasePlanner``'s
+models; a call short of time for a whole CEM round samples as many candidates as fit (``CEMPlanner``'s
+``shrink``), and one short of time for any has each agent go on with its previous plan (``BasePlanner``'s
 ``hold_plan``: no policy to fall back on, and a coasting agent keeps its speed). Observations are pixels, so the
 state constraints (zones, box, speed) have nothing to read: only the action bounds apply, and no shield runs.
 ``PlanBatch.trajectory`` holds latents' moving parts.
@@ -60,9 +61,10 @@ class LatentPlanner:
         self.hidden_size = self.latent.cfg.state_dim if self.recurrent else 0
         """Entries of one agent's hidden state (Z; 0 without one)."""
         cem = settings_arguments("cem", self.cfg.settings).get("cem", CEMConfig())
-        # No policy to fall back on: a late call's agents go on with their previous plans (the zero action would
-        # let them coast on at their speed), those without one with the zero action.
-        self.planner: BasePlanner = latent_planner(self.latent, self.cfg.latent, cem, breach_weight, hold_plan=True)
+        # A call short of time for a whole round plans with the candidates that fit. No policy to fall back on: a
+        # call short of time for any has its agents go on with their previous plans (the zero action would let
+        # them coast on at their speed), those without one with the zero action.
+        self.planner: BasePlanner = latent_planner(self.latent, self.cfg.latent, cem, breach_weight, served=True)
         self.fallback_source = self.planner.fallback_source
         """'plan': see ``BasePlanner``'s ``hold_plan``."""
 
@@ -142,8 +144,9 @@ class LatentPlanner:
             sites, rewards: none apply to latent models (refused).
 
         Returns:
-            the ``PlanBatch``: trajectories are (N, Hz+1, M) latents' moving parts (the zone map stays put); ``hidden`` (N, Z) the members' mean
-            prediction of each agent's next latent under its action (recurrent models), else None.
+            the ``PlanBatch``: trajectories are (N, Hz+1, M) latents' moving parts (the zone map stays put);
+            ``hidden`` (N, Z) the members' mean prediction of each agent's next latent under its action (recurrent
+            models), else None.
         """
         start = time.perf_counter()
         n = len(obs)

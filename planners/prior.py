@@ -117,14 +117,15 @@ class PolicyPrior:
 
     def fill(self, candidates: torch.Tensor, obs: torch.Tensor, params: Params, state: State,
              generator: torch.Generator) -> torch.Tensor:
-        """Overwrite the last M of ``candidates`` (N, K, H, A) in place with the prior's; returns them.
+        """Overwrite the last M of ``candidates`` (N, K, H, A) (at most K - 1) in place with the prior's; returns them.
 
         The first of the M is the policy's sequence itself, the others carry white noise of
         ``prior_noise``; the caller projects the candidates into the bounds afterwards.
         """
         seq = self.sequence(obs, params, state)  # (N, H, A)
         n, k, h, a = candidates.shape
-        noise = torch.randn((n, self.count, h, a), generator=generator, device=candidates.device)
+        m = min(self.count, k - 1)  # a shrunk round (``CEMPlanner``'s ``shrink``) keeps its first, the current mean
+        noise = torch.randn((n, m, h, a), generator=generator, device=candidates.device)
         noise[:, 0] = 0  # the policy's own sequence competes as it is
-        candidates[:, k - self.count:] = torch.addcmul(seq[:, None], self.std, noise)
+        candidates[:, k - m:] = torch.addcmul(seq[:, None], self.std, noise)
         return candidates

@@ -41,8 +41,8 @@ def make_planner(name: str, dynamics: torch.nn.Module, objective: Objective, act
     Args:
         fallback: acts where the plan cannot (``fallback(obs, params)``); the zero action when None.
         kwargs: ``prior`` (an ``ActionPolicy`` whose rollouts make ``cfg.prior_share`` of the candidates),
-            ``shield`` (a ``planners.shield.Shield`` checking each action against the constraints) and
-            ``hold_plan`` (``BasePlanner``'s).
+            ``shield`` (a ``planners.shield.Shield`` checking each action against the constraints),
+            ``hold_plan`` (``BasePlanner``'s) and, for 'cem', ``shrink`` (``CEMPlanner``'s).
     """
     own = settings_arguments(name, settings)
     return PLANNERS[name](dynamics, objective, action_low, action_high, cfg, fallback=fallback, **own, **kwargs)

@@ -64,7 +64,8 @@ class ServiceConfig:
     def to_dict(self) -> dict[str, Any]:
         return {"planner": self.planner, "plan": dataclasses.asdict(self.plan), "settings": self.planner_settings,
                 "shield": self.shield, "shield_horizon": self.shield_horizon, "fleet": dataclasses.asdict(self.fleet),
-                "latent": dataclasses.asdict(self.latent), "floor_robots": self.floor_robots, "reward_model": self.reward_model}
+                "latent": dataclasses.asdict(self.latent), "floor_robots": self.floor_robots,
+                "reward_model": self.reward_model}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ServiceConfig":

@@ -222,7 +222,7 @@ class ZoneHead(nn.Module):
         """The map ``z`` carries, (..., Z) -> (...); or with ``zone_map`` (N, G*G) each agent's map, read at
         latents of N agents' rollouts, (..., N, R, >= points) -> (..., N, R) (planning: the moving part is enough).
 
-        Planning's reading is one (.. R K, G) x (G, G) product per agent rather than one (K, G) x (G, G) product
+        Planning's reading is one (... R K, G) x (G, G) product per agent rather than one (K, G) x (G, G) product
         per rollout row: the map is the agent's, whichever rollout reads it."""
         cfg, g, k = self.cfg, self.cfg.zone_grid, self.cfg.keypoints
         last = z[..., cfg.points - 2 * k:cfg.points]  # (..., 2K) the last frame's x's, then its y's

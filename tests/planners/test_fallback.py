@@ -33,6 +33,26 @@ def test_a_budget_no_round_fits_falls_back_with_reason_deadline() -> None:
     assert (planner.plan(x, {"goal": goal}).fallback_reason == Fallback.NONE).all()
 
 
+def test_a_shrinking_cem_samples_the_candidates_that_fit_the_deadline() -> None:
+    x, goal = _agents(8)
+    cfg = PlanConfig(horizon=4, samples=128, iterations=3)
+    shrinking = make_planner("cem", LinearEnsemble(), quadratic_objective(), LOW, HIGH, cfg, shrink=True)
+    whole = make_planner("cem", LinearEnsemble(), quadratic_objective(), LOW, HIGH, cfg)
+    for planner in (shrinking, whole):
+        planner.plan(x, {"goal": goal})  # warm-up: measures a round and the finish
+        planner._round_ms[8], planner._finish_ms[8] = 1000.0, 0.0  # as if a whole round took a second
+    # A 200 ms budget: a fifth of a round fits, about 25 of the 128 candidates (fewer on a slow machine: >= 8)
+    result = shrinking.plan(x, {"goal": goal}, budget_ms=200.0)
+    assert result.iterations == 1 and (result.fallback_reason == Fallback.NONE).all()
+    k = shrinking._last[0].shape[1]  # the round's candidates (N, K', H, A)
+    assert 8 <= k <= 26, k
+    assert shrinking._round_ms[8] < 1000.0  # the round was timed, as a whole one (scaled up), into the estimate
+    # Without shrink, no round runs: the fallback acts; with it, a budget of fewer than 8 candidates does the same.
+    assert (whole.plan(x, {"goal": goal}, budget_ms=200.0).fallback_reason == Fallback.DEADLINE).all()
+    shrinking._round_ms[8] = 1000.0
+    assert shrinking.plan(x, {"goal": goal}, budget_ms=30.0).iterations == 0
+
+
 def test_hold_plan_acts_on_the_warm_starts_when_no_round_fits() -> None:
     x, goal = _agents(3)
     warm = torch.tensor([[[0.5, -0.25]] * 4, [[-2.0, 0.75]] * 4, [[0.0, 0.0]] * 4])  # (N, H, A); one out of the box

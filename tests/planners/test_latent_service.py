@@ -43,6 +43,7 @@ def test_camera_models_plan_with_their_own_settings_which_the_serve_flags_set() 
 
     default = LatentPlanner(LatentArtifact(LatentWorldModel(TINY).eval(), version="0.3.0", env_id="PixelNav2D-v0"))
     assert default.horizon == LATENT_PLAN.horizon and default.planner.cfg == LATENT_PLAN
+    assert default.planner.shrink and default.planner.hold_plan  # late: fewer candidates, else the held plans
     assert ServiceConfig().plan != LATENT_PLAN  # vector models keep theirs
     flags = argparse.Namespace(planner="cem", horizon=7, samples=16, iterations=None, planner_opt=[],
                                reward_model=None, robots=None)
