@@ -145,6 +145,9 @@ class AgentRecord:
     frames: np.ndarray | None = None
     """(F-1, Hi, Wi, C) uint8 a camera agent's last frames, oldest first, its current one last: with the next
     request's frame they make the planner's stack. None for vector agents."""
+    held: int = 0
+    """Answers in a row, up to this one, that acted on a held plan (a late call's previous plan:
+    ``fallback_action_by`` 'plan'); ``serving.rows.warm_starts`` ends a held plan once it is used up."""
 
     @property
     def continuing(self) -> bool:

@@ -71,7 +71,7 @@ class ArmPlanner:
         requests, records, steps = ([xs[i] for i in idx] for xs in (batch.requests, batch.records, batch.steps))
         obs, flags, goals = batch.obs[idx], batch.flags[idx], [batch.goals[i] for i in idx]  # (n, S), (n, 3)
         # warm-started only where the request continues its record's episode
-        warm_start = rows.stacked(records, steps, "warm_start")
+        warm_start = rows.warm_starts(records, steps)
         stacks = await self.frame_stacks(planner, requests, records, steps)  # camera agents' (n, F, Hi, Wi, C)
         names = [g.name if g is not None else "learned" for g in goals]
         inputs = (obs if stacks is None else stacks, warm_start, names, rows.constraints(goals), batch.budget_ms,
@@ -79,7 +79,7 @@ class ArmPlanner:
                   [r.reward_model for r in requests], [None if r is None else r.model_version for r in records])
         planned: PlanBatch = await planner.plan.remote(*inputs)
         # the answers, the records that the next requests will need, and what explaining them needs
-        answers = rows.answers(requests, planned)
+        answers = rows.answers(requests, planned, warm_start)
         records_out = rows.new_records(requests, records, steps, obs, planned, answers, goals, stacks)
         self.decisions.put(served(requests, answers, obs if stacks is None else stacks, warm_start, goals))
         production = planner is self.planner

@@ -250,6 +250,7 @@ class Explainer:
             obs = record.frames if record.frames is not None else record.obs  # type: ignore[union-attr]
         objective = rows.agent_objective(req.objective) if req.objective is not None else \
             (record.objective if record is not None else None)
-        return obs, record.warm_start if current else None, objective, None  # type: ignore[union-attr,return-value]
+        start = record.warm_start if current and not rows.used_up(record) else None  # type: ignore[union-attr]
+        return obs, start, objective, None  # type: ignore[union-attr,return-value]
 
 

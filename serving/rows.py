@@ -119,6 +119,24 @@ def stacked(records: list[AgentRecord | None], steps: list[Continuation], name: 
                      for x in arrays])
 
 
+def warm_starts(records: list[AgentRecord | None], steps: list[Continuation]) -> np.ndarray | None:
+    """(N, H, A) each agent's warm start (``stacked``), NaN where the agent's held plan is used up.
+
+    A late call acts on the agent's previous plan shifted (a held plan); after H - 1 held answers in a row it has
+    acted on every step of the last plan it got and what is left repeats that plan's last action, a push no plan
+    chose for that long. Such an agent has no plan to hold: a late call gives it the fallback's zero action, a
+    call in time plans from the box centre."""
+    warm = stacked(records, steps, "warm_start")
+    if warm is not None:
+        warm[[i for i, r in enumerate(records) if used_up(r)]] = np.nan
+    return warm
+
+
+def used_up(record: AgentRecord | None) -> bool:
+    """Whether the record's warm start is a held plan the agent has acted out (``warm_starts``)."""
+    return record is not None and record.warm_start is not None and record.held >= len(record.warm_start) - 1
+
+
 def frame_stacks(requests: list[PlanRequest], records: list[AgentRecord | None], steps: list[Continuation],
                  shape: tuple[int, int, int], depth: int) -> np.ndarray:
     """(N, F, Hi, Wi, C) uint8 each camera agent's last F = ``depth`` frames, its request's ``image`` last.
@@ -186,11 +204,15 @@ def constraints(objectives: list[AgentObjective | None]) -> dict[str, np.ndarray
     return out
 
 
-def answers(requests: list[PlanRequest], batch: PlanBatch) -> list[PlanAnswer]:
+def answers(requests: list[PlanRequest], batch: PlanBatch, warm_start: np.ndarray | None) -> list[PlanAnswer]:
     """Each request's answer from its row of the planner's batch (the trajectory only when asked for): the
     action and why (``decision``, the fallback's reason and source, the shield's constraint, the margin, the
-    reward model that scored the plan)."""
+    reward model that scored the plan). ``warm_start``: the (N, H, A) plans the planner was given (``warm_starts``),
+    None for none: a late call of a planner that holds plans acted with the zero action where it had none to hold
+    (a NaN row), and says so."""
     reasons, by = batch.reasons(), batch.fallback_by()
+    none = np.ones(len(requests), bool) if warm_start is None else np.isnan(warm_start).reshape(len(requests), -1).any(1)
+    by = ["zero" if source == "plan" and none[i] else source for i, source in enumerate(by)]
     margins = [m if np.isfinite(m) else None for m in batch.margin.tolist()]
     rewards = batch.reward_models or [None] * len(requests)
     return [PlanAnswer(action=batch.actions[i].tolist(), model_version=batch.model_version,
@@ -268,6 +290,8 @@ def new_records(requests: list[PlanRequest], records: list[AgentRecord | None], 
                 hidden=None if batch.hidden is None else batch.hidden[i].copy(), objective=goals[i])
             if stacks is not None:
                 record = dataclasses.replace(record, predicted=None, frames=stacks[i, 1:].copy())
+            if answered[i].fallback_action_by == "plan":
+                record = dataclasses.replace(record, held=(same.held if same is not None else 0) + 1)
         out.append(record)
     return out
 

@@ -230,8 +230,9 @@ class PlanResponse(BaseModel):
     fallback_action_by: Literal["policy", "zero", "brake", "plan"] | None = Field(
         default=None, description="What gave the fallback's action: the served policy, or the zero action when "
                                   "the model has none (a warehouse robot brakes instead; a camera agent late for "
-                                  "its deadline goes on with its previous plan, 'plan', the zero action if it "
-                                  "has none); null when the fallback did not act.")
+                                  "its deadline goes on with its previous plan, 'plan', until it has acted on "
+                                  "every step of it; then, or without one, 'zero'); null when the fallback did "
+                                  "not act.")
     margin: float | None = Field(
         default=None, description="Worst predicted constraint margin of the action over the shield's horizon, "
                                   "worst ensemble member (distance units; negative: a predicted violation); null "

@@ -74,7 +74,7 @@ def test_answers_say_why_each_action_was_taken() -> None:
                    margin=np.array([INF, 0.5, 0.2, -0.1], np.float32), fallback_source="policy")
     requests = [PlanRequest(agent_id=f"a{i}", observation=[0.0] * N_OBS) for i in range(4)]
     got = [(a.decision, a.fallback_reason, a.fallback_action_by, a.shielded_constraint, a.margin)
-           for a in rows.answers(requests, batch)]
+           for a in rows.answers(requests, batch, None)]
     assert got == [("planned", None, None, None, None), ("fallback", "deadline", "policy", None, 0.5),
                    ("shielded", "deadline", "policy", "no_fly_zone", pytest.approx(0.2)),
                    ("policy", None, None, None, pytest.approx(-0.1))]

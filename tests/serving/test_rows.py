@@ -91,6 +91,36 @@ def test_a_held_plan_is_named_only_for_the_deadline_and_zero_for_other_reasons()
     out["fallback_reason"][:] = [Fallback.DEADLINE, Fallback.UNCERTAINTY, Fallback.NONE]
     batch = PlanBatch(**out, hidden=None, iterations=0, elapsed_ms=1.0, model_version="0.1.0", fallback_source="plan")
     requests = [PlanRequest(agent_id=f"a{i}", observation=[0.0, 0.0]) for i in range(3)]
-    assert [a.fallback_action_by for a in rows.answers(requests, batch)] == ["plan", "zero", None]
+    held = np.zeros((3, 4, 2), np.float32)
+    assert [a.fallback_action_by for a in rows.answers(requests, batch, held)] == ["plan", "zero", None]
+    held[0] = np.nan  # no plan to hold (a fresh agent's, or one used up): the zero action acted
+    assert [a.fallback_action_by for a in rows.answers(requests, batch, held)] == ["zero", "zero", None]
+    assert [a.fallback_action_by for a in rows.answers(requests, batch, None)] == ["zero", "zero", None]
     policy = dataclasses.replace(batch, fallback_source="policy")
     assert policy.fallback_by() == ["policy", "policy", None]
+
+
+def test_a_held_plan_is_used_up_after_its_horizon_and_counts_only_held_answers() -> None:
+    """Each answer that acted on the held plan counts; after H - 1 in a row the agent has acted on every step of
+    its last plan, so it has none left to hold (NaN: the zero action when late, the box centre when in time)."""
+    out = empty_batch(2, H, S, A)
+    out["fallback_reason"][:] = [Fallback.DEADLINE, Fallback.NONE]
+    batch = PlanBatch(**out, hidden=None, iterations=0, elapsed_ms=1.0, model_version="0.1.0", fallback_source="plan")
+    requests = [_req(t=None, agent_id=f"a{i}") for i in range(2)]  # each the step after its record's
+    answered = rows.answers(requests, batch, np.zeros((2, H, A), np.float32))
+    records: list[AgentRecord | None] = [dataclasses.replace(_continuing(), agent_id=f"a{i}") for i in range(2)]
+    for held in range(1, H):
+        steps = [rows.continuation(req, rec) for req, rec in zip(requests, records)]
+        assert np.isfinite(rows.warm_starts(records, steps)).all()
+        records = list(rows.new_records(requests, records, steps, np.zeros((2, S), np.float32), batch, answered,
+                                        [None, None]))
+        assert [r.held for r in records] == [held, 0]
+    steps = [rows.continuation(req, rec) for req, rec in zip(requests, records)]
+    warm = rows.warm_starts(records, steps)
+    assert np.isnan(warm[0]).all() and np.isfinite(warm[1]).all()
+    assert rows.used_up(records[0]) and not rows.used_up(records[1])
+    restart = [_req(t=0, agent_id="a0")]  # a new episode starts the count again
+    fresh = rows.new_records(restart, records[:1], [rows.continuation(restart[0], records[0])],
+                             np.zeros((1, S), np.float32), dataclasses.replace(batch, **{
+                                 k: v[:1] for k, v in out.items()}), answered[:1], [None])
+    assert fresh[0].held == 1
