@@ -9,7 +9,8 @@ from benchmarks.docs_text import num, pct, table, verdict
 Json = dict[str, Any]
 
 
-FALLBACK_BY = {"zero": "the zero action", "plan": "the agent's previous plan until it has acted on all of it, else the zero action"}
+FALLBACK_BY = {"zero": "the zero action",
+               "plan": "the agent's previous plan until it has acted on all of it, else the zero action"}
 """What a served run's late answers acted on (its ``fallback_action_by``; runs that did not record it: zero)."""
 
 

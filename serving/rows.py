@@ -211,7 +211,8 @@ def answers(requests: list[PlanRequest], batch: PlanBatch, warm_start: np.ndarra
     None for none: a late call of a planner that holds plans acted with the zero action where it had none to hold
     (a NaN row), and says so."""
     reasons, by = batch.reasons(), batch.fallback_by()
-    none = np.ones(len(requests), bool) if warm_start is None else np.isnan(warm_start).reshape(len(requests), -1).any(1)
+    n = len(requests)
+    none = np.ones(n, bool) if warm_start is None else np.isnan(warm_start).reshape(n, -1).any(1)
     by = ["zero" if source == "plan" and none[i] else source for i, source in enumerate(by)]
     margins = [m if np.isfinite(m) else None for m in batch.margin.tolist()]
     rewards = batch.reward_models or [None] * len(requests)

@@ -77,6 +77,11 @@ class LatentConfig:
     """Hidden layers of the dynamics MLP."""
     depth: int = 16
     """Channels of the encoder's first convolutions (later ones double it)."""
+    zone_context: int = 1
+    """Side of the zone map's convolutions over the 2x2 pixel blocks' features: 1 reads each block's colour
+    alone (a colour classifier, so a colour is a zone or not wherever it appears); 3 lets each block see its
+    neighbours (models saved before this field: it reads the agent's surroundings, and took a goal ringing the
+    agent for a zone ringing it)."""
     recurrent: bool = False
     """Filter the latent through time (``LatentWorldModel.filter``): each step's latent is the members' mean
     prediction from the last one, corrected towards the new frames' encoding by a learned gain per entry. It
@@ -90,6 +95,8 @@ class LatentConfig:
                      "layers", "depth"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        if self.zone_context < 1 or self.zone_context % 2 == 0:
+            raise ValueError(f"zone_context must be an odd side >= 1, got {self.zone_context!r}")
         if self.norm not in NORMS:
             raise ValueError(f"norm must be one of {', '.join(NORMS)}, got {self.norm!r}")
         if self.latent % self.simnorm_group:
@@ -146,12 +153,14 @@ class PixelEncoder(nn.Module):
         self.pixels = nn.Sequential(nn.Conv2d(c, d, 2, stride=2), nn.SiLU(), nn.Conv2d(d, d, 1), nn.SiLU())
         self.heat = nn.Conv2d(d, cfg.keypoints, 1)
         self.keypoints = SpatialSoftmax(cfg.keypoints)
-        # The zone map has features of its own (the breach loss does not bend the keypoints' to its purpose), and
-        # each cell sees a few around it: where the agent stands, its disc hides the zone under it, and only the
-        # zone's ring around the disc says the agent is inside (a map of each cell alone reads "agent" there,
-        # never "zone", and the breach head, which reads the map where the agent is, learns nothing).
-        self.zone = nn.Sequential(nn.Conv2d(c, d, 2, stride=2), nn.SiLU(), nn.Conv2d(d, d, 3, padding=1), nn.SiLU(),
-                                  nn.Conv2d(d, 1, 3, padding=1))
+        # The zone map has features of its own (the breach loss does not bend the keypoints' to its purpose): by
+        # default a classifier of each 2x2 block's colour, pooled into the grid. Where the agent stands its disc
+        # hides the zone under it; the breach head's reading spans the disc, so the ring of zone around it says
+        # the agent is inside. A map whose cells see their neighbours (zone_context 3) learns "a disc ringed by
+        # colour" instead, and reads a zone where the agent stands on its goal, which random play seldom shows it.
+        k = cfg.zone_context
+        self.zone = nn.Sequential(nn.Conv2d(c, d, 2, stride=2), nn.SiLU(), nn.Conv2d(d, d, k, padding=k // 2),
+                                  nn.SiLU(), nn.Conv2d(d, 1, k, padding=k // 2))
         self.coarse = nn.Sequential(nn.Conv2d(cfg.frames * c, d, 4, stride=2), nn.SiLU(),
                                     nn.Conv2d(d, 2 * d, 4, stride=2), nn.SiLU(),
                                     nn.Conv2d(2 * d, 2 * d, 3, stride=2), nn.SiLU(), nn.Flatten())

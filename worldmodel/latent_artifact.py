@@ -83,7 +83,7 @@ def latent_config_to_dict(cfg: LatentConfig) -> dict[str, Any]:
 
 def latent_config_from_dict(data: dict[str, Any]) -> LatentConfig:
     """Inverse of ``latent_config_to_dict``; ValueError naming an unknown or bad field."""
-    data = dict(data)
+    data = {"zone_context": 3, **data}  # saved before the field existed: the map's 3x3 convolutions
     if "image_shape" in data:
         data["image_shape"] = tuple(int(n) for n in data["image_shape"])
     return config_from_dict(LatentConfig, data)

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from worldmodel.artifact import ArtifactError, load_model
+from worldmodel.checksums import sha256_file
 from worldmodel.latent import LatentConfig, LatentWorldModel
 from worldmodel.latent_artifact import LatentArtifact, is_latent_model, load_latent_model, save_latent_model
 
@@ -68,3 +69,17 @@ def test_each_loader_names_the_other(tmp_path: Path) -> None:
     (vector / "manifest.json").write_text(json.dumps({"format": "fleetwm.worldmodel/1", "files": {}}))
     with pytest.raises(ArtifactError, match="format 'fleetwm.worldmodel/1', expected 'fleetwm.latentmodel/1'"):
         load_latent_model(vector)
+
+
+def test_a_model_saved_before_zone_context_loads_with_the_maps_3x3_convolutions(tmp_path: Path) -> None:
+    cfg = LatentConfig(image_shape=(32, 32, 3), frames=2, keypoints=2, latent=8, simnorm_group=4, members=2,
+                       hidden=16, depth=4, zone_grid=4, zone_context=3)
+    torch.manual_seed(0)
+    path = save_latent_model(LatentArtifact(LatentWorldModel(cfg).eval()), tmp_path / "m")
+    config = json.loads((path / "config.json").read_text())
+    del config["model"]["zone_context"]
+    (path / "config.json").write_text(json.dumps(config))
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["files"]["config.json"] = sha256_file(path / "config.json")
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    assert load_latent_model(path).model.cfg.zone_context == 3

@@ -50,6 +50,26 @@ def test_layout_of_the_latent() -> None:
     assert ((zones >= 0) & (zones <= 1)).all()
 
 
+def test_the_zone_map_classifies_each_blocks_colour_where_it_is() -> None:
+    """zone_context 1: a 2x2 pixel block's colour changes its own grid cell of the map and no other, and one colour
+    reads the same wherever it is painted (so a colour the breach flags call clear is clear under the agent too)."""
+    m = model().eval()
+    frames = torch.full((1, 2, 32, 32, 3), 128, dtype=torch.uint8)
+    painted = frames.clone()
+    painted[0, -1, 0:2, 0:2] = torch.tensor([200, 30, 30], dtype=torch.uint8)  # the top-left block of the last frame
+    with torch.no_grad():
+        before, after = (m.encode(x)[0, CFG.moving:].view(4, 4) for x in (frames, painted))
+        changed = (after - before).abs() > 1e-7
+    assert changed[0, 0] and changed.sum() == 1
+    elsewhere = frames.clone()
+    elsewhere[0, -1, 16:18, 16:18] = torch.tensor([200, 30, 30], dtype=torch.uint8)  # the same block in cell (2, 2)
+    with torch.no_grad():
+        moved = m.encode(elsewhere)[0, CFG.moving:].view(4, 4)
+    assert torch.allclose(moved[2, 2] - before[2, 2], after[0, 0] - before[0, 0], atol=1e-6)
+    with pytest.raises(ValueError, match="zone_context"):
+        LatentConfig(zone_context=2)
+
+
 def test_dynamics_moves_keypoints_by_a_change_and_carries_the_zone_map() -> None:
     m = model()
     with torch.no_grad():
